@@ -1,0 +1,197 @@
+"""Typed, frozen configuration: one field per variant axis, derived values as properties.
+
+``ModelConfig`` describes an architecture, ``TrainConfig`` a training run. Named presets live in
+``PRESETS``; ``resolve`` merges preset -> config file -> explicit overrides and validates the result.
+The CLI builds its flags from these dataclasses (see ``qkv.cli.flags``), so there is one list of options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 65                    # V
+    max_len: int = 256                      # context length: the most positions a sequence may use
+    n_layers: int = 4
+    d_model: int = 256                      # C
+    n_heads: int = 4                        # H
+    n_kv_heads: int | None = None           # G; None -> MHA, 1 -> MQA
+    d_ff: int | None = None                 # F; None -> 4 * d_model (8/3 * d_model for SwiGLU, same params)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    norm_placement: Literal["pre", "post"] = "pre"
+    mlp: Literal["relu", "gelu", "gelu_tanh", "swiglu"] = "gelu"
+    pos: Literal["learned", "sinusoidal", "rope", "alibi"] = "learned"
+    pos_base: float = 10000.0               # the N in sin(pos / N^(2i/d)) for sinusoidal and RoPE
+    mask: Literal["causal", "bidirectional", "prefix"] = "causal"
+    window: int | None = None               # sliding-window width; None = full attention
+    bias: bool = True                       # biases in Linear layers (GPT-2: yes, LLaMA: no)
+    tie_embeddings: bool = True             # output head shares the token embedding matrix
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "max_len", "n_layers", "d_model", "n_heads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ConfigError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ConfigError(f"RoPE needs an even head_dim, got {self.head_dim}; change d_model or n_heads")
+        if self.pos == "sinusoidal" and self.d_model % 2:
+            raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        if self.window is not None and self.window < 1:
+            raise ConfigError(f"window={self.window} must be >= 1 (or None for full attention)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+
+    @property
+    def kv_heads(self) -> int:              # G
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:              # D
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:               # F
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "swiglu":            # three matrices instead of two: keep the parameter count of 4*C
+            return 64 * ((8 * self.d_model // 3 + 63) // 64)
+        return 4 * self.d_model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str | None = None                 # text file or folder of .txt files; None -> bundled shakespeare
+    tokenizer: Literal["char", "bpe"] = "char"
+    bpe_vocab_size: int = 4096              # only for tokenizer=bpe
+    val_fraction: float = 0.1               # the last 10% of the text is the validation split
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_iters: int = 5000
+    max_time: float | None = None           # seconds; stop (and finish the LR schedule) by then
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1               # cosine decays to lr * min_lr_ratio
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0                  # 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    save_interval: int = 0                  # 0 -> save at every evaluation
+    seed: int = 1337
+    out_dir: str = "runs/default"
+    compile: bool = False                   # torch.compile the model (helps on CPU for larger models)
+    threads: int | None = None              # torch.set_num_threads; None leaves torch's default
+    tensorboard: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        positive = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "bpe_vocab_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction={self.val_fraction} must be between 0 and 1")
+        if self.lr <= 0:
+            raise ConfigError(f"lr={self.lr} must be positive")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ConfigError(f"max_time={self.max_time} must be a positive number of seconds")
+        if self.warmup_iters < 0:
+            raise ConfigError(f"warmup_iters={self.warmup_iters} must be >= 0")
+
+
+# Presets name a (model, train) pair. Values are overrides of the dataclass defaults.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The default job: a char-level GPT on tiny shakespeare tuned for ~2 minutes on 2 CPU cores.
+    "shakespeare-char": {
+        "model": dict(max_len=128, n_layers=4, d_model=192, n_heads=6, pos="rope", norm="rmsnorm",
+                      mlp="gelu", bias=False, dropout=0.0),
+        "train": dict(batch_size=32, lr=3e-3, warmup_iters=50, max_iters=3000, eval_interval=200,
+                      eval_iters=10, weight_decay=0.1, out_dir="runs/shakespeare-char"),
+    },
+    # The "baby GPT" of the well-known minimal GPT, for comparison.
+    "baby-gpt": {
+        "model": dict(max_len=256, n_layers=6, d_model=384, n_heads=6, dropout=0.2),
+        "train": dict(batch_size=64, lr=1e-3, warmup_iters=100, max_iters=5000, out_dir="runs/baby-gpt"),
+    },
+    # Seconds-long runs for tests and smoke checks.
+    "tiny": {
+        "model": dict(max_len=32, n_layers=2, d_model=32, n_heads=4),
+        "train": dict(batch_size=4, max_iters=20, eval_interval=10, eval_iters=2, warmup_iters=2,
+                      progress=False, out_dir="runs/tiny"),
+    },
+    # GPT-2 small's shape (124M parameters) for benchmarks.
+    "gpt2-small": {
+        "model": dict(vocab_size=50257, max_len=1024, n_layers=12, d_model=768, n_heads=12, mlp="gelu_tanh"),
+        "train": dict(tokenizer="bpe", bpe_vocab_size=50257, out_dir="runs/gpt2-small"),
+    },
+}
+
+
+def _check_keys(cls, overrides: dict[str, Any], where: str) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} key(s) {unknown} in {where}; valid keys: {sorted(names)}")
+
+
+def build(cls, overrides: dict[str, Any], where: str = "overrides"):
+    """Construct ``cls`` from a dict, naming unknown keys and bad types instead of a TypeError."""
+    _check_keys(cls, overrides, where)
+    hints = typing.get_type_hints(cls)
+    for key, value in overrides.items():
+        allowed = typing.get_args(hints[key])
+        if typing.get_origin(hints[key]) is Literal and value not in allowed:
+            raise ConfigError(f"{key}={value!r} in {where} is not one of {list(allowed)}")
+    return cls(**overrides)
+
+
+def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a JSON or TOML file with optional ``[model]`` and ``[train]`` tables (and optional ``preset``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass a .json or .toml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} could not be parsed ({e}); fix its syntax") from None
+    unknown = sorted(set(data) - {"model", "train", "preset"})
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown} in {path}; use 'preset', 'model' and 'train'")
+    return data
+
+
+def resolve(preset: str | None = None, file: str | Path | None = None, model: dict | None = None,
+            train: dict | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Merge preset -> file -> explicit overrides into validated configs."""
+    file_data = load_config_file(file) if file else {}
+    preset = preset or file_data.get("preset")
+    m: dict[str, Any] = {}
+    t: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        m.update(PRESETS[preset]["model"])
+        t.update(PRESETS[preset]["train"])
+    m.update(file_data.get("model", {}))
+    t.update(file_data.get("train", {}))
+    m.update(model or {})
+    t.update(train or {})
+    where = f"config {file}" if file else "the given options"
+    return build(ModelConfig, m, where), build(TrainConfig, t, where)

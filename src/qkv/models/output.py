@@ -1,0 +1,13 @@
+"""What a model returns when called on token ids."""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor | None                          # logits_BLV (L = 1 with last_only=True)
+    loss: torch.Tensor | None = None                     # mean cross-entropy over labelled positions
+    attentions: tuple[torch.Tensor, ...] | None = None   # one probs_BHLM per layer, when asked
+    hidden: torch.Tensor | None = None                   # final hidden states h_BLC (after the final norm)

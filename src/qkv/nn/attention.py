@@ -1,0 +1,97 @@
+"""Multi-head scaled dot-product attention (Vaswani et al., 2017, sec. 3.2) with GQA/MQA and a KV cache.
+
+Legend: B batch, L query length, M key length, C d_model, H query heads, G key/value heads, D head dim.
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(D) + bias) V          per head, then concat heads and W_o
+
+        x_BLC ──wq──> q_BHLD ─┐ (rotate: RoPE)
+        x_BLC ──wkv─> k_BGMD ─┤ (rotate, then append to the cache)      memory_BMC replaces x for
+                      v_BGMD ─┤                                          cross-attention keys/values
+                              └─> softmax(masked scores) @ v ──> out_BLHD ──wo──> out_BLC
+
+Grouped-query attention (Ainslie et al., 2023): G key/value heads each serve H/G query heads
+(G = H is multi-head, G = 1 is multi-query attention). Two paths compute the same thing:
+the explicit path spells out the math and returns the probabilities (for pictures and teaching);
+the fast path calls ``F.scaled_dot_product_attention``. A test holds them equal.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .kv_cache import KVCache
+from .masks import AttnMask
+from .position import apply_rotary
+
+
+def attend(q_BHLD: torch.Tensor, k_BGMD: torch.Tensor, v_BGMD: torch.Tensor, mask: AttnMask,
+           return_probs: bool = False, dropout_p: float = 0.0):
+    """softmax(q k^T / sqrt(D) + bias, masked) v. Returns (out_BHLD, probs_BHLM or None)."""
+    B, H, L, D = q_BHLD.shape
+    G, M = k_BGMD.shape[1], k_BGMD.shape[2]
+    if G != H:                                    # each key/value head serves H // G query heads
+        k_BHMD = k_BGMD.repeat_interleave(H // G, dim=1)
+        v_BHMD = v_BGMD.repeat_interleave(H // G, dim=1)
+    else:
+        k_BHMD, v_BHMD = k_BGMD, v_BGMD
+    if return_probs:
+        scores_BHLM = torch.einsum("BHLD,BHMD->BHLM", q_BHLD, k_BHMD) / math.sqrt(D)
+        if mask.bias_1HLM is not None:
+            scores_BHLM = scores_BHLM + mask.bias_1HLM
+        allowed_B1LM = mask.dense_allowed(L, M, q_BHLD.device)
+        if allowed_B1LM is not None:
+            scores_BHLM = scores_BHLM.masked_fill(~allowed_B1LM, float("-inf"))
+        probs_BHLM = scores_BHLM.softmax(dim=-1)
+        if mask.live_B1L1 is not None:
+            probs_BHLM = probs_BHLM * mask.live_B1L1
+        dropped_BHLM = F.dropout(probs_BHLM, dropout_p) if dropout_p > 0 else probs_BHLM
+        return torch.einsum("BHLM,BHMD->BHLD", dropped_BHLM, v_BHMD), probs_BHLM
+    if mask.bias_1HLM is not None:                # SDPA takes an additive float mask for ALiBi
+        allowed_B1LM = mask.dense_allowed(L, M, q_BHLD.device)
+        sdpa_mask = mask.bias_1HLM if allowed_B1LM is None else \
+            mask.bias_1HLM.masked_fill(~allowed_B1LM, float("-inf"))
+        is_causal = False
+    else:
+        sdpa_mask, is_causal = mask.allowed_B1LM, mask.is_causal
+    out_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHMD, v_BHMD, attn_mask=sdpa_mask,
+                                              dropout_p=dropout_p, is_causal=is_causal)
+    if mask.live_B1L1 is not None:
+        out_BHLD = out_BHLD * mask.live_B1L1
+    return out_BHLD, None
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
+        self.wq = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
+        self.wkv = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=bias)   # keys and values fused
+        self.wo = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        self.dropout = dropout
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x_BLC: torch.Tensor, mask: AttnMask, rope=None, cache: KVCache | None = None,
+                return_probs: bool = False, memory_BMC: torch.Tensor | None = None):
+        """Self-attention over x (or cross-attention onto ``memory_BMC``). Returns (out_BLC, probs_BHLM|None).
+
+        ``rope`` is (cos_B1LD, sin_B1LD) for the query positions, or None when positions are not rotary.
+        """
+        B, L, _ = x_BLC.shape
+        H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q_BHLD = self.wq(x_BLC).view(B, L, H, D).transpose(1, 2)
+        source_BMC = x_BLC if memory_BMC is None else memory_BMC
+        M_new = source_BMC.shape[1]
+        kv_BM2GD = self.wkv(source_BMC).view(B, M_new, 2, G, D)
+        k_BGMD, v_BGMD = kv_BM2GD.permute(2, 0, 3, 1, 4).unbind(0)
+        if rope is not None:
+            cos_B1LD, sin_B1LD = rope
+            q_BHLD = apply_rotary(q_BHLD, cos_B1LD, sin_B1LD)
+            k_BGMD = apply_rotary(k_BGMD, cos_B1LD, sin_B1LD)
+        if cache is not None:
+            k_BGMD, v_BGMD = cache.append(k_BGMD, v_BGMD)
+        p = self.dropout if self.training else 0.0
+        out_BHLD, probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs, p)
+        out_BLC = self.wo(out_BHLD.transpose(1, 2).reshape(B, L, H * D))
+        return self.resid_drop(out_BLC), probs_BHLM

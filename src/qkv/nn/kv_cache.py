@@ -1,0 +1,39 @@
+"""A preallocated key/value cache for one attention layer (the gpt-fast idea, eager-friendly).
+
+Legend: B batch, G key/value heads, M cache length (filled prefix), D head dim, L new positions.
+
+Decoding one token at a time recomputes nothing: each step appends its keys and values and attends over
+the filled prefix. Buffers are allocated once for ``max_len`` positions, so the loop never reallocates.
+"""
+
+import torch
+
+from ..errors import InputError
+
+
+class KVCache:
+    def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 dtype=torch.float32, device=None):
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.k_BGMD = torch.zeros(shape, dtype=dtype, device=device)
+        self.v_BGMD = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k_BGMD.shape[2]
+
+    def append(self, k_BGLD: torch.Tensor, v_BGLD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write L new positions after the filled prefix; return views of everything filled so far."""
+        L = k_BGLD.shape[2]
+        end = self.length + L
+        if end > self.max_len:
+            raise InputError(f"KV cache overflow: {self.length} cached + {L} new positions > max_len "
+                             f"{self.max_len}; create the caches with a larger max_len")
+        self.k_BGMD[:, :, self.length:end] = k_BGLD
+        self.v_BGMD[:, :, self.length:end] = v_BGLD
+        self.length = end
+        return self.k_BGMD[:, :, :end], self.v_BGMD[:, :, :end]
+
+    def reset(self) -> None:
+        self.length = 0
