@@ -1,0 +1,49 @@
+"""`qkv <command>`: the command line, one module per command.
+
+Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``. Errors meant for a person
+(``QkvError``) print as one line naming the fix and exit with status 2; nothing prints a traceback for
+bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import QkvError
+
+COMMANDS = {   # name -> (module, one-line help)
+    "train": ("qkv.cli.train", "train a model (a preset, a config file, flags for every config field)"),
+    "generate": ("qkv.cli.generate", "generate text from a checkpoint, streamed token by token"),
+    "eval": ("qkv.cli.eval", "loss and perplexity of a checkpoint on a text file"),
+    "bench": ("qkv.cli.bench", "speed benchmarks against transformers in the same run"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qkv", description="qkv: a readable, fast transformer library.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except QkvError as e:
+        print(f"qkv {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"qkv {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
