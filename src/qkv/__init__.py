@@ -1,10 +1,12 @@
 """qkv: a from-scratch transformer library you can read top to bottom and use for real work."""
 
+__version__ = "0.1.0"   # before the imports: checkpoint.py records it
+
 from .config import PRESETS, ModelConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, InputError, QkvError
 from .models import GPT, ModelOutput
+from .tokenizers import Tokenizer
+from .checkpoint import load, save
 
-__version__ = "0.1.0"
-
-__all__ = ["GPT", "ModelConfig", "ModelOutput", "TrainConfig", "PRESETS",
+__all__ = ["GPT", "Tokenizer", "load", "save", "ModelConfig", "ModelOutput", "TrainConfig", "PRESETS",
            "QkvError", "ConfigError", "InputError", "DataError", "CheckpointError"]

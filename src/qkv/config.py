@@ -20,7 +20,7 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int = 65                    # V
+    vocab_size: int | None = None           # V; None -> set from the tokenizer by `qkv train`
     max_len: int = 256                      # context length: the most positions a sequence may use
     n_layers: int = 4
     d_model: int = 256                      # C
@@ -41,7 +41,7 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "max_len", "n_layers", "d_model", "n_heads"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")

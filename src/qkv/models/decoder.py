@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..nn.block import Block
 from ..nn.kv_cache import KVCache
 from ..nn.masks import build_mask
@@ -33,6 +33,8 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.vocab_size is None:
+            raise ConfigError("ModelConfig.vocab_size is None; set it to the tokenizer's vocab size")
         self.cfg = cfg
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = make_position(cfg)

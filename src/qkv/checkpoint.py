@@ -1,0 +1,156 @@
+"""The checkpoint directory: save and load a model (and its tokenizer) safely.
+
+    DIR/config.json         {"model_type": "qkv-gpt", "qkv_version": ..., "model": {...}, "train": {...}}
+    DIR/model.safetensors   weights (no pickle)
+    DIR/tokenizer.json      the tokenizer, in the `tokenizers` library's format
+    DIR/trainer_state.pt    training runs only: optimizer, step, RNG and data position (weights_only load)
+    DIR/metrics.jsonl       training runs only: one JSON object per evaluation
+
+Writes are atomic: everything goes to a fresh temp directory beside DIR, which then replaces DIR in one
+``renameat2(RENAME_EXCHANGE)`` call (or two renames where the kernel lacks it). A kill at any moment leaves
+either the old or the new checkpoint in place, never a mix.
+``load`` also reads Hugging Face directories of supported model types (see ``qkv.interop``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .config import ModelConfig, build
+from .errors import CheckpointError, ConfigError
+from .models import MODEL_TYPES
+from .tokenizers import Tokenizer
+
+HF_MODEL_TYPES = {"gpt2": ("qkv.interop.hf_gpt2", "load_gpt2")}
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    return renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
+
+
+@contextmanager
+def atomic_dir(target: str | Path):
+    """Yield a temp directory to fill; on success it replaces ``target`` atomically; on error it vanishes."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        for f in tmp.iterdir():                      # data on disk before the directory becomes visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if not target.exists():
+            os.rename(tmp, target)
+        elif not _exchange(tmp, target):
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(target, old)
+            os.rename(tmp, target)
+            tmp = old
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model_files(directory: Path, model, tokenizer: Tokenizer | None, extra_config: dict | None = None):
+    """Write config.json, model.safetensors and tokenizer.json into an existing (temp) directory."""
+    config = {"model_type": model.model_type, "qkv_version": __version__,
+              "model": dataclasses.asdict(model.cfg), **(extra_config or {})}
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        state.pop("head.weight", None)               # safetensors refuses shared storage; re-tied on load
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(directory / "tokenizer.json")
+
+
+def save(model, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+    """Save a model (and tokenizer) as a qkv checkpoint directory, atomically."""
+    with atomic_dir(directory) as tmp:
+        write_model_files(tmp, model, tokenizer)
+    return Path(directory)
+
+
+def read_config(directory: str | Path) -> dict:
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"no checkpoint directory at {d}; train one with `qkv train` or check the path")
+    path = d / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{d} has no config.json; it is not a checkpoint (point at the run directory)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, re-save it") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise CheckpointError(f"{path} has no 'model_type'; expected a qkv or Hugging Face config.json")
+    return config
+
+
+def load_weights(model, path: Path) -> None:
+    """Load safetensors weights into ``model``, turning every failure into a CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete (re-run training or re-save)")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({e}); restore it or re-save the model") from None
+    if model.cfg.tie_embeddings:
+        state.setdefault("head.weight", state.get("tok.weight"))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not match config.json: missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}; the config and weights come from different models")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)} but config.json implies "
+                                  f"{tuple(expected[k].shape)}; the config and weights do not match")
+    model.load_state_dict(state)
+
+
+def load(directory: str | Path, device: str | torch.device | None = None):
+    """Load a qkv checkpoint or a supported Hugging Face directory. Returns the model in eval mode, with
+    ``model.tokenizer`` set (None when the directory has no tokenizer files)."""
+    d = Path(directory)
+    config = read_config(d)
+    model_type = config["model_type"]
+    if model_type in HF_MODEL_TYPES:
+        import importlib
+        module, fn = HF_MODEL_TYPES[model_type]
+        model = getattr(importlib.import_module(module), fn)(d)
+    elif model_type in MODEL_TYPES:
+        try:
+            cfg = build(ModelConfig, config.get("model", {}), f"{d / 'config.json'}")
+        except (ConfigError, TypeError) as e:
+            raise CheckpointError(f"{d / 'config.json'} holds an invalid model config: {e}") from None
+        model = MODEL_TYPES[model_type](cfg)
+        load_weights(model, d / "model.safetensors")
+        model.tokenizer = Tokenizer.from_dir(d)
+    else:
+        raise CheckpointError(f"model_type {model_type!r} in {d / 'config.json'} is not supported; qkv "
+                              f"loads {sorted(MODEL_TYPES) + sorted(HF_MODEL_TYPES)}")
+    if model.tokenizer is not None and model.tokenizer.vocab_size > model.cfg.vocab_size:
+        raise CheckpointError(f"{d}: tokenizer has {model.tokenizer.vocab_size} tokens but the model only "
+                              f"{model.cfg.vocab_size}; the tokenizer belongs to another model")
+    return model.to(device).eval() if device is not None else model.eval()
