@@ -1,0 +1,52 @@
+"""Command-line flags generated from the config dataclasses, so there is one list of options.
+
+Every field ``foo_bar`` becomes ``--foo-bar``; its type hint gives the parser (``Literal`` -> choices,
+``bool`` -> ``--x/--no-x``, ``X | None`` accepts ``none``). Flags default to "not given", so only the
+values a person typed override the preset or config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Literal
+
+
+def _parser_for(hint, name: str):
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    base = next(a for a in args if a is not type(None)) if optional else hint
+
+    def parse(text: str):
+        if optional and text.lower() == "none":
+            return None
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} expects {base.__name__}, got {text!r}") from None
+    parse.__name__ = base.__name__ if not optional else f"{base.__name__} or none"
+    return parse
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
+        default = f" (default {f.default})"
+        if hint is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=default)
+        elif typing.get_origin(hint) is Literal:
+            group.add_argument(flag, dest=f.name, choices=typing.get_args(hint), default=argparse.SUPPRESS,
+                               help=default)
+        else:
+            group.add_argument(flag, dest=f.name, type=_parser_for(hint, f.name), default=argparse.SUPPRESS,
+                               metavar=f.name.upper(), help=default)
+
+
+def collect(args: argparse.Namespace, cls) -> dict:
+    """The fields of ``cls`` that were given on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}

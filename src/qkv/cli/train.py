@@ -1,0 +1,46 @@
+"""`qkv train`: a preset and/or a JSON/TOML config file, then flags for any config field."""
+
+from __future__ import annotations
+
+import math
+
+from ..config import PRESETS, ModelConfig, TrainConfig, resolve
+from ..errors import ConfigError
+from .flags import add_dataclass_flags, collect
+
+DEFAULT_PRESET = "shakespeare-char"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--preset", help=f"named preset: {', '.join(PRESETS)} (default {DEFAULT_PRESET} when no "
+                                    f"--config is given)")
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML file with [model] and [train] tables")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped "
+                                                  "(training flags such as --max-iters extend it)")
+    add_dataclass_flags(p, ModelConfig, "model (ModelConfig fields)")
+    add_dataclass_flags(p, TrainConfig, "training (TrainConfig fields)")
+
+
+def run(args) -> int:
+    from ..train.trainer import Trainer          # torch import deferred so `qkv --help` is instant
+
+    model_overrides, train_overrides = collect(args, ModelConfig), collect(args, TrainConfig)
+    if args.resume:
+        if args.preset or args.config or model_overrides:
+            raise ConfigError("--resume continues a run with its saved model config; drop --preset, --config "
+                              "and model flags (training flags like --max-iters are allowed)")
+        trainer = Trainer.resume(args.resume, train_overrides)
+        print(f"resuming {args.resume} at step {trainer.step}")
+    else:
+        preset = args.preset or (None if args.config else DEFAULT_PRESET)
+        model_cfg, train_cfg = resolve(preset, args.config, model_overrides, train_overrides)
+        trainer = Trainer(model_cfg, train_cfg)
+    n_params = trainer.model.num_params()
+    print(f"model: {n_params / 1e6:.2f}M parameters, {trainer.model_cfg.n_layers} layers, d_model "
+          f"{trainer.model_cfg.d_model}, context {trainer.model_cfg.max_len}, vocab {trainer.model_cfg.vocab_size}"
+          f" ({trainer.tokenizer.kind}); data: {len(trainer.data.splits['train']):,} train / "
+          f"{len(trainer.data.splits['val']):,} val tokens; run dir {trainer.out_dir}")
+    last = trainer.fit()
+    print(f"final: step {last['step']} | {last['elapsed_s']:.1f}s | train_loss {last['train_loss']:.4f} | "
+          f"saved to {trainer.out_dir} | val_loss {last['val_loss']:.4f} (ppl {math.exp(last['val_loss']):.2f})")
+    return 0

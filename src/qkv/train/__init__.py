@@ -1,0 +1,1 @@
+"""Training: optimizer and schedule, the trainer loop, exact resume."""

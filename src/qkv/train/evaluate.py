@@ -1,0 +1,30 @@
+"""Loss over a whole token stream, in non-overlapping windows of the model's context."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from ..errors import DataError
+
+
+@torch.inference_mode()
+def perplexity(model, ids: list[int], batch_size: int = 8) -> dict:
+    """Mean next-token cross-entropy over every token after the first (each window predicts L tokens)."""
+    if len(ids) < 2:
+        raise DataError(f"evaluation text has {len(ids)} token(s); it needs at least 2")
+    tokens = torch.tensor(ids, dtype=torch.long)
+    L = model.cfg.max_len
+    n_full = (len(tokens) - 1) // L
+    inputs_NL = tokens[: n_full * L].view(n_full, L)
+    targets_NL = tokens[1: n_full * L + 1].view(n_full, L)
+    batches = [(inputs_NL[i:i + batch_size], targets_NL[i:i + batch_size]) for i in range(0, n_full, batch_size)]
+    tail = len(tokens) - 1 - n_full * L                 # the last, shorter window
+    if tail:
+        batches.append((tokens[n_full * L: -1][None], tokens[n_full * L + 1:][None]))
+    total = 0.0
+    for x_BL, y_BL in batches:
+        logits_BLV = model(x_BL).logits
+        total += F.cross_entropy(logits_BLV.flatten(0, 1), y_BL.flatten(), reduction="sum").item()
+    count = len(tokens) - 1
+    return {"loss": total / count, "tokens": count}

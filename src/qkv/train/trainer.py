@@ -1,0 +1,199 @@
+"""The training loop: batches, AdamW, schedule, evaluation, atomic checkpoints and exact resume.
+
+A run directory is a checkpoint directory (see ``qkv.checkpoint``) plus ``trainer_state.pt`` and
+``metrics.jsonl``. Resuming restores the weights, the optimizer moments, the step, the elapsed time (which
+drives a ``max_time`` schedule), the global RNG (dropout) and the data generator (batch order), so an
+interrupted and resumed iteration-budget run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..checkpoint import atomic_dir, load_weights, read_config, write_model_files
+from ..config import ModelConfig, TrainConfig, build
+from ..data.lm import LMStream
+from ..data.text import read_text
+from ..errors import CheckpointError, ConfigError
+from ..models import GPT
+from ..tokenizers import Tokenizer
+from .optim import lr_at, make_optimizer
+
+STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+def build_tokenizer(text: str, cfg: TrainConfig) -> Tokenizer:
+    if cfg.tokenizer == "char":
+        return Tokenizer.train_char(text)
+    chunks = (text[i:i + 100_000] for i in range(0, len(text), 100_000))
+    return Tokenizer.train_bpe(chunks, vocab_size=cfg.bpe_vocab_size)
+
+
+class Trainer:
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer: Tokenizer | None = None,
+                 log=print):
+        self.train_cfg, self.log = train_cfg, log
+        if train_cfg.threads:
+            torch.set_num_threads(train_cfg.threads)
+        text = read_text(train_cfg.data)
+        self.tokenizer = tokenizer or build_tokenizer(text, train_cfg)
+        if model_cfg.vocab_size is None:                 # filled from the tokenizer, never overwritten
+            model_cfg = dataclasses.replace(model_cfg, vocab_size=self.tokenizer.vocab_size)
+        elif model_cfg.vocab_size < self.tokenizer.vocab_size:
+            raise ConfigError(f"vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
+                              f"{self.tokenizer.vocab_size} tokens; raise it or leave it unset")
+        self.model_cfg = model_cfg
+        self.data = LMStream(self.tokenizer.encode(text), model_cfg.max_len, train_cfg.val_fraction,
+                             train_cfg.seed)
+        torch.manual_seed(train_cfg.seed)
+        self.model = GPT(model_cfg)
+        self.optimizer = make_optimizer(self.model, train_cfg.lr, train_cfg.weight_decay,
+                                        (train_cfg.beta1, train_cfg.beta2))
+        self.step, self.elapsed, self.tokens = 0, 0.0, 0
+        self.metrics: list[dict] = []
+        self.out_dir = Path(train_cfg.out_dir)
+
+    # ---- resume -------------------------------------------------------------------------------------
+    @classmethod
+    def resume(cls, run_dir: str | Path, train_overrides: dict | None = None, log=print) -> "Trainer":
+        """Continue the run in ``run_dir``; ``train_overrides`` may extend the budget (max_iters, max_time)."""
+        run_dir = Path(run_dir)
+        config = read_config(run_dir)
+        state_path = run_dir / STATE_FILE
+        if not state_path.is_file():
+            raise CheckpointError(f"{run_dir} has no {STATE_FILE}; it is a saved model, not a resumable run")
+        model_cfg = build(ModelConfig, config["model"], str(run_dir / "config.json"))
+        train = {**config.get("train", {}), **(train_overrides or {}), "out_dir": str(run_dir)}
+        train_cfg = build(TrainConfig, train, "the resumed run's options")
+        tokenizer = Tokenizer.from_dir(run_dir)
+        if tokenizer is None:
+            raise CheckpointError(f"{run_dir} has no tokenizer.json; the run cannot be resumed")
+        trainer = cls(model_cfg, train_cfg, tokenizer, log)
+        load_weights(trainer.model, run_dir / "model.safetensors")
+        try:
+            state = torch.load(state_path, weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{state_path} is corrupt ({e}); resume from an earlier copy") from None
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.step, trainer.elapsed, trainer.tokens = state["step"], state["elapsed_s"], state["tokens"]
+        torch.set_rng_state(state["torch_rng"])
+        trainer.data.generator.set_state(state["data_rng"])
+        metrics_path = run_dir / METRICS_FILE
+        if metrics_path.is_file():
+            trainer.metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+        return trainer
+
+    # ---- pieces -------------------------------------------------------------------------------------
+    def progress(self) -> float:
+        cfg = self.train_cfg
+        p = (self.step - cfg.warmup_iters) / max(1, cfg.max_iters - cfg.warmup_iters)
+        if cfg.max_time:
+            p = max(p, self.elapsed / cfg.max_time)
+        return p
+
+    def done(self) -> bool:
+        cfg = self.train_cfg
+        return self.step >= cfg.max_iters or (cfg.max_time is not None and self.elapsed >= cfg.max_time)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        losses = [self.model(x_BL, y_BL).loss.item()
+                  for x_BL, y_BL in self.data.val_batches(self.train_cfg.batch_size, self.train_cfg.eval_iters)]
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def save(self) -> None:
+        """Write the whole run atomically: weights, tokenizer, configs, trainer state, metrics."""
+        train = dataclasses.asdict(self.train_cfg)
+        with atomic_dir(self.out_dir) as tmp:
+            write_model_files(tmp, self.model, self.tokenizer, {"train": train})
+            torch.save({"step": self.step, "elapsed_s": self.elapsed, "tokens": self.tokens,
+                        "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                        "data_rng": self.data.generator.get_state()}, tmp / STATE_FILE)
+            (tmp / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
+
+    # ---- the loop -----------------------------------------------------------------------------------
+    def fit(self, stop_at_step: int | None = None) -> dict:
+        """Train until the budget is spent (or ``stop_at_step``, to simulate an interruption)."""
+        cfg = self.train_cfg
+        model = torch.compile(self.model) if cfg.compile else self.model
+        model.train()
+        writer = self._tensorboard()
+        bar = tqdm(total=cfg.max_iters, initial=self.step, disable=not cfg.progress, dynamic_ncols=True,
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.model_cfg.max_len
+        loss_sum, loss_count = 0.0, 0
+        last = None
+        clock = time.perf_counter() - self.elapsed
+        while not self.done():
+            lr = lr_at(self.progress(), self.step, cfg.lr, cfg.warmup_iters, cfg.min_lr_ratio)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            for _ in range(cfg.grad_accum):
+                x_BL, y_BL = self.data.batch("train", cfg.batch_size)
+                loss = model(x_BL, y_BL).loss
+                (loss / cfg.grad_accum).backward()
+                loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.tokens += tokens_per_step
+            self.elapsed = time.perf_counter() - clock
+            bar.update(1)
+            bar.set_postfix_str(self._postfix(loss.item(), tokens_per_step), refresh=False)
+            if self.step % cfg.eval_interval == 0 or self.done() or self.step == stop_at_step:
+                last = self._record(loss_sum / max(loss_count, 1), lr, writer)
+                loss_sum, loss_count = 0.0, 0
+                bar.write(f"step {self.step:>6} | train_loss {last['train_loss']:.4f} | "
+                          f"val_loss {last['val_loss']:.4f} | {self.elapsed:6.1f}s")
+                if cfg.save_interval == 0 or self.step % cfg.save_interval == 0 or self.done() \
+                        or self.step == stop_at_step:
+                    self.save()
+                clock = time.perf_counter() - self.elapsed     # evaluation and saving are not training time
+            if self.step == stop_at_step:
+                break
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if last is None:                                  # nothing left to do (e.g. resumed at the end)
+            last = self.metrics[-1] if self.metrics else self._record(float("nan"), 0.0, None)
+        return last
+
+    def _record(self, train_loss: float, lr: float, writer) -> dict:
+        val_loss = self.evaluate()
+        row = {"step": self.step, "elapsed_s": round(self.elapsed, 3), "tokens": self.tokens,
+               "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5), "lr": lr}
+        self.metrics.append(row)
+        if writer is not None:
+            for key in ("train_loss", "val_loss", "lr"):
+                writer.add_scalar(key, row[key], self.step)
+        return row
+
+    def _postfix(self, loss: float, tokens_per_step: int) -> str:
+        cfg = self.train_cfg
+        rate = self.step / max(self.elapsed, 1e-9)
+        remaining = (cfg.max_iters - self.step) / max(rate, 1e-9)
+        if cfg.max_time:
+            remaining = min(remaining, cfg.max_time - self.elapsed)
+        eta = time.strftime("%M:%S", time.gmtime(max(remaining, 0)))
+        return f"loss {loss:.3f}, {rate * tokens_per_step:,.0f} tok/s, eta {eta}"
+
+    def _tensorboard(self):
+        if not self.train_cfg.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        return SummaryWriter(str(self.out_dir.with_name(self.out_dir.name + "-tb")))
