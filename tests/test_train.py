@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+
+from qkv import load
+from qkv.config import resolve
+from qkv.errors import CheckpointError, ConfigError, DataError
+from qkv.train import trainer as trainer_mod
+from qkv.train.optim import lr_at
+from qkv.train.trainer import Trainer
+
+TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+        "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 8
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def tiny(tmp_path, corpus, name, **train):
+    model = dict(max_len=16, n_layers=2, d_model=32, n_heads=4, dropout=0.1)   # dropout: RNG must resume too
+    options = dict(data=str(corpus), out_dir=str(tmp_path / name), max_iters=12, eval_interval=4)
+    return resolve("tiny", model=model, train={**options, **train})
+
+
+def test_resume_equals_uninterrupted(tmp_path, corpus):
+    Trainer(*tiny(tmp_path, corpus, "straight")).fit()
+    Trainer(*tiny(tmp_path, corpus, "interrupted")).fit(stop_at_step=6)
+    resumed = Trainer.resume(tmp_path / "interrupted")
+    assert resumed.step == 6
+    resumed.fit()
+    a, b = load(tmp_path / "straight").state_dict(), load(tmp_path / "interrupted").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows_a = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_loss"] for r in rows_a] == [r["val_loss"] for r in rows_b if r["step"] != 6]
+
+
+def test_metrics_rows_and_loss_goes_down(tmp_path, corpus):
+    last = Trainer(*tiny(tmp_path, corpus, "run", max_iters=40, eval_interval=20, lr=3e-3)).fit()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [20, 40]
+    for r in rows:
+        assert {"step", "elapsed_s", "tokens", "train_loss", "val_loss"} <= set(r)
+    assert rows[-1]["tokens"] == 40 * 4 * 16
+    assert last["val_loss"] < 3.0 < rows[0]["val_loss"] + 1      # well below log(vocab) ~ 3.3 at start
+
+
+def test_max_time_stops_the_run(tmp_path, corpus):
+    last = Trainer(*tiny(tmp_path, corpus, "timed", max_iters=10**6, max_time=1.0)).fit()
+    assert last["step"] < 10**6 and last["elapsed_s"] >= 1.0
+
+
+def test_failed_save_leaves_previous_checkpoint(tmp_path, corpus, monkeypatch):
+    trainer = Trainer(*tiny(tmp_path, corpus, "run"))
+    trainer.fit(stop_at_step=4)
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+
+    def crash(*args, **kwargs):                          # dies after writing part of the new checkpoint
+        (args[0] / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer_mod, "write_model_files", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+    assert load(tmp_path / "run") is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "run"]   # no temp dir left behind
+
+
+def test_lr_schedule_warmup_then_cosine():
+    assert lr_at(0.0, 0, 1.0, 10, 0.1) == pytest.approx(0.1)
+    assert lr_at(0.0, 9, 1.0, 10, 0.1) == pytest.approx(1.0)
+    assert lr_at(0.0, 10, 1.0, 10, 0.1) == pytest.approx(1.0)
+    assert lr_at(0.5, 50, 1.0, 10, 0.1) == pytest.approx(0.55)
+    assert lr_at(1.0, 99, 1.0, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_bad_data_is_named(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("tiny", encoding="utf-8")
+    with pytest.raises(DataError, match="shorter than one block"):
+        Trainer(*resolve("tiny", train=dict(data=str(short))))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        Trainer(*resolve("tiny", train=dict(data=str(latin))))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(DataError, match="empty"):
+        Trainer(*resolve("tiny", train=dict(data=str(empty))))
+
+
+def test_resume_needs_a_run(tmp_path, corpus):
+    Trainer(*tiny(tmp_path, corpus, "run")).fit()
+    (tmp_path / "run" / "trainer_state.pt").unlink()
+    with pytest.raises(CheckpointError, match="not a resumable run"):
+        Trainer.resume(tmp_path / "run")
+
+
+def test_vocab_size_smaller_than_tokenizer_is_rejected(tmp_path, corpus):
+    with pytest.raises(ConfigError, match="smaller than the tokenizer"):
+        Trainer(*resolve("tiny", model=dict(vocab_size=5), train=dict(data=str(corpus))))
+
+
+def test_bpe_tokenizer_run(tmp_path, corpus):
+    last = Trainer(*tiny(tmp_path, corpus, "bpe", tokenizer="bpe", bpe_vocab_size=300)).fit()
+    model = load(tmp_path / "bpe")
+    assert model.tokenizer.kind == "bpe" and model.cfg.vocab_size == 300 and last["val_loss"] > 0
