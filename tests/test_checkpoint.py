@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+
+from qkv import GPT, ModelConfig, Tokenizer, load, save
+from qkv.checkpoint import atomic_dir
+from qkv.errors import CheckpointError
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=20, max_len=16, n_layers=2, d_model=16, n_heads=2, pos="rope"))
+    save(model, tmp_path / "ck", Tokenizer.train_char("abcdefghijklmnopqrst"))
+    return model, tmp_path / "ck"
+
+
+def test_round_trip_same_logits_and_layout(saved):
+    model, path = saved
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "qkv-gpt" and config["model"]["pos"] == "rope"
+    again = load(path)
+    ids = torch.randint(0, 20, (2, 10))
+    assert torch.equal(model.eval()(ids).logits, again(ids).logits)
+    assert again.head.weight.data_ptr() == again.tok.weight.data_ptr()          # still tied
+    assert again.tokenizer.vocab_size == 20 and not again.training
+
+
+def test_save_replaces_whole_directory(saved, tmp_path):
+    model, path = saved
+    (path / "stale.txt").write_text("from an older save")
+    save(model, path)
+    assert not (path / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_error_inside_atomic_dir_keeps_old(saved, tmp_path):
+    _, path = saved
+    before = (path / "model.safetensors").read_bytes()
+    with pytest.raises(RuntimeError):
+        with atomic_dir(path) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert (path / "model.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: (p / "model.safetensors").unlink(), "missing"),
+    (lambda p: (p / "model.safetensors").write_bytes((p / "model.safetensors").read_bytes()[:300]),
+     "truncated or corrupt"),
+    (lambda p: (p / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json!!!!!!}"),
+     "truncated or corrupt"),
+    (lambda p: (p / "config.json").write_text('{"model_type": "qkv-gpt", "model": {"vocab_size": 20,'),
+     "not valid JSON"),
+    (lambda p: (p / "config.json").unlink(), "no config.json"),
+    (lambda p: (p / "config.json").write_text(json.dumps(
+        {"model_type": "qkv-gpt", "model": {"vocab_size": 20, "max_len": 16, "n_layers": 2, "d_model": 32,
+                                            "n_heads": 2, "pos": "rope"}})), "do(es)? not match"),
+    (lambda p: (p / "config.json").write_text(json.dumps(
+        {"model_type": "qkv-gpt", "model": {"vocab_size": 20, "max_len": 16, "n_layers": 3, "d_model": 16,
+                                            "n_heads": 2, "pos": "rope"}})), "do(es)? not match"),
+    (lambda p: (p / "config.json").write_text(json.dumps({"model_type": "qkv-gpt", "model": {"colour": 1}})),
+     "unknown ModelConfig key"),
+    (lambda p: (p / "config.json").write_text(json.dumps({"model_type": "llama"})), "not supported"),
+    (lambda p: (p / "tokenizer.json").write_text("{}"), "not a valid tokenizer.json"),
+])
+def test_damaged_checkpoint_gives_named_error(saved, damage, message):
+    _, path = saved
+    damage(path)
+    with pytest.raises(CheckpointError, match=message):
+        load(path)
+
+
+def test_tokenizer_larger_than_vocab_is_rejected(saved):
+    model, path = saved
+    Tokenizer.train_char("abcdefghijklmnopqrstuvwxyz").save(path / "tokenizer.json")
+    with pytest.raises(CheckpointError, match="belongs to another model"):
+        load(path)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint directory"):
+        load(tmp_path / "nothing")
