@@ -1,0 +1,344 @@
+"""Text generation: logits processors, the KV-cache decode loop, stop strings and streaming.
+
+Legend: B batch, L prompt length, T prompt + new positions, M keys seen so far, V vocab.
+
+    prompt_BL ──prefill (one call, last position only)──> logits_BV
+        loop:  logits_BV ─> penalties ─> temperature ─> top-k ─> top-p ─> min-p ─> argmax | sample ─> next_B
+               next_B ──decode step (L = 1 over M cached keys)──> logits_BV
+
+Processors are pure functions of ``logits_BV`` applied in that fixed order. The penalties follow two
+published rules: repetition (Keskar et al., 2019, CTRL) divides a positive logit by ``p`` and multiplies
+a negative one by ``p`` for every token already in the prompt or the output; presence/frequency (OpenAI's
+API) subtract ``presence * (count > 0) + frequency * count`` over the generated tokens only. Temperature
+0 means greedy: top-k/top-p/min-p never remove the argmax, so they are skipped.
+
+Batches are LEFT padded (``key_mask_BL`` True for real tokens) so every row's next token sits in the last
+column; the model counts positions over real tokens only, so each row decodes exactly as it would alone.
+
+Text comes out incrementally: a piece is released only when it decodes cleanly (a multi-byte character
+split across byte-level BPE tokens never shows as U+FFFD), and text that could still become a stop string
+is held back until it cannot.
+
+    >>> generate(model, tok, "ROMEO:", max_new_tokens=20, temperature=0.8, top_p=0.95, seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 64               # new tokens only, the prompt not counted
+    temperature: float = 1.0               # 0 -> greedy
+    top_k: int | None = None               # keep the k most likely tokens; None keeps all
+    top_p: float = 1.0                     # nucleus: the smallest set whose probability reaches p; 1 = off
+    min_p: float = 0.0                     # drop tokens below min_p * (top probability); 0 = off
+    repetition_penalty: float = 1.0        # CTRL, multiplicative, prompt + output; 1 = off
+    presence_penalty: float = 0.0          # OpenAI, additive, output only, -2..2
+    frequency_penalty: float = 0.0         # OpenAI, additive per occurrence, output only, -2..2
+    stop: tuple[str, ...] | list[str] | str = ()   # strings that end the text (never returned)
+    ignore_eos: bool = False               # keep going past the tokenizer's eos token
+    seed: int | None = None                # a private generator: same seed, same text
+    use_cache: bool = True                 # False recomputes the whole sequence each step (for comparison)
+
+    def __post_init__(self):
+        def bad(msg):
+            raise InputError(msg)
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+            bad(f"max_new_tokens={self.max_new_tokens} must be an integer >= 0")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            bad(f"temperature={self.temperature} must be >= 0 (0 = greedy, 1 = the model's distribution)")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            bad(f"top_k={self.top_k} must be an integer >= 1 (or None to keep every token)")
+        if not 0.0 < self.top_p <= 1.0:
+            bad(f"top_p={self.top_p} must be in (0, 1]; use 1 to turn nucleus sampling off")
+        if not 0.0 <= self.min_p <= 1.0:
+            bad(f"min_p={self.min_p} must be in [0, 1]; use 0 to turn it off")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            bad(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off, 1.1-1.3 is typical)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                bad(f"{name}={getattr(self, name)} must be between -2 and 2 (0 = off)")
+        if not isinstance(self.stop, (str, list, tuple)) or not all(isinstance(s, str) and s for s in self.stops):
+            bad(f"stop={self.stop!r} must be a list of non-empty strings")
+        if self.seed is not None and not isinstance(self.seed, int):
+            bad(f"seed={self.seed!r} must be an integer (or None)")
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def make_config(config: GenerationConfig | None = None, **params) -> GenerationConfig:
+    """A config from keyword parameters (on top of ``config``), naming unknown keys."""
+    names = {f.name for f in dataclasses.fields(GenerationConfig)}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise InputError(f"unknown generation parameter(s) {unknown}; valid: {sorted(names)}")
+    return dataclasses.replace(config or GenerationConfig(), **params)
+
+
+# ---- logits processors: pure functions, applied in this order ---------------------------------------
+def repetition_penalty(logits_BV: torch.Tensor, seen_BV: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL: make every token already seen less likely, whatever the sign of its logit."""
+    penalized_BV = torch.where(logits_BV > 0, logits_BV / penalty, logits_BV * penalty)
+    return torch.where(seen_BV, penalized_BV, logits_BV)
+
+
+def presence_frequency_penalty(logits_BV: torch.Tensor, counts_BV: torch.Tensor, presence: float,
+                               frequency: float) -> torch.Tensor:
+    """OpenAI: logit -= presence * (count > 0) + frequency * count, counts over generated tokens."""
+    return logits_BV - presence * (counts_BV > 0) - frequency * counts_BV
+
+
+def top_k_filter(logits_BV: torch.Tensor, k: int) -> torch.Tensor:
+    kth_B1 = logits_BV.topk(min(k, logits_BV.shape[-1]), dim=-1).values[:, -1:]
+    return logits_BV.masked_fill(logits_BV < kth_B1, float("-inf"))
+
+
+def top_p_filter(logits_BV: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose total probability reaches p (Holtzman et al., 2020)."""
+    sorted_BV, order_BV = logits_BV.sort(dim=-1, descending=True)
+    probs_BV = sorted_BV.softmax(dim=-1)
+    before_BV = probs_BV.cumsum(dim=-1) - probs_BV           # mass of the strictly more likely tokens
+    drop_sorted_BV = before_BV >= p                          # the set already reached p without this one
+    drop_BV = drop_sorted_BV.scatter(-1, order_BV, drop_sorted_BV)
+    return logits_BV.masked_fill(drop_BV, float("-inf"))
+
+
+def min_p_filter(logits_BV: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Drop tokens whose probability is below min_p times the top token's (Nguyen et al., 2024)."""
+    probs_BV = logits_BV.softmax(dim=-1)
+    return logits_BV.masked_fill(probs_BV < min_p * probs_BV.amax(dim=-1, keepdim=True), float("-inf"))
+
+
+def next_token(logits_BV: torch.Tensor, cfg: GenerationConfig, seen_BV=None, counts_BV=None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply the processors in order, then argmax (temperature 0) or sample. Returns next_B."""
+    if cfg.repetition_penalty != 1.0:
+        logits_BV = repetition_penalty(logits_BV, seen_BV, cfg.repetition_penalty)
+    if cfg.presence_penalty or cfg.frequency_penalty:
+        logits_BV = presence_frequency_penalty(logits_BV, counts_BV, cfg.presence_penalty, cfg.frequency_penalty)
+    if cfg.greedy:
+        return logits_BV.argmax(dim=-1)
+    logits_BV = logits_BV.float() / cfg.temperature
+    if cfg.top_k is not None:
+        logits_BV = top_k_filter(logits_BV, cfg.top_k)
+    if cfg.top_p < 1.0:
+        logits_BV = top_p_filter(logits_BV, cfg.top_p)
+    if cfg.min_p > 0.0:
+        logits_BV = min_p_filter(logits_BV, cfg.min_p)
+    return torch.multinomial(logits_BV.softmax(dim=-1), 1, generator=generator)[:, 0]
+
+
+# ---- the decode loop ------------------------------------------------------------------------------------
+def check_lengths(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig) -> None:
+    B, L = prompt_ids_BL.shape
+    max_len = model.cfg.max_len
+    if L == 0:
+        raise InputError("the prompt is empty; give at least one token (text prompts start from eos)")
+    if L > max_len:
+        raise InputError(f"the prompt has {L} tokens but the model's context is max_len={max_len}; "
+                         f"shorten the prompt")
+    if L + cfg.max_new_tokens > max_len:
+        raise InputError(f"prompt ({L} tokens) + max_new_tokens ({cfg.max_new_tokens}) = "
+                         f"{L + cfg.max_new_tokens} exceeds the model's context max_len={max_len}; lower "
+                         f"max_new_tokens (--max-new-tokens) to at most {max_len - L} or shorten the prompt")
+    model.check_ids(prompt_ids_BL)                            # ids outside the vocabulary
+
+
+@torch.inference_mode()
+def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
+             key_mask_BL: torch.Tensor | None = None, eos_id: int | None = None) -> Iterator[torch.Tensor]:
+    """Yield next_B, one new token per row per step. A row that produced ``eos_id`` keeps yielding
+    ``eos_id``; the loop ends when every row has, or after ``cfg.max_new_tokens`` steps."""
+    check_lengths(model, prompt_ids_BL, cfg)
+    B, L = prompt_ids_BL.shape
+    T = L + cfg.max_new_tokens
+    device = next(model.parameters()).device
+    rows_B = torch.arange(B, device=device)
+    ids_BT = torch.zeros(B, T, dtype=torch.long, device=device)   # the whole sequence, allocated once
+    ids_BT[:, :L] = prompt_ids_BL
+    key_mask_BT = None
+    if key_mask_BL is not None and not bool(key_mask_BL.all()):  # all-real rows take the mask-free path
+        key_mask_BT = torch.ones(B, T, dtype=torch.bool, device=device)
+        key_mask_BT[:, :L] = key_mask_BL
+    generator = torch.Generator(device).manual_seed(cfg.seed) if cfg.seed is not None else None
+    V = model.cfg.vocab_size
+    seen_BV = counts_BV = None
+    if cfg.repetition_penalty != 1.0:                           # prompt tokens count; padding does not
+        real_BL = key_mask_BT[:, :L].float() if key_mask_BT is not None else torch.ones(B, L, device=device)
+        seen_BV = torch.zeros(B, V, device=device).scatter_add_(1, ids_BT[:, :L], real_BL) > 0
+    if cfg.presence_penalty or cfg.frequency_penalty:
+        counts_BV = torch.zeros(B, V, device=device)
+    stop_on_eos = eos_id is not None and not cfg.ignore_eos
+    finished_B = torch.zeros(B, dtype=torch.bool, device=device)
+    caches = model.new_caches(B, T) if cfg.use_cache else None
+    M = L
+
+    def forward(M_from: int) -> torch.Tensor:
+        mask_BM = key_mask_BT[:, :M] if key_mask_BT is not None else None
+        return model(ids_BT[:, M_from:M], caches=caches, key_mask_BM=mask_BM, last_only=True).logits[:, -1]
+
+    if cfg.max_new_tokens == 0:
+        return
+    logits_BV = forward(0)                                        # prefill: the prompt in one call
+    while True:
+        next_B = next_token(logits_BV, cfg, seen_BV, counts_BV, generator)
+        if stop_on_eos:
+            next_B = next_B.masked_fill(finished_B, eos_id)
+            finished_B |= next_B == eos_id
+        ids_BT[:, M] = next_B
+        M += 1
+        if seen_BV is not None:
+            seen_BV[rows_B, next_B] = True
+        if counts_BV is not None:
+            counts_BV[rows_B, next_B] += 1
+        yield next_B
+        if M == T or (stop_on_eos and bool(finished_B.all())):
+            return
+        logits_BV = forward(M - 1 if caches is not None else 0)  # decode step: only the new token
+
+
+def generate_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig | None = None,
+                 key_mask_BM: torch.Tensor | None = None, eos_id: int | None = None) -> torch.Tensor:
+    """New token ids, new_BN (N <= max_new_tokens; the prompt is not included). With ``eos_id`` a row
+    that finished holds ``eos_id`` from its eos on, and generation ends early once every row has."""
+    steps = list(iter_ids(model, prompt_ids_BL, cfg or GenerationConfig(), key_mask_BM, eos_id))
+    if not steps:
+        return prompt_ids_BL.new_zeros(prompt_ids_BL.shape[0], 0)
+    return torch.stack(steps, dim=1)
+
+
+# ---- text ----------------------------------------------------------------------------------------------
+class TextStream:
+    """Token ids in, text pieces out: incremental decoding plus stop strings.
+
+    Decoding uses two offsets (the text-generation-inference trick): the text of ids[prefix:] minus the
+    text of ids[prefix:read] is new; it is released only when it does not end in U+FFFD, i.e. when the
+    last token did not stop in the middle of a UTF-8 character. Released text then waits in ``pending``
+    while its end could still be the start of a stop string.
+    """
+
+    def __init__(self, tokenizer, stops: tuple[str, ...] = ()):
+        self.tokenizer, self.stops = tokenizer, stops
+        self.ids: list[int] = []
+        self.prefix = self.read = 0
+        self.pending = ""
+        self.done = False                                         # a stop string was seen, or finish()
+
+    def _new_text(self) -> str:
+        decode = self.tokenizer.decode
+        return decode(self.ids[self.prefix:])[len(decode(self.ids[self.prefix:self.read])):]
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text that is now safe to show (often '')."""
+        if self.done:
+            return ""
+        self.ids.append(token_id)
+        new = self._new_text()
+        if new and not new.endswith("\ufffd"):
+            self.pending += new
+            self.prefix, self.read = self.read, len(self.ids)
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """No more tokens: flush everything left (an incomplete character shows as U+FFFD)."""
+        if self.done:
+            return ""
+        self.pending += self._new_text()
+        self.prefix = self.read = len(self.ids)
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending, self.done = self.pending[:min(hits)], "", True
+            return out
+        hold = 0 if final else self._stop_prefix_len()
+        out, self.pending = self.pending[:len(self.pending) - hold], self.pending[len(self.pending) - hold:]
+        self.done = final
+        return out
+
+    def _stop_prefix_len(self) -> int:
+        """Length of the longest end of ``pending`` that begins some stop string (a match may yet come)."""
+        best = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), best, -1):
+                if self.pending.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+
+def _encode(tokenizer, prompt: str) -> list[int]:
+    if not isinstance(prompt, str):
+        raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
+    ids = tokenizer.encode(prompt)
+    if not ids:                                   # GPT-2's convention: an empty prompt starts from eos
+        if tokenizer.eos_id is None:
+            raise InputError("the prompt is empty and the tokenizer has no eos token to start from; "
+                             "give a non-empty prompt")
+        ids = [tokenizer.eos_id]
+    return ids
+
+
+def _texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig) -> Iterator[tuple[int, str]]:
+    """Yield (row, piece) as the rows of a left-padded batch produce text."""
+    rows = [_encode(tokenizer, p) for p in prompts]
+    B, L = len(rows), max(len(r) for r in rows)
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
+    ids_BL = torch.full((B, L), pad, dtype=torch.long)
+    key_mask_BL = torch.zeros(B, L, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        ids_BL[b, L - len(r):] = torch.tensor(r)
+        key_mask_BL[b, L - len(r):] = True
+    device = next(model.parameters()).device
+    eos_id = tokenizer.eos_id
+    streams = [TextStream(tokenizer, cfg.stops) for _ in rows]
+    with closing(iter_ids(model, ids_BL.to(device), cfg, key_mask_BL.to(device), eos_id)) as steps:
+        for next_B in steps:
+            for b, t in enumerate(next_B.tolist()):
+                s = streams[b]
+                piece = s.finish() if (t == eos_id and not cfg.ignore_eos) else s.push(t)
+                if piece:
+                    yield b, piece
+            if all(s.done for s in streams):
+                return
+    for b, s in enumerate(streams):
+        piece = s.finish()
+        if piece:
+            yield b, piece
+
+
+def stream(model, tokenizer, prompt: str, config: GenerationConfig | None = None, **params) -> Iterator[str]:
+    """Yield the continuation of ``prompt`` piece by piece as it is produced."""
+    cfg = make_config(config, **params)
+    for _, piece in _texts(model, tokenizer, [prompt], cfg):
+        yield piece
+
+
+def generate(model, tokenizer, prompt: str | list[str], config: GenerationConfig | None = None,
+             **params) -> str | list[str]:
+    """The continuation of one prompt, or of each prompt in a list (batched, left padded)."""
+    cfg = make_config(config, **params)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        return []
+    out = [""] * len(prompts)
+    for b, piece in _texts(model, tokenizer, prompts, cfg):
+        out[b] += piece
+    return out[0] if isinstance(prompt, str) else out
