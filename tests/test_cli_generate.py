@@ -1,0 +1,62 @@
+"""`qkv generate`: streams the same text as the library, and every bad flag is one line + exit status 2."""
+
+import pytest
+import torch
+
+import qkv
+from qkv import GPT, ModelConfig, Tokenizer
+from qkv.cli import main
+from qkv.generate import generate
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    tok = Tokenizer.train_char("abcdefghijklmnopqrstuvwxyz .,\n", special_tokens=["<eos>"])
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, max_len=32, n_layers=2, d_model=32, n_heads=4))
+    return qkv.save(model, tmp_path_factory.mktemp("ckpt") / "tiny", tok)
+
+
+def test_generate_prints_prompt_and_the_library_continuation(ckpt, capsys):
+    assert main(["generate", str(ckpt), "--prompt", "the cat", "--max-new-tokens", "12", "--temperature", "0",
+                 "--stop", "zz", "--stop", "q"]) == 0
+    model = qkv.load(ckpt)
+    expected = generate(model, model.tokenizer, "the cat", max_new_tokens=12, temperature=0, stop=["zz", "q"])
+    assert capsys.readouterr().out == "the cat" + expected + "\n"
+
+
+def test_sampling_flags_and_seed_reproduce(ckpt, capsys):
+    args = ["generate", str(ckpt), "--prompt", "a", "--max-new-tokens", "10", "--temperature", "0.9",
+            "--top-k", "10", "--top-p", "0.9", "--min-p", "0.01", "--repetition-penalty", "1.2",
+            "--presence-penalty", "0.5", "--frequency-penalty", "0.5", "--seed", "3", "--ignore-eos"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args + ["--no-cache"]) == 0
+    assert capsys.readouterr().out == first
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--temperature", "-1"], "temperature=-1.0 must be >= 0"),
+    (["--top-p", "1.5"], "top_p=1.5 must be in (0, 1]"),
+    (["--min-p", "2"], "min_p"),
+    (["--repetition-penalty", "0"], "repetition_penalty"),
+    (["--presence-penalty", "3"], "between -2 and 2"),
+    (["--top-k", "abc"], "--top-k expects an integer, got 'abc'"),
+    (["--temperature", "warm"], "--temperature expects a number"),
+    (["--max-new-tokens", "40"], "--max-new-tokens) to at most 31"),
+    (["--prompt", "ABC"], "never saw"),
+])
+def test_bad_flags_are_one_line_and_exit_2(ckpt, capsys, flags, words):
+    argv = ["generate", str(ckpt), "--prompt", "a", *flags] if "--prompt" not in flags else \
+        ["generate", str(ckpt), *flags]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""                                   # nothing printed before the error
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qkv generate: error:") and words in err[0]
+    assert "Traceback" not in captured.err
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "nope"), "--prompt", "a"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

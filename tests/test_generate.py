@@ -1,0 +1,269 @@
+"""Generation: the decode loop against full recomputation, batching, each processor by hand, stop strings,
+streaming, and every bad input as an InputError that names the fix."""
+
+import pytest
+import torch
+from torch import nn
+
+from qkv import GPT, ModelConfig, Tokenizer
+from qkv.errors import InputError
+from qkv.generate import (GenerationConfig, TextStream, generate, generate_ids, min_p_filter,
+                          presence_frequency_penalty, repetition_penalty, stream, top_k_filter, top_p_filter)
+from qkv.models.output import ModelOutput
+
+TEXT = "abcdefghijklmnopqrstuvwxyz .,\n"
+NEG = float("-inf")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train_char(TEXT, special_tokens=["<eos>"])
+
+
+def tiny_gpt(vocab_size, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=vocab_size, max_len=32, n_layers=2, d_model=32, n_heads=4)
+    return GPT(ModelConfig(**{**cfg, **kw})).eval()
+
+
+class FakeLM(nn.Module):
+    """Logits from a table, row t for the t-th new token (the last row repeats), whatever the input:
+    scripts exact token sequences for stop/eos/streaming tests and fixed logits for penalty tests."""
+
+    def __init__(self, rows_TV: torch.Tensor, prompt_len: int, max_len: int = 64):
+        super().__init__()
+        self.cfg = ModelConfig(vocab_size=rows_TV.shape[1], max_len=max_len, n_layers=1, d_model=4, n_heads=1)
+        self.rows_TV, self.prompt_len = rows_TV, prompt_len
+        self.anchor = nn.Parameter(torch.zeros(1))          # generation reads the device from a parameter
+
+    @classmethod
+    def script(cls, ids: list[int], vocab_size: int, prompt_len: int = 1):
+        return cls(torch.eye(vocab_size)[ids] * 10, prompt_len)
+
+    def new_caches(self, batch, max_len=None):
+        return [type("Cache", (), {"length": 0})()]
+
+    def check_ids(self, ids_BL, start=0):
+        pass
+
+    def forward(self, ids_BL, caches=None, key_mask_BM=None, last_only=False):
+        start = caches[0].length if caches else 0
+        M = start + ids_BL.shape[1]
+        if caches:
+            caches[0].length = M
+        row_V = self.rows_TV[min(M - self.prompt_len, len(self.rows_TV) - 1)]
+        return ModelOutput(logits=row_V.expand(ids_BL.shape[0], 1, -1))
+
+
+# ---- the decode loop ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("pos", ["learned", "rope", "alibi"])
+def test_greedy_is_argmax_of_full_recompute(pos):
+    model = tiny_gpt(40, pos=pos)
+    prompt_BL = torch.randint(0, 40, (1, 5))
+    new_BN = generate_ids(model, prompt_BL, GenerationConfig(max_new_tokens=12, temperature=0))
+    seq_BT = prompt_BL
+    for _ in range(12):
+        with torch.no_grad():
+            nxt = model(seq_BT).logits[:, -1].argmax(-1, keepdim=True)
+        seq_BT = torch.cat([seq_BT, nxt], dim=1)
+    assert torch.equal(new_BN, seq_BT[:, 5:])
+
+
+@pytest.mark.parametrize("params", [dict(temperature=0), dict(temperature=0.9, top_k=20, top_p=0.9, seed=3),
+                                    dict(temperature=0, repetition_penalty=1.5, frequency_penalty=0.5)])
+def test_cache_equals_recompute(params):
+    model = tiny_gpt(40)
+    prompt_BL = torch.randint(0, 40, (2, 6))
+    cached = generate_ids(model, prompt_BL, GenerationConfig(max_new_tokens=15, **params))
+    recomputed = generate_ids(model, prompt_BL, GenerationConfig(max_new_tokens=15, use_cache=False, **params))
+    assert torch.equal(cached, recomputed)
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope", "alibi"])
+@pytest.mark.parametrize("params", [dict(), dict(repetition_penalty=1.3, presence_penalty=1.0)])
+def test_left_padded_batch_equals_each_prompt_alone(pos, params):
+    model = tiny_gpt(40, pos=pos)
+    prompts = [torch.randint(1, 40, (n,)) for n in (7, 2, 4)]
+    L = max(len(p) for p in prompts)
+    ids_BL = torch.zeros(3, L, dtype=torch.long)            # pad id 0, which the prompts never use
+    key_mask_BL = torch.zeros(3, L, dtype=torch.bool)
+    for b, p in enumerate(prompts):
+        ids_BL[b, L - len(p):], key_mask_BL[b, L - len(p):] = p, True
+    cfg = GenerationConfig(max_new_tokens=10, temperature=0, **params)
+    batch_BN = generate_ids(model, ids_BL, cfg, key_mask_BM=key_mask_BL)
+    for b, p in enumerate(prompts):
+        assert torch.equal(batch_BN[b], generate_ids(model, p[None], cfg)[0]), f"row {b}"
+
+
+def test_text_batch_equals_each_prompt_alone(tok):
+    model = tiny_gpt(tok.vocab_size)
+    prompts = ["hello world", "a", "the cat"]
+    alone = [generate(model, tok, p, max_new_tokens=8, temperature=0) for p in prompts]
+    assert generate(model, tok, prompts, max_new_tokens=8, temperature=0) == alone
+
+
+def test_temperature_zero_and_top_k_one_are_greedy():
+    model = tiny_gpt(40)
+    prompt_BL = torch.randint(0, 40, (2, 4))
+    greedy = generate_ids(model, prompt_BL, GenerationConfig(max_new_tokens=10, temperature=0))
+    top1 = generate_ids(model, prompt_BL, GenerationConfig(max_new_tokens=10, temperature=1.5, top_k=1, seed=7))
+    assert torch.equal(greedy, top1)
+
+
+def test_seed_reproducible_and_different_seeds_differ(tok):
+    model = tiny_gpt(tok.vocab_size)
+    kw = dict(max_new_tokens=24, temperature=1.0, ignore_eos=True)
+    a = generate(model, tok, "the ", seed=1, **kw)
+    assert a == generate(model, tok, "the ", seed=1, **kw)
+    assert len({generate(model, tok, "the ", seed=s, **kw) for s in (2, 3, 4)} | {a}) > 1
+
+
+def test_max_new_tokens_counts_new_tokens_only(tok):
+    model = tiny_gpt(tok.vocab_size)
+    assert generate_ids(model, torch.randint(0, tok.vocab_size, (1, 9)), GenerationConfig(max_new_tokens=5)).shape == (1, 5)
+    text = generate(model, tok, "abcdefgh", max_new_tokens=6, temperature=0, ignore_eos=True)
+    assert len(text) == 6                                       # one character per token
+
+
+# ---- processors, each against a hand-computed example ------------------------------------------------
+def test_repetition_penalty_divides_positive_and_multiplies_negative():
+    logits_BV = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
+    seen_BV = torch.tensor([[True, True, False, False]])
+    assert repetition_penalty(logits_BV, seen_BV, 2.0).tolist() == [[1.0, -4.0, 1.0, -1.0]]
+
+
+def test_presence_and_frequency_penalty():
+    out = presence_frequency_penalty(torch.ones(1, 3), torch.tensor([[0.0, 1.0, 3.0]]), 0.5, 0.25)
+    assert torch.allclose(out, torch.tensor([[1.0, 0.25, -0.25]]))
+
+
+def test_top_k_keeps_k_largest():
+    out = top_k_filter(torch.tensor([[1.0, 4.0, 3.0, 2.0]]), 2)
+    assert out.tolist() == [[NEG, 4.0, 3.0, NEG]]
+
+
+@pytest.mark.parametrize("p,kept", [(0.4, {1}), (0.75, {1, 3}), (0.85, {0, 1, 3}), (1.0, {0, 1, 2, 3})])
+def test_top_p_keeps_smallest_set_reaching_p(p, kept):
+    logits_BV = torch.tensor([[0.15, 0.5, 0.05, 0.3]]).log()     # deliberately unsorted
+    out = top_p_filter(logits_BV, p)
+    assert {i for i, x in enumerate(out[0].tolist()) if x != NEG} == kept
+
+
+def test_min_p_threshold_is_relative_to_top_probability():
+    logits_BV = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    out = min_p_filter(logits_BV, 0.2)                           # threshold 0.2 * 0.5 = 0.1
+    assert torch.isinf(out).tolist() == [[False, False, False, True]]
+
+
+def test_penalties_in_the_loop():
+    logits_TV = torch.tensor([[3.0, 2.9, 0.0, 0.0]])
+    prompt_BL = torch.tensor([[0, 0, 0]])
+    # Frequency counts generated tokens only: the prompt's three 0s do not count, so 0 comes first,
+    # then each use costs 0.2 and the two leaders alternate.
+    freq = generate_ids(FakeLM(logits_TV, 3), prompt_BL, GenerationConfig(6, temperature=0, frequency_penalty=0.2))
+    assert freq.tolist() == [[0, 1, 0, 1, 0, 1]]
+    # Repetition counts the prompt: 3 / 1.5 = 2 < 2.9, so 1 first; once both are seen, 2 > 2.9 / 1.5.
+    rep = generate_ids(FakeLM(logits_TV, 3), prompt_BL, GenerationConfig(4, temperature=0, repetition_penalty=1.5))
+    assert rep.tolist() == [[1, 0, 0, 0]]
+
+
+# ---- eos, stop strings, streaming ------------------------------------------------------------------------
+def scripted(tok, text: str, eos: bool = True):
+    return FakeLM.script(tok.encode(text) + ([tok.eos_id] if eos else []), tok.vocab_size)
+
+
+def test_eos_stops_and_is_not_returned(tok):
+    model = scripted(tok, "hi there")
+    assert generate(model, tok, "a", max_new_tokens=30) == "hi there"
+    assert generate(model, tok, "a", max_new_tokens=30, ignore_eos=True).startswith("hi there<eos>")
+    new_BN = generate_ids(model, torch.tensor([[1]]), GenerationConfig(30), eos_id=tok.eos_id)
+    assert new_BN.shape[1] == len("hi there") + 1 and new_BN[0, -1] == tok.eos_id
+
+
+def test_rows_finish_independently_on_eos(tok):
+    model = tiny_gpt(tok.vocab_size)
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0)
+    free_BN = generate_ids(model, torch.tensor([[3, 4], [5, 6]]), cfg)
+    eos = int(free_BN[0, 2])                                     # pretend row 0's third token is eos
+    new_BN = generate_ids(model, torch.tensor([[3, 4], [5, 6]]), cfg, eos_id=eos)
+    assert (new_BN[0, 2:] == eos).all()
+    stop1 = next((i for i, t in enumerate(free_BN[1].tolist()) if t == eos), 11)
+    assert torch.equal(new_BN[1, :stop1 + 1], free_BN[1, :stop1 + 1])
+
+
+@pytest.mark.parametrize("stop,expected", [("lo w", "hel"), (["zz", "o w"], "hell"), ("rld", "hello wo"),
+                                           ("d", "hello worl"), ("x", "hello world")])
+def test_stop_strings_across_token_boundaries_are_not_returned(tok, stop, expected):
+    model = scripted(tok, "hello world", eos=True)
+    assert generate(model, tok, "a", max_new_tokens=30, stop=stop) == expected
+    pieces = list(stream(model, tok, "a", max_new_tokens=30, stop=stop))
+    assert "".join(pieces) == expected
+
+
+def test_stream_holds_back_only_possible_stop_prefixes(tok):
+    model = scripted(tok, "abcab abd", eos=False)
+    pieces = list(stream(model, tok, "a", max_new_tokens=9, stop=["abd!"]))
+    # "ab" is held until "c" proves it is no stop; "ab abd" waits for the end of the text.
+    assert pieces == ["abc", "ab ", "abd"]
+
+
+def test_stream_equals_generate(tok):
+    model = tiny_gpt(tok.vocab_size)
+    for kw in (dict(temperature=0), dict(temperature=1.0, top_p=0.9, seed=5, stop=["e"])):
+        text = generate(model, tok, "the cat", max_new_tokens=20, **kw)
+        assert "".join(stream(model, tok, "the cat", max_new_tokens=20, **kw)) == text
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    # ASCII-only training text: every non-ASCII character stays split into its UTF-8 byte tokens.
+    return Tokenizer.train_bpe(["the cat sat on the mat. " * 20], vocab_size=300)
+
+
+def test_multibyte_characters_never_stream_as_replacement(bpe):
+    text = "the €5 café 日本 cat"
+    ids = bpe.encode(text)
+    assert len(ids) > len(text.split()) + 6                       # the multi-byte characters span tokens
+    model = FakeLM.script(ids + [bpe.eos_id], bpe.vocab_size, prompt_len=len(bpe.encode("the")))
+    pieces = list(stream(model, bpe, "the", max_new_tokens=len(ids) + 1))
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    assert generate(model, bpe, "the", max_new_tokens=len(ids) + 1, stop="日本") == "the €5 café "
+
+
+def test_text_stream_flushes_incomplete_character_at_the_end(bpe):
+    s = TextStream(bpe)
+    euro = bpe.encode("€")
+    assert [s.push(i) for i in euro[:-1]] == [""] * (len(euro) - 1)
+    assert s.finish() == bpe.decode(euro[:-1])                     # what a full decode shows
+
+
+# ---- every bad input names the fix -------------------------------------------------------------------------
+@pytest.mark.parametrize("params,words", [
+    (dict(temperature=-0.1), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
+    (dict(min_p=-0.1), "min_p"), (dict(min_p=1.5), "min_p"), (dict(top_k=0), "top_k"),
+    (dict(repetition_penalty=0.0), "repetition_penalty"), (dict(repetition_penalty=-1.0), "> 0"),
+    (dict(presence_penalty=2.5), "presence_penalty"), (dict(frequency_penalty=-3.0), "between -2 and 2"),
+    (dict(max_new_tokens=-1), "max_new_tokens"), (dict(stop=[""]), "stop"), (dict(stop=None), "stop"),
+    (dict(temperature=float("nan")), "temperature"), (dict(seed="x"), "seed"),
+])
+def test_bad_parameters_raise_input_error(params, words):
+    with pytest.raises(InputError, match=words):
+        GenerationConfig(**params)
+
+
+def test_bad_inputs_raise_input_error(tok):
+    model = tiny_gpt(tok.vocab_size)                                   # max_len 32
+    with pytest.raises(InputError, match="unknown generation parameter.*temprature"):
+        generate(model, tok, "ab", temprature=0.5)
+    with pytest.raises(InputError, match="prompt has 40 tokens.*max_len=32"):
+        generate(model, tok, "a" * 40)
+    with pytest.raises(InputError, match=r"--max-new-tokens\) to at most 22"):
+        generate(model, tok, "a" * 10, max_new_tokens=30)
+    with pytest.raises(InputError, match="token ids must lie in"):
+        generate_ids(model, torch.tensor([[1, 999]]), GenerationConfig(4))
+    with pytest.raises(InputError, match="never saw"):
+        generate(model, tok, "ABC")
+    plain = Tokenizer.train_char(TEXT)                                  # no eos to start from
+    with pytest.raises(InputError, match="prompt is empty"):
+        generate(tiny_gpt(plain.vocab_size), plain, "")
+    assert generate(model, tok, "", max_new_tokens=3, temperature=0, ignore_eos=True)   # starts from eos
