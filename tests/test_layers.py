@@ -1,0 +1,305 @@
+"""Invariants of the layers in ``qkv.nn``, each checked against an independent computation.
+
+Legend: B batch, L query length, M key length, H query heads, G key/value heads, C d_model, D head dim.
+"""
+
+import math
+
+import pytest
+import torch
+
+from qkv.errors import InputError
+from qkv.nn.attention import Attention, attend
+from qkv.nn.kv_cache import KVCache
+from qkv.nn.masks import allowed_mask, build_mask
+from qkv.nn.norms import RMSNorm
+from qkv.nn.position import ALiBi, RoPE, SinusoidalPosition, alibi_slopes, apply_rotary, sinusoidal_table
+
+ATOL = 1e-5
+
+
+def grid(rows: str) -> torch.Tensor:
+    """'1.. 11.' -> a bool matrix; '1' allowed, '.' masked. Rows separated by spaces."""
+    return torch.tensor([[c == "1" for c in row] for row in rows.split()])
+
+
+# ---------------------------------------------------------------- masks against hand-written matrices
+
+@pytest.mark.parametrize("kind,L,M,window,prefix_len,expected", [
+    ("causal", 4, 4, None, 0, "1... 11.. 111. 1111"),
+    ("bidirectional", 3, 3, None, 0, "111 111 111"),
+    ("prefix", 4, 4, None, 2, "11.. 11.. 111. 1111"),
+    ("causal", 4, 4, 2, 0, "1... 11.. .11. ..11"),
+    ("bidirectional", 4, 4, 2, 0, "11.. 111. .111 ..11"),
+    ("causal", 2, 5, None, 0, "1111. 11111"),            # queries are the last 2 of 5: lower-right aligned
+    ("causal", 1, 4, None, 0, "1111"),                   # one decode step sees the whole cache
+    ("causal", 2, 5, 2, 0, "..11. ...11"),
+    ("prefix", 2, 5, None, 4, "1111. 11111"),
+])
+def test_allowed_mask_matches_hand_written(kind, L, M, window, prefix_len, expected):
+    assert torch.equal(allowed_mask(L, M, kind, window, prefix_len), grid(expected))
+
+
+def test_prefix_mask_per_row_lengths():
+    allowed_BLM = allowed_mask(3, 3, "prefix", prefix_len=torch.tensor([0, 2]))
+    assert torch.equal(allowed_BLM[0], grid("1.. 11. 111"))
+    assert torch.equal(allowed_BLM[1], grid("11. 11. 111"))
+
+
+@pytest.mark.parametrize("kind", ["causal", "bidirectional", "prefix"])
+@pytest.mark.parametrize("window", [None, 2])
+@pytest.mark.parametrize("L,M", [(5, 5), (1, 5), (3, 5)])
+def test_build_mask_dense_equals_allowed_mask(kind, window, L, M):
+    """Whatever shortcut build_mask takes (is_causal, no mask), its dense form is allowed_mask."""
+    mask = build_mask(L, M, kind, window, prefix_len=2)
+    dense = mask.dense_allowed(L, M, None)
+    expected_LM = allowed_mask(L, M, kind, window, 2)
+    dense_LM = torch.ones(L, M, dtype=torch.bool) if dense is None else dense.reshape(L, M)
+    assert torch.equal(dense_LM, expected_LM)
+
+
+def test_build_mask_marks_rows_that_see_no_key():
+    key_mask_BM = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    mask = build_mask(4, 4, "causal", key_mask_BM=key_mask_BM)
+    assert mask.live_B1L1 is not None
+    assert mask.live_B1L1.reshape(2, 4).tolist() == [[False, False, True, True], [True] * 4]
+
+
+# ---------------------------------------------------------------- attention: two paths, one answer
+
+def qkv_tensors(B=2, H=4, G=2, L=6, M=6, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, H, L, D, generator=g), torch.randn(B, G, M, D, generator=g),
+            torch.randn(B, G, M, D, generator=g))
+
+
+def reference_attention(q_BHLD, k_BGMD, v_BGMD, allowed_BHLM, bias_BHLM=None):
+    """Textbook attention, one (batch, head) at a time, with no code shared with qkv."""
+    B, H, L, D = q_BHLD.shape
+    G = k_BGMD.shape[1]
+    out_BHLD = torch.zeros_like(q_BHLD)
+    probs_BHLM = torch.zeros(B, H, L, k_BGMD.shape[2])
+    for b in range(B):
+        for h in range(H):
+            g = h // (H // G)
+            scores_LM = q_BHLD[b, h] @ k_BGMD[b, g].T / math.sqrt(D)
+            if bias_BHLM is not None:
+                scores_LM = scores_LM + bias_BHLM[b, h]
+            for l in range(L):
+                if allowed_BHLM[b, h, l].any():
+                    p_M = torch.softmax(scores_LM[l].masked_fill(~allowed_BHLM[b, h, l], -math.inf), -1)
+                    probs_BHLM[b, h, l] = p_M
+                    out_BHLD[b, h, l] = p_M @ v_BGMD[b, g]
+    return out_BHLD, probs_BHLM
+
+
+PADDING_BM = torch.tensor([[False, False, True, True, True, True], [True] * 6])
+MASK_CASES = {                                             # name -> build_mask kwargs (L = M = 6)
+    "causal": dict(kind="causal"),
+    "bidirectional": dict(kind="bidirectional"),
+    "prefix": dict(kind="prefix", prefix_len=3),
+    "window": dict(kind="causal", window=3),
+    "bidirectional_window": dict(kind="bidirectional", window=2),
+    "causal_padding": dict(kind="causal", key_mask_BM=PADDING_BM),
+    "bidirectional_padding": dict(kind="bidirectional", key_mask_BM=PADDING_BM),
+    "prefix_per_row": dict(kind="prefix", prefix_len=torch.tensor([2, 4])),
+}
+
+
+def expected_allowed_BHLM(B, H, L, M, kind, window=None, prefix_len=0, key_mask_BM=None):
+    allowed = allowed_mask(L, M, kind, window, prefix_len).reshape(-1, 1, L, M)
+    if key_mask_BM is not None:
+        allowed = allowed & key_mask_BM[:, None, None, :]
+    return allowed.expand(B, H, L, M)
+
+
+@pytest.mark.parametrize("case", sorted(MASK_CASES))
+@pytest.mark.parametrize("alibi", [False, True], ids=["nobias", "alibi"])
+@pytest.mark.parametrize("G", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_fast_path_equals_explicit_path_and_reference(case, alibi, G):
+    B, H, L, D = 2, 4, 6, 8
+    q_BHLD, k_BGMD, v_BGMD = qkv_tensors(B, H, G, L, L, D)
+    bias_1HLM = ALiBi(L, H).bias(L, L) if alibi else None
+    mask = build_mask(L, L, bias_1HLM=bias_1HLM, **MASK_CASES[case])
+    fast_BHLD, none = attend(q_BHLD, k_BGMD, v_BGMD, mask)
+    explicit_BHLD, probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs=True)
+    assert none is None
+    allowed_BHLM = expected_allowed_BHLM(B, H, L, L, **MASK_CASES[case])
+    ref_BHLD, ref_probs_BHLM = reference_attention(
+        q_BHLD, k_BGMD, v_BGMD, allowed_BHLM, None if bias_1HLM is None else bias_1HLM.expand(B, H, L, L))
+    torch.testing.assert_close(fast_BHLD, explicit_BHLD, atol=ATOL, rtol=0)
+    torch.testing.assert_close(explicit_BHLD, ref_BHLD, atol=ATOL, rtol=0)
+    torch.testing.assert_close(probs_BHLM, ref_probs_BHLM, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("case", sorted(MASK_CASES))
+def test_probabilities_sum_to_one_and_vanish_on_masked_keys(case):
+    B, H, L = 2, 4, 6
+    q_BHLD, k_BGMD, v_BGMD = qkv_tensors(B, H, 2, L, L)
+    mask = build_mask(L, L, **MASK_CASES[case])
+    _, probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs=True)
+    allowed_BHLM = expected_allowed_BHLM(B, H, L, L, **MASK_CASES[case])
+    live_BHL = allowed_BHLM.any(-1)
+    assert torch.all(probs_BHLM[~allowed_BHLM] == 0)
+    torch.testing.assert_close(probs_BHLM.sum(-1)[live_BHL], torch.ones(int(live_BHL.sum())))
+
+
+@pytest.mark.parametrize("return_probs", [False, True], ids=["fast", "explicit"])
+def test_fully_masked_rows_give_zeros_not_nan(return_probs):
+    B, H, L = 2, 4, 6
+    q_BHLD, k_BGMD, v_BGMD = qkv_tensors(B, H, 4, L, L)
+    key_mask_BM = torch.ones(B, L, dtype=torch.bool)
+    key_mask_BM[0, :3] = False                             # under a causal mask, rows 0..2 of b=0 see nothing
+    mask = build_mask(L, L, "causal", key_mask_BM=key_mask_BM)
+    out_BHLD, probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs=return_probs)
+    assert not out_BHLD.isnan().any()
+    assert torch.all(out_BHLD[0, :, :3] == 0)
+    assert out_BHLD[0, :, 3:].abs().sum() > 0
+    if return_probs:
+        assert not probs_BHLM.isnan().any()
+        assert torch.all(probs_BHLM[0, :, :3] == 0)
+
+
+@pytest.mark.parametrize("M", [1, 5])
+def test_one_query_over_a_cache_attends_to_every_key(M):
+    """A decode step (L = 1) with the causal mask is lower-right aligned: it sees all M keys."""
+    q_BHLD, k_BGMD, v_BGMD = qkv_tensors(1, 2, 2, 1, M)
+    out_BHLD, probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, build_mask(1, M, "causal"), return_probs=True)
+    ref_BHLD, _ = reference_attention(q_BHLD, k_BGMD, v_BGMD, torch.ones(1, 2, 1, M, dtype=torch.bool))
+    torch.testing.assert_close(out_BHLD, ref_BHLD, atol=ATOL, rtol=0)
+    assert torch.all(probs_BHLM > 0)
+
+
+def test_gqa_with_g_equal_h_is_mha():
+    torch.manual_seed(0)
+    mha = Attention(32, 4, 4)
+    gqa_as_mha = Attention(32, 4, 4)
+    gqa_as_mha.load_state_dict(mha.state_dict())
+    x_BLC = torch.randn(2, 5, 32)
+    mask = build_mask(5, 5, "causal")
+    torch.testing.assert_close(gqa_as_mha(x_BLC, mask)[0], mha(x_BLC, mask)[0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("G", [2, 1], ids=["gqa", "mqa"])
+@pytest.mark.parametrize("return_probs", [False, True], ids=["fast", "explicit"])
+def test_gqa_equals_mha_with_shared_key_value_heads(G, return_probs):
+    """G key/value heads each serving H/G query heads == MHA whose k/v heads are copies within a group."""
+    torch.manual_seed(0)
+    C, H = 32, 4
+    D = C // H
+    gqa = Attention(C, H, G)
+    mha = Attention(C, H, H)
+    with torch.no_grad():
+        mha.wq.load_state_dict(gqa.wq.state_dict())
+        mha.wo.load_state_dict(gqa.wo.state_dict())
+        # wkv rows are [k heads | v heads], D rows each; query head h reads kv head h // (H / G).
+        w_2GDC = gqa.wkv.weight.view(2, G, D, C)
+        b_2GD = gqa.wkv.bias.view(2, G, D)
+        mha.wkv.weight.copy_(w_2GDC.repeat_interleave(H // G, dim=1).reshape(2 * H * D, C))
+        mha.wkv.bias.copy_(b_2GD.repeat_interleave(H // G, dim=1).reshape(2 * H * D))
+    x_BLC = torch.randn(2, 5, C)
+    mask = build_mask(5, 5, "causal")
+    out_gqa = gqa(x_BLC, mask, return_probs=return_probs)
+    out_mha = mha(x_BLC, mask, return_probs=return_probs)
+    torch.testing.assert_close(out_gqa[0], out_mha[0], atol=ATOL, rtol=0)
+    if return_probs:
+        torch.testing.assert_close(out_gqa[1], out_mha[1], atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------- KV cache
+
+def test_kv_cache_returns_filled_prefix_and_raises_on_overflow():
+    cache = KVCache(batch=1, n_kv_heads=2, max_len=4, head_dim=3)
+    k_BGLD, v_BGLD = torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3)
+    k_BGMD, v_BGMD = cache.append(k_BGLD, v_BGLD)
+    assert cache.length == 3 and torch.equal(k_BGMD, k_BGLD) and torch.equal(v_BGMD, v_BGLD)
+    k_BGMD, _ = cache.append(k_BGLD[:, :, :1], v_BGLD[:, :, :1])
+    assert k_BGMD.shape[2] == 4
+    with pytest.raises(InputError, match="max_len"):
+        cache.append(k_BGLD[:, :, :1], v_BGLD[:, :, :1])
+    cache.reset()
+    assert cache.length == 0
+
+
+# ---------------------------------------------------------------- positions
+
+def test_sinusoidal_table_matches_the_paper():
+    """PE(p, 2i) = sin(p / N^(2i/C)), PE(p, 2i+1) = cos(p / N^(2i/C)), written out element by element."""
+    P, C = 12, 10
+    for base in (10000.0, 100.0):
+        table = sinusoidal_table(P, C, base)
+        for p in range(P):
+            for i in range(C // 2):
+                angle = p / base ** (2 * i / C)
+                assert table[p, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+                assert table[p, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    assert not torch.allclose(sinusoidal_table(P, C, 100.0), sinusoidal_table(P, C, 10000.0))
+
+
+def test_sinusoidal_position_honours_pos_base():
+    module = SinusoidalPosition(max_len=8, d_model=6, base=50.0)
+    torch.testing.assert_close(module.embed(torch.arange(8)[None])[0], sinusoidal_table(8, 6, 50.0))
+
+
+@pytest.mark.parametrize("shift", [1, 7, 20])
+def test_rope_scores_depend_only_on_relative_offset(shift):
+    torch.manual_seed(0)
+    D = 16
+    rope = RoPE(max_len=64, head_dim=D)
+    q_D, k_D = torch.randn(D), torch.randn(D)
+
+    def score(p_q, p_k):
+        cos, sin = rope.rotary(torch.tensor([[p_q, p_k]]))
+        rotated = apply_rotary(torch.stack([q_D, k_D])[None, None], cos, sin)[0, 0]
+        return rotated[0] @ rotated[1]
+
+    for p_q, p_k in [(5, 2), (3, 3), (10, 0), (0, 9)]:
+        assert score(p_q, p_k).item() == pytest.approx(score(p_q + shift, p_k + shift).item(), abs=1e-4)
+    assert abs(score(5, 2).item() - score(5, 3).item()) > 1e-3     # the offset itself does matter
+
+
+def test_rope_preserves_norms_and_is_identity_at_position_zero():
+    rope = RoPE(max_len=8, head_dim=8, base=100.0)
+    x_BHLD = torch.randn(1, 2, 8, 8)
+    cos, sin = rope.rotary(torch.arange(8)[None])
+    rotated_BHLD = apply_rotary(x_BHLD, cos, sin)
+    torch.testing.assert_close(rotated_BHLD.norm(dim=-1), x_BHLD.norm(dim=-1))
+    torch.testing.assert_close(rotated_BHLD[:, :, 0], x_BHLD[:, :, 0])
+
+
+def test_rope_honours_base():
+    """Channel pair (i, i + D/2) turns by p * N^(-2i/D): check pair 1 at position 3 by hand."""
+    D, base, p = 8, 100.0, 3
+    cos, sin = RoPE(max_len=8, head_dim=D, base=base).rotary(torch.tensor([[p]]))
+    angle = p * base ** (-2 * 1 / D)
+    assert cos[0, 0, 0, 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+    assert sin[0, 0, 0, 1 + D // 2].item() == pytest.approx(math.sin(angle), abs=1e-6)
+
+
+def test_alibi_slopes_for_eight_heads():
+    assert alibi_slopes(8).tolist() == [2.0 ** -k for k in range(1, 9)]
+
+
+def test_alibi_slopes_for_non_power_of_two_follow_the_paper():
+    """For 6 heads: the 4-head slopes 2^-2, 2^-4, 2^-6, 2^-8, then every other 8-head slope: 2^-1, 2^-3."""
+    torch.testing.assert_close(alibi_slopes(6), torch.tensor([2.0 ** -k for k in (2, 4, 6, 8, 1, 3)]))
+
+
+def test_alibi_bias_is_minus_slope_times_distance():
+    bias_1HLM = ALiBi(max_len=8, n_heads=2).bias(2, 4)              # queries are positions 2 and 3
+    slopes = alibi_slopes(2)
+    for h in range(2):
+        for l, p_q in enumerate((2, 3)):
+            for m in range(4):
+                assert bias_1HLM[0, h, l, m].item() == pytest.approx(-slopes[h].item() * abs(p_q - m))
+
+
+# ---------------------------------------------------------------- norms
+
+def test_rmsnorm_matches_formula():
+    norm = RMSNorm(6, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(1.0, 7.0))
+    x_BLC = torch.randn(2, 3, 6)
+    expected_BLC = x_BLC / torch.sqrt(x_BLC.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    torch.testing.assert_close(norm(x_BLC), expected_BLC)
