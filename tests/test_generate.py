@@ -7,7 +7,8 @@ from torch import nn
 
 from qkv import GPT, ModelConfig, Tokenizer
 from qkv.errors import InputError
-from qkv.generate import (GenerationConfig, TextStream, generate, generate_ids, min_p_filter,
+from qkv.bench.decode import weight_bytes_per_token
+from qkv.generate import (GenerationConfig, TextStream, decode_layout, generate, generate_ids, min_p_filter,
                           presence_frequency_penalty, repetition_penalty, stream, top_k_filter, top_p_filter)
 from qkv.models.output import ModelOutput
 
@@ -123,6 +124,30 @@ def test_max_new_tokens_counts_new_tokens_only(tok):
     assert generate_ids(model, torch.randint(0, tok.vocab_size, (1, 9)), GenerationConfig(max_new_tokens=5)).shape == (1, 5)
     text = generate(model, tok, "abcdefgh", max_new_tokens=6, temperature=0, ignore_eos=True)
     assert len(text) == 6                                       # one character per token
+
+
+def test_decode_layout_changes_strides_not_results():
+    model = tiny_gpt(40, tie_embeddings=True)
+    prompt_BL = torch.randint(0, 40, (2, 5))
+    cfg = GenerationConfig(max_new_tokens=10, temperature=0)
+    before_BN = generate_ids(model, prompt_BL, cfg)
+    with torch.no_grad():
+        logits_BLV = model(prompt_BL).logits
+    assert decode_layout(model) is model
+    assert model.head.weight is model.tok.weight and model.tok.weight.stride() == (1, 40)   # tied, column-major
+    assert model.blocks[0].mlp.down.weight.is_contiguous()             # fewer outputs than inputs: untouched
+    with torch.no_grad():
+        assert torch.allclose(model(prompt_BL).logits, logits_BLV, atol=1e-5)
+    assert torch.equal(generate_ids(model, prompt_BL, cfg), before_BN)
+
+
+def test_weight_bytes_per_token_counts_the_tied_head_once_and_skips_lookups():
+    model = tiny_gpt(40, tie_embeddings=True)                            # learned positions: a lookup table
+    total = sum(p.numel() for p in model.parameters()) * 4
+    assert weight_bytes_per_token(model) == total - model.pos.table.weight.numel() * 4
+    untied = tiny_gpt(40, tie_embeddings=False)
+    total = sum(p.numel() for p in untied.parameters()) * 4
+    assert weight_bytes_per_token(untied) == total - (untied.pos.table.weight.numel() + 40 * 32) * 4
 
 
 # ---- processors, each against a hand-computed example ------------------------------------------------
