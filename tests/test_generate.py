@@ -121,7 +121,8 @@ def test_seed_reproducible_and_different_seeds_differ(tok):
 
 def test_max_new_tokens_counts_new_tokens_only(tok):
     model = tiny_gpt(tok.vocab_size)
-    assert generate_ids(model, torch.randint(0, tok.vocab_size, (1, 9)), GenerationConfig(max_new_tokens=5)).shape == (1, 5)
+    prompt_BL = torch.randint(0, tok.vocab_size, (1, 9))
+    assert generate_ids(model, prompt_BL, GenerationConfig(max_new_tokens=5)).shape == (1, 5)
     text = generate(model, tok, "abcdefgh", max_new_tokens=6, temperature=0, ignore_eos=True)
     assert len(text) == 6                                       # one character per token
 

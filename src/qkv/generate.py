@@ -3,8 +3,8 @@
 Legend: B batch, L prompt length, T prompt + new positions, M keys seen so far, V vocab.
 
     prompt_BL ──prefill (one call, last position only)──> logits_BV
-        loop:  logits_BV ─> penalties ─> temperature ─> top-k ─> top-p ─> min-p ─> argmax | sample ─> next_B
-               next_B ──decode step (L = 1 over M cached keys)──> logits_BV
+    loop: logits_BV ─> penalties ─> temperature ─> top-k ─> top-p ─> min-p ─> argmax | sample ─> next_B
+          next_B ──decode step (L = 1 over M cached keys)──> logits_BV
 
 Processors are pure functions of ``logits_BV`` applied in that fixed order. The penalties follow two
 published rules: repetition (Keskar et al., 2019, CTRL) divides a positive logit by ``p`` and multiplies

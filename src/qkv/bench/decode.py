@@ -25,6 +25,7 @@ the median over rounds.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -122,7 +123,8 @@ def run(json_out: bool = False, *, prompt_len: int = 32, new_tokens: int = 128, 
             t0 = time.perf_counter()
             made = fn()
             per_round[name].append(made / (time.perf_counter() - t0))
-            assert made == new_tokens, f"{name} made {made} tokens, not {new_tokens}"
+            if made != new_tokens:                    # e.g. an eos slipped through: the rate would lie
+                raise RuntimeError(f"{name} generated {made} tokens instead of {new_tokens}")
     bandwidth = copy_bandwidth()
     weight_bytes = sides["qkv"][1]["weight_bytes_per_token"]
     bound = bandwidth / weight_bytes
@@ -144,6 +146,7 @@ def run(json_out: bool = False, *, prompt_len: int = 32, new_tokens: int = 128, 
                        rounds_tok_s={k: [round(x, 2) for x in v] for k, v in per_round.items()}),
         "sides": {name: info for name, (_, info) in sides.items()},
         "threads": torch.get_num_threads(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),   # > cores: other processes share them; expect noise
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
     }
@@ -168,6 +171,8 @@ def _print_table(r: dict) -> None:
         print(f"  transformers generate   {r['hf_tokens_per_s']:8.2f} tok/s   {r['hf_fraction_of_bound']:.0%} "
               f"of the bound")
         print(f"  ratio qkv / hf: {r['ratio']:.2f}x")
+    if r["load_avg_1m"] > os.cpu_count():
+        print(f"  warning: load average {r['load_avg_1m']} > {os.cpu_count()} cores; other processes skew timings")
     print(f"  bound: {r['weight_mb_per_token']:.0f} MB of weights per token / {r['bandwidth_gb_s']:.1f} GB/s copy "
           f"bandwidth = {r['bound_tokens_per_s']:.1f} tok/s")
     if "note" in r:
