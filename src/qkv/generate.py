@@ -58,7 +58,7 @@ class GenerationConfig:
         if not math.isfinite(self.temperature) or self.temperature < 0:
             bad(f"temperature={self.temperature} must be >= 0 (0 = greedy, 1 = the model's distribution)")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            bad(f"top_k={self.top_k} must be an integer >= 1 (or None to keep every token)")
+            bad(f"top_k={self.top_k} must be an integer >= 1; leave it unset (None) to keep every token")
         if not 0.0 < self.top_p <= 1.0:
             bad(f"top_p={self.top_p} must be in (0, 1]; use 1 to turn nucleus sampling off")
         if not 0.0 <= self.min_p <= 1.0:
