@@ -7,6 +7,7 @@ from .errors import CheckpointError, ConfigError, DataError, InputError, QkvErro
 from .models import GPT, ModelOutput
 from .tokenizers import Tokenizer
 from .checkpoint import load, save
+from .generate import GenerationConfig, generate, stream
 
-__all__ = ["GPT", "Tokenizer", "load", "save", "ModelConfig", "ModelOutput", "TrainConfig", "PRESETS",
+__all__ = ["GPT", "Tokenizer", "load", "save", "generate", "stream", "GenerationConfig", "ModelConfig", "ModelOutput", "TrainConfig", "PRESETS",
            "QkvError", "ConfigError", "InputError", "DataError", "CheckpointError"]

@@ -21,8 +21,15 @@ COMMANDS = {   # name -> (module, one-line help)
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag prints one line (the usage of `qkv train` alone is 20 lines)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qkv", description="qkv: a readable, fast transformer library.")
+    parser = Parser(prog="qkv", description="qkv: a readable, fast transformer library.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
