@@ -31,6 +31,7 @@ from . import __version__
 from .config import ModelConfig, build
 from .errors import CheckpointError, ConfigError
 from .models import MODEL_TYPES
+from .nn.layout import decode_layout
 from .tokenizers import Tokenizer
 
 HF_MODEL_TYPES = {"gpt2": ("qkv.interop.hf_gpt2", "load_gpt2")}
@@ -131,7 +132,8 @@ def load_weights(model, path: Path) -> None:
 
 def load(directory: str | Path, device: str | torch.device | None = None):
     """Load a qkv checkpoint or a supported Hugging Face directory. Returns the model in eval mode, with
-    ``model.tokenizer`` set (None when the directory has no tokenizer files)."""
+    ``model.tokenizer`` set (None when the directory has no tokenizer files), its wide matrices stored in
+    the layout CPU decoding reads fastest (``qkv.nn.layout``; values unchanged, training still works)."""
     d = Path(directory)
     config = read_config(d)
     model_type = config["model_type"]
@@ -153,4 +155,5 @@ def load(directory: str | Path, device: str | torch.device | None = None):
     if model.tokenizer is not None and model.tokenizer.vocab_size > model.cfg.vocab_size:
         raise CheckpointError(f"{d}: tokenizer has {model.tokenizer.vocab_size} tokens but the model only "
                               f"{model.cfg.vocab_size}; the tokenizer belongs to another model")
-    return model.to(device).eval() if device is not None else model.eval()
+    model = model.to(device).eval() if device is not None else model.eval()
+    return decode_layout(model)              # a loaded model is for inference: fastest CPU decode layout

@@ -34,7 +34,8 @@ from typing import Callable
 import torch
 
 from ..config import ModelConfig
-from ..generate import GenerationConfig, decode_layout, generate_ids
+from ..generate import GenerationConfig, generate_ids
+from ..nn.layout import decode_layout
 from ..models import GPT
 
 SHAPE = dict(vocab_size=50257, max_len=1024, n_layers=12, d_model=768, n_heads=12, mlp="gelu_tanh")

@@ -62,11 +62,11 @@ def _values(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from .. import load
-    from ..generate import decode_layout, stream
+    from ..generate import stream
 
     cfg = GenerationConfig(**_values(args), stop=tuple(args.stop), ignore_eos=args.ignore_eos,
                            use_cache=args.use_cache)
-    model = decode_layout(load(args.directory))
+    model = load(args.directory)
     if model.tokenizer is None:
         raise InputError(f"{args.directory} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
                          f"add one to generate text")

@@ -1,0 +1,64 @@
+"""Token ids in, text out, as it is generated: incremental decoding that never splits a character,
+and stop strings matched across token boundaries (never returned)."""
+
+from __future__ import annotations
+
+
+class TextStream:
+    """Token ids in, text pieces out: incremental decoding plus stop strings.
+
+    Decoding uses two offsets (the text-generation-inference trick): the text of ids[prefix:] minus the
+    text of ids[prefix:read] is new; it is released only when it does not end in U+FFFD, i.e. when the
+    last token did not stop in the middle of a UTF-8 character. Released text then waits in ``pending``
+    while its end could still be the start of a stop string.
+    """
+
+    def __init__(self, tokenizer, stops: tuple[str, ...] = ()):
+        self.tokenizer, self.stops = tokenizer, stops
+        self.ids: list[int] = []
+        self.prefix = self.read = 0
+        self.pending = ""
+        self.done = False                                         # a stop string was seen, or finish()
+
+    def _new_text(self) -> str:
+        decode = self.tokenizer.decode
+        return decode(self.ids[self.prefix:])[len(decode(self.ids[self.prefix:self.read])):]
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text that is now safe to show (often '')."""
+        if self.done:
+            return ""
+        self.ids.append(token_id)
+        new = self._new_text()
+        if new and not new.endswith("\ufffd"):
+            self.pending += new
+            self.prefix, self.read = self.read, len(self.ids)
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """No more tokens: flush everything left (an incomplete character shows as U+FFFD)."""
+        if self.done:
+            return ""
+        self.pending += self._new_text()
+        self.prefix = self.read = len(self.ids)
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending, self.done = self.pending[:min(hits)], "", True
+            return out
+        hold = 0 if final else self._stop_prefix_len()
+        out, self.pending = self.pending[:len(self.pending) - hold], self.pending[len(self.pending) - hold:]
+        self.done = final
+        return out
+
+    def _stop_prefix_len(self) -> int:
+        """Length of the longest end of ``pending`` that begins some stop string (a match may yet come)."""
+        best = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), best, -1):
+                if self.pending.endswith(s[:n]):
+                    best = n
+                    break
+        return best
