@@ -110,3 +110,10 @@ def test_bpe_tokenizer_run(tmp_path, corpus):
     last = Trainer(*tiny(tmp_path, corpus, "bpe", tokenizer="bpe", bpe_vocab_size=300)).fit()
     model = load(tmp_path / "bpe")
     assert model.tokenizer.kind == "bpe" and model.cfg.vocab_size == 300 and last["val_loss"] > 0
+
+
+def test_tensorboard_writes_event_files(tmp_path, corpus):
+    pytest.importorskip("tensorboard")
+    Trainer(*tiny(tmp_path, corpus, "tb", tensorboard=True, max_iters=4, eval_interval=2)).fit()
+    events = list((tmp_path / "tb-tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0

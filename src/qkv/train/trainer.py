@@ -160,7 +160,7 @@ class Trainer:
                 if cfg.save_interval == 0 or self.step % cfg.save_interval == 0 or self.done() \
                         or self.step == stop_at_step:
                     self.save()
-                clock = time.perf_counter() - self.elapsed     # evaluation and saving are not training time
+                self.elapsed = time.perf_counter() - clock     # the budget is wall time: evals count too
             if self.step == stop_at_step:
                 break
         bar.close()
