@@ -1,0 +1,49 @@
+"""`qkv bench train|decode [--json]`: speed against Hugging Face transformers, timed in the same run.
+
+    qkv bench train --json     tokens/s of one forward + backward + AdamW step, qkv GPT vs GPT2LMHeadModel
+    qkv bench decode --json    tokens/s of KV-cache generation, qkv GPT vs GPT2LMHeadModel
+
+With ``--json`` each prints exactly one JSON line (the configuration and every figure); without it, a
+short table. transformers is optional: without it only qkv's figures are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    train = sub.add_parser("train", help="training step: qkv GPT vs GPT2LMHeadModel, 6x384, context 256",
+                           description="Tokens/s of one fwd + bwd + AdamW step (fp32, batch 8 x 256).")
+    train.add_argument("--json", action="store_true", help="print exactly one JSON line")
+    train.add_argument("--rounds", type=_positive, default=None, help="timed rounds per side")
+    train.add_argument("--steps", type=_positive, default=None, help="timed steps per side in each round")
+    train.add_argument("--warmup", type=_positive, default=None, help="untimed steps per side (compile included)")
+    train.add_argument("--threads", type=_positive, default=None,
+                       help="torch.set_num_threads (default: torch's own, one per core)")
+    train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile qkv's model (--no-compile: eager)")
+    train.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
+    decode = sub.add_parser("decode", help="generation with the KV cache: qkv GPT vs GPT2LMHeadModel",
+                            description="Tokens/s of batch-1 greedy decoding with a KV cache.")
+    decode.add_argument("--json", action="store_true", help="print exactly one JSON line")
+
+
+def run(args) -> int:
+    if args.bench == "train":
+        from ..bench import train
+        options = {k: getattr(args, k) for k in ("rounds", "steps", "warmup", "threads", "compile")
+                   if getattr(args, k) is not None}
+        train.run(args.json, hf=args.hf, **options)
+    else:
+        from ..bench import decode     # written separately; imported only when asked for
+        decode.run(args.json)
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
