@@ -51,8 +51,10 @@ def test_metrics_rows_and_loss_goes_down(tmp_path, corpus):
 
 
 def test_max_time_stops_the_run(tmp_path, corpus):
-    last = Trainer(*tiny(tmp_path, corpus, "timed", max_iters=10**6, max_time=1.0)).fit()
-    assert last["step"] < 10**6 and last["elapsed_s"] >= 1.0
+    trainer = Trainer(*tiny(tmp_path, corpus, "timed", max_iters=10**6, max_time=1.0))
+    last = trainer.fit()
+    assert last["step"] < 10**6 and trainer.elapsed >= 1.0 > trainer.elapsed - 0.5   # stopped on time
+    assert last["step"] == trainer.step                   # and the last row is the final state
 
 
 def test_failed_save_leaves_previous_checkpoint(tmp_path, corpus, monkeypatch):

@@ -153,25 +153,26 @@ class Trainer:
             bar.update(1)
             bar.set_postfix_str(self._postfix(loss.item(), tokens_per_step), refresh=False)
             if self.step % cfg.eval_interval == 0 or self.done() or self.step == stop_at_step:
-                last = self._record(loss_sum / max(loss_count, 1), lr, writer)
+                last = self._record(loss_sum / max(loss_count, 1), lr, writer, clock)
                 loss_sum, loss_count = 0.0, 0
                 bar.write(f"step {self.step:>6} | train_loss {last['train_loss']:.4f} | "
                           f"val_loss {last['val_loss']:.4f} | {self.elapsed:6.1f}s")
                 if cfg.save_interval == 0 or self.step % cfg.save_interval == 0 or self.done() \
                         or self.step == stop_at_step:
                     self.save()
-                self.elapsed = time.perf_counter() - clock     # the budget is wall time: evals count too
+                self.elapsed = time.perf_counter() - clock     # ... and so do saves
             if self.step == stop_at_step:
                 break
         bar.close()
         if writer is not None:
             writer.close()
         if last is None:                                  # nothing left to do (e.g. resumed at the end)
-            last = self.metrics[-1] if self.metrics else self._record(float("nan"), 0.0, None)
+            last = self.metrics[-1] if self.metrics else self._record(float("nan"), 0.0, None, clock)
         return last
 
-    def _record(self, train_loss: float, lr: float, writer) -> dict:
+    def _record(self, train_loss: float, lr: float, writer, clock: float) -> dict:
         val_loss = self.evaluate()
+        self.elapsed = time.perf_counter() - clock          # the budget is wall time: evaluations count
         row = {"step": self.step, "elapsed_s": round(self.elapsed, 3), "tokens": self.tokens,
                "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5), "lr": lr}
         self.metrics.append(row)
