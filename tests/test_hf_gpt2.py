@@ -299,3 +299,26 @@ def test_bin_with_code_is_refused_not_run(good_dir, tmp_path):
     with pytest.raises(CheckpointError, match="pytorch_model.bin could not be read"):
         load_gpt2(good_dir)
     assert not marker.exists()
+
+
+def test_qkv_generate_and_cli_on_a_transformers_directory(transformers, hf_model, bpe, hf_dir, tmp_path, capsys):
+    """`qkv.generate` and `qkv generate DIR` on a save_pretrained directory continue exactly as
+    transformers' greedy `generate` does, text included."""
+    import qkv
+    from qkv.cli import main
+    d = tmp_path / "gpt2"
+    shutil.copytree(hf_dir, d)
+    bpe.backend.model.save(str(d))
+    prompt = "the quick brown fox"
+    ids_1L = torch.tensor([bpe.encode(prompt)])
+    with torch.no_grad():
+        expected_1L = hf_model.generate(ids_1L, attention_mask=torch.ones_like(ids_1L), max_new_tokens=12,
+                                        do_sample=False, pad_token_id=0)
+    expected = bpe.decode(expected_1L[0, ids_1L.shape[1]:].tolist())
+    assert len(expected.strip()) > 0
+    model = qkv.load(d)
+    assert qkv.generate(model, model.tokenizer, prompt, max_new_tokens=12, temperature=0,
+                        ignore_eos=True) == expected
+    assert main(["generate", str(d), "--prompt", prompt, "--max-new-tokens", "12", "--temperature", "0",
+                 "--ignore-eos"]) == 0
+    assert capsys.readouterr().out.rstrip("\n").endswith(expected.rstrip("\n"))
