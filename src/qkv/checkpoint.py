@@ -91,18 +91,26 @@ def save(model, directory: str | Path, tokenizer: Tokenizer | None = None) -> Pa
     return Path(directory)
 
 
+def read_json(path: Path, missing: str) -> dict:
+    """The JSON object in ``path``; ``missing`` is the error message (with its fix) when the file is absent."""
+    if not path.is_file():
+        raise CheckpointError(missing)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is corrupt, fix or re-save it") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object; fix or re-save it")
+    return data
+
+
 def read_config(directory: str | Path) -> dict:
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"no checkpoint directory at {d}; train one with `qkv train` or check the path")
     path = d / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{d} has no config.json; it is not a checkpoint (point at the run directory)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt, re-save it") from None
-    if not isinstance(config, dict) or "model_type" not in config:
+    config = read_json(path, f"{d} has no config.json; it is not a checkpoint (point at the run directory)")
+    if "model_type" not in config:
         raise CheckpointError(f"{path} has no 'model_type'; expected a qkv or Hugging Face config.json")
     return config
 

@@ -37,7 +37,9 @@ class Tokenizer:
         self.pad_id = next((vocab[n] for n in PAD_NAMES if n in vocab), None)
         # Char vocabularies map one character to one id: a dict lookup is 30x faster than the backend
         # on a megabyte of text, and a test holds the two equal.
-        self._char_ids = {t: i for t, i in vocab.items() if len(t) == 1} if self.kind == "char" else None
+        # (Only without special tokens: "<eos>" inside text must still become one token.)
+        plain_chars = self.kind == "char" and not backend.get_added_tokens_decoder()
+        self._char_ids = {t: i for t, i in vocab.items() if len(t) == 1} if plain_chars else None
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -95,7 +97,7 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        if self._char_ids is not None and not self.backend.get_added_tokens_decoder():
+        if self._char_ids is not None:
             try:
                 return [self._char_ids[c] for c in text]
             except KeyError:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import atomic_dir
+from ..checkpoint import atomic_dir, read_json
 from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
 from ..models.decoder import GPT
@@ -59,16 +59,8 @@ BUFFERS = (".attn.bias", ".attn.masked_bias")     # causal-mask buffers some che
 
 
 # ---- config.json ---------------------------------------------------------------------------------------
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; pass a directory written by save_pretrained")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); fix or re-save it") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object; fix or re-save it")
-    return data
+def read_hf_json(path: Path) -> dict:
+    return read_json(path, f"{path} does not exist; pass a directory written by save_pretrained")
 
 
 def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
@@ -145,7 +137,7 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
                               f"copy the weights next to config.json")
     if not name.endswith(".index.json"):
         return _read_one(directory / name)
-    weight_map = read_json(directory / name).get("weight_map")
+    weight_map = read_hf_json(directory / name).get("weight_map")
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{directory / name} has no 'weight_map' object; re-save the checkpoint")
     tensors: dict[str, torch.Tensor] = {}
@@ -253,7 +245,7 @@ def load_gpt2(directory: str | os.PathLike) -> GPT:
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"{d} is not a directory; pass the folder that holds config.json and the weights")
-    cfg = config_from_hf(read_json(d / "config.json"), where=str(d / "config.json"))
+    cfg = config_from_hf(read_hf_json(d / "config.json"), where=str(d / "config.json"))
     hf = check_tensors(read_weights(d), cfg, where=f"the weights in {d}")
     model = gpt_from_state(cfg, state_from_hf(hf, cfg), where=f"the weights in {d}")
     model.tokenizer = Tokenizer.from_dir(d)
