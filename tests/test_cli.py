@@ -77,7 +77,7 @@ def test_eval_prints_loss_and_perplexity(run_dir, corpus):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
-    (["train", "--preset", "tiny", "--max-iters", "many"], "--max-iters expects int"),
+    (["train", "--preset", "tiny", "--max-iters", "many"], "--max-iters expects an integer"),
     (["train", "--preset", "tiny", "--pos", "spiral"], "invalid choice"),
     (["train", "--preset", "tiny", "--d-model", "30", "--n-heads", "4"], "must be divisible"),
     (["train", "--preset", "tiny", "--data", "{missing}"], "does not exist"),

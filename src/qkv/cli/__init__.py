@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:          # a bad flag (status 2) or --help (0): a status, like every other error
+        return int(e.code or 0)
     try:
         return int(args._run(args) or 0)
     except QkvError as e:

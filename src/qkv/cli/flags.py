@@ -14,20 +14,28 @@ import typing
 from typing import Literal
 
 
-def _parser_for(hint, name: str):
-    args = typing.get_args(hint)
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
-    base = next(a for a in args if a is not type(None)) if optional else hint
+KIND_WORDS = {int: "an integer", float: "a number"}
 
+
+def value_parser(base: type, flag: str, optional: bool = False):
+    """An argparse ``type`` whose error names the flag and what it takes (``none`` allowed if optional)."""
     def parse(text: str):
         if optional and text.lower() == "none":
             return None
         try:
             return base(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} expects {base.__name__}, got {text!r}") from None
+            kind = KIND_WORDS.get(base, base.__name__) + (" or none" if optional else "")
+            raise argparse.ArgumentTypeError(f"{flag} expects {kind}, got {text!r}") from None
     parse.__name__ = base.__name__ if not optional else f"{base.__name__} or none"
     return parse
+
+
+def _parser_for(hint, name: str):
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    base = next(a for a in args if a is not type(None)) if optional else hint
+    return value_parser(base, "--" + name.replace("_", "-"), optional)
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:

@@ -14,10 +14,11 @@ import sys
 
 from ..errors import InputError
 from ..generate import GenerationConfig
+from .flags import value_parser
 
 DEFAULTS = GenerationConfig()
 
-# flag -> (field, type, help). Types are parsed here; ranges are checked by GenerationConfig.
+# flag -> (field, type, help). argparse parses the types; GenerationConfig checks the ranges.
 FLAGS = {
     "--max-new-tokens": ("max_new_tokens", int, "tokens to generate (the prompt not counted)"),
     "--temperature": ("temperature", float, "0 = greedy; higher = more random"),
@@ -35,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="a qkv checkpoint or Hugging Face GPT-2 directory")
     parser.add_argument("--prompt", default="", help="text to continue (default: start from eos)")
     for flag, (field, kind, help_text) in FLAGS.items():
-        parser.add_argument(flag, dest=field, default=None, metavar=kind.__name__.upper(),
+        parser.add_argument(flag, dest=field, type=value_parser(kind, flag), default=None,
+                            metavar=kind.__name__.upper(),
                             help=f"{help_text} (default {getattr(DEFAULTS, field)})")
     parser.add_argument("--stop", action="append", default=[], metavar="S",
                         help="stop before this string (repeatable); it is not printed")
@@ -44,27 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="recompute the whole sequence every step (slow; for comparison)")
 
 
-def _values(args: argparse.Namespace) -> dict:
-    """The numeric flags that were given, parsed here so a malformed one is one InputError line
-    (argparse's own type errors print a usage block)."""
-    values = {}
-    for flag, (field, kind, _) in FLAGS.items():
-        text = getattr(args, field)
-        if text is None:
-            continue
-        try:
-            values[field] = kind(text)
-        except ValueError:
-            raise InputError(f"{flag} expects {'an integer' if kind is int else 'a number'}, "
-                             f"got {text!r}") from None
-    return values
-
-
 def run(args: argparse.Namespace) -> int:
     from .. import load
     from ..generate import stream
 
-    cfg = GenerationConfig(**_values(args), stop=tuple(args.stop), ignore_eos=args.ignore_eos,
+    given = {field: getattr(args, field) for field, _, _ in FLAGS.values() if getattr(args, field) is not None}
+    cfg = GenerationConfig(**given, stop=tuple(args.stop), ignore_eos=args.ignore_eos,
                            use_cache=args.use_cache)
     model = load(args.directory)
     if model.tokenizer is None:
