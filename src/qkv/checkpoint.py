@@ -76,12 +76,23 @@ def write_model_files(directory: Path, model, tokenizer: Tokenizer | None, extra
     config = {"model_type": model.model_type, "qkv_version": __version__,
               "model": dataclasses.asdict(model.cfg), **(extra_config or {})}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.cfg.tie_embeddings:
-        state.pop("head.weight", None)               # safetensors refuses shared storage; re-tied on load
+    aliases = tied_aliases(model)                    # safetensors refuses shared storage; re-tied on load
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in aliases}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(directory / "tokenizer.json")
+
+
+def tied_aliases(model) -> dict[str, str]:
+    """{alias: canonical} for parameters registered under several names (tied embeddings and heads)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
 
 
 def save(model, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
@@ -123,8 +134,9 @@ def load_weights(model, path: Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is truncated or corrupt ({e}); restore it or re-save the model") from None
-    if model.cfg.tie_embeddings:
-        state.setdefault("head.weight", state.get("tok.weight"))
+    for alias, canonical in tied_aliases(model).items():
+        if canonical in state:
+            state.setdefault(alias, state[canonical])
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

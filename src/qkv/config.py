@@ -38,9 +38,12 @@ class ModelConfig:
     bias: bool = True                       # biases in Linear layers (GPT-2: yes, LLaMA: no)
     tie_embeddings: bool = True             # output head shares the token embedding matrix
     dropout: float = 0.0
+    type_vocab_size: int = 0                # segment (token type) embeddings, BERT's A/B; 0 = none
+    embed_norm: bool = False                # a norm right after the embeddings (BERT)
+    n_encoder_layers: int | None = None     # encoder-decoder only; None -> n_layers
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_len", "n_layers", "d_model", "n_heads"):
+        for name in ("vocab_size", "max_len", "n_layers", "d_model", "n_heads", "n_encoder_layers"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.d_model % self.n_heads:
@@ -55,10 +58,16 @@ class ModelConfig:
             raise ConfigError(f"window={self.window} must be >= 1 (or None for full attention)")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.type_vocab_size < 0:
+            raise ConfigError(f"type_vocab_size={self.type_vocab_size} must be >= 0 (0 = no segment embeddings)")
 
     @property
     def kv_heads(self) -> int:              # G
         return self.n_kv_heads or self.n_heads
+
+    @property
+    def encoder_layers(self) -> int:
+        return self.n_encoder_layers or self.n_layers
 
     @property
     def head_dim(self) -> int:              # D

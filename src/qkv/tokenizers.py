@@ -25,6 +25,7 @@ from tokenizers import Tokenizer as Backend
 from .errors import CheckpointError, InputError
 
 EOS_NAMES = ("<eos>", "<|endoftext|>", "</s>")
+BOS_NAMES = ("<bos>", "<s>")
 PAD_NAMES = ("<pad>", "[PAD]")
 
 
@@ -35,6 +36,7 @@ class Tokenizer:
         vocab = backend.get_vocab(with_added_tokens=True)
         self.eos_id = next((vocab[n] for n in EOS_NAMES if n in vocab), None)
         self.pad_id = next((vocab[n] for n in PAD_NAMES if n in vocab), None)
+        self.bos_id = next((vocab[n] for n in BOS_NAMES if n in vocab), None)
         # Char vocabularies map one character to one id: a dict lookup is 30x faster than the backend
         # on a megabyte of text, and a test holds the two equal.
         # (Only without special tokens: "<eos>" inside text must still become one token.)

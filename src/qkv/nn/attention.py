@@ -5,9 +5,13 @@ Legend: B batch, L query length, M key length, C d_model, H query heads, G key/v
     Attention(Q, K, V) = softmax(Q K^T / sqrt(D) + bias) V          per head, then concat heads and W_o
 
         x_BLC ──wq──> q_BHLD ─┐ (rotate: RoPE)
-        x_BLC ──wkv─> k_BGMD ─┤ (rotate, then append to the cache)      memory_BMC replaces x for
-                      v_BGMD ─┤                                          cross-attention keys/values
+        x_BLC ──wkv─> k_BGMD ─┤ (rotate, then append to the cache)      cross-attention: keys/values
+                      v_BGMD ─┤                                          come from ``project_kv(memory)``
                               └─> softmax(masked scores) @ v ──> out_BLHD ──wo──> out_BLC
+
+Cross-attention (encoder-decoder) takes its keys and values from the encoder output ("memory"). They
+depend only on the source, so the caller projects them once with ``project_kv`` and passes ``kv``:
+once per training step, and once per source sentence for a whole decode (not once per new token).
 
 Grouped-query attention (Ainslie et al., 2023): G key/value heads each serve H/G query heads
 (G = H is multi-head, G = 1 is multi-query attention). Two paths compute the same thing:
@@ -72,25 +76,33 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.resid_drop = nn.Dropout(dropout)
 
+    def project_kv(self, source_BMC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of a source sequence: (k_BGMD, v_BGMD)."""
+        B, M, _ = source_BMC.shape
+        kv_BM2GD = self.wkv(source_BMC).view(B, M, 2, self.n_kv_heads, self.head_dim)
+        k_BGMD, v_BGMD = kv_BM2GD.permute(2, 0, 3, 1, 4).unbind(0)
+        return k_BGMD, v_BGMD
+
     def forward(self, x_BLC: torch.Tensor, mask: AttnMask, rope=None, cache: KVCache | None = None,
-                return_probs: bool = False, memory_BMC: torch.Tensor | None = None):
-        """Self-attention over x (or cross-attention onto ``memory_BMC``). Returns (out_BLC, probs_BHLM|None).
+                return_probs: bool = False, kv: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Self-attention over x, or cross-attention onto precomputed ``kv`` (from ``project_kv``).
+        Returns (out_BLC, probs_BHLM or None).
 
         ``rope`` is (cos_B1LD, sin_B1LD) for the query positions, or None when positions are not rotary.
         """
         B, L, _ = x_BLC.shape
-        H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
+        H, D = self.n_heads, self.head_dim
         q_BHLD = self.wq(x_BLC).view(B, L, H, D).transpose(1, 2)
-        source_BMC = x_BLC if memory_BMC is None else memory_BMC
-        M_new = source_BMC.shape[1]
-        kv_BM2GD = self.wkv(source_BMC).view(B, M_new, 2, G, D)
-        k_BGMD, v_BGMD = kv_BM2GD.permute(2, 0, 3, 1, 4).unbind(0)
-        if rope is not None:
-            cos_B1LD, sin_B1LD = rope
-            q_BHLD = apply_rotary(q_BHLD, cos_B1LD, sin_B1LD)
-            k_BGMD = apply_rotary(k_BGMD, cos_B1LD, sin_B1LD)
-        if cache is not None:
-            k_BGMD, v_BGMD = cache.append(k_BGMD, v_BGMD)
+        if kv is not None:                   # cross-attention: keys/values precomputed, never rotated or cached
+            k_BGMD, v_BGMD = kv
+        else:
+            k_BGMD, v_BGMD = self.project_kv(x_BLC)
+            if rope is not None:
+                cos_B1LD, sin_B1LD = rope
+                q_BHLD = apply_rotary(q_BHLD, cos_B1LD, sin_B1LD)
+                k_BGMD = apply_rotary(k_BGMD, cos_B1LD, sin_B1LD)
+            if cache is not None:
+                k_BGMD, v_BGMD = cache.append(k_BGMD, v_BGMD)
         p = self.dropout if self.training else 0.0
         out_BHLD, probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs, p)
         out_BLC = self.wo(out_BHLD.transpose(1, 2).reshape(B, L, H * D))

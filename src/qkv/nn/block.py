@@ -1,12 +1,15 @@
 """One transformer block: attention and feed-forward sublayers, each wrapped in residual + norm.
 
-Legend: B batch, L length, C d_model, H heads, M key length.
+Legend: B batch, L length, C d_model, H heads, M key length (for cross-attention: the source length).
 
     pre-norm  (GPT-2, LLaMA):          x = x + Attn(Norm(x));   x = x + FFN(Norm(x))   (+ a final norm)
     post-norm (original paper, BERT):  x = Norm(x + Attn(x));   x = Norm(x + FFN(x))
 
-The same block serves encoders (bidirectional mask) and decoders (causal mask). The encoder-decoder adds
-a cross-attention sublayer between the two, using ``Attention(memory_BMC=...)``.
+The same block serves encoders (bidirectional mask) and decoders (causal mask). A decoder block of the
+encoder-decoder (Vaswani et al., 2017, sec. 3.1) adds a third sublayer between the two, cross-attention:
+queries from the decoder, keys and values from the encoder output, masked only for source padding.
+
+    x ─> [self-attention] ─> [cross-attention onto the encoder output] ─> [FFN] ─>      (each: residual + norm)
 """
 
 import torch
@@ -20,22 +23,37 @@ from .norms import make_norm
 
 
 class Block(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, cross: bool = False):
         super().__init__()
         self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout)
         self.norm1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        if cross:
+            self.cross = Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout)
+            self.norm_cross = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.ffn_dim, cfg.bias, cfg.dropout)
         self.norm2 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.pre_norm = cfg.norm_placement == "pre"
 
-    def forward(self, x_BLC: torch.Tensor, mask: AttnMask, rope=None, cache: KVCache | None = None,
-                return_probs: bool = False):
+    def _sublayer(self, x_BLC, norm, fn):
+        """Residual + norm around ``fn``, in the block's placement. Returns (x_BLC, probs)."""
         if self.pre_norm:
-            h_BLC, probs_BHLM = self.attn(self.norm1(x_BLC), mask, rope, cache, return_probs)
-            x_BLC = x_BLC + h_BLC
-            x_BLC = x_BLC + self.mlp(self.norm2(x_BLC))
-        else:
-            h_BLC, probs_BHLM = self.attn(x_BLC, mask, rope, cache, return_probs)
-            x_BLC = self.norm1(x_BLC + h_BLC)
-            x_BLC = self.norm2(x_BLC + self.mlp(x_BLC))
-        return x_BLC, probs_BHLM
+            h_BLC, probs = fn(norm(x_BLC))
+            return x_BLC + h_BLC, probs
+        h_BLC, probs = fn(x_BLC)
+        return norm(x_BLC + h_BLC), probs
+
+    def forward(self, x_BLC: torch.Tensor, mask: AttnMask, rope=None, cache: KVCache | None = None,
+                return_probs: bool = False, cross_kv=None, cross_mask: AttnMask | None = None):
+        """Returns (x_BLC, self_probs_BHLL or None, cross_probs_BHLM or None).
+
+        cross_kv: this block's (k_BGMD, v_BGMD) of the encoder output (``self.cross.project_kv(memory)``).
+        """
+        x_BLC, probs_BHLM = self._sublayer(x_BLC, self.norm1,
+                                           lambda h: self.attn(h, mask, rope, cache, return_probs))
+        cross_probs_BHLM = None
+        if cross_kv is not None:
+            x_BLC, cross_probs_BHLM = self._sublayer(
+                x_BLC, self.norm_cross, lambda h: self.cross(h, cross_mask, return_probs=return_probs,
+                                                             kv=cross_kv))
+        x_BLC, _ = self._sublayer(x_BLC, self.norm2, lambda h: (self.mlp(h), None))
+        return x_BLC, probs_BHLM, cross_probs_BHLM

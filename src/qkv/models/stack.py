@@ -1,0 +1,99 @@
+"""The trunk every family shares: embeddings, a stack of blocks, a final norm.
+
+Legend: B batch, L length, M key length, C d_model, S source length (encoder output), G key/value heads.
+
+    ids_BL ─> token embedding (+ position embedding) (+ segment embedding) (─> norm) ─> dropout
+           ─> n x Block(mask; RoPE/ALiBi hooks act inside attention; optional cross-attention)
+           ─> final norm (pre-norm only) ─> h_BLC
+
+GPT is a causal stack with a head, BERT a bidirectional stack with segment embeddings and heads, the
+encoder-decoder a bidirectional stack feeding a causal stack with cross-attention: one class, different
+masks (the x-transformers idea). The state-dict names (tok, pos, blocks.i, norm_f) are the same for all.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError, InputError
+from ..nn.block import Block
+from ..nn.kv_cache import KVCache
+from ..nn.masks import AttnMask
+from ..nn.norms import make_norm
+from ..nn.position import make_position
+
+
+class Stack(nn.Module):
+    def __init__(self, cfg: ModelConfig, n_layers: int | None = None, cross: bool = False):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ConfigError("ModelConfig.vocab_size is None; set it to the tokenizer's vocab size")
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = make_position(cfg)
+        if cfg.type_vocab_size:
+            self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
+        self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.embed_norm else nn.Identity()
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(n_layers or cfg.n_layers))
+        # Pre-norm leaves the residual stream unnormalized, so a final norm closes the stack.
+        self.norm_f = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.norm_placement == "pre" \
+            else nn.Identity()
+
+    def init_weights(self) -> None:
+        """GPT-2's init: N(0, 0.02), zero biases, and the projections that write into the residual
+        stream scaled by 1/sqrt(2 * n_layers)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.wo.weight", "cross.wo.weight", "mlp.down.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * len(self.blocks)))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_caches(self, batch: int, max_len: int | None = None) -> list[KVCache]:
+        """One preallocated self-attention cache per layer, on the model's device and dtype."""
+        p = self.tok.weight
+        return [KVCache(batch, self.cfg.kv_heads, max_len or self.cfg.max_len, self.cfg.head_dim,
+                        dtype=p.dtype, device=p.device) for _ in self.blocks]
+
+    def check_ids(self, ids_BL: torch.Tensor, start: int = 0) -> None:
+        """Raise a clear error for ids outside the vocabulary or a sequence past the positions."""
+        if ids_BL.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+            raise InputError(f"token ids must be an integer tensor, got {ids_BL.dtype}")
+        if ids_BL.numel() and (int(ids_BL.min()) < 0 or int(ids_BL.max()) >= self.cfg.vocab_size):
+            raise InputError(f"token ids must lie in [0, {self.cfg.vocab_size}); got min {int(ids_BL.min())}"
+                             f" max {int(ids_BL.max())}: encode text with this model's tokenizer")
+        if start + ids_BL.shape[1] > self.cfg.max_len:
+            raise InputError(f"sequence of {start + ids_BL.shape[1]} positions exceeds the model's context "
+                             f"max_len={self.cfg.max_len}; shorten the input")
+
+    def embed(self, ids_BL: torch.Tensor, pos_BL: torch.Tensor, types_BL: torch.Tensor | None = None):
+        x_BLC = self.tok(ids_BL)
+        add_BLC = self.pos.embed(pos_BL)
+        if add_BLC is not None:
+            x_BLC = x_BLC + add_BLC
+        if self.cfg.type_vocab_size:
+            x_BLC = x_BLC + self.types(types_BL if types_BL is not None else torch.zeros_like(ids_BL))
+        return self.drop(self.embed_norm(x_BLC))
+
+    def run(self, x_BLC: torch.Tensor, mask: AttnMask, pos_BL: torch.Tensor,
+            caches: list[KVCache] | None = None, return_attentions: bool = False,
+            cross_kvs: list | None = None, cross_mask: AttnMask | None = None):
+        """The blocks and the final norm over embedded inputs. Returns (h_BLC, attentions, cross_attentions);
+        the attention lists hold one probs_BHLM per layer when asked (else None entries)."""
+        rope = self.pos.rotary(pos_BL)
+        attentions, cross_attentions = [], []
+        for i, block in enumerate(self.blocks):
+            x_BLC, probs_BHLM, cross_BHLM = block(x_BLC, mask, rope, caches[i] if caches else None,
+                                                  return_attentions, cross_kvs[i] if cross_kvs else None,
+                                                  cross_mask)
+            attentions.append(probs_BHLM)
+            cross_attentions.append(cross_BHLM)
+        return self.norm_f(x_BLC), attentions, cross_attentions
