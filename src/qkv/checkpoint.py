@@ -34,6 +34,7 @@ from .models import MODEL_TYPES
 from .nn.layout import decode_layout
 from .tokenizers import Tokenizer
 
+SRC_TOKENIZER_FILE = "tokenizer_src.json"
 HF_MODEL_TYPES = {"gpt2": ("qkv.interop.hf_gpt2", "load_gpt2")}
 
 
@@ -73,14 +74,19 @@ def atomic_dir(target: str | Path):
 
 def write_model_files(directory: Path, model, tokenizer: Tokenizer | None, extra_config: dict | None = None):
     """Write config.json, model.safetensors and tokenizer.json into an existing (temp) directory."""
+    # Models with more than a ModelConfig (task heads and their labels) add a JSON-able ``extra_config()``;
+    # ``MODEL_TYPES[type].from_config(cfg, config)`` rebuilds them from it.
+    own = model.extra_config() if hasattr(model, "extra_config") else {}
     config = {"model_type": model.model_type, "qkv_version": __version__,
-              "model": dataclasses.asdict(model.cfg), **(extra_config or {})}
+              "model": dataclasses.asdict(model.cfg), **own, **(extra_config or {})}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     aliases = tied_aliases(model)                    # safetensors refuses shared storage; re-tied on load
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in aliases}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(directory / "tokenizer.json")
+    if getattr(model, "src_tokenizer", None) is not None:    # encoder-decoders with a separate source vocab
+        model.src_tokenizer.save(directory / SRC_TOKENIZER_FILE)
 
 
 def tied_aliases(model) -> dict[str, str]:
@@ -166,9 +172,12 @@ def load(directory: str | Path, device: str | torch.device | None = None):
             cfg = build(ModelConfig, config.get("model", {}), f"{d / 'config.json'}")
         except (ConfigError, TypeError) as e:
             raise CheckpointError(f"{d / 'config.json'} holds an invalid model config: {e}") from None
-        model = MODEL_TYPES[model_type](cfg)
+        cls = MODEL_TYPES[model_type]
+        model = cls.from_config(cfg, config) if hasattr(cls, "from_config") else cls(cfg)
         load_weights(model, d / "model.safetensors")
         model.tokenizer = Tokenizer.from_dir(d)
+        if (d / SRC_TOKENIZER_FILE).is_file():
+            model.src_tokenizer = Tokenizer.from_file(d / SRC_TOKENIZER_FILE)
     else:
         raise CheckpointError(f"model_type {model_type!r} in {d / 'config.json'} is not supported; qkv "
                               f"loads {sorted(MODEL_TYPES) + sorted(HF_MODEL_TYPES)}")
