@@ -41,9 +41,11 @@ class ModelConfig:
     type_vocab_size: int = 0                # segment (token type) embeddings, BERT's A/B; 0 = none
     embed_norm: bool = False                # a norm right after the embeddings (BERT)
     n_encoder_layers: int | None = None     # encoder-decoder only; None -> n_layers
+    src_vocab_size: int | None = None       # encoder-decoder only; None -> one joint vocabulary, one embedding
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_len", "n_layers", "d_model", "n_heads", "n_encoder_layers"):
+        for name in ("vocab_size", "max_len", "n_layers", "d_model", "n_heads", "n_encoder_layers",
+                     "src_vocab_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.d_model % self.n_heads:

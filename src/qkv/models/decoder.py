@@ -36,7 +36,7 @@ class GPT(Stack):
     def forward(self, ids_BL: torch.Tensor, targets_BL: torch.Tensor | None = None,
                 caches: list[KVCache] | None = None, key_mask_BM: torch.Tensor | None = None,
                 prefix_len: int | torch.Tensor = 0, return_attentions: bool = False,
-                last_only: bool = False) -> ModelOutput:
+                last_only: bool = False, label_smoothing: float = 0.0) -> ModelOutput:
         """Logits for every position (or only the last with ``last_only``), and the loss if targets are given.
 
         targets_BL: next-token labels, -100 where no loss is wanted.
@@ -59,6 +59,7 @@ class GPT(Stack):
         logits_BLV = self.head(h_BLC)
         loss = None
         if targets_BL is not None:
-            loss = F.cross_entropy(logits_BLV.flatten(0, 1), targets_BL.flatten(), ignore_index=-100)
+            loss = F.cross_entropy(logits_BLV.flatten(0, 1), targets_BL.flatten(), ignore_index=-100,
+                                   label_smoothing=label_smoothing)
         return ModelOutput(logits=logits_BLV, loss=loss,
                            attentions=tuple(attentions) if return_attentions else None, hidden=h_BLC)

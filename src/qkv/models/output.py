@@ -11,3 +11,5 @@ class ModelOutput:
     loss: torch.Tensor | None = None                     # mean cross-entropy over labelled positions
     attentions: tuple[torch.Tensor, ...] | None = None   # one probs_BHLM per layer, when asked
     hidden: torch.Tensor | None = None                   # final hidden states h_BLC (after the final norm)
+    cross_attentions: tuple[torch.Tensor, ...] | None = None     # encoder-decoder: probs_BHLS per layer
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None   # encoder-decoder: probs_BHSS per layer

@@ -35,5 +35,11 @@ class KVCache:
         self.length = end
         return self.k_BGMD[:, :, :end], self.v_BGMD[:, :, :end]
 
+    def reorder(self, index_B: torch.Tensor) -> None:
+        """Keep row ``index_B[b]`` as row b (beam search: each surviving beam takes its parent's past)."""
+        end = self.length
+        self.k_BGMD[:, :, :end] = self.k_BGMD[index_B, :, :end]
+        self.v_BGMD[:, :, :end] = self.v_BGMD[index_B, :, :end]
+
     def reset(self) -> None:
         self.length = 0
