@@ -30,13 +30,14 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..checkpoint import atomic_dir, read_json
+from ..checkpoint import atomic_dir
 from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
 from ..models.decoder import GPT
 from ..tokenizers import Tokenizer
+from .hf_files import check_shapes, model_from_state, read_hf_json, read_weights
 
 # HF activation_function -> our mlp. gelu_new, gelu_fast and both gelu_*_tanh are the same tanh formula.
 ACTIVATIONS_IN = {"gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -53,16 +54,10 @@ REQUIRED_OPTIONS = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx
 GPT2_FIXED_FIELDS = {"pos": "learned", "norm": "layernorm", "norm_placement": "pre", "mask": "causal",
                      "window": None, "bias": True}
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
-                "pytorch_model.bin", "pytorch_model.bin.index.json")
 BUFFERS = (".attn.bias", ".attn.masked_bias")     # causal-mask buffers some checkpoints saved
 
 
 # ---- config.json ---------------------------------------------------------------------------------------
-def read_hf_json(path: Path) -> dict:
-    return read_json(path, f"{path} does not exist; pass a directory written by save_pretrained")
-
-
 def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     """ModelConfig for a GPT-2 config.json; missing keys take GPT2Config's defaults, as transformers does."""
     if hf.get("model_type") != "gpt2":
@@ -112,47 +107,6 @@ def config_to_hf(cfg: ModelConfig, eos_id: int | None = None, dtype: torch.dtype
     }
 
 
-# ---- weight files --------------------------------------------------------------------------------------
-def _read_one(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            tensors = load_file(str(path))
-        else:   # weights_only: plain tensors only; a pickle that wants to run code is refused
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist; copy it next to config.json") from None
-    except Exception as e:  # safetensors and torch.load raise many types for bad bytes
-        raise CheckpointError(f"{path} could not be read ({type(e).__name__}: {e}); it is truncated, corrupt "
-                              f"or not a weights file: download or save it again") from None
-    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
-        raise CheckpointError(f"{path} does not hold a flat dict of tensors; re-save it with save_pretrained")
-    return tensors
-
-
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a save_pretrained directory, from one file or the shards an index names."""
-    name = next((n for n in WEIGHT_FILES if (directory / n).is_file()), None)
-    if name is None:
-        raise CheckpointError(f"no weights in {directory}: expected one of {list(WEIGHT_FILES)}; "
-                              f"copy the weights next to config.json")
-    if not name.endswith(".index.json"):
-        return _read_one(directory / name)
-    weight_map = read_hf_json(directory / name).get("weight_map")
-    if not isinstance(weight_map, dict):
-        raise CheckpointError(f"{directory / name} has no 'weight_map' object; re-save the checkpoint")
-    tensors: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        if not isinstance(shard, str) or Path(shard).name != shard:   # never read outside the directory
-            raise CheckpointError(f"{directory / name} names shard {shard!r}, which is not a plain file "
-                                  f"name in the same directory; re-save the checkpoint")
-        tensors.update(_read_one(directory / shard))
-    missing = sorted(set(weight_map) - set(tensors))
-    if missing:
-        raise CheckpointError(f"{directory / name} lists {missing[:3]} but no shard holds them; "
-                              f"a shard is stale or missing: download or save the checkpoint again")
-    return tensors
-
-
 # ---- tensors: HF layout <-> qkv layout -----------------------------------------------------------------
 def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a GPT-2 checkpoint for ``cfg`` must hold, in HF naming without the prefix."""
@@ -178,19 +132,8 @@ def check_tensors(hf: dict[str, torch.Tensor], cfg: ModelConfig, where: str) -> 
     expected = hf_shapes(cfg)
     sizes = (f"vocab_size={cfg.vocab_size}, n_positions={cfg.max_len}, n_embd={cfg.d_model}, "
              f"n_layer={cfg.n_layers}, n_inner={cfg.ffn_dim}")
-    for key, shape in expected.items():
-        if key not in hf:
-            raise CheckpointError(f"{where} has no tensor {key!r} (expected shape {shape} from config.json: "
-                                  f"{sizes}); the weights and config.json do not match: re-save both")
-        if tuple(hf[key].shape) != shape:
-            raise CheckpointError(f"{where}: tensor {key!r} has shape {tuple(hf[key].shape)} but config.json "
-                                  f"({sizes}) expects {shape}; fix config.json to match the weights or "
-                                  f"re-save both together")
-    extra = sorted(set(hf) - set(expected))
-    if extra:
-        raise CheckpointError(f"{where} has tensors a GPT-2 LM with config.json ({sizes}) does not: "
-                              f"{extra[:5]}{' ...' if len(extra) > 5 else ''}; fix n_layer in config.json, "
-                              f"or this checkpoint is not a plain GPT-2 language model")
+    check_shapes(hf, expected, where, sizes, what="a GPT-2 LM",
+                 extra_fix="fix n_layer in config.json, or this checkpoint is not a plain GPT-2 language model")
     return hf
 
 
@@ -253,23 +196,8 @@ def load_gpt2(directory: str | os.PathLike) -> GPT:
 
 
 def gpt_from_state(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str) -> GPT:
-    """A float32 GPT holding ``sd``, built without its random init (seconds for GPT-2 small, all overwritten).
-
-    Parameters start on the meta device (no memory, no init) and the loaded tensors are assigned in place
-    of them. Buffers are computed at construction rather than loaded, so a model with any is built for real.
-    """
-    with torch.device("meta"):
-        model = GPT(cfg)
-    assign = not any(True for _ in model.buffers())
-    if not assign:
-        model = GPT(cfg)
-    try:
-        model.load_state_dict(sd, strict=True, assign=assign)
-    except RuntimeError as e:   # check_tensors makes this unreachable; keep the error readable regardless
-        raise CheckpointError(f"{where} do not fit the model ({e}); re-save the checkpoint") from None
-    if assign and cfg.tie_embeddings:
-        model.head.weight = model.tok.weight    # assign made two Parameters of one tensor; make them one
-    return model.float()
+    """A float32 GPT holding ``sd``, built without its random init (see ``hf_files.model_from_state``)."""
+    return model_from_state(lambda: GPT(cfg), sd, where)
 
 
 def save_gpt2(model: GPT, directory: str | os.PathLike, tokenizer: Tokenizer | None = None) -> Path:
