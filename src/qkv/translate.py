@@ -1,0 +1,177 @@
+"""Decoding for encoder-decoders: greedy and beam search over a KV cache, and text in, text out.
+
+Legend: B sources, K beams per source, N = B*K decoder rows, S source length, V vocab, T steps so far.
+
+Every search encodes the sources once and projects the cross-attention keys/values once (``Memory``);
+each step then runs one new target token per row against the self-attention cache.
+
+Beam search (as in Wu et al., 2016 and the common toolkits), batched: all B*K beams are rows of one decoder
+batch. Each step scores every (beam, next token) pair by the beam's total log-probability, keeps the
+2K best candidates per source, retires those ending in ``<eos>`` among the top K as finished hypotheses
+(scored ``sum log p / length ** length_penalty``, length = generated tokens including ``<eos>``), and keeps
+the K best others alive; the caches follow their parents with ``KVCache.reorder``. A source is done when it
+has K finished hypotheses (``early_stopping``) or when no live beam can still beat its worst finished one.
+A beam of 1 is greedy search, and a test holds the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InputError
+from .models.seq2seq import EncoderDecoder
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    beam_size: int = 4                  # 1 = greedy
+    max_new_tokens: int | None = None   # None -> up to the model's positions
+    length_penalty: float = 1.0         # > 1 favours longer outputs, < 1 shorter, 0 = raw log-probability
+    early_stopping: bool = True         # stop a source at K finished hypotheses
+    use_cache: bool = True              # False recomputes the whole prefix each step (for tests)
+
+    def __post_init__(self):
+        if self.beam_size < 1:
+            raise InputError(f"beam_size={self.beam_size} must be >= 1 (1 is greedy search)")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+
+
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """(bos, eos, pad) ids, or an error naming the fix when the vocabulary lacks one."""
+    missing = [name for name, i in (("<bos>", tokenizer.bos_id), ("<eos>", tokenizer.eos_id),
+                                    ("<pad>", tokenizer.pad_id)) if i is None]
+    if missing:
+        raise InputError(f"the tokenizer has no {', '.join(missing)} token; an encoder-decoder needs <bos>, "
+                         f"<eos> and <pad>: train its tokenizer with them as special tokens")
+    return tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
+
+
+class _Steps:
+    """One decoder step at a time, with or without the self-attention cache."""
+
+    def __init__(self, model: EncoderDecoder, memory, rows: int, max_new: int, bos: int, use_cache: bool):
+        self.model, self.memory = model, memory
+        self.caches = model.new_caches(rows, max_new + 1) if use_cache else None
+        device = model.head.weight.device
+        self.history_NT = torch.full((rows, 1), bos, dtype=torch.long, device=device)   # <bos> + tokens
+
+    def logprobs(self) -> torch.Tensor:
+        ids_NT = self.history_NT[:, -1:] if self.caches else self.history_NT
+        logits_NTV = self.model.decode(ids_NT, self.memory, self.caches, last_only=True)[0]
+        return logits_NTV[:, -1].float().log_softmax(-1)
+
+    def push(self, next_N: torch.Tensor, parent_N: torch.Tensor | None = None) -> None:
+        if parent_N is not None:
+            self.history_NT = self.history_NT[parent_N]
+            for cache in self.caches or ():
+                cache.reorder(parent_N)
+        self.history_NT = torch.cat([self.history_NT, next_N[:, None]], 1)
+
+
+def _budget(model: EncoderDecoder, cfg: SearchConfig) -> int:
+    most = model.cfg.max_len - 1                       # the <bos> takes one position
+    return min(cfg.max_new_tokens or most, most)
+
+
+@torch.inference_mode()
+def greedy_search(model: EncoderDecoder, src_BS: torch.Tensor, src_mask_BS: torch.Tensor | None, bos: int,
+                  eos: int, cfg: SearchConfig = SearchConfig(beam_size=1)) -> list[list[int]]:
+    """The most likely next token at every step. Returns the token ids per source, without <bos>/<eos>."""
+    B = src_BS.shape[0]
+    steps = _Steps(model, model.encode(src_BS, src_mask_BS), B, _budget(model, cfg), bos, cfg.use_cache)
+    finished_B = torch.zeros(B, dtype=torch.bool, device=src_BS.device)
+    for _ in range(_budget(model, cfg)):
+        next_B = steps.logprobs().argmax(-1).masked_fill(finished_B, eos)
+        steps.push(next_B)
+        finished_B |= next_B == eos
+        if bool(finished_B.all()):
+            break
+    return [_strip(row, eos) for row in steps.history_NT[:, 1:].tolist()]
+
+
+def _strip(tokens: list[int], eos: int) -> list[int]:
+    return tokens[:tokens.index(eos)] if eos in tokens else tokens
+
+
+@torch.inference_mode()
+def beam_search(model: EncoderDecoder, src_BS: torch.Tensor, src_mask_BS: torch.Tensor | None, bos: int,
+                eos: int, cfg: SearchConfig = SearchConfig()) -> list[list[int]]:
+    """The best finished hypothesis per source (token ids without <bos>/<eos>)."""
+    B, K = src_BS.shape[0], cfg.beam_size
+    if K == 1:
+        return greedy_search(model, src_BS, src_mask_BS, bos, eos, cfg)
+    device, lp = src_BS.device, cfg.length_penalty
+    budget = _budget(model, cfg)
+    steps = _Steps(model, model.encode(src_BS, src_mask_BS).repeat(K), B * K, budget, bos, cfg.use_cache)
+    scores_BK = torch.zeros(B, K, device=device)
+    scores_BK[:, 1:] = float("-inf")                   # all beams start equal: keep one until they differ
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    done_B = torch.zeros(B, dtype=torch.bool, device=device)
+    rank_1C = torch.arange(2 * K, device=device)[None]
+    first_row_B1 = torch.arange(B, device=device)[:, None] * K
+    for t in range(1, budget + 1):
+        logp_NV = steps.logprobs()
+        V = logp_NV.shape[-1]
+        total_BC, flat_BC = (scores_BK.reshape(-1, 1) + logp_NV).view(B, K * V).topk(2 * K, dim=1)
+        beam_BC, token_BC = flat_BC // V, flat_BC % V
+        is_eos_BC = token_BC == eos
+        for b, c in ((is_eos_BC & (rank_1C < K) & ~done_B[:, None]).nonzero().tolist()):
+            tokens = steps.history_NT[b * K + beam_BC[b, c], 1:].tolist()
+            finished[b].append((total_BC[b, c].item() / t ** lp, tokens))
+        # The K best candidates that do not end here stay alive (at most K of the 2K can be <eos>).
+        keep_BK = (is_eos_BC * (2 * K) + rank_1C).argsort(dim=1)[:, :K]
+        scores_BK = total_BC.gather(1, keep_BK)
+        parent_N = (first_row_B1 + beam_BC.gather(1, keep_BK)).reshape(-1)
+        steps.push(token_BC.gather(1, keep_BK).reshape(-1), parent_N)
+        for b in (~done_B).nonzero().flatten().tolist():
+            if len(finished[b]) >= K:
+                finished[b] = sorted(finished[b], key=lambda h: -h[0])[:K]
+                best_alive = scores_BK[b, 0].item() / t ** lp
+                done_B[b] = cfg.early_stopping or finished[b][-1][0] >= best_alive
+        if bool(done_B.all()):
+            break
+    for b in (~done_B).nonzero().flatten().tolist():   # out of budget: live beams compete as they are
+        for k in range(K):
+            finished[b].append((scores_BK[b, k].item() / budget ** lp, steps.history_NT[b * K + k, 1:].tolist()))
+    return [max(hyps, key=lambda h: h[0])[1] for hyps in finished]
+
+
+def translate(model: EncoderDecoder, texts: list[str], cfg: SearchConfig = SearchConfig(),
+              batch_size: int = 32, truncate: bool = False) -> list[str]:
+    """Translate (or summarize) ``texts`` with the model's tokenizers; returns detokenized outputs.
+
+    Sources are batched by length and returned in input order. A source longer than the model's positions
+    is an error, or cut to fit with ``truncate=True`` (for long documents in summarization).
+    """
+    tokenizer = model.tokenizer
+    src_tokenizer = getattr(model, "src_tokenizer", None) or tokenizer
+    if tokenizer is None:
+        raise InputError("the model has no tokenizer; load it with qkv.load from a checkpoint directory")
+    bos, eos, pad = special_ids(tokenizer)
+    encoded = src_tokenizer.encode_batch(texts)
+    limit = model.cfg.max_len
+    for i, ids in enumerate(encoded):
+        if len(ids) > limit and not truncate:
+            raise InputError(f"source {i} has {len(ids)} tokens but the model has {limit} positions; shorten "
+                             f"it or truncate (--truncate)")
+        if not ids:
+            raise InputError(f"source {i} is empty; give some text to translate")
+    encoded = [ids[:limit] for ids in encoded]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    device = model.head.weight.device
+    outputs: list[str] = [""] * len(texts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        S = max(len(encoded[i]) for i in rows)
+        src_BS = torch.full((len(rows), S), pad, dtype=torch.long)
+        for b, i in enumerate(rows):
+            src_BS[b, :len(encoded[i])] = torch.tensor(encoded[i])
+        lengths_B = torch.tensor([len(encoded[i]) for i in rows])
+        src_mask_BS = (torch.arange(S)[None] < lengths_B[:, None]).to(device) if int(lengths_B.min()) < S else None
+        results = beam_search(model, src_BS.to(device), src_mask_BS, bos, eos, cfg)
+        for i, ids in zip(rows, results):
+            outputs[i] = tokenizer.decode(ids).strip()
+    return outputs

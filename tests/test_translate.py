@@ -1,0 +1,135 @@
+"""Greedy and beam search for the encoder-decoder, teacher forcing, and the copy task end to end.
+
+Legend: B sources, S source length, L target length, V vocab.
+"""
+
+import itertools
+
+import pytest
+import torch
+
+from qkv import ModelConfig
+from qkv.data.pairs import PairBatches, teacher_forcing
+from qkv.errors import InputError
+from qkv.models import EncoderDecoder
+from qkv.train.optim import make_optimizer
+from qkv.translate import SearchConfig, beam_search, greedy_search
+
+PAD, BOS, EOS = 0, 1, 2
+
+
+def tiny_model(V: int = 12, seed: int = 0, **overrides) -> EncoderDecoder:
+    torch.manual_seed(seed)
+    fields = dict(vocab_size=V, max_len=16, n_layers=2, d_model=32, n_heads=4) | overrides
+    return EncoderDecoder(ModelConfig(**fields)).eval()
+
+
+def sources(B: int, S: int, V: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, V, (B, S), generator=torch.Generator().manual_seed(seed))
+
+
+def test_teacher_forcing_shifts_the_seeds_example():
+    words = "I like eating mushrooms".split()
+    inp, labels = teacher_forcing(words, "<bos>", "<eos>")
+    assert inp == ["<bos>", "I", "like", "eating", "mushrooms"]
+    assert labels == ["I", "like", "eating", "mushrooms", "<eos>"]
+    assert inp[1:] == labels[:-1]                     # position i predicts the token at i + 1
+
+
+def test_collate_pads_and_masks():
+    data = PairBatches([([5, 6, 7], [8, 9]), ([5], [8, 9, 10, 11])], [([5], [6])], PAD, BOS, EOS, seed=0)
+    batch = data.collate(data.splits["train"])
+    assert batch["src_BS"].tolist() == [[5, 6, 7], [5, PAD, PAD]]
+    assert batch["src_mask_BS"].tolist() == [[True, True, True], [True, False, False]]
+    assert batch["ids_BL"].tolist() == [[BOS, 8, 9, PAD, PAD], [BOS, 8, 9, 10, 11]]
+    assert batch["targets_BL"].tolist() == [[8, 9, EOS, -100, -100], [8, 9, 10, 11, EOS]]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_cached_decoding_equals_uncached(beam):
+    model = tiny_model()
+    src_BS = sources(3, 6)
+    cached = beam_search(model, src_BS, None, BOS, EOS, SearchConfig(beam_size=beam, max_new_tokens=8))
+    plain = beam_search(model, src_BS, None, BOS, EOS, SearchConfig(beam_size=beam, max_new_tokens=8,
+                                                                      use_cache=False))
+    assert cached == plain
+
+
+def test_beam_of_one_is_greedy_and_greedy_is_argmax():
+    model = tiny_model(seed=1)
+    src_BS = sources(2, 5, seed=1)
+    cfg = SearchConfig(beam_size=1, max_new_tokens=6)
+    out = greedy_search(model, src_BS, None, BOS, EOS, cfg)
+    assert beam_search(model, src_BS, None, BOS, EOS, cfg) == out
+    for b in range(2):                                # each token is the argmax given the prefix
+        prefix = [BOS] + out[b]
+        with torch.no_grad():
+            logits = model(src_BS[b:b + 1], torch.tensor([prefix])).logits[0]
+        assert logits[:len(out[b])].argmax(-1).tolist() == out[b]
+
+
+def sequence_logprob(model, src_1S, tokens: list[int]) -> float:
+    with torch.no_grad():
+        logp = model(src_1S, torch.tensor([[BOS] + tokens[:-1]])).logits[0].log_softmax(-1)
+    return sum(logp[i, t].item() for i, t in enumerate(tokens))
+
+
+def test_wide_beam_finds_the_most_likely_sequence_by_brute_force():
+    """With a beam as wide as every live prefix, beam search is exhaustive: it must return the best of all
+    sequences of up to T tokens (length_penalty 0 = plain log-probability)."""
+    V, T = 5, 3                                      # symbols 3 and 4; every sequence has <= 3 tokens
+    model = tiny_model(V=V, seed=3)
+    src_1S = sources(1, 4, V=V, seed=3)
+    candidates = [list(body) + [EOS] for n in range(T) for body in itertools.product(range(3, V), repeat=n)]
+    candidates += [list(body) for body in itertools.product(range(3, V), repeat=T)]     # cut at the budget
+    best = max(candidates, key=lambda seq: sequence_logprob(model, src_1S, seq))
+    cfg = SearchConfig(beam_size=V ** T, max_new_tokens=T, length_penalty=0.0, early_stopping=False)
+    found = beam_search(model, src_1S, None, BOS, EOS, cfg)[0]
+    assert found == [t for t in best if t != EOS]
+
+
+def test_batched_beams_equal_one_source_at_a_time():
+    model = tiny_model(seed=4)
+    src_BS = sources(3, 6, seed=4)
+    src_BS[1, 4:] = PAD
+    mask_BS = src_BS != PAD
+    cfg = SearchConfig(beam_size=4, max_new_tokens=8)
+    together = beam_search(model, src_BS, mask_BS, BOS, EOS, cfg)
+    alone = [beam_search(model, src_BS[b:b + 1, :int(mask_BS[b].sum())], None, BOS, EOS, cfg)[0] for b in range(3)]
+    assert together == alone
+
+
+def test_bad_search_settings_are_errors():
+    with pytest.raises(InputError, match="beam_size"):
+        SearchConfig(beam_size=0)
+    with pytest.raises(InputError, match="max_new_tokens"):
+        SearchConfig(max_new_tokens=0)
+
+
+def test_copy_task_learns_to_copy_exactly():
+    """The whole encoder-decoder learns: copy random symbol strings, 100% exact match in a few seconds."""
+    torch.manual_seed(0)
+    V = 13
+    g = torch.Generator().manual_seed(0)
+
+    def random_pairs(n):
+        lengths = torch.randint(3, 9, (n,), generator=g).tolist()
+        return [(s, s) for s in (torch.randint(3, V, (k,), generator=g).tolist() for k in lengths)]
+
+    data = PairBatches(random_pairs(4000), random_pairs(100), PAD, BOS, EOS, seed=0)
+    model = EncoderDecoder(ModelConfig(vocab_size=V, max_len=12, n_layers=2, d_model=64, n_heads=4,
+                                       pos="learned", dropout=0.0))
+    optimizer = make_optimizer(model, 3e-3, 0.0, (0.9, 0.98))
+    model.train()
+    for step in range(450):
+        loss = model(**data.collate(random_pairs(32))).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    src = [s for s, _ in data.splits["val"]]
+    S = max(map(len, src))
+    src_BS = torch.tensor([s + [PAD] * (S - len(s)) for s in src])
+    out = greedy_search(model, src_BS, src_BS != PAD, BOS, EOS, SearchConfig(beam_size=1, max_new_tokens=10))
+    exact = sum(o == s for o, s in zip(out, src)) / len(src)
+    assert exact == 1.0, f"exact match {exact:.2f}, last loss {loss.item():.3f}"
