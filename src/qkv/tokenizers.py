@@ -11,6 +11,16 @@ char: one token per character (WordLevel model, every character its own piece). 
       sorted distinct characters of the training text; an unseen character is an error naming the fix.
 bpe:  byte-level BPE (Sennrich et al., 2016; GPT-2's byte-level variant) trained at a chosen vocab size;
       it can encode any string.
+wordpiece: BERT's tokenizer (Devlin et al., 2019; Wu et al., 2016), trained here or read from a BERT
+      vocab.txt. Text is cleaned, optionally lowercased and stripped of accents, split on whitespace and
+      punctuation, then each word greedily into the longest vocabulary pieces ("playing" -> "play ##ing");
+      a word with no split is [UNK]. Models see it wrapped in special tokens, with segment (type) ids:
+
+          single:  [CLS] a b [SEP]              type ids 0 0 0 0
+          pair:    [CLS] a b [SEP] c d [SEP]    type ids 0 0 0 0 1 1 1
+
+``encode`` never adds special tokens (language modelling wants the bare text); ``encode_for_model`` adds
+them, and returns the backend ``Encoding`` with ids, type ids, attention mask, word ids and offsets.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Encoding, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
 
 from .errors import CheckpointError, InputError
@@ -27,16 +37,26 @@ from .errors import CheckpointError, InputError
 EOS_NAMES = ("<eos>", "<|endoftext|>", "</s>")
 BOS_NAMES = ("<bos>", "<s>")
 PAD_NAMES = ("<pad>", "[PAD]")
+CLS_NAMES = ("[CLS]", "<cls>")
+SEP_NAMES = ("[SEP]", "<sep>")
+MASK_NAMES = ("[MASK]", "<mask>")
+UNK_NAMES = ("[UNK]", "<unk>")
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")    # ids 0..4 in a trained vocabulary
+KINDS = {models.WordLevel: "char", models.BPE: "bpe", models.WordPiece: "wordpiece"}
 
 
 class Tokenizer:
     def __init__(self, backend: Backend):
         self.backend = backend
-        self.kind = "char" if isinstance(backend.model, models.WordLevel) else "bpe"
+        self.kind = KINDS.get(type(backend.model), "bpe")
         vocab = backend.get_vocab(with_added_tokens=True)
         self.eos_id = next((vocab[n] for n in EOS_NAMES if n in vocab), None)
         self.pad_id = next((vocab[n] for n in PAD_NAMES if n in vocab), None)
         self.bos_id = next((vocab[n] for n in BOS_NAMES if n in vocab), None)
+        self.cls_id = next((vocab[n] for n in CLS_NAMES if n in vocab), None)
+        self.sep_id = next((vocab[n] for n in SEP_NAMES if n in vocab), None)
+        self.mask_id = next((vocab[n] for n in MASK_NAMES if n in vocab), None)
+        self.unk_id = next((vocab[n] for n in UNK_NAMES if n in vocab), None)
         # Char vocabularies map one character to one id: a dict lookup is 30x faster than the backend
         # on a megabyte of text, and a test holds the two equal.
         # (Only without special tokens: "<eos>" inside text must still become one token.)
@@ -69,6 +89,42 @@ class Tokenizer:
         return cls(backend)
 
     @classmethod
+    def train_wordpiece(cls, texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> "Tokenizer":
+        """BERT's WordPiece with [PAD] [UNK] [CLS] [SEP] [MASK] as ids 0-4.
+
+        >>> tok = Tokenizer.train_wordpiece(["the cat sat", "the cats sat"] * 10, vocab_size=60)
+        >>> tok.backend.encode("The cats", "sat").tokens             # doctest: +SKIP
+        ['[CLS]', 'the', 'cats', '[SEP]', 'sat', '[SEP]']
+        """
+        backend = Backend(models.WordPiece(unk_token="[UNK]"))
+        _bert_pipeline(backend, lowercase)
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS),
+                                            show_progress=False)
+        backend.train_from_iterator(texts, trainer)
+        _bert_template(backend, "[CLS]", "[SEP]")
+        return cls(backend)
+
+    @classmethod
+    def from_bert_vocab(cls, path: str | Path, lowercase: bool = True, strip_accents: bool | None = None,
+                        chinese_chars: bool = True, specials: dict[str, str] | None = None) -> "Tokenizer":
+        """A BERT vocab.txt (one token per line, the line number is the id), wired as BERT's tokenizer.
+
+        specials: {"unk_token": ..., "cls_token": ..., ...} when they differ from [UNK] [CLS] [SEP] [PAD] [MASK].
+        """
+        names = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                 "mask_token": "[MASK]", **(specials or {})}
+        try:
+            backend = Backend(models.WordPiece.from_file(str(path), unk_token=names["unk_token"]))
+        except Exception as e:  # the library raises plain Exceptions for unreadable files
+            raise CheckpointError(f"{path} is not a readable BERT vocab.txt ({e}); re-save the tokenizer") from None
+        _bert_pipeline(backend, lowercase, strip_accents, chinese_chars)
+        vocab = backend.get_vocab()
+        backend.add_special_tokens([n for n in names.values() if n in vocab])
+        if names["cls_token"] in vocab and names["sep_token"] in vocab:
+            _bert_template(backend, names["cls_token"], names["sep_token"])
+        return cls(backend)
+
+    @classmethod
     def from_file(cls, path: str | Path) -> "Tokenizer":
         try:
             return cls(Backend.from_file(str(path)))
@@ -77,10 +133,20 @@ class Tokenizer:
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> "Tokenizer | None":
-        """tokenizer.json, or GPT-2's vocab.json + merges.txt; None when the directory has neither."""
+        """tokenizer.json, GPT-2's vocab.json + merges.txt, or BERT's vocab.txt (options from
+        tokenizer_config.json when present); None when the directory has none of them."""
         d = Path(directory)
+        options = _tokenizer_config(d / "tokenizer_config.json")
         if (d / "tokenizer.json").is_file():
-            return cls.from_file(d / "tokenizer.json")
+            tok = cls.from_file(d / "tokenizer.json")
+            normalizer = tok.backend.normalizer
+            # transformers lets tokenizer_config.json's do_lower_case override the saved normalizer; so do we
+            if isinstance(normalizer, normalizers.BertNormalizer) and "do_lower_case" in options \
+                    and normalizer.lowercase != bool(options["do_lower_case"]):
+                tok.backend.normalizer = normalizers.BertNormalizer(
+                    clean_text=normalizer.clean_text, handle_chinese_chars=normalizer.handle_chinese_chars,
+                    strip_accents=normalizer.strip_accents, lowercase=bool(options["do_lower_case"]))
+            return tok
         if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
             backend = Backend(models.BPE.from_file(str(d / "vocab.json"), str(d / "merges.txt")))
             backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -88,6 +154,12 @@ class Tokenizer:
             vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
             backend.add_special_tokens([n for n in EOS_NAMES if n in vocab])
             return cls(backend)
+        if (d / "vocab.txt").is_file():
+            specials = {k: _token_name(v) for k, v in options.items() if k.endswith("_token") and _token_name(v)}
+            return cls.from_bert_vocab(d / "vocab.txt", lowercase=bool(options.get("do_lower_case", True)),
+                                       strip_accents=options.get("strip_accents"),
+                                       chinese_chars=bool(options.get("tokenize_chinese_chars", True)),
+                                       specials=specials)
         return None
 
     def save(self, path: str | Path) -> None:
@@ -114,8 +186,72 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
 
+    def encode_for_model(self, text: str | list[str], pair: str | list[str] | None = None,
+                         max_len: int | None = None) -> Encoding:
+        """One text (or a pair) as a model reads it: special tokens added by the post-processor
+        ([CLS] a [SEP] b [SEP] for WordPiece), truncated longest-first to ``max_len`` tokens when given.
+
+        A list of words is taken as already split (tagging: one label per word). The result is the
+        backend's ``Encoding``: ``.ids``, ``.type_ids``, ``.attention_mask``, ``.word_ids``, ``.offsets``
+        (characters in its own text), ``.sequence_ids`` (0, 1, None for specials), ``.char_to_token``.
+        """
+        return self.encode_batch_for_model([text], None if pair is None else [pair], max_len)[0]
+
+    def encode_batch_for_model(self, texts: list, pairs: list | None = None,
+                               max_len: int | None = None) -> list[Encoding]:
+        """``encode_for_model`` over a batch (the backend runs it in parallel); not padded."""
+        if pairs is not None and len(pairs) != len(texts):
+            raise InputError(f"{len(texts)} texts but {len(pairs)} pairs; pass one pair per text")
+        inputs = texts if pairs is None else list(zip(texts, pairs))
+        pretokenized = bool(texts) and isinstance(texts[0], (list, tuple))
+        saved = self.backend.truncation
+        if max_len is not None:
+            self.backend.enable_truncation(max_len)
+        try:
+            return self.backend.encode_batch(inputs, is_pretokenized=pretokenized, add_special_tokens=True)
+        finally:                            # the backend's setting is shared state: put it back
+            if saved is None:
+                self.backend.no_truncation()
+            else:
+                self.backend.enable_truncation(**saved)
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)
 
     def token_text(self, i: int) -> str:
         return self.decode([i])
+
+
+# ---- BERT's pipeline ------------------------------------------------------------------------------------
+def _bert_pipeline(backend: Backend, lowercase: bool, strip_accents: bool | None = None,
+                   chinese_chars: bool = True) -> None:
+    """BERT's text cleaning, word splitting and decoding. strip_accents None follows lowercase (BERT's rule)."""
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=chinese_chars,
+                                                    strip_accents=strip_accents, lowercase=lowercase)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+
+
+def _bert_template(backend: Backend, cls_token: str, sep_token: str) -> None:
+    """[CLS] $A [SEP] for one text, [CLS] $A [SEP] $B [SEP] for a pair, B's tokens with type id 1."""
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{cls_token} $A {sep_token}", pair=f"{cls_token} $A {sep_token} $B:1 {sep_token}:1",
+        special_tokens=[(cls_token, backend.token_to_id(cls_token)), (sep_token, backend.token_to_id(sep_token))])
+
+
+def _tokenizer_config(path: Path) -> dict:
+    """tokenizer_config.json as a dict ({} when absent): do_lower_case, strip_accents, special token names."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _token_name(value) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
