@@ -86,9 +86,18 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str | None = None                 # text file or folder of .txt files; None -> bundled shakespeare
-    tokenizer: Literal["char", "bpe"] = "char"
-    bpe_vocab_size: int = 4096              # only for tokenizer=bpe
+    task: Literal["lm", "translate", "summarize"] = "lm"    # what the data is (see qkv.train.tasks)
+    objective: Literal["causal", "prefix", "mlm", "span"] = "causal"   # task=lm: how text teaches itself
+    data: str | None = None                 # lm: text file or folder of .txt files (None -> bundled shakespeare);
+                                            # translate: folder of train.<lang>/val.<lang>; summarize: folder of
+                                            # train.jsonl/dev.jsonl
+    src_lang: str | None = None             # translate: file suffix of the source side, e.g. de
+    tgt_lang: str | None = None             # translate: file suffix of the target side, e.g. en
+    tokenizer: Literal["char", "bpe", "wordpiece"] = "char"
+    bpe_vocab_size: int = 4096              # vocabulary size for tokenizer=bpe or wordpiece
+    joint_vocab: bool = True                # translate/summarize: one vocabulary (and embedding) for both sides
+    label_smoothing: float = 0.0            # 0.1 in the original Transformer
+    schedule: Literal["cosine", "inverse_sqrt"] = "cosine"  # after warmup: cosine to min_lr, or lr*sqrt(warmup/step)
     val_fraction: float = 0.1               # the last 10% of the text is the validation split
     batch_size: int = 16
     grad_accum: int = 1
@@ -124,6 +133,8 @@ class TrainConfig:
             raise ConfigError(f"max_time={self.max_time} must be a positive number of seconds")
         if self.warmup_iters < 0:
             raise ConfigError(f"warmup_iters={self.warmup_iters} must be >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
 
 
 # Presets name a (model, train) pair. Values are overrides of the dataclass defaults.
@@ -148,6 +159,25 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": dict(max_len=32, n_layers=2, d_model=32, n_heads=4),
         "train": dict(batch_size=4, max_iters=20, eval_interval=10, eval_iters=2, warmup_iters=2,
                       progress=False, out_dir="runs/tiny"),
+    },
+    # The original Transformer, sized for Multi30k de->en within an hour on 2 CPU cores (bench/README.md):
+    # a joint byte-level BPE vocabulary tying source, target and output embeddings, label smoothing 0.1.
+    "multi30k": {
+        "model": dict(max_len=128, n_layers=3, n_encoder_layers=3, d_model=256, n_heads=4, d_ff=1024,
+                      pos="learned", norm_placement="pre", mlp="relu", dropout=0.1),
+        "train": dict(task="translate", src_lang="de", tgt_lang="en", data="../shared/data/multi30k",
+                      tokenizer="bpe", bpe_vocab_size=8000, batch_size=64, lr=1e-3, warmup_iters=300,
+                      max_iters=20000, max_time=3600, label_smoothing=0.1, weight_decay=0.01, beta2=0.98,
+                      eval_interval=250, eval_iters=16, out_dir="runs/multi30k"),
+    },
+    # The same machinery for abstract -> TLDR summarization on SciTLDR (long sources are truncated).
+    "scitldr": {
+        "model": dict(max_len=384, n_layers=3, n_encoder_layers=3, d_model=256, n_heads=4, d_ff=1024,
+                      pos="learned", norm_placement="pre", mlp="relu", dropout=0.1),
+        "train": dict(task="summarize", data="../shared/data/scitldr", tokenizer="bpe", bpe_vocab_size=8000,
+                      batch_size=16, lr=1e-3, warmup_iters=200, max_iters=20000, max_time=1200,
+                      label_smoothing=0.1, weight_decay=0.01, beta2=0.98, eval_interval=200, eval_iters=10,
+                      out_dir="runs/scitldr"),
     },
     # GPT-2 small's shape (124M parameters) for benchmarks.
     "gpt2-small": {

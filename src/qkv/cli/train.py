@@ -8,12 +8,12 @@ from ..config import PRESETS, ModelConfig, TrainConfig, resolve
 from ..errors import ConfigError
 from .flags import add_dataclass_flags, collect
 
-DEFAULT_PRESET = "shakespeare-char"
+DEFAULT_PRESETS = {"lm": "shakespeare-char", "translate": "multi30k", "summarize": "scitldr"}   # by --task
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--preset", help=f"named preset: {', '.join(PRESETS)} (default {DEFAULT_PRESET} when no "
-                                    f"--config is given)")
+    p.add_argument("--preset", help=f"named preset: {', '.join(PRESETS)} (default when no --config is given: "
+                                    f"{', '.join(f'{v} for --task {k}' for k, v in DEFAULT_PRESETS.items())})")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file with [model] and [train] tables")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped "
                                                   "(training flags such as --max-iters extend it)")
@@ -32,14 +32,15 @@ def run(args) -> int:
         trainer = Trainer.resume(args.resume, train_overrides)
         print(f"resuming {args.resume} at step {trainer.step}")
     else:
-        preset = args.preset or (None if args.config else DEFAULT_PRESET)
+        preset = args.preset or (None if args.config else DEFAULT_PRESETS[train_overrides.get("task", "lm")])
         model_cfg, train_cfg = resolve(preset, args.config, model_overrides, train_overrides)
         trainer = Trainer(model_cfg, train_cfg)
     n_params = trainer.model.num_params()
+    unit = "pairs" if isinstance(trainer.data.splits["train"], list) else "tokens"
     print(f"model: {n_params / 1e6:.2f}M parameters, {trainer.model_cfg.n_layers} layers, d_model "
           f"{trainer.model_cfg.d_model}, context {trainer.model_cfg.max_len}, vocab {trainer.model_cfg.vocab_size}"
           f" ({trainer.tokenizer.kind}); data: {len(trainer.data.splits['train']):,} train / "
-          f"{len(trainer.data.splits['val']):,} val tokens; run dir {trainer.out_dir}")
+          f"{len(trainer.data.splits['val']):,} val {unit}; run dir {trainer.out_dir}")
     last = trainer.fit()
     print(f"final: step {last['step']} | {last['elapsed_s']:.1f}s | train_loss {last['train_loss']:.4f} | "
           f"saved to {trainer.out_dir} | val_loss {last['val_loss']:.4f} (ppl {math.exp(last['val_loss']):.2f})")

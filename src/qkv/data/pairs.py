@@ -75,6 +75,24 @@ def read_summaries(path: str | Path) -> list[tuple[str, list[str]]]:
     return pairs
 
 
+def collate_pairs(pairs: list[tuple[list[int], list[int]]], pad_id: int, bos_id: int,
+                  eos_id: int) -> dict[str, torch.Tensor]:
+    """Pad encoded (source, target) pairs into the keyword arguments of ``EncoderDecoder.forward``."""
+    S = max(len(s) for s, _ in pairs)
+    L = max(len(t) for _, t in pairs) + 1
+    B = len(pairs)
+    src_BS = torch.full((B, S), pad_id, dtype=torch.long)
+    ids_BL = torch.full((B, L), pad_id, dtype=torch.long)
+    targets_BL = torch.full((B, L), -100, dtype=torch.long)
+    for b, (src, tgt) in enumerate(pairs):
+        inp, labels = teacher_forcing(tgt, bos_id, eos_id)
+        src_BS[b, :len(src)] = torch.tensor(src)
+        ids_BL[b, :len(inp)] = torch.tensor(inp)
+        targets_BL[b, :len(labels)] = torch.tensor(labels)
+    src_mask_BS = torch.arange(S)[None] < torch.tensor([len(s) for s, _ in pairs])[:, None]
+    return {"src_BS": src_BS, "src_mask_BS": src_mask_BS, "ids_BL": ids_BL, "targets_BL": targets_BL}
+
+
 class PairBatches:
     """Encoded pairs split into train/val, served as padded model-ready batches.
 
@@ -101,19 +119,7 @@ class PairBatches:
         return self._chunks[key]
 
     def collate(self, pairs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-        S = max(len(s) for s, _ in pairs)
-        L = max(len(t) for _, t in pairs) + 1
-        B = len(pairs)
-        src_BS = torch.full((B, S), self.pad_id, dtype=torch.long)
-        ids_BL = torch.full((B, L), self.pad_id, dtype=torch.long)
-        targets_BL = torch.full((B, L), -100, dtype=torch.long)
-        for b, (src, tgt) in enumerate(pairs):
-            inp, labels = teacher_forcing(tgt, self.bos_id, self.eos_id)
-            src_BS[b, :len(src)] = torch.tensor(src)
-            ids_BL[b, :len(inp)] = torch.tensor(inp)
-            targets_BL[b, :len(labels)] = torch.tensor(labels)
-        src_mask_BS = torch.arange(S)[None] < torch.tensor([len(s) for s, _ in pairs])[:, None]
-        return {"src_BS": src_BS, "src_mask_BS": src_mask_BS, "ids_BL": ids_BL, "targets_BL": targets_BL}
+        return collate_pairs(pairs, self.pad_id, self.bos_id, self.eos_id)
 
     def batch(self, split: str, batch_size: int) -> dict[str, torch.Tensor]:
         chunks = self.chunks(split, batch_size)

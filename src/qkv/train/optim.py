@@ -23,10 +23,18 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
 
 
-def lr_at(progress: float, step: int, lr: float, warmup: int, min_lr_ratio: float) -> float:
-    """Learning rate at ``step``; ``progress`` in [0, 1] is how much of the run's budget is spent."""
+def lr_at(progress: float, step: int, lr: float, warmup: int, min_lr_ratio: float,
+          schedule: str = "cosine") -> float:
+    """Learning rate at ``step``; ``progress`` in [0, 1] is how much of the run's budget is spent.
+
+    Both schedules warm up linearly to ``lr``. Then ``cosine`` decays to ``lr * min_lr_ratio`` by the end of
+    the budget; ``inverse_sqrt`` is the original Transformer's (Vaswani et al., 2017, eq. 3), which peaks at
+    d_model^-0.5 * warmup^-0.5 and decays as 1/sqrt(step): written here with the peak ``lr`` given directly.
+    """
     if step < warmup:
         return lr * (step + 1) / warmup
+    if schedule == "inverse_sqrt":
+        return lr * math.sqrt(max(warmup, 1) / (step + 1))
     p = min(max(progress, 0.0), 1.0)
     min_lr = lr * min_lr_ratio
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * p))

@@ -17,44 +17,28 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import atomic_dir, load_weights, read_config, write_model_files
+from ..checkpoint import SRC_TOKENIZER_FILE, atomic_dir, load_weights, read_config, write_model_files
 from ..config import ModelConfig, TrainConfig, build
-from ..data.lm import LMStream
-from ..data.text import read_text
 from ..errors import CheckpointError, ConfigError
-from ..models import GPT
 from ..tokenizers import Tokenizer
 from .optim import lr_at, make_optimizer
+from .tasks import build_task
 
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 
 
-def build_tokenizer(text: str, cfg: TrainConfig) -> Tokenizer:
-    if cfg.tokenizer == "char":
-        return Tokenizer.train_char(text)
-    chunks = (text[i:i + 100_000] for i in range(0, len(text), 100_000))
-    return Tokenizer.train_bpe(chunks, vocab_size=cfg.bpe_vocab_size)
-
-
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer: Tokenizer | None = None,
-                 log=print):
+                 log=print, src_tokenizer: Tokenizer | None = None):
         self.train_cfg, self.log = train_cfg, log
         if train_cfg.threads:
             torch.set_num_threads(train_cfg.threads)
-        text = read_text(train_cfg.data)
-        self.tokenizer = tokenizer or build_tokenizer(text, train_cfg)
-        if model_cfg.vocab_size is None:                 # filled from the tokenizer, never overwritten
-            model_cfg = dataclasses.replace(model_cfg, vocab_size=self.tokenizer.vocab_size)
-        elif model_cfg.vocab_size < self.tokenizer.vocab_size:
-            raise ConfigError(f"vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
-                              f"{self.tokenizer.vocab_size} tokens; raise it or leave it unset")
-        self.model_cfg = model_cfg
-        self.data = LMStream(self.tokenizer.encode(text), model_cfg.max_len, train_cfg.val_fraction,
-                             train_cfg.seed)
+        task = build_task(model_cfg, train_cfg, tokenizer, src_tokenizer)
+        self.model_cfg, self.tokenizer, self.data = task.model_cfg, task.tokenizer, task.data
         torch.manual_seed(train_cfg.seed)
-        self.model = GPT(model_cfg)
+        self.model = task.model_cls(self.model_cfg)
+        self.model.src_tokenizer = task.src_tokenizer
         self.optimizer = make_optimizer(self.model, train_cfg.lr, train_cfg.weight_decay,
                                         (train_cfg.beta1, train_cfg.beta2))
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
@@ -76,7 +60,9 @@ class Trainer:
         tokenizer = Tokenizer.from_dir(run_dir)
         if tokenizer is None:
             raise CheckpointError(f"{run_dir} has no tokenizer.json; the run cannot be resumed")
-        trainer = cls(model_cfg, train_cfg, tokenizer, log)
+        src_path = run_dir / SRC_TOKENIZER_FILE
+        src_tokenizer = Tokenizer.from_file(src_path) if src_path.is_file() else None
+        trainer = cls(model_cfg, train_cfg, tokenizer, log, src_tokenizer)
         load_weights(trainer.model, run_dir / "model.safetensors")
         try:
             state = torch.load(state_path, weights_only=True)
@@ -106,8 +92,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         self.model.eval()
-        losses = [self.model(x_BL, y_BL).loss.item()
-                  for x_BL, y_BL in self.data.val_batches(self.train_cfg.batch_size, self.train_cfg.eval_iters)]
+        losses = [self.model(**batch).loss.item()       # true cross-entropy: no label smoothing here
+                  for batch in self.data.val_batches(self.train_cfg.batch_size, self.train_cfg.eval_iters)]
         self.model.train()
         return sum(losses) / len(losses)
 
@@ -130,28 +116,29 @@ class Trainer:
         writer = self._tensorboard()
         bar = tqdm(total=cfg.max_iters, initial=self.step, disable=not cfg.progress, dynamic_ncols=True,
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
-        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.model_cfg.max_len
         loss_sum, loss_count = 0.0, 0
         last = None
         clock = time.perf_counter() - self.elapsed
         while not self.done():
-            lr = lr_at(self.progress(), self.step, cfg.lr, cfg.warmup_iters, cfg.min_lr_ratio)
+            lr = lr_at(self.progress(), self.step, cfg.lr, cfg.warmup_iters, cfg.min_lr_ratio, cfg.schedule)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            step_tokens = 0
             for _ in range(cfg.grad_accum):
-                x_BL, y_BL = self.data.batch("train", cfg.batch_size)
-                loss = model(x_BL, y_BL).loss
+                batch = self.data.batch("train", cfg.batch_size)
+                loss = model(**batch, label_smoothing=cfg.label_smoothing).loss
                 (loss / cfg.grad_accum).backward()
                 loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+                step_tokens += int((batch["targets_BL"] != -100).sum())      # tokens that were predicted
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            self.tokens += tokens_per_step
+            self.tokens += step_tokens
             self.elapsed = time.perf_counter() - clock
             bar.update(1)
-            bar.set_postfix_str(self._postfix(loss.item(), tokens_per_step), refresh=False)
+            bar.set_postfix_str(self._postfix(loss.item()), refresh=False)
             if self.step % cfg.eval_interval == 0 or self.done() or self.step == stop_at_step:
                 last = self._record(loss_sum / max(loss_count, 1), lr, writer, clock)
                 loss_sum, loss_count = 0.0, 0
@@ -181,14 +168,14 @@ class Trainer:
                 writer.add_scalar(key, row[key], self.step)
         return row
 
-    def _postfix(self, loss: float, tokens_per_step: int) -> str:
+    def _postfix(self, loss: float) -> str:
         cfg = self.train_cfg
         rate = self.step / max(self.elapsed, 1e-9)
         remaining = (cfg.max_iters - self.step) / max(rate, 1e-9)
         if cfg.max_time:
             remaining = min(remaining, cfg.max_time - self.elapsed)
         eta = time.strftime("%M:%S", time.gmtime(max(remaining, 0)))
-        return f"loss {loss:.3f}, {rate * tokens_per_step:,.0f} tok/s, eta {eta}"
+        return f"loss {loss:.3f}, {self.tokens / max(self.elapsed, 1e-9):,.0f} tok/s, eta {eta}"
 
     def _tensorboard(self):
         if not self.train_cfg.tensorboard:
