@@ -13,3 +13,5 @@ class ModelOutput:
     hidden: torch.Tensor | None = None                   # final hidden states h_BLC (after the final norm)
     cross_attentions: tuple[torch.Tensor, ...] | None = None     # encoder-decoder: probs_BHLS per layer
     encoder_attentions: tuple[torch.Tensor, ...] | None = None   # encoder-decoder: probs_BHSS per layer
+    start_logits: torch.Tensor | None = None             # extractive QA: start_BL, a score per token
+    end_logits: torch.Tensor | None = None               # extractive QA: end_BL
