@@ -35,7 +35,7 @@ from .nn.layout import decode_layout
 from .tokenizers import Tokenizer
 
 SRC_TOKENIZER_FILE = "tokenizer_src.json"
-HF_MODEL_TYPES = {"gpt2": ("qkv.interop.hf_gpt2", "load_gpt2")}
+HF_MODEL_TYPES = {"gpt2": ("qkv.interop.hf_gpt2", "load_gpt2"), "bert": ("qkv.interop.hf_bert", "load_bert")}
 
 
 def _exchange(a: Path, b: Path) -> bool:

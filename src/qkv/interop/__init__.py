@@ -4,6 +4,7 @@ Each supported ``model_type`` has one module that maps its config.json and tenso
 and back; none of them needs transformers installed.
 """
 
+from .hf_bert import load_bert
 from .hf_gpt2 import load_gpt2, save_gpt2
 
-__all__ = ["load_gpt2", "save_gpt2"]
+__all__ = ["load_bert", "load_gpt2", "save_gpt2"]
