@@ -109,14 +109,15 @@ class Tokenizer:
                         chinese_chars: bool = True, specials: dict[str, str] | None = None) -> "Tokenizer":
         """A BERT vocab.txt (one token per line, the line number is the id), wired as BERT's tokenizer.
 
-        specials: {"unk_token": ..., "cls_token": ..., ...} when they differ from [UNK] [CLS] [SEP] [PAD] [MASK].
+        specials: {"unk_token": ..., "cls_token": ..., ...} where they are not [UNK] [CLS] [SEP] [PAD] [MASK].
         """
         names = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                  "mask_token": "[MASK]", **(specials or {})}
         try:
             backend = Backend(models.WordPiece.from_file(str(path), unk_token=names["unk_token"]))
         except Exception as e:  # the library raises plain Exceptions for unreadable files
-            raise CheckpointError(f"{path} is not a readable BERT vocab.txt ({e}); re-save the tokenizer") from None
+            raise CheckpointError(f"{path} is not a readable BERT vocab.txt ({e}); re-save the tokenizer") \
+                from None
         _bert_pipeline(backend, lowercase, strip_accents, chinese_chars)
         vocab = backend.get_vocab()
         backend.add_special_tokens([n for n in names.values() if n in vocab])
@@ -155,7 +156,8 @@ class Tokenizer:
             backend.add_special_tokens([n for n in EOS_NAMES if n in vocab])
             return cls(backend)
         if (d / "vocab.txt").is_file():
-            specials = {k: _token_name(v) for k, v in options.items() if k.endswith("_token") and _token_name(v)}
+            specials = {k: _token_name(v) for k, v in options.items()
+                        if k.endswith("_token") and _token_name(v)}
             return cls.from_bert_vocab(d / "vocab.txt", lowercase=bool(options.get("do_lower_case", True)),
                                        strip_accents=options.get("strip_accents"),
                                        chinese_chars=bool(options.get("tokenize_chinese_chars", True)),
@@ -236,7 +238,7 @@ def _bert_template(backend: Backend, cls_token: str, sep_token: str) -> None:
     """[CLS] $A [SEP] for one text, [CLS] $A [SEP] $B [SEP] for a pair, B's tokens with type id 1."""
     backend.post_processor = processors.TemplateProcessing(
         single=f"{cls_token} $A {sep_token}", pair=f"{cls_token} $A {sep_token} $B:1 {sep_token}:1",
-        special_tokens=[(cls_token, backend.token_to_id(cls_token)), (sep_token, backend.token_to_id(sep_token))])
+        special_tokens=[(t, backend.token_to_id(t)) for t in (cls_token, sep_token)])
 
 
 def _tokenizer_config(path: Path) -> dict:

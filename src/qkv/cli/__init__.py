@@ -18,6 +18,7 @@ COMMANDS = {   # name -> (module, one-line help)
     "generate": ("qkv.cli.generate", "generate text from a checkpoint, streamed token by token"),
     "eval": ("qkv.cli.eval", "loss and perplexity of a checkpoint on a text file"),
     "bench": ("qkv.cli.bench", "speed benchmarks against transformers in the same run"),
+    "embed": ("qkv.cli.embed", "sentence embeddings from an encoder and their cosine similarities"),
 }
 
 

@@ -1,0 +1,70 @@
+"""`qkv embed DIR --text A --text B ...`: sentence embeddings from an encoder and their cosine similarities.
+
+    qkv embed runs/bert --text "a cat sat on the mat" --text "the cat is sitting" --text "stock prices fell"
+    qkv embed path/to/hf-bert --file sentences.txt --json
+
+DIR is any encoder checkpoint: a qkv-bert* run directory or a Hugging Face BERT directory. Each sentence
+becomes the mean of the encoder's last hidden states over its real tokens, L2-normalized
+(``Encoder.sentence_embeddings``), so a cosine similarity is a dot product. Prints the similarity matrix;
+``--json`` prints one JSON object with the texts, the vectors and the matrix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .flags import value_parser
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", metavar="DIR", help="an encoder checkpoint (qkv-bert* or Hugging Face BERT)")
+    p.add_argument("--text", action="append", default=[], metavar="TEXT", help="a sentence; repeat for more")
+    p.add_argument("--file", metavar="FILE", help="a UTF-8 file with one sentence per line (blank lines skipped)")
+    p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), default=32,
+                   help="sentences per forward pass (default 32)")
+    p.add_argument("--json", action="store_true", help="print one JSON object: texts, embeddings, similarity")
+
+
+def run(args) -> int:
+    from ..checkpoint import load
+    from ..errors import CheckpointError, InputError
+    from ..models.encoder import Encoder
+
+    texts = list(args.text) + (_read_lines(args.file) if args.file else [])
+    if not texts:
+        raise InputError("no sentences to embed; pass --text TEXT (repeatable) or --file FILE")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    model = load(args.checkpoint)
+    if not isinstance(model, Encoder):
+        raise CheckpointError(f"{args.checkpoint} holds a {model.model_type!r} model; qkv embed needs an encoder "
+                              f"(a qkv-bert* checkpoint or a Hugging Face BERT directory)")
+    emb_NC = model.embed_texts(texts, args.batch_size)
+    sim_NN = emb_NC @ emb_NC.T
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "model_type": model.model_type,
+                          "dim": emb_NC.shape[1], "texts": texts, "embeddings": emb_NC.tolist(),
+                          "similarity": sim_NN.tolist()}))
+        return 0
+    print(f"{len(texts)} sentences, {emb_NC.shape[1]}-dim mean-pooled embeddings; cosine similarity:")
+    print("      " + "".join(f"{f'[{j}]':>7}" for j in range(len(texts))))
+    for i, row in enumerate(sim_NN.tolist()):
+        print(f"{f'[{i}]':>5} " + "".join(f"{x:7.3f}" for x in row) + f"   {_short(texts[i])}")
+    return 0
+
+
+def _read_lines(path: str) -> list[str]:
+    from ..errors import InputError
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--file {p} does not exist; pass a text file with one sentence per line")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"--file {p} is not UTF-8 (bad byte at offset {e.start}); convert it to UTF-8") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _short(text: str, width: int = 50) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
