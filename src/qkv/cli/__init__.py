@@ -16,6 +16,7 @@ from ..errors import QkvError
 COMMANDS = {   # name -> (module, one-line help)
     "train": ("qkv.cli.train", "train a model (a preset, a config file, flags for every config field)"),
     "generate": ("qkv.cli.generate", "generate text from a checkpoint, streamed token by token"),
+    "translate": ("qkv.cli.translate", "translate or summarize with an encoder-decoder; BLEU/ROUGE with references"),
     "eval": ("qkv.cli.eval", "loss and perplexity of a checkpoint on a text file"),
     "bench": ("qkv.cli.bench", "speed benchmarks against transformers in the same run"),
     "embed": ("qkv.cli.embed", "sentence embeddings from an encoder and their cosine similarities"),

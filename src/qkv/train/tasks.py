@@ -37,6 +37,7 @@ class Task:
     tokenizer: Tokenizer               # the (target) tokenizer
     data: object                       # .batch(split, B) -> dict, .val_batches(B, n), .generator
     src_tokenizer: Tokenizer | None = None     # only when source and target vocabularies are separate
+    model: object | None = None        # a ready model (fine-tuning from a checkpoint); None -> model_cls(model_cfg)
 
 
 def train_tokenizer(texts: list[str], cfg: TrainConfig, specials: tuple[str, ...] = ()) -> Tokenizer:

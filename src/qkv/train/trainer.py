@@ -37,7 +37,7 @@ class Trainer:
         task = build_task(model_cfg, train_cfg, tokenizer, src_tokenizer)
         self.model_cfg, self.tokenizer, self.data = task.model_cfg, task.tokenizer, task.data
         torch.manual_seed(train_cfg.seed)
-        self.model = task.model_cls(self.model_cfg)
+        self.model = task.model if task.model is not None else task.model_cls(self.model_cfg)
         self.model.src_tokenizer = task.src_tokenizer
         self.optimizer = make_optimizer(self.model, train_cfg.lr, train_cfg.weight_decay,
                                         (train_cfg.beta1, train_cfg.beta2))

@@ -1,0 +1,96 @@
+"""`qkv translate DIR`: translate (or summarize) with an encoder-decoder checkpoint, and score the result.
+
+    qkv translate runs/multi30k --text "Ein Hund läuft im Schnee."
+    qkv translate runs/multi30k --file test.de --ref test.en --output hyp.en        # + sacrebleu BLEU
+    qkv translate runs/scitldr --jsonl test.jsonl --truncate                         # + ROUGE, all references
+
+Outputs are detokenized text, one per input line, in input order. With references, BLEU comes from
+sacrebleu (with its signature) and ROUGE-1/2/L from rouge-score; ``--metrics-json`` writes them to a file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from .flags import value_parser
+
+
+def add_arguments(p) -> None:
+    p.add_argument("directory", metavar="DIR", help="an encoder-decoder checkpoint (qkv train --task translate)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a source sentence (repeat for several)")
+    src.add_argument("--file", metavar="FILE", help="source sentences, one per line")
+    src.add_argument("--jsonl", metavar="FILE", help="SciTLDR-style JSON lines: 'source' sentences and "
+                                                     "'target' references (scored with ROUGE)")
+    p.add_argument("--ref", metavar="FILE", help="reference translations for --file, one per line (BLEU)")
+    p.add_argument("--beam", type=value_parser(int, "--beam"), default=4, help="beam size; 1 = greedy (default 4)")
+    p.add_argument("--length-penalty", type=value_parser(float, "--length-penalty"), default=1.0,
+                   help="score / length ** penalty (default 1.0)")
+    p.add_argument("--max-new-tokens", type=value_parser(int, "--max-new-tokens"), default=None,
+                   help="longest output in tokens (default: the model's positions)")
+    p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false",
+                   help="keep searching after beam-size hypotheses finished")
+    p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), default=32, help="sources per batch")
+    p.add_argument("--truncate", action="store_true", help="cut sources longer than the model's positions")
+    p.add_argument("--output", metavar="FILE", help="write outputs here instead of stdout")
+    p.add_argument("--metrics-json", metavar="FILE", help="write the scores as JSON")
+    p.add_argument("--threads", type=value_parser(int, "--threads"), default=None, help="torch threads")
+
+
+def run(args) -> int:
+    import torch
+
+    from ..checkpoint import load
+    from ..data.pairs import read_parallel, read_summaries
+    from ..data.text import read_text
+    from ..errors import InputError
+    from ..metrics import bleu, rouge
+    from ..models import EncoderDecoder
+    from ..translate import SearchConfig, translate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = SearchConfig(beam_size=args.beam, max_new_tokens=args.max_new_tokens,
+                       length_penalty=args.length_penalty, early_stopping=args.early_stopping)
+    if args.ref and not args.file:
+        raise InputError("--ref scores a --file of sources; give the sources with --file")
+    references = None
+    if args.file and args.ref:
+        pairs = read_parallel(args.file, args.ref)
+        sources, references = [s for s, _ in pairs], [[t] for _, t in pairs]
+    elif args.file:
+        sources = [line for line in read_text(args.file).splitlines() if line.strip()]
+    elif args.jsonl:
+        docs = read_summaries(args.jsonl)
+        sources, references = [d for d, _ in docs], [refs for _, refs in docs]
+    else:
+        sources = args.text
+    model = load(args.directory)
+    if not isinstance(model, EncoderDecoder):
+        raise InputError(f"{args.directory} holds a {model.model_type} model; translate needs an encoder-decoder "
+                         f"(train one with qkv train --task translate)")
+    start = time.perf_counter()
+    outputs = translate(model, sources, cfg, args.batch_size, args.truncate)
+    seconds = time.perf_counter() - start
+    text = "".join(o + "\n" for o in outputs)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    if references is None:
+        return 0
+    metrics = {"sentences": len(sources), "seconds": round(seconds, 2), "beam": args.beam}
+    if args.jsonl:
+        metrics.update({k: round(v, 2) for k, v in rouge(outputs, references).items()})
+        summary = " | ".join(f"{k} {metrics[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL"))
+    else:
+        score = bleu(outputs, references)
+        metrics.update(bleu=round(score.score, 2), signature=score.signature)
+        summary = f"BLEU {score.score:.2f} ({score.signature})"
+    print(f"{summary} | {len(sources)} sentences in {seconds:.1f}s", file=sys.stderr)
+    if args.metrics_json:
+        Path(args.metrics_json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return 0
