@@ -1,7 +1,8 @@
-"""`qkv bench train|decode [--json]`: speed against Hugging Face transformers, timed in the same run.
+"""`qkv bench train|decode|encoder [--json]`: speed against Hugging Face transformers, timed in the same run.
 
     qkv bench train --json     tokens/s of one forward + backward + AdamW step, qkv GPT vs GPT2LMHeadModel
     qkv bench decode --json    tokens/s of KV-cache generation, qkv GPT vs GPT2LMHeadModel
+    qkv bench encoder --json   sentences/s of a BERT-base forward (batch 32 x 128), qkv Encoder vs BertModel
 
 With ``--json`` each prints exactly one JSON line (the configuration and every figure); without it, a
 short table. transformers is optional: without it only qkv's figures are reported.
@@ -28,6 +29,16 @@ def add_arguments(p) -> None:
     decode = sub.add_parser("decode", help="generation with the KV cache: qkv GPT vs GPT2LMHeadModel",
                             description="Tokens/s of batch-1 greedy decoding with a KV cache.")
     decode.add_argument("--json", action="store_true", help="print exactly one JSON line")
+    encoder = sub.add_parser("encoder", help="inference: qkv Encoder vs BertModel, BERT-base, batch 32 x 128",
+                             description="Sentences/s of a BERT-base forward pass (fp32, inference mode).")
+    encoder.add_argument("--json", action="store_true", help="print exactly one JSON line")
+    encoder.add_argument("--layers", type=_positive, default=None, help="encoder layers (default 12)")
+    encoder.add_argument("--batch", type=_positive, default=None, help="sentences per call (default 32)")
+    encoder.add_argument("--length", type=_positive, default=None, help="tokens per sentence (default 128)")
+    encoder.add_argument("--rounds", type=_positive, default=None, help="timed rounds per side (default 5)")
+    encoder.add_argument("--threads", type=_positive, default=None,
+                         help="torch.set_num_threads (default: torch's own, one per core)")
+    encoder.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
 
 
 def run(args) -> int:
@@ -36,6 +47,11 @@ def run(args) -> int:
         options = {k: getattr(args, k) for k in ("rounds", "steps", "warmup", "threads", "compile")
                    if getattr(args, k) is not None}
         train.run(args.json, hf=args.hf, **options)
+    elif args.bench == "encoder":
+        from ..bench import encoder
+        options = {k: getattr(args, k) for k in ("layers", "batch", "length", "rounds", "threads")
+                   if getattr(args, k) is not None}
+        encoder.run(args.json, hf=args.hf, **options)
     else:
         from ..bench import decode     # written separately; imported only when asked for
         decode.run(args.json)

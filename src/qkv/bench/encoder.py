@@ -1,0 +1,148 @@
+"""Encoder inference speed: sentences/s of a BERT-base forward pass, qkv's ``Encoder`` against Hugging
+Face's ``BertModel`` of the same shape, timed in the same process.
+
+The shape is BERT-base: 12 layers, 12 heads, d_model 768, FFN 3072, GELU, post-norm LayerNorm (eps 1e-12),
+vocabulary 30522, 512 positions, 2 segments; random weights, float32. A call is what embedding or
+classifying a batch costs: 32 sentences of 128 tokens, no padding (attention mask all ones, segment ids
+all zero, as a tokenizer gives for full rows), eval mode under ``torch.inference_mode``, the last hidden
+states returned. Both sides do the same arithmetic; only the implementations differ:
+
+    qkv     Encoder (wq + fused wkv projections, SDPA; an all-True mask is dropped, so SDPA runs unmasked)
+    hf      BertModel(attn_implementation="sdpa"), as its users get it (eager), pooler included (its
+            forward always runs it: one 768 x 768 product per sentence, < 0.1% of the work)
+
+Timing: ``warmup`` untimed calls per side, then ``rounds`` rounds of one call per side, the two sides
+alternating and who goes first alternating too, so load from other processes falls on both alike.
+Reported: the median and the best round of each side and the median over rounds of the per-round ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from ..config import ModelConfig
+from ..models.encoder import Encoder
+
+SHAPE = dict(vocab_size=30522, max_len=512, n_layers=12, d_model=768, n_heads=12, d_ff=3072, type_vocab_size=2)
+
+
+def bert_config(layers: int) -> ModelConfig:
+    return ModelConfig(**dict(SHAPE, n_layers=layers), norm="layernorm", norm_eps=1e-12, norm_placement="post",
+                       mlp="gelu", pos="learned", mask="bidirectional", embed_norm=True, dropout=0.0)
+
+
+def _inputs(batch: int, length: int):
+    ids_BL = torch.randint(0, SHAPE["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(0))
+    return ids_BL, torch.ones(batch, length, dtype=torch.long), torch.zeros(batch, length, dtype=torch.long)
+
+
+def ours(batch: int, length: int, layers: int, seed: int = 0) -> tuple[Callable[[], torch.Tensor], dict]:
+    torch.manual_seed(seed)
+    model = Encoder(bert_config(layers)).eval()
+    ids_BL, mask_BL, types_BL = _inputs(batch, length)
+    key_mask_BL = mask_BL.bool()
+
+    def call() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(ids_BL, key_mask_BL=key_mask_BL, types_BL=types_BL).hidden
+    return call, dict(model="qkv.models.Encoder", params=model.num_params())
+
+
+def huggingface(batch: int, length: int, layers: int, seed: int = 0) -> tuple[Callable[[], torch.Tensor], dict]:
+    import transformers
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=SHAPE["vocab_size"], hidden_size=SHAPE["d_model"],
+                                  num_hidden_layers=layers, num_attention_heads=SHAPE["n_heads"],
+                                  intermediate_size=SHAPE["d_ff"], max_position_embeddings=SHAPE["max_len"],
+                                  type_vocab_size=SHAPE["type_vocab_size"], hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0, attn_implementation="sdpa")
+    model = transformers.BertModel(cfg).eval()
+    ids_BL, mask_BL, types_BL = _inputs(batch, length)
+
+    def call() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(input_ids=ids_BL, attention_mask=mask_BL, token_type_ids=types_BL).last_hidden_state
+    info = dict(model="transformers.BertModel", version=transformers.__version__,
+                params=sum(p.numel() for p in model.parameters()),
+                attn_implementation=model.config._attn_implementation)
+    return call, info
+
+
+def _time(call: Callable) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
+def run(json_out: bool = False, *, layers: int = SHAPE["n_layers"], batch: int = 32, length: int = 128,
+        warmup: int = 1, rounds: int = 5, hf: bool = True, threads: int | None = None) -> dict:
+    """Time both sides and return (and print) the result; with ``json_out`` print exactly one JSON line."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    sides: dict[str, tuple[Callable, dict]] = {"qkv": ours(batch, length, layers)}
+    note = None
+    if hf:
+        try:
+            sides["hf"] = huggingface(batch, length, layers)
+        except ImportError:
+            note = "transformers is not installed: Hugging Face side skipped (pip install transformers)"
+    for call, _ in sides.values():
+        for _ in range(warmup):
+            call()
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(rounds):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            seconds[name].append(_time(sides[name][0]))
+    result = {
+        "bench": "encoder",
+        "shape": dict(SHAPE, n_layers=layers, batch=batch, length=length, dtype="float32", padding="none"),
+        "timing": dict(warmup=warmup, rounds=rounds, statistic="median over rounds of one forward per side"),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
+    for name, (_, info) in sides.items():
+        rates = [batch / s for s in seconds[name]]
+        result[name] = dict(info, sentences_per_s=round(statistics.median(rates), 2),
+                            best_sentences_per_s=round(max(rates), 2),
+                            rounds_sentences_per_s=[round(x, 2) for x in rates])
+    if "hf" in sides:
+        ratios = [h / q for q, h in zip(seconds["qkv"], seconds["hf"])]     # same round, same load
+        result["ratio"] = round(statistics.median(ratios), 3)
+        result["ratio_best"] = round(result["qkv"]["best_sentences_per_s"] /
+                                     result["hf"]["best_sentences_per_s"], 3)
+    if note:
+        result["note"] = note
+    if json_out:
+        print(json.dumps(result))
+    else:
+        _print_table(result)
+    return result
+
+
+def _print_table(result: dict) -> None:
+    s = result["shape"]
+    print(f"encoder forward: {s['n_layers']} layers, d_model {s['d_model']}, {s['n_heads']} heads, "
+          f"FFN {s['d_ff']}, batch {s['batch']} x {s['length']} tokens, {s['dtype']}, "
+          f"{result['threads']} threads "
+          f"(load {result['load_avg_1m']} on {result['cpus']} cpus)")
+    for name in ("qkv", "hf"):
+        if name in result:
+            r = result[name]
+            print(f"  {r['model']:<24} median {r['sentences_per_s']:>8.2f} sentences/s   "
+                  f"best {r['best_sentences_per_s']:>8.2f}")
+    if "ratio" in result:
+        print(f"  qkv / hf: {result['ratio']:.2f}x (median of per-round ratios), "
+              f"{result['ratio_best']:.2f}x (best rounds)")
+    if "note" in result:
+        print(f"  note: {result['note']}")
