@@ -133,3 +133,42 @@ def test_copy_task_learns_to_copy_exactly():
     out = greedy_search(model, src_BS, src_BS != PAD, BOS, EOS, SearchConfig(beam_size=1, max_new_tokens=10))
     exact = sum(o == s for o, s in zip(out, src)) / len(src)
     assert exact == 1.0, f"exact match {exact:.2f}, last loss {loss.item():.3f}"
+
+
+# ---- the command line on bad input --------------------------------------------------------------------------
+@pytest.fixture
+def saved(tmp_path):
+    from qkv import save
+    from qkv.tokenizers import Tokenizer
+    tok = Tokenizer.train_char("abc de", special_tokens=("<pad>", "<bos>", "<eos>"))
+    model = tiny_model(V=tok.vocab_size)
+    save(model, tmp_path / "m", tok)
+    return tmp_path / "m"
+
+
+def test_cli_rejects_bad_beam_and_long_sources(saved, capsys):
+    from qkv.cli import main
+    assert main(["translate", str(saved), "--text", "abc", "--beam", "0"]) == 2
+    assert "beam_size=0 must be >= 1" in capsys.readouterr().err
+    assert main(["translate", str(saved), "--text", "abc " * 10]) == 2
+    assert "source 0 has 40 tokens but the model has 16 positions" in capsys.readouterr().err
+    assert main(["translate", str(saved), "--text", "abc " * 10, "--truncate", "--beam", "2",
+                 "--max-new-tokens", "3"]) == 0
+
+
+def test_vocabulary_without_bos_eos_pad_is_an_error(tmp_path, capsys):
+    from qkv import save
+    from qkv.cli import main
+    from qkv.tokenizers import Tokenizer
+    tok = Tokenizer.train_char("abc de")                   # no special tokens at all
+    save(tiny_model(V=tok.vocab_size), tmp_path / "m", tok)
+    assert main(["translate", str(tmp_path / "m"), "--text", "abc"]) == 2
+    assert "no <bos>, <eos>, <pad> token" in capsys.readouterr().err
+
+
+def test_translate_of_a_decoder_only_model_is_an_error(tmp_path, capsys):
+    from qkv import GPT, save
+    from qkv.cli import main
+    save(GPT(ModelConfig(vocab_size=8, max_len=8, n_layers=1, d_model=16, n_heads=2)), tmp_path / "g")
+    assert main(["translate", str(tmp_path / "g"), "--text", "abc"]) == 2
+    assert "needs an encoder-decoder" in capsys.readouterr().err
