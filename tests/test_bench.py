@@ -20,3 +20,10 @@ def test_bench_decode_run_returns_bound():
     result = run(False, prompt_len=4, new_tokens=2, rounds=1, hf=False, plain=False, threads=1)
     assert result["tokens_per_s"] > 0 and 0 < result["fraction_of_bound"]
     assert result["bound_tokens_per_s"] > 0
+
+
+def test_bench_beam_json(capsys):
+    assert main(["bench", "beam", "--json", "--sentences", "2", "--batch", "2", "--rounds", "1",
+                 "--max-new-tokens", "2", "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["s_per_sentence"]) == {"greedy", "beam4"} and result["beam_over_greedy"] > 0

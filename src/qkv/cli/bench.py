@@ -3,6 +3,7 @@
     qkv bench train --json     tokens/s of one forward + backward + AdamW step, qkv GPT vs GPT2LMHeadModel
     qkv bench decode --json    tokens/s of KV-cache generation, qkv GPT vs GPT2LMHeadModel
     qkv bench encoder --json   sentences/s of a BERT-base forward (batch 32 x 128), qkv Encoder vs BertModel
+    qkv bench beam --json      seconds/sentence of beam search vs greedy for the encoder-decoder
 
 With ``--json`` each prints exactly one JSON line (the configuration and every figure); without it, a
 short table. transformers is optional: without it only qkv's figures are reported.
@@ -39,6 +40,15 @@ def add_arguments(p) -> None:
     encoder.add_argument("--threads", type=_positive, default=None,
                          help="torch.set_num_threads (default: torch's own, one per core)")
     encoder.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
+    beam = sub.add_parser("beam", help="encoder-decoder: beam search vs greedy, seconds per sentence",
+                          description="Seconds per sentence of batched beam search against greedy search.")
+    beam.add_argument("--json", action="store_true", help="print exactly one JSON line")
+    beam.add_argument("--checkpoint", metavar="DIR", help="a trained encoder-decoder (default: random weights)")
+    for flag, help_text in (("--sentences", "sentences translated per round (default 64)"),
+                            ("--batch", "sources per call (default 16)"), ("--beam", "beam size (default 4)"),
+                            ("--rounds", "timed rounds (default 3)"),
+                            ("--max-new-tokens", "longest output (default 40)"), ("--threads", "torch threads")):
+        beam.add_argument(flag, type=_positive, default=None, help=help_text)
 
 
 def run(args) -> int:
@@ -47,6 +57,11 @@ def run(args) -> int:
         options = {k: getattr(args, k) for k in ("rounds", "steps", "warmup", "threads", "compile")
                    if getattr(args, k) is not None}
         train.run(args.json, hf=args.hf, **options)
+    elif args.bench == "beam":
+        from ..bench import beam
+        options = {k: getattr(args, k) for k in ("checkpoint", "sentences", "batch", "beam", "rounds",
+                                                 "max_new_tokens", "threads") if getattr(args, k) is not None}
+        beam.run(args.json, **options)
     elif args.bench == "encoder":
         from ..bench import encoder
         options = {k: getattr(args, k) for k in ("layers", "batch", "length", "rounds", "threads")
