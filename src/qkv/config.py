@@ -137,6 +137,11 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
 
 
+# BERT's architecture (Devlin et al., 2019) at a CPU size: post-norm, a norm after the embeddings, segment
+# embeddings, GELU, learned positions, dropout 0.1; 4 layers of d_model 256 (the encoder results in bench/README.md).
+BERT_SMALL = dict(max_len=128, n_layers=4, d_model=256, n_heads=4, mask="bidirectional", type_vocab_size=2,
+                  norm_placement="post", embed_norm=True, mlp="gelu", pos="learned", dropout=0.1, norm_eps=1e-12)
+
 # Presets name a (model, train) pair. Values are overrides of the dataclass defaults.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The default job: a char-level GPT on tiny shakespeare, chosen for the best val loss within
@@ -178,6 +183,22 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       batch_size=16, lr=1e-3, warmup_iters=200, max_iters=20000, max_time=1200,
                       label_smoothing=0.1, weight_decay=0.01, beta2=0.98, eval_interval=200, eval_iters=10,
                       out_dir="runs/scitldr"),
+    },
+    # Masked-LM pre-training of BERT_SMALL with a WordPiece vocabulary trained on the text (`qkv train --preset
+    # bert-mlm --data TEXT`); BERT's optimizer settings (weight decay 0.01, warmup) at a small model's higher lr.
+    "bert-mlm": {
+        "model": BERT_SMALL,
+        "train": dict(objective="mlm", tokenizer="wordpiece", bpe_vocab_size=8000, batch_size=32, lr=5e-4,
+                      warmup_iters=200, max_iters=20000, weight_decay=0.01, beta2=0.98, eval_interval=200,
+                      eval_iters=10, out_dir="runs/bert-mlm"),
+    },
+    # `qkv finetune`'s defaults: the training part for every task; the model part only for --init none
+    # (the from-scratch baseline: BERT_SMALL with a WordPiece vocabulary trained on the task's text).
+    "bert-finetune": {
+        "model": BERT_SMALL,
+        "train": dict(tokenizer="wordpiece", bpe_vocab_size=8000, batch_size=32, lr=2e-4, warmup_iters=100,
+                      max_iters=3000, weight_decay=0.01, beta2=0.999, eval_interval=200, eval_iters=8,
+                      out_dir="runs/finetune"),
     },
     # GPT-2 small's shape (124M parameters) for benchmarks.
     "gpt2-small": {

@@ -4,10 +4,12 @@
     lm          causal      text -> LMStream                       GPT              ids, targets
     lm          prefix      text -> LMStream(prefix=True)          GPT (prefix)     ids, targets, prefix_len
     lm          span        text -> SpanCorruption                 EncoderDecoder   src, ids, targets
+    lm          mlm         text lines -> MaskedLMStream           BERT             ids, labels, key mask, types
     translate   -           DIR/{train,val}.{src,tgt} -> pairs     EncoderDecoder   src, ids, targets
     summarize   -           DIR/{train,dev}.jsonl -> pairs         EncoderDecoder   src, ids, targets
 
 A batch is the model's keyword arguments, so the trainer calls ``model(**batch)`` for every task.
+Fine-tuning tasks (``qkv.train.finetune``) build their own ``Task`` with a ready model and hand it over.
 Tokenizers are trained on the training split only; a resumed run passes the saved ones back in.
 """
 
@@ -19,11 +21,12 @@ from pathlib import Path
 
 from ..config import ModelConfig, TrainConfig
 from ..data.lm import LMStream
+from ..data.mlm import MaskedLMStream
 from ..data.pairs import PairBatches, read_parallel, read_summaries
 from ..data.span_corruption import SpanCorruption, sentinel_names, spans_needed
 from ..data.text import read_text
 from ..errors import ConfigError, DataError
-from ..models import GPT, EncoderDecoder
+from ..models import BERT, GPT, EncoderDecoder
 from ..tokenizers import Tokenizer
 from ..translate import special_ids
 
@@ -38,6 +41,7 @@ class Task:
     data: object                       # .batch(split, B) -> dict, .val_batches(B, n), .generator
     src_tokenizer: Tokenizer | None = None     # only when source and target vocabularies are separate
     model: object | None = None        # a ready model (fine-tuning from a checkpoint); None -> model_cls(model_cfg)
+    config: dict = dataclasses.field(default_factory=dict)   # extra config.json entries (a fine-tuning task's)
 
 
 def train_tokenizer(texts: list[str], cfg: TrainConfig, specials: tuple[str, ...] = ()) -> Tokenizer:
@@ -66,9 +70,8 @@ def build_task(model_cfg: ModelConfig, cfg: TrainConfig, tokenizer: Tokenizer | 
         return _language_model(model_cfg, cfg, tokenizer)
     if cfg.task == "lm" and cfg.objective == "span":
         return _span_corruption(model_cfg, cfg, tokenizer)
-    if cfg.task == "lm":
-        raise ConfigError(f"objective {cfg.objective!r} is not available for task 'lm' yet; use causal, prefix "
-                          f"or span")
+    if cfg.task == "lm" and cfg.objective == "mlm":
+        return _masked_lm(model_cfg, cfg, tokenizer)
     return _pairs(model_cfg, cfg, tokenizer, src_tokenizer)
 
 
@@ -96,6 +99,29 @@ def _span_corruption(model_cfg, cfg, tokenizer) -> Task:
     data = SpanCorruption(tokenizer.encode(text), model_cfg.max_len, cfg.val_fraction, sentinel_ids,
                           pad, bos, eos, cfg.seed)
     return Task(model_cfg, EncoderDecoder, tokenizer, data)
+
+
+def _masked_lm(model_cfg, cfg, tokenizer) -> Task:
+    hint = "or start from --preset bert-mlm"
+    if tokenizer is None and cfg.tokenizer != "wordpiece":
+        raise ConfigError(f"objective 'mlm' needs BERT's [CLS] [SEP] [MASK] tokens: add --tokenizer wordpiece {hint}")
+    if model_cfg.mask != "bidirectional" or model_cfg.type_vocab_size < 2:
+        raise ConfigError(f"objective 'mlm' trains an encoder that reads [CLS] A [SEP] B [SEP] both ways: add "
+                          f"--mask bidirectional --type-vocab-size 2 {hint}")
+    if cfg.label_smoothing:
+        raise ConfigError("objective 'mlm' scores masked tokens without label smoothing; drop --label-smoothing")
+    lines = [line for line in read_text(cfg.data).splitlines() if line.strip()]
+    tokenizer = tokenizer or train_tokenizer(lines, cfg)
+    ids = {name: getattr(tokenizer, f"{name}_id") for name in ("cls", "sep", "pad", "mask")}
+    if None in ids.values():
+        raise ConfigError(f"the tokenizer lacks {[n for n, i in ids.items() if i is None]} tokens; MLM needs a "
+                          f"WordPiece tokenizer with [CLS] [SEP] [PAD] [MASK]")
+    model_cfg = fill_vocab(model_cfg, "vocab_size", tokenizer)
+    specials = (set(ids.values()) | {tokenizer.unk_id}) - {None}
+    data = MaskedLMStream(tokenizer.encode_batch(lines), model_cfg.max_len, cfg.val_fraction, cfg.seed,
+                          **{f"{k}_id": v for k, v in ids.items()}, vocab_size=tokenizer.vocab_size,
+                          special_ids=specials)
+    return Task(model_cfg, BERT, tokenizer, data)
 
 
 def read_pair_splits(cfg: TrainConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

@@ -22,7 +22,7 @@ from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError
 from ..tokenizers import Tokenizer
 from .optim import lr_at, make_optimizer
-from .tasks import build_task
+from .tasks import Task, build_task
 
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -30,11 +30,13 @@ METRICS_FILE = "metrics.jsonl"
 
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer: Tokenizer | None = None,
-                 log=print, src_tokenizer: Tokenizer | None = None):
+                 log=print, src_tokenizer: Tokenizer | None = None, task: Task | None = None):
+        """``task``: a ready task (fine-tuning); by default one is built from the configs."""
         self.train_cfg, self.log = train_cfg, log
         if train_cfg.threads:
             torch.set_num_threads(train_cfg.threads)
-        task = build_task(model_cfg, train_cfg, tokenizer, src_tokenizer)
+        task = task or build_task(model_cfg, train_cfg, tokenizer, src_tokenizer)
+        self.task_config = task.config
         self.model_cfg, self.tokenizer, self.data = task.model_cfg, task.tokenizer, task.data
         torch.manual_seed(train_cfg.seed)
         self.model = task.model if task.model is not None else task.model_cls(self.model_cfg)
@@ -47,8 +49,10 @@ class Trainer:
 
     # ---- resume -------------------------------------------------------------------------------------
     @classmethod
-    def resume(cls, run_dir: str | Path, train_overrides: dict | None = None, log=print) -> "Trainer":
-        """Continue the run in ``run_dir``; ``train_overrides`` may extend the budget (max_iters, max_time)."""
+    def resume(cls, run_dir: str | Path, train_overrides: dict | None = None, log=print,
+               task: Task | None = None) -> "Trainer":
+        """Continue the run in ``run_dir``; ``train_overrides`` may extend the budget (max_iters, max_time).
+        ``task``: the run's task rebuilt by its owner (fine-tuning); by default from the saved configs."""
         run_dir = Path(run_dir)
         config = read_config(run_dir)
         state_path = run_dir / STATE_FILE
@@ -62,7 +66,7 @@ class Trainer:
             raise CheckpointError(f"{run_dir} has no tokenizer.json; the run cannot be resumed")
         src_path = run_dir / SRC_TOKENIZER_FILE
         src_tokenizer = Tokenizer.from_file(src_path) if src_path.is_file() else None
-        trainer = cls(model_cfg, train_cfg, tokenizer, log, src_tokenizer)
+        trainer = cls(model_cfg, train_cfg, tokenizer, log, src_tokenizer, task)
         load_weights(trainer.model, run_dir / "model.safetensors")
         try:
             state = torch.load(state_path, weights_only=True)
@@ -101,7 +105,7 @@ class Trainer:
         """Write the whole run atomically: weights, tokenizer, configs, trainer state, metrics."""
         train = dataclasses.asdict(self.train_cfg)
         with atomic_dir(self.out_dir) as tmp:
-            write_model_files(tmp, self.model, self.tokenizer, {"train": train})
+            write_model_files(tmp, self.model, self.tokenizer, {"train": train, **self.task_config})
             torch.save({"step": self.step, "elapsed_s": self.elapsed, "tokens": self.tokens,
                         "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                         "data_rng": self.data.generator.get_state()}, tmp / STATE_FILE)
@@ -119,6 +123,7 @@ class Trainer:
         loss_sum, loss_count = 0.0, 0
         last = None
         clock = time.perf_counter() - self.elapsed
+        smoothing = {"label_smoothing": cfg.label_smoothing} if cfg.label_smoothing else {}  # encoders: none
         while not self.done():
             lr = lr_at(self.progress(), self.step, cfg.lr, cfg.warmup_iters, cfg.min_lr_ratio, cfg.schedule)
             for group in self.optimizer.param_groups:
@@ -126,10 +131,11 @@ class Trainer:
             step_tokens = 0
             for _ in range(cfg.grad_accum):
                 batch = self.data.batch("train", cfg.batch_size)
-                loss = model(**batch, label_smoothing=cfg.label_smoothing).loss
+                loss = model(**batch, **smoothing).loss
                 (loss / cfg.grad_accum).backward()
                 loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
-                step_tokens += int((batch["targets_BL"] != -100).sum())      # tokens that were predicted
+                targets = batch["targets_BL"] if "targets_BL" in batch else batch["labels"]   # encoders
+                step_tokens += int((targets != -100).sum())                  # tokens that were predicted
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
