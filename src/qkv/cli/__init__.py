@@ -20,6 +20,9 @@ COMMANDS = {   # name -> (module, one-line help)
     "eval": ("qkv.cli.eval", "loss and perplexity of a checkpoint on a text file"),
     "bench": ("qkv.cli.bench", "speed benchmarks against transformers in the same run"),
     "embed": ("qkv.cli.embed", "sentence embeddings from an encoder and their cosine similarities"),
+    "finetune": ("qkv.cli.finetune", "fine-tune an encoder on sst2, cola, upos, wnut17 or squad, then score it"),
+    "evaluate": ("qkv.cli.evaluate", "score a fine-tuned encoder on a task's eval file (metrics + predictions)"),
+    "predict": ("qkv.cli.predict", "run a fine-tuned encoder on new text: label, tags or answer span"),
 }
 
 

@@ -1,0 +1,98 @@
+"""`qkv finetune`: fine-tune an encoder on a task (sst2, cola, upos, wnut17, squad), then score it.
+
+    qkv finetune --task sst2 --init runs/bert-mlm --data ../shared/data/sst2/train.tsv \\
+                 --eval-data ../shared/data/sst2/test.tsv --max-time 300 --out-dir runs/sst2
+    qkv finetune --task squad --init none --data ../shared/data/squad_v1.1_dev/dev-v1.1.json.gz   # baseline
+    qkv finetune --resume runs/sst2 --max-time 600                  # continue exactly, with a longer budget
+
+--init is an encoder checkpoint (a `qkv train --preset bert-mlm` run or a Hugging Face BERT directory), or
+none (--scratch) for the baseline: the --preset's model (default bert-finetune) with a WordPiece vocabulary
+trained on the task's training text. Training flags are TrainConfig's (the run is an ordinary trainer run:
+checkpoints, metrics.jsonl, --max-time); model flags apply to the baseline only. At the end the model is
+scored on --eval-data and DIR/eval.json plus DIR/predictions.json(l) are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from ..config import PRESETS, ModelConfig, TrainConfig, resolve
+from ..errors import ConfigError
+from .flags import add_dataclass_flags, collect
+
+DEFAULT_PRESET = "bert-finetune"
+# TrainConfig fields that describe language-model data, not fine-tuning (--task and --data are the task's).
+LM_ONLY = ("task", "objective", "data", "src_lang", "tgt_lang", "joint_vocab", "label_smoothing")
+
+
+def _fields_except(cls, names: tuple[str, ...]):
+    """``cls`` less some fields, as a dataclass the flag builder reads: still one list of options."""
+    hints = typing.get_type_hints(cls)
+    return dataclasses.make_dataclass(cls.__name__, [(f.name, hints[f.name], dataclasses.field(default=f.default))
+                                                     for f in dataclasses.fields(cls) if f.name not in names])
+
+
+TrainFlags = _fields_except(TrainConfig, LM_ONLY)
+
+
+def add_arguments(p) -> None:
+    from ..train.finetune import FinetuneConfig
+
+    p.add_argument("--preset", help=f"training defaults and the --init none model: one of {', '.join(PRESETS)} "
+                                    f"(default {DEFAULT_PRESET})")
+    p.add_argument("--scratch", action="store_true", help="train from scratch: the same as --init none")
+    p.add_argument("--resume", metavar="DIR", help="continue the fine-tuning run in DIR exactly where it stopped")
+    add_dataclass_flags(p, FinetuneConfig, "task (FinetuneConfig fields)")
+    add_dataclass_flags(p, TrainFlags, "training (TrainConfig fields)")
+    add_dataclass_flags(p, ModelConfig, "model for --init none (ModelConfig fields)")
+
+
+def run(args) -> int:
+    from ..train.finetune import FinetuneConfig, build_finetune_task, finish, new_model, resume_finetune
+    from ..config import build
+    from ..train.trainer import Trainer
+
+    task_options, train_overrides = collect(args, FinetuneConfig), collect(args, TrainFlags)
+    model_overrides = collect(args, ModelConfig)
+    if args.resume:
+        if task_options or model_overrides or args.preset or args.scratch:
+            raise ConfigError("--resume continues a run with its saved task and model; pass only training flags "
+                              "such as --max-time")
+        trainer = resume_finetune(args.resume, train_overrides)
+        print(f"resuming {args.resume} at step {trainer.step}")
+    else:
+        if args.scratch:
+            task_options["init"] = None
+        if "init" not in task_options:
+            raise ConfigError("say where the encoder comes from: --init DIR (a qkv-bert run or a Hugging Face BERT "
+                              "directory), or --init none / --scratch for the from-scratch baseline")
+        for name in ("task", "data"):
+            if name not in task_options:
+                raise ConfigError(f"--{name} is required (tasks: sst2, cola, upos, wnut17, squad; --data is the "
+                                  f"training file)")
+        if task_options["init"] is not None and model_overrides:
+            raise ConfigError(f"model flags {sorted(model_overrides)} describe the --init none model; an encoder "
+                              f"from --init keeps its own architecture")
+        fcfg = build(FinetuneConfig, task_options, "the given options")
+        model_cfg, train_cfg = resolve(args.preset or DEFAULT_PRESET, None, model_overrides, train_overrides)
+        task, notes = build_finetune_task(fcfg, train_cfg, new_model(fcfg, model_cfg, train_cfg))
+        trainer = Trainer(task.model_cfg, train_cfg, task=task)
+        cut = f" ({notes['truncated']} truncated to the model's positions)" if notes.get("truncated") else ""
+        print(f"task {fcfg.task}: {notes['examples']:,} training inputs{cut}; init {fcfg.init or 'none (scratch)'}")
+    cfg = trainer.model_cfg
+    print(f"model: {trainer.model.num_params() / 1e6:.2f}M parameters, {cfg.n_layers} layers, d_model {cfg.d_model}, "
+          f"context {cfg.max_len}, vocab {cfg.vocab_size}; run dir {trainer.out_dir}")
+    trainer.fit()
+    from ..train.finetune import finetune_config
+    report = finish(trainer, finetune_config(trainer.out_dir))
+    print(_summary(report, trainer.out_dir))
+    return 0
+
+
+def _summary(report: dict, directory) -> str:
+    scores = " | ".join(f"{k} {report[k]:.4f}" for k in ("accuracy", "mcc", "precision", "recall", "f1",
+                                                         "exact_match") if k in report)
+    cut = f", {report['truncated']} truncated" if report.get("truncated") else ""
+    return (f"{report['task']} on {report['examples']:,} examples{cut}: {scores} | report and predictions in "
+            f"{directory}")

@@ -1,0 +1,103 @@
+"""Encoded fine-tuning examples, their padded batches, and batched inference over them.
+
+Legend: B batch, L longest sequence in the batch, K labels.
+
+Every task family turns its examples into ``Item``s: token ids and segment ids as the tokenizer's
+``encode_for_model`` made them ([CLS] ... [SEP]), plus the gold labels in one of three layouts,
+
+    layout  labels of one item                       batch key ``labels``
+    "B"     [class id]                               labels_B                (sequence classification)
+    "BL"    one id per token, -100 where unscored   labels_BL, padded -100  (tagging)
+    "B2"    [start token, end token]                 spans_B2                (extractive QA)
+
+which is the shape each head's loss takes (``qkv.models.encoder``). ``TaskBatches`` is the trainer's data
+object: training batches draw items with replacement from a private generator (its state is the data
+position, so resume is exact); validation batches are the first items of the validation split, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+
+from ..errors import DataError
+
+Layout = Literal["B", "BL", "B2"]
+
+
+@dataclass(frozen=True)
+class Item:
+    ids: list[int]
+    types: list[int]
+    labels: list[int]
+    word_ids: list[int | None] | None = None     # tagging: the word each token belongs to (None: special)
+    feature: object | None = None                # QA: the window (QAFeature) whose offsets map tokens to text
+
+
+def collate(items: Sequence[Item], layout: Layout, pad_id: int, with_labels: bool = True) -> dict:
+    """Right-padded model kwargs: ids_BL, key_mask_BL (True on real tokens), types_BL and ``labels``."""
+    B, L = len(items), max(len(it.ids) for it in items)
+    ids_BL = torch.full((B, L), pad_id, dtype=torch.long)
+    types_BL = torch.zeros(B, L, dtype=torch.long)
+    key_mask_BL = torch.zeros(B, L, dtype=torch.bool)
+    for b, it in enumerate(items):
+        ids_BL[b, :len(it.ids)] = torch.tensor(it.ids)
+        types_BL[b, :len(it.ids)] = torch.tensor(it.types)
+        key_mask_BL[b, :len(it.ids)] = True
+    batch = {"ids_BL": ids_BL, "key_mask_BL": key_mask_BL, "types_BL": types_BL}
+    if with_labels:
+        if layout == "BL":
+            labels = torch.full((B, L), -100, dtype=torch.long)
+            for b, it in enumerate(items):
+                labels[b, :len(it.labels)] = torch.tensor(it.labels)
+        else:
+            labels = torch.tensor([it.labels for it in items], dtype=torch.long)
+            labels = labels[:, 0] if layout == "B" else labels
+        batch["labels"] = labels
+    return batch
+
+
+class TaskBatches:
+    """The trainer's data object over encoded items: ``.batch``, ``.val_batches``, ``.generator``, ``.splits``."""
+
+    def __init__(self, train: list[Item], val: list[Item], layout: Layout, pad_id: int, seed: int):
+        for name, split in (("training", train), ("validation", val)):
+            if not split:
+                raise DataError(f"the {name} data has no examples; check the --data / --eval-data files")
+        self.splits = {"train": train, "val": val}
+        self.layout, self.pad_id = layout, pad_id
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def batch(self, split: str, batch_size: int) -> dict:
+        items = self.splits[split]
+        picks = torch.randint(len(items), (batch_size,), generator=self.generator).tolist()
+        return collate([items[i] for i in picks], self.layout, self.pad_id)
+
+    def val_batches(self, batch_size: int, n: int) -> list[dict]:
+        items = self.splits["val"][: batch_size * n]
+        return [collate(items[i:i + batch_size], self.layout, self.pad_id)
+                for i in range(0, len(items), batch_size)]
+
+
+@torch.inference_mode()
+def item_logits(model, items: Sequence[Item], pad_id: int, batch_size: int = 64) -> list[torch.Tensor]:
+    """The model's logits for each item, unpadded: logits_K (classification) or logits_nK for n tokens.
+
+    Items are sorted by length first, so each batch pads little; the result is in the items' order.
+    """
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
+    out: list[torch.Tensor | None] = [None] * len(items)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = collate([items[i] for i in chunk], "B", pad_id, with_labels=False)
+            logits = model(**batch).logits.float()
+            for row, i in enumerate(chunk):
+                out[i] = logits[row] if logits.dim() == 2 else logits[row, :len(items[i].ids)]
+    finally:
+        model.train(was_training)
+    return out

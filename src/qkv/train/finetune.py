@@ -1,0 +1,191 @@
+"""Fine-tuning an encoder on a task, on the same Trainer as pre-training (Devlin et al., 2019, sec. 4).
+
+    --init DIR  (our MLM run or a Hugging Face BERT) ─> encoder weights + its tokenizer ─┐
+    --init none (the baseline): WordPiece trained on the task's training text,           ├─> + new head
+                                ModelConfig (the bert-finetune preset) randomly initialized ┘
+        ─> Task(ready model, TaskBatches) ─> Trainer.fit (AdamW, schedule, --max-time, checkpoints,
+           metrics.jsonl, exact resume) ─> evaluate on the eval file ─> DIR/eval.json + predictions
+
+The task families live in ``qkv.tasks``; this module wires them to the trainer. The run directory's
+config.json keeps the ``FinetuneConfig`` under "finetune", so ``qkv finetune --resume DIR`` and
+``qkv evaluate DIR`` know the task, its files and options. Validation loss during training is measured on
+``val_data`` (default: the eval file); it only draws the loss curve: nothing is selected on it, the
+final model is the one evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..checkpoint import read_config
+from ..config import ModelConfig, TrainConfig, build
+from ..errors import CheckpointError, ConfigError
+from ..models import MODEL_TYPES
+from ..models.encoder import TASKS as ENCODER_TASKS
+from ..models.encoder import Encoder, from_pretrained_encoder
+from ..tasks import TASKS, get_task
+from ..tasks.batches import TaskBatches, item_logits
+from ..tokenizers import Tokenizer
+from .tasks import Task, fill_vocab, train_tokenizer
+from .trainer import Trainer
+
+TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]   # one list of names: the registry's
+REPORT_FILE = "eval.json"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    task: TaskName                          # sst2 | cola | upos | wnut17 | squad
+    data: str                               # the training file (squad: a v1.1 JSON, split by article)
+    init: str | None = None                 # encoder checkpoint directory; None -> from scratch
+    eval_data: str | None = None            # scored at the end; squad: None -> the last n_eval_articles
+    val_data: str | None = None             # validation loss during training; None -> the eval data
+    max_seq_len: int | None = None          # tokens per input; None -> the model's max_len
+    stride: int = 32                        # squad: context tokens shared by neighbouring windows
+    max_answer_len: int = 30                # squad: the longest answer, in tokens
+    n_eval_articles: int = 10               # squad without eval_data: articles held out for evaluation
+    eval_batch_size: int = 64
+
+    def __post_init__(self):
+        if self.eval_data is None and self.task != "squad":
+            raise ConfigError(f"task {self.task!r} needs --eval-data FILE to score (e.g. the GLUE dev set "
+                              f"sst2/test.tsv, cola/in_domain_dev.tsv, en_ewt-ud-test.conllu, "
+                              f"emerging.test.annotated)")
+        for name in ("max_answer_len", "n_eval_articles", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.stride < 0 or (self.max_seq_len is not None and self.max_seq_len < 3):
+            raise ConfigError(f"stride={self.stride} must be >= 0 and max_seq_len={self.max_seq_len} >= 3")
+
+
+def finetune_config(directory: str | Path) -> FinetuneConfig:
+    """The FinetuneConfig saved in a fine-tuned run's config.json."""
+    config = read_config(directory)
+    if "finetune" not in config:
+        raise CheckpointError(f"{directory} is not a `qkv finetune` run (config.json has no 'finetune' entry); "
+                              f"pass --task to say which task its model does")
+    return build(FinetuneConfig, config["finetune"], f"{Path(directory) / 'config.json'}")
+
+
+def load_finetuned(directory: str | Path, task: str | None = None, data: str | None = None):
+    """(model, FinetuneConfig) of a fine-tuned checkpoint; ``task`` names it for models saved without one."""
+    from ..checkpoint import load                       # checkpoint imports models: import it when called
+    config = read_config(directory)
+    if "finetune" in config:
+        fcfg = finetune_config(directory)
+        if task is not None and task != fcfg.task:
+            raise ConfigError(f"{directory} was fine-tuned for {fcfg.task!r}, not {task!r}; drop --task")
+    elif task is not None:
+        fcfg = build(FinetuneConfig, {"task": task, "data": data or "", "eval_data": data or ""}, "--task")
+    else:
+        fcfg = finetune_config(directory)               # raises: says to pass --task
+    model = load(directory)
+    head = get_task(fcfg.task).head
+    if type(model) is not ENCODER_TASKS[head]:
+        raise CheckpointError(f"{directory} holds a {model.model_type!r} model but task {fcfg.task!r} needs a "
+                              f"{ENCODER_TASKS[head].model_type!r} one; fine-tune it with `qkv finetune`")
+    if model.tokenizer is None:
+        raise CheckpointError(f"{directory} has no tokenizer files; copy the encoder's tokenizer.json into it")
+    return model, fcfg
+
+
+def _max_len(fcfg: FinetuneConfig, model) -> int:
+    if fcfg.max_seq_len is not None and fcfg.max_seq_len > model.cfg.max_len:
+        raise ConfigError(f"max_seq_len={fcfg.max_seq_len} exceeds the model's {model.cfg.max_len} positions; "
+                          f"lower it")
+    return fcfg.max_seq_len or model.cfg.max_len
+
+
+def new_model(fcfg: FinetuneConfig, model_cfg: ModelConfig, train_cfg: TrainConfig):
+    """The model a new run starts from: ``init``'s encoder (or a fresh one) with a new head."""
+    spec = get_task(fcfg.task)
+    train = spec.read_train(fcfg)
+    labels = spec.label_names(train)
+    torch.manual_seed(train_cfg.seed)                    # the new head's init (and a scratch trunk's)
+    if fcfg.init is not None:
+        return from_pretrained_encoder(fcfg.init, spec.head, labels)
+    if train_cfg.tokenizer != "wordpiece":
+        raise ConfigError("a from-scratch encoder needs BERT's [CLS]/[SEP] template: use --tokenizer wordpiece")
+    tokenizer = train_tokenizer(spec.texts(train), train_cfg)
+    return from_pretrained_encoder(Encoder(fill_vocab(model_cfg, "vocab_size", tokenizer)), spec.head, labels,
+                                   tokenizer)
+
+
+def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> tuple[Task, dict]:
+    """The trainer's Task around a ready model (``model.tokenizer`` set), and notes on the training data."""
+    spec = get_task(fcfg.task)
+    if train_cfg.label_smoothing:
+        raise ConfigError("fine-tuning heads score without label smoothing; drop --label-smoothing")
+    tokenizer = model.tokenizer
+    if tokenizer.cls_id is None or tokenizer.encode_for_model("a").ids[:1] != [tokenizer.cls_id]:
+        raise CheckpointError("the tokenizer does not wrap text in [CLS] ... [SEP]; fine-tune from an encoder "
+                              "with a WordPiece tokenizer (qkv train --preset bert-mlm, or a BERT directory)")
+    max_len, labels = _max_len(fcfg, model), getattr(model, "labels", None)
+    train_items, notes = spec.encode(spec.read_train(fcfg), tokenizer, max_len, labels, fcfg)
+    val = spec.read_eval(fcfg, fcfg.val_data or fcfg.eval_data, labels)
+    val_items, _ = spec.encode(val, tokenizer, max_len, labels, fcfg)
+    data = TaskBatches(train_items, val_items, spec.layout, tokenizer.pad_id or 0, train_cfg.seed)
+    task = Task(model.cfg, type(model), tokenizer, data, model=model,
+                config={"finetune": dataclasses.asdict(fcfg)})
+    return task, {"examples": len(train_items), **notes}
+
+
+def resume_finetune(run_dir: str | Path, train_overrides: dict | None = None, log=print) -> Trainer:
+    """Continue an interrupted fine-tuning run exactly (weights, optimizer, step, RNG, data position)."""
+    fcfg, config = finetune_config(run_dir), read_config(run_dir)
+    cls = MODEL_TYPES.get(config["model_type"])
+    if cls is None:
+        raise CheckpointError(f"{run_dir}: model_type {config['model_type']!r} is not a fine-tuning model")
+    cfg = build(ModelConfig, config["model"], f"{Path(run_dir) / 'config.json'}")
+    model = cls.from_config(cfg, config) if hasattr(cls, "from_config") else cls(cfg)
+    model.tokenizer = Tokenizer.from_dir(run_dir)
+    if model.tokenizer is None:
+        raise CheckpointError(f"{run_dir} has no tokenizer.json; the run cannot be resumed")
+    train = build(TrainConfig, {**config.get("train", {}), **(train_overrides or {})}, "the resumed run's options")
+    task, _ = build_finetune_task(fcfg, train, model)
+    return Trainer.resume(run_dir, train_overrides, log, task=task)
+
+
+def evaluate(model, fcfg: FinetuneConfig, path: str | None) -> tuple[dict, object]:
+    """(report, predictions) of ``model`` on the eval file ``path`` (squad: None -> the held-out articles)."""
+    spec = get_task(fcfg.task)
+    labels = getattr(model, "labels", None)
+    start = time.perf_counter()
+    examples = spec.read_eval(fcfg, path, labels)
+    items, notes = spec.encode(examples, model.tokenizer, _max_len(fcfg, model), labels, fcfg)
+    logits = item_logits(model, items, model.tokenizer.pad_id or 0, fcfg.eval_batch_size)
+    predictions = spec.predict(examples, items, logits, labels, fcfg)
+    scores = spec.score(predictions, examples)
+    report = {"task": fcfg.task, "metric": spec.metric, "score": scores[spec.metric], **scores,
+              "examples": len(examples), **notes, "eval_data": str(path or fcfg.data),
+              "eval_s": round(time.perf_counter() - start, 3)}
+    return report, predictions
+
+
+def write_outputs(directory: str | Path, fcfg: FinetuneConfig, report: dict, predictions) -> None:
+    """DIR/eval.json and DIR/predictions.json(l), each written to a temp file and renamed into place."""
+    spec = get_task(fcfg.task)
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    lines = json.dumps(predictions, ensure_ascii=False) + "\n" if isinstance(predictions, dict) \
+        else "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions)
+    for name, text in ((spec.predictions_file, lines), (REPORT_FILE, json.dumps(report, indent=2) + "\n")):
+        tmp = d / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, d / name)
+
+
+def finish(trainer: Trainer, fcfg: FinetuneConfig) -> dict:
+    """Score the trained model on the eval data and write the report and predictions into the run."""
+    report, predictions = evaluate(trainer.model, fcfg, fcfg.eval_data)
+    report.update(step=trainer.step, train_s=round(trainer.elapsed, 3), init=fcfg.init)
+    write_outputs(trainer.out_dir, fcfg, report, predictions)
+    return report

@@ -1,0 +1,125 @@
+"""`qkv finetune`, `qkv evaluate` and `qkv predict` end to end on every task family, on tiny files.
+
+Each run must exit 0 and leave eval.json (the right metric keys) and the predictions file in its run
+directory, and the metric must be what qkv.metrics computes again from that predictions file.
+"""
+
+import json
+
+import pytest
+
+from qkv.cli import main
+from qkv.data.squad import read_squad, split_by_article
+from qkv.metrics import accuracy, entity_f1, matthews_corrcoef, squad_em_f1
+from test_finetune import TINY_MODEL, TINY_TRAIN, task_files, write_sst2  # noqa: F401  (fixture)
+
+KEYS = {"sst2": {"accuracy"}, "cola": {"accuracy", "mcc"}, "upos": {"accuracy"},
+        "wnut17": {"precision", "recall", "f1"}, "squad": {"exact_match", "f1"}}
+
+
+def finetune_args(task_files, task, out, init=None):
+    train, eval_ = task_files[task]
+    args = ["finetune", "--task", task, "--init", str(init or task_files["encoder"]), "--data", str(train),
+            "--out-dir", str(out), *TINY_TRAIN]
+    if eval_ is None:
+        return args + ["--n-eval-articles", "1", "--stride", "8", "--max-seq-len", "32"]
+    return args + ["--eval-data", str(eval_)]
+
+
+def recomputed(task, out, task_files) -> dict:
+    if task == "squad":
+        predictions = json.loads((out / "predictions.json").read_text())
+        held_out = split_by_article(read_squad(task_files["squad"][0]), 1)[1]
+        assert set(predictions) == {e.id for e in held_out}
+        return squad_em_f1(predictions, held_out)
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    if task in ("sst2", "cola"):
+        preds, golds = [r["prediction"] for r in rows], [r["label"] for r in rows]
+        assert all(0.0 <= r["probability"] <= 1.0 for r in rows)
+        return {"accuracy": accuracy(preds, golds), **({"mcc": matthews_corrcoef(preds, golds)} if task == "cola"
+                                                        else {})}
+    preds, golds = [r["predictions"] for r in rows], [r["tags"] for r in rows]
+    assert all(len(p) == len(r["words"]) for p, r in zip(preds, rows))
+    if task == "upos":
+        return {"accuracy": accuracy(sum(preds, []), sum(golds, []))}
+    return entity_f1(preds, golds)
+
+
+@pytest.mark.parametrize("task", list(KEYS))
+def test_finetune_writes_report_and_predictions(task_files, tmp_path, task, capsys):
+    out = tmp_path / task
+    assert main(finetune_args(task_files, task, out)) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert KEYS[task] <= set(report) and report["task"] == task and report["score"] == report[report["metric"]]
+    for key, value in recomputed(task, out, task_files).items():
+        assert report[key] == pytest.approx(value, abs=1e-12)
+    assert (out / "metrics.jsonl").is_file() and (out / "trainer_state.pt").is_file()
+    assert task in capsys.readouterr().out
+
+    assert main(["evaluate", str(out)]) == 0                      # the run's own eval data, read from config
+    again = json.loads((out / "evaluate" / "eval.json").read_text())
+    assert {k: again[k] for k in KEYS[task]} == {k: report[k] for k in KEYS[task]}
+
+
+def test_scratch_baseline_trains_its_own_tokenizer(task_files, tmp_path):
+    train, eval_ = task_files["sst2"]
+    out = tmp_path / "scratch"
+    assert main(["finetune", "--task", "sst2", "--scratch", "--data", str(train), "--eval-data", str(eval_),
+                 "--bpe-vocab-size", "100", "--out-dir", str(out), *TINY_TRAIN, *TINY_MODEL]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["finetune"]["init"] is None and config["model"]["n_layers"] == 2
+    assert config["model"]["vocab_size"] <= 100 and json.loads((out / "eval.json").read_text())["examples"] == 10
+
+
+def test_resume_and_budget_flags(task_files, tmp_path):
+    out = tmp_path / "run"
+    assert main(finetune_args(task_files, "sst2", out)) == 0
+    assert main(["finetune", "--resume", str(out), "--max-iters", "9"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 9 and (out / "eval.json").is_file()
+
+
+def test_predict_each_family(task_files, tmp_path, capsys):
+    for task in ("sst2", "upos", "squad"):
+        assert main(finetune_args(task_files, task, tmp_path / task)) == 0
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "sst2"), "--text", "the film was great .", "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["prediction"] in ("0", "1") and 0.5 <= record["probability"] <= 1.0
+    assert main(["predict", str(tmp_path / "upos"), "--text", "the dog sat ."]) == 0
+    pairs = capsys.readouterr().out.split()
+    assert [p.split("/")[0] for p in pairs] == ["the", "dog", "sat", "."]
+    assert all(p.split("/")[1] in {"DET", "NOUN", "VERB", "ADV", "PUNCT"} for p in pairs)
+    context = "bob was born in rome in the spring ."
+    assert main(["predict", str(tmp_path / "squad"), "--question", "where was bob born ?", "--context", context,
+                 "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)["0"]
+    assert answer in context
+    assert main(["predict", str(tmp_path / "squad"), "--text", "hello"]) == 2
+    assert "--question Q about --context C" in capsys.readouterr().err
+
+
+def test_bad_input_errors(task_files, tmp_path, capsys):
+    assert main(["finetune", "--task", "mnli", "--init", "none", "--data", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'mnli'" in err and all(t in err for t in KEYS)             # names every task
+    args = finetune_args(task_files, "sst2", tmp_path / "a")
+    assert main([a for a in args if a not in ("--init", str(task_files["encoder"]))]) == 2
+    assert "--init DIR" in capsys.readouterr().err
+    bad = write_sst2(tmp_path / "bad.tsv", 4, 3, extra=[("an odd film .", "neutral")])
+    args = finetune_args({**task_files, "sst2": (task_files["sst2"][0], bad)}, "sst2", tmp_path / "b")
+    assert main(args) == 2
+    assert "label 'neutral' never occurs in the training data" in capsys.readouterr().err
+    assert main(finetune_args(task_files, "upos", tmp_path / "c") + ["--max-seq-len", "4096"]) == 2
+    assert "exceeds the model's 48 positions" in capsys.readouterr().err
+    assert main(["evaluate", str(task_files["encoder"])]) == 2                # an MLM run: no task head
+    assert "not a `qkv finetune` run" in capsys.readouterr().err
+    assert main(finetune_args(task_files, "sst2", tmp_path / "d") + ["--d-model", "64"]) == 2
+    assert "describe the --init none model" in capsys.readouterr().err
+
+
+def test_truncation_is_reported(task_files, tmp_path, capsys):
+    out = tmp_path / "short"
+    assert main(finetune_args(task_files, "sst2", out) + ["--max-seq-len", "5"]) == 0
+    assert "40 training inputs (40 truncated" in capsys.readouterr().out
+    assert json.loads((out / "eval.json").read_text())["truncated"] == 10
