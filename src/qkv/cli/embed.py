@@ -12,7 +12,6 @@ becomes the mean of the encoder's last hidden states over its real tokens, L2-no
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from .flags import value_parser
 
@@ -28,10 +27,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..checkpoint import load
+    from ..data.text import read_lines
     from ..errors import CheckpointError, InputError
     from ..models.encoder import Encoder
 
-    texts = list(args.text) + (_read_lines(args.file) if args.file else [])
+    texts = list(args.text) + ([line.strip() for line in read_lines(args.file) if line.strip()] if args.file else [])
     if not texts:
         raise InputError("no sentences to embed; pass --text TEXT (repeatable) or --file FILE")
     if args.batch_size < 1:
@@ -52,18 +52,6 @@ def run(args) -> int:
     for i, row in enumerate(sim_NN.tolist()):
         print(f"{f'[{i}]':>5} " + "".join(f"{x:7.3f}" for x in row) + f"   {_short(texts[i])}")
     return 0
-
-
-def _read_lines(path: str) -> list[str]:
-    from ..errors import InputError
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"--file {p} does not exist; pass a text file with one sentence per line")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"--file {p} is not UTF-8 (bad byte at offset {e.start}); convert it to UTF-8") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _short(text: str, width: int = 50) -> str:

@@ -45,7 +45,7 @@ def run(args) -> int:
 
     from ..checkpoint import load
     from ..data.pairs import read_parallel, read_summaries
-    from ..data.text import read_text
+    from ..data.text import read_lines
     from ..errors import InputError
     from ..metrics import bleu, rouge
     from ..models import EncoderDecoder
@@ -62,7 +62,7 @@ def run(args) -> int:
         pairs = read_parallel(args.file, args.ref)
         sources, references = [s for s, _ in pairs], [[t] for _, t in pairs]
     elif args.file:
-        sources = [line for line in read_text(args.file).splitlines() if line.strip()]
+        sources = [line for line in read_lines(args.file) if line.strip()]
     elif args.jsonl:
         docs = read_summaries(args.jsonl)
         sources, references = [d for d, _ in docs], [refs for _, refs in docs]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import DataError
-from .conll import read_lines
+from .text import read_lines
 
 COLA_COLUMNS = 4  # source, label, author's mark, sentence
 

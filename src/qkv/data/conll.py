@@ -23,46 +23,16 @@ readers use it too, so every reader reports a missing file or a bad byte the sam
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import ConfigError, DataError, InputError
+from .text import read_lines
 
 CONLLU_COLUMNS = ("id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc")
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: no loss on special tokens and continuations
 
 Sentence = tuple[list[str], list[str]]
-
-
-def read_text_file(path: str | Path) -> str:
-    """The whole file decoded as UTF-8 (a leading BOM dropped); ``.gz`` files are decompressed first."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p} does not exist; pass the path of your copy of the data file")
-    try:
-        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
-    except (OSError, EOFError) as e:
-        raise DataError(f"{p} is not a valid gzip file ({e}); re-download it or gunzip it and pass the "
-                        f"plain file") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{p}:{line}: not UTF-8 (bad byte at offset {e.start}); convert the file to UTF-8, "
-                        f"e.g. `iconv -f latin1 -t utf-8`") from None
-
-
-def read_lines(path: str | Path) -> list[str]:
-    """The file's lines without their line ends; ``lines[i]`` is line ``i + 1`` in error messages.
-
-    Splits on ``\\n`` only (a ``\\r`` before it is dropped): ``str.splitlines`` would also split inside a
-    tweet at U+2028 or a form feed and shift every later line number.
-    """
-    lines = read_text_file(path).split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last line; it does not start an empty one
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def read_conllu(path: str | Path, column: str = "upos") -> list[Sentence]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
+from .text import read_lines
 
 
 def teacher_forcing(target: list, bos, eos) -> tuple[list, list]:
@@ -28,19 +29,10 @@ def teacher_forcing(target: list, bos, eos) -> tuple[list, list]:
     return [bos] + list(target), list(target) + [eos]
 
 
-def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; point --data at a folder with the parallel files")
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e}); convert it to UTF-8") from None
-
-
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> list[tuple[str, str]]:
     """Aligned (source, target) sentences from two files with one sentence per line."""
     src_path, tgt_path = Path(src_path), Path(tgt_path)
-    src, tgt = _read_lines(src_path), _read_lines(tgt_path)
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
     if len(src) != len(tgt):
         raise DataError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: line {min(len(src), len(tgt)) + 1}"
                         f" has no partner; parallel files must be aligned line by line")
@@ -56,7 +48,7 @@ def read_summaries(path: str | Path) -> list[tuple[str, list[str]]]:
     ``target`` a list of references (training uses the first; evaluation scores against all)."""
     path = Path(path)
     pairs = []
-    for i, line in enumerate(_read_lines(path), start=1):
+    for i, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         try:

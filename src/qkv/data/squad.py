@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 
 from ..errors import ConfigError, DataError, InputError
-from .conll import read_text_file
+from .text import read_text_file
 
 Offset = tuple[int, int]
 

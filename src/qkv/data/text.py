@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 from ..errors import DataError
@@ -25,15 +26,37 @@ def read_text(path: str | Path | None) -> str:
         files = [p]
     else:
         raise DataError(f"training data {p} does not exist; pass --data FILE_OR_FOLDER")
-    parts = []
-    for f in files:
-        raw = f.read_bytes()
-        try:
-            parts.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{f} is not UTF-8 (bad byte at offset {e.start}); convert it, e.g. "
-                            f"`iconv -f latin1 -t utf-8 {f.name}`") from None
-    text = "\n".join(parts)
+    text = "\n".join(read_text_file(f) for f in files)
     if not text.strip():
         raise DataError(f"{p} is empty; training needs text")
     return text
+
+
+def read_text_file(path: str | Path) -> str:
+    """The whole file decoded as UTF-8 (a leading BOM dropped); ``.gz`` files are decompressed first."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p} does not exist; pass the path of your copy of the data file")
+    try:
+        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{p} is not a valid gzip file ({e}); re-download it or gunzip it and pass the "
+                        f"plain file") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{p}:{line}: not UTF-8 (bad byte at offset {e.start}); convert the file to UTF-8, "
+                        f"e.g. `iconv -f latin1 -t utf-8`") from None
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The file's lines without their line ends; ``lines[i]`` is line ``i + 1`` in error messages.
+
+    Splits on ``\\n`` only (a ``\\r`` before it is dropped): ``str.splitlines`` would also split inside a
+    tweet at U+2028 or a form feed and shift every later line number.
+    """
+    lines = read_text_file(path).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start an empty one
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
