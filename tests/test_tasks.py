@@ -177,3 +177,16 @@ def test_translate_needs_languages_and_data(tmp_path, parallel):
         Trainer(*run_cfg(tmp_path, "x", SEQ2SEQ, task="translate", data=str(parallel), tokenizer="char"))
     with pytest.raises(ConfigError, match="--data DIR"):
         Trainer(*run_cfg(tmp_path, "x", SEQ2SEQ, task="translate", src_lang="de", tgt_lang="en"))
+
+
+def test_qkv_train_task_translate_from_the_command_line(tmp_path, parallel, capsys):
+    """`qkv train --task translate` picks the multi30k preset; flags shrink it for the test."""
+    out = tmp_path / "cli-mt"
+    assert main(["train", "--task", "translate", "--src-lang", "de", "--tgt-lang", "en", "--data", str(parallel),
+                 "--tokenizer", "char", "--d-model", "32", "--n-heads", "4", "--n-layers", "1",
+                 "--n-encoder-layers", "1", "--d-ff", "64", "--max-len", "32", "--batch-size", "8",
+                 "--max-iters", "4", "--eval-interval", "2", "--eval-iters", "1", "--max-time", "none",
+                 "--no-progress", "--out-dir", str(out)]) == 0
+    assert "40 train / 8 val pairs" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qkv-seq2seq" and config["train"]["label_smoothing"] == 0.1   # from the preset
