@@ -11,7 +11,7 @@ import pytest
 from qkv.cli import main
 from qkv.data.squad import read_squad, split_by_article
 from qkv.metrics import accuracy, entity_f1, matthews_corrcoef, squad_em_f1
-from test_finetune import TINY_MODEL, TINY_TRAIN, task_files, write_sst2  # noqa: F401  (fixture)
+from test_finetune import TINY_MODEL, TINY_TRAIN, task_files, write_sst2  # noqa: F401,F811  (a fixture)
 
 KEYS = {"sst2": {"accuracy"}, "cola": {"accuracy", "mcc"}, "upos": {"accuracy"},
         "wnut17": {"precision", "recall", "f1"}, "squad": {"exact_match", "f1"}}

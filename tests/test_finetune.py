@@ -1,5 +1,5 @@
 """Fine-tuning on the trainer: every task family's data, labels on first sub-words, truncation counts,
-eval labels never seen in training, exact resume, and the metric recomputed from the written predictions.
+eval labels never seen in training, squad's article split, exact resume.
 
 The tiny task files here are written to tmp_path (test_cli_finetune.py reuses the writers); the encoder
 is a 2-layer MLM run trained for a few steps on their text, so every test takes seconds.
@@ -7,7 +7,6 @@ is a 2-layer MLM run trained for a few steps on their text, so every test takes 
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from ..config import PRESETS, ModelConfig, TrainConfig, resolve
+from ..config import PRESETS, ModelConfig, TrainConfig, build, resolve
 from ..errors import ConfigError
 from .flags import add_dataclass_flags, collect
 
@@ -49,8 +49,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..train.finetune import FinetuneConfig, build_finetune_task, finish, new_model, resume_finetune
-    from ..config import build
+    from ..train.finetune import (FinetuneConfig, build_finetune_task, finetune_config, finish, new_model,
+                                  resume_finetune)
     from ..train.trainer import Trainer
 
     task_options, train_overrides = collect(args, FinetuneConfig), collect(args, TrainFlags)
@@ -84,7 +84,6 @@ def run(args) -> int:
     print(f"model: {trainer.model.num_params() / 1e6:.2f}M parameters, {cfg.n_layers} layers, d_model {cfg.d_model}, "
           f"context {cfg.max_len}, vocab {cfg.vocab_size}; run dir {trainer.out_dir}")
     trainer.fit()
-    from ..train.finetune import finetune_config
     report = finish(trainer, finetune_config(trainer.out_dir))
     print(_summary(report, trainer.out_dir))
     return 0

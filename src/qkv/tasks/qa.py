@@ -61,7 +61,8 @@ class ExtractiveQA:
         return items, {"windows": len(items)}
 
     def predict(self, examples, items, logits: list[torch.Tensor], labels, cfg) -> dict[str, str]:
-        return postprocess_qa(examples, [item.feature for item in items], [x[:, 0] for x in logits], [x[:, 1] for x in logits],
+        starts, ends = [x[:, 0] for x in logits], [x[:, 1] for x in logits]     # logits_n2 per window
+        return postprocess_qa(examples, [item.feature for item in items], starts, ends,
                               max_answer_len=cfg.max_answer_len)
 
     def score(self, predictions: dict[str, str], examples) -> dict:

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The encoder results table (bench/README.md, "Encoder: pre-training vs from scratch"): pre-train a small
+# BERT with masked LM on the task training sets' text, fine-tune it on each task with a time budget, and
+# train the same architecture from scratch on each task with the same budget. CPU, 2 threads.
+#
+#   bash bench/encoder_results.sh                  # everything (about 55 minutes on 2 cores)
+#   STEP=table bash bench/encoder_results.sh       # only re-print the table from the runs
+#
+# Budgets are wall-clock seconds of training (--max-time; evaluation at the end is not counted).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+RUNS=${RUNS:-runs/encoder}
+QKV=${QKV:-.venv/bin/qkv}
+PY=${PY:-.venv/bin/python}
+THREADS=${THREADS:-2}
+PRETRAIN_S=${PRETRAIN_S:-900}
+STEP=${STEP:-all}
+export OMP_WAIT_POLICY=PASSIVE            # no OpenMP spin-waiting on a shared 2-core machine
+mkdir -p "$RUNS"
+common=(--threads "$THREADS" --no-progress --max-iters 1000000)
+
+# task, budget (s), then the data flags
+TASKS=(
+  "sst2   240 --data $DATA/sst2/train.tsv --eval-data $DATA/sst2/test.tsv"
+  "cola   120 --data $DATA/cola/in_domain_train.tsv --eval-data $DATA/cola/in_domain_dev.tsv"
+  "upos   240 --data $DATA/ud_english_ewt/en_ewt-ud-train.conllu.gz --eval-data $DATA/ud_english_ewt/en_ewt-ud-test.conllu --val-data $DATA/ud_english_ewt/en_ewt-ud-dev.conllu"
+  "wnut17 120 --data $DATA/wnut17/wnut17train.conll --eval-data $DATA/wnut17/emerging.test.annotated --val-data $DATA/wnut17/emerging.dev.conll"
+  "squad  240 --data $DATA/squad_v1.1_dev/dev-v1.1.json.gz"
+)
+
+if [[ $STEP == all || $STEP == pretrain ]]; then
+  # Pre-training text: the TRAINING side of every task only (SQuAD: the 38 training articles' contexts),
+  # one sentence or paragraph per line, shuffled in blocks of 20 lines (local order kept, sources mixed).
+  "$PY" - "$DATA" "$RUNS/corpus.txt" <<'PYEOF'
+import random, sys
+from pathlib import Path
+from qkv.data.classification import read_classification
+from qkv.data.conll import read_bio, read_conllu
+from qkv.data.squad import read_squad, split_by_article
+data, out = Path(sys.argv[1]), Path(sys.argv[2])
+lines = [e.text for e in read_classification(data / "sst2/train.tsv")]
+lines += [e.text for e in read_classification(data / "cola/in_domain_train.tsv")]
+lines += [" ".join(w) for w, _ in read_conllu(data / "ud_english_ewt/en_ewt-ud-train.conllu.gz")]
+lines += [" ".join(w) for w, _ in read_bio(data / "wnut17/wnut17train.conll")]
+train_articles, _ = split_by_article(read_squad(data / "squad_v1.1_dev/dev-v1.1.json.gz"), 10)
+lines += list(dict.fromkeys(e.context for e in train_articles))
+blocks = [lines[i:i + 20] for i in range(0, len(lines), 20)]
+random.Random(0).shuffle(blocks)
+out.write_text("".join(line.replace("\n", " ") + "\n" for block in blocks for line in block), encoding="utf-8")
+print(f"{out}: {len(lines):,} lines, {sum(len(x.split()) for x in lines):,} words")
+PYEOF
+  "$QKV" train --preset bert-mlm --data "$RUNS/corpus.txt" --max-time "$PRETRAIN_S" "${common[@]}" \
+      --out-dir "$RUNS/bert-mlm"
+fi
+
+if [[ $STEP == all || $STEP == finetune ]]; then
+  for row in "${TASKS[@]}"; do
+    read -r task budget flags <<< "$row"
+    # shellcheck disable=SC2086  # $flags is a list of flags
+    "$QKV" finetune --task "$task" --init "$RUNS/bert-mlm" --max-time "$budget" --lr 2e-4 "${common[@]}" \
+        --out-dir "$RUNS/$task-pretrained" $flags
+    # shellcheck disable=SC2086
+    "$QKV" finetune --task "$task" --init none --max-time "$budget" --lr 5e-4 "${common[@]}" \
+        --out-dir "$RUNS/$task-scratch" $flags
+  done
+fi
+
+"$PY" - "$RUNS" "$PRETRAIN_S" <<'PYEOF'
+import json, sys
+from pathlib import Path
+runs, pretrain_s = Path(sys.argv[1]), sys.argv[2]
+names = {"sst2": "SST-2 (GLUE dev)", "cola": "CoLA (in-domain dev)", "upos": "UD EWT UPOS (test)",
+         "wnut17": "WNUT17 (test)", "squad": "SQuAD v1.1 (10 held-out dev articles)"}
+rows = ["| task | metric | pre-trained (MLM) | from scratch | fine-tuning budget | steps (pre-trained / scratch) |",
+        "| --- | --- | --- | --- | --- | --- |"]
+for task, name in names.items():
+    reports = [runs / f"{task}-{kind}" / "eval.json" for kind in ("pretrained", "scratch")]
+    if not all(r.is_file() for r in reports):
+        continue
+    a, b = (json.loads(r.read_text()) for r in reports)
+    metric = {"f1": "entity F1" if task == "wnut17" else "F1 (EM)", "mcc": "MCC"}.get(a["metric"], a["metric"])
+    fmt = (lambda r: f"{r['f1']:.1f} ({r['exact_match']:.1f})") if task == "squad" else \
+          (lambda r: f"{r[r['metric']]:.3f}")
+    budget = json.loads((runs / f"{task}-pretrained" / "config.json").read_text())["train"]["max_time"]
+    rows.append(f"| {name} | {metric} | {fmt(a)} | {fmt(b)} | {budget:.0f} s | {a['step']} / {b['step']} |")
+table = "\n".join(rows)
+print(table)
+(runs / "table.md").write_text(table + "\n")
+print(f"\npre-training: {pretrain_s} s of MLM on 2 threads")
+PYEOF
