@@ -11,7 +11,8 @@ import pytest
 from qkv.cli import main
 from qkv.data.squad import read_squad, split_by_article
 from qkv.metrics import accuracy, entity_f1, matthews_corrcoef, squad_em_f1
-from test_finetune import TINY_MODEL, TINY_TRAIN, task_files, write_sst2  # noqa: F401,F811  (a fixture)
+# task_files is a fixture: imported, pytest finds it here too
+from test_finetune import TINY_MODEL, TINY_TRAIN, sentiment_rows, task_files, write_sst2  # noqa: F401,F811
 
 KEYS = {"sst2": {"accuracy"}, "cola": {"accuracy", "mcc"}, "upos": {"accuracy"},
         "wnut17": {"precision", "recall", "f1"}, "squad": {"exact_match", "f1"}}
@@ -123,3 +124,21 @@ def test_truncation_is_reported(task_files, tmp_path, capsys):
     assert main(finetune_args(task_files, "sst2", out) + ["--max-seq-len", "5"]) == 0
     assert "40 training inputs (40 truncated" in capsys.readouterr().out
     assert json.loads((out / "eval.json").read_text())["truncated"] == 10
+
+
+def test_init_from_a_hugging_face_bert_directory(task_files, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    words = sorted({w for s, _ in sentiment_rows(40, 0) for w in s.split()})
+    d = tmp_path / "hf-bert"
+    d.mkdir()
+    (d / "vocab.txt").write_text("".join(t + "\n" for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
+    transformers.BertTokenizer(vocab=str(d / "vocab.txt")).save_pretrained(d)
+    config = transformers.BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=40)
+    transformers.BertModel(config).save_pretrained(d)
+    out = tmp_path / "run"
+    assert main(finetune_args(task_files, "sst2", out, init=d)) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model_type"] == "qkv-bert-classify" and saved["model"]["max_len"] == 40
+    assert json.loads((out / "eval.json").read_text())["examples"] == 10
