@@ -70,6 +70,13 @@ class _Steps:
                 cache.reorder(parent_N)
         self.history_NT = torch.cat([self.history_NT, next_N[:, None]], 1)
 
+    def keep(self, rows_N: torch.Tensor) -> None:
+        """Drop every row not in ``rows_N`` (finished sources stop costing compute)."""
+        self.history_NT = self.history_NT[rows_N]
+        self.memory = self.memory.select(rows_N)
+        for cache in self.caches or ():
+            cache.select(rows_N)
+
 
 def _budget(model: EncoderDecoder, cfg: SearchConfig) -> int:
     most = model.cfg.max_len - 1                       # the <bos> takes one position
@@ -82,60 +89,78 @@ def greedy_search(model: EncoderDecoder, src_BS: torch.Tensor, src_mask_BS: torc
     """The most likely next token at every step. Returns the token ids per source, without <bos>/<eos>."""
     B = src_BS.shape[0]
     steps = _Steps(model, model.encode(src_BS, src_mask_BS), B, _budget(model, cfg), bos, cfg.use_cache)
-    finished_B = torch.zeros(B, dtype=torch.bool, device=src_BS.device)
+    source_N = list(range(B))                          # the source each live row decodes
+    results: list[list[int]] = [[] for _ in range(B)]
     for _ in range(_budget(model, cfg)):
-        next_B = steps.logprobs().argmax(-1).masked_fill(finished_B, eos)
-        steps.push(next_B)
-        finished_B |= next_B == eos
-        if bool(finished_B.all()):
-            break
-    return [_strip(row, eos) for row in steps.history_NT[:, 1:].tolist()]
-
-
-def _strip(tokens: list[int], eos: int) -> list[int]:
-    return tokens[:tokens.index(eos)] if eos in tokens else tokens
+        next_N = steps.logprobs().argmax(-1)
+        steps.push(next_N)
+        ended_N = next_N == eos
+        if bool(ended_N.any()):
+            for r in ended_N.nonzero().flatten().tolist():
+                results[source_N[r]] = steps.history_NT[r, 1:-1].tolist()
+            live = (~ended_N).nonzero().flatten()
+            source_N = [source_N[r] for r in live.tolist()]
+            if not source_N:
+                break
+            steps.keep(live)
+    for r, b in enumerate(source_N):                   # out of budget: the tokens so far
+        results[b] = steps.history_NT[r, 1:].tolist()
+    return results
 
 
 @torch.inference_mode()
 def beam_search(model: EncoderDecoder, src_BS: torch.Tensor, src_mask_BS: torch.Tensor | None, bos: int,
                 eos: int, cfg: SearchConfig = SearchConfig()) -> list[list[int]]:
-    """The best finished hypothesis per source (token ids without <bos>/<eos>)."""
+    """The best finished hypothesis per source (token ids without <bos>/<eos>).
+
+    Rows of sources that are done leave the batch, so A (the live sources) shrinks as the search goes.
+    """
     B, K = src_BS.shape[0], cfg.beam_size
     if K == 1:
         return greedy_search(model, src_BS, src_mask_BS, bos, eos, cfg)
     device, lp = src_BS.device, cfg.length_penalty
     budget = _budget(model, cfg)
     steps = _Steps(model, model.encode(src_BS, src_mask_BS).repeat(K), B * K, budget, bos, cfg.use_cache)
-    scores_BK = torch.zeros(B, K, device=device)
-    scores_BK[:, 1:] = float("-inf")                   # all beams start equal: keep one until they differ
+    scores_AK = torch.zeros(B, K, device=device)
+    scores_AK[:, 1:] = float("-inf")                   # all beams start equal: keep one until they differ
+    source_A = list(range(B))                          # the source of each live group of K rows
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
-    done_B = torch.zeros(B, dtype=torch.bool, device=device)
     rank_1C = torch.arange(2 * K, device=device)[None]
-    first_row_B1 = torch.arange(B, device=device)[:, None] * K
+    beam_1K = torch.arange(K, device=device)[None]
     for t in range(1, budget + 1):
+        A = len(source_A)
         logp_NV = steps.logprobs()
         V = logp_NV.shape[-1]
-        total_BC, flat_BC = (scores_BK.reshape(-1, 1) + logp_NV).view(B, K * V).topk(2 * K, dim=1)
-        beam_BC, token_BC = flat_BC // V, flat_BC % V
-        is_eos_BC = token_BC == eos
-        for b, c in ((is_eos_BC & (rank_1C < K) & ~done_B[:, None]).nonzero().tolist()):
-            tokens = steps.history_NT[b * K + beam_BC[b, c], 1:].tolist()
-            finished[b].append((total_BC[b, c].item() / t ** lp, tokens))
+        total_AC, flat_AC = (scores_AK.reshape(-1, 1) + logp_NV).view(A, K * V).topk(2 * K, dim=1)
+        beam_AC, token_AC = flat_AC // V, flat_AC % V
+        is_eos_AC = token_AC == eos
+        for a, c in (is_eos_AC & (rank_1C < K)).nonzero().tolist():
+            tokens = steps.history_NT[a * K + beam_AC[a, c], 1:].tolist()
+            finished[source_A[a]].append((total_AC[a, c].item() / t ** lp, tokens))
         # The K best candidates that do not end here stay alive (at most K of the 2K can be <eos>).
-        keep_BK = (is_eos_BC * (2 * K) + rank_1C).argsort(dim=1)[:, :K]
-        scores_BK = total_BC.gather(1, keep_BK)
-        parent_N = (first_row_B1 + beam_BC.gather(1, keep_BK)).reshape(-1)
-        steps.push(token_BC.gather(1, keep_BK).reshape(-1), parent_N)
-        for b in (~done_B).nonzero().flatten().tolist():
-            if len(finished[b]) >= K:
-                finished[b] = sorted(finished[b], key=lambda h: -h[0])[:K]
-                best_alive = scores_BK[b, 0].item() / t ** lp
-                done_B[b] = cfg.early_stopping or finished[b][-1][0] >= best_alive
-        if bool(done_B.all()):
-            break
-    for b in (~done_B).nonzero().flatten().tolist():   # out of budget: live beams compete as they are
+        keep_AK = (is_eos_AC * (2 * K) + rank_1C).argsort(dim=1)[:, :K]
+        scores_AK = total_AC.gather(1, keep_AK)
+        parent_N = (torch.arange(A, device=device)[:, None] * K + beam_AC.gather(1, keep_AK)).reshape(-1)
+        steps.push(token_AC.gather(1, keep_AK).reshape(-1), parent_N)
+        live = []
+        for a, b in enumerate(source_A):
+            hyps = finished[b]
+            if len(hyps) >= K:
+                hyps.sort(key=lambda h: -h[0])
+                del hyps[K:]
+                if cfg.early_stopping or hyps[-1][0] >= scores_AK[a, 0].item() / t ** lp:
+                    continue                           # done: no live beam can beat the K finished
+            live.append(a)
+        if len(live) < A:
+            source_A = [source_A[a] for a in live]
+            if not live:
+                break
+            live_A = torch.tensor(live, device=device)
+            steps.keep((live_A[:, None] * K + beam_1K).reshape(-1))
+            scores_AK = scores_AK[live_A]
+    for a, b in enumerate(source_A):                   # out of budget: live beams compete as they are
         for k in range(K):
-            finished[b].append((scores_BK[b, k].item() / budget ** lp, steps.history_NT[b * K + k, 1:].tolist()))
+            finished[b].append((scores_AK[a, k].item() / budget ** lp, steps.history_NT[a * K + k, 1:].tolist()))
     return [max(hyps, key=lambda h: h[0])[1] for hyps in finished]
 
 

@@ -42,10 +42,13 @@ class Memory:
 
     def repeat(self, n: int) -> "Memory":
         """Each source row repeated n times (beam search: n beams per source)."""
-        kvs = [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in self.kvs]
+        return self.select(torch.arange(len(self.kvs[0][0]), device=self.kvs[0][0].device).repeat_interleave(n))
+
+    def select(self, index_B: torch.Tensor) -> "Memory":
+        """The rows ``index_B`` (repeated for beams, or fewer as sources finish)."""
         allowed = self.mask.allowed_B1LM
-        mask = AttnMask(allowed_B1LM=None if allowed is None else allowed.repeat_interleave(n, 0))
-        return Memory(kvs, mask)
+        return Memory([(k[index_B], v[index_B]) for k, v in self.kvs],
+                      AttnMask(allowed_B1LM=None if allowed is None else allowed[index_B]))
 
 
 class EncoderDecoder(nn.Module):

@@ -41,5 +41,9 @@ class KVCache:
         self.k_BGMD[:, :, :end] = self.k_BGMD[index_B, :, :end]
         self.v_BGMD[:, :, :end] = self.v_BGMD[index_B, :, :end]
 
+    def select(self, index_B: torch.Tensor) -> None:
+        """Keep only rows ``index_B`` (a search drops the rows of finished sources)."""
+        self.k_BGMD, self.v_BGMD = self.k_BGMD[index_B], self.v_BGMD[index_B]
+
     def reset(self) -> None:
         self.length = 0
