@@ -150,3 +150,19 @@ def test_save_and_load_round_trip(tmp_path, src_vocab_size):
     assert torch.equal(model(src_BS, tgt_BL).logits, loaded(src_BS, tgt_BL).logits)
     if src_vocab_size is None:
         assert loaded.encoder.tok.weight is loaded.decoder.tok.weight is loaded.head.weight
+
+
+def test_label_smoothing_is_the_papers_mixture_and_skips_padding():
+    """loss = (1 - eps) * NLL + eps * mean over the vocabulary of -log p, averaged over labelled positions."""
+    model = model_of(tiny())
+    src_BS, ids_BL = rand_ids(2, 5, seed=15), rand_ids(2, 6, seed=16)
+    targets_BL = rand_ids(2, 6, seed=17)
+    targets_BL[1, 4:] = -100                               # padding carries no loss
+    eps = 0.1
+    with torch.no_grad():
+        out = model(src_BS, ids_BL, targets_BL, label_smoothing=eps)
+        logp_NV = out.logits.log_softmax(-1)[targets_BL != -100]
+        labels_N = targets_BL[targets_BL != -100]
+        nll_N = -logp_NV.gather(1, labels_N[:, None]).squeeze(1)
+        expected = ((1 - eps) * nll_N + eps * -logp_NV.mean(-1)).mean()
+    assert torch.allclose(out.loss, expected, atol=1e-6)
