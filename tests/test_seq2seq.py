@@ -166,3 +166,17 @@ def test_label_smoothing_is_the_papers_mixture_and_skips_padding():
         nll_N = -logp_NV.gather(1, labels_N[:, None]).squeeze(1)
         expected = ((1 - eps) * nll_N + eps * -logp_NV.mean(-1)).mean()
     assert torch.allclose(out.loss, expected, atol=1e-6)
+
+
+def test_embed_scale_is_the_papers_sqrt_d_model_recipe():
+    """Vaswani et al. sec. 3.4: token embeddings times sqrt(d_model), on the scale of sinusoidal positions."""
+    torch.manual_seed(0)
+    model = EncoderDecoder(tiny(pos="sinusoidal", embed_scale=True, d_model=64)).eval()
+    ids_BL = rand_ids(2, 5, seed=18)
+    pos_BL = torch.arange(5)[None]
+    stack = model.decoder
+    expected = stack.tok(ids_BL) * 8.0 + stack.pos.embed(pos_BL)
+    assert torch.allclose(stack.embed(ids_BL, pos_BL), expected, atol=1e-6)
+    assert abs(stack.tok.weight.std().item() - 64 ** -0.5) < 0.02      # unit-scale after the multiplier
+    plain = EncoderDecoder(tiny(pos="sinusoidal", d_model=64))
+    assert torch.allclose(plain.decoder.embed(ids_BL, pos_BL), plain.decoder.tok(ids_BL) + plain.decoder.pos.embed(pos_BL))

@@ -40,6 +40,9 @@ class ModelConfig:
     dropout: float = 0.0
     type_vocab_size: int = 0                # segment (token type) embeddings, BERT's A/B; 0 = none
     embed_norm: bool = False                # a norm right after the embeddings (BERT)
+    embed_scale: bool = False               # token embeddings x sqrt(d_model), initialized N(0, 1/d_model): the
+                                            # original Transformer's recipe (sec. 3.4), which keeps tokens on the
+                                            # same scale as sinusoidal positions
     n_encoder_layers: int | None = None     # encoder-decoder only; None -> n_layers
     src_vocab_size: int | None = None       # encoder-decoder only; None -> one joint vocabulary, one embedding
 

@@ -36,6 +36,7 @@ class Stack(nn.Module):
         if cfg.type_vocab_size:
             self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
         self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.embed_norm else nn.Identity()
+        self.embed_multiplier = math.sqrt(cfg.d_model) if cfg.embed_scale else 1.0
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(n_layers or cfg.n_layers))
         # Pre-norm leaves the residual stream unnormalized, so a final norm closes the stack.
@@ -53,6 +54,8 @@ class Stack(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("attn.wo.weight", "cross.wo.weight", "mlp.down.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * len(self.blocks)))
+        if self.cfg.embed_scale:                    # x sqrt(d_model) in embed(): unit-scale token vectors
+            nn.init.normal_(self.tok.weight, std=self.cfg.d_model ** -0.5)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -76,6 +79,8 @@ class Stack(nn.Module):
 
     def embed(self, ids_BL: torch.Tensor, pos_BL: torch.Tensor, types_BL: torch.Tensor | None = None):
         x_BLC = self.tok(ids_BL)
+        if self.embed_multiplier != 1.0:
+            x_BLC = x_BLC * self.embed_multiplier
         add_BLC = self.pos.embed(pos_BL)
         if add_BLC is not None:
             x_BLC = x_BLC + add_BLC
