@@ -190,3 +190,11 @@ def test_qkv_train_task_translate_from_the_command_line(tmp_path, parallel, caps
     assert "40 train / 8 val pairs" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "qkv-seq2seq" and config["train"]["label_smoothing"] == 0.1   # from the preset
+
+
+def test_objective_mlm_without_a_preset_picks_bert_mlm(tmp_path, corpus, capsys):
+    out = tmp_path / "mlm"
+    assert main(["train", "--objective", "mlm", "--data", str(corpus), "--max-iters", "2", "--eval-interval", "1",
+                 "--eval-iters", "1", "--batch-size", "2", "--bpe-vocab-size", "200", "--max-len", "32",
+                 "--no-progress", "--out-dir", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == "qkv-bert"

@@ -8,12 +8,13 @@ from ..config import PRESETS, ModelConfig, TrainConfig, resolve
 from ..errors import ConfigError
 from .flags import add_dataclass_flags, collect
 
-DEFAULT_PRESETS = {"lm": "shakespeare-char", "translate": "multi30k", "summarize": "scitldr"}   # by --task
+# by --task (and --objective mlm, whose encoder needs a WordPiece vocabulary and a bidirectional mask)
+DEFAULT_PRESETS = {"lm": "shakespeare-char", "mlm": "bert-mlm", "translate": "multi30k", "summarize": "scitldr"}
 
 
 def add_arguments(p) -> None:
     p.add_argument("--preset", help=f"named preset: {', '.join(PRESETS)} (default when no --config is given: "
-                                    f"{', '.join(f'{v} for --task {k}' for k, v in DEFAULT_PRESETS.items())})")
+                                    f"{', '.join(f'{v} for ' + ('--objective mlm' if k == 'mlm' else f'--task {k}') for k, v in DEFAULT_PRESETS.items())})")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file with [model] and [train] tables")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped "
                                                   "(training flags such as --max-iters extend it)")
@@ -32,7 +33,8 @@ def run(args) -> int:
         trainer = Trainer.resume(args.resume, train_overrides)
         print(f"resuming {args.resume} at step {trainer.step}")
     else:
-        preset = args.preset or (None if args.config else DEFAULT_PRESETS[train_overrides.get("task", "lm")])
+        task = "mlm" if train_overrides.get("objective") == "mlm" else train_overrides.get("task", "lm")
+        preset = args.preset or (None if args.config else DEFAULT_PRESETS[task])
         model_cfg, train_cfg = resolve(preset, args.config, model_overrides, train_overrides)
         trainer = Trainer(model_cfg, train_cfg)
     n_params = trainer.model.num_params()
