@@ -14,13 +14,6 @@ TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
 
 
 @pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
-
-
-@pytest.fixture
 def run_dir(tmp_path, corpus):
     out = tmp_path / "run"
     assert main(["train", "--preset", "tiny", "--data", str(corpus), "--out-dir", str(out), "--max-len", "24",

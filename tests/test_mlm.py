@@ -17,13 +17,6 @@ TEXT = ("the cat sat on the mat .\nthe dog ran to the park .\na bird sang in the
         "the sun rose over the hill .\nthe children played in the garden .\n") * 12
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
-
-
 def tiny(tmp_path, corpus, name, **train):
     model = dict(max_len=24, n_layers=2, d_model=32, n_heads=4, dropout=0.1)    # dropout: RNG resumes too
     options = dict(data=str(corpus), out_dir=str(tmp_path / name), max_iters=12, eval_interval=4,

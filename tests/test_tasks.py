@@ -26,13 +26,6 @@ SEQ2SEQ = dict(max_len=32, n_layers=2, n_encoder_layers=2, d_model=32, n_heads=4
 
 
 @pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
-
-
-@pytest.fixture
 def parallel(tmp_path):
     d = tmp_path / "para"
     d.mkdir()

@@ -14,13 +14,6 @@ TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the 
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 8
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
-
-
 def tiny(tmp_path, corpus, name, **train):
     model = dict(max_len=16, n_layers=2, d_model=32, n_heads=4, dropout=0.1)   # dropout: RNG must resume too
     options = dict(data=str(corpus), out_dir=str(tmp_path / name), max_iters=12, eval_interval=4)
