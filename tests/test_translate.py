@@ -107,7 +107,11 @@ def test_bad_search_settings_are_errors():
 
 
 def test_copy_task_learns_to_copy_exactly():
-    """The whole encoder-decoder learns: copy random symbol strings, 100% exact match in a few seconds."""
+    """The whole encoder-decoder learns: copy random symbol strings, 100% exact match within 1,000 steps.
+
+    How many steps it takes depends on the CPU's kernels (AVX2 and AVX-512 round differently, and a
+    constant lr of 3e-3 has loss spikes), so greedy decoding is scored every 100 steps until it is exact.
+    """
     torch.manual_seed(0)
     V = 13
     g = torch.Generator().manual_seed(0)
@@ -120,19 +124,24 @@ def test_copy_task_learns_to_copy_exactly():
     model = EncoderDecoder(ModelConfig(vocab_size=V, max_len=12, n_layers=2, d_model=64, n_heads=4,
                                        pos="learned", dropout=0.0))
     optimizer = make_optimizer(model, 3e-3, 0.0, (0.9, 0.98))
-    model.train()
-    for step in range(450):
+    src = [s for s, _ in data.splits["val"]]
+    S = max(map(len, src))
+    src_BS = torch.tensor([s + [PAD] * (S - len(s)) for s in src])
+    exacts = []
+    for step in range(1, 1001):
+        model.train()
         loss = model(**data.collate(random_pairs(32))).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    model.eval()
-    src = [s for s, _ in data.splits["val"]]
-    S = max(map(len, src))
-    src_BS = torch.tensor([s + [PAD] * (S - len(s)) for s in src])
-    out = greedy_search(model, src_BS, src_BS != PAD, BOS, EOS, SearchConfig(beam_size=1, max_new_tokens=10))
-    exact = sum(o == s for o, s in zip(out, src)) / len(src)
-    assert exact == 1.0, f"exact match {exact:.2f}, last loss {loss.item():.3f}"
+        if step % 100 == 0:
+            model.eval()
+            out = greedy_search(model, src_BS, src_BS != PAD, BOS, EOS,
+                                SearchConfig(beam_size=1, max_new_tokens=10))
+            exacts.append(sum(o == s for o, s in zip(out, src)) / len(src))
+            if exacts[-1] == 1.0:
+                break
+    assert exacts[-1] == 1.0, f"exact match every 100 steps: {exacts}, last loss {loss.item():.3f}"
 
 
 # ---- the command line on bad input --------------------------------------------------------------------------
