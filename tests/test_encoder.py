@@ -89,9 +89,11 @@ def test_mlm_loss_only_on_selected_positions_and_tied_decoder():
     labels_BL = torch.full_like(ids_BL, -100)
     labels_BL[0, 3], labels_BL[1, 8] = 11, 42
     out = model(ids_BL, labels_BL)
-    assert out.logits.shape == (2, 10, 60)
-    expected = F.cross_entropy(torch.stack([out.logits[0, 3], out.logits[1, 8]]), torch.tensor([11, 42]))
-    assert torch.allclose(out.loss, expected, atol=1e-6)
+    full_BLV = model(ids_BL).logits                     # without labels: every position's logits
+    assert full_BLV.shape == (2, 10, 60) and out.logits.shape == (2, 60)   # with labels: the scored ones
+    scored_NV = torch.stack([full_BLV[0, 3], full_BLV[1, 8]])
+    assert torch.allclose(out.logits, scored_NV, atol=1e-5)
+    assert torch.allclose(out.loss, F.cross_entropy(scored_NV, torch.tensor([11, 42])), atol=1e-5)
     other_BL = labels_BL.clone()
     other_BL[0, 3] = 12
     assert not torch.allclose(model(ids_BL, other_BL).loss, out.loss)

@@ -13,7 +13,8 @@ Legend: B batch, L length, C d_model, V vocab, K labels (classes or tags), 1 a k
     MeanPool        mean of h_BLC over real tokens ─> L2-normalize ─> emb_BC      (sentence embeddings)
 
 Every loss is a mean cross-entropy; labels of -100 are ignored (MLM scores only the ~15% masked positions,
-tagging only the first piece of each word). The QA loss is the mean of the start and end cross-entropies.
+and with labels its head computes logits for those positions alone, logits_NV; tagging scores only the
+first piece of each word). The QA loss is the mean of the start and end cross-entropies.
 
 Padding: rows are padded on the right and ``key_mask_BL`` is True for real tokens; positions count from 0
 in every row, so a padded row computes exactly what the unpadded sequence would (a test holds this).
@@ -62,9 +63,17 @@ class MaskedLMHead(nn.Module):
         self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size)     # weight tied by the model; own bias
 
     def forward(self, h_BLC, labels_BL=None):
-        logits_BLV = self.decoder(self.norm(self.act(self.transform(h_BLC))))
-        loss = None if labels_BL is None else _loss(logits_BLV.flatten(0, 1), labels_BL.flatten())
-        return logits_BLV, loss
+        """logits_BLV without labels; with labels, (logits_NV, loss) over the N scored positions only.
+
+        Only ~15% of the positions carry a label, and the vocabulary projection is the largest product of
+        a small BERT's step (128 x 8k per row vs 4 layers of 256-wide blocks), so it runs on those rows alone.
+        """
+        if labels_BL is None:
+            return self.decoder(self.norm(self.act(self.transform(h_BLC)))), None
+        scored_N = (labels_BL != -100).flatten().nonzero().squeeze(1)
+        h_NC = h_BLC.flatten(0, 1).index_select(0, scored_N)
+        logits_NV = self.decoder(self.norm(self.act(self.transform(h_NC))))
+        return logits_NV, _loss(logits_NV, labels_BL.flatten().index_select(0, scored_N))
 
 
 class ClassifierHead(nn.Module):
