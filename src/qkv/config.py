@@ -188,10 +188,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       out_dir="runs/scitldr"),
     },
     # Masked-LM pre-training of BERT_SMALL with a WordPiece vocabulary trained on the text (`qkv train --preset
-    # bert-mlm --data TEXT`); BERT's optimizer settings (weight decay 0.01, warmup) at a small model's higher lr.
+    # bert-mlm --data TEXT`); BERT's optimizer settings (weight decay 0.01, warmup) at a small model's higher lr
+    # (5e-4 left a 30-minute CPU run on the unigram plateau; bench/README.md).
     "bert-mlm": {
         "model": BERT_SMALL,
-        "train": dict(objective="mlm", tokenizer="wordpiece", bpe_vocab_size=8000, batch_size=32, lr=5e-4,
+        "train": dict(objective="mlm", tokenizer="wordpiece", bpe_vocab_size=8000, batch_size=32, lr=1e-3,
                       warmup_iters=200, max_iters=20000, weight_decay=0.01, beta2=0.98, eval_interval=200,
                       eval_iters=10, out_dir="runs/bert-mlm"),
     },
