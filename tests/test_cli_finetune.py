@@ -142,3 +142,11 @@ def test_init_from_a_hugging_face_bert_directory(task_files, tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert saved["model_type"] == "qkv-bert-classify" and saved["model"]["max_len"] == 40
     assert json.loads((out / "eval.json").read_text())["examples"] == 10
+
+
+def test_help_shows_required_flags_and_the_preset_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--data DATA (required)" in text and "MISSING" not in text
+    assert "--tokenizer {char,bpe,wordpiece} (default wordpiece)" in text    # bert-finetune's, not TrainConfig's

@@ -44,8 +44,11 @@ def add_arguments(p) -> None:
     p.add_argument("--scratch", action="store_true", help="train from scratch: the same as --init none")
     p.add_argument("--resume", metavar="DIR", help="continue the fine-tuning run in DIR exactly where it stopped")
     add_dataclass_flags(p, FinetuneConfig, "task (FinetuneConfig fields)")
-    add_dataclass_flags(p, TrainFlags, "training (TrainConfig fields)")
-    add_dataclass_flags(p, ModelConfig, "model for --init none (ModelConfig fields)")
+    preset = PRESETS[DEFAULT_PRESET]
+    add_dataclass_flags(p, TrainFlags, f"training (TrainConfig fields; defaults of --preset {DEFAULT_PRESET})",
+                        preset["train"])
+    add_dataclass_flags(p, ModelConfig, f"model for --init none (ModelConfig fields; defaults of --preset "
+                                        f"{DEFAULT_PRESET})", preset["model"])
 
 
 def run(args) -> int:

@@ -38,12 +38,19 @@ def _parser_for(hint, name: str):
     return value_parser(base, "--" + name.replace("_", "-"), optional)
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, shown: dict | None = None) -> None:
+    """One flag per field of ``cls``; ``shown`` are the defaults that apply (a preset's), for the help text."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
+    shown = shown or {}
     for f in dataclasses.fields(cls):
         flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
-        default = f" (default {f.default})"
+        if f.name in shown:
+            default = f"(default {shown[f.name]})"
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            default = "(required)"
+        else:
+            default = f"(default {f.default if f.default is not dataclasses.MISSING else f.default_factory()})"
         if hint is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=default)
