@@ -7,7 +7,9 @@ classifying a batch costs: 32 sentences of 128 tokens, no padding (attention mas
 all zero, as a tokenizer gives for full rows), eval mode under ``torch.inference_mode``, the last hidden
 states returned. Both sides do the same arithmetic; only the implementations differ:
 
-    qkv     Encoder (wq + fused wkv projections, SDPA; an all-True mask is dropped, so SDPA runs unmasked)
+    qkv     Encoder (wq + fused wkv projections, SDPA; an all-True mask is dropped, so SDPA runs unmasked),
+            with ``use_onednn`` as ``qkv embed`` / ``predict`` / ``evaluate`` run it: on AVX-512 CPUs every
+            Linear goes through oneDNN, GELU fused into the FFN's first GEMM (``--no-onednn``: plain MKL)
     hf      BertModel(attn_implementation="sdpa"), as its users get it (eager), pooler included (its
             forward always runs it: one 768 x 768 product per sentence, < 0.1% of the work)
 
@@ -15,12 +17,15 @@ Timing: ``warmup`` untimed calls per side, then ``rounds`` rounds of one call pe
 alternating and who goes first alternating too, so load from other processes falls on both alike.
 Reported: the median and the best round of each side and the median over rounds of the per-round ratio.
 
-What bounds it (2 shared AVX2 cores, AMD EPYC, MKL): ~80% of a forward is the same six sgemm calls per
-layer on both sides, at ~65 GFLOP/s, which is the cores' fp32 peak under that load; the rest is GELU,
-SDPA, LayerNorm, residual adds, and the bias broadcast addmm copies into its output. Measured there,
-qkv / hf was 0.92-1.04x (median of rounds). Levers tried that did not pay: oneDNN linear with the bias or
-GELU fused (slower than MKL here), MKL pre-packed weights and column-major weights (within noise),
-torch.compile (no gain: the GEMMs dominate and the input checks break the graph).
+What bounds it: ~80% of a forward is the same six GEMMs per layer on both sides (97% of the FLOPs); the
+rest is GELU, SDPA, LayerNorm, residual adds, and the bias broadcast addmm copies into its output. With
+MKL on both sides (2 AVX2 cores, AMD EPYC Zen 3) qkv / hf was 0.92-1.04x: the same kernels at the same
+speed. The one lever that moved it is the GEMM library: MKL runs AVX2 code on AMD processors, oneDNN
+runs AVX-512 where the processor has it (Zen 4), and there oneDNN's GEMMs are 1.2-1.35x MKL's
+(``qkv.nn.onednn``). Levers tried that did not pay: oneDNN on the AVX2 machine (slower than MKL), MKL
+pre-packed weights and column-major weights (within noise), oneDNN pre-packed (reordered) weights
+(within noise of oneDNN on plain weights), torch.compile (no gain: the GEMMs dominate and the input
+checks break the graph).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 
 from ..config import ModelConfig
 from ..models.encoder import Encoder
+from ..nn.onednn import OneDNNLinear, use_onednn
 
 SHAPE = dict(vocab_size=30522, max_len=512, n_layers=12, d_model=768, n_heads=12, d_ff=3072, type_vocab_size=2)
 
@@ -50,16 +56,21 @@ def _inputs(batch: int, length: int):
     return ids_BL, torch.ones(batch, length, dtype=torch.long), torch.zeros(batch, length, dtype=torch.long)
 
 
-def ours(batch: int, length: int, layers: int, seed: int = 0) -> tuple[Callable[[], torch.Tensor], dict]:
+def ours(batch: int, length: int, layers: int, seed: int = 0,
+         onednn: bool = True) -> tuple[Callable[[], torch.Tensor], dict]:
     torch.manual_seed(seed)
     model = Encoder(bert_config(layers)).eval()
+    if onednn:
+        use_onednn(model)
     ids_BL, mask_BL, types_BL = _inputs(batch, length)
     key_mask_BL = mask_BL.bool()
 
     def call() -> torch.Tensor:
         with torch.inference_mode():
             return model(ids_BL, key_mask_BL=key_mask_BL, types_BL=types_BL).hidden
-    return call, dict(model="qkv.models.Encoder", params=model.num_params())
+    linear = "oneDNN" if any(isinstance(m, OneDNNLinear) for m in model.modules()) else "MKL (nn.Linear)"
+    return call, dict(model="qkv.models.Encoder", params=model.num_params(), linear=linear,
+                      cpu_capability=torch.backends.cpu.get_cpu_capability())
 
 
 def huggingface(batch: int, length: int, layers: int, seed: int = 0) -> tuple[Callable[[], torch.Tensor], dict]:
@@ -90,11 +101,11 @@ def _time(call: Callable) -> float:
 
 
 def run(json_out: bool = False, *, layers: int = SHAPE["n_layers"], batch: int = 32, length: int = 128,
-        warmup: int = 1, rounds: int = 5, hf: bool = True, threads: int | None = None) -> dict:
+        warmup: int = 1, rounds: int = 5, hf: bool = True, threads: int | None = None, onednn: bool = True) -> dict:
     """Time both sides and return (and print) the result; with ``json_out`` print exactly one JSON line."""
     if threads is not None:
         torch.set_num_threads(threads)
-    sides: dict[str, tuple[Callable, dict]] = {"qkv": ours(batch, length, layers)}
+    sides: dict[str, tuple[Callable, dict]] = {"qkv": ours(batch, length, layers, onednn=onednn)}
     note = None
     if hf:
         try:
@@ -146,7 +157,8 @@ def _print_table(result: dict) -> None:
     for name in ("qkv", "hf"):
         if name in result:
             r = result[name]
-            print(f"  {r['model']:<24} median {r['sentences_per_s']:>8.2f} sentences/s   "
+            name = r["model"] + (f" ({r['linear']})" if "linear" in r else "")
+            print(f"  {name:<34} median {r['sentences_per_s']:>8.2f} sentences/s   "
                   f"best {r['best_sentences_per_s']:>8.2f}")
     if "ratio" in result:
         print(f"  qkv / hf: {result['ratio']:.2f}x (median of per-round ratios), "

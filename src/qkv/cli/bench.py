@@ -40,6 +40,9 @@ def add_arguments(p) -> None:
     encoder.add_argument("--threads", type=_positive, default=None,
                          help="torch.set_num_threads (default: torch's own, one per core)")
     encoder.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
+    encoder.add_argument("--no-onednn", dest="onednn", action="store_false",
+                         help="qkv's Linears on MKL as nn.Linear runs them (default: oneDNN where it pays, "
+                              "as qkv's inference commands run them)")
     beam = sub.add_parser("beam", help="encoder-decoder: beam search vs greedy, seconds per sentence",
                           description="Seconds per sentence of batched beam search against greedy search.")
     beam.add_argument("--json", action="store_true", help="print exactly one JSON line")
@@ -66,7 +69,7 @@ def run(args) -> int:
         from ..bench import encoder
         options = {k: getattr(args, k) for k in ("layers", "batch", "length", "rounds", "threads")
                    if getattr(args, k) is not None}
-        encoder.run(args.json, hf=args.hf, **options)
+        encoder.run(args.json, hf=args.hf, onednn=args.onednn, **options)
     else:
         from ..bench import decode     # written separately; imported only when asked for
         decode.run(args.json)

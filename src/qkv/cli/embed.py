@@ -30,6 +30,7 @@ def run(args) -> int:
     from ..data.text import read_lines
     from ..errors import CheckpointError, InputError
     from ..models.encoder import Encoder
+    from ..nn.onednn import use_onednn
 
     texts = list(args.text) + ([line.strip() for line in read_lines(args.file) if line.strip()] if args.file else [])
     if not texts:
@@ -40,7 +41,7 @@ def run(args) -> int:
     if not isinstance(model, Encoder):
         raise CheckpointError(f"{args.checkpoint} holds a {model.model_type!r} model; qkv embed needs an encoder "
                               f"(a qkv-bert* checkpoint or a Hugging Face BERT directory)")
-    emb_NC = model.embed_texts(texts, args.batch_size)
+    emb_NC = use_onednn(model).embed_texts(texts, args.batch_size)
     sim_NN = emb_NC @ emb_NC.T
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "model_type": model.model_type,

@@ -31,6 +31,7 @@ from ..errors import CheckpointError, ConfigError
 from ..models import MODEL_TYPES
 from ..models.encoder import TASKS as ENCODER_TASKS
 from ..models.encoder import Encoder, from_pretrained_encoder
+from ..nn.onednn import use_onednn
 from ..tasks import TASKS, get_task
 from ..tasks.batches import TaskBatches, item_logits
 from ..tokenizers import Tokenizer
@@ -94,7 +95,7 @@ def load_finetuned(directory: str | Path, task: str | None = None, data: str | N
                               f"{ENCODER_TASKS[head].model_type!r} one; fine-tune it with `qkv finetune`")
     if model.tokenizer is None:
         raise CheckpointError(f"{directory} has no tokenizer files; copy the encoder's tokenizer.json into it")
-    return model, fcfg
+    return use_onednn(model), fcfg                  # predict and evaluate: inference only
 
 
 def _max_len(fcfg: FinetuneConfig, model) -> int:
