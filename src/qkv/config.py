@@ -119,6 +119,8 @@ class TrainConfig:
     seed: int = 1337
     out_dir: str = "runs/default"
     compile: bool = False                   # torch.compile the model (helps on CPU for larger models)
+    precision: Literal["fp32", "bf16"] = "fp32"   # bf16: mixed precision (autocast), weights and optimizer
+                                            # stay fp32; ~1.9x faster on CPUs with AVX-512 BF16, slower without
     threads: int | None = None              # torch.set_num_threads; None leaves torch's default
     tensorboard: bool = False
     progress: bool = True

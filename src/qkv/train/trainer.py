@@ -92,11 +92,18 @@ class Trainer:
         cfg = self.train_cfg
         return self.step >= cfg.max_iters or (cfg.max_time is not None and self.elapsed >= cfg.max_time)
 
+    def autocast(self):
+        """The forward pass's precision: fp32, or bf16 mixed precision (matrix products in bf16, losses,
+        norms and softmax in fp32, as autocast's op lists say; parameters and AdamW stay fp32)."""
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.train_cfg.precision == "bf16")
+
     @torch.no_grad()
     def evaluate(self) -> float:
         self.model.eval()
-        losses = [self.model(**batch).loss.item()       # true cross-entropy: no label smoothing here
-                  for batch in self.data.val_batches(self.train_cfg.batch_size, self.train_cfg.eval_iters)]
+        with self.autocast():
+            losses = [self.model(**batch).loss.item()       # true cross-entropy: no label smoothing here
+                      for batch in self.data.val_batches(self.train_cfg.batch_size, self.train_cfg.eval_iters)]
         self.model.train()
         return sum(losses) / len(losses)
 
@@ -130,7 +137,8 @@ class Trainer:
             step_tokens = 0
             for _ in range(cfg.grad_accum):
                 batch = self.data.batch("train", cfg.batch_size)
-                loss = model(**batch, **smoothing).loss
+                with self.autocast():
+                    loss = model(**batch, **smoothing).loss
                 (loss / cfg.grad_accum).backward()
                 loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
                 targets = batch["targets_BL"] if "targets_BL" in batch else batch["labels"]   # encoders
