@@ -18,7 +18,9 @@ PRETRAIN_S=${PRETRAIN_S:-2400}
 STEP=${STEP:-all}
 export OMP_WAIT_POLICY=PASSIVE            # no OpenMP spin-waiting on a shared 2-core machine
 mkdir -p "$RUNS"
-common=(--threads "$THREADS" --no-progress --max-iters 1000000)
+# bf16 mixed precision: 1.9x a step on CPUs with AVX-512 BF16 (Zen 4, recent Xeons); use fp32 elsewhere.
+PRECISION=${PRECISION:-bf16}
+common=(--threads "$THREADS" --no-progress --max-iters 1000000 --precision "$PRECISION")
 
 # task, budget (s), then the data flags. --val-data only draws the loss curve (nothing is selected on it);
 # SQuAD's is its held-out articles, as there is no other split.
