@@ -14,6 +14,7 @@ from qkv.data.classification import Example, label_vocab, read_classification
 from qkv.data.conll import align_labels, read_bio, read_conllu, tag_vocab
 from qkv.data.squad import SquadExample, postprocess_qa, read_squad, split_by_article, squad_features
 from qkv.errors import ConfigError, DataError, InputError
+from qkv.tasks.batches import Item, TaskBatches
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")
@@ -375,3 +376,25 @@ def test_real_squad_windows_and_postprocess_recover_answers():
             assert predictions[e.id] == e.answers[0]
         else:
             assert e.answers[0] in predictions[e.id]
+
+
+def test_length_grouped_batches_pad_little_and_draw_every_item_alike():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 60, (2000,), generator=g).tolist()
+    items = [Item(ids=list(range(n)), types=[0] * n, labels=[i]) for i, n in enumerate(lengths)]
+
+    def draw(group: bool, n_batches: int = 400):
+        data = TaskBatches(items, items[:10], "B", 0, seed=1, group_by_length=group)
+        return [data.batch("train", 16) for _ in range(n_batches)]
+
+    def padding(batches):                       # padded slots per real token
+        return sum((~b["key_mask_BL"]).sum().item() for b in batches) / sum(b["key_mask_BL"].sum().item()
+                                                                            for b in batches)
+    grouped, uniform = draw(True), draw(False)
+    assert padding(grouped) < 0.1 < 0.5 < padding(uniform)
+    def spread(group: bool):                     # how unevenly items are drawn: std / mean of the counts
+        counts = torch.bincount(torch.cat([b["labels"] for b in draw(group, 2500)]), minlength=2000).float()
+        return counts.min().item(), (counts.std() / counts.mean()).item()
+    (fewest, cv_grouped), (_, cv_uniform) = spread(True), spread(False)
+    assert fewest > 0 and cv_grouped < 1.25 * cv_uniform            # as even as uniform draws (20 per item)
+    assert all(torch.equal(a["ids_BL"], b["ids_BL"]) for a, b in zip(grouped, draw(True)))   # seeded

@@ -54,6 +54,7 @@ class FinetuneConfig:
     max_answer_len: int = 30                # squad: the longest answer, in tokens
     n_eval_articles: int = 10               # squad without eval_data: articles held out for evaluation
     eval_batch_size: int = 64
+    group_by_length: bool = True            # training batches of similar lengths: ~1/3 of the padding
 
     def __post_init__(self):
         if self.eval_data is None and self.task != "squad":
@@ -133,7 +134,8 @@ def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> 
     train_items, notes = spec.encode(spec.read_train(fcfg), tokenizer, max_len, labels, fcfg)
     val = spec.read_eval(fcfg, fcfg.val_data or fcfg.eval_data, labels)
     val_items, _ = spec.encode(val, tokenizer, max_len, labels, fcfg)
-    data = TaskBatches(train_items, val_items, spec.layout, tokenizer.pad_id or 0, train_cfg.seed)
+    data = TaskBatches(train_items, val_items, spec.layout, tokenizer.pad_id or 0, train_cfg.seed,
+                       fcfg.group_by_length)
     task = Task(model.cfg, type(model), tokenizer, data, model=model,
                 config={"finetune": dataclasses.asdict(fcfg)})
     return task, {"examples": len(train_items), **notes}
