@@ -26,11 +26,11 @@ common=(--threads "$THREADS" --no-progress --max-iters 1000000 --precision "$PRE
 # task, budget (s), then the data flags. --val-data only draws the loss curve (nothing is selected on it);
 # SQuAD's is its held-out articles, as there is no other split.
 TASKS=(
-  "sst2  1800 --data $DATA/sst2/train.tsv --eval-data $DATA/sst2/test.tsv --val-data $DATA/sst2/dev.tsv"
+  "sst2   900 --data $DATA/sst2/train.tsv --eval-data $DATA/sst2/test.tsv --val-data $DATA/sst2/dev.tsv"
   "cola   300 --data $DATA/cola/in_domain_train.tsv --eval-data $DATA/cola/in_domain_dev.tsv --val-data $DATA/cola/out_of_domain_dev.tsv"
-  "upos  1800 --data $DATA/ud_english_ewt/en_ewt-ud-train.conllu.gz --eval-data $DATA/ud_english_ewt/en_ewt-ud-test.conllu --val-data $DATA/ud_english_ewt/en_ewt-ud-dev.conllu"
+  "upos   600 --data $DATA/ud_english_ewt/en_ewt-ud-train.conllu.gz --eval-data $DATA/ud_english_ewt/en_ewt-ud-test.conllu --val-data $DATA/ud_english_ewt/en_ewt-ud-dev.conllu"
   "wnut17 300 --data $DATA/wnut17/wnut17train.conll --eval-data $DATA/wnut17/emerging.test.annotated --val-data $DATA/wnut17/emerging.dev.conll"
-  "squad  300 --data $DATA/squad_v1.1_dev/dev-v1.1.json.gz"
+  "squad  600 --data $DATA/squad_v1.1_dev/dev-v1.1.json.gz"
 )
 
 if [[ $STEP == all || $STEP == pretrain ]]; then
