@@ -27,8 +27,9 @@ from torch.nn import functional as F
 
 from .mlp import FFN
 
-# nn activation module -> oneDNN's post-op name and algorithm, fused into the GEMM that feeds it.
+
 def _post_op(act: nn.Module) -> tuple[str, str] | None:
+    """oneDNN's post-op (name, algorithm) for an activation module, fused into the GEMM that feeds it."""
     if isinstance(act, nn.GELU):
         return "gelu", act.approximate              # "none" (erf) or "tanh"
     if isinstance(act, nn.ReLU):
