@@ -69,11 +69,14 @@ class MaskedLMHead(nn.Module):
         a small BERT's step (128 x 8k per row vs 4 layers of 256-wide blocks), so it runs on those rows alone.
         """
         if labels_BL is None:
-            return self.decoder(self.norm(self.act(self.transform(h_BLC)))), None
+            return self.project(h_BLC), None
         scored_N = (labels_BL != -100).flatten().nonzero().squeeze(1)
-        h_NC = h_BLC.flatten(0, 1).index_select(0, scored_N)
-        logits_NV = self.decoder(self.norm(self.act(self.transform(h_NC))))
+        logits_NV = self.project(h_BLC.flatten(0, 1).index_select(0, scored_N))
         return logits_NV, _loss(logits_NV, labels_BL.flatten().index_select(0, scored_N))
+
+    def project(self, h_XC: torch.Tensor) -> torch.Tensor:
+        """Hidden states (any leading dims X) -> vocabulary logits: dense, act, norm, tied decoder."""
+        return self.decoder(self.norm(self.act(self.transform(h_XC))))
 
 
 class ClassifierHead(nn.Module):
