@@ -35,7 +35,8 @@ from .nn.layout import decode_layout
 from .tokenizers import Tokenizer
 
 SRC_TOKENIZER_FILE = "tokenizer_src.json"
-HF_MODEL_TYPES = {"gpt2": ("qkv.interop.hf_gpt2", "load_gpt2"), "bert": ("qkv.interop.hf_bert", "load_bert")}
+HF_MODEL_TYPES = {"gpt2": ("qkv.interop.hf_gpt2", "load_gpt2"), "bert": ("qkv.interop.hf_bert", "load_bert"),
+                  **{t: ("qkv.interop.hf_llama", "load_llama") for t in ("llama", "mistral", "qwen2")}}
 
 
 def _exchange(a: Path, b: Path) -> bool:

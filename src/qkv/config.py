@@ -26,6 +26,7 @@ class ModelConfig:
     d_model: int = 256                      # C
     n_heads: int = 4                        # H
     n_kv_heads: int | None = None           # G; None -> MHA, 1 -> MQA
+    d_head: int | None = None               # D; None -> d_model // n_heads (some Llama-family models differ)
     d_ff: int | None = None                 # F; None -> 4 * d_model (8/3 * d_model for SwiGLU, same params)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
@@ -36,6 +37,8 @@ class ModelConfig:
     mask: Literal["causal", "bidirectional", "prefix"] = "causal"
     window: int | None = None               # sliding-window width; None = full attention
     bias: bool = True                       # biases in Linear layers (GPT-2: yes, LLaMA: no)
+    qkv_bias: bool | None = None            # biases on the q/k/v projections alone; None -> as ``bias``
+                                            # (Qwen2: q/k/v biased, every other Linear not)
     tie_embeddings: bool = True             # output head shares the token embedding matrix
     dropout: float = 0.0
     type_vocab_size: int = 0                # segment (token type) embeddings, BERT's A/B; 0 = none
@@ -48,15 +51,16 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "max_len", "n_layers", "d_model", "n_heads", "n_encoder_layers",
-                     "src_vocab_size"):
+                     "src_vocab_size", "d_head", "d_ff"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.d_head is None and self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} "
+                              f"(or set d_head, the per-head width)")
         if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
             raise ConfigError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.pos == "rope" and self.head_dim % 2:
-            raise ConfigError(f"RoPE needs an even head_dim, got {self.head_dim}; change d_model or n_heads")
+            raise ConfigError(f"RoPE needs an even head_dim, got {self.head_dim}; change d_model, n_heads or d_head")
         if self.pos == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
         if self.window is not None and self.window < 1:
@@ -76,7 +80,11 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:              # D
-        return self.d_model // self.n_heads
+        return self.d_head or self.d_model // self.n_heads
+
+    @property
+    def has_qkv_bias(self) -> bool:
+        return self.bias if self.qkv_bias is None else self.qkv_bias
 
     @property
     def ffn_dim(self) -> int:               # F

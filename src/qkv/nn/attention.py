@@ -67,11 +67,16 @@ def attend(q_BHLD: torch.Tensor, k_BGMD: torch.Tensor, v_BGMD: torch.Tensor, mas
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool = True, dropout: float = 0.0):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool = True, dropout: float = 0.0,
+                 head_dim: int | None = None, qkv_bias: bool | None = None):
+        """head_dim: D (default d_model // n_heads); qkv_bias: biases on wq/wkv (default ``bias``, which
+        then covers wo alone when they differ, as in Qwen2)."""
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
-        self.wq = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
-        self.wkv = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=bias)   # keys and values fused
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.head_dim = head_dim or d_model // n_heads
+        qkv_bias = bias if qkv_bias is None else qkv_bias
+        self.wq = nn.Linear(d_model, n_heads * self.head_dim, bias=qkv_bias)
+        self.wkv = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=qkv_bias)   # keys and values fused
         self.wo = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.dropout = dropout
         self.resid_drop = nn.Dropout(dropout)
