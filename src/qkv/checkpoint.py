@@ -32,6 +32,7 @@ from .config import ModelConfig, build
 from .errors import CheckpointError, ConfigError
 from .models import MODEL_TYPES
 from .nn.layout import decode_layout
+from .quant import apply_layout, is_quantized, layout_of, quantize_model
 from .tokenizers import Tokenizer
 
 SRC_TOKENIZER_FILE = "tokenizer_src.json"
@@ -78,6 +79,8 @@ def write_model_files(directory: Path, model, tokenizer: Tokenizer | None, extra
     # Models with more than a ModelConfig (task heads and their labels) add a JSON-able ``extra_config()``;
     # ``MODEL_TYPES[type].from_config(cfg, config)`` rebuilds them from it.
     own = model.extra_config() if hasattr(model, "extra_config") else {}
+    if is_quantized(model):                          # which Linear layers hold int8 / 4-bit weights
+        own["quantization"] = layout_of(model)
     config = {"model_type": model.model_type, "qkv_version": __version__,
               "model": dataclasses.asdict(model.cfg), **own, **(extra_config or {})}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -157,11 +160,22 @@ def load_weights(model, path: Path) -> None:
     model.load_state_dict(state)
 
 
-def load(directory: str | Path, device: str | torch.device | None = None):
-    """Load a qkv checkpoint or a supported Hugging Face directory. Returns the model in eval mode, with
-    ``model.tokenizer`` set (None when the directory has no tokenizer files), its wide matrices stored in
-    the layout CPU decoding reads fastest (``qkv.nn.layout``; values unchanged, training still works)."""
+def load(directory: str | Path, device: str | torch.device | None = None, quantized: bool = False):
+    """Load a qkv checkpoint, a supported Hugging Face directory or a GGUF file. Returns the model in eval
+    mode, with ``model.tokenizer`` set (None when there are no tokenizer files), its wide matrices stored in
+    the layout CPU decoding reads fastest (``qkv.nn.layout``; values unchanged, training still works).
+
+    quantized: a GGUF file keeps its Q8_0 / Q4_x weights in int8 / 4-bit modules (``qkv.quant``) instead of
+    dequantizing them to float32; any other float checkpoint is quantized to int8 on load. A checkpoint
+    written by ``qkv quantize`` loads quantized either way.
+    """
     d = Path(directory)
+    if d.suffix == ".gguf" or (d.is_file() and d.read_bytes()[:4] == b"GGUF"):
+        from .interop.gguf import load_gguf
+        model = load_gguf(d, quantized)
+        return model.to(device) if device is not None else model
+    if d.is_file():
+        raise CheckpointError(f"{d} is a file; pass a checkpoint directory or a .gguf file")
     config = read_config(d)
     model_type = config["model_type"]
     if model_type in HF_MODEL_TYPES:
@@ -175,6 +189,12 @@ def load(directory: str | Path, device: str | torch.device | None = None):
             raise CheckpointError(f"{d / 'config.json'} holds an invalid model config: {e}") from None
         cls = MODEL_TYPES[model_type]
         model = cls.from_config(cfg, config) if hasattr(cls, "from_config") else cls(cfg)
+        if "quantization" in config:
+            try:
+                apply_layout(model, config["quantization"])
+            except (ConfigError, AttributeError, TypeError) as e:
+                raise CheckpointError(f"{d / 'config.json'} has an invalid quantization layout ({e}); "
+                                      f"re-run qkv quantize") from None
         load_weights(model, d / "model.safetensors")
         model.tokenizer = Tokenizer.from_dir(d)
         if (d / SRC_TOKENIZER_FILE).is_file():
@@ -185,5 +205,7 @@ def load(directory: str | Path, device: str | torch.device | None = None):
     if model.tokenizer is not None and model.tokenizer.vocab_size > model.cfg.vocab_size:
         raise CheckpointError(f"{d}: tokenizer has {model.tokenizer.vocab_size} tokens but the model only "
                               f"{model.cfg.vocab_size}; the tokenizer belongs to another model")
+    if quantized and not is_quantized(model):
+        quantize_model(model, bits=8)
     model = model.to(device).eval() if device is not None else model.eval()
     return decode_layout(model)              # a loaded model is for inference: fastest CPU decode layout

@@ -57,12 +57,17 @@ class Stack(nn.Module):
         if self.cfg.embed_scale:                    # x sqrt(d_model) in embed(): unit-scale token vectors
             nn.init.normal_(self.tok.weight, std=self.cfg.d_model ** -0.5)
 
+    def rebuild_buffers(self) -> None:
+        """Recompute the buffers made at construction (the position tables), e.g. after building on the
+        meta device and assigning loaded weights."""
+        self.pos = make_position(self.cfg)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def new_caches(self, batch: int, max_len: int | None = None) -> list[KVCache]:
         """One preallocated self-attention cache per layer, on the model's device and dtype."""
-        p = self.tok.weight
+        p = next(p for p in self.parameters() if p.is_floating_point())   # tok may hold int8 codes (qkv.quant)
         return [KVCache(batch, self.cfg.kv_heads, max_len or self.cfg.max_len, self.cfg.head_dim,
                         dtype=p.dtype, device=p.device) for _ in self.blocks]
 
