@@ -8,7 +8,7 @@ from .models import GPT, ModelOutput
 from .tokenizers import Tokenizer
 from .checkpoint import load, save
 from .generate import GenerationConfig, generate, stream
-from .chat import ChatSession, chat, chat_stream
+from .conversation import ChatSession, chat, chat_stream
 
 __all__ = ["GPT", "Tokenizer", "load", "save", "generate", "stream", "chat", "chat_stream", "ChatSession",
            "GenerationConfig", "ModelConfig", "ModelOutput", "TrainConfig", "PRESETS",

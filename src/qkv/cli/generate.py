@@ -1,6 +1,7 @@
-"""`qkv generate DIR --prompt TEXT`: continue a prompt with a checkpoint, streamed token by token.
+"""`qkv generate PATH --prompt TEXT`: continue a prompt with a checkpoint, streamed token by token.
 
     qkv generate runs/shakespeare-char --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 --top-p 0.95
+    qkv generate SmolLM2-135M-Instruct.Q4_1.gguf --chat "What is the capital of France?" --temperature 0
 
 Prints the prompt, then each piece of the continuation as soon as it is safe to show (see
 ``qkv.generate.stream``). Every flag is a field of ``qkv.generate.GenerationConfig`` and takes its default
@@ -32,37 +33,83 @@ FLAGS = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", metavar="DIR", help="a qkv checkpoint or Hugging Face GPT-2 directory")
-    parser.add_argument("--prompt", default="", help="text to continue (default: start from eos)")
+def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: GenerationConfig = DEFAULTS) -> None:
+    """The GenerationConfig flags (shared by `qkv generate` and `qkv chat`), --stop, --ignore-eos, --threads,
+    and --quantized (how the checkpoint loads)."""
     for flag, (field, kind, help_text) in FLAGS.items():
         parser.add_argument(flag, dest=field, type=value_parser(kind, flag), default=None,
                             metavar=kind.__name__.upper(),
-                            help=f"{help_text} (default {getattr(DEFAULTS, field)})")
+                            help=f"{help_text} (default {getattr(defaults, field)})")
     parser.add_argument("--stop", action="append", default=[], metavar="S",
                         help="stop before this string (repeatable); it is not printed")
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating past the eos token")
+    parser.add_argument("--threads", type=value_parser(int, "--threads"), default=None, metavar="N",
+                        help="CPU threads (default: chosen at run time, see qkv.runtime)")
+    parser.add_argument("--quantized", action="store_true",
+                        help="keep a GGUF file's Q8_0/Q4_x weights quantized (int8 for other checkpoints)")
+
+
+def sampling_config(args: argparse.Namespace, defaults: GenerationConfig = DEFAULTS, **more) -> GenerationConfig:
+    """The GenerationConfig the flags describe, on top of ``defaults``."""
+    import dataclasses
+    given = {field: getattr(args, field) for field, _, _ in FLAGS.values() if getattr(args, field) is not None}
+    return dataclasses.replace(defaults, **given, stop=tuple(args.stop), ignore_eos=args.ignore_eos, **more)
+
+
+def load_for_decoding(path: str, args: argparse.Namespace):
+    """``qkv.load`` with the decode thread policy applied first; the model must have a tokenizer."""
+    from .. import load
+    from ..runtime import set_decode_threads
+    set_decode_threads(args.threads)
+    model = load(path, quantized=args.quantized)
+    if model.tokenizer is None:
+        raise InputError(f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
+                         f"add one to generate text")
+    return model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="PATH", help="a qkv checkpoint, a Hugging Face directory (GPT-2, "
+                                                          "Llama, Mistral, Qwen2) or a .gguf file")
+    parser.add_argument("--prompt", default="", help="text to continue (default: start from bos/eos)")
+    parser.add_argument("--chat", metavar="MESSAGE", default=None,
+                        help="one chat turn: the message goes through the model's chat template, the reply is printed")
+    parser.add_argument("--system", metavar="TEXT", default=None, help="with --chat: a system message")
+    add_sampling_arguments(parser)
     parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help="recompute the whole sequence every step (slow; for comparison)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from .. import load
-    from ..generate import stream
-
-    given = {field: getattr(args, field) for field, _, _ in FLAGS.values() if getattr(args, field) is not None}
-    cfg = GenerationConfig(**given, stop=tuple(args.stop), ignore_eos=args.ignore_eos,
-                           use_cache=args.use_cache)
-    model = load(args.directory)
-    if model.tokenizer is None:
-        raise InputError(f"{args.directory} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
-                         f"add one to generate text")
-    pieces = stream(model, model.tokenizer, args.prompt, cfg)
-    first = next(pieces, "")                 # validate everything before printing anything
-    sys.stdout.write(args.prompt + first)
-    sys.stdout.flush()
+def _write(pieces) -> None:
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..conversation import chat_stream
+    from ..generate import stream
+
+    if args.chat is not None and args.prompt:
+        raise InputError("give --prompt (plain continuation) or --chat (a chat turn), not both")
+    if args.system is not None and args.chat is None:
+        raise InputError("--system goes with --chat; add --chat MESSAGE")
+    cfg = sampling_config(args, use_cache=args.use_cache)
+    model = load_for_decoding(args.directory, args)
+    if args.chat is not None:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                   [{"role": "user", "content": args.chat}]
+        pieces = chat_stream(model, messages, cfg)
+        first = next(pieces, "")             # validate everything before printing anything
+        _write(_chain(first, pieces))
+        return 0
+    pieces = stream(model, model.tokenizer, args.prompt, cfg)
+    first = next(pieces, "")                 # validate everything before printing anything
+    _write(_chain(args.prompt + first, pieces))
     return 0
+
+
+def _chain(first: str, rest):
+    yield first
+    yield from rest

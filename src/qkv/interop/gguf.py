@@ -36,6 +36,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
 from ..models.decoder import GPT
+from ..quant import gguf_blocks
 from .gguf_tokenizer import tokenizer_from_gguf
 
 ARCHITECTURES = ("llama",)
@@ -76,10 +77,17 @@ class GGUFFile:
         return self.tensors[name].data
 
     def dequantized(self, name: str) -> torch.Tensor:
-        """A float32 copy, through the gguf package's own dequantization."""
+        """A float32 copy: Q8_0 and Q4_x through ``qkv.quant.gguf_blocks`` (tested equal to the gguf package's
+        dequantization, and several times faster), every other type through the gguf package's own."""
         t = self.tensors[name]
-        if t.tensor_type.name == "F32":
+        kind = t.tensor_type.name
+        if kind == "F32":
             return torch.from_numpy(np.array(t.data, dtype=np.float32))
+        if kind == "Q8_0":
+            q_OK, d_OG = gguf_blocks.q8_0(t.data)
+            return (q_OK.float().view(q_OK.shape[0], -1, 32) * d_OG[..., None]).view(q_OK.shape)
+        if kind in gguf_blocks.FOUR_BIT:
+            return gguf_blocks.dequantize_four_bit(*gguf_blocks.four_bit(t.data, kind))
         return torch.from_numpy(self.gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False))
 
 

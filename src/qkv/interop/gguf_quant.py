@@ -24,7 +24,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..models.decoder import GPT
 from ..quant import Int4Linear, Int8Linear, QuantEmbedding, int4_fits
-from ..quant.gguf_blocks import FOUR_BIT, four_bit, q8_0
+from ..quant.gguf_blocks import FOUR_BIT, dequantize_four_bit, four_bit, q8_0
 from .gguf import LAYER_TENSORS, GGUFFile, float_state, unpermute_rows
 
 ROWS_PER_SLICE = 4096
@@ -43,6 +43,8 @@ def _float_rows(f: GGUFFile, name: str, heads: int | None, start: int, stop: int
     if t.name == "Q8_0":                                     # faster than the generic path, same values
         q_OK, d_OG = q8_0(raw)
         return (q_OK.float().view(q_OK.shape[0], -1, 32) * d_OG[..., None]).view(q_OK.shape)
+    if t.name in FOUR_BIT:
+        return dequantize_four_bit(*four_bit(raw, t.name))
     if t.name == "F32":
         return torch.from_numpy(raw.astype("float32"))
     return torch.from_numpy(f.gguf.quants.dequantize(raw, t).astype("float32", copy=False))

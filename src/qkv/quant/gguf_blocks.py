@@ -27,7 +27,7 @@ FOUR_BIT = ("Q4_0", "Q4_1", "Q4_K")
 
 def _blocks(raw: np.ndarray, block_bytes: int) -> torch.Tensor:
     """(O, bytes per row) uint8 -> (O, blocks, b) uint8 tensor (a view of the file where possible)."""
-    rows = torch.from_numpy(np.ascontiguousarray(raw))
+    rows = torch.from_numpy(np.array(raw))                   # a copy: the file is mapped read-only
     return rows.view(rows.shape[0], -1, block_bytes)
 
 
