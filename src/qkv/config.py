@@ -112,7 +112,9 @@ class TrainConfig:
     eval_iters: int = 20
     save_interval: int = 0                  # 0 -> save at every evaluation
     seed: int = 1337
-    out_dir: str = "runs/default"
+    out_dir: str = "runs/default"           # the run directory: must be new, empty, or the run being resumed
+    overwrite: bool = False                 # replace out_dir when it holds an earlier qkv run (never other files)
+    keep_best: bool = False                 # also keep the checkpoint with the lowest val_loss, in OUT/best
     compile: bool = False                   # torch.compile the model (helps on CPU for larger models)
     precision: Literal["fp32", "bf16"] = "fp32"   # bf16: mixed precision (autocast), weights and optimizer
                                             # stay fp32; ~1.9x faster on CPUs with AVX-512 BF16, slower without

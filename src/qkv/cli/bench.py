@@ -62,6 +62,9 @@ def run(args) -> int:
         train.run(args.json, hf=args.hf, **options)
     elif args.bench == "beam":
         from ..bench import beam
+        if args.checkpoint:
+            from ._common import require_family
+            require_family(args.checkpoint, "bench beam --checkpoint", "encoder-decoder")
         options = {k: getattr(args, k) for k in ("checkpoint", "sentences", "batch", "beam", "rounds",
                                                  "max_new_tokens", "threads") if getattr(args, k) is not None}
         beam.run(args.json, **options)

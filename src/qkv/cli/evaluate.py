@@ -26,15 +26,22 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import dataclasses
 
+    from ..errors import InputError
+    from ..rundir import check_writable
     from ..train.finetune import evaluate, load_finetuned, write_outputs
+    from ._common import require_family
     from .finetune import _summary
 
+    out = Path(args.out_dir) if args.out_dir else Path(args.checkpoint) / "evaluate"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out-dir {out} is a file; give a folder for eval.json and the predictions")
+    check_writable(out, "--out-dir")
+    require_family(args.checkpoint, "evaluate", "fine-tuned encoder")
     model, fcfg = load_finetuned(args.checkpoint, args.task, args.data)
     if args.batch_size:
         fcfg = dataclasses.replace(fcfg, eval_batch_size=args.batch_size)
     report, predictions = evaluate(model, fcfg, args.data or fcfg.eval_data)
     report["checkpoint"] = str(args.checkpoint)
-    out = Path(args.out_dir) if args.out_dir else Path(args.checkpoint) / "evaluate"
     write_outputs(out, fcfg, report, predictions)
     print(_summary(report, out))
     return 0

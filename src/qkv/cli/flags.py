@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from typing import Literal
@@ -29,6 +30,15 @@ def value_parser(base: type, flag: str, optional: bool = False):
             raise argparse.ArgumentTypeError(f"{flag} expects {kind}, got {text!r}") from None
     parse.__name__ = base.__name__ if not optional else f"{base.__name__} or none"
     return parse
+
+
+def unescaped(text: str) -> str:
+    r"""A flag value with \n, \t, \r and \\ turned into what a shell cannot type inside quotes:
+    ``--stop "\n\n"`` stops at a blank line."""
+    return re.sub(r"\\([nrt\\])", lambda m: ESCAPES[m[1]], text)
+
+
+ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\"}
 
 
 def _parser_for(hint, name: str):

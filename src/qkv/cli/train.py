@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+from ..checkpoint import read_config
 from ..config import PRESETS, ModelConfig, TrainConfig, resolve
 from ..errors import ConfigError
+from ._common import default_out_dir
 from .flags import add_dataclass_flags, collect
 
 # by --task (and --objective mlm, whose encoder needs a WordPiece vocabulary and a bidirectional mask)
@@ -30,13 +33,20 @@ def run(args) -> int:
         if args.preset or args.config or model_overrides:
             raise ConfigError("--resume continues a run with its saved model config; drop --preset, --config "
                               "and model flags (training flags like --max-iters are allowed)")
+        if "finetune" in read_config(args.resume):
+            raise ConfigError(f"{args.resume} is a fine-tuning run; continue it with `qkv finetune --resume "
+                              f"{args.resume}`")
         trainer = Trainer.resume(args.resume, train_overrides)
-        print(f"resuming {args.resume} at step {trainer.step}")
+        if trainer.done():
+            raise ConfigError(f"{args.resume} has spent its budget: {trainer.spent_budget()}")
+        elsewhere = f", writing to {trainer.out_dir} ({args.resume} stays as it is)" \
+            if trainer.out_dir.resolve() != Path(args.resume).resolve() else ""
+        print(f"resuming {args.resume} at step {trainer.step}{elsewhere}")
     else:
         task = "mlm" if train_overrides.get("objective") == "mlm" else train_overrides.get("task", "lm")
         preset = args.preset or (None if args.config else DEFAULT_PRESETS[task])
         model_cfg, train_cfg = resolve(preset, args.config, model_overrides, train_overrides)
-        trainer = Trainer(model_cfg, train_cfg)
+        trainer = Trainer(model_cfg, default_out_dir(train_cfg, args.config, train_overrides))
     n_params = trainer.model.num_params()
     unit = "pairs" if isinstance(trainer.data.splits["train"], list) else "tokens"
     print(f"model: {n_params / 1e6:.2f}M parameters, {trainer.model_cfg.n_layers} layers, d_model "
