@@ -1,6 +1,7 @@
 """`qkv <command>`: the command line, one module per command.
 
-Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``. Errors meant for a person
+Each command module defines ``add_arguments(parser)`` and ``run(args) -> int`` (and, when its defaults come
+from a preset, ``help_defaults(args) -> (preset, values)`` for ``--help``). Errors meant for a person
 (``QkvError``) print as one line naming the fix and exit with status 2; nothing prints a traceback for
 bad input.
 """
@@ -16,6 +17,7 @@ import sys
 from .. import __version__
 from ..errors import QkvError
 from ..train.interrupt import TrainingInterrupted
+from .flags import add_preset_help
 
 COMMANDS = {   # name -> (module, one-line help)
     "train": ("qkv.cli.train", "train a model (a preset, a config file, flags for every config field)"),
@@ -27,6 +29,7 @@ COMMANDS = {   # name -> (module, one-line help)
     "finetune": ("qkv.cli.finetune", "fine-tune an encoder on sst2, cola, upos, wnut17 or squad, then score it"),
     "evaluate": ("qkv.cli.evaluate", "score a fine-tuned encoder on a task's eval file (metrics + predictions)"),
     "predict": ("qkv.cli.predict", "run a fine-tuned encoder on new text: label, tags or answer span"),
+    "info": ("qkv.cli.info", "what a checkpoint is: family, architecture, parameters, tokenizer, how it was made"),
 }
 
 
@@ -42,8 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"qkv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
         mod = importlib.import_module(module)
+        preset_help = getattr(mod, "help_defaults", None)      # commands whose defaults come from a preset
+        p = sub.add_parser(name, help=help_text, description=help_text, add_help=preset_help is None)
+        if preset_help is not None:
+            add_preset_help(p, preset_help)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -32,8 +32,10 @@ LM_ONLY = ("task", "objective", "data", "src_lang", "tgt_lang", "joint_vocab", "
 def _fields_except(cls, names: tuple[str, ...]):
     """``cls`` less some fields, as a dataclass the flag builder reads: still one list of options."""
     hints = typing.get_type_hints(cls)
-    return dataclasses.make_dataclass(cls.__name__, [(f.name, hints[f.name], dataclasses.field(default=f.default))
-                                                     for f in dataclasses.fields(cls) if f.name not in names])
+    fewer = dataclasses.make_dataclass(cls.__name__, [(f.name, hints[f.name], dataclasses.field(default=f.default))
+                                                      for f in dataclasses.fields(cls) if f.name not in names])
+    fewer.__wrapped__ = cls                   # the flags' help comes from the comments in cls's source
+    return fewer
 
 
 TrainFlags = _fields_except(TrainConfig, LM_ONLY)
@@ -52,6 +54,12 @@ def add_arguments(p) -> None:
                         preset["train"])
     add_dataclass_flags(p, ModelConfig, f"model for --init none (ModelConfig fields; defaults of --preset "
                                         f"{DEFAULT_PRESET})", preset["model"])
+
+
+def help_defaults(args) -> tuple[str, dict]:
+    name = getattr(args, "preset", None) or DEFAULT_PRESET
+    preset = PRESETS.get(name, PRESETS[DEFAULT_PRESET])
+    return name, {**preset["model"], **preset["train"]}
 
 
 def run(args) -> int:

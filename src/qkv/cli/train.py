@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from ..checkpoint import read_config
-from ..config import PRESETS, ModelConfig, TrainConfig, resolve
+from ..config import PRESETS, ModelConfig, TrainConfig, load_config_file, resolve
 from ..errors import ConfigError
 from ._common import default_out_dir
 from .flags import add_dataclass_flags, collect
@@ -23,6 +23,21 @@ def add_arguments(p) -> None:
                                                   "(training flags such as --max-iters extend it)")
     add_dataclass_flags(p, ModelConfig, "model (ModelConfig fields)")
     add_dataclass_flags(p, TrainConfig, "training (TrainConfig fields)")
+
+
+def _preset(args) -> str | None:
+    """The preset a run uses: --preset, else the config file's own, else the default for its task."""
+    train_options = collect(args, TrainConfig)
+    task = "mlm" if train_options.get("objective") == "mlm" else train_options.get("task", "lm")
+    return getattr(args, "preset", None) or (None if getattr(args, "config", None) else DEFAULT_PRESETS[task])
+
+
+def help_defaults(args) -> tuple[str, dict]:
+    name = _preset(args)
+    if name is None:
+        name = load_config_file(args.config).get("preset")
+    preset = PRESETS.get(name, {"model": {}, "train": {}})
+    return name, {**preset["model"], **preset["train"]}
 
 
 def run(args) -> int:
@@ -43,9 +58,7 @@ def run(args) -> int:
             if trainer.out_dir.resolve() != Path(args.resume).resolve() else ""
         print(f"resuming {args.resume} at step {trainer.step}{elsewhere}")
     else:
-        task = "mlm" if train_overrides.get("objective") == "mlm" else train_overrides.get("task", "lm")
-        preset = args.preset or (None if args.config else DEFAULT_PRESETS[task])
-        model_cfg, train_cfg = resolve(preset, args.config, model_overrides, train_overrides)
+        model_cfg, train_cfg = resolve(_preset(args), args.config, model_overrides, train_overrides)
         trainer = Trainer(model_cfg, default_out_dir(train_cfg, args.config, train_overrides))
     n_params = trainer.model.num_params()
     unit = "pairs" if isinstance(trainer.data.splits["train"], list) else "tokens"

@@ -54,7 +54,7 @@ class FinetuneConfig:
     stride: int = 32                        # squad: context tokens shared by neighbouring windows
     max_answer_len: int = 30                # squad: the longest answer, in tokens
     n_eval_articles: int = 10               # squad without eval_data: articles held out for evaluation
-    eval_batch_size: int = 64
+    eval_batch_size: int = 64                # inputs per forward pass when scoring
     group_by_length: bool = True            # training batches of similar lengths: almost no padding
                                             # (random batches pad SST-2 / EWT to ~3x their tokens)
 

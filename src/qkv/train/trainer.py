@@ -135,6 +135,7 @@ class Trainer:
             write_model_files(tmp, self.model, self.tokenizer, config)
             if self.train_cfg.keep_best and self._is_best():
                 best = self.metrics[-1]
+                (tmp / BEST_DIR).mkdir()
                 write_model_files(tmp / BEST_DIR, self.model, self.tokenizer,
                                   {**config, "best": {"step": best["step"], "val_loss": best["val_loss"]}})
             torch.save({"step": self.step, "elapsed_s": self.elapsed, "tokens": self.tokens,
