@@ -147,5 +147,6 @@ def test_init_from_a_hugging_face_bert_directory(task_files, tmp_path):
 def test_help_shows_required_flags_and_the_preset_defaults(capsys):
     assert main(["finetune", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "--data DATA (required)" in text and "MISSING" not in text
-    assert "--tokenizer {char,bpe,wordpiece} (default wordpiece)" in text    # bert-finetune's, not TrainConfig's
+    assert "--data DATA the training file (squad: a v1.1 JSON, split by article) (required)" in text
+    assert "MISSING" not in text
+    assert "BERT's (default wordpiece)" in text                     # --tokenizer: bert-finetune's, not TrainConfig's
