@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 
-from .flags import value_parser
+from .flags import path_arg, value_parser
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", metavar="DIR", help="an encoder checkpoint (qkv-bert* or Hugging Face BERT)")
+    p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="an encoder checkpoint (qkv-bert* or Hugging Face BERT)")
     p.add_argument("--text", action="append", default=[], metavar="TEXT", help="a sentence; repeat for more")
-    p.add_argument("--file", metavar="FILE", help="a UTF-8 file with one sentence per line (blank lines skipped; "
+    p.add_argument("--file", type=path_arg, metavar="FILE", help="a UTF-8 file with one sentence per line (blank lines skipped; "
                                                  "- for stdin)")
     p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), default=32,
                    help="sentences per forward pass (default 32)")

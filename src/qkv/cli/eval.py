@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 
-from .flags import value_parser
+from .flags import path_arg, value_parser
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", metavar="DIR", help="a decoder: a qkv run directory or a Hugging Face GPT-2 directory")
-    p.add_argument("--data", required=True, metavar="FILE", help="text file (or folder of .txt files; - for stdin)")
+    p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="a decoder: a qkv run directory or a Hugging Face GPT-2 directory")
+    p.add_argument("--data", required=True, type=path_arg, metavar="FILE", help="text file (or folder of .txt files; - for stdin)")
     p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), default=8,
                    help="windows per forward pass (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object: tokens, loss, perplexity")

@@ -12,14 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..tasks import TASKS
-from .flags import value_parser
+from .flags import path_arg, value_parser
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", metavar="DIR", help="a `qkv finetune` run directory")
-    p.add_argument("--data", metavar="FILE", help="eval file in the task's format (default: the run's eval data)")
+    p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="a `qkv finetune` run directory")
+    p.add_argument("--data", type=path_arg, metavar="FILE", help="eval file in the task's format (default: the run's eval data)")
     p.add_argument("--task", choices=list(TASKS), help="the task, for checkpoints saved without one")
-    p.add_argument("--out-dir", metavar="OUT", help="where eval.json and the predictions go (default DIR/evaluate)")
+    p.add_argument("--out-dir", type=path_arg, metavar="OUT", help="where eval.json and the predictions go (default DIR/evaluate)")
     p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), help="inputs per forward pass")
 
 

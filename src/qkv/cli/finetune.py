@@ -22,7 +22,7 @@ from ..config import PRESETS, ModelConfig, TrainConfig, build, resolve
 from ..errors import ConfigError
 from ..rundir import claim_out_dir
 from ._common import default_out_dir, require_family
-from .flags import add_dataclass_flags, collect
+from .flags import add_dataclass_flags, collect, path_arg
 
 DEFAULT_PRESET = "bert-finetune"
 # TrainConfig fields that describe language-model data, not fine-tuning (--task and --data are the task's).
@@ -47,7 +47,7 @@ def add_arguments(p) -> None:
     p.add_argument("--preset", help=f"training defaults and the --init none model: one of {', '.join(PRESETS)} "
                                     f"(default {DEFAULT_PRESET})")
     p.add_argument("--scratch", action="store_true", help="train from scratch: the same as --init none")
-    p.add_argument("--resume", metavar="DIR", help="continue the fine-tuning run in DIR exactly where it stopped")
+    p.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the fine-tuning run in DIR exactly where it stopped")
     add_dataclass_flags(p, FinetuneConfig, "task (FinetuneConfig fields)")
     preset = PRESETS[DEFAULT_PRESET]
     add_dataclass_flags(p, TrainFlags, f"training (TrainConfig fields; defaults of --preset {DEFAULT_PRESET})",

@@ -33,6 +33,13 @@ def value_parser(base: type, flag: str, optional: bool = False):
     return parse
 
 
+def path_arg(text: str) -> str:
+    """An argparse ``type`` for a file or folder: refuses the empty string (often a variable never set)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expects a path, got an empty string")
+    return text
+
+
 def unescaped(text: str) -> str:
     r"""A flag value with \n, \t, \r and \\ turned into what a shell cannot type inside quotes:
     ``--stop "\n\n"`` stops at a blank line."""

@@ -14,7 +14,7 @@ import sys
 
 from ..errors import InputError
 from ..generate import GenerationConfig
-from .flags import unescaped, value_parser
+from .flags import path_arg, unescaped, value_parser
 
 DEFAULTS = GenerationConfig()
 
@@ -33,7 +33,7 @@ FLAGS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", metavar="DIR", help="a qkv checkpoint or Hugging Face GPT-2 directory")
+    parser.add_argument("directory", type=path_arg, metavar="DIR", help="a qkv checkpoint or Hugging Face GPT-2 directory")
     parser.add_argument("--prompt", default="", help="text to continue (default: start from eos)")
     for flag, (field, kind, help_text) in FLAGS.items():
         parser.add_argument(flag, dest=field, type=value_parser(kind, flag), default=None,

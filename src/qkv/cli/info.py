@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from .flags import path_arg
+
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", metavar="DIR", help="a qkv run or model directory, or a Hugging Face directory")
+    p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="a qkv run or model directory, or a Hugging Face directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

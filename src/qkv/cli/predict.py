@@ -13,9 +13,11 @@ import json
 
 from ..tasks import TASKS
 
+from .flags import path_arg
+
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", metavar="DIR", help="a `qkv finetune` run directory")
+    p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="a `qkv finetune` run directory")
     p.add_argument("--text", action="append", default=[], metavar="TEXT", help="input text; repeat for more")
     p.add_argument("--question", help="extractive QA: the question (with --context)")
     p.add_argument("--context", help="extractive QA: the passage holding the answer")

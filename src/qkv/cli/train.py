@@ -9,7 +9,7 @@ from ..checkpoint import read_config
 from ..config import PRESETS, ModelConfig, TrainConfig, load_config_file, resolve
 from ..errors import ConfigError
 from ._common import default_out_dir
-from .flags import add_dataclass_flags, collect
+from .flags import add_dataclass_flags, collect, path_arg
 
 # by --task (and --objective mlm, whose encoder needs a WordPiece vocabulary and a bidirectional mask)
 DEFAULT_PRESETS = {"lm": "shakespeare-char", "mlm": "bert-mlm", "translate": "multi30k", "summarize": "scitldr"}
@@ -18,8 +18,8 @@ DEFAULT_PRESETS = {"lm": "shakespeare-char", "mlm": "bert-mlm", "translate": "mu
 def add_arguments(p) -> None:
     p.add_argument("--preset", help=f"named preset: {', '.join(PRESETS)} (default when no --config is given: "
                                     f"{', '.join(f'{v} for ' + ('--objective mlm' if k == 'mlm' else f'--task {k}') for k, v in DEFAULT_PRESETS.items())})")
-    p.add_argument("--config", metavar="FILE", help="JSON or TOML file with [model] and [train] tables")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped "
+    p.add_argument("--config", type=path_arg, metavar="FILE", help="JSON or TOML file with [model] and [train] tables")
+    p.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the run in DIR exactly where it stopped "
                                                   "(training flags such as --max-iters extend it)")
     add_dataclass_flags(p, ModelConfig, "model (ModelConfig fields)")
     add_dataclass_flags(p, TrainConfig, "training (TrainConfig fields)")

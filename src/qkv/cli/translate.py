@@ -14,17 +14,17 @@ import json
 import sys
 import time
 
-from .flags import value_parser
+from .flags import path_arg, value_parser
 
 
 def add_arguments(p) -> None:
-    p.add_argument("directory", metavar="DIR", help="an encoder-decoder checkpoint (qkv train --task translate)")
+    p.add_argument("directory", type=path_arg, metavar="DIR", help="an encoder-decoder checkpoint (qkv train --task translate)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a source sentence (repeat for several)")
-    src.add_argument("--file", metavar="FILE", help="source sentences, one per line (- for stdin)")
-    src.add_argument("--jsonl", metavar="FILE", help="SciTLDR-style JSON lines: 'source' sentences and "
+    src.add_argument("--file", type=path_arg, metavar="FILE", help="source sentences, one per line (- for stdin)")
+    src.add_argument("--jsonl", type=path_arg, metavar="FILE", help="SciTLDR-style JSON lines: 'source' sentences and "
                                                      "'target' references (scored with ROUGE)")
-    p.add_argument("--ref", metavar="FILE", help="reference translations for --file, one per line (BLEU)")
+    p.add_argument("--ref", type=path_arg, metavar="FILE", help="reference translations for --file, one per line (BLEU)")
     p.add_argument("--beam", type=value_parser(int, "--beam"), default=4, help="beam size; 1 = greedy (default 4)")
     p.add_argument("--length-penalty", type=value_parser(float, "--length-penalty"), default=1.0,
                    help="score / length ** penalty (default 1.0)")
@@ -34,8 +34,8 @@ def add_arguments(p) -> None:
                    help="keep searching after beam-size hypotheses finished")
     p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), default=32, help="sources per batch")
     p.add_argument("--truncate", action="store_true", help="cut sources longer than the model's positions")
-    p.add_argument("--output", metavar="FILE", help="write outputs here instead of stdout")
-    p.add_argument("--metrics-json", metavar="FILE", help="write the scores as JSON")
+    p.add_argument("--output", type=path_arg, metavar="FILE", help="write outputs here instead of stdout")
+    p.add_argument("--metrics-json", type=path_arg, metavar="FILE", help="write the scores as JSON")
     p.add_argument("--threads", type=value_parser(int, "--threads"), default=None, help="torch threads")
 
 
