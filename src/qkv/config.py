@@ -10,37 +10,46 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
+from .validation import check_fields
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int | None = None           # V; None -> set from the tokenizer by `qkv train`
     max_len: int = 256                      # context length: the most positions a sequence may use
-    n_layers: int = 4
+    n_layers: int = 4                       # blocks in the stack (the decoder's, for an encoder-decoder)
     d_model: int = 256                      # C
     n_heads: int = 4                        # H
     n_kv_heads: int | None = None           # G; None -> MHA, 1 -> MQA
     d_head: int | None = None               # D; None -> d_model // n_heads (some Llama-family models differ)
     d_ff: int | None = None                 # F; None -> 4 * d_model (8/3 * d_model for SwiGLU, same params)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    norm_eps: float = 1e-5
+                                            # LayerNorm (Ba et al.) or RMSNorm (Zhang & Sennrich; Llama)
+    norm_eps: float = 1e-5                  # added to the variance inside every norm
     norm_placement: Literal["pre", "post"] = "pre"
+                                            # pre: x + f(norm(x)) (GPT-2, Llama); post: norm(x + f(x)) (the 2017
+                                            # paper, BERT)
     mlp: Literal["relu", "gelu", "gelu_tanh", "swiglu"] = "gelu"
+                                            # the feed-forward sublayer's activation (swiglu: gated, three matrices)
     pos: Literal["learned", "sinusoidal", "rope", "alibi"] = "learned"
+                                            # how positions enter: added embeddings (learned, sinusoidal), rotated
+                                            # q/k (rope), score bias (alibi)
     pos_base: float = 10000.0               # the N in sin(pos / N^(2i/d)) for sinusoidal and RoPE
     mask: Literal["causal", "bidirectional", "prefix"] = "causal"
+                                            # which keys a query sees: the past (causal), all (bidirectional), or a
+                                            # prefix + the past
     window: int | None = None               # sliding-window width; None = full attention
     bias: bool = True                       # biases in Linear layers (GPT-2: yes, LLaMA: no)
     qkv_bias: bool | None = None            # biases on the q/k/v projections alone; None -> as ``bias``
                                             # (Qwen2: q/k/v biased, every other Linear not)
     tie_embeddings: bool = True             # output head shares the token embedding matrix
-    dropout: float = 0.0
+    dropout: float = 0.0                    # dropout rate on embeddings, attention probabilities and residual
+                                            # branches
     type_vocab_size: int = 0                # segment (token type) embeddings, BERT's A/B; 0 = none
     embed_norm: bool = False                # a norm right after the embeddings (BERT)
     embed_scale: bool = False               # token embeddings x sqrt(d_model), initialized N(0, 1/d_model): the
@@ -50,25 +59,20 @@ class ModelConfig:
     src_vocab_size: int | None = None       # encoder-decoder only; None -> one joint vocabulary, one embedding
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_len", "n_layers", "d_model", "n_heads", "n_encoder_layers",
-                     "src_vocab_size", "d_head", "d_ff"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        check_fields(self, {"vocab_size": "[1, inf)", "max_len": "[1, inf)", "n_layers": "[1, inf)",
+                            "d_model": "[1, inf)", "n_heads": "[1, inf)", "n_kv_heads": "[1, inf)",
+                            "d_head": "[1, inf)", "d_ff": "[1, inf)", "norm_eps": "(0, inf)", "pos_base": "(1, inf)",
+                            "window": "[1, inf)", "dropout": "[0, 1)", "type_vocab_size": "[0, inf)",
+                            "n_encoder_layers": "[1, inf)", "src_vocab_size": "[1, inf)"})
         if self.d_head is None and self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} "
                               f"(or set d_head, the per-head width)")
-        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+        if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.pos == "rope" and self.head_dim % 2:
             raise ConfigError(f"RoPE needs an even head_dim, got {self.head_dim}; change d_model, n_heads or d_head")
         if self.pos == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
-        if self.window is not None and self.window < 1:
-            raise ConfigError(f"window={self.window} must be >= 1 (or None for full attention)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
-        if self.type_vocab_size < 0:
-            raise ConfigError(f"type_vocab_size={self.type_vocab_size} must be >= 0 (0 = no segment embeddings)")
 
     @property
     def kv_heads(self) -> int:              # G
@@ -105,49 +109,48 @@ class TrainConfig:
     src_lang: str | None = None             # translate: file suffix of the source side, e.g. de
     tgt_lang: str | None = None             # translate: file suffix of the target side, e.g. en
     tokenizer: Literal["char", "bpe", "wordpiece"] = "char"
+                                            # char: one token per character; bpe: byte-level BPE; wordpiece: BERT's
     bpe_vocab_size: int = 4096              # vocabulary size for tokenizer=bpe or wordpiece
     joint_vocab: bool = True                # translate/summarize: one vocabulary (and embedding) for both sides
     label_smoothing: float = 0.0            # 0.1 in the original Transformer
-    schedule: Literal["cosine", "inverse_sqrt"] = "cosine"  # after warmup: cosine to min_lr, or lr*sqrt(warmup/step)
+    schedule: Literal["cosine", "inverse_sqrt"] = "cosine"
+                                            # after warmup: cosine to min_lr, or lr*sqrt(warmup/step)
     val_fraction: float = 0.1               # the last 10% of the text is the validation split
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_iters: int = 5000
+    batch_size: int = 16                    # sequences per optimizer step (per accumulation step with grad_accum)
+    grad_accum: int = 1                     # batches whose gradients are summed before each optimizer step
+    max_iters: int = 5000                   # optimizer steps; the run ends here (or at max_time, whichever comes
+                                            # first)
     max_time: float | None = None           # seconds; stop (and finish the LR schedule) by then
-    lr: float = 1e-3
+    lr: float = 1e-3                        # peak learning rate of AdamW, reached after warmup
     min_lr_ratio: float = 0.1               # cosine decays to lr * min_lr_ratio
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
+    warmup_iters: int = 100                 # steps of linear warmup from 0 to lr
+    weight_decay: float = 0.1               # AdamW decoupled weight decay (matrices only; not norms, biases,
+                                            # embeddings)
+    beta1: float = 0.9                      # AdamW's first-moment (momentum) decay
+    beta2: float = 0.99                     # AdamW's second-moment decay
     grad_clip: float = 1.0                  # 0 disables clipping
-    eval_interval: int = 250
-    eval_iters: int = 20
+    eval_interval: int = 250                # steps between evaluations (each prints a line and saves the run)
+    eval_iters: int = 20                    # validation batches per evaluation
     save_interval: int = 0                  # 0 -> save at every evaluation
-    seed: int = 1337
-    out_dir: str = "runs/default"
+    seed: int = 1337                        # seeds the initialization, dropout and the batch order
+    out_dir: str = "runs/default"           # the run directory: must be new, empty, or the run being resumed
+    overwrite: bool = False                 # replace out_dir when it holds an earlier qkv run (never other files)
+    keep_best: bool = False                 # also keep the checkpoint with the lowest val_loss, in OUT/best
     compile: bool = False                   # torch.compile the model (helps on CPU for larger models)
     precision: Literal["fp32", "bf16"] = "fp32"   # bf16: mixed precision (autocast), weights and optimizer
                                             # stay fp32; ~1.9x faster on CPUs with AVX-512 BF16, slower without
     threads: int | None = None              # torch.set_num_threads; None leaves torch's default
-    tensorboard: bool = False
-    progress: bool = True
+    tensorboard: bool = False               # also write TensorBoard event files to <out_dir>-tb/
+    progress: bool = True                   # show a progress bar (only when output is a terminal)
 
     def __post_init__(self):
-        positive = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "bpe_vocab_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction={self.val_fraction} must be between 0 and 1")
-        if self.lr <= 0:
-            raise ConfigError(f"lr={self.lr} must be positive")
-        if self.max_time is not None and self.max_time <= 0:
-            raise ConfigError(f"max_time={self.max_time} must be a positive number of seconds")
-        if self.warmup_iters < 0:
-            raise ConfigError(f"warmup_iters={self.warmup_iters} must be >= 0")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        check_fields(self, {"bpe_vocab_size": "[1, inf)", "val_fraction": "(0, 1)", "batch_size": "[1, inf)",
+                            "grad_accum": "[1, inf)", "max_iters": "[1, inf)", "max_time": "(0, inf)",
+                            "lr": "(0, inf)", "min_lr_ratio": "[0, 1]", "warmup_iters": "[0, inf)",
+                            "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)",
+                            "grad_clip": "[0, inf)", "eval_interval": "[1, inf)", "eval_iters": "[1, inf)",
+                            "save_interval": "[0, inf)", "seed": "[0, 1e18]", "threads": "[1, 1024]",
+                            "label_smoothing": "[0, 1)"})
 
 
 # A BERT-style encoder (Devlin et al., 2019) at a CPU size: a norm after the embeddings, segment embeddings,
@@ -231,15 +234,13 @@ def _check_keys(cls, overrides: dict[str, Any], where: str) -> None:
         raise ConfigError(f"unknown {cls.__name__} key(s) {unknown} in {where}; valid keys: {sorted(names)}")
 
 
-def build(cls, overrides: dict[str, Any], where: str = "overrides"):
-    """Construct ``cls`` from a dict, naming unknown keys and bad types instead of a TypeError."""
-    _check_keys(cls, overrides, where)
-    hints = typing.get_type_hints(cls)
-    for key, value in overrides.items():
-        allowed = typing.get_args(hints[key])
-        if typing.get_origin(hints[key]) is Literal and value not in allowed:
-            raise ConfigError(f"{key}={value!r} in {where} is not one of {list(allowed)}")
-    return cls(**overrides)
+def build(cls, overrides: dict[str, Any], where: str | None = None):
+    """Construct ``cls`` from a dict, naming unknown keys, bad types and bad values (and ``where`` they are)."""
+    _check_keys(cls, overrides, where or "the options")
+    try:
+        return cls(**overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (in {where})" if where else str(e)) from None
 
 
 def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -272,7 +273,8 @@ def resolve(preset: str | None = None, file: str | Path | None = None, model: di
         t.update(PRESETS[preset]["train"])
     m.update(file_data.get("model", {}))
     t.update(file_data.get("train", {}))
+    if file:                                   # a bad value in the file is named as the file's
+        build(ModelConfig, m, f"config {file}"), build(TrainConfig, t, f"config {file}")
     m.update(model or {})
     t.update(train or {})
-    where = f"config {file}" if file else "the given options"
-    return build(ModelConfig, m, where), build(TrainConfig, t, where)
+    return build(ModelConfig, m), build(TrainConfig, t)

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..conversation import ChatSession
 
     cfg = sampling_config(args, DEFAULTS)
-    model = load_for_decoding(args.model, args)
+    model = load_for_decoding(args.model, args, "chat")
     session = ChatSession(model, system=args.system, context=args.context, config=cfg)
     interactive = sys.stdin.isatty()
     if interactive:

@@ -11,11 +11,12 @@ from there; a bad value is one error line (exit status 2) naming the fix.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from ..errors import InputError
 from ..generate import GenerationConfig
-from .flags import value_parser
+from .flags import path_arg, unescaped, value_parser
 
 DEFAULTS = GenerationConfig()
 
@@ -40,26 +41,29 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: Generation
         parser.add_argument(flag, dest=field, type=value_parser(kind, flag), default=None,
                             metavar=kind.__name__.upper(),
                             help=f"{help_text} (default {getattr(defaults, field)})")
-    parser.add_argument("--stop", action="append", default=[], metavar="S",
-                        help="stop before this string (repeatable); it is not printed")
+    parser.add_argument("--stop", action="append", default=[], metavar="S", type=unescaped,
+                        help="stop before this string (repeatable; \\n and \\t are a newline and a tab, as in "
+                             "--stop '\\n\\n'); it is not printed")
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating past the eos token")
     parser.add_argument("--threads", type=value_parser(int, "--threads"), default=None, metavar="N",
-                        help="CPU threads (default: chosen at run time, see qkv.runtime)")
+                        help="CPU threads (default: the cores other processes leave idle, see qkv.runtime)")
     parser.add_argument("--quantized", action="store_true",
-                        help="keep a GGUF file's Q8_0/Q4_x weights quantized (int8 for other checkpoints)")
+                        help="keep a GGUF file's Q8_0/Q4_x weights quantized in memory (other float "
+                             "checkpoints: int8 on load)")
 
 
 def sampling_config(args: argparse.Namespace, defaults: GenerationConfig = DEFAULTS, **more) -> GenerationConfig:
     """The GenerationConfig the flags describe, on top of ``defaults``."""
-    import dataclasses
     given = {field: getattr(args, field) for field, _, _ in FLAGS.values() if getattr(args, field) is not None}
     return dataclasses.replace(defaults, **given, stop=tuple(args.stop), ignore_eos=args.ignore_eos, **more)
 
 
-def load_for_decoding(path: str, args: argparse.Namespace):
-    """``qkv.load`` with the decode thread policy applied first; the model must have a tokenizer."""
+def load_for_decoding(path: str, args: argparse.Namespace, command: str):
+    """``qkv.load`` of a decoder, with the decode thread policy applied first; it must have a tokenizer."""
     from .. import load
     from ..runtime import set_decode_threads
+    from ._common import require_family
+    require_family(path, command, "decoder")
     set_decode_threads(args.threads)
     model = load(path, quantized=args.quantized)
     if model.tokenizer is None:
@@ -69,22 +73,15 @@ def load_for_decoding(path: str, args: argparse.Namespace):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", metavar="PATH", help="a qkv checkpoint, a Hugging Face directory (GPT-2, "
-                                                          "Llama, Mistral, Qwen2) or a .gguf file")
+    parser.add_argument("directory", type=path_arg, metavar="PATH",
+                        help="a qkv checkpoint, a Hugging Face directory (GPT-2, Llama, Mistral, Qwen2) or a .gguf file")
     parser.add_argument("--prompt", default="", help="text to continue (default: start from bos/eos)")
     parser.add_argument("--chat", metavar="MESSAGE", default=None,
-                        help="one chat turn: the message goes through the model's chat template, the reply is printed")
+                        help="one chat turn: the message goes through the model's chat template; prints the reply")
     parser.add_argument("--system", metavar="TEXT", default=None, help="with --chat: a system message")
     add_sampling_arguments(parser)
     parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help="recompute the whole sequence every step (slow; for comparison)")
-
-
-def _write(pieces) -> None:
-    for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,20 +93,18 @@ def run(args: argparse.Namespace) -> int:
     if args.system is not None and args.chat is None:
         raise InputError("--system goes with --chat; add --chat MESSAGE")
     cfg = sampling_config(args, use_cache=args.use_cache)
-    model = load_for_decoding(args.directory, args)
+    model = load_for_decoding(args.directory, args, "generate")
     if args.chat is not None:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
                    [{"role": "user", "content": args.chat}]
-        pieces = chat_stream(model, messages, cfg)
-        first = next(pieces, "")             # validate everything before printing anything
-        _write(_chain(first, pieces))
-        return 0
-    pieces = stream(model, model.tokenizer, args.prompt, cfg)
+        pieces, shown = chat_stream(model, messages, cfg), ""
+    else:
+        pieces, shown = stream(model, model.tokenizer, args.prompt, cfg), args.prompt
     first = next(pieces, "")                 # validate everything before printing anything
-    _write(_chain(args.prompt + first, pieces))
+    sys.stdout.write(shown + first)
+    sys.stdout.flush()
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
     return 0
-
-
-def _chain(first: str, rest):
-    yield first
-    yield from rest

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,11 @@ from ..models import MODEL_TYPES
 from ..models.encoder import TASKS as ENCODER_TASKS
 from ..models.encoder import Encoder, from_pretrained_encoder
 from ..nn.onednn import use_onednn
+from ..rundir import write_text_atomic
 from ..tasks import TASKS, get_task
 from ..tasks.batches import TaskBatches, item_logits
 from ..tokenizers import Tokenizer
+from ..validation import check_fields
 from .tasks import Task, fill_vocab, train_tokenizer
 from .trainer import Trainer
 
@@ -53,20 +54,17 @@ class FinetuneConfig:
     stride: int = 32                        # squad: context tokens shared by neighbouring windows
     max_answer_len: int = 30                # squad: the longest answer, in tokens
     n_eval_articles: int = 10               # squad without eval_data: articles held out for evaluation
-    eval_batch_size: int = 64
+    eval_batch_size: int = 64                # inputs per forward pass when scoring
     group_by_length: bool = True            # training batches of similar lengths: almost no padding
                                             # (random batches pad SST-2 / EWT to ~3x their tokens)
 
     def __post_init__(self):
+        check_fields(self, {"max_seq_len": "[3, inf)", "stride": "[0, inf)", "max_answer_len": "[1, inf)",
+                            "n_eval_articles": "[1, inf)", "eval_batch_size": "[1, inf)"})
         if self.eval_data is None and self.task != "squad":
             raise ConfigError(f"task {self.task!r} needs --eval-data FILE to score (e.g. the GLUE dev set "
                               f"sst2/test.tsv, cola/in_domain_dev.tsv, en_ewt-ud-test.conllu, "
                               f"emerging.test.annotated)")
-        for name in ("max_answer_len", "n_eval_articles", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
-        if self.stride < 0 or (self.max_seq_len is not None and self.max_seq_len < 3):
-            raise ConfigError(f"stride={self.stride} must be >= 0 and max_seq_len={self.max_seq_len} >= 3")
 
 
 def finetune_config(directory: str | Path) -> FinetuneConfig:
@@ -87,7 +85,7 @@ def load_finetuned(directory: str | Path, task: str | None = None, data: str | N
         if task is not None and task != fcfg.task:
             raise ConfigError(f"{directory} was fine-tuned for {fcfg.task!r}, not {task!r}; drop --task")
     elif task is not None:
-        fcfg = build(FinetuneConfig, {"task": task, "data": data or "", "eval_data": data or ""}, "--task")
+        fcfg = build(FinetuneConfig, {"task": task, "data": data or "unknown", "eval_data": data or "unknown"}, "--task")
     else:
         fcfg = finetune_config(directory)               # raises: says to pass --task
     model = load(directory)
@@ -137,8 +135,10 @@ def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> 
     val_items, _ = spec.encode(val, tokenizer, max_len, labels, fcfg)
     data = TaskBatches(train_items, val_items, spec.layout, tokenizer.pad_id or 0, train_cfg.seed,
                        fcfg.group_by_length)
+    paths = {name: str(Path(value).resolve()) for name in ("data", "init", "eval_data", "val_data")
+             if (value := getattr(fcfg, name)) is not None}              # resumable from any working directory
     task = Task(model.cfg, type(model), tokenizer, data, model=model,
-                config={"finetune": dataclasses.asdict(fcfg)})
+                config={"finetune": {**dataclasses.asdict(fcfg), **paths}})
     return task, {"examples": len(train_items), **notes}
 
 
@@ -177,14 +177,10 @@ def evaluate(model, fcfg: FinetuneConfig, path: str | None) -> tuple[dict, objec
 def write_outputs(directory: str | Path, fcfg: FinetuneConfig, report: dict, predictions) -> None:
     """DIR/eval.json and DIR/predictions.json(l), each written to a temp file and renamed into place."""
     spec = get_task(fcfg.task)
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     lines = json.dumps(predictions, ensure_ascii=False) + "\n" if isinstance(predictions, dict) \
         else "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions)
     for name, text in ((spec.predictions_file, lines), (REPORT_FILE, json.dumps(report, indent=2) + "\n")):
-        tmp = d / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, d / name)
+        write_text_atomic(Path(directory) / name, text)
 
 
 def finish(trainer: Trainer, fcfg: FinetuneConfig) -> dict:
