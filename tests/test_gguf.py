@@ -13,7 +13,7 @@ from qkv.quant import Int4Linear, Int8Linear
 from qkv.quant import gguf_blocks
 from qkv.quant.linear import _from_cpu_layout
 
-from gguf_fixtures import CHATML, CORPUS, random_llama, write_llama_gguf
+from gguf_fixtures import CORPUS, random_llama, write_llama_gguf
 
 gguf = pytest.importorskip("gguf")
 T = gguf.GGMLQuantizationType

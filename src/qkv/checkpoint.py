@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -27,6 +28,7 @@ from . import __version__
 from .config import ModelConfig, build
 from .errors import CheckpointError, ConfigError
 from .models import MODEL_TYPES
+from .models.encoder import TASKS, Encoder, LabelledEncoder
 from .nn.layout import decode_layout
 from .quant import apply_layout, is_quantized, layout_of, quantize_model
 from .rundir import atomic_dir, resolve_dir
@@ -203,3 +205,40 @@ def load(directory: str | Path, device: str | torch.device | None = None, quanti
         quantize_model(model, bits=8)
     model = model.to(device).eval() if device is not None else model.eval()
     return decode_layout(model)              # a loaded model is for inference: fastest CPU decode layout
+
+
+def from_pretrained_encoder(source: str | Path | Encoder, task: str, labels: Sequence[str] | None = None,
+                            tokenizer=None) -> Encoder:
+    """A ``TASKS[task]`` model (train mode) with the encoder weights of ``source`` and a new head.
+
+    source: a checkpoint directory (qkv encoder or Hugging Face BERT) or a loaded ``Encoder``.
+    labels: the label names, for "classify" and "tag". tokenizer: default, the checkpoint's own.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    if isinstance(source, Encoder):
+        encoder = source
+    else:
+        encoder = load(source)
+        if not isinstance(encoder, Encoder):
+            raise CheckpointError(f"{source} holds a {encoder.model_type!r} model, not an encoder; fine-tune "
+                                  f"from a qkv-bert* checkpoint or a Hugging Face BERT directory")
+    tokenizer = tokenizer if tokenizer is not None else getattr(encoder, "tokenizer", None)
+    if tokenizer is None:
+        raise CheckpointError(f"{source} has no tokenizer (tokenizer.json or vocab.txt); fine-tuning needs the "
+                              f"one the encoder was trained with: copy it into the directory or pass tokenizer=")
+    if tokenizer.vocab_size > encoder.cfg.vocab_size:
+        raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the encoder only "
+                              f"{encoder.cfg.vocab_size}; use the tokenizer saved with this encoder")
+    cls = TASKS[task]
+    if issubclass(cls, LabelledEncoder):
+        model = cls(encoder.cfg, labels if labels is not None else [])
+    elif labels is not None:
+        raise ConfigError(f"task {task!r} takes no labels; pass labels only for 'classify' and 'tag'")
+    else:
+        model = cls(encoder.cfg)
+    trunk = {k: v for k, v in encoder.state_dict().items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(trunk, strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+    model.tokenizer = tokenizer
+    return model.train()

@@ -31,7 +31,7 @@ ROWS_PER_SLICE = 4096
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
-def _raw_rows(f: GGUFFile, name: str, heads: int | None) -> "np.ndarray":  # noqa: F821
+def _raw_rows(f: GGUFFile, name: str, heads: int | None):
     raw = f.raw(name)
     return unpermute_rows(raw, heads) if heads else raw
 
