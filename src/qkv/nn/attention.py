@@ -35,6 +35,8 @@ def attend(q_BHLD: torch.Tensor, k_BGMD: torch.Tensor, v_BGMD: torch.Tensor, mas
     """softmax(q k^T / sqrt(D) + bias, masked) v. Returns (out_BHLD, probs_BHLM or None)."""
     B, H, L, D = q_BHLD.shape
     G, M = k_BGMD.shape[1], k_BGMD.shape[2]
+    if G != H and L == 1 and mask.bias_1HLM is None and not return_probs:
+        return _attend_one_query_gqa(q_BHLD, k_BGMD, v_BGMD, mask, dropout_p), None
     if G != H:                                    # each key/value head serves H // G query heads
         k_BHMD = k_BGMD.repeat_interleave(H // G, dim=1)
         v_BHMD = v_BGMD.repeat_interleave(H // G, dim=1)
@@ -64,6 +66,20 @@ def attend(q_BHLD: torch.Tensor, k_BGMD: torch.Tensor, v_BGMD: torch.Tensor, mas
     if mask.live_B1L1 is not None:
         out_BHLD = out_BHLD * mask.live_B1L1
     return out_BHLD, None
+
+
+def _attend_one_query_gqa(q_BHLD, k_BGMD, v_BGMD, mask: AttnMask, dropout_p: float) -> torch.Tensor:
+    """A decode step (L = 1) under GQA, without copying the cache H/G times: the H/G query heads that share
+    a key/value head become H/G query rows (K) against that head's keys. The one query is the last
+    position, so causality allows every key; only a window or padding mask (B or 1, 1, 1, M) applies,
+    and it broadcasts over the rows."""
+    B, H, _, D = q_BHLD.shape
+    G = k_BGMD.shape[1]
+    q_BGKD = q_BHLD.reshape(B, G, H // G, D)
+    out_BGKD = F.scaled_dot_product_attention(q_BGKD, k_BGMD, v_BGMD, attn_mask=mask.allowed_B1LM,
+                                              dropout_p=dropout_p)
+    out_BHLD = out_BGKD.reshape(B, H, 1, D)
+    return out_BHLD * mask.live_B1L1 if mask.live_B1L1 is not None else out_BHLD
 
 
 class Attention(nn.Module):
