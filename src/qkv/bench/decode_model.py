@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..generate import GenerationConfig, iter_ids
-from ..quant import Int4Linear, Int8Linear, QuantEmbedding, quantize_model
+from ..quant import Int4Linear, Int8Linear, quantize_model
 from .decode import copy_bandwidth
 
 PATHS = {32: "fp32", 8: "int8", 4: "4-bit"}

@@ -19,6 +19,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError, InputError
 from ..nn.block import Block
+from ..nn.dropout import make_dropout
 from ..nn.kv_cache import KVCache
 from ..nn.masks import AttnMask
 from ..nn.norms import make_norm
@@ -37,7 +38,7 @@ class Stack(nn.Module):
             self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
         self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.embed_norm else nn.Identity()
         self.embed_multiplier = math.sqrt(cfg.d_model) if cfg.embed_scale else 1.0
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = make_dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(n_layers or cfg.n_layers))
         # Pre-norm leaves the residual stream unnormalized, so a final norm closes the stack.
         self.norm_f = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.norm_placement == "pre" \

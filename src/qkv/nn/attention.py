@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from .kv_cache import KVCache
 from .masks import AttnMask
 from .position import apply_rotary
+from .dropout import make_dropout
 
 
 def attend(q_BHLD: torch.Tensor, k_BGMD: torch.Tensor, v_BGMD: torch.Tensor, mask: AttnMask,
@@ -95,7 +96,7 @@ class Attention(nn.Module):
         self.wkv = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=qkv_bias)   # keys and values fused
         self.wo = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.dropout = dropout
-        self.resid_drop = nn.Dropout(dropout)
+        self.resid_drop = make_dropout(dropout)
 
     def project_kv(self, source_BMC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of a source sequence: (k_BGMD, v_BGMD)."""
