@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qkv {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:          # `qkv generate ... | head`: the reader left; stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # no second error at exit
+        try:                         # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
         return 141
     except MemoryError:
         print(f"qkv {args.command}: error: out of memory; use a smaller model, batch or input", file=sys.stderr)
