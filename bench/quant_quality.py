@@ -4,7 +4,8 @@
 
 Perplexity (qkv.train.evaluate.perplexity, windows of 512 tokens) on two held-out English texts:
   - tiny shakespeare's last 10% (../shared/data/tinyshakespeare/input.txt, the usual validation split),
-  - the abstracts of SciTLDR's test set (../shared/data/scitldr/test.jsonl, scientific prose),
+  - the abstracts of SciTLDR's test set (../shared/data/scitldr/test.jsonl, scientific prose), the first
+    111,540 characters (as long as the shakespeare split),
 for four ways of holding the weights:
   fp32        the file's weights dequantized to float32 (the reference: the file itself is Q4_1)
   int8        fp32 quantized by qkv.quant to int8 per output channel
@@ -47,7 +48,7 @@ def texts(max_tokens: int | None) -> dict[str, str]:
     tail = shakespeare[int(len(shakespeare) * 0.9):]
     abstracts = [" ".join(json.loads(line)["source"]) for line in
                  (DATA / "scitldr" / "test.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {"tinyshakespeare_last10pct": tail, "scitldr_test_abstracts": "\n\n".join(abstracts)}
+    return {"tinyshakespeare_last10pct": tail, "scitldr_test_abstracts": "\n\n".join(abstracts)[:len(tail)]}
 
 
 def models(path: Path) -> dict:
@@ -103,6 +104,7 @@ def main() -> None:
         for m_name, m in ms.items():
             r = perplexity(m, ids, batch_size=2, window=args.window)
             result["perplexity"][name][m_name] = round(math.exp(r["loss"]), 4)
+            print(f"{name} {m_name} {math.exp(r['loss']):.4f} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
         base = result["perplexity"][name]["fp32"]
         result["perplexity"][name]["relative"] = {
             k: round(v / base - 1, 5) for k, v in result["perplexity"][name].items() if k not in ("fp32", "tokens")}
