@@ -109,3 +109,16 @@ def test_quantize_refuses_a_quantized_gguf_and_a_foreign_folder(tmp_path, capsys
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     assert main(["quantize", str(q), str(tmp_path / "mine"), "--bits", "8"]) == 2
     assert "not a qkv run" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_info_describes_a_gguf_file_and_a_quantized_checkpoint(model_file, tmp_path, capsys):
+    assert main(["info", str(model_file), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model_type"] == "gguf" and info["gguf"]["tensor_types"] == {"F32": 20}
+    assert info["tokenizer"]["chat_template"] and info["tokenizer"]["special"]["eos"] == "<|im_end|>"
+    params = info["parameters"]
+    assert main(["quantize", str(model_file), str(tmp_path / "q"), "--bits", "8"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "q"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["quantization"] == {"int8": 13} and info["parameters"] == params     # 2 x 6 + the head
