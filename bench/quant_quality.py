@@ -12,7 +12,7 @@ for four ways of holding the weights:
   4-bit g32   fp32 quantized by qkv.quant to 4-bit, groups of 32 (min/max)
   4-bit file  the file's own Q4_1 blocks in Int4Linear (qkv.load(path, quantized=True))
 and the share of greedy tokens that agree with fp32 over 200 tokens of chat replies: fp32 writes 200
-tokens (eos ignored) for each of a few questions; each other model reads the same sequence and predicts
+tokens (eos ignored) for each of two questions; each other model reads the same sequence and predicts
 every next token (teacher forcing), and the share of positions whose argmax equals fp32's is reported,
 with the length of the identical prefix when it decodes freely.
 """
@@ -39,8 +39,7 @@ from qkv.train.evaluate import perplexity  # noqa: E402
 from gguf_fixtures import smollm2_path  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-QUESTIONS = ["What is the capital of France?", "Write a short poem about the sea.",
-             "Explain what a neural network is to a child.", "Give me three tips for learning to cook."]
+QUESTIONS = ["Write a short poem about the sea.", "Explain what a neural network is to a child."]
 
 
 def texts(max_tokens: int | None) -> dict[str, str]:

@@ -49,7 +49,7 @@ def weight_bytes(model) -> int:
         elif isinstance(module, (torch.nn.Linear, torch.nn.modules.normalization.RMSNorm)) or \
                 type(module).__name__ in ("RMSNorm", "LayerNorm"):
             tensors = [module.weight]
-        if getattr(module, "bias", None) is not None:
+        if tensors and isinstance(getattr(module, "bias", None), torch.Tensor):
             tensors.append(module.bias)
         for t in tensors:
             if id(t) not in seen:
@@ -108,23 +108,30 @@ def _hf_side(path: Path, ids: list[int], new_tokens: int):
 
 
 def _llama_cpp_side(path: Path, ids: list[int], new_tokens: int, threads: int):
-    import numpy as np
-    from llama_cpp import Llama, __version__
-    llm = Llama(str(path), n_ctx=len(ids) + new_tokens + 8, n_threads=threads, n_threads_batch=threads,
-                n_batch=len(ids), verbose=False)
+    """llama.cpp in a worker process (``llama_cpp_worker.py`` says why); ImportError when it is not installed."""
+    import importlib.util
+    import subprocess
+    import sys
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ImportError("llama_cpp")
+    worker = subprocess.Popen([sys.executable, str(Path(__file__).with_name("llama_cpp_worker.py"))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(request: dict) -> dict:
+        worker.stdin.write(json.dumps(request) + "\n")
+        worker.stdin.flush()
+        line = worker.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the llama.cpp worker stopped (exit status {worker.wait()})")
+        return json.loads(line)
 
     def run() -> tuple[float, float]:
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(ids)
-        t1 = time.perf_counter()
-        for _ in range(new_tokens - 1):
-            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-        t2 = time.perf_counter()
-        return len(ids) / (t1 - t0), (new_tokens - 1) / (t2 - t1)
+        r = ask({"model": str(path), "ids": ids, "new_tokens": new_tokens, "threads": threads})
+        return r["prefill"], r["decode"]
     from ..interop.gguf import GGUFFile
     size = sum(int(t.n_bytes) for t in GGUFFile(path).tensors.values())
-    return run, dict(model="llama.cpp via llama-cpp-python Llama.eval", version=__version__, weight_bytes=size)
+    return run, dict(model="llama.cpp (llama-cpp-python Llama.eval, own process)",
+                     version=ask({"version": True})["version"], weight_bytes=size)
 
 
 def run(model_path: str, json_out: bool = False, bits=(32, 8, 4), prompt_len: int = 512, new_tokens: int = 64,
