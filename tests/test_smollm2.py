@@ -58,19 +58,19 @@ def test_chat_logits_and_greedy_reply_match_transformers(ours, theirs):
 
 def test_cached_decode_equals_recompute(ours):
     prompt_BL = torch.tensor([ours.tokenizer.encode("The three primary colors are")])
-    cfg = GenerationConfig(max_new_tokens=12, temperature=0)
+    cfg = GenerationConfig(max_new_tokens=8, temperature=0)
     cached = generate_ids(ours, prompt_BL, cfg)
-    assert torch.equal(cached, generate_ids(ours, prompt_BL, GenerationConfig(max_new_tokens=12, temperature=0,
+    assert torch.equal(cached, generate_ids(ours, prompt_BL, GenerationConfig(max_new_tokens=8, temperature=0,
                                                                               use_cache=False)))
 
 
 def test_chat_session_reuses_the_cache_and_matches_a_fresh_chat(ours):
     session = qkv.ChatSession(ours, system="You are a helpful assistant.", context=512)
-    first = "".join(session.say("Name a fruit.", temperature=0, max_new_tokens=12))
+    first = "".join(session.say("Name a fruit.", temperature=0, max_new_tokens=8))
     reused = session.caches[0].length
-    second = "".join(session.say("And a colour?", temperature=0, max_new_tokens=12))
+    second = "".join(session.say("And a colour?", temperature=0, max_new_tokens=8))
     assert first and second and reused > 20
-    assert second == qkv.chat(ours, session.messages[:-1], temperature=0, max_new_tokens=12)
+    assert second == qkv.chat(ours, session.messages[:-1], temperature=0, max_new_tokens=8)
 
 
 def test_quantized_modules_match_the_dequantized_weights(ours):
