@@ -92,12 +92,15 @@ def main() -> None:
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--only", choices=("perplexity", "agreement"), default=None, help="measure one of the two")
+    p.add_argument("--texts", nargs="*", default=None, help="only these texts (default both)")
     args = p.parse_args()
     set_decode_threads(args.threads)
     t0 = time.time()
     ms = models(smollm2_path())
     result = {"model": str(smollm2_path().name), "window": args.window, "perplexity": {}}
-    for name, text in texts(args.max_tokens).items():
+    chosen = {k: v for k, v in texts(args.max_tokens).items() if args.texts is None or k in args.texts}
+    for name, text in chosen.items() if args.only != "agreement" else ():
         ids = ms["fp32"].tokenizer.encode(text)[: args.max_tokens]
         result["perplexity"][name] = {"tokens": len(ids) - 1}
         for m_name, m in ms.items():
@@ -108,7 +111,8 @@ def main() -> None:
         result["perplexity"][name]["relative"] = {
             k: round(v / base - 1, 5) for k, v in result["perplexity"][name].items() if k not in ("fp32", "tokens")}
         print(json.dumps({name: result["perplexity"][name]}), file=sys.stderr, flush=True)
-    result["greedy_agreement_vs_fp32"] = agreement(ms)
+    if args.only != "perplexity":
+        result["greedy_agreement_vs_fp32"] = agreement(ms)
     result["seconds"] = round(time.time() - t0, 1)
     result["threads"] = torch.get_num_threads()
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))

@@ -88,7 +88,7 @@ def _hf_side(path: Path, ids: list[int], new_tokens: int):
         model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     else:
         model = transformers.AutoModelForCausalLM.from_pretrained(path)
-    model = model.float().eval()
+    model = model.eval()                              # float32 already (a GGUF load refuses .float())
     prompt_BL = torch.tensor([ids])
 
     def gen(n: int) -> float:
