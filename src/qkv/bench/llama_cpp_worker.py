@@ -28,7 +28,7 @@ def main() -> None:
         key = (request["model"], threads)
         if key not in engines:
             engines[key] = Llama(request["model"], n_ctx=len(ids) + new_tokens + 8, n_threads=threads,
-                                 n_threads_batch=threads, n_batch=len(ids), verbose=False)
+                                 n_threads_batch=threads, n_batch=len(ids) + new_tokens + 8, verbose=False)
         llm = engines[key]
         llm.reset()
         t0 = time.perf_counter()
