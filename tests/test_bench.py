@@ -12,7 +12,7 @@ def test_bench_train_json(capsys):
                  "--threads", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
-    assert result["qkv"]["tok_s"] > 0
+    assert result["qkv"]["tok_s"] > 0 and result["tokens_per_s"] == result["qkv"]["tok_s"]
 
 
 def test_bench_decode_run_returns_bound():
