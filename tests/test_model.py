@@ -177,7 +177,7 @@ def test_gqa_with_g_equal_h_equals_mha():
     (dict(n_heads=4, n_kv_heads=3), "n_kv_heads"),
     (dict(n_heads=4, n_kv_heads=0), "n_kv_heads"),
     (dict(d_model=36, n_heads=4, pos="rope"), "even head_dim"),
-    (dict(d_model=0), "positive"),
+    (dict(d_model=0), "d_model=0 must be >= 1"),
     (dict(window=0), "window"),
     (dict(dropout=1.0), "dropout"),
 ])

@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
+from .validation import check_fields
 
 
 @dataclass(frozen=True)
@@ -47,24 +47,19 @@ class ModelConfig:
     src_vocab_size: int | None = None       # encoder-decoder only; None -> one joint vocabulary, one embedding
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_len", "n_layers", "d_model", "n_heads", "n_encoder_layers",
-                     "src_vocab_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        check_fields(self, {"vocab_size": "[1, inf)", "max_len": "[1, inf)", "n_layers": "[1, inf)",
+                            "d_model": "[1, inf)", "n_heads": "[1, inf)", "n_kv_heads": "[1, inf)",
+                            "d_ff": "[1, inf)", "norm_eps": "(0, inf)", "pos_base": "(1, inf)",
+                            "window": "[1, inf)", "dropout": "[0, 1)", "type_vocab_size": "[0, inf)",
+                            "n_encoder_layers": "[1, inf)", "src_vocab_size": "[1, inf)"})
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+        if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.pos == "rope" and self.head_dim % 2:
             raise ConfigError(f"RoPE needs an even head_dim, got {self.head_dim}; change d_model or n_heads")
         if self.pos == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
-        if self.window is not None and self.window < 1:
-            raise ConfigError(f"window={self.window} must be >= 1 (or None for full attention)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
-        if self.type_vocab_size < 0:
-            raise ConfigError(f"type_vocab_size={self.type_vocab_size} must be >= 0 (0 = no segment embeddings)")
 
     @property
     def kv_heads(self) -> int:              # G
@@ -126,20 +121,13 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        positive = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "bpe_vocab_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction={self.val_fraction} must be between 0 and 1")
-        if self.lr <= 0:
-            raise ConfigError(f"lr={self.lr} must be positive")
-        if self.max_time is not None and self.max_time <= 0:
-            raise ConfigError(f"max_time={self.max_time} must be a positive number of seconds")
-        if self.warmup_iters < 0:
-            raise ConfigError(f"warmup_iters={self.warmup_iters} must be >= 0")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        check_fields(self, {"bpe_vocab_size": "[1, inf)", "val_fraction": "(0, 1)", "batch_size": "[1, inf)",
+                            "grad_accum": "[1, inf)", "max_iters": "[1, inf)", "max_time": "(0, inf)",
+                            "lr": "(0, inf)", "min_lr_ratio": "[0, 1]", "warmup_iters": "[0, inf)",
+                            "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)",
+                            "grad_clip": "[0, inf)", "eval_interval": "[1, inf)", "eval_iters": "[1, inf)",
+                            "save_interval": "[0, inf)", "seed": "[0, 1e18]", "threads": "[1, 1024]",
+                            "label_smoothing": "[0, 1)"})
 
 
 # A BERT-style encoder (Devlin et al., 2019) at a CPU size: a norm after the embeddings, segment embeddings,
@@ -223,15 +211,13 @@ def _check_keys(cls, overrides: dict[str, Any], where: str) -> None:
         raise ConfigError(f"unknown {cls.__name__} key(s) {unknown} in {where}; valid keys: {sorted(names)}")
 
 
-def build(cls, overrides: dict[str, Any], where: str = "overrides"):
-    """Construct ``cls`` from a dict, naming unknown keys and bad types instead of a TypeError."""
-    _check_keys(cls, overrides, where)
-    hints = typing.get_type_hints(cls)
-    for key, value in overrides.items():
-        allowed = typing.get_args(hints[key])
-        if typing.get_origin(hints[key]) is Literal and value not in allowed:
-            raise ConfigError(f"{key}={value!r} in {where} is not one of {list(allowed)}")
-    return cls(**overrides)
+def build(cls, overrides: dict[str, Any], where: str | None = None):
+    """Construct ``cls`` from a dict, naming unknown keys, bad types and bad values (and ``where`` they are)."""
+    _check_keys(cls, overrides, where or "the options")
+    try:
+        return cls(**overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (in {where})" if where else str(e)) from None
 
 
 def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -264,7 +250,8 @@ def resolve(preset: str | None = None, file: str | Path | None = None, model: di
         t.update(PRESETS[preset]["train"])
     m.update(file_data.get("model", {}))
     t.update(file_data.get("train", {}))
+    if file:                                   # a bad value in the file is named as the file's
+        build(ModelConfig, m, f"config {file}"), build(TrainConfig, t, f"config {file}")
     m.update(model or {})
     t.update(train or {})
-    where = f"config {file}" if file else "the given options"
-    return build(ModelConfig, m, where), build(TrainConfig, t, where)
+    return build(ModelConfig, m), build(TrainConfig, t)

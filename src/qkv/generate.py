@@ -25,7 +25,6 @@ is held back until it cannot.
 from __future__ import annotations
 
 import dataclasses
-import math
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Iterator
@@ -33,6 +32,7 @@ from typing import Iterator
 import torch
 
 from .errors import InputError
+from .validation import check_fields
 from .text_stream import TextStream
 
 
@@ -54,25 +54,24 @@ class GenerationConfig:
     def __post_init__(self):
         def bad(msg):
             raise InputError(msg)
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
+        check_fields(self, error=InputError)            # types first; the ranges below say what each means
+        if self.max_new_tokens < 0:
             bad(f"max_new_tokens={self.max_new_tokens} must be an integer >= 0")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
+        if self.temperature < 0:
             bad(f"temperature={self.temperature} must be >= 0 (0 = greedy, 1 = the model's distribution)")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+        if self.top_k is not None and self.top_k < 1:
             bad(f"top_k={self.top_k} must be an integer >= 1; leave it unset (None) to keep every token")
         if not 0.0 < self.top_p <= 1.0:
             bad(f"top_p={self.top_p} must be in (0, 1]; use 1 to turn nucleus sampling off")
         if not 0.0 <= self.min_p <= 1.0:
             bad(f"min_p={self.min_p} must be in [0, 1]; use 0 to turn it off")
-        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+        if self.repetition_penalty <= 0:
             bad(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off, 1.1-1.3 is typical)")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 bad(f"{name}={getattr(self, name)} must be between -2 and 2 (0 = off)")
-        if not isinstance(self.stop, (str, list, tuple)) or not all(isinstance(s, str) and s for s in self.stops):
+        if not all(self.stops):
             bad(f"stop={self.stop!r} must be a list of non-empty strings")
-        if self.seed is not None and not isinstance(self.seed, int):
-            bad(f"seed={self.seed!r} must be an integer (or None)")
 
     @property
     def stops(self) -> tuple[str, ...]:

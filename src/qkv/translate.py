@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
+from .validation import check_fields
 from .models.seq2seq import EncoderDecoder
 
 
@@ -33,10 +34,7 @@ class SearchConfig:
     use_cache: bool = True              # False recomputes the whole prefix each step (for tests)
 
     def __post_init__(self):
-        if self.beam_size < 1:
-            raise InputError(f"beam_size={self.beam_size} must be >= 1 (1 is greedy search)")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        check_fields(self, {"beam_size": "[1, inf)", "max_new_tokens": "[1, inf)"}, InputError)
 
 
 def special_ids(tokenizer) -> tuple[int, int, int]:

@@ -35,6 +35,7 @@ from ..nn.onednn import use_onednn
 from ..tasks import TASKS, get_task
 from ..tasks.batches import TaskBatches, item_logits
 from ..tokenizers import Tokenizer
+from ..validation import check_fields
 from .tasks import Task, fill_vocab, train_tokenizer
 from .trainer import Trainer
 
@@ -58,15 +59,12 @@ class FinetuneConfig:
                                             # (random batches pad SST-2 / EWT to ~3x their tokens)
 
     def __post_init__(self):
+        check_fields(self, {"max_seq_len": "[3, inf)", "stride": "[0, inf)", "max_answer_len": "[1, inf)",
+                            "n_eval_articles": "[1, inf)", "eval_batch_size": "[1, inf)"})
         if self.eval_data is None and self.task != "squad":
             raise ConfigError(f"task {self.task!r} needs --eval-data FILE to score (e.g. the GLUE dev set "
                               f"sst2/test.tsv, cola/in_domain_dev.tsv, en_ewt-ud-test.conllu, "
                               f"emerging.test.annotated)")
-        for name in ("max_answer_len", "n_eval_articles", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
-        if self.stride < 0 or (self.max_seq_len is not None and self.max_seq_len < 3):
-            raise ConfigError(f"stride={self.stride} must be >= 0 and max_seq_len={self.max_seq_len} >= 3")
 
 
 def finetune_config(directory: str | Path) -> FinetuneConfig:
@@ -87,7 +85,7 @@ def load_finetuned(directory: str | Path, task: str | None = None, data: str | N
         if task is not None and task != fcfg.task:
             raise ConfigError(f"{directory} was fine-tuned for {fcfg.task!r}, not {task!r}; drop --task")
     elif task is not None:
-        fcfg = build(FinetuneConfig, {"task": task, "data": data or "", "eval_data": data or ""}, "--task")
+        fcfg = build(FinetuneConfig, {"task": task, "data": data or "unknown", "eval_data": data or "unknown"}, "--task")
     else:
         fcfg = finetune_config(directory)               # raises: says to pass --task
     model = load(directory)
