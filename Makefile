@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev,plots]"
+	$(BIN)/pip install --quiet --no-deps bertviz    # tests read our attention export with bertviz's own views
 	touch $(STAMP)
 
 # Train a char-level GPT on the bundled tiny shakespeare for ~2 minutes, then generate from it.

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError
+from ..validation import check_fields
 from .output import ModelOutput
 
 CELLS = {"lstm": nn.LSTM, "rnn": partial(nn.RNN, nonlinearity="tanh")}
@@ -40,11 +40,7 @@ class RNNConfig:
     cell: Literal["lstm", "rnn"] = "lstm"
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
-        if self.cell not in CELLS:
-            raise ConfigError(f"cell={self.cell!r} is not one of {sorted(CELLS)}")
+        check_fields(self, {"vocab_size": "[1, inf)", "d_model": "[1, inf)", "n_layers": "[1, inf)"})
 
 
 class RecurrentLM(nn.Module):
@@ -57,6 +53,12 @@ class RecurrentLM(nn.Module):
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.rnn = CELLS[cfg.cell](cfg.d_model, cfg.d_model, cfg.n_layers, batch_first=True)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        if cfg.cell == "lstm":                 # forget gate open at the start (Jozefowicz et al., 2015):
+            C = cfg.d_model                    # the cell remembers until it learns to forget
+            with torch.no_grad():
+                for name, p in self.rnn.named_parameters():
+                    if name.startswith("bias_"):          # gates i, f, g, o; bias_ih + bias_hh = 1 on f
+                        p[C:2 * C] = 1.0 if name.startswith("bias_ih") else 0.0
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -60,7 +60,7 @@ def _position(model, inputs: Inputs) -> int:
     return inputs.ids.index(mask_id)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def next_tokens(model, text: str, top: int = 10, source: str | None = None, truncate: bool = False,
                 lens: bool = False) -> NextTokens:
     """The ``top`` next tokens after ``text`` (and with ``lens``, the same read off every layer)."""

@@ -75,8 +75,11 @@ def _grid(amap: AttentionMap, path, layers: list[int], heads: list[int], title: 
     rows, cols = len(layers), len(heads)
     cell = min(max(0.13 * max(L, M), 1.2), 4.0, 32.0 / cols)      # inches per panel, at most ~32 in wide
     margin = 0.9 + 0.045 * max(len(t) for t in amap.queries + amap.keys)   # room for the token labels
-    with png_figure(path, cols * cell + margin + 0.8, rows * cell + margin + 0.6) as fig:
-        axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+    width, height = cols * cell + margin + 1.2, rows * cell + margin + 0.6
+    with png_figure(path, width, height, layout=None) as fig:      # a fixed grid: constrained layout is slow
+        axes = fig.subplots(rows, cols, squeeze=False)
+        fig.subplots_adjust(left=margin / width, bottom=margin / height, right=1 - 1.2 / width,
+                            top=1 - 0.6 / height, wspace=0.08, hspace=0.25)
         size = _label_size(max(L, M), cell)
         for r, layer in enumerate(layers):
             for c, head in enumerate(heads):
@@ -85,9 +88,9 @@ def _grid(amap: AttentionMap, path, layers: list[int], heads: list[int], title: 
                                   interpolation="nearest", aspect="auto")
                 ax.set_title(f"L{layer} H{head}", fontsize=7, pad=2)
                 ax.tick_params(length=0, pad=1)
-                ax.set_xticks(range(M), amap.keys, rotation=90, fontsize=size)
-                ax.set_yticks(range(L), amap.queries, fontsize=size)
-                ax.label_outer()                          # token labels on the left column and bottom row
+                ax.set_xticks([]) if r < rows - 1 else ax.set_xticks(range(M), amap.keys, rotation=90, fontsize=size)
+                ax.set_yticks([]) if c > 0 else ax.set_yticks(range(L), amap.queries, fontsize=size)
         fig.suptitle(f"{title + ': ' if title else ''}{amap.name} (rows: query tokens, columns: key tokens)")
-        fig.colorbar(image, ax=axes, shrink=0.6, label="probability (sqrt scale)")
+        bar = fig.add_axes((1 - 1.0 / width, 0.25, 0.15 / width, 0.5))
+        fig.colorbar(image, cax=bar, label="probability (sqrt scale)")
     return Path(path)

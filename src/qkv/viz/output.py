@@ -39,6 +39,7 @@ def write_atomic(path: str | Path, write: Callable) -> Path:
             from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())             # mkstemp makes 0600; a picture is for sharing
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -48,6 +49,12 @@ def write_atomic(path: str | Path, write: Callable) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -63,13 +70,14 @@ def _matplotlib():
 
 
 @contextmanager
-def png_figure(path: str | Path, width: float, height: float, dpi: int = 110) -> Iterator:
+def png_figure(path: str | Path, width: float, height: float, dpi: int = 110,
+               layout: str | None = "constrained") -> Iterator:
     """Yield a matplotlib Figure of ``width`` x ``height`` inches; when the block ends, save it as a PNG."""
     matplotlib = _matplotlib()
     from matplotlib.figure import Figure
     path = check_suffix(path, [".png"], "a PNG")
     with matplotlib.rc_context({"text.parse_math": False, "font.size": 9}), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from")   # CJK or emoji tokens: boxes
-        fig = Figure(figsize=(width, height), layout="constrained")
+        fig = Figure(figsize=(width, height), layout=layout)
         yield fig
         write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))

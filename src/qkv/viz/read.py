@@ -129,7 +129,7 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def attention_maps(model, inputs: Inputs) -> list[AttentionMap]:
     """Run the model once on ``inputs`` and return every kind of attention it has."""
     kind, device = family(model), _device(model)
@@ -173,7 +173,7 @@ def unembed(model, h_XC: torch.Tensor) -> torch.Tensor:
     return model.head(stack.norm_f(h_XC))
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def residuals(model, inputs: Inputs) -> Residuals:
     """The residual stream at the input of block 0 and at the output of every block."""
     stack, device = trunk(model), _device(model)
