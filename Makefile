@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 # Train a char-level GPT on the bundled tiny shakespeare for ~2 minutes, then generate from it.
 demo: $(STAMP)
-	$(BIN)/qkv train --preset shakespeare-char --max-time 130 --out-dir runs/shakespeare-char
+	$(BIN)/qkv train --preset shakespeare-char --max-time 130 --out-dir runs/shakespeare-char --overwrite
 	$(BIN)/qkv generate runs/shakespeare-char --prompt "ROMEO:" --max-new-tokens 240 --temperature 0.8 --seed 0
 
 test: $(STAMP)

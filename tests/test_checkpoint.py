@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from qkv import GPT, ModelConfig, Tokenizer, load, save
-from qkv.checkpoint import atomic_dir
+from qkv.checkpoint import write_model_files
+from qkv.rundir import atomic_dir
 from qkv.errors import CheckpointError
 
 
@@ -28,12 +29,28 @@ def test_round_trip_same_logits_and_layout(saved):
     assert again.tokenizer.vocab_size == 20 and not again.training
 
 
-def test_save_replaces_whole_directory(saved, tmp_path):
+@pytest.mark.parametrize("exchange", ["renameat2", "two renames"])
+def test_save_replaces_its_files_and_keeps_the_others(saved, tmp_path, exchange):
     model, path = saved
-    (path / "stale.txt").write_text("from an older save")
-    save(model, path)
-    assert not (path / "stale.txt").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+    (path / "notes.txt").write_text("a person's notes")
+    (path / "evaluate").mkdir()
+    (path / "evaluate" / "eval.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(b"an older save")
+    swap = (lambda a, b: False) if exchange == "two renames" else None
+    with atomic_dir(path, **({"exchange": swap} if swap else {})) as tmp:
+        write_model_files(tmp, model, None)
+    assert (path / "notes.txt").read_text() == "a person's notes"
+    assert (path / "evaluate" / "eval.json").read_text() == "{}"
+    assert torch.equal(load(path).head.weight, model.head.weight)        # the weights are the new save's
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]                 # no temp or .old left behind
+
+
+def test_overwrite_save_drops_the_old_entries(saved, tmp_path):
+    model, path = saved
+    (path / "eval.json").write_text("{}")
+    with atomic_dir(path, carry_over=False) as tmp:
+        write_model_files(tmp, model, None)
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_error_inside_atomic_dir_keeps_old(saved, tmp_path):

@@ -114,7 +114,7 @@ def test_bad_input_errors(task_files, tmp_path, capsys):
     assert main(finetune_args(task_files, "upos", tmp_path / "c") + ["--max-seq-len", "4096"]) == 2
     assert "exceeds the model's 48 positions" in capsys.readouterr().err
     assert main(["evaluate", str(task_files["encoder"])]) == 2                # an MLM run: no task head
-    assert "not a `qkv finetune` run" in capsys.readouterr().err
+    assert "needs a fine-tuned encoder: use `qkv embed`" in capsys.readouterr().err
     assert main(finetune_args(task_files, "sst2", tmp_path / "d") + ["--d-model", "64"]) == 2
     assert "describe the --init none model" in capsys.readouterr().err
 
@@ -147,5 +147,6 @@ def test_init_from_a_hugging_face_bert_directory(task_files, tmp_path):
 def test_help_shows_required_flags_and_the_preset_defaults(capsys):
     assert main(["finetune", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "--data DATA (required)" in text and "MISSING" not in text
-    assert "--tokenizer {char,bpe,wordpiece} (default wordpiece)" in text    # bert-finetune's, not TrainConfig's
+    assert "--data DATA the training file (squad: a v1.1 JSON, split by article) (required)" in text
+    assert "MISSING" not in text
+    assert "BERT's (default wordpiece)" in text                     # --tokenizer: bert-finetune's, not TrainConfig's

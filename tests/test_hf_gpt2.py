@@ -146,9 +146,9 @@ def test_our_own_variant_saves_for_transformers(transformers, ids_BL, tmp_path):
 def test_save_replaces_a_model_directory_atomically(tmp_path):
     model = GPT(ModelConfig(vocab_size=V, max_len=16, n_layers=1, d_model=32, n_heads=4, mlp="gelu_tanh"))
     target = save_gpt2(model, tmp_path / "m")
-    (target / "stale.txt").write_text("old")
+    (target / "notes.txt").write_text("a file the export did not write")
     save_gpt2(model, target)
-    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]       # no temp or backup dirs left
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")

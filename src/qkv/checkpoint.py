@@ -6,21 +6,16 @@
     DIR/trainer_state.pt    training runs only: optimizer, step, RNG and data position (weights_only load)
     DIR/metrics.jsonl       training runs only: one JSON object per evaluation
 
-Writes are atomic: everything goes to a fresh temp directory beside DIR, which then replaces DIR in one
-``renameat2(RENAME_EXCHANGE)`` call (or two renames where the kernel lacks it). A kill at any moment leaves
-either the old or the new checkpoint in place, never a mix.
+Writes are atomic (``qkv.rundir.atomic_dir``): everything goes to a fresh temp directory beside DIR, which
+then replaces DIR in one rename; a kill at any moment leaves either the old or the new checkpoint in place,
+never a mix, and files that qkv did not write are kept.
 ``load`` also reads Hugging Face directories of supported model types (see ``qkv.interop``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -32,44 +27,13 @@ from .config import ModelConfig, build
 from .errors import CheckpointError, ConfigError
 from .models import MODEL_TYPES
 from .nn.layout import decode_layout
+from .rundir import atomic_dir, resolve_dir
 from .tokenizers import Tokenizer
 
 SRC_TOKENIZER_FILE = "tokenizer_src.json"
-HF_MODEL_TYPES = {"gpt2": ("qkv.interop.hf_gpt2", "load_gpt2"), "bert": ("qkv.interop.hf_bert", "load_bert")}
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    AT_FDCWD, RENAME_EXCHANGE = -100, 2
-    return renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
-
-
-@contextmanager
-def atomic_dir(target: str | Path):
-    """Yield a temp directory to fill; on success it replaces ``target`` atomically; on error it vanishes."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        for f in tmp.iterdir():                      # data on disk before the directory becomes visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if not target.exists():
-            os.rename(tmp, target)
-        elif not _exchange(tmp, target):
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(target, old)
-            os.rename(tmp, target)
-            tmp = old
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+# Hugging Face config.json "model_type" -> (module, loader, the family of the model it gives)
+HF_MODEL_TYPES = {"gpt2": ("qkv.interop.hf_gpt2", "load_gpt2", "decoder"),
+                  "bert": ("qkv.interop.hf_bert", "load_bert", "encoder")}
 
 
 def write_model_files(directory: Path, model, tokenizer: Tokenizer | None, extra_config: dict | None = None):
@@ -122,7 +86,7 @@ def read_json(path: Path, missing: str) -> dict:
 
 
 def read_config(directory: str | Path) -> dict:
-    d = Path(directory)
+    d = resolve_dir(directory)
     if not d.is_dir():
         raise CheckpointError(f"no checkpoint directory at {d}; train one with `qkv train` or check the path")
     path = d / "config.json"
@@ -130,6 +94,23 @@ def read_config(directory: str | Path) -> dict:
     if "model_type" not in config:
         raise CheckpointError(f"{path} has no 'model_type'; expected a qkv or Hugging Face config.json")
     return config
+
+
+def family(directory: str | Path) -> tuple[str, str]:
+    """(family, model_type) of a checkpoint from its config.json alone, without reading the weights:
+    family is "decoder", "encoder", "fine-tuned encoder" or "encoder-decoder" (each class's ``family``)."""
+    d = resolve_dir(directory)
+    model_type = read_config(d)["model_type"]
+    if model_type in HF_MODEL_TYPES:
+        return HF_MODEL_TYPES[model_type][2], model_type
+    if model_type in MODEL_TYPES:
+        return MODEL_TYPES[model_type].family, model_type
+    raise _unsupported(model_type, d)
+
+
+def _unsupported(model_type: str, d: Path) -> CheckpointError:
+    return CheckpointError(f"model_type {model_type!r} in {d / 'config.json'} is not supported; qkv loads "
+                           f"{sorted(MODEL_TYPES) + sorted(HF_MODEL_TYPES)}")
 
 
 def load_weights(model, path: Path) -> None:
@@ -160,12 +141,12 @@ def load(directory: str | Path, device: str | torch.device | None = None):
     """Load a qkv checkpoint or a supported Hugging Face directory. Returns the model in eval mode, with
     ``model.tokenizer`` set (None when the directory has no tokenizer files), its wide matrices stored in
     the layout CPU decoding reads fastest (``qkv.nn.layout``; values unchanged, training still works)."""
-    d = Path(directory)
+    d = resolve_dir(directory)
     config = read_config(d)
     model_type = config["model_type"]
     if model_type in HF_MODEL_TYPES:
         import importlib
-        module, fn = HF_MODEL_TYPES[model_type]
+        module, fn, _ = HF_MODEL_TYPES[model_type]
         model = getattr(importlib.import_module(module), fn)(d)
     elif model_type in MODEL_TYPES:
         try:
@@ -179,8 +160,7 @@ def load(directory: str | Path, device: str | torch.device | None = None):
         if (d / SRC_TOKENIZER_FILE).is_file():
             model.src_tokenizer = Tokenizer.from_file(d / SRC_TOKENIZER_FILE)
     else:
-        raise CheckpointError(f"model_type {model_type!r} in {d / 'config.json'} is not supported; qkv "
-                              f"loads {sorted(MODEL_TYPES) + sorted(HF_MODEL_TYPES)}")
+        raise _unsupported(model_type, d)
     if model.tokenizer is not None and model.tokenizer.vocab_size > model.cfg.vocab_size:
         raise CheckpointError(f"{d}: tokenizer has {model.tokenizer.vocab_size} tokens but the model only "
                               f"{model.cfg.vocab_size}; the tokenizer belongs to another model")

@@ -22,22 +22,31 @@ from .validation import check_fields
 class ModelConfig:
     vocab_size: int | None = None           # V; None -> set from the tokenizer by `qkv train`
     max_len: int = 256                      # context length: the most positions a sequence may use
-    n_layers: int = 4
+    n_layers: int = 4                       # blocks in the stack (the decoder's, for an encoder-decoder)
     d_model: int = 256                      # C
     n_heads: int = 4                        # H
     n_kv_heads: int | None = None           # G; None -> MHA, 1 -> MQA
     d_ff: int | None = None                 # F; None -> 4 * d_model (8/3 * d_model for SwiGLU, same params)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    norm_eps: float = 1e-5
+                                            # LayerNorm (Ba et al.) or RMSNorm (Zhang & Sennrich; Llama)
+    norm_eps: float = 1e-5                  # added to the variance inside every norm
     norm_placement: Literal["pre", "post"] = "pre"
+                                            # pre: x + f(norm(x)) (GPT-2, Llama); post: norm(x + f(x)) (the 2017
+                                            # paper, BERT)
     mlp: Literal["relu", "gelu", "gelu_tanh", "swiglu"] = "gelu"
+                                            # the feed-forward sublayer's activation (swiglu: gated, three matrices)
     pos: Literal["learned", "sinusoidal", "rope", "alibi"] = "learned"
+                                            # how positions enter: added embeddings (learned, sinusoidal), rotated
+                                            # q/k (rope), score bias (alibi)
     pos_base: float = 10000.0               # the N in sin(pos / N^(2i/d)) for sinusoidal and RoPE
     mask: Literal["causal", "bidirectional", "prefix"] = "causal"
+                                            # which keys a query sees: the past (causal), all (bidirectional), or a
+                                            # prefix + the past
     window: int | None = None               # sliding-window width; None = full attention
     bias: bool = True                       # biases in Linear layers (GPT-2: yes, LLaMA: no)
     tie_embeddings: bool = True             # output head shares the token embedding matrix
-    dropout: float = 0.0
+    dropout: float = 0.0                    # dropout rate on embeddings, attention probabilities and residual
+                                            # branches
     type_vocab_size: int = 0                # segment (token type) embeddings, BERT's A/B; 0 = none
     embed_norm: bool = False                # a norm right after the embeddings (BERT)
     embed_scale: bool = False               # token embeddings x sqrt(d_model), initialized N(0, 1/d_model): the
@@ -92,33 +101,39 @@ class TrainConfig:
     src_lang: str | None = None             # translate: file suffix of the source side, e.g. de
     tgt_lang: str | None = None             # translate: file suffix of the target side, e.g. en
     tokenizer: Literal["char", "bpe", "wordpiece"] = "char"
+                                            # char: one token per character; bpe: byte-level BPE; wordpiece: BERT's
     bpe_vocab_size: int = 4096              # vocabulary size for tokenizer=bpe or wordpiece
     joint_vocab: bool = True                # translate/summarize: one vocabulary (and embedding) for both sides
     label_smoothing: float = 0.0            # 0.1 in the original Transformer
-    schedule: Literal["cosine", "inverse_sqrt"] = "cosine"  # after warmup: cosine to min_lr, or lr*sqrt(warmup/step)
+    schedule: Literal["cosine", "inverse_sqrt"] = "cosine"
+                                            # after warmup: cosine to min_lr, or lr*sqrt(warmup/step)
     val_fraction: float = 0.1               # the last 10% of the text is the validation split
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_iters: int = 5000
+    batch_size: int = 16                    # sequences per optimizer step (per accumulation step with grad_accum)
+    grad_accum: int = 1                     # batches whose gradients are summed before each optimizer step
+    max_iters: int = 5000                   # optimizer steps; the run ends here (or at max_time, whichever comes
+                                            # first)
     max_time: float | None = None           # seconds; stop (and finish the LR schedule) by then
-    lr: float = 1e-3
+    lr: float = 1e-3                        # peak learning rate of AdamW, reached after warmup
     min_lr_ratio: float = 0.1               # cosine decays to lr * min_lr_ratio
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
+    warmup_iters: int = 100                 # steps of linear warmup from 0 to lr
+    weight_decay: float = 0.1               # AdamW decoupled weight decay (matrices only; not norms, biases,
+                                            # embeddings)
+    beta1: float = 0.9                      # AdamW's first-moment (momentum) decay
+    beta2: float = 0.99                     # AdamW's second-moment decay
     grad_clip: float = 1.0                  # 0 disables clipping
-    eval_interval: int = 250
-    eval_iters: int = 20
+    eval_interval: int = 250                # steps between evaluations (each prints a line and saves the run)
+    eval_iters: int = 20                    # validation batches per evaluation
     save_interval: int = 0                  # 0 -> save at every evaluation
-    seed: int = 1337
-    out_dir: str = "runs/default"
+    seed: int = 1337                        # seeds the initialization, dropout and the batch order
+    out_dir: str = "runs/default"           # the run directory: must be new, empty, or the run being resumed
+    overwrite: bool = False                 # replace out_dir when it holds an earlier qkv run (never other files)
+    keep_best: bool = False                 # also keep the checkpoint with the lowest val_loss, in OUT/best
     compile: bool = False                   # torch.compile the model (helps on CPU for larger models)
     precision: Literal["fp32", "bf16"] = "fp32"   # bf16: mixed precision (autocast), weights and optimizer
                                             # stay fp32; ~1.9x faster on CPUs with AVX-512 BF16, slower without
     threads: int | None = None              # torch.set_num_threads; None leaves torch's default
-    tensorboard: bool = False
-    progress: bool = True
+    tensorboard: bool = False               # also write TensorBoard event files to <out_dir>-tb/
+    progress: bool = True                   # show a progress bar (only when output is a terminal)
 
     def __post_init__(self):
         check_fields(self, {"bpe_vocab_size": "[1, inf)", "val_fraction": "(0, 1)", "batch_size": "[1, inf)",

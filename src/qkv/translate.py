@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
-from .validation import check_fields
+from .validation import check_fields, check_positive_int
 from .models.seq2seq import EncoderDecoder
 
 
@@ -169,6 +169,7 @@ def translate(model: EncoderDecoder, texts: list[str], cfg: SearchConfig = Searc
     Sources are batched by length and returned in input order. A source longer than the model's positions
     is an error, or cut to fit with ``truncate=True`` (for long documents in summarization).
     """
+    check_positive_int("batch_size", batch_size)
     tokenizer = model.tokenizer
     src_tokenizer = getattr(model, "src_tokenizer", None) or tokenizer
     if tokenizer is None:

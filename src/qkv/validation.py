@@ -27,7 +27,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 
 def check_fields(obj, ranges: dict[str, str] | None = None, error: type[Exception] = ConfigError) -> None:
@@ -41,6 +41,12 @@ def check_fields(obj, ranges: dict[str, str] | None = None, error: type[Exceptio
         value = getattr(obj, name)
         if value is not None and not _inside(value, interval):
             raise error(f"{name}={value!r} must be {_interval_words(interval)}")
+
+
+def check_positive_int(name: str, value, error: type[Exception] = InputError) -> None:
+    """For plain function arguments (a batch size, a thread count) that no dataclass declares."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise error(f"{name}={value!r} must be an integer >= 1")
 
 
 def _matches(value, hint) -> bool:

@@ -1,6 +1,7 @@
 """`qkv <command>`: the command line, one module per command.
 
-Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``. Errors meant for a person
+Each command module defines ``add_arguments(parser)`` and ``run(args) -> int`` (and, when its defaults come
+from a preset, ``help_defaults(args) -> (preset, values)`` for ``--help``). Errors meant for a person
 (``QkvError``) print as one line naming the fix and exit with status 2; nothing prints a traceback for
 bad input.
 """
@@ -8,10 +9,15 @@ bad input.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
 import sys
 
+from .. import __version__
 from ..errors import QkvError
+from ..train.interrupt import TrainingInterrupted
+from .flags import add_preset_help
 
 COMMANDS = {   # name -> (module, one-line help)
     "train": ("qkv.cli.train", "train a model (a preset, a config file, flags for every config field)"),
@@ -23,6 +29,7 @@ COMMANDS = {   # name -> (module, one-line help)
     "finetune": ("qkv.cli.finetune", "fine-tune an encoder on sst2, cola, upos, wnut17 or squad, then score it"),
     "evaluate": ("qkv.cli.evaluate", "score a fine-tuned encoder on a task's eval file (metrics + predictions)"),
     "predict": ("qkv.cli.predict", "run a fine-tuned encoder on new text: label, tags or answer span"),
+    "info": ("qkv.cli.info", "what a checkpoint is: family, architecture, parameters, tokenizer, how it was made"),
     "attention": ("qkv.cli.attention", "attention maps of a text: PNG heat-maps, an interactive HTML page, bertviz data"),
     "next": ("qkv.cli.next", "the top next tokens with logits and probabilities, and the logit lens"),
     "plot": ("qkv.cli.plot", "training and validation curves of one or more runs, as a PNG"),
@@ -39,29 +46,78 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="qkv", description="qkv: a readable, fast transformer library.")
+    parser.add_argument("--version", action="version", version=f"qkv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
         mod = importlib.import_module(module)
+        preset_help = getattr(mod, "help_defaults", None)      # commands whose defaults come from a preset
+        p = sub.add_parser(name, help=help_text, description=help_text, add_help=preset_help is None)
+        if preset_help is not None:
+            add_preset_help(p, preset_help)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one line on stderr and a status: 2 for bad input (``QkvError``,
+    a bad flag), 130 for Ctrl-C, 141 for a closed pipe (as Unix tools), 1 for a qkv bug (its traceback only
+    with QKV_DEBUG=1)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
     except SystemExit as e:          # a bad flag (status 2) or --help (0): a status, like every other error
         return int(e.code or 0)
+    if unknown:
+        print(f"qkv {args.command}: error: {_unknown_flag(parser, args.command, unknown)}", file=sys.stderr)
+        return 2
     try:
         return int(args._run(args) or 0)
     except QkvError as e:
         print(f"qkv {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"qkv {args.command}: interrupted: step {e.step} is saved in {e.out_dir}; continue with "
+              f"`qkv {args.command} --resume {e.out_dir}`", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"qkv {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:          # `qkv generate ... | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # no second error at exit
+        return 141
+    except MemoryError:
+        print(f"qkv {args.command}: error: out of memory; use a smaller model, batch or input", file=sys.stderr)
+        return 2
+    except Exception as e:           # a bug in qkv, not the user's mistake: still one line, and how to see more
+        if os.environ.get("QKV_DEBUG"):
+            raise
+        print(f"qkv {args.command}: internal error: {type(e).__name__}: {e} (QKV_DEBUG=1 shows the traceback; "
+              f"please report it)", file=sys.stderr)
+        return 1
+
+
+def _unknown_flag(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> str:
+    """Name the unknown flag, its likely spelling and the command's help (argparse names only `qkv`)."""
+    flags = [f for f in unknown if f.startswith("-")]
+    if not flags:
+        return f"unexpected argument(s) {' '.join(unknown)} (see `qkv {command} --help`)"
+    known = _option_strings(parser, command)
+    close = difflib.get_close_matches(flags[0].split("=")[0], known, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown flag {flags[0]} for qkv {command}{hint} (see `qkv {command} --help`)"
+
+
+def _option_strings(parser: argparse.ArgumentParser, command: str) -> list[str]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    parsers, names = [sub], []
+    while parsers:
+        p = parsers.pop()
+        for action in p._actions:
+            names += action.option_strings
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += action.choices.values()
+    return names
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from .flags import path_arg
+
 
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -46,7 +48,7 @@ def add_arguments(p) -> None:
     beam = sub.add_parser("beam", help="encoder-decoder: beam search vs greedy, seconds per sentence",
                           description="Seconds per sentence of batched beam search against greedy search.")
     beam.add_argument("--json", action="store_true", help="print exactly one JSON line")
-    beam.add_argument("--checkpoint", metavar="DIR", help="a trained encoder-decoder (default: random weights)")
+    beam.add_argument("--checkpoint", type=path_arg, metavar="DIR", help="a trained encoder-decoder (default: random weights)")
     for flag, help_text in (("--sentences", "sentences translated per round (default 64)"),
                             ("--batch", "sources per call (default 16)"), ("--beam", "beam size (default 4)"),
                             ("--rounds", "timed rounds (default 3)"),
@@ -62,6 +64,9 @@ def run(args) -> int:
         train.run(args.json, hf=args.hf, **options)
     elif args.bench == "beam":
         from ..bench import beam
+        if args.checkpoint:
+            from ._common import require_family
+            require_family(args.checkpoint, "bench beam --checkpoint", "encoder-decoder")
         options = {k: getattr(args, k) for k in ("checkpoint", "sentences", "batch", "beam", "rounds",
                                                  "max_new_tokens", "threads") if getattr(args, k) is not None}
         beam.run(args.json, **options)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 
-from .flags import value_parser
+from .flags import path_arg, value_parser
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", metavar="DIR", help="an encoder checkpoint (qkv-bert* or Hugging Face BERT)")
+    p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="an encoder checkpoint (qkv-bert* or Hugging Face BERT)")
     p.add_argument("--text", action="append", default=[], metavar="TEXT", help="a sentence; repeat for more")
-    p.add_argument("--file", metavar="FILE", help="a UTF-8 file with one sentence per line (blank lines skipped)")
+    p.add_argument("--file", type=path_arg, metavar="FILE", help="a UTF-8 file with one sentence per line (blank lines skipped; "
+                                                 "- for stdin)")
     p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), default=32,
                    help="sentences per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object: texts, embeddings, similarity")
@@ -29,18 +30,27 @@ def run(args) -> int:
     from ..checkpoint import load
     from ..data.text import read_lines
     from ..errors import CheckpointError, InputError
-    from ..models.encoder import Encoder
     from ..nn.onednn import use_onednn
+    from ..validation import check_positive_int
+    from ._common import require_family, say_truncated
 
-    texts = list(args.text) + ([line.strip() for line in read_lines(args.file) if line.strip()] if args.file else [])
+    check_positive_int("--batch-size", args.batch_size)
+    if any(not t.strip() for t in args.text):
+        raise InputError("--text is empty; give a sentence")
+    texts = list(args.text)
+    if args.file:
+        lines = [line.strip() for line in read_lines(args.file) if line.strip()]
+        if not lines:
+            raise InputError(f"--file {args.file} has no sentences (every line is blank)")
+        texts += lines
     if not texts:
         raise InputError("no sentences to embed; pass --text TEXT (repeatable) or --file FILE")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    require_family(args.checkpoint, "embed", "encoder", "fine-tuned encoder")
     model = load(args.checkpoint)
-    if not isinstance(model, Encoder):
-        raise CheckpointError(f"{args.checkpoint} holds a {model.model_type!r} model; qkv embed needs an encoder "
-                              f"(a qkv-bert* checkpoint or a Hugging Face BERT directory)")
+    if model.tokenizer is None:
+        raise CheckpointError(f"{args.checkpoint} has no tokenizer files; qkv embed needs one to read text")
+    encodings = model.tokenizer.encode_batch_for_model(texts, max_len=model.cfg.max_len)
+    say_truncated(sum(bool(e.overflowing) for e in encodings), len(texts), model.cfg.max_len)
     emb_NC = use_onednn(model).embed_texts(texts, args.batch_size)
     sim_NN = emb_NC @ emb_NC.T
     if args.json:

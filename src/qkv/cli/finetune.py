@@ -17,9 +17,12 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+from ..checkpoint import read_config
 from ..config import PRESETS, ModelConfig, TrainConfig, build, resolve
 from ..errors import ConfigError
-from .flags import add_dataclass_flags, collect
+from ..rundir import claim_out_dir
+from ._common import default_out_dir, require_family
+from .flags import add_dataclass_flags, collect, path_arg
 
 DEFAULT_PRESET = "bert-finetune"
 # TrainConfig fields that describe language-model data, not fine-tuning (--task and --data are the task's).
@@ -29,8 +32,10 @@ LM_ONLY = ("task", "objective", "data", "src_lang", "tgt_lang", "joint_vocab", "
 def _fields_except(cls, names: tuple[str, ...]):
     """``cls`` less some fields, as a dataclass the flag builder reads: still one list of options."""
     hints = typing.get_type_hints(cls)
-    return dataclasses.make_dataclass(cls.__name__, [(f.name, hints[f.name], dataclasses.field(default=f.default))
-                                                     for f in dataclasses.fields(cls) if f.name not in names])
+    fewer = dataclasses.make_dataclass(cls.__name__, [(f.name, hints[f.name], dataclasses.field(default=f.default))
+                                                      for f in dataclasses.fields(cls) if f.name not in names])
+    fewer.__wrapped__ = cls                   # the flags' help comes from the comments in cls's source
+    return fewer
 
 
 TrainFlags = _fields_except(TrainConfig, LM_ONLY)
@@ -42,13 +47,19 @@ def add_arguments(p) -> None:
     p.add_argument("--preset", help=f"training defaults and the --init none model: one of {', '.join(PRESETS)} "
                                     f"(default {DEFAULT_PRESET})")
     p.add_argument("--scratch", action="store_true", help="train from scratch: the same as --init none")
-    p.add_argument("--resume", metavar="DIR", help="continue the fine-tuning run in DIR exactly where it stopped")
+    p.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the fine-tuning run in DIR exactly where it stopped")
     add_dataclass_flags(p, FinetuneConfig, "task (FinetuneConfig fields)")
     preset = PRESETS[DEFAULT_PRESET]
     add_dataclass_flags(p, TrainFlags, f"training (TrainConfig fields; defaults of --preset {DEFAULT_PRESET})",
                         preset["train"])
     add_dataclass_flags(p, ModelConfig, f"model for --init none (ModelConfig fields; defaults of --preset "
                                         f"{DEFAULT_PRESET})", preset["model"])
+
+
+def help_defaults(args) -> tuple[str, dict]:
+    name = getattr(args, "preset", None) or DEFAULT_PRESET
+    preset = PRESETS.get(name, PRESETS[DEFAULT_PRESET])
+    return name, {**preset["model"], **preset["train"]}
 
 
 def run(args) -> int:
@@ -62,10 +73,18 @@ def run(args) -> int:
         if task_options or model_overrides or args.preset or args.scratch:
             raise ConfigError("--resume continues a run with its saved task and model; pass only training flags "
                               "such as --max-time")
+        if "finetune" not in read_config(args.resume):
+            raise ConfigError(f"{args.resume} is not a fine-tuning run; continue it with `qkv train --resume "
+                              f"{args.resume}`")
         trainer = resume_finetune(args.resume, train_overrides)
+        if trainer.done():
+            raise ConfigError(f"{args.resume} has spent its budget: {trainer.spent_budget()}")
         print(f"resuming {args.resume} at step {trainer.step}")
     else:
         if args.scratch:
+            if task_options.get("init", None) is not None:
+                raise ConfigError(f"--scratch trains from scratch but --init {task_options['init']} names an "
+                                  f"encoder; drop one of them")
             task_options["init"] = None
         if "init" not in task_options:
             raise ConfigError("say where the encoder comes from: --init DIR (a qkv-bert run or a Hugging Face BERT "
@@ -77,8 +96,12 @@ def run(args) -> int:
         if task_options["init"] is not None and model_overrides:
             raise ConfigError(f"model flags {sorted(model_overrides)} describe the --init none model; an encoder "
                               f"from --init keeps its own architecture")
-        fcfg = build(FinetuneConfig, task_options, "the given options")
+        fcfg = build(FinetuneConfig, task_options)
+        if fcfg.init is not None:
+            require_family(fcfg.init, "finetune --init", "encoder", "fine-tuned encoder")
         model_cfg, train_cfg = resolve(args.preset or DEFAULT_PRESET, None, model_overrides, train_overrides)
+        train_cfg = default_out_dir(train_cfg, None, train_overrides)
+        claim_out_dir(train_cfg.out_dir, train_cfg.overwrite)        # before the tokenizer and model are built
         task, notes = build_finetune_task(fcfg, train_cfg, new_model(fcfg, model_cfg, train_cfg))
         trainer = Trainer(task.model_cfg, train_cfg, task=task)
         cut = f" ({notes['truncated']} truncated to the model's positions)" if notes.get("truncated") else ""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from typing import Literal
@@ -31,6 +33,22 @@ def value_parser(base: type, flag: str, optional: bool = False):
     return parse
 
 
+def path_arg(text: str) -> str:
+    """An argparse ``type`` for a file or folder: refuses the empty string (often a variable never set)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expects a path, got an empty string")
+    return text
+
+
+def unescaped(text: str) -> str:
+    r"""A flag value with \n, \t, \r and \\ turned into what a shell cannot type inside quotes:
+    ``--stop "\n\n"`` stops at a blank line."""
+    return re.sub(r"\\([nrt\\])", lambda m: ESCAPES[m[1]], text)
+
+
+ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\"}
+
+
 def _parser_for(hint, name: str):
     args = typing.get_args(hint)
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
@@ -39,27 +57,87 @@ def _parser_for(hint, name: str):
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, shown: dict | None = None) -> None:
-    """One flag per field of ``cls``; ``shown`` are the defaults that apply (a preset's), for the help text."""
+    """One flag per field of ``cls``, described by the field's comment in the class source; ``shown`` are the
+    defaults that apply (a preset's), for the help text."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
-    shown = shown or {}
+    comments = field_comments(cls)
     for f in dataclasses.fields(cls):
         flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
-        if f.name in shown:
-            default = f"(default {shown[f.name]})"
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            default = "(required)"
-        else:
-            default = f"(default {f.default if f.default is not dataclasses.MISSING else f.default_factory()})"
         if hint is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=default)
+            action = group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                        default=argparse.SUPPRESS)
         elif typing.get_origin(hint) is Literal:
-            group.add_argument(flag, dest=f.name, choices=typing.get_args(hint), default=argparse.SUPPRESS,
-                               help=default)
+            action = group.add_argument(flag, dest=f.name, choices=typing.get_args(hint), default=argparse.SUPPRESS)
         else:
-            group.add_argument(flag, dest=f.name, type=_parser_for(hint, f.name), default=argparse.SUPPRESS,
-                               metavar=f.name.upper(), help=default)
+            action = group.add_argument(flag, dest=f.name, type=_parser_for(hint, f.name), default=argparse.SUPPRESS,
+                                        metavar=f.name.upper())
+        action.comment = comments.get(f.name, "")
+        if f.default is not dataclasses.MISSING:
+            action.field_default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            action.field_default = f.default_factory()
+        _describe(action, shown or {})
+
+
+def _describe(action: argparse.Action, shown: dict) -> None:
+    if action.dest in shown:
+        default = f"default {shown[action.dest]}"
+    elif hasattr(action, "field_default"):
+        default = f"default {action.field_default}"
+    else:
+        default = "required"
+    text = f"{action.comment} ({default})" if action.comment else f"({default})"
+    action.help = text.replace("%", "%%")                # argparse formats help strings with %
+
+
+def show_defaults(parser: argparse.ArgumentParser, shown: dict) -> None:
+    """Rewrite every dataclass flag's "(default ...)" with the values that will actually apply."""
+    for action in parser._actions:
+        if hasattr(action, "comment"):
+            _describe(action, shown)
+
+
+def field_comments(cls) -> dict[str, str]:
+    """{field: its comment} from the class source: the ``# ...`` after each field and the comment lines below
+    it, so the dataclass's comments are the flags' help (one place to describe an option)."""
+    try:
+        lines = inspect.getsource(getattr(cls, "__wrapped__", cls)).splitlines()
+    except (OSError, TypeError):
+        return {}
+    comments, current = {}, None
+    for line in lines:
+        field = re.match(r"\s+(\w+)\s*:[^#]*?(?:#\s?(.*))?$", line)
+        if field and not line.lstrip().startswith("#"):
+            current = field[1]
+            comments[current] = (field[2] or "").strip()
+        elif current and re.match(r"\s+#", line):
+            comments[current] = (comments[current] + " " + line.strip().lstrip("#").strip()).strip()
+        else:
+            current = None
+    return comments
+
+
+class PresetHelp(argparse.Action):
+    """``--help`` that shows the defaults of the preset that would run, given the flags typed before it
+    (``qkv train --preset multi30k --help``). ``choose(namespace) -> (preset name, its values)``."""
+
+    def __init__(self, option_strings, dest, choose, **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+        self.choose = choose
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        name, values = self.choose(namespace)
+        show_defaults(parser, values)
+        parser.epilog = f"Defaults shown are those of --preset {name}, the preset this command would run."
+        parser.print_help()
+        parser.exit()
+
+
+def add_preset_help(parser: argparse.ArgumentParser, choose) -> None:
+    """Give a parser made with ``add_help=False`` a ``-h/--help`` that is a ``PresetHelp``."""
+    parser.add_argument("-h", "--help", action=PresetHelp, choose=choose,
+                        help="show this help, with the defaults of the preset that would run, and exit")
 
 
 def collect(args: argparse.Namespace, cls) -> dict:

@@ -14,7 +14,7 @@ import sys
 
 from ..errors import InputError
 from ..generate import GenerationConfig
-from .flags import value_parser
+from .flags import path_arg, unescaped, value_parser
 
 DEFAULTS = GenerationConfig()
 
@@ -33,14 +33,15 @@ FLAGS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", metavar="DIR", help="a qkv checkpoint or Hugging Face GPT-2 directory")
+    parser.add_argument("directory", type=path_arg, metavar="DIR", help="a qkv checkpoint or Hugging Face GPT-2 directory")
     parser.add_argument("--prompt", default="", help="text to continue (default: start from eos)")
     for flag, (field, kind, help_text) in FLAGS.items():
         parser.add_argument(flag, dest=field, type=value_parser(kind, flag), default=None,
                             metavar=kind.__name__.upper(),
                             help=f"{help_text} (default {getattr(DEFAULTS, field)})")
-    parser.add_argument("--stop", action="append", default=[], metavar="S",
-                        help="stop before this string (repeatable); it is not printed")
+    parser.add_argument("--stop", action="append", default=[], metavar="S", type=unescaped,
+                        help="stop before this string (repeatable; \\n and \\t are a newline and a tab, as in "
+                             "--stop '\\n\\n'); it is not printed")
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating past the eos token")
     parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help="recompute the whole sequence every step (slow; for comparison)")
@@ -49,10 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import load
     from ..generate import stream
+    from ._common import require_family
 
     given = {field: getattr(args, field) for field, _, _ in FLAGS.values() if getattr(args, field) is not None}
     cfg = GenerationConfig(**given, stop=tuple(args.stop), ignore_eos=args.ignore_eos,
                            use_cache=args.use_cache)
+    require_family(args.directory, "generate", "decoder")
     model = load(args.directory)
     if model.tokenizer is None:
         raise InputError(f"{args.directory} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
-from ..config import PRESETS, ModelConfig, TrainConfig, resolve
+from ..checkpoint import read_config
+from ..config import PRESETS, ModelConfig, TrainConfig, load_config_file, resolve
 from ..errors import ConfigError
-from .flags import add_dataclass_flags, collect
+from ._common import default_out_dir
+from .flags import add_dataclass_flags, collect, path_arg
 
 # by --task (and --objective mlm, whose encoder needs a WordPiece vocabulary and a bidirectional mask)
 DEFAULT_PRESETS = {"lm": "shakespeare-char", "mlm": "bert-mlm", "translate": "multi30k", "summarize": "scitldr"}
@@ -15,11 +18,26 @@ DEFAULT_PRESETS = {"lm": "shakespeare-char", "mlm": "bert-mlm", "translate": "mu
 def add_arguments(p) -> None:
     p.add_argument("--preset", help=f"named preset: {', '.join(PRESETS)} (default when no --config is given: "
                                     f"{', '.join(f'{v} for ' + ('--objective mlm' if k == 'mlm' else f'--task {k}') for k, v in DEFAULT_PRESETS.items())})")
-    p.add_argument("--config", metavar="FILE", help="JSON or TOML file with [model] and [train] tables")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped "
+    p.add_argument("--config", type=path_arg, metavar="FILE", help="JSON or TOML file with [model] and [train] tables")
+    p.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the run in DIR exactly where it stopped "
                                                   "(training flags such as --max-iters extend it)")
     add_dataclass_flags(p, ModelConfig, "model (ModelConfig fields)")
     add_dataclass_flags(p, TrainConfig, "training (TrainConfig fields)")
+
+
+def _preset(args) -> str | None:
+    """The preset a run uses: --preset, else the config file's own, else the default for its task."""
+    train_options = collect(args, TrainConfig)
+    task = "mlm" if train_options.get("objective") == "mlm" else train_options.get("task", "lm")
+    return getattr(args, "preset", None) or (None if getattr(args, "config", None) else DEFAULT_PRESETS[task])
+
+
+def help_defaults(args) -> tuple[str, dict]:
+    name = _preset(args)
+    if name is None:
+        name = load_config_file(args.config).get("preset")
+    preset = PRESETS.get(name, {"model": {}, "train": {}})
+    return name, {**preset["model"], **preset["train"]}
 
 
 def run(args) -> int:
@@ -30,13 +48,18 @@ def run(args) -> int:
         if args.preset or args.config or model_overrides:
             raise ConfigError("--resume continues a run with its saved model config; drop --preset, --config "
                               "and model flags (training flags like --max-iters are allowed)")
+        if "finetune" in read_config(args.resume):
+            raise ConfigError(f"{args.resume} is a fine-tuning run; continue it with `qkv finetune --resume "
+                              f"{args.resume}`")
         trainer = Trainer.resume(args.resume, train_overrides)
-        print(f"resuming {args.resume} at step {trainer.step}")
+        if trainer.done():
+            raise ConfigError(f"{args.resume} has spent its budget: {trainer.spent_budget()}")
+        elsewhere = f", writing to {trainer.out_dir} ({args.resume} stays as it is)" \
+            if trainer.out_dir.resolve() != Path(args.resume).resolve() else ""
+        print(f"resuming {args.resume} at step {trainer.step}{elsewhere}")
     else:
-        task = "mlm" if train_overrides.get("objective") == "mlm" else train_overrides.get("task", "lm")
-        preset = args.preset or (None if args.config else DEFAULT_PRESETS[task])
-        model_cfg, train_cfg = resolve(preset, args.config, model_overrides, train_overrides)
-        trainer = Trainer(model_cfg, train_cfg)
+        model_cfg, train_cfg = resolve(_preset(args), args.config, model_overrides, train_overrides)
+        trainer = Trainer(model_cfg, default_out_dir(train_cfg, args.config, train_overrides))
     n_params = trainer.model.num_params()
     unit = "pairs" if isinstance(trainer.data.splits["train"], list) else "tokens"
     print(f"model: {n_params / 1e6:.2f}M parameters, {trainer.model_cfg.n_layers} layers, d_model "

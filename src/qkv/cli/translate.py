@@ -13,19 +13,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
-from .flags import value_parser
+from .flags import path_arg, value_parser
 
 
 def add_arguments(p) -> None:
-    p.add_argument("directory", metavar="DIR", help="an encoder-decoder checkpoint (qkv train --task translate)")
+    p.add_argument("directory", type=path_arg, metavar="DIR", help="an encoder-decoder checkpoint (qkv train --task translate)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a source sentence (repeat for several)")
-    src.add_argument("--file", metavar="FILE", help="source sentences, one per line")
-    src.add_argument("--jsonl", metavar="FILE", help="SciTLDR-style JSON lines: 'source' sentences and "
+    src.add_argument("--file", type=path_arg, metavar="FILE", help="source sentences, one per line (- for stdin)")
+    src.add_argument("--jsonl", type=path_arg, metavar="FILE", help="SciTLDR-style JSON lines: 'source' sentences and "
                                                      "'target' references (scored with ROUGE)")
-    p.add_argument("--ref", metavar="FILE", help="reference translations for --file, one per line (BLEU)")
+    p.add_argument("--ref", type=path_arg, metavar="FILE", help="reference translations for --file, one per line (BLEU)")
     p.add_argument("--beam", type=value_parser(int, "--beam"), default=4, help="beam size; 1 = greedy (default 4)")
     p.add_argument("--length-penalty", type=value_parser(float, "--length-penalty"), default=1.0,
                    help="score / length ** penalty (default 1.0)")
@@ -35,8 +34,8 @@ def add_arguments(p) -> None:
                    help="keep searching after beam-size hypotheses finished")
     p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), default=32, help="sources per batch")
     p.add_argument("--truncate", action="store_true", help="cut sources longer than the model's positions")
-    p.add_argument("--output", metavar="FILE", help="write outputs here instead of stdout")
-    p.add_argument("--metrics-json", metavar="FILE", help="write the scores as JSON")
+    p.add_argument("--output", type=path_arg, metavar="FILE", help="write outputs here instead of stdout")
+    p.add_argument("--metrics-json", type=path_arg, metavar="FILE", help="write the scores as JSON")
     p.add_argument("--threads", type=value_parser(int, "--threads"), default=None, help="torch threads")
 
 
@@ -48,15 +47,26 @@ def run(args) -> int:
     from ..data.text import read_lines
     from ..errors import InputError
     from ..metrics import bleu, rouge
-    from ..models import EncoderDecoder
+    from ..rundir import write_text_atomic
+    from ..validation import check_positive_int
     from ..translate import SearchConfig, translate
+    from ._common import check_output_file, require_family
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = SearchConfig(beam_size=args.beam, max_new_tokens=args.max_new_tokens,
                        length_penalty=args.length_penalty, early_stopping=args.early_stopping)
+    check_positive_int("--batch-size", args.batch_size)
+    if args.threads is not None:
+        check_positive_int("--threads", args.threads)
     if args.ref and not args.file:
         raise InputError("--ref scores a --file of sources; give the sources with --file")
+    if args.metrics_json and not (args.ref or args.jsonl):
+        raise InputError("--metrics-json writes BLEU or ROUGE, which need references: add --ref FILE (with "
+                         "--file) or use --jsonl")
+    check_output_file(args.output, "--output")
+    check_output_file(args.metrics_json, "--metrics-json")
+    require_family(args.directory, "translate", "encoder-decoder")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     references = None
     if args.file and args.ref:
         pairs = read_parallel(args.file, args.ref)
@@ -68,16 +78,15 @@ def run(args) -> int:
         sources, references = [d for d, _ in docs], [refs for _, refs in docs]
     else:
         sources = args.text
+    if not sources or not all(s.strip() for s in sources):
+        raise InputError("nothing to translate: the input is empty (or a --text is blank)")
     model = load(args.directory)
-    if not isinstance(model, EncoderDecoder):
-        raise InputError(f"{args.directory} holds a {model.model_type} model; translate needs an encoder-decoder "
-                         f"(train one with qkv train --task translate)")
     start = time.perf_counter()
     outputs = translate(model, sources, cfg, args.batch_size, args.truncate)
     seconds = time.perf_counter() - start
     text = "".join(o + "\n" for o in outputs)
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        write_text_atomic(args.output, text)
     else:
         sys.stdout.write(text)
     if references is None:
@@ -92,5 +101,5 @@ def run(args) -> int:
         summary = f"BLEU {score.score:.2f} ({score.signature})"
     print(f"{summary} | {len(sources)} sentences in {seconds:.1f}s", file=sys.stderr)
     if args.metrics_json:
-        Path(args.metrics_json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(args.metrics_json, json.dumps(metrics, indent=2) + "\n")
     return 0

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import gzip
+import sys
 from pathlib import Path
 
 from ..errors import DataError
 from . import BUNDLED_CORPUS
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
+STDIN = "-"                     # as a path: read standard input, as Unix tools do
 
 
 def read_text(path: str | Path | None) -> str:
     """The whole corpus as one string. A folder contributes its text files in sorted order, one per line.
 
-    ``None`` reads the bundled tiny shakespeare.
+    ``None`` reads the bundled tiny shakespeare; ``-`` reads standard input.
     """
+    if str(path) == STDIN:
+        return read_text_file(STDIN)
     p = Path(path) if path is not None else BUNDLED_CORPUS
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
@@ -33,8 +37,13 @@ def read_text(path: str | Path | None) -> str:
 
 
 def read_text_file(path: str | Path) -> str:
-    """The whole file decoded as UTF-8 (a leading BOM dropped); ``.gz`` files are decompressed first."""
+    """The whole file decoded as UTF-8 (a leading BOM dropped); ``.gz`` files are decompressed first;
+    ``-`` is standard input."""
+    if str(path) == STDIN:
+        return _decode(sys.stdin.buffer.read(), "<stdin>")
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p} is a directory; pass a file")
     if not p.is_file():
         raise DataError(f"{p} does not exist; pass the path of your copy of the data file")
     try:
@@ -42,6 +51,10 @@ def read_text_file(path: str | Path) -> str:
     except (OSError, EOFError) as e:
         raise DataError(f"{p} is not a valid gzip file ({e}); re-download it or gunzip it and pass the "
                         f"plain file") from None
+    return _decode(raw, p)
+
+
+def _decode(raw: bytes, p) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..checkpoint import atomic_dir
+from ..rundir import atomic_dir
 from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
 from ..models.decoder import GPT

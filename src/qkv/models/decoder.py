@@ -25,6 +25,7 @@ from .stack import Stack
 class GPT(Stack):
     """A causal ``Stack`` with a language-model head (tied to the token embedding by default)."""
     model_type = "qkv-gpt"
+    family = "decoder"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

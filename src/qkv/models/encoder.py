@@ -133,6 +133,7 @@ class MeanPool(nn.Module):
 class Encoder(Stack):
     """A bidirectional ``Stack`` with segment embeddings; bare, it returns hidden states (``.hidden``)."""
     model_type = "qkv-bert-encoder"
+    family = "encoder"
 
     def __init__(self, cfg: ModelConfig, head: nn.Module | None = None):
         if cfg.mask != "bidirectional":
@@ -225,6 +226,7 @@ class BERT(Encoder):
 class BertQA(Encoder):
     """Extractive QA: ``.start_logits`` / ``.end_logits`` (B, L) over the tokens; labels are spans_B2."""
     model_type = "qkv-bert-qa"
+    family = "fine-tuned encoder"          # a task head: predict and evaluate, not embed
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, SpanHead(cfg))
@@ -239,6 +241,7 @@ class LabelledEncoder(Encoder):
     """An encoder whose head predicts one of ``labels`` (names kept in config.json, so load rebuilds it)."""
     head_class: type = nn.Module
     min_labels = 1
+    family = "fine-tuned encoder"
 
     def __init__(self, cfg: ModelConfig, labels: Sequence[str]):
         labels = list(labels)

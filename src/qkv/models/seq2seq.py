@@ -53,6 +53,7 @@ class Memory:
 
 class EncoderDecoder(nn.Module):
     model_type = "qkv-seq2seq"
+    family = "encoder-decoder"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -6,11 +6,13 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import DataError
+from ..validation import check_positive_int
 
 
 @torch.inference_mode()
 def perplexity(model, ids: list[int], batch_size: int = 8) -> dict:
     """Mean next-token cross-entropy over every token after the first (each window predicts L tokens)."""
+    check_positive_int("batch_size", batch_size)
     if len(ids) < 2:
         raise DataError(f"evaluation text has {len(ids)} token(s); it needs at least 2")
     tokens = torch.tensor(ids, dtype=torch.long)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from ..models import MODEL_TYPES
 from ..models.encoder import TASKS as ENCODER_TASKS
 from ..models.encoder import Encoder, from_pretrained_encoder
 from ..nn.onednn import use_onednn
+from ..rundir import write_text_atomic
 from ..tasks import TASKS, get_task
 from ..tasks.batches import TaskBatches, item_logits
 from ..tokenizers import Tokenizer
@@ -54,7 +54,7 @@ class FinetuneConfig:
     stride: int = 32                        # squad: context tokens shared by neighbouring windows
     max_answer_len: int = 30                # squad: the longest answer, in tokens
     n_eval_articles: int = 10               # squad without eval_data: articles held out for evaluation
-    eval_batch_size: int = 64
+    eval_batch_size: int = 64                # inputs per forward pass when scoring
     group_by_length: bool = True            # training batches of similar lengths: almost no padding
                                             # (random batches pad SST-2 / EWT to ~3x their tokens)
 
@@ -135,8 +135,10 @@ def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> 
     val_items, _ = spec.encode(val, tokenizer, max_len, labels, fcfg)
     data = TaskBatches(train_items, val_items, spec.layout, tokenizer.pad_id or 0, train_cfg.seed,
                        fcfg.group_by_length)
+    paths = {name: str(Path(value).resolve()) for name in ("data", "init", "eval_data", "val_data")
+             if (value := getattr(fcfg, name)) is not None}              # resumable from any working directory
     task = Task(model.cfg, type(model), tokenizer, data, model=model,
-                config={"finetune": dataclasses.asdict(fcfg)})
+                config={"finetune": {**dataclasses.asdict(fcfg), **paths}})
     return task, {"examples": len(train_items), **notes}
 
 
@@ -175,14 +177,10 @@ def evaluate(model, fcfg: FinetuneConfig, path: str | None) -> tuple[dict, objec
 def write_outputs(directory: str | Path, fcfg: FinetuneConfig, report: dict, predictions) -> None:
     """DIR/eval.json and DIR/predictions.json(l), each written to a temp file and renamed into place."""
     spec = get_task(fcfg.task)
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     lines = json.dumps(predictions, ensure_ascii=False) + "\n" if isinstance(predictions, dict) \
         else "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions)
     for name, text in ((spec.predictions_file, lines), (REPORT_FILE, json.dumps(report, indent=2) + "\n")):
-        tmp = d / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, d / name)
+        write_text_atomic(Path(directory) / name, text)
 
 
 def finish(trainer: Trainer, fcfg: FinetuneConfig) -> dict:

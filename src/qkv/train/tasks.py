@@ -86,7 +86,15 @@ def _language_model(model_cfg, cfg, tokenizer) -> Task:
     return Task(model_cfg, GPT, tokenizer, data)
 
 
+def _needs_seq2seq_specials(cfg, tokenizer, what: str) -> None:
+    """WordPiece brings BERT's [CLS]/[SEP], not the <pad> <bos> <eos> (and sentinels) an encoder-decoder needs."""
+    if tokenizer is None and cfg.tokenizer == "wordpiece":
+        raise ConfigError(f"{what} trains an encoder-decoder, whose vocabulary needs <pad> <bos> <eos>: use "
+                          f"--tokenizer bpe (or char)")
+
+
 def _span_corruption(model_cfg, cfg, tokenizer) -> Task:
+    _needs_seq2seq_specials(cfg, tokenizer, "objective 'span'")
     text = read_text(cfg.data)
     _, n_spans = spans_needed(model_cfg.max_len)
     sentinels = sentinel_names(n_spans)
@@ -145,6 +153,7 @@ def read_pair_splits(cfg: TrainConfig) -> tuple[list[tuple[str, str]], list[tupl
 
 
 def _pairs(model_cfg, cfg, tokenizer, src_tokenizer) -> Task:
+    _needs_seq2seq_specials(cfg, tokenizer, f"task {cfg.task!r}")
     train, val = read_pair_splits(cfg)
     if tokenizer is None:
         if cfg.joint_vocab:

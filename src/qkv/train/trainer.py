@@ -10,28 +10,37 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import SRC_TOKENIZER_FILE, atomic_dir, load_weights, read_config, write_model_files
+from ..checkpoint import SRC_TOKENIZER_FILE, load_weights, read_config, write_model_files
 from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError
+from ..rundir import atomic_dir, claim_out_dir, recover
 from ..tokenizers import Tokenizer
+from .interrupt import StopRequest, TrainingInterrupted
 from .optim import lr_at, make_optimizer
 from .tasks import Task, build_task
 
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
+BEST_DIR = "best"                 # --keep-best: a loadable model directory inside the run
 
 
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer: Tokenizer | None = None,
-                 log=print, src_tokenizer: Tokenizer | None = None, task: Task | None = None):
-        """``task``: a ready task (fine-tuning); by default one is built from the configs."""
+                 log=print, src_tokenizer: Tokenizer | None = None, task: Task | None = None,
+                 resuming: Path | None = None):
+        """``task``: a ready task (fine-tuning); by default one is built from the configs.
+        ``resuming``: the run directory being continued (the one place out_dir may already hold a run)."""
         self.train_cfg, self.log = train_cfg, log
+        self.out_dir = claim_out_dir(train_cfg.out_dir, train_cfg.overwrite, resuming)   # before any work
+        # --overwrite: the first save replaces the old run whole instead of keeping its other entries
+        self._replacing = resuming is None and self.out_dir.is_dir() and any(self.out_dir.iterdir())
         if train_cfg.threads:
             torch.set_num_threads(train_cfg.threads)
         task = task or build_task(model_cfg, train_cfg, tokenizer, src_tokenizer)
@@ -44,28 +53,29 @@ class Trainer:
                                         (train_cfg.beta1, train_cfg.beta2))
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
         self.metrics: list[dict] = []
-        self.out_dir = Path(train_cfg.out_dir)
 
     # ---- resume -------------------------------------------------------------------------------------
     @classmethod
     def resume(cls, run_dir: str | Path, train_overrides: dict | None = None, log=print,
                task: Task | None = None) -> "Trainer":
-        """Continue the run in ``run_dir``; ``train_overrides`` may extend the budget (max_iters, max_time).
+        """Continue the run in ``run_dir``; ``train_overrides`` may extend the budget (max_iters, max_time),
+        move the data (data) or write the continued run elsewhere (out_dir; ``run_dir`` then stays as it is).
         ``task``: the run's task rebuilt by its owner (fine-tuning); by default from the saved configs."""
         run_dir = Path(run_dir)
+        recover(run_dir)                           # a save that a kill interrupted (two-rename filesystems)
         config = read_config(run_dir)
         state_path = run_dir / STATE_FILE
         if not state_path.is_file():
             raise CheckpointError(f"{run_dir} has no {STATE_FILE}; it is a saved model, not a resumable run")
         model_cfg = build(ModelConfig, config["model"], str(run_dir / "config.json"))
-        train = {**config.get("train", {}), **(train_overrides or {}), "out_dir": str(run_dir)}
+        train = {**config.get("train", {}), "out_dir": str(run_dir), "overwrite": False, **(train_overrides or {})}
         train_cfg = build(TrainConfig, train, "the resumed run's options")
         tokenizer = Tokenizer.from_dir(run_dir)
         if tokenizer is None:
             raise CheckpointError(f"{run_dir} has no tokenizer.json; the run cannot be resumed")
         src_path = run_dir / SRC_TOKENIZER_FILE
         src_tokenizer = Tokenizer.from_file(src_path) if src_path.is_file() else None
-        trainer = cls(model_cfg, train_cfg, tokenizer, log, src_tokenizer, task)
+        trainer = cls(model_cfg, train_cfg, tokenizer, log, src_tokenizer, task, resuming=run_dir)
         load_weights(trainer.model, run_dir / "model.safetensors")
         try:
             state = torch.load(state_path, weights_only=True)
@@ -92,6 +102,14 @@ class Trainer:
         cfg = self.train_cfg
         return self.step >= cfg.max_iters or (cfg.max_time is not None and self.elapsed >= cfg.max_time)
 
+    def spent_budget(self) -> str:
+        """Which budget ended the run, and the flag that extends it (for a resume that has nothing to do)."""
+        cfg = self.train_cfg
+        if self.step >= cfg.max_iters:
+            return f"step {self.step} of --max-iters {cfg.max_iters}; pass a larger --max-iters to train further"
+        return (f"{self.elapsed:.1f} s of --max-time {cfg.max_time:g} s; pass a larger --max-time (seconds) to "
+                f"train further")
+
     def autocast(self):
         """The forward pass's precision: fp32, or bf16 mixed precision (matrix products in bf16, losses,
         norms and softmax in fp32, as autocast's op lists say; parameters and AdamW stay fp32)."""
@@ -110,65 +128,101 @@ class Trainer:
     def save(self) -> None:
         """Write the whole run atomically: weights, tokenizer, configs, trainer state, metrics."""
         train = dataclasses.asdict(self.train_cfg)
-        with atomic_dir(self.out_dir) as tmp:
-            write_model_files(tmp, self.model, self.tokenizer, {"train": train, **self.task_config})
+        if train["data"] is not None:              # resumable from any working directory
+            train["data"] = str(Path(train["data"]).resolve())
+        config = {"train": train, **self.task_config}
+        with atomic_dir(self.out_dir, carry_over=not self._replacing) as tmp:
+            write_model_files(tmp, self.model, self.tokenizer, config)
+            if self.train_cfg.keep_best and self._is_best():
+                best = self.metrics[-1]
+                (tmp / BEST_DIR).mkdir()
+                write_model_files(tmp / BEST_DIR, self.model, self.tokenizer,
+                                  {**config, "best": {"step": best["step"], "val_loss": best["val_loss"]}})
             torch.save({"step": self.step, "elapsed_s": self.elapsed, "tokens": self.tokens,
                         "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                         "data_rng": self.data.generator.get_state()}, tmp / STATE_FILE)
             (tmp / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
+        self._replacing = False
+
+    def _is_best(self) -> bool:
+        """The last evaluation has the lowest val_loss so far (a tie keeps the earlier checkpoint)."""
+        if not self.metrics or self.metrics[-1]["step"] != self.step:
+            return False
+        return all(self.metrics[-1]["val_loss"] < m["val_loss"] for m in self.metrics[:-1])
 
     # ---- the loop -----------------------------------------------------------------------------------
     def fit(self, stop_at_step: int | None = None) -> dict:
-        """Train until the budget is spent (or ``stop_at_step``, to simulate an interruption)."""
+        """Train until the budget is spent (or ``stop_at_step``, to simulate an interruption).
+        Ctrl-C saves the run after the current step and raises ``TrainingInterrupted``."""
         cfg = self.train_cfg
         model = torch.compile(self.model) if cfg.compile else self.model
         model.train()
         writer = self._tensorboard()
-        bar = tqdm(total=cfg.max_iters, initial=self.step, disable=not cfg.progress, dynamic_ncols=True,
+        bar = tqdm(total=self._projected_steps(), initial=self.step, dynamic_ncols=True,
+                   disable=not cfg.progress or not sys.stderr.isatty(),    # not a terminal: the eval lines are the log
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
         loss_sum, loss_count = 0.0, 0
         last = None
         clock = time.perf_counter() - self.elapsed
         smoothing = {"label_smoothing": cfg.label_smoothing} if cfg.label_smoothing else {}  # encoders: none
-        while not self.done():
-            lr = lr_at(self.progress(), self.step, cfg.lr, cfg.warmup_iters, cfg.min_lr_ratio, cfg.schedule)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            step_tokens = 0
-            for _ in range(cfg.grad_accum):
-                batch = self.data.batch("train", cfg.batch_size)
-                with self.autocast():
-                    loss = model(**batch, **smoothing).loss
-                (loss / cfg.grad_accum).backward()
-                loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
-                targets = batch["targets_BL"] if "targets_BL" in batch else batch["labels"]   # encoders
-                step_tokens += int((targets != -100).sum())                  # tokens that were predicted
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            self.tokens += step_tokens
-            self.elapsed = time.perf_counter() - clock
-            bar.update(1)
-            bar.set_postfix_str(self._postfix(loss.item()), refresh=False)
-            if self.step % cfg.eval_interval == 0 or self.done() or self.step == stop_at_step:
-                last = self._record(loss_sum / max(loss_count, 1), lr, writer, clock)
-                loss_sum, loss_count = 0.0, 0
-                bar.write(f"step {self.step:>6} | train_loss {last['train_loss']:.4f} | "
-                          f"val_loss {last['val_loss']:.4f} | {self.elapsed:6.1f}s")
-                if cfg.save_interval == 0 or self.step % cfg.save_interval == 0 or self.done() \
-                        or self.step == stop_at_step:
-                    self.save()
-                self.elapsed = time.perf_counter() - clock     # ... and so do saves
-            if self.step == stop_at_step:
-                break
+        with StopRequest() as stop:
+            while not self.done():
+                lr = lr_at(self.progress(), self.step, cfg.lr, cfg.warmup_iters, cfg.min_lr_ratio, cfg.schedule)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                step_tokens = 0
+                for _ in range(cfg.grad_accum):
+                    batch = self.data.batch("train", cfg.batch_size)
+                    with self.autocast():
+                        loss = model(**batch, **smoothing).loss
+                    (loss / cfg.grad_accum).backward()
+                    loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+                    targets = batch["targets_BL"] if "targets_BL" in batch else batch["labels"]   # encoders
+                    step_tokens += int((targets != -100).sum())                  # tokens that were predicted
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.tokens += step_tokens
+                self.elapsed = time.perf_counter() - clock
+                bar.total = self._projected_steps()
+                bar.update(1)
+                bar.set_postfix_str(self._postfix(loss.item()), refresh=False)
+                saved = False
+                if self.step % cfg.eval_interval == 0 or self.done() or self.step == stop_at_step:
+                    last = self._record(loss_sum / max(loss_count, 1), lr, writer, clock)
+                    loss_sum, loss_count = 0.0, 0
+                    bar.write(f"step {self.step:>6} | train_loss {last['train_loss']:.4f} | "
+                              f"val_loss {last['val_loss']:.4f} | {self.elapsed:6.1f}s")
+                    if cfg.save_interval == 0 or self.step % cfg.save_interval == 0 or self.done() \
+                            or self.step == stop_at_step or (cfg.keep_best and self._is_best()):
+                        self.save()
+                        saved = True
+                    self.elapsed = time.perf_counter() - clock     # ... and so do saves
+                if stop:
+                    if not saved:
+                        self.save()
+                    bar.close()
+                    raise TrainingInterrupted(self.step, self.out_dir)
+                if self.step == stop_at_step:
+                    break
         bar.close()
         if writer is not None:
             writer.close()
         if last is None:                                  # nothing left to do (e.g. resumed at the end)
             last = self.metrics[-1] if self.metrics else self._record(float("nan"), 0.0, None, clock)
         return last
+
+    def _projected_steps(self) -> int:
+        """The step the run will end at: max_iters, or sooner where max_time runs out first at the rate so far."""
+        cfg = self.train_cfg
+        if cfg.max_time is None or self.step == 0 or self.elapsed <= 0:
+            return cfg.max_iters
+        if self.done():
+            return self.step
+        left = (cfg.max_time - self.elapsed) * self.step / self.elapsed
+        return min(cfg.max_iters, self.step + max(1, int(left)))
 
     def _record(self, train_loss: float, lr: float, writer, clock: float) -> dict:
         val_loss = self.evaluate()

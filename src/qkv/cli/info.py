@@ -1,0 +1,103 @@
+"""`qkv info DIR`: what a checkpoint is and how it was made.
+
+    qkv info runs/shakespeare-char
+    qkv info path/to/hf-gpt2 --json
+
+Prints the family and model type, the architecture, the parameter count, the tokenizer, the training run
+(steps, time, tokens, the last and best losses from metrics.jsonl, the data and the budget), and for a
+fine-tuned run its task and last evaluation. ``--json`` prints the same as one JSON object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from .flags import path_arg
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="a qkv run or model directory, or a Hugging Face directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args) -> int:
+    from .. import load
+    from ..checkpoint import family, read_config
+    from ..rundir import resolve_dir
+
+    kind, model_type = family(args.checkpoint)
+    d = resolve_dir(args.checkpoint)
+    config = read_config(d)
+    model = load(d)
+    tok = model.tokenizer
+    info = {"checkpoint": str(args.checkpoint), "family": kind, "model_type": model_type,
+            "qkv_version": config.get("qkv_version"),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "model": {k: v for k, v in dataclasses.asdict(model.cfg).items() if v is not None},
+            "tokenizer": None if tok is None else {
+                "kind": tok.kind, "vocab_size": tok.vocab_size,
+                "special": {name: tok.backend.id_to_token(i) for name in ("bos", "eos", "pad", "cls", "sep", "mask", "unk")
+                            if (i := getattr(tok, f"{name}_id")) is not None}}}
+    for key in ("train", "finetune", "labels", "best"):
+        if key in config:
+            info[key] = config[key]
+    metrics = _metrics(d / "metrics.jsonl")
+    if metrics:
+        last = metrics[-1]
+        best = min(metrics, key=lambda m: m["val_loss"])
+        info["training"] = {"steps": last["step"], "elapsed_s": last["elapsed_s"], "tokens": last["tokens"],
+                            "train_loss": last["train_loss"], "val_loss": last["val_loss"],
+                            "best_val_loss": best["val_loss"], "best_step": best["step"], "evaluations": len(metrics)}
+    report = d / "eval.json"
+    if report.is_file():
+        info["evaluation"] = json.loads(report.read_text(encoding="utf-8"))
+    print(json.dumps(info, indent=2) if args.json else _text(info))
+    return 0
+
+
+def _metrics(path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue                                  # a damaged line does not hide the others
+        if isinstance(row, dict) and {"step", "val_loss", "train_loss", "elapsed_s", "tokens"} <= set(row):
+            rows.append(row)
+    return rows
+
+
+def _text(info: dict) -> str:
+    cfg = info["model"]
+    lines = [f"{info['checkpoint']}: {info['family']} ({info['model_type']}), {info['parameters']:,} parameters",
+             f"  architecture: {cfg.get('n_layers')} layers x d_model {cfg.get('d_model')}, {cfg.get('n_heads')} heads"
+             f" ({cfg.get('kv_heads', cfg.get('n_kv_heads') or cfg.get('n_heads'))} kv), context {cfg.get('max_len')}, "
+             f"vocab {cfg.get('vocab_size')}; {cfg.get('norm')} {cfg.get('norm_placement')}-norm, {cfg.get('mlp')}, "
+             f"{cfg.get('pos')} positions, {cfg.get('mask')} mask"]
+    tok = info["tokenizer"]
+    lines.append("  tokenizer: none" if tok is None else
+                 f"  tokenizer: {tok['kind']}, {tok['vocab_size']:,} tokens, special "
+                 f"{', '.join(f'{k}={v}' for k, v in tok['special'].items()) or 'none'}")
+    if "train" in info:
+        t = info["train"]
+        what = t.get("task") if t.get("task") != "lm" else f"lm ({t.get('objective')})"
+        budget = f"max_iters {t.get('max_iters')}" + (f", max_time {t['max_time']:g} s" if t.get("max_time") else "")
+        lines.append(f"  made by: qkv {info.get('qkv_version')}, task {what} on {t.get('data') or 'the bundled corpus'}"
+                     f"; {budget}; lr {t.get('lr')}, batch {t.get('batch_size')}, {t.get('precision', 'fp32')}, "
+                     f"seed {t.get('seed')}")
+    if "finetune" in info:
+        f = info["finetune"]
+        lines.append(f"  fine-tuned: task {f['task']} from {f.get('init') or 'scratch'} on {f['data']}")
+    if "training" in info:
+        r = info["training"]
+        lines.append(f"  trained: {r['steps']:,} steps, {r['elapsed_s']:.0f} s, {r['tokens']:,} tokens; train_loss "
+                     f"{r['train_loss']:.4f}, val_loss {r['val_loss']:.4f} (best {r['best_val_loss']:.4f} at step "
+                     f"{r['best_step']:,})")
+    if "evaluation" in info:
+        e = info["evaluation"]
+        lines.append(f"  evaluated: {e.get('metric')} {e.get('score')} on {e.get('examples')} examples of "
+                     f"{e.get('eval_data')}")
+    return "\n".join(lines)
