@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .flags import value_parser
+from .flags import path_arg, value_parser
 
 FORMATS = {".png": "png", ".html": "html", ".htm": "html", ".pt": "bertviz", ".json": "bertviz"}
 MAPS = {"self": "self-attention", "encoder": "encoder self-attention", "decoder": "decoder self-attention",
@@ -23,10 +23,10 @@ MAPS = {"self": "self-attention", "encoder": "encoder self-attention", "decoder"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", metavar="PATH", help="a checkpoint qkv loads (qkv run, Hugging Face directory, ...)")
+    p.add_argument("model", type=path_arg, metavar="PATH", help="a checkpoint qkv loads (qkv run, Hugging Face directory, ...)")
     p.add_argument("--text", help="the text to look at (for an encoder-decoder: the target)")
     p.add_argument("--source", help="encoder-decoder: the source text")
-    p.add_argument("--out", required=True, metavar="FILE", help="output file: .png, .html, or .pt/.json for bertviz")
+    p.add_argument("--out", required=True, type=path_arg, metavar="FILE", help="output file: .png, .html, or .pt/.json for bertviz")
     p.add_argument("--format", choices=["png", "html", "bertviz"], help="default: from the --out extension")
     p.add_argument("--layer", type=value_parser(int, "--layer"), help="one layer (from 0); default all")
     p.add_argument("--head", type=value_parser(int, "--head"), help="one head (from 0); default all")
@@ -55,14 +55,17 @@ def run(args) -> int:
     from ..errors import InputError
     from ..viz.maps import check_index
     from ..viz.read import attention_maps, encode_inputs, family
+    from ._common import check_output_file, require_family
 
     fmt = output_format(args.out, args.format)
+    check_output_file(args.out, "--out")
     for flag, value in (("--layer", args.layer), ("--head", args.head)):
         if value is not None and value < 0:
             raise InputError(f"{flag} {value} is out of range: layers and heads count from 0")
     if fmt != "png" and (args.layer is not None or args.head is not None or args.map):
         raise InputError("--layer, --head and --map choose what a PNG shows; the viewer and bertviz hold every "
                          "layer and head")
+    require_family(args.model, "attention", "decoder", "encoder", "fine-tuned encoder", "encoder-decoder")
     model = load(args.model)
     kind = family(model)
     text = args.text

@@ -40,7 +40,7 @@ def experiment_module(name: str):
 def run_experiment(name: str, out_dir: str | Path, quick: bool = False, seed: int | None = None,
                    log=print) -> dict:
     """Run experiment ``name`` and write its report to ``out_dir``; return its results."""
-    from ..checkpoint import atomic_dir
+    from ..rundir import atomic_dir
     from .report import Report, check_out_dir
 
     module = experiment_module(name)

@@ -48,7 +48,7 @@ class Config:
 
 
 FULL = Config()
-QUICK = Config(distances=(4, 32), steps=300, eval_sequences=128, grad_sequences=32)
+QUICK = Config(distances=(4, 32), steps=200, eval_sequences=128, grad_sequences=32)
 
 
 def delayed_copy(generator: torch.Generator, batch: int, d: int, vocab: int, scored: int) -> dict:

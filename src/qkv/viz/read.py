@@ -2,7 +2,7 @@
 
 Legend: L query length, M key length, S source length, C d_model, H heads.
 
-Every model qkv loads is one of three families, told apart by class, never by name:
+Every model qkv loads is one of three families (each class's ``family``), never told apart by name:
 
     decoder          (GPT, and everything loaded as one: GPT-2, Llama-family, GGUF)   self-attention, causal
     encoder          (BERT and its task models)                                        self-attention, both ways
@@ -22,19 +22,17 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
-from ..models.encoder import BERT, Encoder
-from ..models.seq2seq import EncoderDecoder
+from ..models.encoder import BERT
 from ..models.stack import Stack
 
 
 def family(model) -> str:
-    """"decoder", "encoder" or "encoder-decoder"."""
-    if isinstance(model, EncoderDecoder):
-        return "encoder-decoder"
-    if isinstance(model, Encoder):
+    """"decoder", "encoder" or "encoder-decoder" (a fine-tuned encoder is an encoder with a task head)."""
+    kind = getattr(model, "family", None)
+    if kind == "fine-tuned encoder":
         return "encoder"
-    if isinstance(model, Stack) and isinstance(getattr(model, "head", None), torch.nn.Module):
-        return "decoder"
+    if kind in ("decoder", "encoder", "encoder-decoder"):
+        return kind
     raise InputError(f"{type(model).__name__} is not a transformer qkv can look inside; load a decoder, "
                      f"encoder or encoder-decoder checkpoint")
 

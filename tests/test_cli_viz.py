@@ -1,0 +1,139 @@
+"""`qkv attention`, `qkv next`, `qkv plot`, `qkv experiment` end to end, and every bad input as one line + status 2.
+
+The bad-input table has the hardening harness's shape: argv, a phrase of the message, and the files that
+must survive untouched.
+"""
+
+import json
+
+import pytest
+import torch
+
+import qkv
+from qkv import GPT, ModelConfig, Tokenizer
+from qkv.cli import main
+from qkv.models.seq2seq import EncoderDecoder
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+        "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 6
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-viz")
+    (root / "corpus.txt").write_text(TEXT, encoding="utf-8")
+    out = root / "run"
+    assert main(["train", "--preset", "tiny", "--data", str(root / "corpus.txt"), "--out-dir", str(out),
+                 "--max-iters", "20", "--eval-interval", "10"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def seq2seq_dir(tmp_path_factory):
+    tok = Tokenizer.train_char("abcdefghijklmnopqrstuvwxyz ", special_tokens=["<pad>", "<bos>", "<eos>"])
+    torch.manual_seed(0)
+    model = EncoderDecoder(ModelConfig(vocab_size=tok.vocab_size, max_len=24, n_layers=2, d_model=32, n_heads=4))
+    return qkv.save(model, tmp_path_factory.mktemp("s2s") / "model", tok)
+
+
+def test_attention_png_html_bertviz(run_dir, tmp_path, capsys):
+    for name in ("grid.png", "one.png", "page.html", "attn.pt"):
+        extra = ["--layer", "1", "--head", "0"] if name == "one.png" else []
+        extra += ["--format", "bertviz"] if name == "attn.pt" else []
+        assert main(["attention", str(run_dir), "--text", "First Citizen", "--out", str(tmp_path / name), *extra]) == 0
+        assert (tmp_path / name).stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "wrote" in out and "2 layers x 4 heads, 13 x 13 tokens" in out
+    assert "default-src 'none'" in (tmp_path / "page.html").read_text()
+    assert torch.load(tmp_path / "attn.pt", weights_only=True)["tokens"][:5] == list("First")
+
+
+def test_attention_encoder_decoder_translates_when_no_target(seq2seq_dir, tmp_path, capsys):
+    assert main(["attention", str(seq2seq_dir), "--source", "a dog", "--out", str(tmp_path / "x.html")]) == 0
+    assert "cross-attention" in capsys.readouterr().out
+    assert main(["attention", str(seq2seq_dir), "--source", "a dog", "--text", "ein", "--map", "encoder",
+                 "--out", str(tmp_path / "enc.png")]) == 0
+
+
+def test_next_table_lens_png_and_json(run_dir, tmp_path, capsys):
+    assert main(["next", str(run_dir), "--text", "First Cit", "--top", "5", "--lens", "--out",
+                 str(tmp_path / "next.png")]) == 0
+    out = capsys.readouterr().out
+    assert "rank  token" in out and "logit lens at token 8" in out and "layer 2" in out
+    assert (tmp_path / "next.png").stat().st_size > 5000
+    assert main(["next", str(run_dir), "--text", "First Cit", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    model = qkv.load(run_dir)
+    with torch.no_grad():
+        probs_V = model(torch.tensor([model.tokenizer.encode("First Cit")])).logits[0, -1].softmax(-1)
+    assert len(result["top"]) == 10 and result["top"][0]["id"] == int(probs_V.argmax())
+    assert result["top"][0]["prob"] == pytest.approx(float(probs_V.max()), abs=1e-6)
+
+
+def test_plot_overlays_runs(run_dir, tmp_path, capsys):
+    assert main(["plot", str(run_dir), str(run_dir), "--x", "tokens", "--out", str(tmp_path / "c.png")]) == 0
+    assert "2 runs" in capsys.readouterr().out and (tmp_path / "c.png").stat().st_size > 5000
+
+
+def test_experiment_quick_writes_a_report(tmp_path, capsys):
+    out = tmp_path / "kv"
+    assert main(["experiment", "kv-cache", "--quick", "--out-dir", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "qkv experiment kv-cache --quick --seed 0" in report and "![" in report and '"positions": 128' in report
+    assert (out / "decode_time.png").stat().st_size > 5000
+    assert main(["experiment", "kv-cache", "--quick", "--out-dir", str(out), "--seed", "1"]) == 0   # a re-run
+    assert "--seed 1" in (out / "report.md").read_text()
+
+
+BAD = [  # (argv, phrase of the one-line message, files that must survive)
+    (["attention", "{run}", "--text", "{long}", "--out", "{tmp}/a.png"], "context is 32; shorten it or truncate", []),
+    (["attention", "{run}", "--text", "First", "--out", "{tmp}/a.png", "--layer", "2"],
+     "layer 2 is out of range: this model has 2 layers, numbered 0 to 1", []),
+    (["attention", "{run}", "--text", "First", "--out", "{tmp}/a.png", "--head", "9"],
+     "head 9 is out of range: this model has 4 heads, numbered 0 to 3", []),
+    (["attention", "{run}", "--text", "First", "--out", "{tmp}/a.png", "--layer", "-1"], "count from 0", []),
+    (["attention", "{run}", "--text", "First", "--out", "{tmp}/a.jpg"], "use a file ending in .png", []),
+    (["attention", "{run}", "--text", "First", "--out", "{tmp}/a.png", "--format", "html"],
+     "--format html writes a .html file", []),
+    (["attention", "{run}", "--text", "First", "--out", "{tmp}/a.html", "--layer", "0"], "choose what a PNG shows", []),
+    (["attention", "{run}", "--text", "First", "--out", "{tmp}/a.png", "--map", "cross"],
+     "a decoder has no cross-attention; --map takes self", []),
+    (["attention", "{run}", "--out", "{tmp}/a.png"], "--text TEXT", []),
+    (["attention", "{run}", "--text", "Q", "--out", "{tmp}/a.png"], "never saw", []),
+    (["attention", "{s2s}", "--text", "a", "--out", "{tmp}/a.png"], "--source TEXT", []),
+    (["attention", "{tmp}/nope", "--text", "a", "--out", "{tmp}/a.png"], "no checkpoint directory", []),
+    (["attention", "{run}", "--text", "First", "--out", "{tmp}/keep.png"], "", ["keep.png"]),   # replaced: ok
+    (["next", "{run}", "--text", "{long}"], "context is 32", []),
+    (["next", "{run}", "--text", "First", "--top", "0"], "--top 0 must be a positive", []),
+    (["next", "{run}", "--text", "First", "--out", "{tmp}/n.svg"], "use a file ending in .png", []),
+    (["next", "{run}", "--text", ""], "empty", []),
+    (["plot", "{tmp}"], "has no metrics.jsonl", []),
+    (["plot", "{run}", "--out", "{tmp}/c.pdf"], "use a file ending in .png", []),
+    (["plot", "{run}", "--out", "{tmp}/dir.png"], "is a directory", ["dir.png"]),
+    (["experiment", "nope"], "unknown experiment 'nope'; choose one of long-range, prenorm-warmup", []),
+    (["experiment", "kv-cache", "--quick", "--out-dir", "{tmp}/sub"], "already holds other files",
+     ["sub/notes.txt"]),
+    (["experiment", "kv-cache", "--quick", "--threads", "0", "--out-dir", "{tmp}/t"], "--threads 0", []),
+]
+
+
+@pytest.mark.parametrize("argv, phrase, survivors", BAD, ids=[" ".join(a[:1] + a[3:5]) for a, _, _ in BAD])
+def test_bad_input_is_one_line_and_status_2(run_dir, seq2seq_dir, tmp_path, capsys, argv, phrase, survivors):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "notes.txt").write_text("mine")
+    (tmp_path / "keep.png").write_bytes(b"old picture")
+    (tmp_path / "dir.png").mkdir()
+    args = [a.format(run=run_dir, s2s=seq2seq_dir, tmp=tmp_path, long="First Citizen " * 4) for a in argv]
+    status = main(args)
+    err = capsys.readouterr().err
+    if not phrase:                                       # a valid command replacing a file it may replace
+        assert status == 0 and (tmp_path / "keep.png").read_bytes()[:4] == b"\x89PNG"
+        return
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and phrase in lines[0] and "Traceback" not in err
+    assert (tmp_path / "sub" / "notes.txt").read_text() == "mine"
+    for name in survivors:
+        assert (tmp_path / name).exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in {"sub", "keep.png", "dir.png"}]
+    assert leftovers == [] and (tmp_path / "keep.png").read_bytes() == b"old picture"
