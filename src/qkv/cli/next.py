@@ -48,6 +48,6 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(dataclasses.asdict(result), ensure_ascii=False))
     else:
-        print(f"{result.reads} after {len(result.context)} tokens ...{''.join(result.context[-40:])!r}:")
+        print(f"{result.reads} after {len(result.context)} tokens '...{''.join(result.context[-40:])}':")
         print(format_table(result))
     return 0

@@ -142,8 +142,9 @@ def _write(cfg: Config, report: Report, r: dict) -> None:
         f"- Without warm-up, post-norm ends at {v[arm_name('post', False)]:.3f} and pre-norm at "
         f"{v[arm_name('pre', False)]:.3f} (predicting characters from their frequencies alone gives "
         f"{r['unigram_loss']:.3f}).",
-        f"- Warm-up takes post-norm to {v[arm_name('post', True)]:.3f}; pre-norm is "
-        f"{v[arm_name('pre', True)]:.3f} with it, so it did not need it.",
+        f"- Warm-up takes post-norm to {v[arm_name('post', True)]:.3f} "
+        f"({v[arm_name('post', True)] - v[arm_name('post', False)]:+.3f}) and pre-norm to "
+        f"{v[arm_name('pre', True)]:.3f} ({v[arm_name('pre', True)] - v[arm_name('pre', False)]:+.3f}).",
         f"- At initialization post-norm's layer gradients run from {r['grad_init']['post'][0]:.3g} (layer 1) to "
         f"{r['grad_init']['post'][-1]:.3g} (layer {cfg.n_layers}); pre-norm's from "
         f"{r['grad_init']['pre'][0]:.3g} to {r['grad_init']['pre'][-1]:.3g}.",

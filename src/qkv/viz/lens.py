@@ -83,16 +83,22 @@ def next_tokens(model, text: str, top: int = 10, source: str | None = None, trun
     return result
 
 
+def quoted(token: str) -> str:
+    """A token label in quotes (labels already show whitespace, so repr's escaping would double it)."""
+    return f"'{token}'"
+
+
 def format_table(result: NextTokens) -> str:
     """The seeds' table: rank, token, logit, probability; then the lens rows when present."""
     lines = [f"{'rank':>4}  {'token':<16} {'logit':>9} {'prob':>8}"]
     for rank, c in enumerate(result.top, 1):
-        lines.append(f"{rank:>4}  {repr(c.token):<16} {c.logit:>9.3f} {c.prob:>8.4f}")
+        lines.append(f"{rank:>4}  {quoted(c.token):<16} {c.logit:>9.3f} {c.prob:>8.4f}")
     if result.lens is not None:
         width = max(len(n) for n in result.layers)
-        lines += ["", f"logit lens at token {result.position} ({result.context[result.position]!r}): top 5 per layer"]
+        lines += ["", f"logit lens at token {result.position} ({quoted(result.context[result.position])}): "
+                      f"top 5 per layer"]
         for name, row in zip(result.layers, result.lens):
-            lines.append(f"{name:<{width}}  " + "  ".join(f"{c.token!r} {c.prob:.3f}" for c in row[:5]))
+            lines.append(f"{name:<{width}}  " + "  ".join(f"{quoted(c.token)} {c.prob:.3f}" for c in row[:5]))
     return "\n".join(lines)
 
 
@@ -109,7 +115,7 @@ def plot_next(result: NextTokens, path: str | Path, title: str = "") -> Path:
                                                             0.36 * len(result.layers) + 1.2])
         else:
             bars = fig.subplots()
-        labels = [repr(c.token) for c in result.top][::-1]
+        labels = [quoted(c.token) for c in result.top][::-1]
         probs = [c.prob for c in result.top][::-1]
         bars.barh(range(len(labels)), probs, color="#1f5fa8")
         bars.set_yticks(range(len(labels)), labels)
@@ -118,7 +124,7 @@ def plot_next(result: NextTokens, path: str | Path, title: str = "") -> Path:
         bars.set_xlim(0, min(1.0, max(probs) * 1.6 + 0.05))
         bars.set_xlabel(f"probability of the {result.reads}")
         context = "".join(result.context[max(0, result.position - 30):result.position + 1])
-        bars.set_title(f"{title + ': ' if title else ''}after ...{context!r}")
+        bars.set_title(f"{title + ': ' if title else ''}after ...{quoted(context)}")
         if has_lens:
             probs_RP = torch.tensor([[row[p].prob for p in shown] for row in result.lens_top1])
             grid.imshow(probs_RP.numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto", origin="lower",
