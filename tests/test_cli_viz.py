@@ -14,18 +14,10 @@ from qkv import GPT, ModelConfig, Tokenizer
 from qkv.cli import main
 from qkv.models.seq2seq import EncoderDecoder
 
-TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-        "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 6
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli-viz")
-    (root / "corpus.txt").write_text(TEXT, encoding="utf-8")
-    out = root / "run"
-    assert main(["train", "--preset", "tiny", "--data", str(root / "corpus.txt"), "--out-dir", str(out),
-                 "--max-iters", "20", "--eval-interval", "10"]) == 0
-    return out
+def run_dir(tiny_run):
+    return tiny_run                                       # a real `qkv train` run: 2 layers, 4 heads, 64 positions
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +78,7 @@ def test_experiment_quick_writes_a_report(tmp_path, capsys):
 
 
 BAD = [  # (argv, phrase of the one-line message, files that must survive)
-    (["attention", "{run}", "--text", "{long}", "--out", "{tmp}/a.png"], "context is 32; shorten it or truncate", []),
+    (["attention", "{run}", "--text", "{long}", "--out", "{tmp}/a.png"], "context is 64; shorten it or truncate", []),
     (["attention", "{run}", "--text", "First", "--out", "{tmp}/a.png", "--layer", "2"],
      "layer 2 is out of range: this model has 2 layers, numbered 0 to 1", []),
     (["attention", "{run}", "--text", "First", "--out", "{tmp}/a.png", "--head", "9"],
@@ -99,11 +91,11 @@ BAD = [  # (argv, phrase of the one-line message, files that must survive)
     (["attention", "{run}", "--text", "First", "--out", "{tmp}/a.png", "--map", "cross"],
      "a decoder has no cross-attention; --map takes self", []),
     (["attention", "{run}", "--out", "{tmp}/a.png"], "--text TEXT", []),
-    (["attention", "{run}", "--text", "Q", "--out", "{tmp}/a.png"], "never saw", []),
+    (["attention", "{run}", "--text", "F€", "--out", "{tmp}/a.png"], "never saw", []),
     (["attention", "{s2s}", "--text", "a", "--out", "{tmp}/a.png"], "--source TEXT", []),
     (["attention", "{tmp}/nope", "--text", "a", "--out", "{tmp}/a.png"], "no checkpoint directory", []),
     (["attention", "{run}", "--text", "First", "--out", "{tmp}/keep.png"], "", ["keep.png"]),   # replaced: ok
-    (["next", "{run}", "--text", "{long}"], "context is 32", []),
+    (["next", "{run}", "--text", "{long}"], "context is 64", []),
     (["next", "{run}", "--text", "First", "--top", "0"], "--top 0 must be a positive", []),
     (["next", "{run}", "--text", "First", "--out", "{tmp}/n.svg"], "use a file ending in .png", []),
     (["next", "{run}", "--text", ""], "empty", []),
@@ -123,7 +115,7 @@ def test_bad_input_is_one_line_and_status_2(run_dir, seq2seq_dir, tmp_path, caps
     (tmp_path / "sub" / "notes.txt").write_text("mine")
     (tmp_path / "keep.png").write_bytes(b"old picture")
     (tmp_path / "dir.png").mkdir()
-    args = [a.format(run=run_dir, s2s=seq2seq_dir, tmp=tmp_path, long="First Citizen " * 4) for a in argv]
+    args = [a.format(run=run_dir, s2s=seq2seq_dir, tmp=tmp_path, long="First Citizen " * 6) for a in argv]
     status = main(args)
     err = capsys.readouterr().err
     if not phrase:                                       # a valid command replacing a file it may replace

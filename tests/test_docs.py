@@ -1,16 +1,14 @@
 """Every code block in docs/*.md runs (docs/snippets.py), against a small model trained first.
 
-The tour loads ``runs/shakespeare-char``, the model `make demo` trains; here a tiny stand-in is trained in
-seconds into a temp directory with that name, and the blocks run there (their figures go to its
-docs/figures), so the test never touches the repository's own figures.
+The tour loads ``runs/shakespeare-char``, the model `make demo` trains; here the blocks run in a temp
+directory holding a tiny stand-in of that name (conftest's ``tiny_run``), so their figures go to its
+docs/figures and the repository's own are never touched.
 """
 
 import importlib.util
 from pathlib import Path
 
 import pytest
-
-from qkv.cli import main
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -23,11 +21,8 @@ def load_runner():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tour")
-    assert main(["train", "--preset", "tiny", "--max-len", "64", "--max-iters", "30", "--eval-interval", "15",
-                 "--out-dir", str(d / "runs" / "shakespeare-char")]) == 0
-    return d
+def workdir(tiny_run):
+    return tiny_run.parent.parent                          # holds runs/shakespeare-char
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
