@@ -78,3 +78,15 @@ def test_hugging_face_bert_directory(tmp_path, capsys):
     (d / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
     out = embed_json(capsys, d, "--text", "The cat sat.", "--text", "a dog")
     assert out["model_type"] == "qkv-bert-encoder" and len(out["embeddings"][0]) == 16
+
+
+def test_truncation_is_said_and_stdin_is_read(bert_dir, capsys, monkeypatch):
+    long = " ".join(["the cat sat on the mat"] * 20)                  # ~120 tokens for 32 positions
+    assert main(["embed", str(bert_dir), "--text", long, "--text", "a dog", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: 1 of 2 inputs were longer than the model's 32 positions" in err
+    short = json.loads(out)
+    import io
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(f"{long}\n\na dog\n".encode())))
+    piped = embed_json(capsys, bert_dir, "--file", "-")
+    assert piped["texts"] == [long, "a dog"] and piped["embeddings"] == short["embeddings"]

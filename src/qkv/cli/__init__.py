@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import importlib
 import os
 import sys
@@ -44,7 +45,9 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+@functools.lru_cache(maxsize=1)
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, built once per process (every command module imported)."""
     parser = Parser(prog="qkv", description="qkv: a readable, fast transformer library.")
     parser.add_argument("--version", action="version", version=f"qkv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -84,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qkv {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:          # `qkv generate ... | head`: the reader left; stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # no second error at exit
+        try:                         # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
         return 141
     except MemoryError:
         print(f"qkv {args.command}: error: out of memory; use a smaller model, batch or input", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import re
 import types
@@ -98,6 +99,7 @@ def show_defaults(parser: argparse.ArgumentParser, shown: dict) -> None:
             _describe(action, shown)
 
 
+@functools.lru_cache(maxsize=None)
 def field_comments(cls) -> dict[str, str]:
     """{field: its comment} from the class source: the ``# ...`` after each field and the comment lines below
     it, so the dataclass's comments are the flags' help (one place to describe an option)."""

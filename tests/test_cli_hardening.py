@@ -1,0 +1,290 @@
+"""Every command, every bad input: one line on stderr, exit status 2, no traceback, and no file touched.
+
+Two parts keep it so as commands arrive:
+- ``CASES``: the mistakes people make, one row each (argv, a phrase the message must contain). Add rows for
+  every new command.
+- the sweep, generated from the parser itself: for every flag of every command, values of the wrong type,
+  out of range, empty, NaN and huge; for every path, missing, a folder for a file and a file for a folder,
+  empty; for every checkpoint argument, each other model family and a damaged directory. A new command is
+  swept as soon as it is in ``qkv.cli.COMMANDS``; it only needs a row in ``SENTINELS`` (the test says so).
+
+Each case runs ``main(argv)`` in-process from inside a zoo of real checkpoints and a person's files, and
+compares the hashes of the whole tree before and after: a refused command must not create, change or
+remove anything.
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import qkv
+from qkv import GPT, ModelConfig, Tokenizer
+from qkv.checkpoint import write_model_files
+from qkv.cli import COMMANDS, build_parser, main
+from qkv.models import BERT, BertClassifier, EncoderDecoder
+from qkv.rundir import atomic_dir
+from qkv.train.finetune import FinetuneConfig
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+        "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 12
+SST2 = "sentence\tlabel\n" + "".join(f"{w} film .\t{i % 2}\n" for i, w in enumerate(["a fine", "a dull"] * 5))
+
+
+# ---- the zoo: one checkpoint of each family, damaged ones, and a person's files ----------------------
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    (root / "corpus.txt").write_text(TEXT, encoding="utf-8")
+    (root / "sst2.tsv").write_text(SST2, encoding="utf-8")
+    (root / "notes").mkdir()
+    (root / "notes" / "notes.txt").write_text("a person's notes")
+    (root / "plain.txt").write_text("a plain file")
+    (root / "empty.txt").write_text("\n\n")
+    (root / "bigconfig.toml").write_text('preset = "tiny"\n[model]\nd_model = "big"\n')
+    (root / "out").mkdir()                             # where a test may write on purpose: never snapshotted
+    assert main(["train", "--preset", "tiny", "--data", str(root / "corpus.txt"), "--out-dir", str(root / "gpt"),
+                 "--max-iters", "4", "--eval-interval", "2", "--eval-iters", "1", "--max-len", "16"]) == 0
+    torch.manual_seed(0)
+    small = dict(max_len=16, n_layers=1, d_model=16, n_heads=2)
+    wordpiece = Tokenizer.train_wordpiece([TEXT, SST2], vocab_size=80)
+    bert_cfg = ModelConfig(vocab_size=wordpiece.vocab_size, mask="bidirectional", type_vocab_size=2, **small)
+    qkv.save(BERT(bert_cfg), root / "bert", wordpiece)
+    pairs = Tokenizer.train_char(TEXT + "ein hund", special_tokens=("<pad>", "<bos>", "<eos>"))
+    qkv.save(EncoderDecoder(ModelConfig(vocab_size=pairs.vocab_size, **small)), root / "seq2seq", pairs)
+    finetune = FinetuneConfig(task="sst2", data=str(root / "sst2.tsv"), eval_data=str(root / "sst2.tsv"))
+    with atomic_dir(root / "classifier") as tmp:
+        write_model_files(tmp, BertClassifier(bert_cfg, ["0", "1"]), wordpiece,
+                          {"finetune": dataclasses.asdict(finetune)})
+    for name, damage in (("truncated", lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 20)),
+                         ("badconfig", lambda d: (d / "config.json").write_text('{"model_type": "qkv-gpt", "mo'))):
+        shutil.copytree(root / "gpt", root / name)
+        damage(root / name)
+    return root
+
+
+def paths(zoo) -> dict:
+    return {"corpus": zoo / "corpus.txt", "sst2": zoo / "sst2.tsv", "notes": zoo / "notes", "plain": zoo / "plain.txt",
+            "empty": zoo / "empty.txt", "bigconfig": zoo / "bigconfig.toml", "missing": zoo / "no-such-thing", "out": zoo / "out",
+            "unwritable": "/proc/qkv-cannot-write-here", **{k: zoo / k for k in FAMILIES}, **{k: zoo / k for k in DAMAGED}}
+
+
+FAMILIES = {"gpt": "decoder", "bert": "encoder", "classifier": "fine-tuned encoder", "seq2seq": "encoder-decoder"}
+DAMAGED = ("truncated", "badconfig")
+
+
+def snapshot(root: Path) -> dict:
+    """{relative path: content hash, or 'dir'} for everything outside out/."""
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.relative_to(root).parts[0] != "out"}
+
+
+def refused(zoo, capsys, monkeypatch, argv: list[str]) -> str:
+    """Run a command that must be refused; return its one line."""
+    monkeypatch.chdir(zoo / "out")                   # defaults such as runs/NAME land where they may
+    before = snapshot(zoo)
+    code = main([a.format(**paths(zoo)) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, f"exit status {code} for {argv}: {err}"
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert snapshot(zoo) == before, f"{argv} changed files"
+    return err
+
+
+# ---- the table ---------------------------------------------------------------------------------------
+TRAIN = ["train", "--preset", "tiny", "--data", "{corpus}", "--max-len", "16", "--max-iters", "2"]
+FINETUNE = ["finetune", "--task", "sst2", "--data", "{sst2}", "--eval-data", "{sst2}", "--max-iters", "2"]
+CASES = [
+    # 1. data loss: an output directory is new, empty, or the run being resumed
+    (TRAIN + ["--out-dir", "{notes}"], "not a qkv run (notes.txt"),
+    (TRAIN + ["--out-dir", "{notes}", "--overwrite"], "not a qkv run (notes.txt"),
+    (FINETUNE + ["--init", "{bert}", "--out-dir", "{notes}"], "not a qkv run (notes.txt"),
+    (TRAIN + ["--out-dir", "{gpt}"], "--overwrite to replace it"),
+    (TRAIN + ["--out-dir", "{plain}"], "is a file, not a directory"),
+    (TRAIN + ["--out-dir", "."], "the folder you are working in"),
+    (TRAIN + ["--out-dir", ".."], "the folder you are working in"),
+    (TRAIN + ["--out-dir", ""], "out_dir='' must be a non-empty string"),
+    (TRAIN + ["--out-dir", "{unwritable}"], "cannot be written"),
+    (TRAIN + ["--out-dir", "{plain}/run"], "is a file, so no folder can be made below it"),
+    (["train", "--resume", "{gpt}"], "has spent its budget: step 4 of --max-iters 4; pass a larger --max-iters"),
+    (["train", "--resume", "{gpt}", "--max-iters", "6", "--out-dir", "{notes}"], "not a qkv run"),
+    # 2. the wrong kind of checkpoint names the command that fits
+    (["generate", "{bert}"], "use `qkv embed`"),
+    (["generate", "{seq2seq}"], "use `qkv translate`"),
+    (["eval", "{classifier}", "--data", "{corpus}"], "use `qkv predict` or `qkv evaluate`"),
+    (["eval", "{seq2seq}", "--data", "{corpus}"], "use `qkv translate`"),
+    (["eval", "{bert}", "--data", "{corpus}"], "qkv eval needs a decoder"),
+    (["bench", "beam", "--checkpoint", "{gpt}"], "use `qkv generate`"),
+    (["bench", "beam", "--checkpoint", "{bert}"], "needs an encoder-decoder"),
+    (["predict", "{gpt}", "--text", "a"], "use `qkv generate`"),
+    (["translate", "{gpt}", "--text", "a"], "use `qkv generate`"),
+    (["embed", "{seq2seq}", "--text", "a"], "use `qkv translate`"),
+    (["train", "--resume", "{classifier}"], "continue it with `qkv finetune --resume"),
+    (["finetune", "--resume", "{gpt}"], "continue it with `qkv train --resume"),
+    (FINETUNE + ["--init", "{gpt}"], "qkv finetune --init needs an encoder"),
+    # 3. numbers out of range, from flags and from config files
+    (TRAIN + ["--beta1", "2"], "beta1=2.0 must be in [0, 1)"),
+    (TRAIN + ["--threads", "-3"], "threads=-3 must be in [1, 1024]"),
+    (TRAIN + ["--threads", "0"], "threads=0"),
+    (TRAIN + ["--batch-size", "0"], "batch_size=0 must be >= 1"),
+    (TRAIN + ["--batch-size", "-1"], "batch_size=-1"),
+    (TRAIN + ["--weight-decay", "-1"], "weight_decay=-1.0 must be >= 0"),
+    (TRAIN + ["--grad-clip", "-1"], "grad_clip=-1.0 must be >= 0"),
+    (TRAIN + ["--lr", "nan"], "lr=nan must be a finite number"),
+    (["eval", "{gpt}", "--data", "{corpus}", "--batch-size", "-1"], "--batch-size=-1 must be an integer >= 1"),
+    (["translate", "{seq2seq}", "--text", "a", "--length-penalty", "nan"], "length_penalty=nan"),
+    (["translate", "{seq2seq}", "--text", "a", "--beam", "0"], "beam_size=0 must be >= 1"),
+    (["generate", "{gpt}", "--top-p", "0"], "top_p=0.0 must be in (0, 1]"),
+    (["train", "--config", "{bigconfig}"], "d_model='big' must be an integer (in config"),
+    # 4. paths
+    (TRAIN[:3] + ["--data", ""], "data='' must be a non-empty string"),
+    (TRAIN[:3] + ["--data", "{missing}"], "does not exist"),
+    (["embed", "{bert}", "--file", "{notes}"], "is a directory; pass a file"),
+    (["translate", "{seq2seq}", "--text", "a", "--output", "{notes}"], "--output"),
+    (["translate", "{seq2seq}", "--text", "a", "--metrics-json", "{out}/m.json"], "need references"),
+    (["evaluate", "{classifier}", "--out-dir", "{plain}"], "is a file"),
+    # 5. conflicting flags, misspelled flags, wrong pairings
+    (FINETUNE + ["--init", "{bert}", "--scratch"], "drop one of them"),
+    (TRAIN + ["--objective", "span", "--tokenizer", "wordpiece"], "use --tokenizer bpe"),
+    (["train", "--max-iterz", "3"], "unknown flag --max-iterz for qkv train; did you mean --max-iters?"),
+    (["translate", "{seq2seq}", "--text", "a", "--bem", "2"], "see `qkv translate --help`"),
+    # 6. empty input is said, not silently accepted
+    (["embed", "{bert}", "--text", ""], "--text is empty"),
+    (["embed", "{bert}", "--file", "{empty}"], "has no sentences"),
+    (["predict", "{classifier}", "--text", " "], "an input is empty"),
+    (["translate", "{seq2seq}", "--text", ""], "the input is empty"),
+]
+
+
+@pytest.mark.parametrize("argv, phrase", CASES, ids=[" ".join(c[0][:3]) + f" #{i}" for i, c in enumerate(CASES)])
+def test_case_is_one_line_and_touches_nothing(zoo, capsys, monkeypatch, argv, phrase):
+    assert phrase in refused(zoo, capsys, monkeypatch, argv)
+
+
+def test_every_command_has_a_table_row():
+    named = {argv[0] for argv, _ in CASES}
+    assert set(COMMANDS) - {"info"} <= named, f"add CASES rows for {set(COMMANDS) - named}"
+
+
+# ---- the sweep ---------------------------------------------------------------------------------------
+# Per command: an argv that is valid but fails at a known point (a missing file) after its flags are
+# checked, so a value that is accepted still ends fast; None where the command has no such point (then
+# only values that must be refused are swept).
+SENTINELS = {
+    "train": ["train", "--preset", "tiny", "--data", "{missing}"],
+    "finetune": ["finetune", "--task", "sst2", "--init", "none", "--data", "{missing}", "--eval-data", "{missing}"],
+    "generate": ["generate", "{missing}"],
+    "eval": ["eval", "{missing}", "--data", "{corpus}"],
+    "translate": ["translate", "{missing}", "--text", "ein hund"],
+    "embed": ["embed", "{missing}", "--text", "a dog"],
+    "predict": ["predict", "{missing}", "--text", "a dog"],
+    "evaluate": ["evaluate", "{missing}"],
+    "info": ["info", "{missing}"],
+    "bench beam": ["bench", "beam", "--checkpoint", "{missing}"],
+    "bench train": None, "bench decode": None, "bench encoder": None,
+}
+MUST_REFUSE = {int: ["abc", "1.5", "", "nan"], float: ["abc", "", "nan", "inf", "1e400"], "choice": ["bogus", ""],
+               "path": [""]}
+MAY_ACCEPT = {int: ["-1", "0", "99999999999999999999"], float: ["-1", "0", "-1e30", "1e30"], "choice": [],
+              "path": ["{missing}", "{notes}", "{plain}", "{unwritable}"], str: ["", " ", "\\n"]}
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    """'train' -> its parser, 'bench beam' -> the nested one, ..."""
+    top = build_parser()
+    found, todo = {}, [(name, p) for name, p in _subparsers(top).items()]
+    while todo:
+        name, p = todo.pop()
+        nested = _subparsers(p)
+        found.update({} if nested else {name: p})
+        todo += [(f"{name} {n}", q) for n, q in nested.items()]
+    return found
+
+
+def _subparsers(parser) -> dict:
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
+def _kind(action):
+    if action.choices:
+        return "choice"
+    if getattr(action.type, "__name__", "") == "path_arg":
+        return "path"
+    name = getattr(action.type, "__name__", "")
+    return {"int": int, "int or none": int, "_positive": int, "float": float, "float or none": float}.get(name, str)
+
+
+def _sweep():
+    cases = []
+    for command, parser in sorted(_commands().items()):
+        for action in parser._actions:
+            if not action.option_strings or action.nargs == 0:      # positionals, switches and --help
+                continue
+            kind, flag = _kind(action), action.option_strings[-1]
+            for value in MUST_REFUSE.get(kind, []):
+                cases.append((command, flag, value, True))
+            if SENTINELS.get(command) is not None:
+                for value in MAY_ACCEPT.get(kind, []):
+                    cases.append((command, flag, value, False))
+            elif kind is int:
+                cases += [(command, flag, "0", True), (command, flag, "-1", True)]   # every bench count is >= 1
+    return cases
+
+
+SWEEP = _sweep()
+
+
+def test_every_command_has_a_sentinel():
+    missing = set(_commands()) - set(SENTINELS)
+    assert not missing, f"add SENTINELS rows (an argv that fails at a missing file after flag checks) for {missing}"
+
+
+@pytest.mark.parametrize("command, flag, value, must_refuse", SWEEP,
+                         ids=[f"{c} {f}={v!r}" for c, f, v, _ in SWEEP])
+def test_sweep_flag_values(zoo, capsys, monkeypatch, command, flag, value, must_refuse):
+    base = SENTINELS.get(command) or command.split()
+    err = refused(zoo, capsys, monkeypatch, base + [flag, value])
+    if must_refuse:
+        name = flag.lstrip("-")
+        assert any(n in err for n in (flag, name, name.replace("-", "_"), "invalid choice")), err
+
+
+CHECKPOINT_COMMANDS = {   # argv with {ck}, and the families it runs
+    "generate": (["generate", "{ck}", "--prompt", "a", "--max-new-tokens", "1"], {"decoder"}),
+    "eval": (["eval", "{ck}", "--data", "{corpus}"], {"decoder"}),
+    "translate": (["translate", "{ck}", "--text", "a"], {"encoder-decoder"}),
+    "embed": (["embed", "{ck}", "--text", "a"], {"encoder", "fine-tuned encoder"}),
+    "predict": (["predict", "{ck}", "--text", "a"], {"fine-tuned encoder"}),
+    "evaluate": (["evaluate", "{ck}", "--out-dir", "{out}/evaluate"], {"fine-tuned encoder"}),
+    "info": (["info", "{ck}"], set(FAMILIES.values())),
+    "finetune": (["finetune", "--task", "sst2", "--init", "{ck}", "--data", "{missing}", "--eval-data", "{sst2}"],
+                 {"encoder", "fine-tuned encoder"}),
+    "train --resume": (["train", "--resume", "{ck}"], {"decoder"}),
+    "bench beam": (["bench", "beam", "--checkpoint", "{ck}"], {"encoder-decoder"}),
+}
+USES = {"decoder": "qkv generate", "encoder": "qkv embed", "fine-tuned encoder": "qkv predict",
+        "encoder-decoder": "qkv translate"}
+CHECKPOINT_SWEEP = [(c, ck) for c, (_, ok) in CHECKPOINT_COMMANDS.items()
+                    for ck in [*FAMILIES, *DAMAGED, "missing", "plain", "notes"]
+                    if FAMILIES.get(ck) not in ok or c == "train --resume"]
+
+
+@pytest.mark.parametrize("command, ck", CHECKPOINT_SWEEP)
+def test_sweep_checkpoints(zoo, capsys, monkeypatch, command, ck):
+    argv, runs = CHECKPOINT_COMMANDS[command]
+    err = refused(zoo, capsys, monkeypatch, [a.replace("{ck}", "{" + ck + "}") for a in argv])
+    if ck in FAMILIES and command != "train --resume":
+        assert USES[FAMILIES[ck]] in err                          # names the command that fits
+    if ck == "badconfig" or (ck == "truncated" and "decoder" in runs):   # both damage a decoder run
+        assert "truncated or corrupt" in err or "not valid JSON" in err
+
+
+def test_the_checkpoint_sweep_covers_every_command_that_takes_one():
+    takes = {name for name, p in _commands().items()
+             if any(a.metavar == "DIR" and not a.option_strings for a in p._actions)}
+    assert takes <= {c.split()[0] for c in CHECKPOINT_COMMANDS}, takes

@@ -1,0 +1,39 @@
+"""The README's Python snippets run as written, against small stand-ins for the checkpoints they name."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import qkv
+from qkv import GPT, ModelConfig, Tokenizer
+from qkv.models import EncoderDecoder
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+TEXT = "ROMEO: JULIET: To be, or not to be. Ein Mann fährt Fahrrad. A man rides a bike.\n" * 4
+
+
+@pytest.fixture
+def stand_ins(tmp_path, monkeypatch):
+    """runs/shakespeare-char (a char GPT) and runs/multi30k (an encoder-decoder with <pad> <bos> <eos>)."""
+    torch.manual_seed(0)
+    small = dict(max_len=128, n_layers=1, d_model=16, n_heads=2)
+    chars = Tokenizer.train_char(TEXT)
+    qkv.save(GPT(ModelConfig(vocab_size=chars.vocab_size, **small)), tmp_path / "runs" / "shakespeare-char", chars)
+    pairs = Tokenizer.train_bpe([TEXT], vocab_size=300, special_tokens=("<pad>", "<bos>", "<eos>"))
+    qkv.save(EncoderDecoder(ModelConfig(vocab_size=pairs.vocab_size, **small)), tmp_path / "runs" / "multi30k", pairs)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_the_readme_has_python_snippets():
+    assert len(SNIPPETS) >= 3
+
+
+@pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.splitlines()[0][:40] for s in SNIPPETS])
+def test_snippet_runs_as_written(stand_ins, snippet, capsys):
+    namespace = {}
+    exec(compile(snippet, str(README), "exec"), namespace)        # noqa: S102 - our own README
+    if "out" in namespace:                                         # every snippet that calls a model
+        assert namespace["out"].logits.ndim == 3 and namespace["out"].attentions is not None
