@@ -5,6 +5,9 @@
     qkv next path/to/bert --text "The capital of France is [MASK]."           # an encoder fills the [MASK]
     qkv next runs/multi30k --source "Zwei Hunde." --text "Two"                # the next target token
 
+(The module is not named next.py: a submodule ``next`` would shadow the builtin ``next`` inside
+``qkv/cli/__init__.py``, whose namespace holds its submodules.)
+
 Prints the table (rank, token, logit, probability); --lens adds the same prediction read off every layer
 through the final norm and the output head; --out writes it as a PNG; --json prints it as JSON.
 """
