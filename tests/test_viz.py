@@ -185,6 +185,11 @@ def test_bertviz_head_view_reads_our_export(gpt, tmp_path):
     assert torch.allclose(bertviz_kwargs(maps)["attention"][0][0], maps[0].layers[0])
 
 
+def test_token_text_is_drawn_literally():
+    from qkv.viz.output import plain
+    assert plain("$5 and $6") == r"\$5 and \$6"          # a "$" pair would start matplotlib's math mode
+
+
 def test_html_is_self_contained_and_escapes_tokens(gpt):
     page = render_html(attention_maps(gpt, encode_inputs(gpt, "the car")), "<script>alert(1)</script>", "x")
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "").replace(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
-from .output import png_figure
+from .output import plain, png_figure
 
 X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed_s"}
 X_LABELS = {"step": "optimizer step", "tokens": "training tokens", "time": "seconds of training"}
@@ -69,9 +69,9 @@ def plot_curves(run_dirs: Sequence[str | Path], path: str | Path, x: str = "step
         for i, (label, rows) in enumerate(runs):
             color = f"C{i % 10}"
             xs, ys = _series(rows, X_AXES[x], "train_loss")
-            ax.plot(xs, ys, "--", color=color, alpha=0.7, label=f"{label} train")
+            ax.plot(xs, ys, "--", color=color, alpha=0.7, label=plain(f"{label} train"))
             xs, ys = _series(rows, X_AXES[x], "val_loss")
-            ax.plot(xs, ys, "-", color=color, marker="o", markersize=3, label=f"{label} val")
+            ax.plot(xs, ys, "-", color=color, marker="o", markersize=3, label=plain(f"{label} val"))
             if ys:
                 best = min(range(len(ys)), key=ys.__getitem__)
                 ax.annotate(f"{ys[best]:.3f}", (xs[best], ys[best]), textcoords="offset points",
@@ -82,5 +82,5 @@ def plot_curves(run_dirs: Sequence[str | Path], path: str | Path, x: str = "step
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        ax.set_title(title or "training curves")
+        ax.set_title(plain(title) or "training curves")
     return Path(path)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from .output import png_figure
+from .output import plain, png_figure
 from .read import Inputs, encode_inputs, family, residuals, token_label, tokenizer_of, unembed
 
 
@@ -115,7 +115,7 @@ def plot_next(result: NextTokens, path: str | Path, title: str = "") -> Path:
                                                             0.36 * len(result.layers) + 1.2])
         else:
             bars = fig.subplots()
-        labels = [quoted(c.token) for c in result.top][::-1]
+        labels = [plain(quoted(c.token)) for c in result.top][::-1]
         probs = [c.prob for c in result.top][::-1]
         bars.barh(range(len(labels)), probs, color="#1f5fa8")
         bars.set_yticks(range(len(labels)), labels)
@@ -124,17 +124,17 @@ def plot_next(result: NextTokens, path: str | Path, title: str = "") -> Path:
         bars.set_xlim(0, min(1.0, max(probs) * 1.6 + 0.05))
         bars.set_xlabel(f"probability of the {result.reads}")
         context = "".join(result.context[max(0, result.position - 30):result.position + 1])
-        bars.set_title(f"{title + ': ' if title else ''}after ...{quoted(context)}")
+        bars.set_title(plain(f"{title + ': ' if title else ''}after ...{quoted(context)}"))
         if has_lens:
             probs_RP = torch.tensor([[row[p].prob for p in shown] for row in result.lens_top1])
             grid.imshow(probs_RP.numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto", origin="lower",
                         interpolation="nearest")
             for r, row in enumerate(result.lens_top1):
                 for x, p in enumerate(shown):
-                    grid.text(x, r, row[p].token[:6], ha="center", va="center", fontsize=7,
+                    grid.text(x, r, plain(row[p].token[:6]), ha="center", va="center", fontsize=7,
                               color="white" if row[p].prob > 0.5 else "black")
             grid.set_yticks(range(len(result.layers)), result.layers)
-            grid.set_xticks(range(len(shown)), [result.context[p] for p in shown], rotation=90)
+            grid.set_xticks(range(len(shown)), [plain(result.context[p]) for p in shown], rotation=90)
             grid.set_xlabel("input token (each cell: what that layer predicts there)")
             grid.set_title("logit lens: colour = probability of the cell's token")
     return Path(path)

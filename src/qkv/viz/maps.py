@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from .output import png_figure
+from .output import plain, png_figure
 from .read import AttentionMap
 
 CMAP = "Blues"
@@ -56,11 +56,11 @@ def _single(amap: AttentionMap, path, layer: int, head: int, title: str) -> Path
         ax = fig.subplots()
         image = ax.imshow(probs_LM, cmap=CMAP, norm=_norm(), interpolation="nearest", aspect="auto")
         size = _label_size(max(L, M), side)
-        ax.set_xticks(range(M), amap.keys, rotation=90, fontsize=size)
-        ax.set_yticks(range(L), amap.queries, fontsize=size)
+        ax.set_xticks(range(M), [plain(t) for t in amap.keys], rotation=90, fontsize=size)
+        ax.set_yticks(range(L), [plain(t) for t in amap.queries], fontsize=size)
         ax.set_xlabel("key (attended to)")
         ax.set_ylabel("query (attending)")
-        ax.set_title(f"{title + ': ' if title else ''}{amap.name}, layer {layer}, head {head}")
+        ax.set_title(plain(f"{title + ': ' if title else ''}{amap.name}, layer {layer}, head {head}"))
         if max(L, M) <= 16:                              # small enough to print every probability
             for q in range(L):
                 for k in range(M):
@@ -81,6 +81,7 @@ def _grid(amap: AttentionMap, path, layers: list[int], heads: list[int], title: 
         fig.subplots_adjust(left=margin / width, bottom=margin / height, right=1 - 1.2 / width,
                             top=1 - 0.6 / height, wspace=0.08, hspace=0.25)
         size = _label_size(max(L, M), cell)
+        keys, queries = [plain(t) for t in amap.keys], [plain(t) for t in amap.queries]
         for r, layer in enumerate(layers):
             for c, head in enumerate(heads):
                 ax = axes[r][c]
@@ -88,9 +89,9 @@ def _grid(amap: AttentionMap, path, layers: list[int], heads: list[int], title: 
                                   interpolation="nearest", aspect="auto")
                 ax.set_title(f"L{layer} H{head}", fontsize=7, pad=2)
                 ax.tick_params(length=0, pad=1)
-                ax.set_xticks([]) if r < rows - 1 else ax.set_xticks(range(M), amap.keys, rotation=90, fontsize=size)
-                ax.set_yticks([]) if c > 0 else ax.set_yticks(range(L), amap.queries, fontsize=size)
-        fig.suptitle(f"{title + ': ' if title else ''}{amap.name} (rows: query tokens, columns: key tokens)")
+                ax.set_xticks([]) if r < rows - 1 else ax.set_xticks(range(M), keys, rotation=90, fontsize=size)
+                ax.set_yticks([]) if c > 0 else ax.set_yticks(range(L), queries, fontsize=size)
+        fig.suptitle(plain(f"{title + ': ' if title else ''}{amap.name} (rows: query tokens, columns: key tokens)"))
         bar = fig.add_axes((1 - 1.0 / width, 0.25, 0.15 / width, 0.5))
         fig.colorbar(image, cax=bar, label="probability (sqrt scale)")
     return Path(path)

@@ -3,8 +3,8 @@
 A file is written to a temp file beside its target and renamed over it, so an interrupted run never leaves
 half a PNG (or half a page) where a good one was. Figures use matplotlib's object API
 (``matplotlib.figure.Figure``), never ``pyplot``: no global state, no window, and a notebook's own backend
-is left alone. Token text is drawn as plain text (``text.parse_math`` off): a token "$" is a dollar sign,
-not the start of a formula.
+is left alone. Text that comes from data (tokens, paths) goes through ``plain``: a token "$" is a dollar
+sign, not the start of a formula (matplotlib keeps math text on for its own log-scale tick labels).
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+def plain(text: str) -> str:
+    """``text`` as matplotlib should draw it literally: a "$" pair would otherwise start math mode."""
+    return text.replace("$", r"\$")
+
+
 def _matplotlib():
     try:
         import matplotlib
@@ -76,7 +81,7 @@ def png_figure(path: str | Path, width: float, height: float, dpi: int = 110,
     matplotlib = _matplotlib()
     from matplotlib.figure import Figure
     path = check_suffix(path, [".png"], "a PNG")
-    with matplotlib.rc_context({"text.parse_math": False, "font.size": 9}), warnings.catch_warnings():
+    with matplotlib.rc_context({"font.size": 9}), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from")   # CJK or emoji tokens: boxes
         fig = Figure(figsize=(width, height), layout=layout)
         yield fig
