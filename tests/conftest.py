@@ -15,3 +15,14 @@ def corpus(tmp_path, request):
     path = tmp_path / "corpus.txt"
     path.write_text(request.module.TEXT, encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A real `qkv train` run directory (tiny preset, 64 positions, bundled shakespeare, seconds to train),
+    named runs/shakespeare-char inside its own folder as the tour expects; shared by the tests that need one."""
+    from qkv.cli import main
+    out = tmp_path_factory.mktemp("tiny-run") / "runs" / "shakespeare-char"
+    assert main(["train", "--preset", "tiny", "--max-len", "64", "--max-iters", "20", "--eval-interval", "10",
+                 "--threads", "1", "--out-dir", str(out)]) == 0
+    return out

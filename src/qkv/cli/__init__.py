@@ -33,6 +33,10 @@ COMMANDS = {   # name -> (module, one-line help)
     "evaluate": ("qkv.cli.evaluate", "score a fine-tuned encoder on a task's eval file (metrics + predictions)"),
     "predict": ("qkv.cli.predict", "run a fine-tuned encoder on new text: label, tags or answer span"),
     "info": ("qkv.cli.info", "what a checkpoint is: family, architecture, parameters, tokenizer, how it was made"),
+    "attention": ("qkv.cli.attention", "attention maps of a text: PNG heat-maps, an interactive HTML page, bertviz data"),
+    "next": ("qkv.cli.next_token", "the top next tokens with logits and probabilities, and the logit lens"),
+    "plot": ("qkv.cli.plot", "training and validation curves of one or more runs, as a PNG"),
+    "experiment": ("qkv.cli.experiment", "run an experiment that tests an architectural argument; write its report"),
 }
 
 

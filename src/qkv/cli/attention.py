@@ -1,0 +1,99 @@
+"""`qkv attention PATH --text TEXT --out FILE`: attention maps as a PNG grid, an interactive page, or bertviz data.
+
+    qkv attention runs/shakespeare-char --text "ROMEO: What light" --out attn.png           # layers x heads
+    qkv attention runs/shakespeare-char --text "ROMEO: What light" --out l2h1.png --layer 2 --head 1
+    qkv attention path/to/gpt2 --text "The capital of France is" --out attn.html            # the viewer
+    qkv attention runs/multi30k --source "Zwei Hunde spielen im Schnee." --out cross.html   # translates first
+    qkv attention path/to/bert --text "The car is red" --format bertviz --out attn.pt
+
+PATH is any model qkv loads. The output's extension picks the format (.png, .html; .pt or .json with
+--format bertviz). Layers and heads count from 0. For an encoder-decoder, --source is the source text and
+--text the target (default: the model's own greedy translation); the PNG shows --map (default: cross).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .flags import path_arg, value_parser
+
+FORMATS = {".png": "png", ".html": "html", ".htm": "html", ".pt": "bertviz", ".json": "bertviz"}
+MAPS = {"self": "self-attention", "encoder": "encoder self-attention", "decoder": "decoder self-attention",
+        "cross": "cross-attention"}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", type=path_arg, metavar="PATH", help="a checkpoint qkv loads (qkv run, Hugging Face directory, ...)")
+    p.add_argument("--text", help="the text to look at (for an encoder-decoder: the target)")
+    p.add_argument("--source", help="encoder-decoder: the source text")
+    p.add_argument("--out", required=True, type=path_arg, metavar="FILE", help="output file: .png, .html, or .pt/.json for bertviz")
+    p.add_argument("--format", choices=["png", "html", "bertviz"], help="default: from the --out extension")
+    p.add_argument("--layer", type=value_parser(int, "--layer"), help="one layer (from 0); default all")
+    p.add_argument("--head", type=value_parser(int, "--head"), help="one head (from 0); default all")
+    p.add_argument("--map", choices=list(MAPS), help="which attention the PNG shows (encoder-decoder: "
+                                                      "encoder, decoder or cross; default cross)")
+    p.add_argument("--truncate", action="store_true", help="keep the first max_len tokens of a long text")
+
+
+def output_format(out: str, fmt: str | None) -> str:
+    from ..errors import InputError
+    suffix = Path(out).suffix.lower()
+    implied = FORMATS.get(suffix)
+    if fmt is None:
+        if implied is None:
+            raise InputError(f"cannot write attention to {out!r}: use a file ending in .png (heat-maps), .html "
+                             f"(the viewer), or .pt/.json with --format bertviz")
+        return implied
+    if implied != fmt:
+        wanted = {"png": ".png", "html": ".html", "bertviz": ".pt or .json"}[fmt]
+        raise InputError(f"--format {fmt} writes a {wanted} file, but --out is {out!r}; change one of them")
+    return fmt
+
+
+def run(args) -> int:
+    from ..checkpoint import load
+    from ..errors import InputError
+    from ..viz.maps import check_index
+    from ..viz.read import attention_maps, encode_inputs, family
+    from ._common import check_output_file, require_family
+
+    fmt = output_format(args.out, args.format)
+    check_output_file(args.out, "--out")
+    for flag, value in (("--layer", args.layer), ("--head", args.head)):
+        if value is not None and value < 0:
+            raise InputError(f"{flag} {value} is out of range: layers and heads count from 0")
+    if fmt != "png" and (args.layer is not None or args.head is not None or args.map):
+        raise InputError("--layer, --head and --map choose what a PNG shows; the viewer and bertviz hold every "
+                         "layer and head")
+    require_family(args.model, "attention", "decoder", "encoder", "fine-tuned encoder", "encoder-decoder")
+    model = load(args.model)
+    kind = family(model)
+    text = args.text
+    if kind == "encoder-decoder" and text is None and args.source is not None:
+        from ..translate import SearchConfig, translate
+        text = translate(model, [args.source], SearchConfig(beam_size=1))[0]
+    if text is None:
+        raise InputError("pass the text to look at: --text TEXT")
+    maps = attention_maps(model, encode_inputs(model, text, args.source, args.truncate))
+    title = f"{Path(args.model).name} ({kind})"
+    if fmt == "png":
+        from ..viz.maps import plot_attention
+        wanted = MAPS[args.map or ("cross" if kind == "encoder-decoder" else "self")]
+        chosen = next((m for m in maps if m.name == wanted), None)
+        if chosen is None:
+            names = [k for k, v in MAPS.items() if any(m.name == v for m in maps)]
+            raise InputError(f"a {kind} has no {wanted}; --map takes {' or '.join(names)}")
+        check_index(args.layer, chosen.n_layers, "layer")
+        check_index(args.head, chosen.n_heads, "head")
+        plot_attention(chosen, args.out, args.layer, args.head, title)
+    elif fmt == "html":
+        from ..viz.viewer import write_html
+        subtitle = (f"source: {args.source}\ntarget: {text}" if args.source else text)
+        write_html(maps, args.out, title, subtitle)
+    else:
+        from ..viz.bertviz import write_bertviz
+        write_bertviz(maps, args.out)
+    shapes = ", ".join(f"{m.name} {m.n_layers} layers x {m.n_heads} heads, {len(m.queries)} x {len(m.keys)} tokens"
+                       for m in maps)
+    print(f"wrote {args.out} ({shapes})")
+    return 0

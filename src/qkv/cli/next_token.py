@@ -1,0 +1,56 @@
+"""`qkv next PATH --text TEXT`: the top next tokens with their logits and probabilities (and the logit lens).
+
+    qkv next path/to/gpt2 --text "The capital of France is" --top 10
+    qkv next runs/shakespeare-char --text "ROMEO:" --lens --out next.png     # + every layer's guess, as a PNG
+    qkv next path/to/bert --text "The capital of France is [MASK]."           # an encoder fills the [MASK]
+    qkv next runs/multi30k --source "Zwei Hunde." --text "Two"                # the next target token
+
+(The module is not named next.py: a submodule ``next`` would shadow the builtin ``next`` inside
+``qkv/cli/__init__.py``, whose namespace holds its submodules.)
+
+Prints the table (rank, token, logit, probability); --lens adds the same prediction read off every layer
+through the final norm and the output head; --out writes it as a PNG; --json prints it as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from .flags import path_arg, value_parser
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", type=path_arg, metavar="PATH", help="a checkpoint qkv loads")
+    p.add_argument("--text", required=True, help="the context (encoder: a text with [MASK])")
+    p.add_argument("--source", help="encoder-decoder: the source text")
+    p.add_argument("--top", type=value_parser(int, "--top"), default=10, help="how many tokens (default 10)")
+    p.add_argument("--lens", action="store_true", help="also read the prediction off every layer (logit lens)")
+    p.add_argument("--out", type=path_arg, metavar="FILE.png", help="also draw the table (and the lens) as a PNG")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--truncate", action="store_true", help="keep the last max_len tokens of a long text")
+
+
+def run(args) -> int:
+    from ..checkpoint import load
+    from ..errors import InputError
+    from ..viz.lens import format_table, next_tokens, plot_next
+    from ..viz.output import check_suffix
+    from ._common import check_output_file, require_family
+
+    if args.top < 1:
+        raise InputError(f"--top {args.top} must be a positive number of tokens")
+    if args.out is not None:
+        check_suffix(args.out, [".png"], "the next-token picture")
+        check_output_file(args.out, "--out")
+    require_family(args.model, "next", "decoder", "encoder", "encoder-decoder")
+    model = load(args.model)
+    result = next_tokens(model, args.text, args.top, args.source, args.truncate, args.lens)
+    if args.out is not None:
+        plot_next(result, args.out, title=str(args.model))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), ensure_ascii=False))
+    else:
+        print(f"{result.reads} after {len(result.context)} tokens '...{''.join(result.context[-40:])}':")
+        print(format_table(result))
+    return 0

@@ -1,0 +1,88 @@
+"""Writing pictures and pages: whole files or nothing, PNGs through matplotlib's Agg renderer.
+
+A file is written to a temp file beside its target and renamed over it, so an interrupted run never leaves
+half a PNG (or half a page) where a good one was. Figures use matplotlib's object API
+(``matplotlib.figure.Figure``), never ``pyplot``: no global state, no window, and a notebook's own backend
+is left alone. Text that comes from data (tokens, paths) goes through ``plain``: a token "$" is a dollar
+sign, not the start of a formula (matplotlib keeps math text on for its own log-scale tick labels).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from ..errors import ConfigError, InputError
+
+
+def check_suffix(path: str | Path, allowed: Iterable[str], what: str) -> Path:
+    """``path`` as a Path if it ends in one of ``allowed`` (".png", ...); else an error listing them."""
+    path, allowed = Path(path), list(allowed)
+    if path.suffix.lower() not in allowed:
+        raise InputError(f"cannot write {what} to {str(path)!r}: use a file ending in {' or '.join(allowed)}")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give a file name ending in {' or '.join(allowed)}")
+    return path
+
+
+def write_atomic(path: str | Path, write: Callable) -> Path:
+    """Call ``write(binary_file)`` on a temp file beside ``path``, then rename it into place."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the folder {path.parent} ({e.strerror}); choose another output path") \
+            from None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())             # mkstemp makes 0600; a picture is for sharing
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def plain(text: str) -> str:
+    """``text`` as matplotlib should draw it literally: a "$" pair would otherwise start math mode."""
+    return text.replace("$", r"\$")
+
+
+def _matplotlib():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("pictures need matplotlib: pip install matplotlib (the qkv[plots] extra)") from None
+    return matplotlib
+
+
+@contextmanager
+def png_figure(path: str | Path, width: float, height: float, dpi: int = 110,
+               layout: str | None = "constrained") -> Iterator:
+    """Yield a matplotlib Figure of ``width`` x ``height`` inches; when the block ends, save it as a PNG."""
+    matplotlib = _matplotlib()
+    from matplotlib.figure import Figure
+    path = check_suffix(path, [".png"], "a PNG")
+    with matplotlib.rc_context({"font.size": 9}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")   # CJK or emoji tokens: boxes
+        fig = Figure(figsize=(width, height), layout=layout)
+        yield fig
+        write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
