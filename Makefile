@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-random mutation bench clean
 
 setup: $(STAMP)
 
@@ -24,9 +24,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The suite in a shuffled order (the seed is printed; repeat one with --random-order-seed=N).
+test-random: $(STAMP)
+	$(BIN)/python -m pytest -p random_order --random-order
+
+# Mutation testing of the modules where a silent bug costs most (about an hour on 2 cores; not in CI).
+# Scores go to .mutation/results.json; bench/mutation.md lists them and the survivors judged equivalent.
+mutation: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[mutation]"
+	$(BIN)/python bench/mutation.py $(MODULES)
+
 bench: $(STAMP)
 	$(BIN)/qkv bench train --json
 	$(BIN)/qkv bench decode --json
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mutation
