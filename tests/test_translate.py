@@ -68,24 +68,44 @@ def test_beam_of_one_is_greedy_and_greedy_is_argmax():
         assert logits[:len(out[b])].argmax(-1).tolist() == out[b]
 
 
-def sequence_logprob(model, src_1S, tokens: list[int]) -> float:
+def sequence_logprob(model, src_1S, tokens: list[int], src_mask_1S=None) -> float:
     with torch.no_grad():
-        logp = model(src_1S, torch.tensor([[BOS] + tokens[:-1]])).logits[0].log_softmax(-1)
+        logp = model(src_1S, torch.tensor([[BOS] + tokens[:-1]]), src_mask_BS=src_mask_1S).logits[0].log_softmax(-1)
     return sum(logp[i, t].item() for i, t in enumerate(tokens))
 
 
-def test_wide_beam_finds_the_most_likely_sequence_by_brute_force():
-    """With a beam as wide as every live prefix, beam search is exhaustive: it must return the best of all
-    sequences of up to T tokens (length_penalty 0 = plain log-probability)."""
-    V, T = 5, 3                                      # symbols 3 and 4; every sequence has <= 3 tokens
-    model = tiny_model(V=V, seed=3)
-    src_1S = sources(1, 4, V=V, seed=3)
-    candidates = [list(body) + [EOS] for n in range(T) for body in itertools.product(range(3, V), repeat=n)]
-    candidates += [list(body) for body in itertools.product(range(3, V), repeat=T)]     # cut at the budget
-    best = max(candidates, key=lambda seq: sequence_logprob(model, src_1S, seq))
-    cfg = SearchConfig(beam_size=V ** T, max_new_tokens=T, length_penalty=0.0, early_stopping=False)
-    found = beam_search(model, src_1S, None, BOS, EOS, cfg)[0]
-    assert found == [t for t in best if t != EOS]
+def test_wide_beam_finds_the_best_sequence_of_the_whole_space_by_brute_force():
+    """With a beam as wide as every live prefix, beam search is exhaustive: for each source of a padded batch
+    it must return the best of ALL sequences it could emit (any token but <eos> at each step, <pad> and
+    <bos> included, ended by <eos> or cut at the budget of T tokens), scored as beam search scores them:
+    log-probability / (tokens, <eos> included) ** length_penalty."""
+    V, T = 5, 3
+    model = tiny_model(V=V, seed=7)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():                   # a wide init: peaked, source-dependent distributions, no near-ties
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    src_BS = sources(3, 4, V=V, seed=7)
+    src_BS[1, 2:] = PAD
+    mask_BS = src_BS != PAD
+    body = [t for t in range(V) if t != EOS]
+    candidates = [list(b) + [EOS] for n in range(T) for b in itertools.product(body, repeat=n)]
+    candidates += [list(b) for b in itertools.product(body, repeat=T)]              # cut at the budget
+    logp = [{tuple(seq): sequence_logprob(model, src_BS[b:b + 1], seq, mask_BS[b:b + 1]) for seq in candidates}
+            for b in range(3)]
+    answers = {}
+    for lp in (0.0, 1.0, 2.5):
+        cfg = SearchConfig(beam_size=V ** T, max_new_tokens=T, length_penalty=lp, early_stopping=False)
+        answers[lp] = beam_search(model, src_BS, mask_BS, BOS, EOS, cfg)
+        for b in range(3):
+            scores = {seq: lp_b / len(seq) ** lp for seq, lp_b in logp[b].items()}
+            best = max(scores, key=scores.get)
+            assert scores[best] - sorted(scores.values())[-2] > 1e-4, "a near tie: pick another seed"
+            assert answers[lp][b] == [t for t in best if t != EOS], f"source {b}, length_penalty {lp}"
+    # What makes the check strict: the penalty and the source change the answer, and <bos>/<pad> appear.
+    assert len({str(a) for a in answers.values()}) == 3 and len({str(a) for a in answers[2.5]}) == 3
+    assert any(t in (PAD, BOS) for a in answers.values() for seq in a for t in seq)
 
 
 def test_batched_beams_equal_one_source_at_a_time():
