@@ -235,11 +235,19 @@ def test_stream_holds_back_only_possible_stop_prefixes(tok):
     assert pieces == ["abc", "ab ", "abd"]
 
 
-def test_stream_equals_generate(tok):
+@pytest.mark.parametrize("kw", [dict(temperature=0, repetition_penalty=3.0), dict(temperature=1.0, top_p=0.9, seed=5)])
+def test_stream_and_generate_equal_the_decoded_ids_cut_at_the_stop(tok, kw):
+    """The text layer against the id loop: decode the ids, end at <eos>, cut before the first stop string."""
     model = tiny_gpt(tok.vocab_size)
-    for kw in (dict(temperature=0), dict(temperature=1.0, top_p=0.9, seed=5, stop=["e"])):
-        text = generate(model, tok, "the cat", max_new_tokens=20, **kw)
-        assert "".join(stream(model, tok, "the cat", max_new_tokens=20, **kw)) == text
+    ids = generate_ids(model, torch.tensor([tok.encode("the cat")]), GenerationConfig(max_new_tokens=20, **kw),
+                       eos_id=tok.eos_id)[0].tolist()
+    text = tok.decode(ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids)
+    at = next(i for i in range(4, len(text) - 1) if text.index(text[i:i + 2]) == i)   # first seen at i
+    stop, expected = text[at:at + 2], text[:at]
+    pieces = list(stream(model, tok, "the cat", max_new_tokens=20, stop=stop, **kw))
+    assert "".join(pieces) == expected and len(pieces) >= 2      # streamed in pieces, not all at the end
+    assert generate(model, tok, "the cat", max_new_tokens=20, stop=stop, **kw) == expected
+    assert generate(model, tok, "the cat", max_new_tokens=20, **kw) == text
 
 
 @pytest.fixture(scope="module")

@@ -170,14 +170,27 @@ def test_one_query_over_a_cache_attends_to_every_key(M):
     assert torch.all(probs_BHLM > 0)
 
 
-def test_gqa_with_g_equal_h_is_mha():
+@pytest.mark.parametrize("G", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+@pytest.mark.parametrize("return_probs", [False, True], ids=["fast", "explicit"])
+def test_attention_module_equals_textbook_projections_and_heads(G, return_probs):
+    """The module against the paper's recipe written out with its weights: project, split into heads by
+    rows of W (query head h reads key/value head h // (H/G)), attend per head, concatenate, apply W_o."""
     torch.manual_seed(0)
-    mha = Attention(32, 4, 4)
-    gqa_as_mha = Attention(32, 4, 4)
-    gqa_as_mha.load_state_dict(mha.state_dict())
-    x_BLC = torch.randn(2, 5, 32)
-    mask = build_mask(5, 5, "causal")
-    torch.testing.assert_close(gqa_as_mha(x_BLC, mask)[0], mha(x_BLC, mask)[0], atol=0, rtol=0)
+    C, H, L = 32, 4, 5
+    D = C // H
+    attn = Attention(C, H, G)
+    x_BLC = torch.randn(2, L, C)
+    mask = build_mask(L, L, "causal")
+    out_BLC, _ = attn(x_BLC, mask, return_probs=return_probs)
+    q_BLC = x_BLC @ attn.wq.weight.T + attn.wq.bias
+    kv = x_BLC @ attn.wkv.weight.T + attn.wkv.bias              # [k heads | v heads], D columns each
+    q_BHLD = torch.stack([q_BLC[..., h * D:(h + 1) * D] for h in range(H)], dim=1)
+    k_BGLD = torch.stack([kv[..., g * D:(g + 1) * D] for g in range(G)], dim=1)
+    v_BGLD = torch.stack([kv[..., (G + g) * D:(G + g + 1) * D] for g in range(G)], dim=1)
+    causal = torch.ones(L, L, dtype=torch.bool).tril().expand(2, H, L, L)
+    heads_BHLD, _ = reference_attention(q_BHLD, k_BGLD, v_BGLD, causal)
+    concat_BLC = torch.cat([heads_BHLD[:, h] for h in range(H)], dim=-1)
+    torch.testing.assert_close(out_BLC, concat_BLC @ attn.wo.weight.T + attn.wo.bias, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("G", [2, 1], ids=["gqa", "mqa"])
