@@ -140,8 +140,14 @@ def test_fine_tune_from_hf_encoder_keeps_its_weights(hf_dirs):
     assert torch.equal(model.tok.weight, hf_model.embeddings.word_embeddings.weight)
     assert torch.equal(model.blocks[1].mlp.down.weight, hf_model.encoder.layer[1].output.dense.weight)
     e = model.tokenizer.encode_for_model("the cat", "sat")
-    out = model(torch.tensor([e.ids]), torch.tensor([1]), types_BL=torch.tensor([e.type_ids]))
-    assert out.logits.shape == (1, 2) and out.loss.requires_grad
+    ids_1L, types_1L = torch.tensor([e.ids]), torch.tensor([e.type_ids])
+    model.eval()
+    out = model(ids_1L, torch.tensor([1]), types_BL=types_1L)
+    with torch.no_grad():                    # BERT's classifier read off transformers' hidden state at [CLS]
+        cls_1C = hf_model(input_ids=ids_1L, token_type_ids=types_1L).last_hidden_state[:, 0]
+        want_1K = model.head.out(torch.tanh(model.head.pool(cls_1C)))
+    assert (out.logits - want_1K).abs().max() <= 1e-5 and out.loss.requires_grad
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, torch.tensor([1])))
 
 
 def copy_dir(src, dst, config_edit=None):
