@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # module (under src/qkv) -> the fast tests that cover it
 MODULES = {
-    "nn/attention.py": ["tests/test_layers.py", "tests/test_model.py"],
+    "nn/attention.py": ["tests/test_layers.py", "tests/test_model.py", "tests/test_seq2seq.py"],
     "nn/masks.py": ["tests/test_layers.py", "tests/test_model.py"],
     "nn/position.py": ["tests/test_layers.py", "tests/test_model.py"],
     "nn/kv_cache.py": ["tests/test_layers.py", "tests/test_model.py", "tests/test_translate.py"],
@@ -39,7 +39,7 @@ MODULES = {
     "rundir.py": ["tests/test_checkpoint.py", "tests/test_rundir.py"],
 }
 # Where a module's tests would take minutes per mutant, only the fast ones run (`-k` expressions).
-DESELECT = {"translate.py": "not copy_task and not cli"}
+DESELECT = {"translate.py": "not copy_task"}
 
 PATCH = r'''
 import sys

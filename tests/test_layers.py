@@ -11,7 +11,7 @@ import torch
 from qkv.errors import InputError
 from qkv.nn.attention import Attention, attend
 from qkv.nn.kv_cache import KVCache
-from qkv.nn.masks import allowed_mask, build_mask
+from qkv.nn.masks import AttnMask, allowed_mask, build_mask
 from qkv.nn.norms import RMSNorm
 from qkv.nn.position import ALiBi, RoPE, SinusoidalPosition, alibi_slopes, apply_rotary, sinusoidal_table
 
@@ -56,6 +56,27 @@ def test_build_mask_dense_equals_allowed_mask(kind, window, L, M):
     expected_LM = allowed_mask(L, M, kind, window, 2)
     dense_LM = torch.ones(L, M, dtype=torch.bool) if dense is None else dense.reshape(L, M)
     assert torch.equal(dense_LM, expected_LM)
+
+
+def test_prefix_of_zero_is_causal_and_masks_are_built_where_asked():
+    assert torch.equal(allowed_mask(4, 4, "prefix"), allowed_mask(4, 4, "causal"))      # prefix_len defaults to 0
+    for kind in ("causal", "bidirectional", "prefix"):     # the meta device: no copy to the CPU slips in
+        assert allowed_mask(3, 5, kind, window=2, prefix_len=torch.tensor([1, 2]), device="meta").is_meta
+    assert AttnMask(is_causal=True).dense_allowed(2, 3, "meta").is_meta
+
+
+def test_build_mask_takes_the_cheapest_form_that_is_exact():
+    """What SDPA gets: its own is_causal for the square causal mask, no mask at all when every key is
+    allowed, a dense mask otherwise, and live rows only when some query sees no key (AttnMask's contract)."""
+    square = build_mask(5, 5, "causal")
+    assert square.is_causal and square.allowed_B1LM is None and square.live_B1L1 is None
+    for step in (build_mask(1, 5, "causal"), build_mask(4, 4, "bidirectional")):
+        assert not step.is_causal and step.allowed_B1LM is None
+    for dense in (build_mask(3, 5, "causal"), build_mask(4, 4, "causal", window=2), build_mask(4, 4, "prefix", prefix_len=2),
+                  build_mask(4, 4, "bidirectional", window=3)):
+        assert not dense.is_causal and dense.allowed_B1LM is not None and dense.live_B1L1 is None
+    padded = build_mask(3, 3, "bidirectional", key_mask_BM=torch.tensor([[False, True, True], [True] * 3]))
+    assert padded.live_B1L1 is None and padded.allowed_B1LM[0, 0, :, 0].tolist() == [False] * 3
 
 
 def test_build_mask_marks_rows_that_see_no_key():
