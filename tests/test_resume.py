@@ -20,11 +20,11 @@ from qkv.config import resolve
 from qkv.train import trainer as trainer_mod
 from qkv.train.optim import lr_at
 from qkv.train.trainer import Trainer
+# parallel is a fixture (a tiny de-en corpus): imported, pytest finds it here too
+from test_tasks import parallel  # noqa: F401
 
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 8
-DE = ["ein hund läuft", "zwei katzen schlafen", "ein mann liest ein buch", "eine frau singt"] * 6
-EN = ["a dog runs", "two cats sleep", "a man reads a book", "a woman sings"] * 6
 
 
 def tiny(tmp_path, name, model=None, **train):
@@ -66,19 +66,9 @@ def test_bf16_run_resumes_bit_exact(tmp_path, corpus):
     assert rows(fp32)[-1]["val_loss"] != rows(tmp_path / "cut")[-1]["val_loss"]   # bf16 really ran
 
 
-@pytest.fixture
-def parallel(tmp_path):
-    d = tmp_path / "para"
-    d.mkdir()
-    for split, part in (("train", slice(0, 20)), ("val", slice(20, 24))):
-        (d / f"{split}.de").write_text("\n".join(DE[part]) + "\n", encoding="utf-8")
-        (d / f"{split}.en").write_text("\n".join(EN[part]) + "\n", encoding="utf-8")
-    return d
-
-
 @pytest.mark.parametrize("joint", [True, False], ids=["joint-vocab", "separate-vocabs"])
 def test_translation_run_resumes_bit_exact(tmp_path, parallel, joint):
-    model = dict(max_len=24, n_encoder_layers=2)
+    model = dict(max_len=32, n_encoder_layers=2)
     train = dict(task="translate", data=str(parallel), src_lang="de", tgt_lang="en", tokenizer="char",
                  joint_vocab=joint, label_smoothing=0.1, batch_size=8)
     Trainer(*tiny(tmp_path, "straight", model, **train)).fit()
