@@ -24,9 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The suite in a shuffled order (the seed is printed; repeat one with --random-order-seed=N).
+# The whole suite in one shuffled order across files, to catch a test that depends on another's state.
+# The seed is printed; `make test-random SEED=N` repeats an order.
 test-random: $(STAMP)
-	$(BIN)/python -m pytest -p random_order --random-order
+	@seed=$${SEED:-$$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')}; echo "random order, seed $$seed"; \
+	$(BIN)/python -m pytest -p random_order --random-order-bucket=global --random-order-seed=$$seed
 
 # Mutation testing of the modules where a silent bug costs most (about an hour on 2 cores; not in CI).
 # Scores go to .mutation/results.json; bench/mutation.md lists them and the survivors judged equivalent.
