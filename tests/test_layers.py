@@ -214,6 +214,43 @@ def test_attention_module_equals_textbook_projections_and_heads(G, return_probs)
     torch.testing.assert_close(out_BLC, concat_BLC @ attn.wo.weight.T + attn.wo.bias, atol=ATOL, rtol=0)
 
 
+def test_explicit_path_drops_probabilities_as_torch_dropout_does():
+    """Attention dropout on the explicit path: out = dropout(probs) @ v with torch's own dropout (same seed,
+    same draw); the returned probabilities are the undropped ones, whose rows sum to 1."""
+    q_BHLD, k_BGMD, v_BGMD = qkv_tensors(1, 4, 4, 5, 5)
+    mask = build_mask(5, 5, "causal")
+    plain_BHLD, probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs=True)
+    torch.manual_seed(3)
+    out_BHLD, dropped_probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs=True, dropout_p=0.5)
+    torch.manual_seed(3)
+    expected_BHLD = torch.nn.functional.dropout(probs_BHLM, 0.5) @ v_BGMD
+    torch.testing.assert_close(out_BHLD, expected_BHLD, atol=ATOL, rtol=0)
+    torch.testing.assert_close(dropped_probs_BHLM, probs_BHLM, atol=0, rtol=0)
+    assert (out_BHLD - plain_BHLD).abs().max() > 0.1
+
+
+def test_attention_module_options_reach_the_computation(monkeypatch):
+    """bias=False builds no biases; probabilities only when asked; dropout only in training mode."""
+    attn = Attention(32, 4, 2, bias=False, dropout=0.3)
+    assert [m.bias for m in (attn.wq, attn.wkv, attn.wo)] == [None, None, None]
+    x_BLC, mask = torch.randn(1, 3, 32), build_mask(3, 3, "causal")
+    assert attn.eval()(x_BLC, mask)[1] is None
+    seen = []
+    monkeypatch.setattr("qkv.nn.attention.attend", lambda *a, **k: seen.append(a[5:] or k) or attend(*a, **k))
+    attn.train()(x_BLC, mask)
+    attn.eval()(x_BLC, mask)
+    assert seen == [(0.3,), (0.0,)]
+
+
+def test_attention_makes_no_tensor_off_its_inputs_device():
+    """On the meta device a stray CPU tensor (a mask built without the device) is an error, so this holds
+    every path to building its masks where its inputs are."""
+    q_BHLD, k_BGMD = torch.randn(1, 2, 3, 4, device="meta"), torch.randn(1, 2, 3, 4, device="meta")
+    for mask in (build_mask(3, 3, "causal"), build_mask(3, 3, "causal", bias_1HLM=torch.zeros(1, 2, 3, 3, device="meta"))):
+        for return_probs in (False, True):
+            assert attend(q_BHLD, k_BGMD, k_BGMD, mask, return_probs=return_probs)[0].is_meta
+
+
 @pytest.mark.parametrize("G", [2, 1], ids=["gqa", "mqa"])
 @pytest.mark.parametrize("return_probs", [False, True], ids=["fast", "explicit"])
 def test_gqa_equals_mha_with_shared_key_value_heads(G, return_probs):
