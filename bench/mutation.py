@@ -29,8 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # module (under src/qkv) -> the fast tests that cover it
 MODULES = {
-    "nn/attention.py": ["tests/test_layers.py", "tests/test_model.py", "tests/test_seq2seq.py"],
-    "nn/masks.py": ["tests/test_layers.py", "tests/test_model.py::test_fast_path_equals_explicit_path"],
+    "nn/attention.py": ["tests/test_layers.py", "tests/test_seq2seq.py",
+                        "tests/test_model.py::test_cached_decode_equals_full_recompute"],
+    "nn/masks.py": ["tests/test_layers.py", "tests/test_model.py::test_fast_path_equals_explicit_path",
+                    "tests/test_model.py::test_cached_decode_equals_full_recompute"],
     "nn/position.py": ["tests/test_layers.py", "tests/test_model.py::test_cached_decode_equals_full_recompute",
                        "tests/test_model.py::test_left_padded_batch_equals_each_sequence_alone"],
     "nn/kv_cache.py": ["tests/test_layers.py", "tests/test_model.py::test_cached_decode_equals_full_recompute",

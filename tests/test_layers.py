@@ -70,8 +70,9 @@ def test_build_mask_takes_the_cheapest_form_that_is_exact():
     allowed, a dense mask otherwise, and live rows only when some query sees no key (AttnMask's contract)."""
     square = build_mask(5, 5, "causal")
     assert square.is_causal and square.allowed_B1LM is None and square.live_B1L1 is None
-    for step in (build_mask(1, 5, "causal"), build_mask(4, 4, "bidirectional")):
-        assert not step.is_causal and step.allowed_B1LM is None
+    bias_1HLM = torch.randn(1, 2, 1, 5)
+    for step in (build_mask(1, 5, "causal", bias_1HLM=bias_1HLM), build_mask(1, 5, "bidirectional", bias_1HLM=bias_1HLM)):
+        assert not step.is_causal and step.allowed_B1LM is None and step.bias_1HLM is bias_1HLM
     for dense in (build_mask(3, 5, "causal"), build_mask(4, 4, "causal", window=2), build_mask(4, 4, "prefix", prefix_len=2),
                   build_mask(4, 4, "bidirectional", window=3)):
         assert not dense.is_causal and dense.allowed_B1LM is not None and dense.live_B1L1 is None
