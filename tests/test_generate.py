@@ -168,6 +168,13 @@ def test_presence_and_frequency_penalty():
 def test_top_k_keeps_k_largest():
     out = top_k_filter(torch.tensor([[1.0, 4.0, 3.0, 2.0]]), 2)
     assert out.tolist() == [[NEG, 4.0, 3.0, NEG]]
+    assert top_k_filter(torch.tensor([[1.0, 4.0, 3.0]]), 10).tolist() == [[1.0, 4.0, 3.0]]   # k > V keeps all
+
+
+def test_zero_new_tokens_is_an_empty_continuation(tok):
+    model = tiny_gpt(tok.vocab_size)
+    assert generate_ids(model, torch.tensor([[1, 2], [3, 4]]), GenerationConfig(max_new_tokens=0)).shape == (2, 0)
+    assert generate(model, tok, ["ab", "c"], max_new_tokens=0) == ["", ""] and generate(model, tok, []) == []
 
 
 @pytest.mark.parametrize("p,kept", [(0.4, {1}), (0.75, {1, 3}), (0.85, {0, 1, 3}), (1.0, {0, 1, 2, 3})])
@@ -299,6 +306,11 @@ def test_bad_inputs_raise_input_error(tok):
         generate_ids(model, torch.tensor([[1, 999]]), GenerationConfig(4))
     with pytest.raises(InputError, match="never saw"):
         generate(model, tok, "ABC")
+    for prompt in (5, None, b"ab", ["ab", 5]):
+        with pytest.raises(InputError, match="prompt must be a string"):
+            generate(model, tok, prompt)
+    with pytest.raises(InputError, match="the prompt is empty; give at least one token"):
+        generate_ids(model, torch.zeros(2, 0, dtype=torch.long), GenerationConfig(4))
     plain = Tokenizer.train_char(TEXT)                                  # no eos to start from
     with pytest.raises(InputError, match="prompt is empty"):
         generate(tiny_gpt(plain.vocab_size), plain, "")
