@@ -79,7 +79,10 @@ def scratch_copy(module: str, tests: list[str], work: Path) -> Path:
         if (ROOT / f).is_file():
             (work / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, work / f)
-    selection = "\n    ".join(t for t in tests if (work / t).exists())
+    missing = [t for t in tests if not (work / t.split("::")[0]).is_file()]
+    if missing:
+        raise SystemExit(f"{module}: no test file {missing}; fix MODULES in bench/mutation.py")
+    selection = "\n    ".join(tests)
     deselect = f"\n    -k\n    {DESELECT[module]}" if module in DESELECT else ""
     (work / "setup.cfg").write_text(f"""[mutmut]
 source_paths = src
