@@ -39,7 +39,10 @@ MODULES = {
                        "tests/test_translate.py"],
     "generate.py": ["tests/test_generate.py", "tests/test_sampling.py"],
     "translate.py": ["tests/test_translate.py"],
-    "checkpoint.py": ["tests/test_checkpoint.py"],
+    "checkpoint.py": ["tests/test_checkpoint.py", "tests/test_encoder.py::test_save_load_round_trip",
+                      "tests/test_seq2seq.py::test_save_and_load_round_trip",
+                      "tests/test_hf_gpt2.py::test_qkv_load_dispatches_gpt2",
+                      "tests/test_hf_bert.py::test_hidden_states_match_bert_model"],
     "rundir.py": ["tests/test_rundir.py", "tests/test_checkpoint.py"],
 }
 # Where a module's tests would take minutes per mutant, only the fast ones run (`-k` expressions).

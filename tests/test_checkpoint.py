@@ -1,8 +1,10 @@
+import dataclasses
 import json
 
 import pytest
 import torch
 
+import qkv
 from qkv import GPT, ModelConfig, Tokenizer, load, save
 from qkv.checkpoint import family, write_model_files
 from qkv.rundir import atomic_dir, recover, resolve_dir
@@ -89,6 +91,39 @@ def test_damaged_checkpoint_gives_named_error(saved, damage, message):
     damage(path)
     with pytest.raises(CheckpointError, match=message):
         load(path)
+
+
+def test_family_reads_only_the_config(tmp_path):
+    for model_type, fam in (("gpt2", "decoder"), ("bert", "encoder"), ("qkv-gpt", "decoder"),
+                            ("qkv-seq2seq", "encoder-decoder"), ("qkv-bert-tag", "fine-tuned encoder")):
+        (tmp_path / model_type).mkdir()
+        (tmp_path / model_type / "config.json").write_text(json.dumps({"model_type": model_type}))
+        assert family(tmp_path / model_type) == (fam, model_type)          # no weights needed
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(CheckpointError, match=r"model_type 'llama' in .*config.json is not supported; qkv loads "
+                                              r"\[.*'qkv-gpt'.*'bert', 'gpt2'\]"):
+        family(tmp_path / "llama")
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="must hold a JSON object"):
+        family(tmp_path / "list")
+    (tmp_path / "untyped").mkdir()
+    (tmp_path / "untyped" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="has no 'model_type'"):
+        family(tmp_path / "untyped")
+
+
+def test_a_model_saved_without_tokenizer_loads_without_one(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=20, max_len=16, n_layers=1, d_model=16, n_heads=2, tie_embeddings=False))
+    assert save(model, tmp_path / "m") == tmp_path / "m"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    again = load(str(tmp_path / "m"), device="cpu")
+    assert again.tokenizer is None and again.head.weight is not again.tok.weight
+    assert torch.equal(again.head.weight, model.head.weight) and torch.equal(again.tok.weight, model.tok.weight)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["qkv_version"] == qkv.__version__ and config["model"] == dataclasses.asdict(model.cfg)
 
 
 def test_tokenizer_larger_than_vocab_is_rejected(saved):
