@@ -175,6 +175,36 @@ def saved(tmp_path):
     return tmp_path / "m"
 
 
+def test_translate_batches_by_length_and_returns_the_input_order(tmp_path):
+    """Texts of different lengths, sorted and batched two at a time with padding: each output is what the
+    text gets alone; the budget defaults to the model's positions; bad input names the fix."""
+    from qkv import load, save
+    from qkv.tokenizers import Tokenizer
+    from qkv.translate import _budget, translate
+    tok = Tokenizer.train_char("abcde fgh", special_tokens=("<pad>", "<bos>", "<eos>"))
+    model = tiny_model(V=tok.vocab_size, seed=5)
+    with torch.no_grad():                                  # wide weights: outputs that differ between sources
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.5)
+    save(model, tmp_path / "m", tok)
+    model = load(tmp_path / "m")
+    texts = ["abc de", "a", "fgh ba", "edcba hg", "ggg", "b a"]
+    cfg = SearchConfig(beam_size=2, max_new_tokens=6)
+    together = translate(model, texts, cfg, batch_size=2)
+    assert together == [translate(model, [t], cfg)[0] for t in texts]
+    assert len(set(together)) >= 3
+    assert _budget(model, SearchConfig()) == _budget(model, SearchConfig(max_new_tokens=99)) == 15
+    assert _budget(model, cfg) == 6
+    with pytest.raises(InputError, match="source 1 is empty"):
+        translate(model, ["abc", ""], cfg)
+    with pytest.raises(InputError, match="batch_size"):
+        translate(model, texts, cfg, batch_size=0)
+    with pytest.raises(InputError, match="source 0 has 20 tokens but the model has 16 positions"):
+        translate(model, ["abcd" * 5], cfg)
+    assert translate(model, ["abcd" * 5], cfg, truncate=True) == translate(model, ["abcd" * 4], cfg)
+
+
 def test_cli_rejects_bad_beam_and_long_sources(saved, capsys):
     from qkv.cli import main
     assert main(["translate", str(saved), "--text", "abc", "--beam", "0"]) == 2
