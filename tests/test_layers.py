@@ -308,6 +308,26 @@ def test_sinusoidal_table_matches_the_paper():
     assert not torch.allclose(sinusoidal_table(P, C, 100.0), sinusoidal_table(P, C, 10000.0))
 
 
+def test_sinusoidal_table_far_positions_and_the_papers_default_base():
+    """Position 4095 needs float64 angles (float32 would be off by ~1e-4); the default N is the paper's."""
+    table = sinusoidal_table(4096, 8)
+    assert torch.equal(table, sinusoidal_table(4096, 8, 10000.0)) and table.dtype == torch.float32
+    for p in (4095, 3001):
+        for i in range(4):
+            angle = p / 10000.0 ** (2 * i / 8)
+            assert table[p, 2 * i].item() == pytest.approx(math.sin(angle), abs=2e-6)
+            assert table[p, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=2e-6)
+    assert torch.equal(SinusoidalPosition(max_len=16, d_model=8).table, sinusoidal_table(16, 8))
+    cos_1, _ = RoPE(max_len=8, head_dim=8).rotary(torch.tensor([[1]]))
+    assert cos_1[0, 0, 0, 1].item() == pytest.approx(math.cos(10000.0 ** (-2 / 8)), abs=1e-7)
+
+
+def test_position_tables_are_not_saved_with_the_weights():
+    """Tables computed from the config are rebuilt, never stored: a state dict holds learned weights only."""
+    for module in (SinusoidalPosition(max_len=8, d_model=4), RoPE(max_len=8, head_dim=4), ALiBi(8, n_heads=2)):
+        assert module.state_dict() == {} and len(list(module.buffers())) > 0
+
+
 def test_sinusoidal_position_honours_pos_base():
     module = SinusoidalPosition(max_len=8, d_model=6, base=50.0)
     torch.testing.assert_close(module.embed(torch.arange(8)[None])[0], sinusoidal_table(8, 6, 50.0))
