@@ -321,6 +321,26 @@ def test_sinusoidal_table_far_positions_and_the_papers_default_base():
     assert cos_1[0, 0, 0, 1].item() == pytest.approx(math.cos(10000.0 ** (-2 / 8)), abs=1e-7)
 
 
+def test_rope_rotates_each_pair_forward_by_its_angle_even_far_away():
+    """e_i (channel i of the first half) at position p turns to cos(a) e_i + sin(a) e_(i+D/2), a = p N^(-2i/D)
+    (the GPT-NeoX / Llama layout), with float64 angles up to the last position."""
+    D, P = 8, 4096
+    rope = RoPE(max_len=P, head_dim=D)
+    assert rope.cos_PD.shape == rope.sin_PD.shape == (P, D)
+    for p, i in ((3, 1), (4095, 0), (3001, 2)):
+        angle = p * 10000.0 ** (-2 * i / D)
+        x_BHLD = torch.zeros(1, 1, 1, D)
+        x_BHLD[..., i] = 1.0
+        cos, sin = rope.rotary(torch.tensor([[p]]))
+        expected = torch.zeros(D)
+        expected[i], expected[i + D // 2] = math.cos(angle), math.sin(angle)
+        torch.testing.assert_close(apply_rotary(x_BHLD, cos, sin)[0, 0, 0], expected, atol=3e-7, rtol=0)
+
+
+def test_alibi_bias_is_made_where_its_slopes_are():
+    assert ALiBi(max_len=8, n_heads=2).to("meta").bias(2, 4).is_meta
+
+
 def test_position_tables_are_not_saved_with_the_weights():
     """Tables computed from the config are rebuilt, never stored: a state dict holds learned weights only."""
     for module in (SinusoidalPosition(max_len=8, d_model=4), RoPE(max_len=8, head_dim=4), ALiBi(8, n_heads=2)):
