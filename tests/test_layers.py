@@ -327,7 +327,7 @@ def test_rope_rotates_each_pair_forward_by_its_angle_even_far_away():
     D, P = 8, 4096
     rope = RoPE(max_len=P, head_dim=D)
     assert rope.cos_PD.shape == rope.sin_PD.shape == (P, D)
-    for p, i in ((3, 1), (4095, 0), (3001, 2)):
+    for p, i in ((3, 1), (4095, 1), (4001, 1), (4093, 3)):
         angle = p * 10000.0 ** (-2 * i / D)
         x_BHLD = torch.zeros(1, 1, 1, D)
         x_BHLD[..., i] = 1.0
