@@ -293,6 +293,27 @@ def test_kv_cache_returns_filled_prefix_and_raises_on_overflow():
     assert cache.length == 0
 
 
+def test_kv_cache_reorder_and_select_follow_rows_and_keep_appending():
+    """Beam search's two moves: reorder (row b takes row index[b]'s past) and select (keep some rows)."""
+    cache = KVCache(batch=3, n_kv_heads=1, max_len=4, head_dim=2, dtype=torch.float64)
+    k_BGLD = torch.arange(3.0)[:, None, None, None].expand(3, 1, 2, 2).double()      # row b holds b
+    cache.append(k_BGLD, -k_BGLD)
+    cache.reorder(torch.tensor([2, 2, 0]))
+    k_BGMD, v_BGMD = cache.append(10 + k_BGLD[:, :, :1], 10 - k_BGLD[:, :, :1])
+    assert k_BGMD[:, 0, :, 0].tolist() == [[2, 2, 10], [2, 2, 11], [0, 0, 12]]
+    assert v_BGMD[:, 0, :, 0].tolist() == [[-2, -2, 10], [-2, -2, 9], [0, 0, 8]]
+    cache.select(torch.tensor([2, 0]))
+    k_BGMD, v_BGMD = cache.append(20 + k_BGLD[:2, :, :1], 20 + k_BGLD[:2, :, :1])
+    assert k_BGMD[:, 0, :, 0].tolist() == [[0, 0, 12, 20], [2, 2, 10, 21]] and v_BGMD.shape == (2, 1, 4, 2)
+    assert k_BGMD.dtype == torch.float64
+
+
+def test_kv_cache_buffers_take_the_given_dtype_and_device():
+    cache = KVCache(batch=1, n_kv_heads=2, max_len=3, head_dim=4, dtype=torch.bfloat16, device="meta")
+    for buffer in (cache.k_BGMD, cache.v_BGMD):
+        assert buffer.dtype == torch.bfloat16 and buffer.is_meta and buffer.shape == (1, 2, 3, 4)
+
+
 # ---------------------------------------------------------------- positions
 
 def test_sinusoidal_table_matches_the_paper():
