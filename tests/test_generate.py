@@ -1,6 +1,8 @@
 """Generation: the decode loop against full recomputation, batching, each processor by hand, stop strings,
 streaming, and every bad input as an InputError that names the fix."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -281,37 +283,55 @@ def test_text_stream_flushes_incomplete_character_at_the_end(bpe):
 
 
 # ---- every bad input names the fix -------------------------------------------------------------------------
-@pytest.mark.parametrize("params,words", [
-    (dict(temperature=-0.1), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
-    (dict(min_p=-0.1), "min_p"), (dict(min_p=1.5), "min_p"), (dict(top_k=0), "top_k"),
-    (dict(repetition_penalty=0.0), "repetition_penalty"), (dict(repetition_penalty=-1.0), "> 0"),
-    (dict(presence_penalty=2.5), "presence_penalty"), (dict(frequency_penalty=-3.0), "between -2 and 2"),
-    (dict(max_new_tokens=-1), "max_new_tokens"), (dict(stop=[""]), "stop"), (dict(stop=None), "stop"),
-    (dict(temperature=float("nan")), "temperature"), (dict(seed="x"), "seed"),
+@pytest.mark.parametrize("params,message", [
+    (dict(temperature=-0.1), "temperature=-0.1 must be >= 0 (0 = greedy, 1 = the model's distribution)"),
+    (dict(top_p=0.0), "top_p=0.0 must be in (0, 1]; use 1 to turn nucleus sampling off"),
+    (dict(top_p=1.5), "top_p=1.5 must be in (0, 1]; use 1 to turn nucleus sampling off"),
+    (dict(min_p=-0.1), "min_p=-0.1 must be in [0, 1]; use 0 to turn it off"),
+    (dict(min_p=1.5), "min_p=1.5 must be in [0, 1]; use 0 to turn it off"),
+    (dict(top_k=0), "top_k=0 must be an integer >= 1; leave it unset (None) to keep every token"),
+    (dict(repetition_penalty=0.0), "repetition_penalty=0.0 must be > 0 (1 = off, 1.1-1.3 is typical)"),
+    (dict(repetition_penalty=-1.0), "repetition_penalty=-1.0 must be > 0 (1 = off, 1.1-1.3 is typical)"),
+    (dict(presence_penalty=2.5), "presence_penalty=2.5 must be between -2 and 2 (0 = off)"),
+    (dict(frequency_penalty=-3.0), "frequency_penalty=-3.0 must be between -2 and 2 (0 = off)"),
+    (dict(max_new_tokens=-1), "max_new_tokens=-1 must be an integer >= 0"),
+    (dict(stop=[""]), "stop=[''] must be a list of non-empty strings or a non-empty string"),
+    (dict(stop=None), "stop=None must be a list of non-empty strings or a non-empty string"),
+    (dict(temperature=float("nan")), "temperature=nan must be a finite number"),
+    (dict(seed="x"), "seed='x' must be an integer or None"),
 ])
-def test_bad_parameters_raise_input_error(params, words):
-    with pytest.raises(InputError, match=words):
+def test_bad_parameters_raise_input_error(params, message):
+    with pytest.raises(InputError) as e:
         GenerationConfig(**params)
+    assert str(e.value) == message                                     # the whole line a person reads
+
+
+def raises_exactly(message: str):
+    return pytest.raises(InputError, match=f"^{re.escape(message)}$")
 
 
 def test_bad_inputs_raise_input_error(tok):
     model = tiny_gpt(tok.vocab_size)                                   # max_len 32
     with pytest.raises(InputError, match="unknown generation parameter.*temprature"):
         generate(model, tok, "ab", temprature=0.5)
-    with pytest.raises(InputError, match="prompt has 40 tokens.*max_len=32"):
+    with raises_exactly("the prompt has 40 tokens but the model's context is max_len=32; shorten the prompt"):
         generate(model, tok, "a" * 40)
-    with pytest.raises(InputError, match=r"--max-new-tokens\) to at most 22"):
+    with raises_exactly("prompt (10 tokens) + max_new_tokens (30) = 40 exceeds the model's context max_len=32; "
+                        "lower max_new_tokens (--max-new-tokens) to at most 22 or shorten the prompt"):
         generate(model, tok, "a" * 10, max_new_tokens=30)
     with pytest.raises(InputError, match="token ids must lie in"):
         generate_ids(model, torch.tensor([[1, 999]]), GenerationConfig(4))
     with pytest.raises(InputError, match="never saw"):
         generate(model, tok, "ABC")
-    for prompt in (5, None, b"ab", ["ab", 5]):
-        with pytest.raises(InputError, match="prompt must be a string"):
+    for prompt, kind in ((5, "int"), (None, "NoneType"), (b"ab", "bytes")):
+        with raises_exactly(f"prompt must be a string or a list of strings, got {kind}"):
             generate(model, tok, prompt)
-    with pytest.raises(InputError, match="the prompt is empty; give at least one token"):
+    with raises_exactly("prompt must be a string, got int"):
+        generate(model, tok, ["ab", 5])
+    with raises_exactly("the prompt is empty; give at least one token (text prompts start from eos)"):
         generate_ids(model, torch.zeros(2, 0, dtype=torch.long), GenerationConfig(4))
     plain = Tokenizer.train_char(TEXT)                                  # no eos to start from
-    with pytest.raises(InputError, match="prompt is empty"):
+    with raises_exactly("the prompt is empty and the tokenizer has no eos token to start from; give a non-empty "
+                        "prompt"):
         generate(tiny_gpt(plain.vocab_size), plain, "")
     assert generate(model, tok, "", max_new_tokens=3, temperature=0, ignore_eos=True)   # starts from eos
