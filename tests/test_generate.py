@@ -186,6 +186,22 @@ def test_top_p_keeps_smallest_set_reaching_p(p, kept):
     assert {i for i, x in enumerate(out[0].tolist()) if x != NEG} == kept
 
 
+def test_top_p_and_min_p_at_their_exact_boundaries_and_per_row():
+    """Where the arithmetic is exact: a set whose mass reaches p exactly is complete (top-p drops the rest); a
+    token exactly min_p times as likely as the top one stays; each row has its own top probability."""
+    logits_BV = torch.tensor([[0.125, 0.5, 0.125, 0.25]], dtype=torch.float64).log()   # sorted mass .5 .75
+    assert torch.isinf(top_p_filter(logits_BV, 0.75)).tolist() == [[True, False, True, False]]
+    assert not torch.isinf(min_p_filter(torch.zeros(1, 4), 1.0)).any()               # ties with the top stay
+    two_BV = torch.tensor([[0.125, 0.5, 0.125, 0.25], [0.25] * 4], dtype=torch.float64).log()
+    assert torch.isinf(min_p_filter(two_BV, 0.6)).tolist() == [[True, False, True, True], [False] * 4]
+
+
+def test_a_prompt_may_fill_the_context_when_nothing_is_added(tok):
+    model = tiny_gpt(tok.vocab_size)                                    # max_len 32
+    assert generate_ids(model, torch.ones(1, 32, dtype=torch.long), GenerationConfig(0)).shape == (1, 0)
+    assert generate_ids(model, torch.ones(1, 31, dtype=torch.long), GenerationConfig(1)).shape == (1, 1)
+
+
 def test_min_p_threshold_is_relative_to_top_probability():
     logits_BV = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
     out = min_p_filter(logits_BV, 0.2)                           # threshold 0.2 * 0.5 = 0.1
