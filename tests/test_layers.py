@@ -215,19 +215,26 @@ def test_attention_module_equals_textbook_projections_and_heads(G, return_probs)
     torch.testing.assert_close(out_BLC, concat_BLC @ attn.wo.weight.T + attn.wo.bias, atol=ATOL, rtol=0)
 
 
-def test_explicit_path_drops_probabilities_as_torch_dropout_does():
-    """Attention dropout on the explicit path: out = dropout(probs) @ v with torch's own dropout (same seed,
-    same draw); the returned probabilities are the undropped ones, whose rows sum to 1."""
+def test_both_paths_drop_attention_as_torch_does():
+    """Attention dropout: the explicit path computes dropout(probs) @ v with torch's own dropout (same seed,
+    same draw) and returns the undropped probabilities; the fast path passes dropout_p to SDPA."""
     q_BHLD, k_BGMD, v_BGMD = qkv_tensors(1, 4, 4, 5, 5)
     mask = build_mask(5, 5, "causal")
     plain_BHLD, probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs=True)
     torch.manual_seed(3)
-    out_BHLD, dropped_probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs=True, dropout_p=0.5)
+    out_BHLD, dropped_probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs=True, dropout_p=0.3)
     torch.manual_seed(3)
-    expected_BHLD = torch.nn.functional.dropout(probs_BHLM, 0.5) @ v_BGMD
+    expected_BHLD = torch.nn.functional.dropout(probs_BHLM, 0.3) @ v_BGMD
     torch.testing.assert_close(out_BHLD, expected_BHLD, atol=ATOL, rtol=0)
     torch.testing.assert_close(dropped_probs_BHLM, probs_BHLM, atol=0, rtol=0)
     assert (out_BHLD - plain_BHLD).abs().max() > 0.1
+    torch.manual_seed(3)
+    fast_BHLD, _ = attend(q_BHLD, k_BGMD, v_BGMD, mask, dropout_p=0.3)
+    torch.manual_seed(3)
+    sdpa_BHLD = torch.nn.functional.scaled_dot_product_attention(q_BHLD, k_BGMD, v_BGMD, dropout_p=0.3,
+                                                                  is_causal=True)
+    torch.testing.assert_close(fast_BHLD, sdpa_BHLD, atol=0, rtol=0)
+    assert (fast_BHLD - plain_BHLD).abs().max() > 0.1
 
 
 def test_attention_module_options_reach_the_computation(monkeypatch):
