@@ -155,6 +155,38 @@ def test_weight_bytes_per_token_counts_the_tied_head_once_and_skips_lookups():
     assert weight_bytes_per_token(untied) == total - (untied.pos.table.weight.numel() + 40 * 32) * 4
 
 
+class SpyLM(FakeLM):
+    """FakeLM that records what the loop asks of the model: cache sizes and each call's input."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.cache_sizes = [], []
+
+    def new_caches(self, batch, max_len=None):
+        self.cache_sizes.append((batch, max_len))
+        return super().new_caches(batch, max_len)
+
+    def forward(self, ids_BL, caches=None, key_mask_BM=None, last_only=False):
+        self.calls.append((ids_BL.shape[1], caches is not None, last_only))
+        return super().forward(ids_BL, caches, key_mask_BM, last_only)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_the_loop_prefills_once_then_feeds_one_token_at_a_time(use_cache):
+    """With a cache: one call over the 3-token prompt, then one call per new token over that token alone, into
+    caches allocated once for prompt + new tokens; without: the whole sequence each step. Always only the
+    last position's logits."""
+    model = SpyLM.script([1, 2, 3, 1], vocab_size=5, prompt_len=3)
+    new_BN = generate_ids(model, torch.zeros(2, 3, dtype=torch.long), GenerationConfig(4, temperature=0,
+                                                                                       use_cache=use_cache))
+    assert new_BN.tolist() == [[1, 2, 3, 1]] * 2
+    if use_cache:
+        assert model.calls == [(3, True, True)] + [(1, True, True)] * 3 and model.cache_sizes == [(2, 7)]
+    else:
+        assert model.calls == [(3, False, True), (4, False, True), (5, False, True), (6, False, True)]
+        assert model.cache_sizes == []
+
+
 # ---- processors, each against a hand-computed example ------------------------------------------------
 def test_repetition_penalty_divides_positive_and_multiplies_negative():
     logits_BV = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
@@ -175,7 +207,7 @@ def test_top_k_keeps_k_largest():
 
 def test_zero_new_tokens_is_an_empty_continuation(tok):
     model = tiny_gpt(tok.vocab_size)
-    assert generate_ids(model, torch.tensor([[1, 2], [3, 4]]), GenerationConfig(max_new_tokens=0)).shape == (2, 0)
+    assert generate_ids(model, torch.tensor([[1, 2, 3], [3, 4, 5]]), GenerationConfig(max_new_tokens=0)).shape == (2, 0)
     assert generate(model, tok, ["ab", "c"], max_new_tokens=0) == ["", ""] and generate(model, tok, []) == []
 
 

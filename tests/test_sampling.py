@@ -140,13 +140,13 @@ def test_the_test_rejects_a_sampler_that_ignores_temperature():
 def test_repetition_penalty_over_the_prompt_with_left_padding():
     """Rows of different lengths, left padded with token 1: every row has seen {0, 5} (one positive, one
     negative logit), so all draw from one distribution; a counted pad would also penalize token 1."""
-    prompts = [[0, 5], [5, 0, 0, 5, 0], [0, 0, 0, 5]] * 1500
+    prompts = [[0, 5], [5, 0, 5, 5], [0, 5, 0]] * 1500           # seen once or more: penalized once
     L = max(map(len, prompts))
     ids_BL = torch.full((len(prompts), L), 1)
     key_mask_BL = torch.zeros(len(prompts), L, dtype=torch.bool)
     for b, p in enumerate(prompts):
         ids_BL[b, L - len(p):], key_mask_BL[b, L - len(p):] = torch.tensor(p), True
-    params = dict(temperature=1.1, repetition_penalty=1.8)
+    params = dict(temperature=1.1, repetition_penalty=2.0)
     new_BN = generate_ids(FixedLogits(LOGITS, L + 1), ids_BL, GenerationConfig(max_new_tokens=1, seed=1, **params),
                           key_mask_BM=key_mask_BL)
     counts = np.bincount(new_BN.flatten().numpy(), minlength=V)
