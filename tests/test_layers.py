@@ -338,11 +338,12 @@ def test_sinusoidal_table_matches_the_paper():
 
 def test_sinusoidal_table_far_positions_and_the_papers_default_base():
     """Far positions need float64 angles: over 3000..4095 the table is off by 3e-8 (float32's rounding of the
-    result); angles computed in float32 would be off by 1.2e-5. The default N is the paper's."""
-    table = sinusoidal_table(4096, 8)
-    assert torch.equal(table, sinusoidal_table(4096, 8, 10000.0)) and table.dtype == torch.float32
-    worst = max(abs(table[p, 2 * i + k].item() - (math.cos if k else math.sin)(p / 10000.0 ** (2 * i / 8)))
-                for p in range(3000, 4096) for i in range(4) for k in (0, 1))
+    result); angles or exponents 2i/C computed in float32 would be off by 1e-5 and more (C = 12: 2i/C is not
+    a binary fraction). The default N is the paper's."""
+    table = sinusoidal_table(4096, 12)
+    assert torch.equal(table, sinusoidal_table(4096, 12, 10000.0)) and table.dtype == torch.float32
+    worst = max(abs(table[p, 2 * i + k].item() - (math.cos if k else math.sin)(p / 10000.0 ** (2 * i / 12)))
+                for p in range(3000, 4096) for i in range(6) for k in (0, 1))
     assert worst < 3e-7
     assert torch.equal(SinusoidalPosition(max_len=16, d_model=8).table, sinusoidal_table(16, 8))
     cos_1, _ = RoPE(max_len=8, head_dim=8).rotary(torch.tensor([[1]]))
@@ -422,6 +423,22 @@ def test_alibi_slopes_for_eight_heads():
 def test_alibi_slopes_for_non_power_of_two_follow_the_paper():
     """For 6 heads: the 4-head slopes 2^-2, 2^-4, 2^-6, 2^-8, then every other 8-head slope: 2^-1, 2^-3."""
     torch.testing.assert_close(alibi_slopes(6), torch.tensor([2.0 ** -k for k in (2, 4, 6, 8, 1, 3)]))
+
+
+def test_alibi_slopes_for_twelve_heads_interleave_from_the_next_power_of_two():
+    """12 heads: the 8-head slopes 2^-1 .. 2^-8, then the odd ones of the 16-head set: 2^-0.5, 2^-1.5, ..."""
+    expected = [2.0 ** -k for k in range(1, 9)] + [2.0 ** -(k + 0.5) for k in range(4)]
+    torch.testing.assert_close(alibi_slopes(12), torch.tensor(expected))
+
+
+@pytest.mark.parametrize("pos", ["sinusoidal", "rope"])
+def test_a_models_positions_use_its_pos_base(pos):
+    from qkv import GPT, ModelConfig
+    model = GPT(ModelConfig(vocab_size=10, max_len=16, n_layers=1, d_model=16, n_heads=2, pos=pos, pos_base=500.0))
+    if pos == "sinusoidal":
+        torch.testing.assert_close(model.pos.table, sinusoidal_table(16, 16, 500.0), atol=0, rtol=0)
+    else:
+        torch.testing.assert_close(model.pos.cos_PD, RoPE(16, 8, base=500.0).cos_PD, atol=0, rtol=0)
 
 
 def test_alibi_bias_is_minus_slope_times_distance():
