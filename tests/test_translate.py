@@ -68,6 +68,42 @@ def test_beam_of_one_is_greedy_and_greedy_is_argmax():
         assert logits[:len(out[b])].argmax(-1).tolist() == out[b]
 
 
+def wide_model(V: int, seed: int) -> EncoderDecoder:
+    """Weights wide enough that distributions are peaked and depend on the source (answers differ)."""
+    model = tiny_model(V=V, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_greedy_search_ends_each_source_at_its_own_eos():
+    """Batched greedy search against a one-source-at-a-time loop that recomputes everything: argmax, stop at
+    <eos> (not returned), or return all tokens when the budget runs out. Sources end at different steps."""
+    model = wide_model(V=8, seed=11)
+    src_BS = sources(6, 5, V=8, seed=11)
+    src_BS[2, 3:] = PAD
+    mask_BS = src_BS != PAD
+    budget = 7
+    expected, lengths = [], set()
+    for b in range(6):
+        src_1S, prefix = src_BS[b:b + 1, :int(mask_BS[b].sum())], [BOS]
+        for _ in range(budget):
+            with torch.no_grad():
+                nxt = int(model(src_1S, torch.tensor([prefix])).logits[0, -1].argmax())
+            if nxt == EOS:
+                break
+            prefix.append(nxt)
+        expected.append(prefix[1:])
+        lengths.add((len(prefix) - 1, nxt == EOS))
+    for use_cache in (True, False):
+        cfg = SearchConfig(beam_size=1, max_new_tokens=budget, use_cache=use_cache)
+        assert greedy_search(model, src_BS, mask_BS, BOS, EOS, cfg) == expected
+    assert len(lengths) >= 3 and any(ended for _, ended in lengths) and (budget, False) in lengths
+
+
 def sequence_logprob(model, src_1S, tokens: list[int], src_mask_1S=None) -> float:
     with torch.no_grad():
         logp = model(src_1S, torch.tensor([[BOS] + tokens[:-1]]), src_mask_BS=src_mask_1S).logits[0].log_softmax(-1)
@@ -80,12 +116,7 @@ def test_wide_beam_finds_the_best_sequence_of_the_whole_space_by_brute_force():
     <bos> included, ended by <eos> or cut at the budget of T tokens), scored as beam search scores them:
     log-probability / (tokens, <eos> included) ** length_penalty."""
     V, T = 5, 3
-    model = tiny_model(V=V, seed=7)
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():                   # a wide init: peaked, source-dependent distributions, no near-ties
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    model = wide_model(V=V, seed=7)         # peaked, source-dependent distributions, no near-ties
     src_BS = sources(3, 4, V=V, seed=7)
     src_BS[1, 2:] = PAD
     mask_BS = src_BS != PAD
@@ -203,6 +234,26 @@ def test_translate_batches_by_length_and_returns_the_input_order(tmp_path):
     with pytest.raises(InputError, match="source 0 has 20 tokens but the model has 16 positions"):
         translate(model, ["abcd" * 5], cfg)
     assert translate(model, ["abcd" * 5], cfg, truncate=True) == translate(model, ["abcd" * 4], cfg)
+
+
+def test_translate_reads_sources_with_the_source_vocabulary(tmp_path):
+    """A model with separate vocabularies encodes sources with its source tokenizer and decodes with the target's."""
+    from qkv import load, save
+    from qkv.tokenizers import Tokenizer
+    from qkv.translate import translate
+    specials = ("<pad>", "<bos>", "<eos>")
+    src_tok, tgt_tok = Tokenizer.train_char("xyz w", special_tokens=specials), Tokenizer.train_char("abc", special_tokens=specials)
+    model = wide_model(V=tgt_tok.vocab_size, seed=2)
+    model = EncoderDecoder(ModelConfig(**{**vars(model.cfg), "src_vocab_size": src_tok.vocab_size}))
+    model.src_tokenizer = src_tok
+    save(model, tmp_path / "m", tgt_tok)
+    model = load(tmp_path / "m")
+    cfg = SearchConfig(beam_size=2, max_new_tokens=4)
+    out = translate(model, ["xyz w", "zx"], cfg)
+    ids = [src_tok.encode(t) for t in ("xyz w", "zx")]
+    for text, src in zip(out, ids):
+        best = beam_search(model, torch.tensor([src]), None, tgt_tok.bos_id, tgt_tok.eos_id, cfg)[0]
+        assert text == tgt_tok.decode(best).strip()
 
 
 def test_cli_rejects_bad_beam_and_long_sources(saved, capsys):
