@@ -65,13 +65,23 @@ def test_claim_refuses_what_it_must_not_replace(tmp_path, monkeypatch, case, fla
     else:
         path = tmp_path / "work" if case == "cwd" else tmp_path
     before = sorted(p.name for p in path.iterdir()) if path.is_dir() else path.read_text()
-    with pytest.raises(CheckpointError) as e:
-        claim_out_dir(path, flag=flag, overwrite=case in ("notes", "cwd", "parent"))
+    with pytest.raises(CheckpointError) as e:                     # --out-dir is the default flag
+        claim_out_dir(path, overwrite=case in ("notes", "cwd", "parent"), **({} if flag == "--out-dir" else {"flag": flag}))
     assert message.format(path=path) in str(e.value)
     assert (sorted(p.name for p in path.iterdir()) if path.is_dir() else path.read_text()) == before
 
 
+def test_a_folder_with_few_other_files_lists_them_all(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match=r"files that are not a qkv run \(todo.txt\); nothing was written"):
+        claim_out_dir(tmp_path / "notes")
+
+
 def test_check_writable_names_the_folder_and_the_reason(tmp_path):
+    with pytest.raises(CheckpointError, match=r"^--out /proc/qkv-run cannot be written \(.+ in /proc\); choose a "
+                                              r"folder you can write to$"):
+        claim_out_dir("/proc/qkv-run", flag="--out")             # even root cannot write there
     check_writable(tmp_path / "a" / "b", "--out-dir")              # made later: its nearest parent is writable
     (tmp_path / "file").write_text("x")
     with pytest.raises(CheckpointError, match=r"--out-dir .*file/sub: .*file is a file, so no folder can be made"):
@@ -87,6 +97,7 @@ def test_free_dir_takes_the_first_free_suffix(tmp_path):
     (tmp_path / "run").mkdir()
     assert free_dir(tmp_path / "run") == tmp_path / "run"         # empty is free
     (tmp_path / "run" / "x").write_text("x")
+    assert free_dir(tmp_path / "run") == tmp_path / "run-2"
     (tmp_path / "run-2").write_text("a file")
     make_run(tmp_path / "run-3")
     assert free_dir(tmp_path / "run") == tmp_path / "run-4"
@@ -141,7 +152,8 @@ def test_recover_resolve_dir_and_stale_temps(tmp_path):
 
 
 def test_write_text_atomic_replaces_a_file_whole(tmp_path):
-    path = tmp_path / "out" / "report.json"
+    path = tmp_path / "out" / "deeper" / "report.json"
     write_text_atomic(path, "first")
-    write_text_atomic(path, "second")
-    assert path.read_text() == "second" and os.listdir(tmp_path / "out") == ["report.json"]
+    write_text_atomic(path, "second, café 日本")
+    assert path.read_bytes() == "second, café 日本".encode("utf-8")
+    assert os.listdir(tmp_path / "out" / "deeper") == ["report.json"]

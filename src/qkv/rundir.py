@@ -162,9 +162,10 @@ def claim_out_dir(path: str | Path, overwrite: bool = False, resuming: str | Pat
         raise CheckpointError(f"{flag} {path} is a file, not a directory; choose a new folder such as runs/NAME")
     if where.is_dir() and any(where.iterdir()):
         if not is_qkv_run(where):
-            others = sorted(e.name for e in where.iterdir() if e.name not in RUN_ENTRIES)[:3]
-            raise CheckpointError(f"{flag} {path} already holds files that are not a qkv run ({', '.join(others)}"
-                                  f"{', ...' if others else ''}); nothing was written: choose a new or empty folder")
+            others = sorted(e.name for e in where.iterdir() if e.name not in RUN_ENTRIES)
+            raise CheckpointError(f"{flag} {path} already holds files that are not a qkv run ({', '.join(others[:3])}"
+                                  f"{', ...' if len(others) > 3 else ''}); nothing was written: choose a new or empty "
+                                  f"folder")
         if not overwrite:
             raise CheckpointError(f"{flag} {path} already holds a qkv run; pass --resume {path} to continue it, "
                                   f"--overwrite to replace it, or choose another {flag}")
