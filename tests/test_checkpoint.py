@@ -139,48 +139,49 @@ def test_missing_directory(tmp_path):
 
 
 # ---- kill -9 inside a save, at each point where the disk is in a different state ------------------------
-# A child process saves a model (the old checkpoint, weights all 1 + 0), shifts every weight by 1 and saves
-# again (the new one, 1 + 1), and kills itself with SIGKILL at one point inside that second save.
-KILL_SCRIPT = """
-import os, shutil, signal, sys
-import torch, qkv
-from qkv import checkpoint, rundir
-directory, point = sys.argv[1], sys.argv[2]
-torch.manual_seed(0)
-model = qkv.GPT(qkv.ModelConfig(vocab_size=64, max_len=32, n_layers=2, d_model=64, n_heads=4))
-qkv.save(model, directory)
-open(os.path.join(directory, "notes.txt"), "w").write("a person's notes")
-for p in model.parameters():
-    p.data.add_(1.0)
+# A forked child process saves a model (the old checkpoint, weights as initialized), shifts every weight by
+# 1 and saves again (the new one), and kills itself with SIGKILL at one point inside that second save.
+def save_then_die_inside_the_next_save(directory: str, point: str, marker: str) -> None:
+    import os
+    import shutil
+    import signal
+    from qkv import checkpoint, rundir
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, max_len=32, n_layers=2, d_model=64, n_heads=4))
+    save(model, directory)
+    open(os.path.join(directory, "notes.txt"), "w").write("a person's notes")
+    for p in model.parameters():
+        p.data.add_(1.0)
 
-def kill():
-    print(point, flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
+    def kill():
+        open(marker, "w").write(point)                     # proof that the kill landed at this point
+        os.kill(os.getpid(), signal.SIGKILL)
 
-def after(fn, when=lambda *a: True):
-    def wrapped(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        if when(*args):
-            kill()
-        return out
-    return wrapped
+    def after(fn, when=lambda *a: True):
+        def wrapped(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            if when(*args):
+                kill()
+            return out
+        return wrapped
 
-if point == "writing the weights":
-    checkpoint.save_file = after(checkpoint.save_file)
-elif point == "carrying the other files over":
-    rundir._link_extras = after(rundir._link_extras)
-elif point == "after the exchange":
-    rundir._exchange = after(rundir._exchange)
-else:                                                      # filesystems without renameat2: two renames
-    rundir._exchange = lambda a, b: False
-    if point == "between the two renames":
-        os.rename = after(os.rename, lambda src, dst: str(dst).endswith(".old"))
-    else:                                                  # killed before the old copy is removed
-        rmtree = shutil.rmtree
-        shutil.rmtree = lambda path, *a, **k: kill() if str(path).endswith(".old") else rmtree(path, *a, **k)
-qkv.save(model, directory)
-print("the save finished", flush=True)
-"""
+    if point == "writing the weights":
+        checkpoint.save_file = after(checkpoint.save_file)
+    elif point == "carrying the other files over":
+        rundir._link_extras = after(rundir._link_extras)
+    elif point == "after the exchange":
+        rundir._exchange = after(rundir._exchange)
+    else:                                                  # filesystems without renameat2: two renames
+        rundir._exchange = lambda a, b: False
+        if point == "between the two renames":
+            os.rename = after(os.rename, lambda src, dst: str(dst).endswith(".old"))
+        else:                                              # killed before the old copy is removed
+            rmtree = shutil.rmtree
+            shutil.rmtree = lambda path, *a, **k: kill() if str(path).endswith(".old") else rmtree(path, *a, **k)
+    save(model, directory)
+    open(marker, "w").write("the save finished")
+
+
 # point -> which checkpoint a reader sees after the kill, and what the kill left beside it
 KILL_POINTS = {
     "writing the weights": ("old", [".ck.tmp-"]),
@@ -205,14 +206,15 @@ def reference_params():
 
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_kill_during_a_save_leaves_one_whole_checkpoint_and_the_next_save_recovers(tmp_path, point):
+    import multiprocessing
     import signal
-    import subprocess
-    import sys
-    ck = tmp_path / "ck"
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(ck), point], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert proc.stdout.splitlines() == [point]                # the kill landed inside the save, at that point
+    ck, marker = tmp_path / "ck", tmp_path.parent / f"{tmp_path.name}.marker"
+    child = multiprocessing.get_context("fork").Process(target=save_then_die_inside_the_next_save,
+                                                        args=(str(ck), point, str(marker)))
+    child.start()
+    child.join(120)
+    assert child.exitcode == -signal.SIGKILL
+    assert marker.read_text() == point                        # the kill landed inside the save, at that point
     seen, left = KILL_POINTS[point]
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "ck")
     assert len(leftovers) == len(left) and all(n.startswith(x) for n, x in zip(leftovers, left)), leftovers
