@@ -3,6 +3,7 @@
 Legend: B sources, S source length, L target length, V vocab.
 """
 
+import dataclasses
 import itertools
 
 import pytest
@@ -137,6 +138,48 @@ def test_wide_beam_finds_the_best_sequence_of_the_whole_space_by_brute_force():
     # What makes the check strict: the penalty and the source change the answer, and <bos>/<pad> appear.
     assert len({str(a) for a in answers.values()}) == 3 and len({str(a) for a in answers[2.5]}) == 3
     assert any(t in (PAD, BOS) for a in answers.values() for seq in a for t in seq)
+
+
+def reference_beam_search(model, src_1S, K: int, budget: int, lp: float, early_stopping: bool) -> list[int]:
+    """Beam search as the module docstring states it, written plainly for one source: no cache, no batching,
+    every prefix recomputed. Each step ranks all (beam, token) pairs; among the 2K best, those ending in
+    <eos> within the top K retire, scored sum log p / length ** lp, and the K best others live on."""
+    beams, finished = [(0.0, [])], []
+    for t in range(1, budget + 1):
+        candidates = []
+        for score, tokens in beams:
+            with torch.no_grad():
+                logp = model(src_1S, torch.tensor([[BOS] + tokens])).logits[0, -1].log_softmax(-1)
+            candidates += [(score + logp[v].item(), tokens + [v]) for v in range(logp.shape[0])]
+        candidates.sort(key=lambda c: -c[0])
+        beams = []
+        for rank, (score, tokens) in enumerate(candidates[:2 * K]):
+            if tokens[-1] == EOS:
+                if rank < K:
+                    finished.append((score / t ** lp, tokens[:-1]))
+            elif len(beams) < K:
+                beams.append((score, tokens))
+        if len(finished) >= K:
+            finished = sorted(finished, key=lambda h: -h[0])[:K]
+            if early_stopping or finished[-1][0] >= beams[0][0] / t ** lp:
+                return max(finished, key=lambda h: h[0])[1]
+    finished += [(score / budget ** lp, tokens) for score, tokens in beams]
+    return max(finished, key=lambda h: h[0])[1]
+
+
+@pytest.mark.parametrize("K,early_stopping", [(1, True), (2, True), (2, False), (3, False)])
+@pytest.mark.parametrize("lp", [0.0, 1.0])
+def test_batched_beam_search_equals_a_plain_reference(K, early_stopping, lp):
+    model = wide_model(V=8, seed=11)
+    src_BS = sources(6, 5, V=8, seed=11)
+    src_BS[2, 3:] = PAD
+    mask_BS = src_BS != PAD
+    cfg = SearchConfig(beam_size=K, max_new_tokens=7, length_penalty=lp, early_stopping=early_stopping)
+    expected = [reference_beam_search(model, src_BS[b:b + 1, :int(mask_BS[b].sum())], K, 7, lp, early_stopping)
+                for b in range(6)]
+    assert beam_search(model, src_BS, mask_BS, BOS, EOS, cfg) == expected
+    assert beam_search(model, src_BS, mask_BS, BOS, EOS, dataclasses.replace(cfg, use_cache=False)) == expected
+    assert len({len(e) for e in expected}) >= 2                    # sources end at different lengths
 
 
 def test_batched_beams_equal_one_source_at_a_time():
