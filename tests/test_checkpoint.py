@@ -83,7 +83,7 @@ def test_error_inside_atomic_dir_keeps_old(saved, tmp_path):
                                             "n_heads": 2, "pos": "rope"}})), "do(es)? not match"),
     (lambda p: (p / "config.json").write_text(json.dumps({"model_type": "qkv-gpt", "model": {"colour": 1}})),
      "unknown ModelConfig key"),
-    (lambda p: (p / "config.json").write_text(json.dumps({"model_type": "llama"})), "not supported"),
+    (lambda p: (p / "config.json").write_text(json.dumps({"model_type": "falcon"})), "not supported"),
     (lambda p: (p / "tokenizer.json").write_text("{}"), "not a valid tokenizer.json"),
 ])
 def test_damaged_checkpoint_gives_named_error(saved, damage, message):

@@ -60,6 +60,10 @@ def zoo(tmp_path_factory):
     with atomic_dir(root / "classifier") as tmp:
         write_model_files(tmp, BertClassifier(bert_cfg, ["0", "1"]), wordpiece,
                           {"finetune": dataclasses.asdict(finetune)})
+    quantized = qkv.load(root / "gpt")                 # issue 10: a quantized checkpoint and a fake GGUF
+    qkv.quant.quantize_model(quantized, 8)
+    qkv.save(quantized, root / "gpt-int8", quantized.tokenizer)
+    (root / "fake.gguf").write_text("not a GGUF file")
     for name, damage in (("truncated", lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 20)),
                          ("badconfig", lambda d: (d / "config.json").write_text('{"model_type": "qkv-gpt", "mo'))):
         shutil.copytree(root / "gpt", root / name)
@@ -70,7 +74,8 @@ def zoo(tmp_path_factory):
 def paths(zoo) -> dict:
     return {"corpus": zoo / "corpus.txt", "sst2": zoo / "sst2.tsv", "notes": zoo / "notes", "plain": zoo / "plain.txt",
             "empty": zoo / "empty.txt", "bigconfig": zoo / "bigconfig.toml", "missing": zoo / "no-such-thing", "out": zoo / "out",
-            "unwritable": "/proc/qkv-cannot-write-here", **{k: zoo / k for k in FAMILIES}, **{k: zoo / k for k in DAMAGED}}
+            "unwritable": "/proc/qkv-cannot-write-here", "int8": zoo / "gpt-int8", "fakegguf": zoo / "fake.gguf",
+            **{k: zoo / k for k in FAMILIES}, **{k: zoo / k for k in DAMAGED}}
 
 
 FAMILIES = {"gpt": "decoder", "bert": "encoder", "classifier": "fine-tuned encoder", "seq2seq": "encoder-decoder"}
@@ -153,6 +158,25 @@ CASES = [
     (TRAIN + ["--objective", "span", "--tokenizer", "wordpiece"], "use --tokenizer bpe"),
     (["train", "--max-iterz", "3"], "unknown flag --max-iterz for qkv train; did you mean --max-iters?"),
     (["translate", "{seq2seq}", "--text", "a", "--bem", "2"], "see `qkv translate --help`"),
+    # issue 10: chat, quantize, and the new things a checkpoint path may be
+    (["chat", "{gpt}"], "has no chat template"),
+    (["chat", "{bert}"], "use `qkv embed`"),
+    (["chat", "{fakegguf}"], "not a readable GGUF file"),
+    (["generate", "{fakegguf}", "--prompt", "a"], "not a readable GGUF file"),
+    (["eval", "{fakegguf}", "--data", "{corpus}"], "not a readable GGUF file"),
+    (["generate", "{gpt}", "--chat", "hi"], "has no chat template"),
+    (["generate", "{gpt}", "--chat", "hi", "--prompt", "a"], "not both"),
+    (["generate", "{gpt}", "--system", "be brief"], "--system goes with --chat"),
+    (["eval", "{gpt}", "--data", "{corpus}", "--bits", "3"], "--bits 3 is not supported"),
+    (["eval", "{gpt}", "--data", "{corpus}", "--window", "0"], "--window=0 must be an integer >= 1"),
+    (["quantize", "{gpt}", "{out}/q", "--bits", "3"], "--bits 3 is not supported; choose 8"),
+    (["quantize", "{gpt}", "{out}/q", "--bits", "4", "--group-size", "48"], "--group-size 48 is not supported"),
+    (["quantize", "{int8}", "{out}/q", "--bits", "4"], "already quantized"),
+    (["quantize", "{gpt}", "{notes}", "--bits", "8"], "not a qkv run (notes.txt"),
+    (["quantize", "{gpt}", "{int8}", "--bits", "8"], "--overwrite to replace it"),
+    (["quantize", "{bert}", "{out}/q", "--bits", "8"], "use `qkv embed`"),
+    (["quantize", "{fakegguf}", "{out}/q", "--bits", "8"], "not a readable GGUF file"),
+    (["bench", "decode", "--model", "{bert}"], "use `qkv embed`"),
     # 6. empty input is said, not silently accepted
     (["embed", "{bert}", "--text", ""], "--text is empty"),
     (["embed", "{bert}", "--file", "{empty}"], "has no sentences"),
@@ -179,6 +203,8 @@ SENTINELS = {
     "train": ["train", "--preset", "tiny", "--data", "{missing}"],
     "finetune": ["finetune", "--task", "sst2", "--init", "none", "--data", "{missing}", "--eval-data", "{missing}"],
     "generate": ["generate", "{missing}"],
+    "chat": ["chat", "{missing}"],
+    "quantize": ["quantize", "{missing}", "{out}/q", "--bits", "8"],
     "eval": ["eval", "{missing}", "--data", "{corpus}"],
     "translate": ["translate", "{missing}", "--text", "ein hund"],
     "embed": ["embed", "{missing}", "--text", "a dog"],
@@ -186,7 +212,8 @@ SENTINELS = {
     "evaluate": ["evaluate", "{missing}"],
     "info": ["info", "{missing}"],
     "bench beam": ["bench", "beam", "--checkpoint", "{missing}"],
-    "bench train": None, "bench decode": None, "bench encoder": None,
+    "bench decode": ["bench", "decode", "--model", "{missing}"],
+    "bench train": None, "bench encoder": None,
 }
 MUST_REFUSE = {int: ["abc", "1.5", "", "nan"], float: ["abc", "", "nan", "inf", "1e400"], "choice": ["bogus", ""],
                "path": [""]}
@@ -256,6 +283,8 @@ def test_sweep_flag_values(zoo, capsys, monkeypatch, command, flag, value, must_
 
 CHECKPOINT_COMMANDS = {   # argv with {ck}, and the families it runs
     "generate": (["generate", "{ck}", "--prompt", "a", "--max-new-tokens", "1"], {"decoder"}),
+    "chat": (["chat", "{ck}"], {"decoder"}),
+    "quantize": (["quantize", "{ck}", "{out}/q", "--bits", "8"], {"decoder"}),
     "eval": (["eval", "{ck}", "--data", "{corpus}"], {"decoder"}),
     "translate": (["translate", "{ck}", "--text", "a"], {"encoder-decoder"}),
     "embed": (["embed", "{ck}", "--text", "a"], {"encoder", "fine-tuned encoder"}),
@@ -286,5 +315,5 @@ def test_sweep_checkpoints(zoo, capsys, monkeypatch, command, ck):
 
 def test_the_checkpoint_sweep_covers_every_command_that_takes_one():
     takes = {name for name, p in _commands().items()
-             if any(a.metavar == "DIR" and not a.option_strings for a in p._actions)}
+             if any(a.metavar in ("DIR", "PATH") and not a.option_strings for a in p._actions)}
     assert takes <= {c.split()[0] for c in CHECKPOINT_COMMANDS}, takes

@@ -12,7 +12,8 @@ import torch
 
 import qkv
 from qkv import CheckpointError
-from qkv.models import BERT, Encoder, from_pretrained_encoder
+from qkv.checkpoint import from_pretrained_encoder
+from qkv.models import BERT, Encoder
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "on", "mat", "is",
          "play", "##ing", "##s", "##ed", "cafe", "naive", "hello", "world", "ch", "##ess", "un", "##known",

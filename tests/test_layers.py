@@ -459,3 +459,16 @@ def test_rmsnorm_matches_formula():
     x_BLC = torch.randn(2, 3, 6)
     expected_BLC = x_BLC / torch.sqrt(x_BLC.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
     torch.testing.assert_close(norm(x_BLC), expected_BLC)
+
+
+@pytest.mark.parametrize("window, padded", [(None, False), (3, False), (None, True), (3, True)])
+@pytest.mark.parametrize("G", [2, 1], ids=["gqa", "mqa"])
+def test_one_query_gqa_path_equals_explicit_path(window, padded, G):
+    """A decode step (L = 1) under GQA reads the cache without repeating it; same result as the explicit math."""
+    B, H, M, D = 2, 4, 7, 8
+    q_BHLD, k_BGMD, v_BGMD = qkv_tensors(B, H, G, 1, M, D)
+    key_mask_BM = torch.tensor([[False, False] + [True] * (M - 2), [True] * M]) if padded else None
+    mask = build_mask(1, M, "causal", window, key_mask_BM=key_mask_BM)
+    fast_BHLD, _ = attend(q_BHLD, k_BGMD, v_BGMD, mask)
+    explicit_BHLD, _ = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs=True)
+    torch.testing.assert_close(fast_BHLD, explicit_BHLD, atol=ATOL, rtol=0)

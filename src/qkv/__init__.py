@@ -8,6 +8,8 @@ from .models import GPT, ModelOutput
 from .tokenizers import Tokenizer
 from .checkpoint import load, save
 from .generate import GenerationConfig, generate, stream
+from .conversation import ChatSession, chat, chat_stream
 
-__all__ = ["GPT", "Tokenizer", "load", "save", "generate", "stream", "GenerationConfig", "ModelConfig", "ModelOutput", "TrainConfig", "PRESETS",
+__all__ = ["GPT", "Tokenizer", "load", "save", "generate", "stream", "chat", "chat_stream", "ChatSession",
+           "GenerationConfig", "ModelConfig", "ModelOutput", "TrainConfig", "PRESETS",
            "QkvError", "ConfigError", "InputError", "DataError", "CheckpointError"]

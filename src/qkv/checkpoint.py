@@ -9,7 +9,8 @@
 Writes are atomic (``qkv.rundir.atomic_dir``): everything goes to a fresh temp directory beside DIR, which
 then replaces DIR in one rename; a kill at any moment leaves either the old or the new checkpoint in place,
 never a mix, and files that qkv did not write are kept.
-``load`` also reads Hugging Face directories of supported model types (see ``qkv.interop``).
+``load`` also reads Hugging Face directories of supported model types and GGUF files (see ``qkv.interop``);
+a checkpoint whose config.json has a ``quantization`` layout holds int8 / 4-bit Linear layers (``qkv.quant``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -26,14 +28,17 @@ from . import __version__
 from .config import ModelConfig, build
 from .errors import CheckpointError, ConfigError
 from .models import MODEL_TYPES
+from .models.encoder import TASKS, Encoder, LabelledEncoder
 from .nn.layout import decode_layout
+from .quant import apply_layout, is_quantized, layout_of, quantize_model
 from .rundir import atomic_dir, resolve_dir
 from .tokenizers import Tokenizer
 
 SRC_TOKENIZER_FILE = "tokenizer_src.json"
 # Hugging Face config.json "model_type" -> (module, loader, the family of the model it gives)
 HF_MODEL_TYPES = {"gpt2": ("qkv.interop.hf_gpt2", "load_gpt2", "decoder"),
-                  "bert": ("qkv.interop.hf_bert", "load_bert", "encoder")}
+                  "bert": ("qkv.interop.hf_bert", "load_bert", "encoder"),
+                  **{t: ("qkv.interop.hf_llama", "load_llama", "decoder") for t in ("llama", "mistral", "qwen2")}}
 
 
 def write_model_files(directory: Path, model, tokenizer: Tokenizer | None, extra_config: dict | None = None):
@@ -41,6 +46,8 @@ def write_model_files(directory: Path, model, tokenizer: Tokenizer | None, extra
     # Models with more than a ModelConfig (task heads and their labels) add a JSON-able ``extra_config()``;
     # ``MODEL_TYPES[type].from_config(cfg, config)`` rebuilds them from it.
     own = model.extra_config() if hasattr(model, "extra_config") else {}
+    if is_quantized(model):                          # which Linear layers hold int8 / 4-bit weights
+        own["quantization"] = layout_of(model)
     config = {"model_type": model.model_type, "qkv_version": __version__,
               "model": dataclasses.asdict(model.cfg), **own, **(extra_config or {})}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -99,6 +106,8 @@ def read_config(directory: str | Path) -> dict:
 def family(directory: str | Path) -> tuple[str, str]:
     """(family, model_type) of a checkpoint from its config.json alone, without reading the weights:
     family is "decoder", "encoder", "fine-tuned encoder" or "encoder-decoder" (each class's ``family``)."""
+    if is_gguf(directory):
+        return "decoder", "gguf"
     d = resolve_dir(directory)
     model_type = read_config(d)["model_type"]
     if model_type in HF_MODEL_TYPES:
@@ -137,10 +146,32 @@ def load_weights(model, path: Path) -> None:
     model.load_state_dict(state)
 
 
-def load(directory: str | Path, device: str | torch.device | None = None):
-    """Load a qkv checkpoint or a supported Hugging Face directory. Returns the model in eval mode, with
-    ``model.tokenizer`` set (None when the directory has no tokenizer files), its wide matrices stored in
-    the layout CPU decoding reads fastest (``qkv.nn.layout``; values unchanged, training still works)."""
+def is_gguf(path: str | Path) -> bool:
+    """A .gguf name, or a file that starts with GGUF's magic."""
+    p = Path(path)
+    if p.suffix == ".gguf":
+        return True
+    if not p.is_file():
+        return False
+    with open(p, "rb") as fh:
+        return fh.read(4) == b"GGUF"
+
+
+def load(directory: str | Path, device: str | torch.device | None = None, quantized: bool = False):
+    """Load a qkv checkpoint, a supported Hugging Face directory or a GGUF file. Returns the model in eval
+    mode, with ``model.tokenizer`` set (None when there are no tokenizer files), its wide matrices stored in
+    the layout CPU decoding reads fastest (``qkv.nn.layout``; values unchanged, training still works).
+
+    quantized: a GGUF file keeps its Q8_0 / Q4_x weights in int8 / 4-bit modules (``qkv.quant``) instead of
+    dequantizing them to float32; any other float checkpoint is quantized to int8 on load. A checkpoint
+    written by ``qkv quantize`` loads quantized either way.
+    """
+    if is_gguf(directory):
+        from .interop.gguf import load_gguf
+        model = load_gguf(directory, quantized)
+        return model.to(device) if device is not None else model
+    if Path(directory).is_file():
+        raise CheckpointError(f"{directory} is a file; pass a checkpoint directory or a .gguf file")
     d = resolve_dir(directory)
     config = read_config(d)
     model_type = config["model_type"]
@@ -155,6 +186,12 @@ def load(directory: str | Path, device: str | torch.device | None = None):
             raise CheckpointError(f"{d / 'config.json'} holds an invalid model config: {e}") from None
         cls = MODEL_TYPES[model_type]
         model = cls.from_config(cfg, config) if hasattr(cls, "from_config") else cls(cfg)
+        if "quantization" in config:
+            try:
+                apply_layout(model, config["quantization"])
+            except (ConfigError, AttributeError, TypeError) as e:
+                raise CheckpointError(f"{d / 'config.json'} has an invalid quantization layout ({e}); "
+                                      f"re-run qkv quantize") from None
         load_weights(model, d / "model.safetensors")
         model.tokenizer = Tokenizer.from_dir(d)
         if (d / SRC_TOKENIZER_FILE).is_file():
@@ -164,5 +201,44 @@ def load(directory: str | Path, device: str | torch.device | None = None):
     if model.tokenizer is not None and model.tokenizer.vocab_size > model.cfg.vocab_size:
         raise CheckpointError(f"{d}: tokenizer has {model.tokenizer.vocab_size} tokens but the model only "
                               f"{model.cfg.vocab_size}; the tokenizer belongs to another model")
+    if quantized and not is_quantized(model):
+        quantize_model(model, bits=8)
     model = model.to(device).eval() if device is not None else model.eval()
     return decode_layout(model)              # a loaded model is for inference: fastest CPU decode layout
+
+
+def from_pretrained_encoder(source: str | Path | Encoder, task: str, labels: Sequence[str] | None = None,
+                            tokenizer=None) -> Encoder:
+    """A ``TASKS[task]`` model (train mode) with the encoder weights of ``source`` and a new head.
+
+    source: a checkpoint directory (qkv encoder or Hugging Face BERT) or a loaded ``Encoder``.
+    labels: the label names, for "classify" and "tag". tokenizer: default, the checkpoint's own.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    if isinstance(source, Encoder):
+        encoder = source
+    else:
+        encoder = load(source)
+        if not isinstance(encoder, Encoder):
+            raise CheckpointError(f"{source} holds a {encoder.model_type!r} model, not an encoder; fine-tune "
+                                  f"from a qkv-bert* checkpoint or a Hugging Face BERT directory")
+    tokenizer = tokenizer if tokenizer is not None else getattr(encoder, "tokenizer", None)
+    if tokenizer is None:
+        raise CheckpointError(f"{source} has no tokenizer (tokenizer.json or vocab.txt); fine-tuning needs the "
+                              f"one the encoder was trained with: copy it into the directory or pass tokenizer=")
+    if tokenizer.vocab_size > encoder.cfg.vocab_size:
+        raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the encoder only "
+                              f"{encoder.cfg.vocab_size}; use the tokenizer saved with this encoder")
+    cls = TASKS[task]
+    if issubclass(cls, LabelledEncoder):
+        model = cls(encoder.cfg, labels if labels is not None else [])
+    elif labels is not None:
+        raise ConfigError(f"task {task!r} takes no labels; pass labels only for 'classify' and 'tag'")
+    else:
+        model = cls(encoder.cfg)
+    trunk = {k: v for k, v in encoder.state_dict().items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(trunk, strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+    model.tokenizer = tokenizer
+    return model.train()

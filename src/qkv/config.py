@@ -26,6 +26,7 @@ class ModelConfig:
     d_model: int = 256                      # C
     n_heads: int = 4                        # H
     n_kv_heads: int | None = None           # G; None -> MHA, 1 -> MQA
+    d_head: int | None = None               # D; None -> d_model // n_heads (some Llama-family models differ)
     d_ff: int | None = None                 # F; None -> 4 * d_model (8/3 * d_model for SwiGLU, same params)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
                                             # LayerNorm (Ba et al.) or RMSNorm (Zhang & Sennrich; Llama)
@@ -44,6 +45,8 @@ class ModelConfig:
                                             # prefix + the past
     window: int | None = None               # sliding-window width; None = full attention
     bias: bool = True                       # biases in Linear layers (GPT-2: yes, LLaMA: no)
+    qkv_bias: bool | None = None            # biases on the q/k/v projections alone; None -> as ``bias``
+                                            # (Qwen2: q/k/v biased, every other Linear not)
     tie_embeddings: bool = True             # output head shares the token embedding matrix
     dropout: float = 0.0                    # dropout rate on embeddings, attention probabilities and residual
                                             # branches
@@ -58,15 +61,16 @@ class ModelConfig:
     def __post_init__(self):
         check_fields(self, {"vocab_size": "[1, inf)", "max_len": "[1, inf)", "n_layers": "[1, inf)",
                             "d_model": "[1, inf)", "n_heads": "[1, inf)", "n_kv_heads": "[1, inf)",
-                            "d_ff": "[1, inf)", "norm_eps": "(0, inf)", "pos_base": "(1, inf)",
+                            "d_head": "[1, inf)", "d_ff": "[1, inf)", "norm_eps": "(0, inf)", "pos_base": "(1, inf)",
                             "window": "[1, inf)", "dropout": "[0, 1)", "type_vocab_size": "[0, inf)",
                             "n_encoder_layers": "[1, inf)", "src_vocab_size": "[1, inf)"})
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.d_head is None and self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} "
+                              f"(or set d_head, the per-head width)")
         if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.pos == "rope" and self.head_dim % 2:
-            raise ConfigError(f"RoPE needs an even head_dim, got {self.head_dim}; change d_model or n_heads")
+            raise ConfigError(f"RoPE needs an even head_dim, got {self.head_dim}; change d_model, n_heads or d_head")
         if self.pos == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
 
@@ -80,7 +84,11 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:              # D
-        return self.d_model // self.n_heads
+        return self.d_head or self.d_model // self.n_heads
+
+    @property
+    def has_qkv_bias(self) -> bool:
+        return self.bias if self.qkv_bias is None else self.qkv_bias
 
     @property
     def ffn_dim(self) -> int:               # F

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -160,11 +160,22 @@ def check_lengths(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig) -> 
     model.check_ids(prompt_ids_BL)                            # ids outside the vocabulary
 
 
+def _stop_tensor(eos_id: int | Sequence[int] | None, device) -> torch.Tensor | None:
+    ids = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
+
+
 @torch.inference_mode()
 def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
-             key_mask_BL: torch.Tensor | None = None, eos_id: int | None = None) -> Iterator[torch.Tensor]:
-    """Yield next_B, one new token per row per step. A row that produced ``eos_id`` keeps yielding
-    ``eos_id``; the loop ends when every row has, or after ``cfg.max_new_tokens`` steps."""
+             key_mask_BL: torch.Tensor | None = None, eos_id: int | Sequence[int] | None = None,
+             caches: list | None = None) -> Iterator[torch.Tensor]:
+    """Yield next_B, one new token per row per step. ``eos_id`` is one id or several (chat models end a
+    turn with any of a few); a row that produced one keeps yielding the first; the loop ends when every
+    row has, or after ``cfg.max_new_tokens`` steps.
+
+    caches: KV caches that already hold the first ``caches[0].length`` prompt positions (a chat keeps
+    them between turns), with room for the rest and the new tokens; only the rest is prefilled.
+    """
     check_lengths(model, prompt_ids_BL, cfg)
     B, L = prompt_ids_BL.shape
     T = L + cfg.max_new_tokens
@@ -184,9 +195,14 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
         seen_BV = torch.zeros(B, V, device=device).scatter_add_(1, ids_BT[:, :L], real_BL) > 0
     if cfg.presence_penalty or cfg.frequency_penalty:
         counts_BV = torch.zeros(B, V, device=device)
-    stop_on_eos = eos_id is not None and not cfg.ignore_eos
+    stops_K = _stop_tensor(eos_id, device)
+    stop_on_eos = stops_K is not None and not cfg.ignore_eos
     finished_B = torch.zeros(B, dtype=torch.bool, device=device)
-    caches = model.new_caches(B, T) if cfg.use_cache else None
+    if caches is None and cfg.use_cache:
+        caches = model.new_caches(B, T)
+    elif caches is not None and (caches[0].length >= L or caches[0].max_len < T):
+        raise InputError(f"the KV caches hold {caches[0].length} of the {L} prompt positions with room for "
+                         f"{caches[0].max_len}; they must hold fewer than the prompt and have room for {T}")
     M = L
 
     def forward(M_from: int) -> torch.Tensor:
@@ -195,12 +211,12 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
 
     if cfg.max_new_tokens == 0:
         return
-    logits_BV = forward(0)                                        # prefill: the prompt in one call
+    logits_BV = forward(caches[0].length if caches else 0)       # prefill: the (rest of the) prompt in one call
     while True:
         next_B = next_token(logits_BV, cfg, seen_BV, counts_BV, generator)
         if stop_on_eos:
-            next_B = next_B.masked_fill(finished_B, eos_id)
-            finished_B |= next_B == eos_id
+            next_B = next_B.masked_fill(finished_B, int(stops_K[0]))
+            finished_B |= torch.isin(next_B, stops_K)
         ids_BT[:, M] = next_B
         M += 1
         if seen_BV is not None:
@@ -214,7 +230,7 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
 
 
 def generate_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig | None = None,
-                 key_mask_BM: torch.Tensor | None = None, eos_id: int | None = None) -> torch.Tensor:
+                 key_mask_BM: torch.Tensor | None = None, eos_id: int | Sequence[int] | None = None) -> torch.Tensor:
     """New token ids, new_BN (N <= max_new_tokens; the prompt is not included). With ``eos_id`` a row
     that finished holds ``eos_id`` from its eos on, and generation ends early once every row has."""
     steps = list(iter_ids(model, prompt_ids_BL, cfg or GenerationConfig(), key_mask_BM, eos_id))
@@ -228,7 +244,7 @@ def generate_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig | Non
 def _encode(tokenizer, prompt: str) -> list[int]:
     if not isinstance(prompt, str):
         raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
-    ids = tokenizer.encode(prompt)
+    ids = tokenizer.prompt_ids(prompt)            # bos first where the model expects it (Llama)
     if not ids:                                   # GPT-2's convention: an empty prompt starts from eos
         if tokenizer.eos_id is None:
             raise InputError("the prompt is empty and the tokenizer has no eos token to start from; "
@@ -248,13 +264,13 @@ def _texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig) -> Itera
         ids_BL[b, L - len(r):] = torch.tensor(r)
         key_mask_BL[b, L - len(r):] = True
     device = next(model.parameters()).device
-    eos_id = tokenizer.eos_id
+    stop_ids = tokenizer.stop_ids
     streams = [TextStream(tokenizer, cfg.stops) for _ in rows]
-    with closing(iter_ids(model, ids_BL.to(device), cfg, key_mask_BL.to(device), eos_id)) as steps:
+    with closing(iter_ids(model, ids_BL.to(device), cfg, key_mask_BL.to(device), stop_ids)) as steps:
         for next_B in steps:
             for b, t in enumerate(next_B.tolist()):
                 s = streams[b]
-                piece = s.finish() if (t == eos_id and not cfg.ignore_eos) else s.push(t)
+                piece = s.finish() if (t in stop_ids and not cfg.ignore_eos) else s.push(t)
                 if piece:
                     yield b, piece
             if all(s.done for s in streams):

@@ -33,7 +33,8 @@ from .errors import CheckpointError
 
 # What qkv writes into a run directory: a folder holding only these (and config.json naming a qkv model)
 # is a qkv run that --overwrite may replace.
-RUN_ENTRIES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_src.json", "trainer_state.pt",
+RUN_ENTRIES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_src.json", "tokenizer_config.json",
+               "generation_config.json", "trainer_state.pt",
                "metrics.jsonl", "eval.json", "predictions.json", "predictions.jsonl", "evaluate", "best"}
 
 

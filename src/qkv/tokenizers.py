@@ -21,6 +21,11 @@ wordpiece: BERT's tokenizer (Devlin et al., 2019; Wu et al., 2016), trained here
 
 ``encode`` never adds special tokens (language modelling wants the bare text); ``encode_for_model`` adds
 them, and returns the backend ``Encoding`` with ids, type ids, attention mask, word ids and offsets.
+
+Released models say which tokens are special in ``tokenizer_config.json`` (bos/eos/pad/unk token, whether
+a prompt starts with bos, and the chat template), and ``generation_config.json`` may add more ids that
+end a reply. ``from_dir`` reads them, ``save`` writes them back, and they win over the names guessed here
+(``<eos>``, ``</s>``, ...).
 """
 
 from __future__ import annotations
@@ -45,18 +50,30 @@ BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")    # ids 0..4 in 
 KINDS = {models.WordLevel: "char", models.BPE: "bpe", models.WordPiece: "wordpiece"}
 
 
+SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")    # tokenizer_config.json's names
+
+
 class Tokenizer:
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, specials: dict[str, str] | None = None, chat_template: str | None = None,
+                 add_bos: bool = False, extra_stop_ids: Iterable[int] = ()):
+        """specials: {"bos_token": "<s>", ...} as tokenizer_config.json names them (they win over the guesses);
+        chat_template: the Jinja template of ``qkv.chat``; add_bos: prompts start with bos (Llama's rule);
+        extra_stop_ids: ids besides eos that end a reply (generation_config.json's eos_token_id list)."""
         self.backend = backend
         self.kind = KINDS.get(type(backend.model), "bpe")
         vocab = backend.get_vocab(with_added_tokens=True)
+        self.specials = {k: v for k, v in (specials or {}).items() if k in SPECIAL_KEYS and v in vocab}
+        self.chat_template, self.add_bos = chat_template, add_bos
         self.eos_id = next((vocab[n] for n in EOS_NAMES if n in vocab), None)
         self.pad_id = next((vocab[n] for n in PAD_NAMES if n in vocab), None)
         self.bos_id = next((vocab[n] for n in BOS_NAMES if n in vocab), None)
+        self.unk_id = next((vocab[n] for n in UNK_NAMES if n in vocab), None)
+        for key, name in self.specials.items():
+            setattr(self, key.replace("_token", "_id"), vocab[name])
+        self.extra_stop_ids = tuple(i for i in extra_stop_ids if i != self.eos_id)
         self.cls_id = next((vocab[n] for n in CLS_NAMES if n in vocab), None)
         self.sep_id = next((vocab[n] for n in SEP_NAMES if n in vocab), None)
         self.mask_id = next((vocab[n] for n in MASK_NAMES if n in vocab), None)
-        self.unk_id = next((vocab[n] for n in UNK_NAMES if n in vocab), None)
         # Char vocabularies map one character to one id: a dict lookup is 30x faster than the backend
         # on a megabyte of text, and a test holds the two equal.
         # (Only without special tokens: "<eos>" inside text must still become one token.)
@@ -140,6 +157,9 @@ class Tokenizer:
         options = _tokenizer_config(d / "tokenizer_config.json")
         if (d / "tokenizer.json").is_file():
             tok = cls.from_file(d / "tokenizer.json")
+            tok = cls(tok.backend, {k: _token_name(options.get(k)) for k in SPECIAL_KEYS},
+                      _chat_template(d, options), bool(options.get("add_bos_token", False)),
+                      _generation_eos_ids(d / "generation_config.json"))
             normalizer = tok.backend.normalizer
             # transformers lets tokenizer_config.json's do_lower_case override the saved normalizer; so do we
             if isinstance(normalizer, normalizers.BertNormalizer) and "do_lower_case" in options \
@@ -165,7 +185,31 @@ class Tokenizer:
         return None
 
     def save(self, path: str | Path) -> None:
+        """tokenizer.json at ``path``; special token names and the chat template, when there are any, go to
+        tokenizer_config.json beside it, extra stop ids to generation_config.json (where Hugging Face tools
+        read them)."""
         self.backend.save(str(path))
+        config = dict(self.specials)
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
+        if self.add_bos:
+            config["add_bos_token"] = True
+        if config:
+            (Path(path).parent / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n",
+                                                                     encoding="utf-8")
+        if self.extra_stop_ids:
+            (Path(path).parent / "generation_config.json").write_text(
+                json.dumps({"eos_token_id": list(self.stop_ids)}) + "\n", encoding="utf-8")
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Ids that end a reply: eos (the end-of-turn token of chat models) and any extra ones."""
+        return ((self.eos_id,) if self.eos_id is not None else ()) + self.extra_stop_ids
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """``encode(text)``, after bos when this tokenizer's models expect it (``add_bos``)."""
+        ids = self.encode(text)
+        return [self.bos_id] + ids if self.add_bos and self.bos_id is not None else ids
 
     # ---- use ----------------------------------------------------------------------------------------
     @property
@@ -250,6 +294,30 @@ def _tokenizer_config(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); fix or delete it") from None
     return data if isinstance(data, dict) else {}
+
+
+def _chat_template(d: Path, options: dict) -> str | None:
+    """The chat template: chat_template.jinja (transformers >= 4.50 writes it there) or tokenizer_config.json's
+    string (or the one named "default" in a list of named templates)."""
+    if (d / "chat_template.jinja").is_file():
+        return (d / "chat_template.jinja").read_text(encoding="utf-8")
+    template = options.get("chat_template")
+    if isinstance(template, list):
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
+    return template if isinstance(template, str) else None
+
+
+def _generation_eos_ids(path: Path) -> tuple[int, ...]:
+    """generation_config.json's eos_token_id (an int or a list: Llama 3 ends turns with several ids)."""
+    if not path.is_file():
+        return ()
+    try:
+        eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return ()
+    eos = [eos] if isinstance(eos, int) else eos if isinstance(eos, list) else []
+    return tuple(i for i in eos if isinstance(i, int))
 
 
 def _token_name(value) -> str | None:

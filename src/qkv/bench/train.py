@@ -141,6 +141,7 @@ def run(json_out: bool = False, *, batch: int = SHAPE["batch"], context: int = S
         rates = [tokens / s for s in seconds[name]]
         result[name] = dict(info, tok_s=round(statistics.median(rates), 1), best_tok_s=round(max(rates), 1),
                             rounds_tok_s=[round(x, 1) for x in rates], warmup_s=warmup_s[name])
+    result["tokens_per_s"] = result["qkv"]["tok_s"]                  # the headline figure, at the top level
     if "hf" in sides:
         ratios = [h / q for q, h in zip(seconds["qkv"], seconds["hf"])]     # same round, same load
         result["ratio"] = round(statistics.median(ratios), 3)

@@ -2,6 +2,7 @@
 
     qkv bench train --json     tokens/s of one forward + backward + AdamW step, qkv GPT vs GPT2LMHeadModel
     qkv bench decode --json    tokens/s of KV-cache generation, qkv GPT vs GPT2LMHeadModel
+    qkv bench decode --model M.gguf --json   a real model: qkv fp32/int8/4-bit vs transformers and llama.cpp
     qkv bench encoder --json   sentences/s of a BERT-base forward (batch 32 x 128), qkv Encoder vs BertModel
     qkv bench beam --json      seconds/sentence of beam search vs greedy for the encoder-decoder
 
@@ -32,6 +33,19 @@ def add_arguments(p) -> None:
     decode = sub.add_parser("decode", help="generation with the KV cache: qkv GPT vs GPT2LMHeadModel",
                             description="Tokens/s of batch-1 greedy decoding with a KV cache.")
     decode.add_argument("--json", action="store_true", help="print exactly one JSON line")
+    decode.add_argument("--model", type=path_arg, metavar="PATH", default=None,
+                        help="a real model (.gguf or Hugging Face directory): prefill (prompt 512) and decode "
+                             "tok/s of qkv fp32/int8/4-bit next to transformers and llama.cpp")
+    decode.add_argument("--bits", type=int, choices=(32, 8, 4), action="append", default=None,
+                        help="with --model: qkv's weights, repeatable (default 32, 8 and 4)")
+    decode.add_argument("--threads", type=_positive, action="append", default=None,
+                        help="with --model: thread counts, repeatable (default 1 and 2)")
+    decode.add_argument("--prompt-len", type=_positive, default=512, help="with --model: prompt tokens (512)")
+    decode.add_argument("--new-tokens", type=_positive, default=64, help="with --model: new tokens (64)")
+    decode.add_argument("--rounds", type=_positive, default=3, help="with --model: timed rounds (3)")
+    decode.add_argument("--no-hf", dest="hf", action="store_false", help="with --model: skip transformers")
+    decode.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
+                        help="with --model: skip llama.cpp")
     encoder = sub.add_parser("encoder", help="inference: qkv Encoder vs BertModel, BERT-base, batch 32 x 128",
                              description="Sentences/s of a BERT-base forward pass (fp32, inference mode).")
     encoder.add_argument("--json", action="store_true", help="print exactly one JSON line")
@@ -76,8 +90,16 @@ def run(args) -> int:
                    if getattr(args, k) is not None}
         encoder.run(args.json, hf=args.hf, onednn=args.onednn, **options)
     else:
-        from ..bench import decode     # written separately; imported only when asked for
-        decode.run(args.json)
+        if args.model is not None:
+            from ..bench import decode_model
+            from ._common import require_family
+            require_family(args.model, "bench decode --model", "decoder")
+            decode_model.run(args.model, args.json, bits=tuple(args.bits or (32, 8, 4)),
+                             prompt_len=args.prompt_len, new_tokens=args.new_tokens, rounds=args.rounds,
+                             threads=tuple(args.threads or (1, 2)), hf=args.hf, llama_cpp=args.llama_cpp)
+        else:
+            from ..bench import decode     # written separately; imported only when asked for
+            decode.run(args.json)
     return 0
 
 

@@ -1,4 +1,7 @@
-"""`qkv eval DIR --data FILE`: mean next-token loss and perplexity of a decoder on a text file."""
+"""`qkv eval PATH --data FILE`: mean next-token loss and perplexity of a decoder on a text file.
+
+    qkv eval SmolLM2-135M-Instruct.Q4_1.gguf --data held_out.txt --window 512 --bits 8     # int8 weights
+"""
 
 from __future__ import annotations
 
@@ -9,28 +12,41 @@ from .flags import path_arg, value_parser
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="a decoder: a qkv run directory or a Hugging Face GPT-2 directory")
+    p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="a decoder: a qkv run directory, a Hugging Face directory or a .gguf file")
     p.add_argument("--data", required=True, type=path_arg, metavar="FILE", help="text file (or folder of .txt files; - for stdin)")
     p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), default=8,
                    help="windows per forward pass (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object: tokens, loss, perplexity")
+    p.add_argument("--window", type=value_parser(int, "--window"), default=1024,
+                   help="tokens per window, at most the model's context (default 1024)")
+    p.add_argument("--bits", type=value_parser(int, "--bits"), default=None,
+                   help="quantize the weights on load: 8 (int8 per channel) or 4 (4-bit, groups of 32)")
+    p.add_argument("--quantized", action="store_true", help="a GGUF file: keep its Q8_0/Q4_x blocks quantized")
 
 
 def run(args) -> int:
     from ..checkpoint import load
     from ..data.text import read_text
-    from ..errors import CheckpointError
+    from ..errors import CheckpointError, InputError
+    from ..quant import check_bits, quantize_model
     from ..train.evaluate import perplexity
     from ..validation import check_positive_int
     from ._common import require_family
 
     check_positive_int("--batch-size", args.batch_size)
+    check_positive_int("--window", args.window)
+    if args.bits is not None:
+        check_bits(args.bits)
+    if args.bits is not None and args.quantized:
+        raise InputError("give --bits (quantize the float weights) or --quantized (keep a GGUF's blocks), not both")
     require_family(args.checkpoint, "eval", "decoder")
     text = read_text(args.data)
-    model = load(args.checkpoint)
+    model = load(args.checkpoint, quantized=args.quantized)
+    if args.bits is not None:
+        quantize_model(model, args.bits)
     if model.tokenizer is None:
         raise CheckpointError(f"{args.checkpoint} has no tokenizer files; eval needs one to read text")
-    result = perplexity(model, model.tokenizer.encode(text), args.batch_size)
+    result = perplexity(model, model.tokenizer.encode(text), args.batch_size, args.window)
     ppl = math.exp(result["loss"])
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "data": str(args.data), **result, "perplexity": ppl}))

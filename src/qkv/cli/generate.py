@@ -1,6 +1,7 @@
-"""`qkv generate DIR --prompt TEXT`: continue a prompt with a checkpoint, streamed token by token.
+"""`qkv generate PATH --prompt TEXT`: continue a prompt with a checkpoint, streamed token by token.
 
     qkv generate runs/shakespeare-char --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 --top-p 0.95
+    qkv generate SmolLM2-135M-Instruct.Q4_1.gguf --chat "What is the capital of France?" --temperature 0
 
 Prints the prompt, then each piece of the continuation as soon as it is safe to show (see
 ``qkv.generate.stream``). Every flag is a field of ``qkv.generate.GenerationConfig`` and takes its default
@@ -10,6 +11,7 @@ from there; a bad value is one error line (exit status 2) naming the fix.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from ..errors import InputError
@@ -32,37 +34,74 @@ FLAGS = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", type=path_arg, metavar="DIR", help="a qkv checkpoint or Hugging Face GPT-2 directory")
-    parser.add_argument("--prompt", default="", help="text to continue (default: start from eos)")
+def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: GenerationConfig = DEFAULTS) -> None:
+    """The GenerationConfig flags (shared by `qkv generate` and `qkv chat`), --stop, --ignore-eos, --threads,
+    and --quantized (how the checkpoint loads)."""
     for flag, (field, kind, help_text) in FLAGS.items():
         parser.add_argument(flag, dest=field, type=value_parser(kind, flag), default=None,
                             metavar=kind.__name__.upper(),
-                            help=f"{help_text} (default {getattr(DEFAULTS, field)})")
+                            help=f"{help_text} (default {getattr(defaults, field)})")
     parser.add_argument("--stop", action="append", default=[], metavar="S", type=unescaped,
                         help="stop before this string (repeatable; \\n and \\t are a newline and a tab, as in "
                              "--stop '\\n\\n'); it is not printed")
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating past the eos token")
+    parser.add_argument("--threads", type=value_parser(int, "--threads"), default=None, metavar="N",
+                        help="CPU threads (default: the cores other processes leave idle, see qkv.runtime)")
+    parser.add_argument("--quantized", action="store_true",
+                        help="keep a GGUF file's Q8_0/Q4_x weights quantized in memory (other float "
+                             "checkpoints: int8 on load)")
+
+
+def sampling_config(args: argparse.Namespace, defaults: GenerationConfig = DEFAULTS, **more) -> GenerationConfig:
+    """The GenerationConfig the flags describe, on top of ``defaults``."""
+    given = {field: getattr(args, field) for field, _, _ in FLAGS.values() if getattr(args, field) is not None}
+    return dataclasses.replace(defaults, **given, stop=tuple(args.stop), ignore_eos=args.ignore_eos, **more)
+
+
+def load_for_decoding(path: str, args: argparse.Namespace, command: str):
+    """``qkv.load`` of a decoder, with the decode thread policy applied first; it must have a tokenizer."""
+    from .. import load
+    from ..runtime import set_decode_threads
+    from ._common import require_family
+    require_family(path, command, "decoder")
+    set_decode_threads(args.threads)
+    model = load(path, quantized=args.quantized)
+    if model.tokenizer is None:
+        raise InputError(f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
+                         f"add one to generate text")
+    return model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", type=path_arg, metavar="PATH",
+                        help="a qkv checkpoint, a Hugging Face directory (GPT-2, Llama, Mistral, Qwen2) or a .gguf file")
+    parser.add_argument("--prompt", default="", help="text to continue (default: start from bos/eos)")
+    parser.add_argument("--chat", metavar="MESSAGE", default=None,
+                        help="one chat turn: the message goes through the model's chat template; prints the reply")
+    parser.add_argument("--system", metavar="TEXT", default=None, help="with --chat: a system message")
+    add_sampling_arguments(parser)
     parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help="recompute the whole sequence every step (slow; for comparison)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import load
+    from ..conversation import chat_stream
     from ..generate import stream
-    from ._common import require_family
 
-    given = {field: getattr(args, field) for field, _, _ in FLAGS.values() if getattr(args, field) is not None}
-    cfg = GenerationConfig(**given, stop=tuple(args.stop), ignore_eos=args.ignore_eos,
-                           use_cache=args.use_cache)
-    require_family(args.directory, "generate", "decoder")
-    model = load(args.directory)
-    if model.tokenizer is None:
-        raise InputError(f"{args.directory} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
-                         f"add one to generate text")
-    pieces = stream(model, model.tokenizer, args.prompt, cfg)
+    if args.chat is not None and args.prompt:
+        raise InputError("give --prompt (plain continuation) or --chat (a chat turn), not both")
+    if args.system is not None and args.chat is None:
+        raise InputError("--system goes with --chat; add --chat MESSAGE")
+    cfg = sampling_config(args, use_cache=args.use_cache)
+    model = load_for_decoding(args.directory, args, "generate")
+    if args.chat is not None:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                   [{"role": "user", "content": args.chat}]
+        pieces, shown = chat_stream(model, messages, cfg), ""
+    else:
+        pieces, shown = stream(model, model.tokenizer, args.prompt, cfg), args.prompt
     first = next(pieces, "")                 # validate everything before printing anything
-    sys.stdout.write(args.prompt + first)
+    sys.stdout.write(shown + first)
     sys.stdout.flush()
     for piece in pieces:
         sys.stdout.write(piece)

@@ -17,29 +17,48 @@ from .flags import path_arg
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="a qkv run or model directory, or a Hugging Face directory")
+    p.add_argument("checkpoint", type=path_arg, metavar="DIR",
+                   help="a qkv run or model directory, a Hugging Face directory, or a .gguf file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from .. import load
-    from ..checkpoint import family, read_config
+    from ..checkpoint import family, is_gguf, read_config
+    from ..quant import Int4Linear, Int8Linear
     from ..rundir import resolve_dir
 
     kind, model_type = family(args.checkpoint)
-    d = resolve_dir(args.checkpoint)
-    config = read_config(d)
+    if is_gguf(args.checkpoint):                  # a GGUF file: its metadata stands in for config.json
+        from ..interop.gguf import GGUFFile
+        d, f = Path(args.checkpoint), GGUFFile(args.checkpoint)
+        types: dict[str, int] = {}
+        for t in f.tensors.values():
+            types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+        config = {"gguf": {"name": f.get("general.name"), "architecture": f.get("general.architecture"),
+                           "tensor_types": types}}
+    else:
+        d = resolve_dir(args.checkpoint)
+        config = read_config(d)
     model = load(d)
     tok = model.tokenizer
+    quantized = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear)))
     info = {"checkpoint": str(args.checkpoint), "family": kind, "model_type": model_type,
             "qkv_version": config.get("qkv_version"),
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": sum(p.numel() for p in model.parameters()) + quantized,
             "model": {k: v for k, v in dataclasses.asdict(model.cfg).items() if v is not None},
             "tokenizer": None if tok is None else {
                 "kind": tok.kind, "vocab_size": tok.vocab_size,
                 "special": {name: tok.backend.id_to_token(i) for name in ("bos", "eos", "pad", "cls", "sep", "mask", "unk")
                             if (i := getattr(tok, f"{name}_id")) is not None}}}
-    for key in ("train", "finetune", "labels", "best"):
+    if tok is not None and tok.chat_template is not None:
+        info["tokenizer"]["chat_template"] = True
+    if "quantization" in config:
+        layout = config["quantization"]
+        info["quantization"] = {kind: sum(v == kind for v in layout.values()) for kind in sorted(set(layout.values()))}
+    for key in ("train", "finetune", "labels", "best", "gguf"):
         if key in config:
             info[key] = config[key]
     metrics = _metrics(d / "metrics.jsonl")
@@ -81,6 +100,14 @@ def _text(info: dict) -> str:
     lines.append("  tokenizer: none" if tok is None else
                  f"  tokenizer: {tok['kind']}, {tok['vocab_size']:,} tokens, special "
                  f"{', '.join(f'{k}={v}' for k, v in tok['special'].items()) or 'none'}")
+    if tok is not None and tok.get("chat_template"):
+        lines[-1] += "; chat template"
+    if "quantization" in info:
+        lines.append("  quantized: " + ", ".join(f"{n} Linear layers {k}" for k, n in info["quantization"].items()))
+    if "gguf" in info:
+        g = info["gguf"]
+        lines.append(f"  GGUF: {g['name']} ({g['architecture']}); tensors "
+                     + ", ".join(f"{n} {k}" for k, n in sorted(g["tensor_types"].items())))
     if "train" in info:
         t = info["train"]
         what = t.get("task") if t.get("task") != "lm" else f"lm ({t.get('objective')})"

@@ -97,12 +97,13 @@ def model_from_state(build: Callable[[], nn.Module], sd: dict[str, torch.Tensor]
     """A float32 model from ``build()`` holding ``sd``, without its random init (seconds for a 100M model).
 
     Parameters start on the meta device (no memory, no init) and the loaded tensors are assigned in place
-    of them. Buffers are computed at construction rather than loaded, so a model with any is built for real.
+    of them. Buffers are computed at construction rather than loaded: a model that can recompute them
+    (``rebuild_buffers``, the position tables of ``Stack``) does so; any other is built for real.
     Tied parameters (one Parameter under two names) are tied again after the assignment split them.
     """
     with torch.device("meta"):
         model = build()
-    assign = not any(True for _ in model.buffers())
+    assign = not any(True for _ in model.buffers()) or hasattr(model, "rebuild_buffers")
     if not assign:
         model = build()
     aliases = tied_aliases(model)
@@ -118,4 +119,6 @@ def model_from_state(build: Callable[[], nn.Module], sd: dict[str, torch.Tensor]
         for alias, canonical in aliases.items():
             *path, name = alias.split(".")
             setattr(model.get_submodule(".".join(path)), name, model.get_parameter(canonical))
+        if any(b.is_meta for b in model.buffers()):
+            model.rebuild_buffers()
     return model.float()

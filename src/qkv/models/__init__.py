@@ -1,7 +1,7 @@
 """Model families built from ``qkv.nn`` layers."""
 
 from .decoder import GPT
-from .encoder import BERT, BertClassifier, BertQA, BertTagger, Encoder, from_pretrained_encoder
+from .encoder import BERT, BertClassifier, BertQA, BertTagger, Encoder
 from .output import ModelOutput
 from .seq2seq import EncoderDecoder
 
@@ -9,4 +9,4 @@ MODEL_TYPES = {GPT.model_type: GPT, EncoderDecoder.model_type: EncoderDecoder}  
 MODEL_TYPES.update({cls.model_type: cls for cls in (Encoder, BERT, BertClassifier, BertTagger, BertQA)})
 
 __all__ = ["GPT", "EncoderDecoder", "ModelOutput", "MODEL_TYPES", "Encoder", "BERT", "BertClassifier",
-           "BertTagger", "BertQA", "from_pretrained_encoder"]
+           "BertTagger", "BertQA"]

@@ -20,8 +20,9 @@ Padding: rows are padded on the right and ``key_mask_BL`` is True for real token
 in every row, so a padded row computes exactly what the unpadded sequence would (a test holds this).
 Without padding (no mask, or an all-True one) attention takes SDPA's unmasked fast path.
 
-Fine-tuning starts from a pre-trained encoder: ``from_pretrained_encoder(dir, "classify", labels)`` keeps
-the encoder weights of any encoder checkpoint (qkv or Hugging Face BERT) and initializes a new head.
+Fine-tuning starts from a pre-trained encoder: ``qkv.checkpoint.from_pretrained_encoder(dir, "classify",
+labels)`` keeps the encoder weights of any encoder checkpoint (qkv or Hugging Face BERT) and initializes a
+new head (it reads checkpoints, so it lives with the loaders).
 
     >>> model = from_pretrained_encoder("runs/bert", "classify", ["neg", "pos"])     # doctest: +SKIP
     >>> model(ids_BL, labels_B, key_mask_BL=mask_BL, types_BL=types_BL).loss         # doctest: +SKIP
@@ -30,7 +31,6 @@ the encoder weights of any encoder checkpoint (qkv or Hugging Face BERT) and ini
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -278,44 +278,6 @@ class BertTagger(LabelledEncoder):
 
 
 TASKS = {"mlm": BERT, "classify": BertClassifier, "tag": BertTagger, "qa": BertQA, "embed": Encoder}
-
-
-def from_pretrained_encoder(source: str | Path | Encoder, task: str, labels: Sequence[str] | None = None,
-                            tokenizer=None) -> Encoder:
-    """A ``TASKS[task]`` model (train mode) with the encoder weights of ``source`` and a new head.
-
-    source: a checkpoint directory (qkv encoder or Hugging Face BERT) or a loaded ``Encoder``.
-    labels: the label names, for "classify" and "tag". tokenizer: default, the checkpoint's own.
-    """
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
-    if isinstance(source, Encoder):
-        encoder = source
-    else:
-        from ..checkpoint import load            # checkpoint imports models: import it when called
-        encoder = load(source)
-        if not isinstance(encoder, Encoder):
-            raise CheckpointError(f"{source} holds a {encoder.model_type!r} model, not an encoder; fine-tune "
-                                  f"from a qkv-bert* checkpoint or a Hugging Face BERT directory")
-    tokenizer = tokenizer if tokenizer is not None else getattr(encoder, "tokenizer", None)
-    if tokenizer is None:
-        raise CheckpointError(f"{source} has no tokenizer (tokenizer.json or vocab.txt); fine-tuning needs the "
-                              f"one the encoder was trained with: copy it into the directory or pass tokenizer=")
-    if tokenizer.vocab_size > encoder.cfg.vocab_size:
-        raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the encoder only "
-                              f"{encoder.cfg.vocab_size}; use the tokenizer saved with this encoder")
-    cls = TASKS[task]
-    if issubclass(cls, LabelledEncoder):
-        model = cls(encoder.cfg, labels if labels is not None else [])
-    elif labels is not None:
-        raise ConfigError(f"task {task!r} takes no labels; pass labels only for 'classify' and 'tag'")
-    else:
-        model = cls(encoder.cfg)
-    trunk = {k: v for k, v in encoder.state_dict().items() if not k.startswith("head.")}
-    missing, unexpected = model.load_state_dict(trunk, strict=False)
-    assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
-    model.tokenizer = tokenizer
-    return model.train()
 
 
 def pad_batch(encodings, pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

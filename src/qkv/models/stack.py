@@ -19,6 +19,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError, InputError
 from ..nn.block import Block
+from ..nn.dropout import make_dropout
 from ..nn.kv_cache import KVCache
 from ..nn.masks import AttnMask
 from ..nn.norms import make_norm
@@ -37,7 +38,7 @@ class Stack(nn.Module):
             self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
         self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.embed_norm else nn.Identity()
         self.embed_multiplier = math.sqrt(cfg.d_model) if cfg.embed_scale else 1.0
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = make_dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(n_layers or cfg.n_layers))
         # Pre-norm leaves the residual stream unnormalized, so a final norm closes the stack.
         self.norm_f = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.norm_placement == "pre" \
@@ -57,12 +58,17 @@ class Stack(nn.Module):
         if self.cfg.embed_scale:                    # x sqrt(d_model) in embed(): unit-scale token vectors
             nn.init.normal_(self.tok.weight, std=self.cfg.d_model ** -0.5)
 
+    def rebuild_buffers(self) -> None:
+        """Recompute the buffers made at construction (the position tables), e.g. after building on the
+        meta device and assigning loaded weights."""
+        self.pos = make_position(self.cfg)
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def new_caches(self, batch: int, max_len: int | None = None) -> list[KVCache]:
         """One preallocated self-attention cache per layer, on the model's device and dtype."""
-        p = self.tok.weight
+        p = next(p for p in self.parameters() if p.is_floating_point())   # tok may hold int8 codes (qkv.quant)
         return [KVCache(batch, self.cfg.kv_heads, max_len or self.cfg.max_len, self.cfg.head_dim,
                         dtype=p.dtype, device=p.device) for _ in self.blocks]
 

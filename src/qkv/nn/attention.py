@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from .kv_cache import KVCache
 from .masks import AttnMask
 from .position import apply_rotary
+from .dropout import make_dropout
 
 
 def attend(q_BHLD: torch.Tensor, k_BGMD: torch.Tensor, v_BGMD: torch.Tensor, mask: AttnMask,
@@ -35,6 +36,8 @@ def attend(q_BHLD: torch.Tensor, k_BGMD: torch.Tensor, v_BGMD: torch.Tensor, mas
     """softmax(q k^T / sqrt(D) + bias, masked) v. Returns (out_BHLD, probs_BHLM or None)."""
     B, H, L, D = q_BHLD.shape
     G, M = k_BGMD.shape[1], k_BGMD.shape[2]
+    if G != H and L == 1 and mask.bias_1HLM is None and not return_probs:
+        return _attend_one_query_gqa(q_BHLD, k_BGMD, v_BGMD, mask, dropout_p), None
     if G != H:                                    # each key/value head serves H // G query heads
         k_BHMD = k_BGMD.repeat_interleave(H // G, dim=1)
         v_BHMD = v_BGMD.repeat_interleave(H // G, dim=1)
@@ -66,15 +69,34 @@ def attend(q_BHLD: torch.Tensor, k_BGMD: torch.Tensor, v_BGMD: torch.Tensor, mas
     return out_BHLD, None
 
 
+def _attend_one_query_gqa(q_BHLD, k_BGMD, v_BGMD, mask: AttnMask, dropout_p: float) -> torch.Tensor:
+    """A decode step (L = 1) under GQA, without copying the cache H/G times: the H/G query heads that share
+    a key/value head become H/G query rows (K) against that head's keys. The one query is the last
+    position, so causality allows every key; only a window or padding mask (B or 1, 1, 1, M) applies,
+    and it broadcasts over the rows."""
+    B, H, _, D = q_BHLD.shape
+    G = k_BGMD.shape[1]
+    q_BGKD = q_BHLD.reshape(B, G, H // G, D)
+    out_BGKD = F.scaled_dot_product_attention(q_BGKD, k_BGMD, v_BGMD, attn_mask=mask.allowed_B1LM,
+                                              dropout_p=dropout_p)
+    out_BHLD = out_BGKD.reshape(B, H, 1, D)
+    return out_BHLD * mask.live_B1L1 if mask.live_B1L1 is not None else out_BHLD
+
+
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool = True, dropout: float = 0.0):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool = True, dropout: float = 0.0,
+                 head_dim: int | None = None, qkv_bias: bool | None = None):
+        """head_dim: D (default d_model // n_heads); qkv_bias: biases on wq/wkv (default ``bias``, which
+        then covers wo alone when they differ, as in Qwen2)."""
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, d_model // n_heads
-        self.wq = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
-        self.wkv = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=bias)   # keys and values fused
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.head_dim = head_dim or d_model // n_heads
+        qkv_bias = bias if qkv_bias is None else qkv_bias
+        self.wq = nn.Linear(d_model, n_heads * self.head_dim, bias=qkv_bias)
+        self.wkv = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=qkv_bias)   # keys and values fused
         self.wo = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
         self.dropout = dropout
-        self.resid_drop = nn.Dropout(dropout)
+        self.resid_drop = make_dropout(dropout)
 
     def project_kv(self, source_BMC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of a source sequence: (k_BGMD, v_BGMD)."""

@@ -25,10 +25,12 @@ from .norms import make_norm
 class Block(nn.Module):
     def __init__(self, cfg, cross: bool = False):
         super().__init__()
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout)
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout, cfg.head_dim,
+                              cfg.has_qkv_bias)
         self.norm1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         if cross:
-            self.cross = Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout)
+            self.cross = Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout, cfg.head_dim,
+                                   cfg.has_qkv_bias)
             self.norm_cross = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.ffn_dim, cfg.bias, cfg.dropout)
         self.norm2 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)

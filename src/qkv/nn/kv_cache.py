@@ -47,3 +47,9 @@ class KVCache:
 
     def reset(self) -> None:
         self.length = 0
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on (a chat keeps the prefix two turns share)."""
+        if not 0 <= length <= self.length:
+            raise InputError(f"cannot truncate a cache of {self.length} positions to {length}")
+        self.length = length

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .dropout import make_dropout
+
 
 class FFN(nn.Module):
     def __init__(self, d_model: int, d_ff: int, activation: nn.Module, bias: bool, dropout: float):
@@ -17,7 +19,7 @@ class FFN(nn.Module):
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.act = activation
         self.down = nn.Linear(d_ff, d_model, bias=bias)
-        self.drop = nn.Dropout(dropout)
+        self.drop = make_dropout(dropout)
 
     def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
         return self.drop(self.down(self.act(self.up(x_BLC))))
@@ -29,7 +31,7 @@ class SwiGLU(nn.Module):
         self.gate = nn.Linear(d_model, d_ff, bias=bias)
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.down = nn.Linear(d_ff, d_model, bias=bias)
-        self.drop = nn.Dropout(dropout)
+        self.drop = make_dropout(dropout)
 
     def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
         return self.drop(self.down(F.silu(self.gate(x_BLC)) * self.up(x_BLC)))

@@ -10,13 +10,16 @@ from ..validation import check_positive_int
 
 
 @torch.inference_mode()
-def perplexity(model, ids: list[int], batch_size: int = 8) -> dict:
-    """Mean next-token cross-entropy over every token after the first (each window predicts L tokens)."""
+def perplexity(model, ids: list[int], batch_size: int = 8, window: int | None = None) -> dict:
+    """Mean next-token cross-entropy over every token after the first (each window predicts L tokens).
+
+    window: tokens per window (default and at most the model's max_len; a long-context model evaluates
+    faster, and comparably to other models, in shorter windows)."""
     check_positive_int("batch_size", batch_size)
     if len(ids) < 2:
         raise DataError(f"evaluation text has {len(ids)} token(s); it needs at least 2")
     tokens = torch.tensor(ids, dtype=torch.long)
-    L = model.cfg.max_len
+    L = min(window or model.cfg.max_len, model.cfg.max_len)
     n_full = (len(tokens) - 1) // L
     inputs_NL = tokens[: n_full * L].view(n_full, L)
     targets_NL = tokens[1: n_full * L + 1].view(n_full, L)

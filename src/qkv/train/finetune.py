@@ -24,12 +24,12 @@ from typing import Literal
 
 import torch
 
-from ..checkpoint import read_config
+from ..checkpoint import from_pretrained_encoder, read_config
 from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError
 from ..models import MODEL_TYPES
 from ..models.encoder import TASKS as ENCODER_TASKS
-from ..models.encoder import Encoder, from_pretrained_encoder
+from ..models.encoder import Encoder
 from ..nn.onednn import use_onednn
 from ..rundir import write_text_atomic
 from ..tasks import TASKS, get_task

@@ -1,0 +1,44 @@
+"""llama.cpp's side of ``qkv bench decode --model``, in its own process.
+
+llama-cpp-python's engine and PyTorch each bring an OpenMP runtime; in one process the first ``eval``
+crashed (segmentation fault in ``llama_decode``, measured with llama-cpp-python 0.3.36 and torch 2.13).
+So the benchmark starts this file as a script (``python llama_cpp_worker.py``: it never imports qkv, hence
+never torch) and talks to it over pipes: one JSON request per line in, one JSON result per line out.
+
+    {"model": PATH, "ids": [...], "new_tokens": 64, "threads": 1}   -> {"prefill": tok/s, "decode": tok/s}
+    {"version": true}                                                -> {"version": "0.3.36"}
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    from llama_cpp import Llama, __version__
+    engines = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("version"):
+            print(json.dumps({"version": __version__}), flush=True)
+            continue
+        ids, new_tokens, threads = request["ids"], request["new_tokens"], request["threads"]
+        key = (request["model"], threads)
+        if key not in engines:
+            engines[key] = Llama(request["model"], n_ctx=len(ids) + new_tokens + 8, n_threads=threads,
+                                 n_threads_batch=threads, n_batch=len(ids) + new_tokens + 8, verbose=False)
+        llm = engines[key]
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        t1 = time.perf_counter()
+        for _ in range(new_tokens - 1):                      # greedy, one eval per token, eos ignored
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        t2 = time.perf_counter()
+        print(json.dumps({"prefill": len(ids) / (t1 - t0), "decode": (new_tokens - 1) / (t2 - t1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""GGUF's quantized blocks read as integer codes and per-group scales, never as a float matrix.
+
+Legend: O rows (output features), K columns (input features), G groups of 32 per row, b bytes per block.
+
+ggml stores each row as consecutive blocks (the layouts are ggml's, documented in its ``ggml-common.h``):
+
+    Q8_0  34 B / 32 weights   d (f16), q[32] (int8)                       w = d q
+    Q4_0  18 B / 32 weights   d (f16), 16 bytes of nibbles                  w = d (q - 8)
+    Q4_1  20 B / 32 weights   d, m (f16), 16 bytes of nibbles              w = d q + m
+    Q4_K 144 B / 256 weights  d, dmin (f16), 12 bytes holding eight 6-bit (scale, min) pairs, 128 bytes
+                              of nibbles; sub-block j of 32:                w = d sc_j q - dmin m_j
+
+In the 32-weight blocks, byte i holds weight i in its low nibble and weight i + 16 in its high one. In
+Q4_K, each 32 bytes hold two sub-blocks: 32 weights in the low nibbles, the next 32 in the high ones.
+Every 4-bit format thus becomes ``(q - 8) * s + z`` with 32-wide groups: what ``Int4Linear`` computes.
+The tests compare each reader against the ``gguf`` package's own dequantization.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20, "Q4_K": 144}
+FOUR_BIT = ("Q4_0", "Q4_1", "Q4_K")
+
+
+def _blocks(raw: np.ndarray, block_bytes: int) -> torch.Tensor:
+    """(O, bytes per row) uint8 -> (O, blocks, b) uint8 tensor (a view of the file where possible)."""
+    rows = torch.from_numpy(np.array(raw))                   # a copy: the file is mapped read-only
+    return rows.view(rows.shape[0], -1, block_bytes)
+
+
+def _f16(blocks_OGb: torch.Tensor, start: int) -> torch.Tensor:
+    """The float16 at byte ``start`` of every block, as float32 (O, G)."""
+    return blocks_OGb[..., start:start + 2].contiguous().view(torch.float16)[..., 0].float()
+
+
+def _nibbles(qs_OGx: torch.Tensor) -> torch.Tensor:
+    """Bytes (..., n) -> codes (..., 2n): the low nibbles first, then the high ones."""
+    return torch.cat([qs_OGx & 15, qs_OGx >> 4], dim=-1)       # uint8 codes
+
+
+def q8_0(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q8_0 rows -> (q_OK int8, d_OG float32): w[o, k] = q[o, k] * d[o, k // 32]."""
+    blocks_OGb = _blocks(raw, 34)
+    O = blocks_OGb.shape[0]
+    return blocks_OGb[..., 2:].contiguous().view(torch.int8).reshape(O, -1), _f16(blocks_OGb, 0)
+
+
+def four_bit(raw: np.ndarray, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_0 / Q4_1 / Q4_K rows -> (codes_OK uint8 in [0, 15], scales_OG, zeros_OG), 32-wide groups, with
+    w[o, k] = (codes - 8) * scales + zeros (zeros: the weight of code 8)."""
+    blocks_OGb = _blocks(raw, BLOCK_BYTES[kind])
+    O = blocks_OGb.shape[0]
+    if kind == "Q4_K":
+        return _q4_k(blocks_OGb)
+    d_OG = _f16(blocks_OGb, 0)
+    start = 2 if kind == "Q4_0" else 4
+    codes_OK = _nibbles(blocks_OGb[..., start:]).reshape(O, -1)
+    mins_OG = torch.zeros_like(d_OG) if kind == "Q4_0" else _f16(blocks_OGb, 2)
+    zeros_OG = mins_OG + 8 * d_OG if kind == "Q4_1" else torch.zeros_like(d_OG)
+    return codes_OK, d_OG, zeros_OG
+
+
+def _q4_k(blocks_OSb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_K super-blocks (S per row) -> codes and eight groups of 32 per super-block."""
+    O, S, _ = blocks_OSb.shape
+    d_OS1, dmin_OS1 = _f16(blocks_OSb, 0)[..., None], _f16(blocks_OSb, 2)[..., None]
+    packed_OS12 = blocks_OSb[..., 4:16].to(torch.int32)
+    # Sub-blocks 0-3 keep their 6-bit scale and min in the low bits of bytes 0-3 and 4-7; sub-blocks 4-7
+    # combine a nibble of bytes 8-11 with the top two bits of bytes 0-3 (scales) and 4-7 (mins).
+    lo, mid, hi = packed_OS12[..., 0:4], packed_OS12[..., 4:8], packed_OS12[..., 8:12]
+    sc_OS8 = torch.cat([lo & 63, (hi & 15) | ((lo >> 6) << 4)], dim=-1).float()
+    m_OS8 = torch.cat([mid & 63, (hi >> 4) | ((mid >> 6) << 4)], dim=-1).float()
+    qs_OS4x32 = blocks_OSb[..., 16:].reshape(O, S, 4, 32)
+    codes_OK = _nibbles(qs_OS4x32).reshape(O, -1)            # per 32 bytes: sub-block 2i, then 2i + 1
+    scales_OS8 = d_OS1 * sc_OS8
+    zeros_OS8 = 8 * scales_OS8 - dmin_OS1 * m_OS8
+    return codes_OK, scales_OS8.reshape(O, -1), zeros_OS8.reshape(O, -1)
+
+
+def dequantize_four_bit(codes_OK: torch.Tensor, scales_OG: torch.Tensor, zeros_OG: torch.Tensor) -> torch.Tensor:
+    """The float weights the codes stand for (for tests and for requantizing tied embeddings)."""
+    O, K = codes_OK.shape
+    G = scales_OG.shape[1]
+    return ((codes_OK.float().view(O, G, K // G) - 8) * scales_OG[..., None] + zeros_OG[..., None]).view(O, K)

@@ -1,0 +1,203 @@
+"""Weight-only quantized Linear layers for CPU decoding: int8 per output channel, 4-bit per group.
+
+Legend: N any leading dimensions (B, L), K input features, O output features, G groups per row (K / g).
+
+At batch 1 a decode step reads every weight once and does one multiply-add with it, so its speed is the
+memory bandwidth divided by the bytes of weights: 4 bytes a weight in float32, 1 in int8, ~0.56 in 4-bit
+with a 32-wide group. The activations stay in floating point ("weight-only"); PyTorch's own CPU kernels
+multiply them with the packed weights without ever writing a float copy of the matrix:
+
+    Int8Linear   W[o, k] = q[o, k] * s[o]                    q in [-127, 127]   torch.ops.aten._weight_int8pack_mm
+    Int4Linear   W[o, k] = (q[o, k] - 8) * s[o, g] + z[o, g]    q in [0, 15]    torch.ops.aten._weight_int4pack_mm_for_cpu
+
+``z`` is the weight value of code 8 (the kernel's convention), so GGUF's Q4_0 (w = d (q - 8)) is s = d,
+z = 0 and Q4_1 (w = d q + m) is s = d, z = m + 8 d: those files load code for code. Both kernels are fast
+only for bfloat16 activations (float32 ones take a scalar reference path, 10-30x slower, measured in
+bench/README.md), so x is rounded to bfloat16 on the way in, the scales are stored in bfloat16, and the
+output comes back as float32. Quantizing rounds the scales to bfloat16 first and then picks the codes for
+those scales, so the rounding of a scale costs nothing; GGUF scales (float16) lose 3 bits (<= 0.2%).
+
+The idea is gpt-fast's: a module swap after loading (``quantize_model``), nothing else in the model changes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+SCALE_DTYPE = torch.bfloat16             # the kernels' fast path wants scales in the activations' dtype
+GROUP_SIZES = (32, 64, 128)
+INT4_BLOCK_N = 64                        # the CPU kernel packs 64 output rows together (see _cpu_layout)
+
+
+class Int8Linear(nn.Module):
+    """y = x (q * s)^T + b, q int8 (O, K), s (O,) per output channel."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.empty(out_features, dtype=SCALE_DTYPE))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @classmethod
+    def from_float(cls, weight_OK: torch.Tensor, bias_O: torch.Tensor | None = None) -> "Int8Linear":
+        """Symmetric per-row quantization: s = max|w| / 127 (rounded to bfloat16 first), q = round(w / s)."""
+        O, K = weight_OK.shape
+        module = cls(K, O, bias_O is not None)
+        w_OK = weight_OK.detach().float()
+        scales_O = (w_OK.abs().amax(dim=1) / 127).clamp(min=1e-12).to(SCALE_DTYPE)
+        module.weight = (w_OK / scales_O.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+        module.scales = scales_O
+        if bias_O is not None:
+            module.bias = nn.Parameter(bias_O.detach().float().clone())
+        return module
+
+    def dequantize(self) -> torch.Tensor:
+        return self.weight.float() * self.scales.float()[:, None]
+
+    def forward(self, x_NK: torch.Tensor) -> torch.Tensor:
+        lead = x_NK.shape[:-1]
+        x_MK = x_NK.reshape(-1, self.in_features)
+        if x_MK.device.type == "cpu":
+            y_MO = torch.ops.aten._weight_int8pack_mm(x_MK.to(SCALE_DTYPE), self.weight, self.scales).float()
+        else:                                           # no packed kernel here: the plain product
+            y_MO = x_MK.float() @ self.dequantize().t()
+        if self.bias is not None:
+            y_MO = y_MO + self.bias
+        return y_MO.view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
+
+
+class Int4Linear(nn.Module):
+    """y = x W^T + b with W[o, k] = (q[o, k] - 8) * s[o, k // g] + z[o, k // g], q 4-bit.
+
+    In memory: the kernel's packed codes and its (G, O, 2) scale-and-zero tensor. In the state dict: a
+    portable form, ``weight`` uint8 (O, K/2) with column 2j in the low nibble and 2j+1 in the high one,
+    ``scales`` and ``zeros`` (O, G), so a checkpoint does not depend on the kernel's layout.
+    """
+
+    def __init__(self, in_features: int, out_features: int, group_size: int = 32, bias: bool = False):
+        super().__init__()
+        if not int4_fits(in_features, out_features, group_size):
+            raise ConfigError(f"a 4-bit layer needs in_features ({in_features}) divisible by the group size "
+                              f"({group_size}) and out_features ({out_features}) by {INT4_BLOCK_N}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        G = in_features // group_size
+        self.register_buffer("packed", torch.empty(out_features, in_features // 2, dtype=torch.uint8),
+                             persistent=False)
+        self.register_buffer("scales_zeros", torch.empty(G, out_features, 2, dtype=SCALE_DTYPE), persistent=False)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @classmethod
+    def from_codes(cls, codes_OK: torch.Tensor, scales_OG: torch.Tensor, zeros_OG: torch.Tensor,
+                   bias_O: torch.Tensor | None = None) -> "Int4Linear":
+        """From integer codes in [0, 15] and each group's scale and code-8 value."""
+        O, K = codes_OK.shape
+        module = cls(K, O, K // scales_OG.shape[1], bias_O is not None)
+        module.set_codes(codes_OK, scales_OG, zeros_OG)
+        if bias_O is not None:
+            module.bias = nn.Parameter(bias_O.detach().float().clone())
+        return module
+
+    @classmethod
+    def from_float(cls, weight_OK: torch.Tensor, bias_O: torch.Tensor | None = None,
+                   group_size: int = 32) -> "Int4Linear":
+        """Asymmetric min/max quantization per group of ``group_size`` inputs (16 levels span [min, max])."""
+        O, K = weight_OK.shape
+        w_OGg = weight_OK.detach().float().reshape(O, K // group_size, group_size)
+        lo_OG, hi_OG = w_OGg.amin(dim=-1), w_OGg.amax(dim=-1)
+        scales_OG = ((hi_OG - lo_OG) / 15).clamp(min=1e-12).to(SCALE_DTYPE).float()
+        zeros_OG = (lo_OG + 8 * scales_OG).to(SCALE_DTYPE).float()
+        codes_OGg = ((w_OGg - zeros_OG[..., None]) / scales_OG[..., None] + 8).round().clamp(0, 15)
+        return cls.from_codes(codes_OGg.reshape(O, K).int(), scales_OG, zeros_OG, bias_O)
+
+    def set_codes(self, codes_OK: torch.Tensor, scales_OG: torch.Tensor, zeros_OG: torch.Tensor) -> None:
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_OK.to(torch.int32).contiguous(), 1)
+        self.scales_zeros = torch.stack([scales_OG.t(), zeros_OG.t()], dim=-1).to(SCALE_DTYPE).contiguous()
+
+    def codes(self) -> torch.Tensor:
+        """The integer codes (O, K), read back from the kernel's layout."""
+        return _from_cpu_layout(self.packed, self.out_features, self.in_features)
+
+    def dequantize(self) -> torch.Tensor:
+        O, K, g = self.out_features, self.in_features, self.group_size
+        scales_OG1, zeros_OG1 = (t.t().float()[..., None] for t in self.scales_zeros.unbind(-1))
+        return ((self.codes().float().view(O, K // g, g) - 8) * scales_OG1 + zeros_OG1).view(O, K)
+
+    def forward(self, x_NK: torch.Tensor) -> torch.Tensor:
+        lead = x_NK.shape[:-1]
+        x_MK = x_NK.reshape(-1, self.in_features)
+        y_MO = torch.ops.aten._weight_int4pack_mm_for_cpu(x_MK.to(SCALE_DTYPE), self.packed, self.group_size,
+                                                          self.scales_zeros).float()
+        if self.bias is not None:
+            y_MO = y_MO + self.bias
+        return y_MO.view(*lead, self.out_features)
+
+    # ---- the portable state dict ---------------------------------------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        codes_OK = self.codes()
+        destination[prefix + "weight"] = (codes_OK[:, 0::2] | (codes_OK[:, 1::2] << 4)).to(torch.uint8)
+        destination[prefix + "scales"] = self.scales_zeros[..., 0].t().contiguous()
+        destination[prefix + "zeros"] = self.scales_zeros[..., 1].t().contiguous()
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        names = ["weight", "scales", "zeros"] + (["bias"] if self.bias is not None else [])
+        missing = [prefix + n for n in names if prefix + n not in state_dict]
+        if missing:
+            missing_keys.extend(missing)
+            return
+        nibbles_OK2 = state_dict[prefix + "weight"].to(torch.int32)
+        codes_OK = torch.stack([nibbles_OK2 & 15, nibbles_OK2 >> 4], dim=-1).reshape(self.out_features, -1)
+        self.set_codes(codes_OK, state_dict[prefix + "scales"].float(), state_dict[prefix + "zeros"].float())
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias.copy_(state_dict[prefix + "bias"])
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, 4-bit, "
+                f"group_size={self.group_size}")
+
+
+def int4_fits(in_features: int, out_features: int, group_size: int) -> bool:
+    return in_features % group_size == 0 and out_features % INT4_BLOCK_N == 0
+
+
+def _from_cpu_layout(packed: torch.Tensor, O: int, K: int) -> torch.Tensor:
+    """Codes (O, K) from ``_convert_weight_to_int4pack_for_cpu``'s layout (PyTorch 2.x): per block of 64
+    output rows, for each input k, 32 bytes whose low nibbles are rows 0-31 and high nibbles rows 32-63.
+    A test packs random codes and reads them back, so a change of layout in PyTorch fails loudly."""
+    bytes_BK32 = packed.reshape(O // INT4_BLOCK_N, K, 32).to(torch.int32)
+    rows_B2_32K = torch.stack([bytes_BK32 & 15, bytes_BK32 >> 4], dim=1).permute(0, 1, 3, 2)   # (B, 2, 32, K)
+    return rows_B2_32K.reshape(O, K)
+
+
+class QuantEmbedding(nn.Module):
+    """Token embedding read from a tied int8 head: row i is q[i] * s[i] (nothing stored twice)."""
+
+    def __init__(self, head: Int8Linear):
+        super().__init__()
+        object.__setattr__(self, "source", head)       # not a submodule: its tensors belong to the head
+
+    def forward(self, ids_BL: torch.Tensor) -> torch.Tensor:
+        head = self.source
+        return head.weight[ids_BL].float() * head.scales[ids_BL].float()[..., None]
+
+    @property
+    def weight(self) -> torch.Tensor:                  # for code that asks for the table's shape
+        return self.source.weight
+
+
+def quantize_linear(linear: nn.Module, bits: int, group_size: int = 32) -> nn.Module:
+    """The quantized counterpart of one ``nn.Linear`` (int8 where a 4-bit layout does not fit its shape)."""
+    w_OK, bias = linear.weight, linear.bias
+    if bits == 4 and int4_fits(w_OK.shape[1], w_OK.shape[0], group_size):
+        return Int4Linear.from_float(w_OK, bias, group_size)
+    return Int8Linear.from_float(w_OK, bias)

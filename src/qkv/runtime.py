@@ -1,0 +1,46 @@
+"""How many CPU threads decoding uses, decided at run time from the machine it runs on.
+
+Batch-1 decoding is a long chain of small operations (a few hundred per token), each split across the
+threads with a barrier at its end. A barrier costs little when every thread owns a core; when another
+process holds one of them, the others wait for it at every operation. On the project's 2-vCPU machines,
+shared with other jobs, two threads decoded SmolLM2 slower than one (bench/README.md has the figures),
+as the issue observed for llama.cpp. So the default is: as many threads as there are cores left idle by
+other processes (the 1-minute load average), at least 1 and at most 8 (beyond that a 135M-1B model's
+matrices are too small to split usefully). ``--threads`` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import InputError
+
+MAX_DECODE_THREADS = 8
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                       # not Linux
+        return os.cpu_count() or 1
+
+
+def decode_threads() -> int:
+    """Cores not busy with other processes, between 1 and MAX_DECODE_THREADS."""
+    cores = available_cores()
+    try:
+        idle = cores - os.getloadavg()[0]
+    except OSError:
+        idle = cores
+    return max(1, min(cores, MAX_DECODE_THREADS, int(idle + 0.5)))
+
+
+def set_decode_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads to ``threads`` (or ``decode_threads()``); returns the number set."""
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads} must be >= 1")
+    n = threads or decode_threads()
+    torch.set_num_threads(n)
+    return n

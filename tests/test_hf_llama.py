@@ -1,0 +1,138 @@
+"""Hugging Face Llama / Qwen2 / Mistral directories: parity with transformers on tiny random models.
+
+Every checkpoint is made and saved by transformers inside the test; the logits of the two libraries on
+the same ids must agree to float32 rounding (measured ~2e-7 at these sizes; the bound is 2e-6), and
+greedy continuations must be identical.
+"""
+
+import json
+
+import pytest
+import torch
+
+import qkv
+from qkv import CheckpointError
+from qkv.generate import GenerationConfig, generate_ids
+
+V = 120
+
+
+@pytest.fixture(scope="module")
+def transformers():
+    return pytest.importorskip("transformers")
+
+
+def _hf_model(transformers, kind: str, **extra):
+    torch.manual_seed(0)
+    common = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=500.0,
+                  tie_word_embeddings=False, initializer_range=0.1, bos_token_id=None, eos_token_id=None,
+                  pad_token_id=None)
+    common.update(extra)
+    config_cls, model_cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+                             "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+                             "mistral": ("MistralConfig", "MistralForCausalLM")}[kind]
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**common)).eval()
+    with torch.no_grad():                     # transformers initializes biases to zero: make them count
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(std=0.5)
+    return model
+
+
+CASES = {   # name -> (model type, config overrides)
+    "llama-gqa-untied": ("llama", {}),
+    "llama-tied-head_dim": ("llama", dict(tie_word_embeddings=True, head_dim=24)),   # 4 x 24 != 64
+    "qwen2-qkv-bias": ("qwen2", {}),
+    "mistral-window": ("mistral", dict(sliding_window=5)),                            # shorter than 24 ids
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_logits_and_greedy_match_transformers(transformers, tmp_path, case):
+    kind, extra = CASES[case]
+    hf = _hf_model(transformers, kind, **extra)
+    hf.save_pretrained(tmp_path)
+    ours = qkv.load(tmp_path)
+    assert type(ours) is qkv.GPT
+    ids_BL = torch.randint(0, V, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want_BLV = hf(ids_BL).logits
+    got_BLV = ours(ids_BL).logits
+    assert (got_BLV - want_BLV).abs().max() < 2e-6
+    prompt_BL = ids_BL[:1, :6]
+    with torch.no_grad():
+        want = hf.generate(prompt_BL, max_new_tokens=20, do_sample=False, attention_mask=torch.ones_like(prompt_BL),
+                           pad_token_id=0)[:, 6:]
+    got = generate_ids(ours, prompt_BL, GenerationConfig(max_new_tokens=20, temperature=0))
+    assert torch.equal(got, want)
+
+
+def test_the_axes_are_exercised(transformers, tmp_path):
+    """The sliding window and the q/k/v biases change the logits (so the parity above tests them)."""
+    hf = _hf_model(transformers, "mistral", sliding_window=5)
+    hf.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert qkv.load(tmp_path / "m").cfg.window == 5
+    cfg["sliding_window"] = None
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    ids_BL = torch.randint(0, V, (1, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        windowed = hf(ids_BL).logits
+    assert (qkv.load(tmp_path / "m")(ids_BL).logits - windowed).abs().max() > 1e-2
+    qwen = qkv.load(_saved(transformers, "qwen2", tmp_path / "q"))
+    assert qwen.cfg.has_qkv_bias and not qwen.cfg.bias and qwen.blocks[0].attn.wo.bias is None
+
+
+def _saved(transformers, kind, d, **extra):
+    _hf_model(transformers, kind, **extra).save_pretrained(d)
+    return d
+
+
+def test_sharded_and_bin_checkpoints(transformers, tmp_path):
+    hf = _hf_model(transformers, "llama")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((tmp_path / "sharded" / "config.json").read_text())
+    torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    ids_BL = torch.randint(0, V, (1, 10))
+    with torch.no_grad():
+        want = hf(ids_BL).logits
+    for d in ("sharded", "bin"):
+        assert (qkv.load(tmp_path / d)(ids_BL).logits - want).abs().max() < 2e-6
+
+
+def test_tokenizer_and_chat_template_from_the_directory(transformers, tmp_path):
+    """tokenizer.json + tokenizer_config.json: the special tokens and the template come along."""
+    from tokenizers import Tokenizer as Backend, models, pre_tokenizers, decoders
+    backend = Backend(models.BPE(vocab={chr(i + 33): i for i in range(90)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<s>", "<|end|>"])
+    d = _saved(transformers, "llama", tmp_path / "m")
+    backend.save(str(d / "tokenizer.json"))
+    template = "{% for m in messages %}{{ bos_token }}{{ m['role'] }}: {{ m['content'] }}{{ eos_token }}{% endfor %}"
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": {"content": "<|end|>"}, "chat_template": template, "add_bos_token": True}))
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [91, 7]}))
+    tok = qkv.load(d).tokenizer
+    assert (tok.bos_id, tok.eos_id, tok.chat_template, tok.stop_ids) == (90, 91, template, (91, 7))
+    assert tok.prompt_ids("ab") == [90] + tok.encode("ab")
+
+
+@pytest.mark.parametrize("change, phrase", [
+    (dict(model_type="falcon"), "model_type 'falcon' in"),
+    (dict(hidden_size=32), "expects"),
+    (dict(num_hidden_layers=3), "has no tensor"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}), "RoPE scaling 'yarn'"),
+    (dict(hidden_act="gelu"), "silu only"),
+])
+def test_bad_directories_raise_one_clear_error(transformers, tmp_path, change, phrase):
+    d = _saved(transformers, "llama", tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(change)
+    cfg.pop("rope_parameters", None) if "rope_scaling" in change else None
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=phrase):
+        qkv.load(d)

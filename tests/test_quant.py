@@ -1,0 +1,93 @@
+"""Weight-only quantization: the modules against their own dequantized weights and the float layer, the
+module swap, and a quantized checkpoint that loads back bit for bit."""
+
+import pytest
+import torch
+
+import qkv
+from qkv import GPT, ConfigError, ModelConfig
+from qkv.quant import Int4Linear, Int8Linear, QuantEmbedding, apply_layout, is_quantized, quantize_model
+
+
+def _linear(O=192, K=128, bias=True):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(K, O, bias=bias)
+    torch.nn.init.normal_(layer.weight, std=0.05)
+    return layer
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4/32", "int4/64", "int4/128"])
+def test_module_equals_its_dequantized_weights_and_is_near_the_float_layer(kind):
+    layer = _linear()
+    q = Int8Linear.from_float(layer.weight, layer.bias) if kind == "int8" else \
+        Int4Linear.from_float(layer.weight, layer.bias, int(kind[5:]))
+    x_NK = torch.randn(3, 5, 128)
+    want = torch.nn.functional.linear(x_NK, q.dequantize(), layer.bias)
+    # the kernels read x in bfloat16 (rounding 2^-9 relative): measured 3e-3 of the largest output
+    assert (q(x_NK) - want).abs().max() < 1e-2 * want.abs().max()
+    step = q.scales.float().max() if kind == "int8" else q.scales_zeros[..., 0].float().max()
+    assert (q.dequantize() - layer.weight).abs().max() <= 0.5 * step * 1.01    # at most half a step
+    rel = (q(x_NK) - layer(x_NK)).norm() / layer(x_NK).norm()
+    assert rel < (0.02 if kind == "int8" else 0.15)                   # measured 0.7% / 7.5-9.6% (g 32-128)
+
+
+def test_state_dict_is_portable_and_reloads_exactly():
+    layer = _linear()
+    q = Int4Linear.from_float(layer.weight, layer.bias, 32)
+    sd = q.state_dict()
+    assert sd["weight"].dtype == torch.uint8 and sd["weight"].shape == (192, 64)
+    assert sd["scales"].shape == sd["zeros"].shape == (192, 4)
+    fresh = Int4Linear(128, 192, 32, bias=True)
+    fresh.load_state_dict(sd)
+    x = torch.randn(2, 128)
+    assert torch.equal(fresh(x), q(x))
+    low, high = sd["weight"] & 15, sd["weight"] >> 4                  # column 2j low nibble, 2j + 1 high
+    assert torch.equal(q.codes()[:, 0::2], low.int()) and torch.equal(q.codes()[:, 1::2], high.int())
+
+
+def _gpt(tie=True, bias=False):
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=96, max_len=32, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2,
+                           norm="rmsnorm", mlp="swiglu", pos="rope", bias=bias, tie_embeddings=tie)).eval()
+
+
+@pytest.mark.parametrize("bits,tie,bias", [(8, True, False), (4, True, False), (4, False, True)])
+def test_swap_save_and_load_round_trip(tmp_path, bits, tie, bias):
+    model = _gpt(tie, bias)
+    ids_BL = torch.randint(0, 96, (2, 20))
+    want = model(ids_BL).logits
+    layout = quantize_model(model, bits)
+    assert is_quantized(model) and not any(type(m) is torch.nn.Linear for m in model.modules())
+    assert isinstance(model.tok, QuantEmbedding) == tie            # a tied head is int8: the embedding reads it
+    assert layout["head"] == "int8"                                 # (untied: 96 rows do not fit 4-bit's 64-row blocks)
+    if bits == 4:
+        assert layout["blocks.0.mlp.up"] == "int4/32"
+    got = model(ids_BL).logits
+    assert (got - want).norm() / want.norm() < (0.02 if bits == 8 else 0.15)
+    qkv.save(model, tmp_path / "q", None)
+    loaded = qkv.load(tmp_path / "q")
+    assert torch.equal(loaded(ids_BL).logits, got)
+    with pytest.raises(ConfigError, match="already quantized"):
+        quantize_model(loaded, 8)
+
+
+def test_quantized_generation_and_cache(tmp_path):
+    model = _gpt()
+    quantize_model(model, 4)
+    prompt = torch.randint(0, 96, (1, 5))
+    cfg = dict(max_new_tokens=10, temperature=0)
+    from qkv.generate import GenerationConfig, generate_ids
+    assert torch.equal(generate_ids(model, prompt, GenerationConfig(**cfg)),
+                       generate_ids(model, prompt, GenerationConfig(**cfg, use_cache=False)))
+    assert model.new_caches(1, 8)[0].k_BGMD.dtype == torch.float32
+
+
+def test_bad_bits_group_and_layouts():
+    with pytest.raises(ConfigError, match="--bits 3 is not supported"):
+        quantize_model(_gpt(), 3)
+    with pytest.raises(ConfigError, match="--group-size 48"):
+        quantize_model(_gpt(), 4, 48)
+    with pytest.raises(ConfigError, match="not a Linear"):
+        apply_layout(_gpt(), {"blocks.0.norm1": "int8"})
+    with pytest.raises(ConfigError, match="unknown quantization 'int3'"):
+        apply_layout(_gpt(), {"blocks.0.mlp.up": "int3"})
