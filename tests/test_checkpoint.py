@@ -99,11 +99,11 @@ def test_family_reads_only_the_config(tmp_path):
         (tmp_path / model_type).mkdir()
         (tmp_path / model_type / "config.json").write_text(json.dumps({"model_type": model_type}))
         assert family(tmp_path / model_type) == (fam, model_type)          # no weights needed
-    (tmp_path / "llama").mkdir()
-    (tmp_path / "llama" / "config.json").write_text('{"model_type": "llama"}')
-    with pytest.raises(CheckpointError, match=r"model_type 'llama' in .*config.json is not supported; qkv loads "
-                                              r"\[.*'qkv-gpt'.*'bert', 'gpt2'\]"):
-        family(tmp_path / "llama")
+    (tmp_path / "t5").mkdir()
+    (tmp_path / "t5" / "config.json").write_text('{"model_type": "t5"}')
+    with pytest.raises(CheckpointError, match=r"model_type 't5' in .*config.json is not supported; qkv loads "
+                                              r"\[.*'qkv-gpt'.*'bert'.*'gpt2'.*\]"):
+        family(tmp_path / "t5")
     (tmp_path / "list").mkdir()
     (tmp_path / "list" / "config.json").write_text("[1, 2]")
     with pytest.raises(CheckpointError, match="must hold a JSON object"):
