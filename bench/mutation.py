@@ -118,6 +118,8 @@ def run_module(module: str, workers: int, work_root: Path, collect_only: bool = 
     if not meta.is_file():
         raise SystemExit(f"mutmut produced no results for {module}; see {log}")
     codes = json.loads(meta.read_text())["exit_code_by_key"]
+    if codes and all(code is None for code in codes.values()):
+        raise SystemExit(f"mutmut tested no mutant of {module} (the clean test run failed?); see {log}")
     from mutmut.stats import status_by_exit_code
     status = {name: status_by_exit_code[code] for name, code in codes.items()}
     killed = sum(s in ("killed", "timeout", "segfault") for s in status.values())
