@@ -315,6 +315,20 @@ def test_kv_cache_reorder_and_select_follow_rows_and_keep_appending():
     assert k_BGMD.dtype == torch.float64
 
 
+def test_kv_cache_truncate_keeps_a_prefix_and_refuses_what_it_does_not_hold():
+    cache = KVCache(batch=1, n_kv_heads=1, max_len=5, head_dim=1)
+    cache.append(torch.arange(4.0).view(1, 1, 4, 1), torch.arange(4.0).view(1, 1, 4, 1))
+    cache.truncate(4)                                          # all of it: nothing changes
+    cache.truncate(2)
+    k_BGMD, _ = cache.append(torch.full((1, 1, 1, 1), 9.0), torch.zeros(1, 1, 1, 1))
+    assert cache.length == 3 and k_BGMD.flatten().tolist() == [0.0, 1.0, 9.0]
+    for bad in (4, -1):
+        with pytest.raises(InputError, match=f"^cannot truncate a cache of 3 positions to {bad}$"):
+            cache.truncate(bad)
+    cache.truncate(0)
+    assert cache.length == 0
+
+
 def test_kv_cache_buffers_take_the_given_dtype_and_device():
     cache = KVCache(batch=1, n_kv_heads=2, max_len=3, head_dim=4, dtype=torch.bfloat16, device="meta")
     for buffer in (cache.k_BGMD, cache.v_BGMD):
