@@ -99,6 +99,8 @@ def test_family_reads_only_the_config(tmp_path):
         (tmp_path / model_type).mkdir()
         (tmp_path / model_type / "config.json").write_text(json.dumps({"model_type": model_type}))
         assert family(tmp_path / model_type) == (fam, model_type)          # no weights needed
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")                 # llama.cpp's format: a decoder
+    assert family(tmp_path / "model.gguf") == ("decoder", "gguf")
     (tmp_path / "t5").mkdir()
     (tmp_path / "t5" / "config.json").write_text('{"model_type": "t5"}')
     with pytest.raises(CheckpointError, match=r"model_type 't5' in .*config.json is not supported; qkv loads "
@@ -122,8 +124,13 @@ def test_a_model_saved_without_tokenizer_loads_without_one(tmp_path):
     again = load(str(tmp_path / "m"), device="cpu")
     assert again.tokenizer is None and again.head.weight is not again.tok.weight
     assert torch.equal(again.head.weight, model.head.weight) and torch.equal(again.tok.weight, model.tok.weight)
-    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config_text = (tmp_path / "m" / "config.json").read_text(encoding="utf-8")
+    config = json.loads(config_text)
     assert config["qkv_version"] == qkv.__version__ and config["model"] == dataclasses.asdict(model.cfg)
+    assert config_text == json.dumps(config, indent=2) + "\n"          # readable by a person: one key a line
+    from safetensors import safe_open
+    with safe_open(tmp_path / "m" / "model.safetensors", "pt") as f:    # what transformers expects of a file
+        assert f.metadata() == {"format": "pt"}
 
 
 def test_tokenizer_larger_than_vocab_is_rejected(saved):
