@@ -250,6 +250,33 @@ def test_attention_module_options_reach_the_computation(monkeypatch):
     assert seen == [(0.3,), (0.0,)]
 
 
+@pytest.mark.parametrize("G", [2, 1], ids=["gqa", "mqa"])
+def test_a_gqa_decode_step_is_the_reference_with_dead_rows_and_dropout(G):
+    """One query over M keys under GQA (the path that does not copy the cache): the reference's output,
+    probabilities when asked, zeros for a row whose keys are all padding, and dropout when training."""
+    B, H, M = 2, 4, 5
+    q_BHLD, k_BGMD, v_BGMD = qkv_tensors(B, H, G, 1, M)
+    key_mask_BM = torch.tensor([[False] * M, [True, True, False, True, True]])
+    mask = build_mask(1, M, "causal", key_mask_BM=key_mask_BM)
+    out_BHLD, none = attend(q_BHLD, k_BGMD, v_BGMD, mask)
+    explicit_BHLD, probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs=True)
+    ref_BHLD, ref_probs_BHLM = reference_attention(q_BHLD, k_BGMD, v_BGMD, key_mask_BM[:, None, None, :].expand(B, H, 1, M))
+    assert none is None and probs_BHLM is not None
+    torch.testing.assert_close(out_BHLD, ref_BHLD, atol=ATOL, rtol=0)
+    torch.testing.assert_close(explicit_BHLD, ref_BHLD, atol=ATOL, rtol=0)
+    torch.testing.assert_close(probs_BHLM, ref_probs_BHLM, atol=ATOL, rtol=0)
+    assert torch.all(out_BHLD[0] == 0) and not out_BHLD.isnan().any()
+    torch.manual_seed(0)
+    dropped_BHLD, _ = attend(q_BHLD, k_BGMD, v_BGMD, mask, dropout_p=0.5)
+    assert (dropped_BHLD[1] - out_BHLD[1]).abs().max() > 0.1
+
+
+def test_query_key_value_biases_can_differ_from_the_output_bias():
+    """Qwen2's layout: biases on the q/k/v projections only (qkv_bias), none on the output."""
+    attn = Attention(32, 4, 2, bias=False, qkv_bias=True)
+    assert attn.wq.bias is not None and attn.wkv.bias is not None and attn.wo.bias is None
+
+
 def test_attention_makes_no_tensor_off_its_inputs_device():
     """On the meta device a stray CPU tensor (a mask built without the device) is an error, so this holds
     every path to building its masks where its inputs are."""
