@@ -73,8 +73,9 @@ def test_claim_refuses_what_it_must_not_replace(tmp_path, monkeypatch, case, fla
 
 def test_a_folder_with_few_other_files_lists_them_all(tmp_path):
     (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "todo.txt").write_text("mine")
-    with pytest.raises(CheckpointError, match=r"files that are not a qkv run \(todo.txt\); nothing was written"):
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (tmp_path / "notes" / name).write_text("mine")
+    with pytest.raises(CheckpointError, match=r"not a qkv run \(a.txt, b.txt, c.txt\); nothing was written"):
         claim_out_dir(tmp_path / "notes")
 
 
@@ -122,11 +123,13 @@ def test_a_swap_carries_over_files_links_and_folders(tmp_path, exchange):
     (target / "notes").write_text("mine")
     (target / "dir").mkdir()
     (target / "dir" / "inner").write_text("kept")
+    os.symlink("inner", target / "dir" / "inner-link")            # links stay links, in folders too
     os.symlink("notes", target / "link")
     with atomic_dir(target, exchange=exchange) as tmp:
         (tmp / "f").write_text("new")
     assert (target / "f").read_text() == "new" and (target / "notes").read_text() == "mine"
     assert (target / "dir" / "inner").read_text() == "kept" and os.readlink(target / "link") == "notes"
+    assert os.readlink(target / "dir" / "inner-link") == "inner"
     assert (target / "notes").stat().st_nlink == 1                # the old directory is gone, its links too
     with atomic_dir(target, carry_over=False, exchange=exchange) as tmp:
         (tmp / "f").write_text("newer")
