@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-random mutation bench clean
 
 setup: $(STAMP)
 
@@ -28,9 +28,21 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The whole suite in one shuffled order across files, to catch a test that depends on another's state.
+# The seed is printed; `make test-random SEED=N` repeats an order.
+test-random: $(STAMP)
+	@seed=$${SEED:-$$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')}; echo "random order, seed $$seed"; \
+	$(BIN)/python -m pytest -p random_order --random-order-bucket=global --random-order-seed=$$seed
+
+# Mutation testing of the modules where a silent bug costs most (about an hour on 2 cores; not in CI).
+# Scores go to .mutation/results.json; bench/mutation.md lists them and the survivors judged equivalent.
+mutation: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[mutation]"
+	$(BIN)/python bench/mutation.py $(MODULES)
+
 bench: $(STAMP)
 	$(BIN)/qkv bench train --json
 	$(BIN)/qkv bench decode --json
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mutation

@@ -1,9 +1,13 @@
-"""Smoke tests of the benchmark entry points: they run end to end and print one JSON line.
+"""Smoke tests of the benchmark entry points: they run end to end and print one JSON line whose figures
+agree with each other (rates from their rounds, the bound from bandwidth and bytes, ratios from their parts).
 
 The figures themselves are measured by `qkv bench ...` (see bench/README.md), never asserted here."""
 
 import json
 
+import pytest
+
+from qkv import GPT, ModelConfig
 from qkv.cli import main
 
 
@@ -12,18 +16,31 @@ def test_bench_train_json(capsys):
                  "--threads", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
-    assert result["qkv"]["tok_s"] > 0 and result["tokens_per_s"] == result["qkv"]["tok_s"]
+    ours = result["qkv"]
+    assert ours["tok_s"] > 0 and result["tokens_per_s"] == ours["tok_s"] == max(ours["rounds_tok_s"])
+    assert len(ours["rounds_tok_s"]) == 1
+    assert ours["params"] == GPT(ModelConfig(**ours["config"])).num_params()      # the model it says it timed
+    shape = result["shape"]
+    assert (shape["n_layers"], shape["d_model"], shape["vocab_size"]) == (ours["config"]["n_layers"],
+                                                                           ours["config"]["d_model"], 65)
 
 
 def test_bench_decode_run_returns_bound():
     from qkv.bench.decode import run
     result = run(False, prompt_len=4, new_tokens=2, rounds=1, hf=False, plain=False, threads=1)
-    assert result["tokens_per_s"] > 0 and 0 < result["fraction_of_bound"]
-    assert result["bound_tokens_per_s"] > 0
+    assert result["tokens_per_s"] == result["timing"]["rounds_tok_s"]["qkv"][0] > 0
+    weight_bytes = result["sides"]["qkv"]["weight_bytes_per_token"]
+    assert result["weight_mb_per_token"] == pytest.approx(weight_bytes / 1e6, abs=0.05)
+    # the bound: one read of every weight per token at the measured copy bandwidth
+    assert result["bound_tokens_per_s"] == pytest.approx(result["bandwidth_gb_s"] * 1e9 / weight_bytes, rel=0.01)
+    assert result["fraction_of_bound"] == pytest.approx(result["tokens_per_s"] / result["bound_tokens_per_s"],
+                                                        abs=0.01)
 
 
 def test_bench_beam_json(capsys):
     assert main(["bench", "beam", "--json", "--sentences", "2", "--batch", "2", "--rounds", "1",
                  "--max-new-tokens", "2", "--threads", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result["s_per_sentence"]) == {"greedy", "beam4"} and result["beam_over_greedy"] > 0
+    seconds = result["s_per_sentence"]
+    assert set(seconds) == {"greedy", "beam4"} and min(seconds.values()) > 0
+    assert result["beam_over_greedy"] == pytest.approx(seconds["beam4"] / seconds["greedy"], rel=2e-3)

@@ -1,11 +1,13 @@
+import dataclasses
 import json
 
 import pytest
 import torch
 
+import qkv
 from qkv import GPT, ModelConfig, Tokenizer, load, save
-from qkv.checkpoint import write_model_files
-from qkv.rundir import atomic_dir
+from qkv.checkpoint import family, write_model_files
+from qkv.rundir import atomic_dir, recover, resolve_dir
 from qkv.errors import CheckpointError
 
 
@@ -91,6 +93,46 @@ def test_damaged_checkpoint_gives_named_error(saved, damage, message):
         load(path)
 
 
+def test_family_reads_only_the_config(tmp_path):
+    for model_type, fam in (("gpt2", "decoder"), ("bert", "encoder"), ("qkv-gpt", "decoder"),
+                            ("qkv-seq2seq", "encoder-decoder"), ("qkv-bert-tag", "fine-tuned encoder")):
+        (tmp_path / model_type).mkdir()
+        (tmp_path / model_type / "config.json").write_text(json.dumps({"model_type": model_type}))
+        assert family(tmp_path / model_type) == (fam, model_type)          # no weights needed
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")                 # llama.cpp's format: a decoder
+    assert family(tmp_path / "model.gguf") == ("decoder", "gguf")
+    (tmp_path / "t5").mkdir()
+    (tmp_path / "t5" / "config.json").write_text('{"model_type": "t5"}')
+    with pytest.raises(CheckpointError, match=r"model_type 't5' in .*config.json is not supported; qkv loads "
+                                              r"\[.*'qkv-gpt'.*'bert'.*'gpt2'.*\]"):
+        family(tmp_path / "t5")
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="must hold a JSON object"):
+        family(tmp_path / "list")
+    (tmp_path / "untyped").mkdir()
+    (tmp_path / "untyped" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="has no 'model_type'"):
+        family(tmp_path / "untyped")
+
+
+def test_a_model_saved_without_tokenizer_loads_without_one(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=20, max_len=16, n_layers=1, d_model=16, n_heads=2, tie_embeddings=False))
+    assert save(model, tmp_path / "m") == tmp_path / "m"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    again = load(str(tmp_path / "m"), device="cpu")
+    assert again.tokenizer is None and again.head.weight is not again.tok.weight
+    assert torch.equal(again.head.weight, model.head.weight) and torch.equal(again.tok.weight, model.tok.weight)
+    config_text = (tmp_path / "m" / "config.json").read_text(encoding="utf-8")
+    config = json.loads(config_text)
+    assert config["qkv_version"] == qkv.__version__ and config["model"] == dataclasses.asdict(model.cfg)
+    assert config_text == json.dumps(config, indent=2) + "\n"          # readable by a person: one key a line
+    from safetensors import safe_open
+    with safe_open(tmp_path / "m" / "model.safetensors", "pt") as f:    # what transformers expects of a file
+        assert f.metadata() == {"format": "pt"}
+
+
 def test_tokenizer_larger_than_vocab_is_rejected(saved):
     model, path = saved
     Tokenizer.train_char("abcdefghijklmnopqrstuvwxyz").save(path / "tokenizer.json")
@@ -103,31 +145,104 @@ def test_missing_directory(tmp_path):
         load(tmp_path / "nothing")
 
 
-def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
-    """A real kill -9 at an arbitrary moment of a save loop: the directory always loads."""
+# ---- kill -9 inside a save, at each point where the disk is in a different state ------------------------
+# A forked child process saves a model (the old checkpoint, weights as initialized), shifts every weight by
+# 1 and saves again (the new one), and kills itself with SIGKILL at one point inside that second save.
+def save_then_die_inside_the_next_save(directory: str, point: str, marker: str) -> None:
+    import os
+    import shutil
     import signal
-    import subprocess
-    import sys
-    import time
-    script = f"""
-import torch, qkv
-torch.manual_seed(0)
-m = qkv.GPT(qkv.ModelConfig(vocab_size=64, max_len=64, n_layers=4, d_model=128, n_heads=4))
-qkv.save(m, {str(tmp_path / 'ck')!r})
-print('ready', flush=True)
-while True:
-    for p in m.parameters():
+    from qkv import checkpoint, rundir
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, max_len=32, n_layers=2, d_model=64, n_heads=4))
+    save(model, directory)
+    open(os.path.join(directory, "notes.txt"), "w").write("a person's notes")
+    for p in model.parameters():
         p.data.add_(1.0)
-    qkv.save(m, {str(tmp_path / 'ck')!r})
-"""
-    for delay in (0.05, 0.2, 0.35):
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        model = load(tmp_path / "ck")
-        # every tensor comes from one save: all were shifted by the same whole number of steps
-        shift = (model.blocks[0].norm1.weight - 1.0).mean().item()
-        assert abs(shift - round(shift)) < 1e-3
-        assert torch.allclose(model.norm_f.weight, model.blocks[3].norm2.weight)
+
+    def kill():
+        open(marker, "w").write(point)                     # proof that the kill landed at this point
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def after(fn, when=lambda *a: True):
+        def wrapped(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            if when(*args):
+                kill()
+            return out
+        return wrapped
+
+    if point == "writing the weights":
+        checkpoint.save_file = after(checkpoint.save_file)
+    elif point == "carrying the other files over":
+        rundir._link_extras = after(rundir._link_extras)
+    elif point == "after the exchange":
+        rundir._exchange = after(rundir._exchange)
+    else:                                                  # filesystems without renameat2: two renames
+        rundir._exchange = lambda a, b: False
+        if point == "between the two renames":
+            os.rename = after(os.rename, lambda src, dst: str(dst).endswith(".old"))
+        else:                                              # killed before the old copy is removed
+            rmtree = shutil.rmtree
+            shutil.rmtree = lambda path, *a, **k: kill() if str(path).endswith(".old") else rmtree(path, *a, **k)
+    save(model, directory)
+    open(marker, "w").write("the save finished")
+
+
+# point -> which checkpoint a reader sees after the kill, and what the kill left beside it
+KILL_POINTS = {
+    "writing the weights": ("old", [".ck.tmp-"]),
+    "carrying the other files over": ("old", [".ck.tmp-"]),
+    "after the exchange": ("new", [".ck.tmp-"]),              # the old contents wait at the temp path
+    "between the two renames": ("old", [".ck.old", ".ck.tmp-"]),   # no ck at all: readers use .ck.old
+    "dropping the old copy": ("new", [".ck.old"]),
+}
+
+
+def weight_shift(model) -> float:
+    """0 for the old save, 1 for the new one; every tensor must agree (one save, never a mix)."""
+    shifts = {round(p.mean().item() - q.mean().item(), 4) for p, q in zip(model.parameters(), reference_params())}
+    assert len(shifts) == 1, f"the checkpoint mixes saves: shifts {shifts}"
+    return shifts.pop()
+
+
+def reference_params():
+    torch.manual_seed(0)
+    return list(GPT(ModelConfig(vocab_size=64, max_len=32, n_layers=2, d_model=64, n_heads=4)).parameters())
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_during_a_save_leaves_one_whole_checkpoint_and_the_next_save_recovers(tmp_path, point):
+    import multiprocessing
+    import signal
+    ck, marker = tmp_path / "ck", tmp_path.parent / f"{tmp_path.name}.marker"
+    child = multiprocessing.get_context("fork").Process(target=save_then_die_inside_the_next_save,
+                                                        args=(str(ck), point, str(marker)))
+    child.start()
+    child.join(120)
+    assert child.exitcode == -signal.SIGKILL
+    assert marker.read_text() == point                        # the kill landed inside the save, at that point
+    seen, left = KILL_POINTS[point]
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "ck")
+    assert len(leftovers) == len(left) and all(n.startswith(x) for n, x in zip(leftovers, left)), leftovers
+    assert ck.exists() == (point != "between the two renames")
+    model = load(ck)                                          # readers find a whole checkpoint either way
+    assert weight_shift(model) == (0.0 if seen == "old" else 1.0)
+    assert (resolve_dir(ck) / "notes.txt").read_text() == "a person's notes"
+    save(model, ck)                                           # the next save cleans up after the kill
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+    assert (ck / "notes.txt").read_text() == "a person's notes"
+    assert weight_shift(load(ck)) == weight_shift(model)
+
+
+def test_resume_recovers_a_swap_cut_between_the_two_renames(tmp_path):
+    """recover() alone (as Trainer.resume calls it): the old copy becomes the directory again."""
+    ck = tmp_path / "ck"
+    save(GPT(ModelConfig(vocab_size=8, max_len=8, n_layers=1, d_model=8, n_heads=2)), ck)
+    ck.rename(tmp_path / ".ck.old")
+    (tmp_path / ".ck.tmp-abc").mkdir()
+    assert resolve_dir(ck) == tmp_path / ".ck.old" and family(ck) == ("decoder", "qkv-gpt")
+    recover(ck)
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"] and resolve_dir(ck) == ck
+    recover(ck)                                               # nothing to do: nothing changes
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]

@@ -38,6 +38,12 @@ def test_vectors_unit_norm_and_similarity(bert_dir, capsys):
     assert torch.allclose(emb_NC.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert sim_NN.shape == (3, 3) and abs(sim_NN[0, 1] - 1) < 1e-5 and sim_NN[0, 2] < 1 - 1e-4
     assert torch.allclose(sim_NN, emb_NC @ emb_NC.T, atol=1e-5)
+    model = qkv.load(bert_dir)                                  # what the command prints is the model's output
+    for text, emb_C in zip(texts, emb_NC):
+        ids_1L = torch.tensor([model.tokenizer.encode_for_model(text).ids])
+        with torch.no_grad():
+            want_1C = model.sentence_embeddings(ids_1L, torch.ones_like(ids_1L, dtype=torch.bool))
+        assert (emb_C - want_1C[0]).abs().max() <= 1e-5
 
 
 def test_padding_invariance_alone_vs_batched_with_a_longer_one(bert_dir, capsys, tmp_path):

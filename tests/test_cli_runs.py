@@ -9,7 +9,9 @@ import sys
 import time
 
 import pytest
+import torch
 
+from qkv import load
 from qkv.cli import main
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -67,6 +69,38 @@ def test_a_second_ctrl_c_aborts_at_once_and_the_last_checkpoint_stays(tmp_path, 
     import qkv
     qkv.load(run)                                      # whichever save won, the directory loads
     assert state_step(run) >= 4 and ((run / "model.safetensors").read_bytes() == before or state_step(run) > 4)
+
+
+# `qkv train` on a filesystem without renameat2, killed with SIGKILL between the two renames of its second save
+def train_and_die_mid_swap(args: list[str]) -> None:
+    from qkv import rundir
+    rundir._exchange = lambda a, b: False
+    rename = os.rename
+
+    def rename_then_die(src, dst):
+        rename(src, dst)
+        if str(dst).endswith(".old"):                     # the run directory has just been moved aside
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.rename = rename_then_die
+    main(args)
+
+
+def test_a_run_killed_mid_save_resumes_from_the_previous_checkpoint_exactly(tmp_path, corpus, capsys):
+    args = ["train", *TINY, "--data", str(corpus), "--max-iters", "8", "--eval-interval", "2", "--dropout", "0.1"]
+    import multiprocessing
+    killed = multiprocessing.get_context("fork").Process(target=train_and_die_mid_swap,
+                                                         args=([*args, "--out-dir", str(tmp_path / "cut")],))
+    killed.start()
+    killed.join(300)
+    assert killed.exitcode == -signal.SIGKILL
+    assert not (tmp_path / "cut").exists() and state_step(tmp_path / ".cut.old") == 2   # the step-4 save was cut
+    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "cut"]
+    assert main([*args, "--out-dir", str(tmp_path / "straight")]) == 0
+    cut, straight = load(tmp_path / "cut").state_dict(), load(tmp_path / "straight").state_dict()
+    assert all(torch.equal(cut[k], straight[k]) for k in straight)
+    assert [r["val_loss"] for r in rows(tmp_path / "cut")] == [r["val_loss"] for r in rows(tmp_path / "straight")]
 
 
 def test_a_default_run_directory_is_never_replaced(tmp_path, corpus, monkeypatch, capsys):

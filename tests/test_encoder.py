@@ -122,8 +122,12 @@ def test_classifier_tagger_qa_shapes_and_losses():
     expected = (F.cross_entropy(out.start_logits, spans_B2[:, 0]) + F.cross_entropy(out.end_logits, spans_B2[:, 1])) / 2
     assert torch.allclose(out.loss, expected, atol=1e-6)
     assert qa(ids_BL).loss is None
-    emb_BC = Encoder(cfg).eval().sentence_embeddings(ids_BL, key_mask_BL)
-    assert emb_BC.shape == (3, 32) and torch.allclose(emb_BC.norm(dim=-1), torch.ones(3), atol=1e-5)
+    encoder = Encoder(cfg).eval()
+    emb_BC = encoder.sentence_embeddings(ids_BL, key_mask_BL)
+    with torch.no_grad():                       # mean of each row's real tokens' hidden states, unit length
+        h_BLC = encoder(ids_BL, key_mask_BL=key_mask_BL).hidden
+        mean_BC = torch.stack([h_BLC[b, key_mask_BL[b]].mean(0) for b in range(3)])
+    torch.testing.assert_close(emb_BC, F.normalize(mean_BC, dim=-1), atol=1e-5, rtol=0)
 
 
 def test_losses_backpropagate_into_the_encoder():

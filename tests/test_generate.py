@@ -1,6 +1,8 @@
 """Generation: the decode loop against full recomputation, batching, each processor by hand, stop strings,
 streaming, and every bad input as an InputError that names the fix."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -153,6 +155,38 @@ def test_weight_bytes_per_token_counts_the_tied_head_once_and_skips_lookups():
     assert weight_bytes_per_token(untied) == total - (untied.pos.table.weight.numel() + 40 * 32) * 4
 
 
+class SpyLM(FakeLM):
+    """FakeLM that records what the loop asks of the model: cache sizes and each call's input."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.cache_sizes = [], []
+
+    def new_caches(self, batch, max_len=None):
+        self.cache_sizes.append((batch, max_len))
+        return super().new_caches(batch, max_len)
+
+    def forward(self, ids_BL, caches=None, key_mask_BM=None, last_only=False):
+        self.calls.append((ids_BL.shape[1], caches is not None, last_only))
+        return super().forward(ids_BL, caches, key_mask_BM, last_only)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_the_loop_prefills_once_then_feeds_one_token_at_a_time(use_cache):
+    """With a cache: one call over the 3-token prompt, then one call per new token over that token alone, into
+    caches allocated once for prompt + new tokens; without: the whole sequence each step. Always only the
+    last position's logits."""
+    model = SpyLM.script([1, 2, 3, 1], vocab_size=5, prompt_len=3)
+    new_BN = generate_ids(model, torch.zeros(2, 3, dtype=torch.long), GenerationConfig(4, temperature=0,
+                                                                                       use_cache=use_cache))
+    assert new_BN.tolist() == [[1, 2, 3, 1]] * 2
+    if use_cache:
+        assert model.calls == [(3, True, True)] + [(1, True, True)] * 3 and model.cache_sizes == [(2, 7)]
+    else:
+        assert model.calls == [(3, False, True), (4, False, True), (5, False, True), (6, False, True)]
+        assert model.cache_sizes == []
+
+
 # ---- processors, each against a hand-computed example ------------------------------------------------
 def test_repetition_penalty_divides_positive_and_multiplies_negative():
     logits_BV = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
@@ -168,6 +202,13 @@ def test_presence_and_frequency_penalty():
 def test_top_k_keeps_k_largest():
     out = top_k_filter(torch.tensor([[1.0, 4.0, 3.0, 2.0]]), 2)
     assert out.tolist() == [[NEG, 4.0, 3.0, NEG]]
+    assert top_k_filter(torch.tensor([[1.0, 4.0, 3.0]]), 10).tolist() == [[1.0, 4.0, 3.0]]   # k > V keeps all
+
+
+def test_zero_new_tokens_is_an_empty_continuation(tok):
+    model = tiny_gpt(tok.vocab_size)
+    assert generate_ids(model, torch.tensor([[1, 2, 3], [3, 4, 5]]), GenerationConfig(max_new_tokens=0)).shape == (2, 0)
+    assert generate(model, tok, ["ab", "c"], max_new_tokens=0) == ["", ""] and generate(model, tok, []) == []
 
 
 @pytest.mark.parametrize("p,kept", [(0.4, {1}), (0.75, {1, 3}), (0.85, {0, 1, 3}), (1.0, {0, 1, 2, 3})])
@@ -175,6 +216,22 @@ def test_top_p_keeps_smallest_set_reaching_p(p, kept):
     logits_BV = torch.tensor([[0.15, 0.5, 0.05, 0.3]]).log()     # deliberately unsorted
     out = top_p_filter(logits_BV, p)
     assert {i for i, x in enumerate(out[0].tolist()) if x != NEG} == kept
+
+
+def test_top_p_and_min_p_at_their_exact_boundaries_and_per_row():
+    """Where the arithmetic is exact: a set whose mass reaches p exactly is complete (top-p drops the rest); a
+    token exactly min_p times as likely as the top one stays; each row has its own top probability."""
+    logits_BV = torch.tensor([[0.125, 0.5, 0.125, 0.25]], dtype=torch.float64).log()   # sorted mass .5 .75
+    assert torch.isinf(top_p_filter(logits_BV, 0.75)).tolist() == [[True, False, True, False]]
+    assert not torch.isinf(min_p_filter(torch.zeros(1, 4), 1.0)).any()               # ties with the top stay
+    two_BV = torch.tensor([[0.125, 0.5, 0.125, 0.25], [0.25] * 4], dtype=torch.float64).log()
+    assert torch.isinf(min_p_filter(two_BV, 0.6)).tolist() == [[True, False, True, True], [False] * 4]
+
+
+def test_a_prompt_may_fill_the_context_when_nothing_is_added(tok):
+    model = tiny_gpt(tok.vocab_size)                                    # max_len 32
+    assert generate_ids(model, torch.ones(1, 32, dtype=torch.long), GenerationConfig(0)).shape == (1, 0)
+    assert generate_ids(model, torch.ones(1, 31, dtype=torch.long), GenerationConfig(1)).shape == (1, 1)
 
 
 def test_min_p_threshold_is_relative_to_top_probability():
@@ -235,11 +292,19 @@ def test_stream_holds_back_only_possible_stop_prefixes(tok):
     assert pieces == ["abc", "ab ", "abd"]
 
 
-def test_stream_equals_generate(tok):
+@pytest.mark.parametrize("kw", [dict(temperature=0, repetition_penalty=3.0), dict(temperature=1.0, top_p=0.9, seed=5)])
+def test_stream_and_generate_equal_the_decoded_ids_cut_at_the_stop(tok, kw):
+    """The text layer against the id loop: decode the ids, end at <eos>, cut before the first stop string."""
     model = tiny_gpt(tok.vocab_size)
-    for kw in (dict(temperature=0), dict(temperature=1.0, top_p=0.9, seed=5, stop=["e"])):
-        text = generate(model, tok, "the cat", max_new_tokens=20, **kw)
-        assert "".join(stream(model, tok, "the cat", max_new_tokens=20, **kw)) == text
+    ids = generate_ids(model, torch.tensor([tok.encode("the cat")]), GenerationConfig(max_new_tokens=20, **kw),
+                       eos_id=tok.eos_id)[0].tolist()
+    text = tok.decode(ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids)
+    at = next(i for i in range(4, len(text) - 1) if text.index(text[i:i + 2]) == i)   # first seen at i
+    stop, expected = text[at:at + 2], text[:at]
+    pieces = list(stream(model, tok, "the cat", max_new_tokens=20, stop=stop, **kw))
+    assert "".join(pieces) == expected and len(pieces) >= 2      # streamed in pieces, not all at the end
+    assert generate(model, tok, "the cat", max_new_tokens=20, stop=stop, **kw) == expected
+    assert generate(model, tok, "the cat", max_new_tokens=20, **kw) == text
 
 
 @pytest.fixture(scope="module")
@@ -266,32 +331,55 @@ def test_text_stream_flushes_incomplete_character_at_the_end(bpe):
 
 
 # ---- every bad input names the fix -------------------------------------------------------------------------
-@pytest.mark.parametrize("params,words", [
-    (dict(temperature=-0.1), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
-    (dict(min_p=-0.1), "min_p"), (dict(min_p=1.5), "min_p"), (dict(top_k=0), "top_k"),
-    (dict(repetition_penalty=0.0), "repetition_penalty"), (dict(repetition_penalty=-1.0), "> 0"),
-    (dict(presence_penalty=2.5), "presence_penalty"), (dict(frequency_penalty=-3.0), "between -2 and 2"),
-    (dict(max_new_tokens=-1), "max_new_tokens"), (dict(stop=[""]), "stop"), (dict(stop=None), "stop"),
-    (dict(temperature=float("nan")), "temperature"), (dict(seed="x"), "seed"),
+@pytest.mark.parametrize("params,message", [
+    (dict(temperature=-0.1), "temperature=-0.1 must be >= 0 (0 = greedy, 1 = the model's distribution)"),
+    (dict(top_p=0.0), "top_p=0.0 must be in (0, 1]; use 1 to turn nucleus sampling off"),
+    (dict(top_p=1.5), "top_p=1.5 must be in (0, 1]; use 1 to turn nucleus sampling off"),
+    (dict(min_p=-0.1), "min_p=-0.1 must be in [0, 1]; use 0 to turn it off"),
+    (dict(min_p=1.5), "min_p=1.5 must be in [0, 1]; use 0 to turn it off"),
+    (dict(top_k=0), "top_k=0 must be an integer >= 1; leave it unset (None) to keep every token"),
+    (dict(repetition_penalty=0.0), "repetition_penalty=0.0 must be > 0 (1 = off, 1.1-1.3 is typical)"),
+    (dict(repetition_penalty=-1.0), "repetition_penalty=-1.0 must be > 0 (1 = off, 1.1-1.3 is typical)"),
+    (dict(presence_penalty=2.5), "presence_penalty=2.5 must be between -2 and 2 (0 = off)"),
+    (dict(frequency_penalty=-3.0), "frequency_penalty=-3.0 must be between -2 and 2 (0 = off)"),
+    (dict(max_new_tokens=-1), "max_new_tokens=-1 must be an integer >= 0"),
+    (dict(stop=[""]), "stop=[''] must be a list of non-empty strings or a non-empty string"),
+    (dict(stop=None), "stop=None must be a list of non-empty strings or a non-empty string"),
+    (dict(temperature=float("nan")), "temperature=nan must be a finite number"),
+    (dict(seed="x"), "seed='x' must be an integer or None"),
 ])
-def test_bad_parameters_raise_input_error(params, words):
-    with pytest.raises(InputError, match=words):
+def test_bad_parameters_raise_input_error(params, message):
+    with pytest.raises(InputError) as e:
         GenerationConfig(**params)
+    assert str(e.value) == message                                     # the whole line a person reads
+
+
+def raises_exactly(message: str):
+    return pytest.raises(InputError, match=f"^{re.escape(message)}$")
 
 
 def test_bad_inputs_raise_input_error(tok):
     model = tiny_gpt(tok.vocab_size)                                   # max_len 32
     with pytest.raises(InputError, match="unknown generation parameter.*temprature"):
         generate(model, tok, "ab", temprature=0.5)
-    with pytest.raises(InputError, match="prompt has 40 tokens.*max_len=32"):
+    with raises_exactly("the prompt has 40 tokens but the model's context is max_len=32; shorten the prompt"):
         generate(model, tok, "a" * 40)
-    with pytest.raises(InputError, match=r"--max-new-tokens\) to at most 22"):
+    with raises_exactly("prompt (10 tokens) + max_new_tokens (30) = 40 exceeds the model's context max_len=32; "
+                        "lower max_new_tokens (--max-new-tokens) to at most 22 or shorten the prompt"):
         generate(model, tok, "a" * 10, max_new_tokens=30)
     with pytest.raises(InputError, match="token ids must lie in"):
         generate_ids(model, torch.tensor([[1, 999]]), GenerationConfig(4))
     with pytest.raises(InputError, match="never saw"):
         generate(model, tok, "ABC")
+    for prompt, kind in ((5, "int"), (None, "NoneType"), (b"ab", "bytes")):
+        with raises_exactly(f"prompt must be a string or a list of strings, got {kind}"):
+            generate(model, tok, prompt)
+    with raises_exactly("prompt must be a string, got int"):
+        generate(model, tok, ["ab", 5])
+    with raises_exactly("the prompt is empty; give at least one token (text prompts start from eos)"):
+        generate_ids(model, torch.zeros(2, 0, dtype=torch.long), GenerationConfig(4))
     plain = Tokenizer.train_char(TEXT)                                  # no eos to start from
-    with pytest.raises(InputError, match="prompt is empty"):
+    with raises_exactly("the prompt is empty and the tokenizer has no eos token to start from; give a non-empty "
+                        "prompt"):
         generate(tiny_gpt(plain.vocab_size), plain, "")
     assert generate(model, tok, "", max_new_tokens=3, temperature=0, ignore_eos=True)   # starts from eos

@@ -75,6 +75,19 @@ def test_entity_f1_hand_checked_and_equal_to_seqeval_report():
     assert scores == pytest.approx({k: report[k if k != "f1" else "f1-score"] for k in scores})
 
 
+def test_entity_f1_precision_and_recall_differ_and_do_not_swap():
+    """An asymmetric case (3 predicted, 4 gold, 2 right): P = 2/3, R = 1/2, F = 4/7 by hand, as seqeval's
+    report says; swapping predictions and gold swaps P and R, so a call with the arguments swapped fails."""
+    seqeval_metrics = pytest.importorskip("seqeval.metrics")
+    gold = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "O", "B-MISC", "O"]]
+    pred = [["B-PER", "I-PER", "O", "O", "B-LOC"], ["B-ORG", "O", "O", "O"]]
+    scores = entity_f1(pred, gold)
+    assert scores == pytest.approx({"precision": 2 / 3, "recall": 1 / 2, "f1": 4 / 7})
+    report = seqeval_metrics.classification_report(gold, pred, output_dict=True)["micro avg"]
+    assert (report["precision"], report["recall"], report["f1-score"]) == pytest.approx((2 / 3, 1 / 2, 4 / 7))
+    assert entity_f1(gold, pred) == pytest.approx({"precision": 1 / 2, "recall": 2 / 3, "f1": 4 / 7})
+
+
 def test_entity_f1_rejects_ragged_sentences():
     with pytest.raises(InputError, match="sentence 1: 1 predicted tags for 2 gold tags"):
         entity_f1([["O"], ["O"]], [["O"], ["O", "O"]])
@@ -127,6 +140,40 @@ def test_bleu_equals_sacrebleu():
     varied = bleu(HYPS, [[REFS[0], second[0]], [REFS[1]], [REFS[2], second[2]]])
     assert varied.score == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS, second]).score)
     assert "nrefs:var" in varied.signature
+
+
+def test_bleu_of_imperfect_output_by_hand_and_by_the_sacrebleu_command(tmp_path):
+    """Corpus BLEU (Papineni et al., 2002) worked by hand on two imperfect sentences, and by sacrebleu's own
+    command line. Clipped n-gram matches over the corpus: 1-grams 5+6 of 6+6 ("the" twice against one "the"
+    in the first reference), 2-grams 3+5 of 5+5, 3-grams 2+4 of 4+4, 4-grams 1+3 of 3+3; the hypotheses
+    have 12 tokens against 13 in the references, so the brevity penalty is exp(1 - 13/12)."""
+    import subprocess
+    import sys
+    hyps = ["the cat sat on the mat", "the cat sat on the mat"]
+    refs = ["the cat sat on a mat", "the cat sat on the mat today"]
+    by_hand = 100 * math.exp(1 - 13 / 12) * (11 / 12 * 8 / 10 * 6 / 8 * 4 / 6) ** 0.25        # 71.59
+    result = bleu(hyps, refs)
+    assert result.score == pytest.approx(by_hand, abs=1e-9)
+    (tmp_path / "ref.txt").write_text("\n".join(refs) + "\n")
+    (tmp_path / "hyp.txt").write_text("\n".join(hyps) + "\n")
+    cli = subprocess.run([sys.executable, "-m", "sacrebleu", str(tmp_path / "ref.txt"), "-i", str(tmp_path / "hyp.txt"),
+                          "-b", "-w", "4"], capture_output=True, text=True, check=True)
+    assert float(cli.stdout) == pytest.approx(result.score, abs=1e-4)
+    assert bleu(refs, hyps).score != pytest.approx(result.score)        # hypotheses first: the order matters
+
+
+def test_rouge_of_the_textbook_example_by_hand():
+    """The worked example of ROUGE's usual explanation (Ganesan, 2018): "the cat was found under the bed"
+    against "the cat was under the bed". ROUGE-1: precision 6/7, recall 6/6; ROUGE-2: 4/6 and 4/5; ROUGE-L:
+    the longest common subsequence is the whole reference, 6/7 and 6/6. F = 2PR / (P + R)."""
+    pytest.importorskip("rouge_score.rouge_scorer")
+    f = lambda p, r: 2 * p * r / (p + r)                                                  # noqa: E731
+    scores = rouge(["the cat was found under the bed"], ["the cat was under the bed"])
+    assert scores == pytest.approx({"rouge1": 100 * f(6 / 7, 1), "rouge2": 100 * f(4 / 6, 4 / 5),
+                                    "rougeL": 100 * f(6 / 7, 1)})
+    # two documents: the mean of each one's score (a perfect one and the example): not a pooled count
+    two = rouge(["the cat was found under the bed", "a dog"], ["the cat was under the bed", "a dog"])
+    assert two["rouge2"] == pytest.approx((100 * f(4 / 6, 4 / 5) + 100) / 2)
 
 
 def test_rouge_equals_rouge_score_with_max_over_references():

@@ -161,13 +161,23 @@ def test_attentions_are_zero_on_future_and_padded_keys():
     assert torch.all(probs_BHLM[0, :, :2] == 0)                        # pad queries see nothing: zeros
 
 
-def test_gqa_with_g_equal_h_equals_mha():
-    mha = model_of(tiny(n_kv_heads=None))
-    explicit = model_of(tiny(n_kv_heads=4), seed=1)
-    explicit.load_state_dict(mha.state_dict())
+@pytest.mark.parametrize("G", [2, 1], ids=["gqa", "mqa"])
+def test_gqa_model_equals_mha_model_with_copied_key_value_heads(G):
+    """A whole GQA model against an MHA model whose every layer repeats each key/value head H/G times in its
+    weights (not in its activations, as GQA does): the same logits."""
+    gqa = model_of(tiny(n_kv_heads=G))
+    mha = model_of(tiny(n_kv_heads=None), seed=1)
+    H, D, C = 4, 8, 32
+    state = {}
+    for key, t in gqa.state_dict().items():
+        if key.endswith("wkv.weight") or key.endswith("wkv.bias"):
+            t = t.view(2, G, D, *t.shape[1:]).repeat_interleave(H // G, dim=1).reshape(2 * H * D, *t.shape[1:])
+        state[key] = t
+    mha.load_state_dict(state)
     ids_BL = ids(2, 8)
     with torch.no_grad():
-        torch.testing.assert_close(explicit(ids_BL).logits, mha(ids_BL).logits, atol=0, rtol=0)
+        torch.testing.assert_close(mha(ids_BL).logits, gqa(ids_BL).logits, atol=ATOL, rtol=0)
+        assert (model_of(tiny(n_kv_heads=None), seed=1)(ids_BL).logits - gqa(ids_BL).logits).abs().max() > 1e-2
 
 
 # ---------------------------------------------------------------- errors a person can act on

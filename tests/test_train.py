@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -34,13 +35,18 @@ def test_resume_equals_uninterrupted(tmp_path, corpus):
 
 
 def test_metrics_rows_and_loss_goes_down(tmp_path, corpus):
-    last = Trainer(*tiny(tmp_path, corpus, "run", max_iters=40, eval_interval=20, lr=3e-3)).fit()
+    trainer = Trainer(*tiny(tmp_path, corpus, "run", max_iters=40, eval_interval=20, lr=3e-3))
+    start = trainer.evaluate()
+    assert abs(start - math.log(trainer.model_cfg.vocab_size)) < 0.3          # an untrained model guesses
+    last = trainer.fit()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [20, 40]
+    assert [r["step"] for r in rows] == [20, 40] and rows[-1] == last
     for r in rows:
-        assert {"step", "elapsed_s", "tokens", "train_loss", "val_loss"} <= set(r)
+        assert {"step", "elapsed_s", "tokens", "train_loss", "val_loss", "lr"} <= set(r)
     assert rows[-1]["tokens"] == 40 * 4 * 16
-    assert last["val_loss"] < 3.0 < rows[0]["val_loss"] + 1      # well below log(vocab) ~ 3.3 at start
+    assert start - 0.5 > rows[0]["val_loss"] > rows[1]["val_loss"]           # down, and still going down
+    assert rows[0]["train_loss"] > rows[1]["train_loss"]
+    assert rows[0]["elapsed_s"] < rows[1]["elapsed_s"] and rows[0]["lr"] > rows[1]["lr"]   # cosine decay
 
 
 def test_max_time_stops_the_run(tmp_path, corpus):

@@ -3,6 +3,7 @@
 Legend: B sources, S source length, L target length, V vocab.
 """
 
+import dataclasses
 import itertools
 
 import pytest
@@ -68,24 +69,117 @@ def test_beam_of_one_is_greedy_and_greedy_is_argmax():
         assert logits[:len(out[b])].argmax(-1).tolist() == out[b]
 
 
-def sequence_logprob(model, src_1S, tokens: list[int]) -> float:
+def wide_model(V: int, seed: int) -> EncoderDecoder:
+    """Weights wide enough that distributions are peaked and depend on the source (answers differ)."""
+    model = tiny_model(V=V, seed=seed)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        logp = model(src_1S, torch.tensor([[BOS] + tokens[:-1]])).logits[0].log_softmax(-1)
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_greedy_search_ends_each_source_at_its_own_eos():
+    """Batched greedy search against a one-source-at-a-time loop that recomputes everything: argmax, stop at
+    <eos> (not returned), or return all tokens when the budget runs out. Sources end at different steps."""
+    model = wide_model(V=8, seed=11)
+    src_BS = sources(6, 5, V=8, seed=11)
+    src_BS[2, 3:] = PAD
+    mask_BS = src_BS != PAD
+    budget = 7
+    expected, lengths = [], set()
+    for b in range(6):
+        src_1S, prefix = src_BS[b:b + 1, :int(mask_BS[b].sum())], [BOS]
+        for _ in range(budget):
+            with torch.no_grad():
+                nxt = int(model(src_1S, torch.tensor([prefix])).logits[0, -1].argmax())
+            if nxt == EOS:
+                break
+            prefix.append(nxt)
+        expected.append(prefix[1:])
+        lengths.add((len(prefix) - 1, nxt == EOS))
+    for use_cache in (True, False):
+        cfg = SearchConfig(beam_size=1, max_new_tokens=budget, use_cache=use_cache)
+        assert greedy_search(model, src_BS, mask_BS, BOS, EOS, cfg) == expected
+    assert len(lengths) >= 3 and any(ended for _, ended in lengths) and (budget, False) in lengths
+
+
+def sequence_logprob(model, src_1S, tokens: list[int], src_mask_1S=None) -> float:
+    with torch.no_grad():
+        logp = model(src_1S, torch.tensor([[BOS] + tokens[:-1]]), src_mask_BS=src_mask_1S).logits[0].log_softmax(-1)
     return sum(logp[i, t].item() for i, t in enumerate(tokens))
 
 
-def test_wide_beam_finds_the_most_likely_sequence_by_brute_force():
-    """With a beam as wide as every live prefix, beam search is exhaustive: it must return the best of all
-    sequences of up to T tokens (length_penalty 0 = plain log-probability)."""
-    V, T = 5, 3                                      # symbols 3 and 4; every sequence has <= 3 tokens
-    model = tiny_model(V=V, seed=3)
-    src_1S = sources(1, 4, V=V, seed=3)
-    candidates = [list(body) + [EOS] for n in range(T) for body in itertools.product(range(3, V), repeat=n)]
-    candidates += [list(body) for body in itertools.product(range(3, V), repeat=T)]     # cut at the budget
-    best = max(candidates, key=lambda seq: sequence_logprob(model, src_1S, seq))
-    cfg = SearchConfig(beam_size=V ** T, max_new_tokens=T, length_penalty=0.0, early_stopping=False)
-    found = beam_search(model, src_1S, None, BOS, EOS, cfg)[0]
-    assert found == [t for t in best if t != EOS]
+def test_wide_beam_finds_the_best_sequence_of_the_whole_space_by_brute_force():
+    """With a beam as wide as every live prefix, beam search is exhaustive: for each source of a padded batch
+    it must return the best of ALL sequences it could emit (any token but <eos> at each step, <pad> and
+    <bos> included, ended by <eos> or cut at the budget of T tokens), scored as beam search scores them:
+    log-probability / (tokens, <eos> included) ** length_penalty."""
+    V, T = 5, 3
+    model = wide_model(V=V, seed=7)         # peaked, source-dependent distributions, no near-ties
+    src_BS = sources(3, 4, V=V, seed=7)
+    src_BS[1, 2:] = PAD
+    mask_BS = src_BS != PAD
+    body = [t for t in range(V) if t != EOS]
+    candidates = [list(b) + [EOS] for n in range(T) for b in itertools.product(body, repeat=n)]
+    candidates += [list(b) for b in itertools.product(body, repeat=T)]              # cut at the budget
+    logp = [{tuple(seq): sequence_logprob(model, src_BS[b:b + 1], seq, mask_BS[b:b + 1]) for seq in candidates}
+            for b in range(3)]
+    answers = {}
+    for lp in (0.0, 1.0, 2.5):
+        cfg = SearchConfig(beam_size=V ** T, max_new_tokens=T, length_penalty=lp, early_stopping=False)
+        answers[lp] = beam_search(model, src_BS, mask_BS, BOS, EOS, cfg)
+        for b in range(3):
+            scores = {seq: lp_b / len(seq) ** lp for seq, lp_b in logp[b].items()}
+            best = max(scores, key=scores.get)
+            assert scores[best] - sorted(scores.values())[-2] > 1e-4, "a near tie: pick another seed"
+            assert answers[lp][b] == [t for t in best if t != EOS], f"source {b}, length_penalty {lp}"
+    # What makes the check strict: the penalty and the source change the answer, and <bos>/<pad> appear.
+    assert len({str(a) for a in answers.values()}) == 3 and len({str(a) for a in answers[2.5]}) == 3
+    assert any(t in (PAD, BOS) for a in answers.values() for seq in a for t in seq)
+
+
+def reference_beam_search(model, src_1S, K: int, budget: int, lp: float, early_stopping: bool) -> list[int]:
+    """Beam search as the module docstring states it, written plainly for one source: no cache, no batching,
+    every prefix recomputed. Each step ranks all (beam, token) pairs; among the 2K best, those ending in
+    <eos> within the top K retire, scored sum log p / length ** lp, and the K best others live on."""
+    beams, finished = [(0.0, [])], []
+    for t in range(1, budget + 1):
+        candidates = []
+        for score, tokens in beams:
+            with torch.no_grad():
+                logp = model(src_1S, torch.tensor([[BOS] + tokens])).logits[0, -1].log_softmax(-1)
+            candidates += [(score + logp[v].item(), tokens + [v]) for v in range(logp.shape[0])]
+        candidates.sort(key=lambda c: -c[0])
+        beams = []
+        for rank, (score, tokens) in enumerate(candidates[:2 * K]):
+            if tokens[-1] == EOS:
+                if rank < K:
+                    finished.append((score / t ** lp, tokens[:-1]))
+            elif len(beams) < K:
+                beams.append((score, tokens))
+        if len(finished) >= K:
+            finished = sorted(finished, key=lambda h: -h[0])[:K]
+            if early_stopping or finished[-1][0] >= beams[0][0] / t ** lp:
+                return max(finished, key=lambda h: h[0])[1]
+    finished += [(score / budget ** lp, tokens) for score, tokens in beams]
+    return max(finished, key=lambda h: h[0])[1]
+
+
+@pytest.mark.parametrize("K,early_stopping", [(1, True), (2, True), (2, False), (3, False)])
+@pytest.mark.parametrize("lp", [0.0, 1.0])
+def test_batched_beam_search_equals_a_plain_reference(K, early_stopping, lp):
+    model = wide_model(V=8, seed=11)
+    src_BS = sources(6, 5, V=8, seed=11)
+    src_BS[2, 3:] = PAD
+    mask_BS = src_BS != PAD
+    cfg = SearchConfig(beam_size=K, max_new_tokens=7, length_penalty=lp, early_stopping=early_stopping)
+    expected = [reference_beam_search(model, src_BS[b:b + 1, :int(mask_BS[b].sum())], K, 7, lp, early_stopping)
+                for b in range(6)]
+    assert beam_search(model, src_BS, mask_BS, BOS, EOS, cfg) == expected
+    assert beam_search(model, src_BS, mask_BS, BOS, EOS, dataclasses.replace(cfg, use_cache=False)) == expected
+    assert len({len(e) for e in expected}) >= 2                    # sources end at different lengths
 
 
 def test_batched_beams_equal_one_source_at_a_time():
@@ -153,6 +247,56 @@ def saved(tmp_path):
     model = tiny_model(V=tok.vocab_size)
     save(model, tmp_path / "m", tok)
     return tmp_path / "m"
+
+
+def test_translate_batches_by_length_and_returns_the_input_order(tmp_path):
+    """Texts of different lengths, sorted and batched two at a time with padding: each output is what the
+    text gets alone; the budget defaults to the model's positions; bad input names the fix."""
+    from qkv import load, save
+    from qkv.tokenizers import Tokenizer
+    from qkv.translate import _budget, translate
+    tok = Tokenizer.train_char("abcde fgh", special_tokens=("<pad>", "<bos>", "<eos>"))
+    model = tiny_model(V=tok.vocab_size, seed=5)
+    with torch.no_grad():                                  # wide weights: outputs that differ between sources
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.5)
+    save(model, tmp_path / "m", tok)
+    model = load(tmp_path / "m")
+    texts = ["abc de", "a", "fgh ba", "edcba hg", "ggg", "b a"]
+    cfg = SearchConfig(beam_size=2, max_new_tokens=6)
+    together = translate(model, texts, cfg, batch_size=2)
+    assert together == [translate(model, [t], cfg)[0] for t in texts]
+    assert len(set(together)) >= 3
+    assert _budget(model, SearchConfig()) == _budget(model, SearchConfig(max_new_tokens=99)) == 15
+    assert _budget(model, cfg) == 6
+    with pytest.raises(InputError, match="source 1 is empty"):
+        translate(model, ["abc", ""], cfg)
+    with pytest.raises(InputError, match="batch_size"):
+        translate(model, texts, cfg, batch_size=0)
+    with pytest.raises(InputError, match="source 0 has 20 tokens but the model has 16 positions"):
+        translate(model, ["abcd" * 5], cfg)
+    assert translate(model, ["abcd" * 5], cfg, truncate=True) == translate(model, ["abcd" * 4], cfg)
+
+
+def test_translate_reads_sources_with_the_source_vocabulary(tmp_path):
+    """A model with separate vocabularies encodes sources with its source tokenizer and decodes with the target's."""
+    from qkv import load, save
+    from qkv.tokenizers import Tokenizer
+    from qkv.translate import translate
+    specials = ("<pad>", "<bos>", "<eos>")
+    src_tok, tgt_tok = Tokenizer.train_char("xyz w", special_tokens=specials), Tokenizer.train_char("abc", special_tokens=specials)
+    model = wide_model(V=tgt_tok.vocab_size, seed=2)
+    model = EncoderDecoder(ModelConfig(**{**vars(model.cfg), "src_vocab_size": src_tok.vocab_size}))
+    model.src_tokenizer = src_tok
+    save(model, tmp_path / "m", tgt_tok)
+    model = load(tmp_path / "m")
+    cfg = SearchConfig(beam_size=2, max_new_tokens=4)
+    out = translate(model, ["xyz w", "zx"], cfg)
+    ids = [src_tok.encode(t) for t in ("xyz w", "zx")]
+    for text, src in zip(out, ids):
+        best = beam_search(model, torch.tensor([src]), None, tgt_tok.bos_id, tgt_tok.eos_id, cfg)[0]
+        assert text == tgt_tok.decode(best).strip()
 
 
 def test_cli_rejects_bad_beam_and_long_sources(saved, capsys):

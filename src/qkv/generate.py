@@ -292,6 +292,8 @@ def generate(model, tokenizer, prompt: str | list[str], config: GenerationConfig
              **params) -> str | list[str]:
     """The continuation of one prompt, or of each prompt in a list (batched, left padded)."""
     cfg = make_config(config, **params)
+    if not isinstance(prompt, (str, list, tuple)):
+        raise InputError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         return []

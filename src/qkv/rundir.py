@@ -15,8 +15,9 @@ Two rules keep a person's files safe:
    the swap, so they are never deleted, nor hidden by a kill.
 
    Where the kernel lacks ``renameat2`` the swap takes two renames: target -> ``.NAME.old``, temp -> target.
-   A kill between them leaves only ``.NAME.old``; ``recover`` (called before every write, and by every
-   read through ``resolve_dir``) puts it back.
+   A kill between them leaves only ``.NAME.old``: every read finds it (``resolve_dir``), and ``recover``
+   (called before every write and by ``Trainer.resume``) puts it back. A kill while the temp directory is
+   being filled leaves a hidden ``.NAME.tmp-*`` beside the target, which ``recover`` removes.
 """
 
 from __future__ import annotations
@@ -73,8 +74,12 @@ def _link_or_copy(src, dest) -> None:
         shutil.copy2(src, dest)
 
 
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-"
+
+
 def recover(target: str | Path) -> None:
-    """Finish a two-rename swap that a kill interrupted (see the module docstring)."""
+    """Clean up after a save that a kill interrupted (see the module docstring)."""
     target = Path(target)
     old = _old_copy(target)
     if old.is_dir():
@@ -82,6 +87,10 @@ def recover(target: str | Path) -> None:
             os.rename(old, target)                   # killed between the two renames: the old one is current
         else:
             shutil.rmtree(old)                       # killed before the old copy was dropped
+    if target.parent.is_dir():
+        for entry in target.parent.iterdir():       # killed while a save was being written
+            if entry.name.startswith(_temp_prefix(target)) and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def resolve_dir(target: str | Path) -> Path:
@@ -92,16 +101,17 @@ def resolve_dir(target: str | Path) -> Path:
 
 
 @contextmanager
-def atomic_dir(target: str | Path, carry_over: bool = True, exchange=_exchange):
+def atomic_dir(target: str | Path, carry_over: bool = True, exchange=None):
     """Yield a temp directory to fill; on success it replaces ``target`` atomically; on error it vanishes.
 
     ``carry_over=False`` drops the old directory's other entries instead (``--overwrite`` of a whole run).
-    ``exchange`` is the atomic swap; tests pass one that fails to exercise the two-rename path.
+    ``exchange`` is the atomic swap (default ``_exchange``, looked up at each save, so a test can replace
+    it); one that returns False exercises the two-rename path.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
     try:
         yield tmp
         for f in tmp.rglob("*"):                     # data on disk before the directory becomes visible
@@ -111,6 +121,11 @@ def atomic_dir(target: str | Path, carry_over: bool = True, exchange=_exchange):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    swap_in(tmp, target, carry_over, exchange or _exchange)
+
+
+def swap_in(tmp: Path, target: Path, carry_over: bool, exchange) -> None:
+    """Make the filled ``tmp`` the ``target``: one rename when there is none, else a swap (rule 2 above)."""
     if not target.exists():
         os.rename(tmp, target)
         return
@@ -148,9 +163,10 @@ def claim_out_dir(path: str | Path, overwrite: bool = False, resuming: str | Pat
         raise CheckpointError(f"{flag} {path} is a file, not a directory; choose a new folder such as runs/NAME")
     if where.is_dir() and any(where.iterdir()):
         if not is_qkv_run(where):
-            others = sorted(e.name for e in where.iterdir() if e.name not in RUN_ENTRIES)[:3]
-            raise CheckpointError(f"{flag} {path} already holds files that are not a qkv run ({', '.join(others)}"
-                                  f"{', ...' if others else ''}); nothing was written: choose a new or empty folder")
+            others = sorted(e.name for e in where.iterdir() if e.name not in RUN_ENTRIES)
+            raise CheckpointError(f"{flag} {path} already holds files that are not a qkv run ({', '.join(others[:3])}"
+                                  f"{', ...' if len(others) > 3 else ''}); nothing was written: choose a new or empty "
+                                  f"folder")
         if not overwrite:
             raise CheckpointError(f"{flag} {path} already holds a qkv run; pass --resume {path} to continue it, "
                                   f"--overwrite to replace it, or choose another {flag}")
