@@ -8,7 +8,7 @@ import qkv
 from qkv import GPT, ModelConfig, Tokenizer, load, save
 from qkv.checkpoint import family, write_model_files
 from qkv.rundir import atomic_dir, recover, resolve_dir
-from qkv.errors import CheckpointError
+from qkv.errors import CheckpointError, ConfigError
 
 
 @pytest.fixture
@@ -246,3 +246,85 @@ def test_resume_recovers_a_swap_cut_between_the_two_renames(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck"] and resolve_dir(ck) == ck
     recover(ck)                                               # nothing to do: nothing changes
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+# ---- GGUF detection, quantized loads and encoders to fine-tune (the branches qkv.load dispatches on) ----------
+def test_gguf_is_told_by_its_name_or_its_magic_bytes(tmp_path):
+    from qkv.checkpoint import is_gguf
+    (tmp_path / "renamed.bin").write_bytes(b"GGUF" + b"\x00" * 12)    # llama.cpp's magic, any name
+    (tmp_path / "plain.bin").write_bytes(b"GGUG" + b"\x00" * 12)
+    (tmp_path / "folder.gguf").mkdir()
+    assert is_gguf(tmp_path / "renamed.bin") and is_gguf(tmp_path / "not-yet-there.gguf")
+    assert is_gguf(tmp_path / "folder.gguf")                           # the name decides before the disk
+    assert not is_gguf(tmp_path / "plain.bin") and not is_gguf(tmp_path) and not is_gguf(tmp_path / "nothing")
+    assert family(tmp_path / "renamed.bin") == ("decoder", "gguf")
+    with pytest.raises(CheckpointError, match=r"plain.bin is a file; pass a checkpoint directory or a \.gguf file"):
+        load(tmp_path / "plain.bin")
+
+
+def test_quantized_load_swaps_linears_and_keeps_the_logits_close(saved):
+    from qkv.quant import Int8Linear, is_quantized
+    model, path = saved
+    ids = torch.randint(0, 20, (2, 10))
+    float_logits = load(path)(ids).logits
+    int8 = load(path, quantized=True)
+    assert is_quantized(int8) and isinstance(int8.blocks[0].attn.wq, Int8Linear)
+    assert not is_quantized(load(path))                                 # only when asked
+    error = (int8(ids).logits - float_logits).abs().max() / float_logits.abs().max()
+    assert 0 < error < 0.02                                             # int8 per channel, bf16 activations
+
+
+def test_an_invalid_quantization_layout_is_a_named_error(saved):
+    _, path = saved
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "quantization": {"blocks.0.attn.wq": "int3"}}))
+    with pytest.raises(CheckpointError, match=r"config.json has an invalid quantization layout .*re-run qkv quantize"):
+        load(path)
+
+
+@pytest.fixture
+def encoder_dir(tmp_path):
+    from qkv.models import BERT
+    torch.manual_seed(0)
+    tok = Tokenizer.train_wordpiece(["the cat sat on the mat", "a dog ran home"] * 10, vocab_size=60)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, max_len=16, n_layers=1, d_model=16, n_heads=2,
+                      mask="bidirectional", type_vocab_size=2)
+    save(BERT(cfg), tmp_path / "bert", tok)
+    return tmp_path / "bert"
+
+
+def test_from_pretrained_encoder_copies_the_trunk_and_makes_a_new_head(encoder_dir):
+    from qkv.checkpoint import from_pretrained_encoder
+    from qkv.models import BertClassifier, BertQA
+    source = load(encoder_dir)
+    model = from_pretrained_encoder(encoder_dir, "classify", ["neg", "pos"])
+    assert type(model) is BertClassifier and model.labels == ["neg", "pos"] and model.training
+    trunk = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in trunk.items())
+    assert model.tokenizer.vocab_size == source.tokenizer.vocab_size
+    qa = from_pretrained_encoder(source, "qa")                        # a loaded encoder works too
+    assert type(qa) is BertQA and torch.equal(qa.tok.weight, source.tok.weight)
+
+
+@pytest.mark.parametrize("args, error, message", [
+    (("mystery",), ConfigError, "unknown task 'mystery'; choose one of"),
+    (("qa", ["a", "b"]), ConfigError, "task 'qa' takes no labels; pass labels only for 'classify' and 'tag'"),
+    (("classify", ["only"]), ConfigError, "needs at least 2 distinct string labels"),
+])
+def test_from_pretrained_encoder_refuses_what_does_not_fit(encoder_dir, args, error, message):
+    from qkv.checkpoint import from_pretrained_encoder
+    with pytest.raises(error, match=message):
+        from_pretrained_encoder(encoder_dir, *args)
+
+
+def test_from_pretrained_encoder_needs_an_encoder_and_its_tokenizer(encoder_dir, saved, tmp_path):
+    from qkv.checkpoint import from_pretrained_encoder
+    _, gpt = saved
+    with pytest.raises(CheckpointError, match=r"holds a 'qkv-gpt' model, not an encoder; fine-tune from"):
+        from_pretrained_encoder(gpt, "classify", ["a", "b"])
+    (encoder_dir / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match=r"has no tokenizer \(tokenizer.json or vocab.txt\)"):
+        from_pretrained_encoder(encoder_dir, "classify", ["a", "b"])
+    big = Tokenizer.train_wordpiece(["lots of other words here now", "and more words still"] * 40, vocab_size=200)
+    with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ tokens but the encoder only \d+"):
+        from_pretrained_encoder(encoder_dir, "classify", ["a", "b"], tokenizer=big)
