@@ -328,3 +328,23 @@ def test_from_pretrained_encoder_needs_an_encoder_and_its_tokenizer(encoder_dir,
     big = Tokenizer.train_wordpiece(["lots of other words here now", "and more words still"] * 40, vocab_size=200)
     with pytest.raises(CheckpointError, match=r"the tokenizer has \d+ tokens but the encoder only \d+"):
         from_pretrained_encoder(encoder_dir, "classify", ["a", "b"], tokenizer=big)
+
+
+def test_load_reads_a_gguf_by_name_or_by_magic_bytes_and_keeps_it_quantized_when_asked(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from gguf_fixtures import random_llama, write_llama_gguf
+    from qkv.quant import is_quantized
+    path = write_llama_gguf(tmp_path / "m.gguf", random_llama(transformers), {"attn_q": "Q8_0"})
+    renamed = tmp_path / "weights.bin"
+    renamed.write_bytes(path.read_bytes())                              # llama.cpp's magic, another name
+    ids = torch.randint(0, 300, (1, 12))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    with torch.no_grad():
+        expected = reference(ids).logits
+        for p in (path, renamed):
+            model = load(p)
+            assert not is_quantized(model) and model.tokenizer is not None
+            assert (model(ids).logits - expected).abs().max() < 1e-4
+        kept = load(renamed, quantized=True)
+        assert is_quantized(kept)                                       # the Q8_0 tensor stays int8
+        assert 0 < (kept(ids).logits - expected).abs().max() < 0.05 * expected.abs().max()
