@@ -76,3 +76,53 @@ def test_a_resume_whose_world_cannot_split_the_batch_says_what_to_change(tmp_pat
                           capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
     assert "batch_size 3 does not split over 2 processes" in done.stderr and "--batch-size 4" in done.stderr
+
+
+# ---- every objective and task under torchrun -------------------------------------------------------------
+from test_finetune import task_files  # noqa: E402,F401  (a fixture: the tiny task files and MLM encoder)
+from test_tasks import DE, EN  # noqa: E402
+
+TINY = ["--max-iters", "4", "--eval-interval", "2", "--eval-iters", "2", "--batch-size", "4", "--no-progress",
+        "--n-layers", "1", "--d-model", "32", "--n-heads", "4", "--warmup-iters", "1"]
+RUNS = {
+    "prefix": ["train", "--preset", "tiny", "--objective", "prefix", "--mask", "prefix", "--max-len", "16"],
+    "span": ["train", "--preset", "tiny", "--objective", "span", "--tokenizer", "bpe", "--bpe-vocab-size", "120",
+             "--max-len", "24"],
+    "mlm": ["train", "--objective", "mlm", "--bpe-vocab-size", "200", "--max-len", "32"],
+    "translate": ["train", "--task", "translate", "--src-lang", "de", "--tgt-lang", "en", "--bpe-vocab-size", "150",
+                  "--max-len", "32", "--d-ff", "64", "--n-encoder-layers", "1", "--max-time", "none"],
+}
+
+
+def torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "qkv", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_every_objective_trains_under_torchrun(tmp_path, corpus, name):
+    data = str(corpus)
+    if name == "translate":
+        data = tmp_path / "para"
+        data.mkdir()
+        for split, rows in (("train", slice(0, 40)), ("val", slice(40, 48))):
+            (data / f"{split}.de").write_text("\n".join(DE[rows]) + "\n", encoding="utf-8")
+            (data / f"{split}.en").write_text("\n".join(EN[rows]) + "\n", encoding="utf-8")
+    done = torchrun([*RUNS[name], *TINY, "--data", str(data), "--out-dir", str(tmp_path / "run")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("precision ") == 1 and "2 processes (gloo)" in done.stdout     # rank 0 alone logs
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4] and all(r["val_loss"] > 0 for r in rows)
+    assert load(tmp_path / "run") is not None
+
+
+def test_finetune_under_torchrun_scores_once(tmp_path, task_files):
+    train, eval_ = task_files["sst2"]
+    out = tmp_path / "sst2"
+    done = torchrun(["finetune", "--task", "sst2", "--init", str(task_files["encoder"]), "--data", str(train),
+                     "--eval-data", str(eval_), "--out-dir", str(out), "--max-iters", "4", "--eval-interval", "2",
+                     "--eval-iters", "1", "--batch-size", "4", "--no-progress"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("sst2 on") == 1                       # the summary line: rank 0 scored it
+    report = json.loads((out / "eval.json").read_text())
+    assert report["step"] == 4 and report["examples"] == 10

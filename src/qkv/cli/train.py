@@ -41,6 +41,14 @@ def help_defaults(args) -> tuple[str, dict]:
 
 
 def run(args) -> int:
+    from ..train.distributed import shutdown
+    try:
+        return _train(args)
+    finally:
+        shutdown()                               # under torchrun: leave the process group cleanly
+
+
+def _train(args) -> int:
     from ..train.trainer import Trainer          # torch import deferred so `qkv --help` is instant
 
     model_overrides, train_overrides = collect(args, ModelConfig), collect(args, TrainConfig)

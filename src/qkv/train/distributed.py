@@ -27,6 +27,7 @@ bar and the log); the other ranks' stdout goes to /dev/null.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -112,13 +113,25 @@ class World:
         dist.all_reduce(t)
         return t.tolist()
 
+    def main_tokenizer(self, train):
+        """``train()``'s tokenizer, trained on rank 0 alone and sent to the others (the tokenizers library's
+        trainers are not deterministic across processes: WordPiece's vocabulary order can differ)."""
+        if not self.distributed:
+            return train()
+        from tokenizers import Tokenizer as Backend
+
+        from ..tokenizers import Tokenizer
+        message = [train().backend.to_str() if self.is_main else None]
+        dist.broadcast_object_list(message, src=0)
+        return Tokenizer(Backend.from_str(message[0]))
+
     def same_everywhere(self, text: str, what: str) -> None:
-        """Fail on every rank when ``text`` differs between ranks (e.g. a tokenizer trained on each)."""
+        """Fail on every rank when ``text`` differs between ranks (a check: cheap, one hash per rank)."""
         if not self.distributed:
             return
-        texts: list[str | None] = [None] * self.size
-        dist.all_gather_object(texts, text)
-        if len(set(texts)) > 1:
+        digests: list[str | None] = [None] * self.size
+        dist.all_gather_object(digests, hashlib.sha256(text.encode()).hexdigest())
+        if len(set(digests)) > 1:
             raise ConfigError(f"the ranks built different {what}; give every rank the same data and options")
 
     def barrier(self) -> None:
