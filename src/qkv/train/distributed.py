@@ -23,6 +23,9 @@ token windows). Dropout: rank 0 draws from the run's global RNG, which is saved 
 rank r > 0 reseeds from (seed, r, step) when it starts or resumes, so its masks differ from rank 0's and a
 resume is reproducible for every world size. Only rank 0 writes (checkpoints, metrics.jsonl, the progress
 bar and the log); the other ranks' stdout goes to /dev/null.
+
+``--fsdp`` (FSDP2, ``torch.distributed.fsdp.fully_shard``) is for CUDA: on CPU it would only add traffic,
+so it is refused there; the environment variable QKV_FSDP_ON_CPU=1 lets the tests run its code path on gloo.
 """
 
 from __future__ import annotations

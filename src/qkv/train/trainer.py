@@ -179,6 +179,7 @@ class Trainer:
                       for batch in batches]                # true cross-entropy: no label smoothing here
         self.model.train()
         if is_sharded(self.model):
+            self.model.reshard()        # a forward without backward leaves the root's parameters gathered
             return sum(losses) / len(losses)
         total, count = self.world.sum([sum(losses), len(losses)])
         return total / count
