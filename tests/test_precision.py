@@ -79,3 +79,14 @@ def test_bf16_loss_curve_stays_near_fp32_with_fp32_weights_and_moments(tmp_path,
     assert max(gaps) < 0.05                                       # bf16 keeps ~3 significant digits
     assert curves["bf16"][-1] < curves["bf16"][0] - 0.5           # and both learn
     assert gaps != [0.0] * len(gaps)                              # bf16 really ran: the curves are not identical
+
+
+def test_the_cli_warns_once_when_bf16_is_forced_on_emulated_hardware(tmp_path, corpus, monkeypatch, capsys):
+    from qkv.cli import main
+    cpu_with(monkeypatch, False)
+    assert main(["train", "--preset", "tiny", "--data", str(corpus), "--out-dir", str(tmp_path / "run"),
+                 "--precision", "bf16", "--max-iters", "2", "--eval-interval", "2"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "emulated" in warnings[0] and "2-4x slower than fp32" in warnings[0]
+    assert captured.out.splitlines()[0].startswith("precision bf16 (forced; this CPU has no AVX-512 BF16 or AMX")

@@ -71,7 +71,7 @@ def run(args) -> int:
 
 
 def _finetune(args) -> int:
-    from ..train.distributed import World
+    from ..train.distributed import World, check_launch
     from ..train.finetune import (FinetuneConfig, build_finetune_task, finetune_config, finish, new_model,
                                   resume_finetune)
     from ..train.trainer import Trainer
@@ -109,6 +109,7 @@ def _finetune(args) -> int:
         if fcfg.init is not None:
             require_family(fcfg.init, "finetune --init", "encoder", "fine-tuned encoder")
         model_cfg, train_cfg = resolve(args.preset or DEFAULT_PRESET, None, model_overrides, train_overrides)
+        check_launch(train_cfg.batch_size, train_cfg.fsdp)               # before the rendezvous and any work
         train_cfg = default_out_dir(train_cfg, None, train_overrides)
         if World.from_env().is_main:                                  # the one writer, under torchrun
             claim_out_dir(train_cfg.out_dir, train_cfg.overwrite)    # before the tokenizer and model are built

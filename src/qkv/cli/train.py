@@ -51,6 +51,8 @@ def run(args) -> int:
 def _train(args) -> int:
     from ..train.trainer import Trainer          # torch import deferred so `qkv --help` is instant
 
+    from ..train.distributed import check_launch
+
     model_overrides, train_overrides = collect(args, ModelConfig), collect(args, TrainConfig)
     if args.resume:
         if args.preset or args.config or model_overrides:
@@ -59,6 +61,9 @@ def _train(args) -> int:
         if "finetune" in read_config(args.resume):
             raise ConfigError(f"{args.resume} is a fine-tuning run; continue it with `qkv finetune --resume "
                               f"{args.resume}`")
+        saved = read_config(args.resume).get("train", {})
+        check_launch(train_overrides.get("batch_size", saved.get("batch_size", 1)),
+                     train_overrides.get("fsdp", saved.get("fsdp", False)), resumed="batch_size" not in train_overrides)
         trainer = Trainer.resume(args.resume, train_overrides)
         if trainer.done():
             raise ConfigError(f"{args.resume} has spent its budget: {trainer.spent_budget()}")
@@ -67,6 +72,7 @@ def _train(args) -> int:
         print(f"resuming {args.resume} at step {trainer.step}{elsewhere}")
     else:
         model_cfg, train_cfg = resolve(_preset(args), args.config, model_overrides, train_overrides)
+        check_launch(train_cfg.batch_size, train_cfg.fsdp)               # before the rendezvous and any work
         trainer = Trainer(model_cfg, default_out_dir(train_cfg, args.config, train_overrides))
     n_params = trainer.model.num_params()
     unit = "pairs" if isinstance(trainer.data.splits["train"], list) else "tokens"

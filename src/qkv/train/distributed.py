@@ -83,23 +83,6 @@ class World:
             return requested
         return max(1, available_cores() // self.local_size)
 
-    def check_batch(self, batch_size: int, resumed: bool = False) -> None:
-        """The global batch must split evenly into the ranks' slices."""
-        if batch_size % self.size == 0:
-            return
-        divisors = [n for n in range(1, batch_size + 1) if batch_size % n == 0]
-        if resumed:
-            raise ConfigError(f"the resumed run's batch_size {batch_size} does not split over {self.size} processes; "
-                              f"resume with --nproc_per_node (x --nnodes) one of {divisors}, or pass --batch-size "
-                              f"{batch_size + self.size - batch_size % self.size} (a multiple of {self.size}; the "
-                              f"batches then differ from the saved run's)")
-        if batch_size < self.size:
-            raise ConfigError(f"{self.size} processes but --batch-size {batch_size}: each process needs at least one "
-                              f"row of the batch; pass --batch-size {self.size} or more (a multiple of {self.size}), "
-                              f"or start fewer processes")
-        raise ConfigError(f"--batch-size {batch_size} does not split over {self.size} processes; pass a multiple "
-                          f"of {self.size} (e.g. {batch_size + self.size - batch_size % self.size})")
-
     def shard(self, batch: dict) -> dict:
         """This rank's rows of a global batch (every entry's first dimension is the batch)."""
         if not self.distributed:
@@ -142,6 +125,34 @@ class World:
             dist.barrier()
 
 
+def launched_world_size() -> int:
+    """The world size torchrun announces (1 without torchrun), readable before joining the group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_launch(batch_size: int, fsdp: bool, resumed: bool = False, world_size: int | None = None) -> None:
+    """Refuse, before any rendezvous or work, a launch that cannot run: a global batch that does not split
+    into the ranks' slices, or --fsdp without CUDA."""
+    size = world_size or launched_world_size()
+    if fsdp and not torch.cuda.is_available() and not os.environ.get("QKV_FSDP_ON_CPU"):
+        raise ConfigError("--fsdp shards the model over GPUs and needs CUDA, which this machine lacks; drop "
+                          "--fsdp (under torchrun on CPU the run uses DDP)")
+    if batch_size % size == 0:
+        return
+    multiple = batch_size + size - batch_size % size
+    if resumed:
+        divisors = [n for n in range(1, batch_size + 1) if batch_size % n == 0]
+        raise ConfigError(f"the resumed run's batch_size {batch_size} does not split over {size} processes; resume "
+                          f"with a world size (--nproc_per_node x --nnodes) in {divisors}, or pass --batch-size "
+                          f"{multiple} (a multiple of {size}; the batches then differ from the saved run's)")
+    if batch_size < size:
+        raise ConfigError(f"{size} processes but --batch-size {batch_size}: each process needs at least one row "
+                          f"of the batch; pass --batch-size {size} or more (a multiple of {size}), or start "
+                          f"fewer processes")
+    raise ConfigError(f"--batch-size {batch_size} does not split over {size} processes; pass a multiple of {size} "
+                      f"(e.g. {multiple})")
+
+
 def parallel(model: torch.nn.Module, world: World, fsdp: bool) -> torch.nn.Module:
     """The module the training loop calls: ``model`` itself (one process), DDP around it (its parameters and
     gradients replicated; one all-reduce of the gradients per step), or ``model`` sharded in place by FSDP2
@@ -149,9 +160,6 @@ def parallel(model: torch.nn.Module, world: World, fsdp: bool) -> torch.nn.Modul
     forward and backward). Build the optimizer after this: FSDP2 replaces the parameters with shards."""
     model.to(world.device)
     if fsdp:
-        if world.device.type != "cuda" and not os.environ.get("QKV_FSDP_ON_CPU"):
-            raise ConfigError("--fsdp shards the model over GPUs and needs CUDA, which this machine lacks; drop "
-                              "--fsdp (under torchrun on CPU the run uses DDP)")
         from torch.distributed.fsdp import fully_shard
 
         from ..nn.block import Block

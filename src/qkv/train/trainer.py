@@ -27,7 +27,7 @@ from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError
 from ..rundir import atomic_dir, claim_out_dir, recover
 from ..tokenizers import Tokenizer
-from .distributed import World, dropout_seed, full_state, is_sharded, load_full_state, parallel, sync_gradients
+from .distributed import World, check_launch, dropout_seed, full_state, is_sharded, load_full_state, parallel, sync_gradients
 from .guard import NonFiniteGuard
 from .interrupt import StopRequest, TrainingInterrupted
 from .optim import lr_at, make_optimizer
@@ -52,7 +52,7 @@ class Trainer:
         log(f"{self.precision.describe()}; device {world.device.type}{processes}")       # the run's first line
         if self.precision.warning and world.is_main:
             print(f"warning: {self.precision.warning}", file=sys.stderr)
-        world.check_batch(train_cfg.batch_size, resumed=resuming is not None)
+        check_launch(train_cfg.batch_size, train_cfg.fsdp, resuming is not None, world.size)
         if world.is_main:                          # the one writer claims the run directory, before any work
             self.out_dir = claim_out_dir(train_cfg.out_dir, train_cfg.overwrite, resuming)
         else:
