@@ -19,6 +19,8 @@ def test_bench_train_json(capsys):
     ours = result["qkv"]
     assert ours["tok_s"] > 0 and result["tokens_per_s"] == ours["tok_s"] == max(ours["rounds_tok_s"])
     assert len(ours["rounds_tok_s"]) == 1
+    auto = result["qkv_auto"] if result["precision_auto"] == "bf16" else ours      # auto = fp32: the same side
+    assert result["tokens_per_s_auto"] == auto["tok_s"] and auto["precision"] == result["precision_auto"]
     assert ours["params"] == GPT(ModelConfig(**ours["config"])).num_params()      # the model it says it timed
     shape = result["shape"]
     assert (shape["n_layers"], shape["d_model"], shape["vocab_size"]) == (ours["config"]["n_layers"],
