@@ -226,6 +226,7 @@ CASES = [
     (FINETUNE + ["--init", "{bert}", "--fsdp"], "--fsdp shards the model over GPUs and needs CUDA"),
     (TRAIN + ["--max-bad-steps", "0"], "max_bad_steps=0 must be"),
     (TRAIN + ["--precision", "fp16"], "invalid choice: 'fp16'"),
+    (["bench", "ddp", "--batch", "3"], "--batch 3 must be even"),
 ]
 
 
@@ -261,7 +262,7 @@ SENTINELS = {
     "info": ["info", "{missing}"],
     "bench beam": ["bench", "beam", "--checkpoint", "{missing}"],
     "bench decode": ["bench", "decode", "--model", "{missing}"],
-    "bench train": None, "bench encoder": None,
+    "bench train": None, "bench encoder": None, "bench ddp": None,
     "attention": ["attention", "{missing}", "--text", "a", "--out", "{out}/a.png"],
     "next": ["next", "{missing}", "--text", "a"],
     "plot": ["plot", "{missing}", "--out", "{out}/c.png"],
