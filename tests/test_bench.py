@@ -19,6 +19,8 @@ def test_bench_train_json(capsys):
     ours = result["qkv"]
     assert ours["tok_s"] > 0 and result["tokens_per_s"] == ours["tok_s"] == max(ours["rounds_tok_s"])
     assert len(ours["rounds_tok_s"]) == 1
+    auto = result["qkv_auto"] if result["precision_auto"] == "bf16" else ours      # auto = fp32: the same side
+    assert result["tokens_per_s_auto"] == auto["tok_s"] and auto["precision"] == result["precision_auto"]
     assert ours["params"] == GPT(ModelConfig(**ours["config"])).num_params()      # the model it says it timed
     shape = result["shape"]
     assert (shape["n_layers"], shape["d_model"], shape["vocab_size"]) == (ours["config"]["n_layers"],
@@ -44,3 +46,23 @@ def test_bench_beam_json(capsys):
     seconds = result["s_per_sentence"]
     assert set(seconds) == {"greedy", "beam4"} and min(seconds.values()) > 0
     assert result["beam_over_greedy"] == pytest.approx(seconds["beam4"] / seconds["greedy"], rel=2e-3)
+
+
+def test_bench_ddp_json(capsys):
+    """Three real launches (1 process x 1 thread, 1 x all cores, torchrun 2 x half); the figures agree."""
+    assert main(["bench", "ddp", "--json", "--steps", "1", "--warmup", "1", "--batch", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    runs = result["runs"]
+    assert sorted(r["processes"] for r in runs.values()) == [1, 1, 2]
+    two = next(r for r in runs.values() if r["processes"] == 2)
+    base = next(r for name, r in runs.items() if r["processes"] == 1 and r["threads"] == two["threads"])
+    assert result["scaling_efficiency"] == pytest.approx(two["tok_s"] / (2 * base["tok_s"]), abs=1e-3)
+    p, m = result["prediction"], result["measured"]
+    assert p["wire_s"] == pytest.approx(2 * 7 / 8 * two["grad_bytes"] / 1.25e9, abs=1e-4)
+    assert p["step_s"] == pytest.approx(m["machine_step_s"] + p["wire_s"] + m["allreduce_s"], abs=1e-3)
+    assert 0 < p["efficiency"] <= 1 and m["compute_s"] > 0 and m["allreduce_s"] > 0
+
+
+def test_bench_ddp_refuses_an_odd_batch(capsys):
+    assert main(["bench", "ddp", "--batch", "3"]) == 2
+    assert "--batch 3 must be even" in capsys.readouterr().err

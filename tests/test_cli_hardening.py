@@ -215,16 +215,32 @@ CASES = [
     (["experiment", "kv-cache", "--quick", "--out-dir", "{plain}"], "is a file"),
     (["experiment", "kv-cache", "--quick", "--threads", "0", "--out-dir", "{out}/kv"], "--threads 0"),
     (["experiment", "kv-cache", "--quick", "--seed", "-1", "--out-dir", "{out}/kv"], "--seed -1"),
+    # issue 14: torchrun launches (WORLD_SIZE as torchrun sets it) and --fsdp, refused before any rendezvous
+    (TRAIN + ["--batch-size", "2"], "4 processes but --batch-size 2: each process needs at least one row",
+     {"WORLD_SIZE": "4"}),
+    (TRAIN + ["--batch-size", "6"], "--batch-size 6 does not split over 4 processes; pass a multiple of 4",
+     {"WORLD_SIZE": "4"}),
+    (["train", "--resume", "{gpt}", "--max-iters", "6"],
+     "the resumed run's batch_size 4 does not split over 3 processes; resume with a world size", {"WORLD_SIZE": "3"}),
+    (TRAIN + ["--fsdp"], "--fsdp shards the model over GPUs and needs CUDA"),
+    (FINETUNE + ["--init", "{bert}", "--fsdp"], "--fsdp shards the model over GPUs and needs CUDA"),
+    (TRAIN + ["--max-bad-steps", "0"], "max_bad_steps=0 must be"),
+    (TRAIN + ["--precision", "fp16"], "invalid choice: 'fp16'"),
+    (["bench", "ddp", "--batch", "3"], "--batch 3 must be even"),
 ]
 
 
-@pytest.mark.parametrize("argv, phrase", CASES, ids=[" ".join(c[0][:3]) + f" #{i}" for i, c in enumerate(CASES)])
-def test_case_is_one_line_and_touches_nothing(zoo, capsys, monkeypatch, argv, phrase):
+@pytest.mark.parametrize("argv, phrase, env", [(c + ({},))[:3] for c in CASES],
+                         ids=[" ".join(c[0][:3]) + f" #{i}" for i, c in enumerate(CASES)])
+def test_case_is_one_line_and_touches_nothing(zoo, capsys, monkeypatch, argv, phrase, env):
+    """A row's third entry, when there is one, is the environment it runs in (torchrun's variables)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     assert phrase in refused(zoo, capsys, monkeypatch, argv)
 
 
 def test_every_command_has_a_table_row():
-    named = {argv[0] for argv, _ in CASES}
+    named = {argv[0] for argv, *_ in CASES}
     assert set(COMMANDS) - {"info"} <= named, f"add CASES rows for {set(COMMANDS) - named}"
 
 
@@ -246,7 +262,7 @@ SENTINELS = {
     "info": ["info", "{missing}"],
     "bench beam": ["bench", "beam", "--checkpoint", "{missing}"],
     "bench decode": ["bench", "decode", "--model", "{missing}"],
-    "bench train": None, "bench encoder": None,
+    "bench train": None, "bench encoder": None, "bench ddp": None,
     "attention": ["attention", "{missing}", "--text", "a", "--out", "{out}/a.png"],
     "next": ["next", "{missing}", "--text", "a"],
     "plot": ["plot", "{missing}", "--out", "{out}/c.png"],

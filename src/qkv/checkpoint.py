@@ -41,8 +41,10 @@ HF_MODEL_TYPES = {"gpt2": ("qkv.interop.hf_gpt2", "load_gpt2", "decoder"),
                   **{t: ("qkv.interop.hf_llama", "load_llama", "decoder") for t in ("llama", "mistral", "qwen2")}}
 
 
-def write_model_files(directory: Path, model, tokenizer: Tokenizer | None, extra_config: dict | None = None):
-    """Write config.json, model.safetensors and tokenizer.json into an existing (temp) directory."""
+def write_model_files(directory: Path, model, tokenizer: Tokenizer | None, extra_config: dict | None = None,
+                      state: dict | None = None):
+    """Write config.json, model.safetensors and tokenizer.json into an existing (temp) directory.
+    ``state``: the weights when ``model`` does not hold them whole (FSDP2's shards gathered by the trainer)."""
     # Models with more than a ModelConfig (task heads and their labels) add a JSON-able ``extra_config()``;
     # ``MODEL_TYPES[type].from_config(cfg, config)`` rebuilds them from it.
     own = model.extra_config() if hasattr(model, "extra_config") else {}
@@ -52,7 +54,8 @@ def write_model_files(directory: Path, model, tokenizer: Tokenizer | None, extra
               "model": dataclasses.asdict(model.cfg), **own, **(extra_config or {})}
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     aliases = tied_aliases(model)                    # safetensors refuses shared storage; re-tied on load
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in aliases}
+    state = {k: v.detach().cpu().contiguous() for k, v in (model.state_dict() if state is None else state).items()
+             if k not in aliases}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(directory / "tokenizer.json")

@@ -137,8 +137,14 @@ class TrainConfig:
     overwrite: bool = False                 # replace out_dir when it holds an earlier qkv run (never other files)
     keep_best: bool = False                 # also keep the checkpoint with the lowest val_loss, in OUT/best
     compile: bool = False                   # torch.compile the model (helps on CPU for larger models)
-    precision: Literal["fp32", "bf16"] = "fp32"   # bf16: mixed precision (autocast), weights and optimizer
-                                            # stay fp32; ~1.9x faster on CPUs with AVX-512 BF16, slower without
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+                                            # bf16: mixed precision (autocast), weights and AdamW stay fp32; ~1.9x
+                                            # faster on CPUs with AVX-512 BF16, slower without. auto: bf16 where
+                                            # the CPU (AVX-512 BF16, AMX) or GPU computes it natively, else fp32
+    max_bad_steps: int = 5                  # a step whose loss or gradient norm is not finite is skipped; the run
+                                            # stops after this many in a row
+    fsdp: bool = False                      # under torchrun on CUDA: shard parameters, gradients and AdamW
+                                            # moments over the GPUs (FSDP2) instead of replicating them (DDP)
     threads: int | None = None              # torch.set_num_threads; None leaves torch's default
     tensorboard: bool = False               # also write TensorBoard event files to <out_dir>-tb/
     progress: bool = True                   # show a progress bar (only when output is a terminal)
@@ -150,6 +156,7 @@ class TrainConfig:
                             "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)",
                             "grad_clip": "[0, inf)", "eval_interval": "[1, inf)", "eval_iters": "[1, inf)",
                             "save_interval": "[0, inf)", "seed": "[0, 1e18]", "threads": "[1, 1024]",
+                            "max_bad_steps": "[1, inf)",
                             "label_smoothing": "[0, 1)"})
 
 
@@ -181,7 +188,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "model": dict(max_len=32, n_layers=2, d_model=32, n_heads=4),
         "train": dict(batch_size=4, max_iters=20, eval_interval=10, eval_iters=2, warmup_iters=2,
-                      progress=False, out_dir="runs/tiny"),
+                      progress=False, precision="fp32", out_dir="runs/tiny"),   # fp32: the same figures anywhere
     },
     # The original Transformer, sized for Multi30k de->en within an hour on 2 CPU cores (bench/README.md):
     # a joint byte-level BPE vocabulary tying source, target and output embeddings, label smoothing 0.1.

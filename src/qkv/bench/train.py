@@ -2,7 +2,9 @@
 GPT2LMHeadModel of the same shape, timed in the same process.
 
 The shape is the "baby GPT" of the well-known minimal GPT: 6 layers, 6 heads, d_model 384, context 256,
-batch 8, a 65-symbol vocabulary, float32, dropout 0. qkv's model is ``ModelConfig``'s defaults at that
+batch 8, a 65-symbol vocabulary, dropout 0. qkv runs twice: in fp32, and in the precision ``--precision
+auto`` picks on this machine (bf16 autocast where the CPU has AVX-512 BF16 or AMX, else fp32 again); both
+are compared with Hugging Face in fp32, timed in the same rounds. qkv's model is ``ModelConfig``'s defaults at that
 shape, which is GPT-2's architecture (learned positions, pre-norm LayerNorm, GELU, biases, tied head), so
 both sides do the same arithmetic. A step is what a training loop does per batch:
 
@@ -35,6 +37,7 @@ import torch
 from ..config import ModelConfig, TrainConfig
 from ..models import GPT
 from ..train.optim import make_optimizer
+from ..train.precision import choose_precision
 
 SHAPE = dict(n_layers=6, n_heads=6, d_model=384, context=256, batch=8, vocab_size=65)
 DEFAULTS = TrainConfig()                  # lr, weight decay and betas as the trainer uses them
@@ -54,7 +57,7 @@ def _step_fn(loss_of: Callable[[], torch.Tensor], opt: torch.optim.Optimizer) ->
     return step
 
 
-def ours(batch: int, context: int, compile: bool, seed: int = 0) -> tuple[Callable[[], float], dict]:
+def ours(batch: int, context: int, compile: bool, seed: int = 0, bf16: bool = False) -> tuple[Callable[[], float], dict]:
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=SHAPE["vocab_size"], max_len=context, n_layers=SHAPE["n_layers"],
                       d_model=SHAPE["d_model"], n_heads=SHAPE["n_heads"], dropout=0.0)
@@ -63,9 +66,12 @@ def ours(batch: int, context: int, compile: bool, seed: int = 0) -> tuple[Callab
     forward = torch.compile(model) if compile else model
     ids_BL = torch.randint(0, cfg.vocab_size, (batch, context))
     targets_BL = torch.randint(0, cfg.vocab_size, (batch, context))
-    step = _step_fn(lambda: forward(ids_BL, targets_BL).loss, opt)
+    def loss():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):     # as the trainer runs it
+            return forward(ids_BL, targets_BL).loss
+    step = _step_fn(loss, opt)
     info = dict(model="qkv.GPT", params=model.num_params(), compile=compile, optimizer=_describe(opt),
-                config=dataclasses.asdict(cfg))
+                precision="bf16" if bf16 else "fp32", config=dataclasses.asdict(cfg))
     return step, info
 
 
@@ -109,7 +115,10 @@ def run(json_out: bool = False, *, batch: int = SHAPE["batch"], context: int = S
     """Time both sides and return (and print) the result; with ``json_out`` print exactly one JSON line."""
     if threads is not None:
         torch.set_num_threads(threads)
+    auto = choose_precision("auto", "cpu")
     sides: dict[str, tuple[Callable[[], float], dict]] = {"qkv": ours(batch, context, compile)}
+    if auto.bf16:                                         # else auto is fp32: the same side again
+        sides["qkv_auto"] = ours(batch, context, compile, bf16=True)
     if hf:
         try:
             sides["hf"] = huggingface(batch, context)
@@ -130,6 +139,8 @@ def run(json_out: bool = False, *, batch: int = SHAPE["batch"], context: int = S
     result = {
         "bench": "train",
         "shape": dict(SHAPE, batch=batch, context=context, dtype="float32"),
+        "precision_auto": auto.chosen,
+        "precision_auto_why": auto.hardware,
         "timing": dict(warmup=warmup, steps=steps, rounds=rounds),
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
@@ -141,11 +152,14 @@ def run(json_out: bool = False, *, batch: int = SHAPE["batch"], context: int = S
         rates = [tokens / s for s in seconds[name]]
         result[name] = dict(info, tok_s=round(statistics.median(rates), 1), best_tok_s=round(max(rates), 1),
                             rounds_tok_s=[round(x, 1) for x in rates], warmup_s=warmup_s[name])
-    result["tokens_per_s"] = result["qkv"]["tok_s"]                  # the headline figure, at the top level
+    auto_side = "qkv_auto" if "qkv_auto" in sides else "qkv"
+    result["tokens_per_s"] = result["qkv"]["tok_s"]                  # the headline figures, at the top level
+    result["tokens_per_s_auto"] = result[auto_side]["tok_s"]
     if "hf" in sides:
-        ratios = [h / q for q, h in zip(seconds["qkv"], seconds["hf"])]     # same round, same load
-        result["ratio"] = round(statistics.median(ratios), 3)
-        result["ratio_best"] = round(result["qkv"]["best_tok_s"] / result["hf"]["best_tok_s"], 3)
+        for suffix, side in (("", "qkv"), ("_auto", auto_side)):
+            ratios = [h / q for q, h in zip(seconds[side], seconds["hf"])]     # same round, same load
+            result["ratio" + suffix] = round(statistics.median(ratios), 3)
+            result["ratio_best" + suffix] = round(result[side]["best_tok_s"] / result["hf"]["best_tok_s"], 3)
     if json_out:
         print(json.dumps(result))
     else:
@@ -158,11 +172,14 @@ def _print_table(result: dict) -> None:
     print(f"train step: {s['n_layers']} layers, d_model {s['d_model']}, {s['n_heads']} heads, batch {s['batch']}"
           f" x context {s['context']}, {s['dtype']}, {result['threads']} threads "
           f"(load {result['load_avg_1m']} on {result['cpus']} cpus)")
-    for name in ("qkv", "hf"):
+    for name in ("qkv", "qkv_auto", "hf"):
         if name in result:
             r = result[name]
-            print(f"  {r['model']:<30} median {r['tok_s']:>7.0f} tok/s   best {r['best_tok_s']:>7.0f}   "
+            label = f"{r['model']} {r.get('precision', 'fp32')}"
+            print(f"  {label:<35} median {r['tok_s']:>7.0f} tok/s   best {r['best_tok_s']:>7.0f}   "
                   f"compile={r['compile']}")
     if "ratio" in result:
-        print(f"  qkv / hf: {result['ratio']:.2f}x (median of per-round ratios), "
+        print(f"  qkv fp32 / hf fp32: {result['ratio']:.2f}x (median of per-round ratios), "
               f"{result['ratio_best']:.2f}x (best rounds)")
+        print(f"  qkv auto ({result['precision_auto']}) / hf fp32: {result['ratio_auto']:.2f}x (median), "
+              f"{result['ratio_best_auto']:.2f}x (best)")

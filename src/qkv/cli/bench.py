@@ -5,6 +5,7 @@
     qkv bench decode --model M.gguf --json   a real model: qkv fp32/int8/4-bit vs transformers and llama.cpp
     qkv bench encoder --json   sentences/s of a BERT-base forward (batch 32 x 128), qkv Encoder vs BertModel
     qkv bench beam --json      seconds/sentence of beam search vs greedy for the encoder-decoder
+    qkv bench ddp --json       tokens/s of 2 DDP processes vs 1, efficiency, a prediction for 8 machines
 
 With ``--json`` each prints exactly one JSON line (the configuration and every figure); without it, a
 short table. transformers is optional: without it only qkv's figures are reported.
@@ -20,7 +21,7 @@ from .flags import path_arg
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     train = sub.add_parser("train", help="training step: qkv GPT vs GPT2LMHeadModel, 6x384, context 256",
-                           description="Tokens/s of one fwd + bwd + AdamW step (fp32, batch 8 x 256).")
+                           description="Tokens/s of one fwd + bwd + AdamW step (batch 8 x 256): qkv in fp32 and in the precision --precision auto picks here, against transformers in fp32.")
     train.add_argument("--json", action="store_true", help="print exactly one JSON line")
     train.add_argument("--rounds", type=_positive, default=None, help="timed rounds per side")
     train.add_argument("--steps", type=_positive, default=None, help="timed steps per side in each round")
@@ -30,6 +31,16 @@ def add_arguments(p) -> None:
     train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch.compile qkv's model (--no-compile: eager)")
     train.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
+    ddp = sub.add_parser("ddp", help="data parallelism: 2 gloo processes vs 1, and a prediction for 8 machines",
+                         description="Tokens/s of the training step in 2 DDP processes against 1 on this machine, "
+                                     "the scaling efficiency, and what the measured compute and all-reduce times "
+                                     "predict for 8 machines on a 10 Gb/s network.")
+    ddp.add_argument("--json", action="store_true", help="print exactly one JSON line")
+    ddp.add_argument("--steps", type=_positive, default=None, help="timed steps per run (default 5)")
+    ddp.add_argument("--warmup", type=_positive, default=None, help="untimed steps per run (default 2)")
+    ddp.add_argument("--batch", type=_positive, default=None, help="global batch rows (default 8; even)")
+    ddp.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                     help="as qkv train's --precision (default auto)")
     decode = sub.add_parser("decode", help="generation with the KV cache: qkv GPT vs GPT2LMHeadModel",
                             description="Tokens/s of batch-1 greedy decoding with a KV cache.")
     decode.add_argument("--json", action="store_true", help="print exactly one JSON line")
@@ -76,6 +87,13 @@ def run(args) -> int:
         options = {k: getattr(args, k) for k in ("rounds", "steps", "warmup", "threads", "compile")
                    if getattr(args, k) is not None}
         train.run(args.json, hf=args.hf, **options)
+    elif args.bench == "ddp":
+        from ..bench import ddp
+        from ..errors import ConfigError
+        if args.batch is not None and args.batch % 2:
+            raise ConfigError(f"--batch {args.batch} must be even: each of the 2 processes takes half of it")
+        options = {k: getattr(args, k) for k in ("steps", "warmup", "batch") if getattr(args, k) is not None}
+        ddp.run(args.json, precision=args.precision, **options)
     elif args.bench == "beam":
         from ..bench import beam
         if args.checkpoint:

@@ -63,6 +63,15 @@ def help_defaults(args) -> tuple[str, dict]:
 
 
 def run(args) -> int:
+    from ..train.distributed import shutdown
+    try:
+        return _finetune(args)
+    finally:
+        shutdown()                               # under torchrun: leave the process group cleanly
+
+
+def _finetune(args) -> int:
+    from ..train.distributed import World, check_launch
     from ..train.finetune import (FinetuneConfig, build_finetune_task, finetune_config, finish, new_model,
                                   resume_finetune)
     from ..train.trainer import Trainer
@@ -100,8 +109,10 @@ def run(args) -> int:
         if fcfg.init is not None:
             require_family(fcfg.init, "finetune --init", "encoder", "fine-tuned encoder")
         model_cfg, train_cfg = resolve(args.preset or DEFAULT_PRESET, None, model_overrides, train_overrides)
+        check_launch(train_cfg.batch_size, train_cfg.fsdp)               # before the rendezvous and any work
         train_cfg = default_out_dir(train_cfg, None, train_overrides)
-        claim_out_dir(train_cfg.out_dir, train_cfg.overwrite)        # before the tokenizer and model are built
+        if World.from_env().is_main:                                  # the one writer, under torchrun
+            claim_out_dir(train_cfg.out_dir, train_cfg.overwrite)    # before the tokenizer and model are built
         task, notes = build_finetune_task(fcfg, train_cfg, new_model(fcfg, model_cfg, train_cfg))
         trainer = Trainer(task.model_cfg, train_cfg, task=task)
         cut = f" ({notes['truncated']} truncated to the model's positions)" if notes.get("truncated") else ""
@@ -110,6 +121,8 @@ def run(args) -> int:
     print(f"model: {trainer.model.num_params() / 1e6:.2f}M parameters, {cfg.n_layers} layers, d_model {cfg.d_model}, "
           f"context {cfg.max_len}, vocab {cfg.vocab_size}; run dir {trainer.out_dir}")
     trainer.fit()
+    if not trainer.world.is_main:                # rank 0 scores the model and writes the report
+        return 0
     report = finish(trainer, finetune_config(trainer.out_dir))
     print(_summary(report, trainer.out_dir))
     return 0

@@ -41,7 +41,17 @@ def help_defaults(args) -> tuple[str, dict]:
 
 
 def run(args) -> int:
+    from ..train.distributed import shutdown
+    try:
+        return _train(args)
+    finally:
+        shutdown()                               # under torchrun: leave the process group cleanly
+
+
+def _train(args) -> int:
     from ..train.trainer import Trainer          # torch import deferred so `qkv --help` is instant
+
+    from ..train.distributed import check_launch
 
     model_overrides, train_overrides = collect(args, ModelConfig), collect(args, TrainConfig)
     if args.resume:
@@ -51,6 +61,9 @@ def run(args) -> int:
         if "finetune" in read_config(args.resume):
             raise ConfigError(f"{args.resume} is a fine-tuning run; continue it with `qkv finetune --resume "
                               f"{args.resume}`")
+        saved = read_config(args.resume).get("train", {})
+        check_launch(train_overrides.get("batch_size", saved.get("batch_size", 1)),
+                     train_overrides.get("fsdp", saved.get("fsdp", False)), resumed="batch_size" not in train_overrides)
         trainer = Trainer.resume(args.resume, train_overrides)
         if trainer.done():
             raise ConfigError(f"{args.resume} has spent its budget: {trainer.spent_budget()}")
@@ -59,6 +72,7 @@ def run(args) -> int:
         print(f"resuming {args.resume} at step {trainer.step}{elsewhere}")
     else:
         model_cfg, train_cfg = resolve(_preset(args), args.config, model_overrides, train_overrides)
+        check_launch(train_cfg.batch_size, train_cfg.fsdp)               # before the rendezvous and any work
         trainer = Trainer(model_cfg, default_out_dir(train_cfg, args.config, train_overrides))
     n_params = trainer.model.num_params()
     unit = "pairs" if isinstance(trainer.data.splits["train"], list) else "tokens"

@@ -29,6 +29,7 @@ from ..errors import ConfigError, DataError
 from ..models import BERT, GPT, EncoderDecoder
 from ..tokenizers import Tokenizer
 from ..translate import special_ids
+from .distributed import World
 
 SEQ2SEQ_SPECIALS = ("<pad>", "<bos>", "<eos>")
 
@@ -45,6 +46,11 @@ class Task:
 
 
 def train_tokenizer(texts: list[str], cfg: TrainConfig, specials: tuple[str, ...] = ()) -> Tokenizer:
+    """A tokenizer trained on ``texts`` (under torchrun: by rank 0, for every rank)."""
+    return World.from_env().main_tokenizer(lambda: _train_tokenizer(texts, cfg, specials))
+
+
+def _train_tokenizer(texts: list[str], cfg: TrainConfig, specials: tuple[str, ...]) -> Tokenizer:
     if cfg.tokenizer == "char":
         return Tokenizer.train_char("".join(texts), special_tokens=specials)
     if cfg.tokenizer == "wordpiece":

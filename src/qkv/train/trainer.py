@@ -4,12 +4,17 @@ A run directory is a checkpoint directory (see ``qkv.checkpoint``) plus ``traine
 ``metrics.jsonl``. Resuming restores the weights, the optimizer moments, the step, the elapsed time (which
 drives a ``max_time`` schedule), the global RNG (dropout) and the data generator (batch order), so an
 interrupted and resumed iteration-budget run ends with the same weights as an uninterrupted one.
+
+Under torchrun the same loop runs on every rank (``qkv.train.distributed`` says how batches are split and
+what a resume with another world size restores); precision is decided once (``qkv.train.precision``) and
+non-finite steps are skipped (``qkv.train.guard``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,13 +22,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import SRC_TOKENIZER_FILE, load_weights, read_config, write_model_files
+from ..checkpoint import SRC_TOKENIZER_FILE, load_weights, read_config, tied_aliases, write_model_files
 from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError
 from ..rundir import atomic_dir, claim_out_dir, recover
 from ..tokenizers import Tokenizer
+from .distributed import World, check_launch, dropout_seed, full_state, is_sharded, load_full_state, parallel, sync_gradients
+from .guard import NonFiniteGuard
 from .interrupt import StopRequest, TrainingInterrupted
 from .optim import lr_at, make_optimizer
+from .precision import choose_precision
 from .tasks import Task, build_task
 
 STATE_FILE = "trainer_state.pt"
@@ -38,21 +46,42 @@ class Trainer:
         """``task``: a ready task (fine-tuning); by default one is built from the configs.
         ``resuming``: the run directory being continued (the one place out_dir may already hold a run)."""
         self.train_cfg, self.log = train_cfg, log
-        self.out_dir = claim_out_dir(train_cfg.out_dir, train_cfg.overwrite, resuming)   # before any work
+        self.world = world = World.from_env()
+        self.precision = choose_precision(train_cfg.precision, world.device.type)
+        processes = f"; {world.size} processes ({world.backend})" if world.distributed else ""
+        log(f"{self.precision.describe()}; device {world.device.type}{processes}")       # the run's first line
+        if self.precision.warning and world.is_main:
+            print(f"warning: {self.precision.warning}", file=sys.stderr)
+        check_launch(train_cfg.batch_size, train_cfg.fsdp, resuming is not None, world.size)
+        if world.is_main:                          # the one writer claims the run directory, before any work
+            self.out_dir = claim_out_dir(train_cfg.out_dir, train_cfg.overwrite, resuming)
+        else:
+            self.out_dir = Path(train_cfg.out_dir)
         # --overwrite: the first save replaces the old run whole instead of keeping its other entries
         self._replacing = resuming is None and self.out_dir.is_dir() and any(self.out_dir.iterdir())
-        if train_cfg.threads:
-            torch.set_num_threads(train_cfg.threads)
+        threads = world.threads(train_cfg.threads)
+        if threads:
+            torch.set_num_threads(threads)
         task = task or build_task(model_cfg, train_cfg, tokenizer, src_tokenizer)
         self.task_config = task.config
         self.model_cfg, self.tokenizer, self.data = task.model_cfg, task.tokenizer, task.data
+        world.same_everywhere(self.tokenizer.backend.to_str(), "tokenizers")
         torch.manual_seed(train_cfg.seed)
         self.model = task.model if task.model is not None else task.model_cls(self.model_cfg)
         self.model.src_tokenizer = task.src_tokenizer
+        self.reseed_dropout(0)
+        self.parallel_model = parallel(self.model, world, train_cfg.fsdp)    # before the optimizer: FSDP2 shards
         self.optimizer = make_optimizer(self.model, train_cfg.lr, train_cfg.weight_decay,
                                         (train_cfg.beta1, train_cfg.beta2))
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
+        self.guard = NonFiniteGuard(train_cfg.max_bad_steps)
+        self.saved_step: int | None = None
         self.metrics: list[dict] = []
+
+    def reseed_dropout(self, step: int) -> None:
+        """Ranks after the first draw dropout masks of their own (rank 0's stream is the run's saved RNG)."""
+        if self.world.rank > 0:
+            torch.manual_seed(dropout_seed(self.train_cfg.seed, self.world.rank, step))
 
     # ---- resume -------------------------------------------------------------------------------------
     @classmethod
@@ -62,7 +91,10 @@ class Trainer:
         move the data (data) or write the continued run elsewhere (out_dir; ``run_dir`` then stays as it is).
         ``task``: the run's task rebuilt by its owner (fine-tuning); by default from the saved configs."""
         run_dir = Path(run_dir)
-        recover(run_dir)                           # a save that a kill interrupted (two-rename filesystems)
+        world = World.from_env()
+        if world.is_main:
+            recover(run_dir)                       # a save that a kill interrupted (two-rename filesystems)
+        world.barrier()
         config = read_config(run_dir)
         state_path = run_dir / STATE_FILE
         if not state_path.is_file():
@@ -76,19 +108,38 @@ class Trainer:
         src_path = run_dir / SRC_TOKENIZER_FILE
         src_tokenizer = Tokenizer.from_file(src_path) if src_path.is_file() else None
         trainer = cls(model_cfg, train_cfg, tokenizer, log, src_tokenizer, task, resuming=run_dir)
-        load_weights(trainer.model, run_dir / "model.safetensors")
         try:
             state = torch.load(state_path, weights_only=True)
         except Exception as e:
             raise CheckpointError(f"{state_path} is corrupt ({e}); resume from an earlier copy") from None
-        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.load_weights_and_optimizer(run_dir / "model.safetensors", state)
         trainer.step, trainer.elapsed, trainer.tokens = state["step"], state["elapsed_s"], state["tokens"]
-        torch.set_rng_state(state["torch_rng"])
-        trainer.data.generator.set_state(state["data_rng"])
+        trainer.guard.skipped = state.get("skipped_steps", 0)
+        trainer.saved_step = trainer.step
+        torch.set_rng_state(state["torch_rng"])        # rank 0's dropout stream; the others reseed
+        trainer.reseed_dropout(trainer.step)
+        trainer.data.generator.set_state(state["data_rng"])     # one stream for every world size
         metrics_path = run_dir / METRICS_FILE
         if metrics_path.is_file():
             trainer.metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
         return trainer
+
+    def load_weights_and_optimizer(self, weights: Path, state: dict) -> None:
+        saved_sharded = state.get("optimizer_format") == "full"
+        if not is_sharded(self.model) and not saved_sharded:
+            load_weights(self.model, weights)
+            self.optimizer.load_state_dict(state["optimizer"])
+            return
+        if not saved_sharded:
+            raise ConfigError("this run was saved without --fsdp; resume it without --fsdp (its optimizer state is "
+                              "not in FSDP's layout)")
+        if not is_sharded(self.model):
+            raise ConfigError("this run was saved with --fsdp; resume it with --fsdp")
+        from safetensors.torch import load_file
+        weights_state = load_file(str(weights))
+        for alias, canonical in tied_aliases(self.model).items():
+            weights_state.setdefault(alias, weights_state[canonical])
+        load_full_state(self.model, weights_state, self.optimizer, state["optimizer"])
 
     # ---- pieces -------------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -113,34 +164,50 @@ class Trainer:
     def autocast(self):
         """The forward pass's precision: fp32, or bf16 mixed precision (matrix products in bf16, losses,
         norms and softmax in fp32, as autocast's op lists say; parameters and AdamW stay fp32)."""
-        device = next(self.model.parameters()).device.type
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.train_cfg.precision == "bf16")
+        return torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=self.precision.bf16)
 
     @torch.no_grad()
     def evaluate(self) -> float:
+        """Mean validation loss over the val batches. Ranks split the batches between them (FSDP2: every rank
+        runs them all, since each forward gathers the shards from all ranks)."""
+        batches = self.data.val_batches(self.train_cfg.batch_size, self.train_cfg.eval_iters)
+        if not is_sharded(self.model):
+            batches = batches[self.world.rank::self.world.size]
         self.model.eval()
         with self.autocast():
-            losses = [self.model(**batch).loss.item()       # true cross-entropy: no label smoothing here
-                      for batch in self.data.val_batches(self.train_cfg.batch_size, self.train_cfg.eval_iters)]
+            losses = [self.model(**{k: v.to(self.world.device) for k, v in batch.items()}).loss.item()
+                      for batch in batches]                # true cross-entropy: no label smoothing here
         self.model.train()
-        return sum(losses) / len(losses)
+        if is_sharded(self.model):
+            self.model.reshard()        # a forward without backward leaves the root's parameters gathered
+            return sum(losses) / len(losses)
+        total, count = self.world.sum([sum(losses), len(losses)])
+        return total / count
 
     def save(self) -> None:
-        """Write the whole run atomically: weights, tokenizer, configs, trainer state, metrics."""
+        """Write the whole run atomically: weights, tokenizer, configs, trainer state, metrics. Every rank
+        calls this (FSDP2 gathers the shards); rank 0 alone writes."""
+        weights, optimizer = full_state(self.model, self.optimizer)
+        self.saved_step = self.step
+        if not self.world.is_main:
+            return
         train = dataclasses.asdict(self.train_cfg)
         if train["data"] is not None:              # resumable from any working directory
             train["data"] = str(Path(train["data"]).resolve())
-        config = {"train": train, **self.task_config}
+        config = {"train": train, "precision": self.precision.as_config(),
+                  "world": {"processes": self.world.size, "backend": self.world.backend}, **self.task_config}
         with atomic_dir(self.out_dir, carry_over=not self._replacing) as tmp:
-            write_model_files(tmp, self.model, self.tokenizer, config)
+            write_model_files(tmp, self.model, self.tokenizer, config, weights)
             if self.train_cfg.keep_best and self._is_best():
                 best = self.metrics[-1]
                 (tmp / BEST_DIR).mkdir()
                 write_model_files(tmp / BEST_DIR, self.model, self.tokenizer,
-                                  {**config, "best": {"step": best["step"], "val_loss": best["val_loss"]}})
+                                  {**config, "best": {"step": best["step"], "val_loss": best["val_loss"]}}, weights)
             torch.save({"step": self.step, "elapsed_s": self.elapsed, "tokens": self.tokens,
-                        "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                        "data_rng": self.data.generator.get_state()}, tmp / STATE_FILE)
+                        "skipped_steps": self.guard.skipped, "optimizer": optimizer,
+                        "optimizer_format": "full" if is_sharded(self.model) else "plain",
+                        "torch_rng": torch.get_rng_state(), "data_rng": self.data.generator.get_state()},
+                       tmp / STATE_FILE)
             (tmp / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
         self._replacing = False
 
@@ -151,16 +218,18 @@ class Trainer:
         return all(self.metrics[-1]["val_loss"] < m["val_loss"] for m in self.metrics[:-1])
 
     # ---- the loop -----------------------------------------------------------------------------------
-    def fit(self, stop_at_step: int | None = None) -> dict:
+    def fit(self, stop_at_step: int | None = None, on_step=None) -> dict:
         """Train until the budget is spent (or ``stop_at_step``, to simulate an interruption).
-        Ctrl-C saves the run after the current step and raises ``TrainingInterrupted``."""
+        Ctrl-C saves the run after the current step and raises ``TrainingInterrupted``; too many non-finite
+        steps in a row raise ``TrainingDiverged``. ``on_step(step, loss)``: called after every optimizer step
+        with its loss (the mean over the ranks' rows)."""
         cfg = self.train_cfg
-        model = torch.compile(self.model) if cfg.compile else self.model
+        model = torch.compile(self.parallel_model) if cfg.compile else self.parallel_model
         model.train()
-        writer = self._tensorboard()
+        writer = self._tensorboard() if self.world.is_main else None
         bar = tqdm(total=self._projected_steps(), initial=self.step, dynamic_ncols=True,
-                   disable=not cfg.progress or not sys.stderr.isatty(),    # not a terminal: the eval lines are the log
-                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+                   disable=not cfg.progress or not sys.stderr.isatty() or not self.world.is_main,
+                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")   # no terminal: eval lines
         loss_sum, loss_count = 0.0, 0
         last = None
         clock = time.perf_counter() - self.elapsed
@@ -170,27 +239,40 @@ class Trainer:
                 lr = lr_at(self.progress(), self.step, cfg.lr, cfg.warmup_iters, cfg.min_lr_ratio, cfg.schedule)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                step_tokens = 0
-                for _ in range(cfg.grad_accum):
-                    batch = self.data.batch("train", cfg.batch_size)
-                    with self.autocast():
-                        loss = model(**batch, **smoothing).loss
-                    (loss / cfg.grad_accum).backward()
-                    loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+                step_tokens, step_loss = 0, 0.0
+                for micro in range(cfg.grad_accum):
+                    batch = self.data.batch("train", cfg.batch_size)        # the global batch: every rank draws it
+                    with sync_gradients(model, micro == cfg.grad_accum - 1):
+                        with self.autocast():
+                            loss = model(**self.world.shard(batch), **smoothing).loss
+                        (loss / cfg.grad_accum).backward()
+                    step_loss += loss.item() / cfg.grad_accum
                     targets = batch["targets_BL"] if "targets_BL" in batch else batch["labels"]   # encoders
                     step_tokens += int((targets != -100).sum())                  # tokens that were predicted
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
+                # one small all-reduce: the step's loss, a Ctrl-C on any rank, and one clock for all ranks
+                total_loss, stops, elapsed = self.world.sum([step_loss, float(bool(stop)),
+                                                            time.perf_counter() - clock])
+                step_loss, stopping = total_loss / self.world.size, stops > 0
+                self.elapsed = elapsed / self.world.size
+                grad_norm = self._grad_norm(cfg.grad_clip)
+                if self.guard.check(step_loss, grad_norm):
+                    self.optimizer.step()
+                    self.step += 1
+                    self.tokens += step_tokens
+                    loss_sum, loss_count = loss_sum + step_loss, loss_count + 1
+                    if on_step is not None:
+                        on_step(self.step, step_loss)
+                    bar.total = self._projected_steps()
+                    bar.update(1)
+                    bar.set_postfix_str(self._postfix(step_loss), refresh=False)
+                elif self.guard.gave_up:
+                    bar.close()
+                    raise self.guard.error(self.step, step_loss, grad_norm, self.saved_step, self.out_dir, lr,
+                                           cfg.warmup_iters, self.precision.chosen)
                 self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self.tokens += step_tokens
-                self.elapsed = time.perf_counter() - clock
-                bar.total = self._projected_steps()
-                bar.update(1)
-                bar.set_postfix_str(self._postfix(loss.item()), refresh=False)
                 saved = False
-                if self.step % cfg.eval_interval == 0 or self.done() or self.step == stop_at_step:
+                if self.guard.in_a_row == 0 and (self.step % cfg.eval_interval == 0 or self.done()
+                                                 or self.step == stop_at_step):
                     last = self._record(loss_sum / max(loss_count, 1), lr, writer, clock)
                     loss_sum, loss_count = 0.0, 0
                     bar.write(f"step {self.step:>6} | train_loss {last['train_loss']:.4f} | "
@@ -199,8 +281,8 @@ class Trainer:
                             or self.step == stop_at_step or (cfg.keep_best and self._is_best()):
                         self.save()
                         saved = True
-                    self.elapsed = time.perf_counter() - clock     # ... and so do saves
-                if stop:
+                    self.elapsed = self._agreed_elapsed(clock)     # ... and so do saves
+                if stopping:
                     if not saved:
                         self.save()
                     bar.close()
@@ -214,6 +296,19 @@ class Trainer:
             last = self.metrics[-1] if self.metrics else self._record(float("nan"), 0.0, None, clock)
         return last
 
+    def _grad_norm(self, clip: float) -> float:
+        """The global gradient norm (after DDP's all-reduce; FSDP2 combines its shards), clipped to ``clip``."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+    def _agreed_elapsed(self, clock: float) -> float:
+        """Seconds since the run began, the same on every rank (a --max-time run must stop on one step)."""
+        return self.world.sum([time.perf_counter() - clock])[0] / self.world.size
+
     def _projected_steps(self) -> int:
         """The step the run will end at: max_iters, or sooner where max_time runs out first at the rate so far."""
         cfg = self.train_cfg
@@ -226,9 +321,10 @@ class Trainer:
 
     def _record(self, train_loss: float, lr: float, writer, clock: float) -> dict:
         val_loss = self.evaluate()
-        self.elapsed = time.perf_counter() - clock          # the budget is wall time: evaluations count
+        self.elapsed = self._agreed_elapsed(clock)          # the budget is wall time: evaluations count
         row = {"step": self.step, "elapsed_s": round(self.elapsed, 3), "tokens": self.tokens,
-               "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5), "lr": lr}
+               "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5), "lr": lr,
+               "skipped_steps": self.guard.skipped}
         self.metrics.append(row)
         if writer is not None:
             for key in ("train_loss", "val_loss", "lr"):
