@@ -71,7 +71,7 @@ class Trainer:
         train = {**config.get("train", {}), "out_dir": str(run_dir), "overwrite": False, **(train_overrides or {})}
         train_cfg = build(TrainConfig, train, "the resumed run's options")
         tokenizer = Tokenizer.from_dir(run_dir)
-        if tokenizer is None:
+        if tokenizer is None and task is None:          # a task rebuilt by its owner may have none (images)
             raise CheckpointError(f"{run_dir} has no tokenizer.json; the run cannot be resumed")
         src_path = run_dir / SRC_TOKENIZER_FILE
         src_tokenizer = Tokenizer.from_file(src_path) if src_path.is_file() else None
@@ -193,8 +193,9 @@ class Trainer:
                 if self.step % cfg.eval_interval == 0 or self.done() or self.step == stop_at_step:
                     last = self._record(loss_sum / max(loss_count, 1), lr, writer, clock)
                     loss_sum, loss_count = 0.0, 0
+                    scores = "".join(f" | {k} {v:.4f}" for k, v in last.items() if k.startswith("val_") and k != "val_loss")
                     bar.write(f"step {self.step:>6} | train_loss {last['train_loss']:.4f} | "
-                              f"val_loss {last['val_loss']:.4f} | {self.elapsed:6.1f}s")
+                              f"val_loss {last['val_loss']:.4f}{scores} | {self.elapsed:6.1f}s")
                     if cfg.save_interval == 0 or self.step % cfg.save_interval == 0 or self.done() \
                             or self.step == stop_at_step or (cfg.keep_best and self._is_best()):
                         self.save()
@@ -226,14 +227,28 @@ class Trainer:
 
     def _record(self, train_loss: float, lr: float, writer, clock: float) -> dict:
         val_loss = self.evaluate()
+        scores = self._scores()
         self.elapsed = time.perf_counter() - clock          # the budget is wall time: evaluations count
         row = {"step": self.step, "elapsed_s": round(self.elapsed, 3), "tokens": self.tokens,
-               "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5), "lr": lr}
+               "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5), "lr": lr, **scores}
         self.metrics.append(row)
         if writer is not None:
             for key in ("train_loss", "val_loss", "lr"):
                 writer.add_scalar(key, row[key], self.step)
         return row
+
+    @torch.no_grad()
+    def _scores(self) -> dict:
+        """Task metrics on the validation split besides the loss (image batches: val_accuracy), if any."""
+        score = getattr(self.data, "score", None)
+        if score is None:
+            return {}
+        self.model.eval()
+        try:
+            with self.autocast():
+                return score(self.model)
+        finally:
+            self.model.train()
 
     def _postfix(self, loss: float) -> str:
         cfg = self.train_cfg
