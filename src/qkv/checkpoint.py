@@ -38,6 +38,8 @@ SRC_TOKENIZER_FILE = "tokenizer_src.json"
 # Hugging Face config.json "model_type" -> (module, loader, the family of the model it gives)
 HF_MODEL_TYPES = {"gpt2": ("qkv.interop.hf_gpt2", "load_gpt2", "decoder"),
                   "bert": ("qkv.interop.hf_bert", "load_bert", "encoder"),
+                  "vit": ("qkv.interop.hf_vit", "load_vit", "image classifier"),
+                  "swin": ("qkv.interop.hf_swin", "load_swin", "image classifier"),
                   **{t: ("qkv.interop.hf_llama", "load_llama", "decoder") for t in ("llama", "mistral", "qwen2")}}
 
 

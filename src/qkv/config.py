@@ -101,7 +101,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: Literal["lm", "translate", "summarize"] = "lm"    # what the data is (see qkv.train.tasks)
+    task: Literal["lm", "translate", "summarize", "image-classification"] = "lm"
+                                            # what the data is (see qkv.train.tasks; images: qkv.train.images)
     objective: Literal["causal", "prefix", "mlm", "span"] = "causal"   # task=lm: how text teaches itself
     data: str | None = None                 # lm: text file or folder of .txt files (None -> bundled shakespeare);
                                             # translate: folder of train.<lang>/val.<lang>; summarize: folder of
@@ -158,6 +159,68 @@ class TrainConfig:
                             "save_interval": "[0, inf)", "seed": "[0, 1e18]", "threads": "[1, 1024]",
                             "max_bad_steps": "[1, inf)",
                             "label_smoothing": "[0, 1)"})
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """What an image model adds to ``ModelConfig`` (whose d_model, n_layers, n_heads, mlp, norm, pos, dropout
+    describe its transformer blocks): the image, how it becomes tokens, and how it is normalized."""
+    model: Literal["vit", "swin", "cnn"] = "vit"
+                                            # image-classification: ViT, Swin, or the small CNN baseline
+    image_size: int = 28                    # images are image_size x image_size pixels (resized to it on input)
+    channels: int = 1                       # 1 grayscale, 3 RGB
+    patch_size: int = 4                     # pixels per patch side: each patch becomes one token
+    pool: Literal["cls", "mean"] = "cls"    # ViT: classify from a [CLS] token, or from the mean of the patch tokens
+    window_size: int = 7                    # Swin: attention within window_size x window_size patches
+    depths: str = "2,2"                     # Swin: blocks per stage, comma-separated (each stage after the first
+                                            # merges 2x2 patches and doubles d_model)
+    heads: str | None = None                # Swin: heads per stage, comma-separated; None -> n_heads, doubling
+    image_mean: str = "0.1307"              # per-channel mean subtracted after scaling pixels to [0, 1] (MNIST's)
+    image_std: str = "0.3081"               # per-channel std divided by, comma-separated for RGB
+    resample: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
+                                            # how an image of another size is resized (Pillow's filter)
+
+    def __post_init__(self):
+        check_fields(self, {"image_size": "[1, inf)", "channels": "[1, 4]", "patch_size": "[1, inf)",
+                            "window_size": "[1, inf)"})
+        for name in ("depths", "heads", "image_mean", "image_std"):
+            self._numbers(name)
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
+        for name in ("image_mean", "image_std"):
+            if len(self._numbers(name)) not in (1, self.channels):
+                raise ConfigError(f"{name}={getattr(self, name)!r} needs 1 or channels={self.channels} values")
+        if any(s <= 0 for s in self._numbers("image_std")):
+            raise ConfigError(f"image_std={self.image_std!r} must be positive")
+        if not self.stage_depths or any(d < 1 or d != int(d) for d in self.stage_depths) or \
+                any(h < 1 or h != int(h) for h in self._numbers("heads")):
+            raise ConfigError(f"depths={self.depths!r} and heads={self.heads!r} must be positive integers, "
+                              f"comma-separated, e.g. depths='2,2'")
+        if self.heads and len(self._numbers("heads")) != len(self.stage_depths):
+            raise ConfigError(f"heads={self.heads!r} needs one value per stage of depths={self.depths!r}")
+
+    def _numbers(self, name: str) -> list[float]:
+        text = getattr(self, name) or ""
+        try:
+            return [float(x) for x in text.split(",")] if text.strip() else []
+        except ValueError:
+            raise ConfigError(f"{name}={text!r} must be comma-separated numbers, e.g. '0.5' or '2,2'") from None
+
+    @property
+    def stage_depths(self) -> list[int]:
+        return [int(d) for d in self._numbers("depths")]
+
+    def stage_heads(self, n_heads: int) -> list[int]:
+        return [int(h) for h in self._numbers("heads")] or [n_heads * 2 ** i for i in range(len(self.stage_depths))]
+
+    @property
+    def grid(self) -> int:                  # patches per image side
+        return self.image_size // self.patch_size
+
+    @property
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        mean, std = self._numbers("image_mean"), self._numbers("image_std")
+        return mean * (self.channels // len(mean)), std * (self.channels // len(std))
 
 
 # A BERT-style encoder (Devlin et al., 2019) at a CPU size: a norm after the embeddings, segment embeddings,
@@ -225,6 +288,31 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": dict(tokenizer="wordpiece", bpe_vocab_size=8000, batch_size=32, lr=2e-4, warmup_iters=100,
                       max_iters=3000, weight_decay=0.01, beta2=0.999, eval_interval=200, eval_iters=8,
                       out_dir="runs/finetune"),
+    },
+    # MNIST (`qkv train --task image-classification --model vit|swin|cnn --data ../shared/data/mnist`): 15 minutes
+    # of 2 CPU cores each (bench/README.md). "vision" is the VisionConfig; ViT's max_len is set from the image.
+    "mnist-vit": {
+        "model": dict(n_layers=6, d_model=96, n_heads=4, mlp="gelu", norm="layernorm", norm_placement="pre",
+                      pos="learned", mask="bidirectional", norm_eps=1e-6, dropout=0.0),
+        "vision": dict(model="vit", patch_size=4, pool="mean"),
+        "train": dict(task="image-classification", data="../shared/data/mnist", batch_size=128, lr=1e-3,
+                      warmup_iters=200, max_iters=100000, max_time=900, weight_decay=0.05, beta2=0.999,
+                      eval_interval=200, eval_iters=4, out_dir="runs/mnist-vit"),
+    },
+    "mnist-swin": {
+        "model": dict(n_layers=2, d_model=64, n_heads=2, mlp="gelu", norm="layernorm", norm_placement="pre",
+                      mask="bidirectional", dropout=0.0),
+        "vision": dict(model="swin", patch_size=2, window_size=7, depths="2,2"),
+        "train": dict(task="image-classification", data="../shared/data/mnist", batch_size=128, lr=1e-3,
+                      warmup_iters=200, max_iters=100000, max_time=900, weight_decay=0.05, beta2=0.999,
+                      eval_interval=200, eval_iters=4, out_dir="runs/mnist-swin"),
+    },
+    "mnist-cnn": {
+        "model": dict(n_layers=2, d_model=32, dropout=0.25),
+        "vision": dict(model="cnn"),
+        "train": dict(task="image-classification", data="../shared/data/mnist", batch_size=128, lr=1e-3,
+                      warmup_iters=100, max_iters=100000, max_time=900, weight_decay=0.05, beta2=0.999,
+                      eval_interval=200, eval_iters=4, out_dir="runs/mnist-cnn"),
     },
     # GPT-2 small's shape (124M parameters) for benchmarks.
     "gpt2-small": {

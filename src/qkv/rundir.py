@@ -35,7 +35,8 @@ from .errors import CheckpointError
 # is a qkv run that --overwrite may replace.
 RUN_ENTRIES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_src.json", "tokenizer_config.json",
                "generation_config.json", "trainer_state.pt",
-               "metrics.jsonl", "eval.json", "predictions.json", "predictions.jsonl", "evaluate", "best"}
+               "metrics.jsonl", "eval.json", "predictions.json", "predictions.jsonl", "evaluate", "best",
+               "confusion.png"}
 
 
 def _exchange(a: Path, b: Path) -> bool:

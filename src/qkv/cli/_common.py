@@ -17,7 +17,8 @@ from ..rundir import check_writable, free_dir
 USES = {"decoder": "`qkv generate` or `qkv eval`",
         "encoder": "`qkv embed`, or `qkv finetune --init DIR` to train a task head on it",
         "fine-tuned encoder": "`qkv predict` or `qkv evaluate`",
-        "encoder-decoder": "`qkv translate`"}
+        "encoder-decoder": "`qkv translate`",
+        "image classifier": "`qkv predict --image` or `qkv evaluate`"}
 
 
 def require_family(path: str | Path, command: str, *families: str) -> str:

@@ -4,7 +4,11 @@
     qkv predict runs/upos --text "The dogs ran home ."                        # word/TAG pairs
     qkv predict runs/squad --question "Who ran?" --context "The dogs ran home."   # the answer span
 
+    qkv predict runs/mnist-vit --image digit.png                             # an image classifier: class + probability
+
 Text for tagging is split into words on whitespace. --json prints the prediction records instead.
+An image is converted to the model's channels and resized to its input size (a note says so); MNIST
+models expect a light digit on a dark background (--invert for a dark digit on white paper).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 
 from ..tasks import TASKS
 
-from .flags import path_arg
+from .flags import path_arg, value_parser
 
 
 def add_arguments(p) -> None:
@@ -22,6 +26,11 @@ def add_arguments(p) -> None:
     p.add_argument("--question", help="extractive QA: the question (with --context)")
     p.add_argument("--context", help="extractive QA: the passage holding the answer")
     p.add_argument("--task", choices=list(TASKS), help="the task, for checkpoints saved without one")
+    p.add_argument("--image", action="append", default=[], type=path_arg, metavar="FILE",
+                   help="an image classifier's input (PNG, JPEG, ...; Pillow); repeat for more")
+    p.add_argument("--invert", action="store_true", help="invert the image's pixels first (a dark digit on white paper "
+                                                         "for an MNIST model)")
+    p.add_argument("--top", type=value_parser(int, "--top"), default=3, help="classes shown per image (default 3)")
     p.add_argument("--json", action="store_true", help="print the prediction records as JSON")
 
 
@@ -32,7 +41,10 @@ def run(args) -> int:
     from ..train.finetune import _max_len, load_finetuned
     from ._common import require_family, say_truncated
 
-    require_family(args.checkpoint, "predict", "fine-tuned encoder")
+    if require_family(args.checkpoint, "predict", "fine-tuned encoder", "image classifier") == "image classifier":
+        return _images(args)
+    if args.image or args.invert:
+        raise InputError("a text model reads --text TEXT; --image and --invert are for image classifiers")
     model, fcfg = load_finetuned(args.checkpoint, args.task)
     spec = get_task(fcfg.task)
     if fcfg.task == "squad":
@@ -53,4 +65,42 @@ def run(args) -> int:
     predictions = spec.predict(examples, items, item_logits(model, items, model.tokenizer.pad_id or 0),
                                labels, fcfg)
     print(json.dumps(predictions, ensure_ascii=False) if args.json else spec.show(predictions))
+    return 0
+
+
+def _images(args) -> int:
+    import sys
+
+    import torch
+
+    from ..checkpoint import load
+    from ..data.images import image_to_pixels, normalize
+    from ..errors import InputError
+    from ..nn.onednn import use_onednn
+
+    if not args.image or args.text or args.question or args.context:
+        raise InputError("an image classifier reads --image FILE (repeatable); --text/--question/--context are for "
+                         "text models")
+    if args.top < 1:
+        raise InputError(f"--top {args.top} must be a positive number of classes")
+    model = use_onednn(load(args.checkpoint))
+    v = model.vision
+    mean, std = v.mean_std
+    records = []
+    for path in args.image:
+        pixels, note = image_to_pixels(path, v.image_size, v.channels, v.resample, args.invert)
+        if note:
+            print(f"note: {path}: {note}", file=sys.stderr)
+        with torch.inference_mode():
+            probs_K = model(normalize(pixels, mean, std)).logits[0].float().softmax(-1)
+        top = probs_K.topk(min(args.top, len(model.labels)))
+        records.append({"image": str(path), "label": model.labels[int(top.indices[0])],
+                        "top": [{"label": model.labels[int(i)], "probability": round(float(p), 6)}
+                                for p, i in zip(top.values, top.indices)]})
+    if args.json:
+        print(json.dumps(records, ensure_ascii=False))
+    else:
+        for r in records:
+            others = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
+            print(f"{r['image']}: {r['label']}  ({others})")
     return 0

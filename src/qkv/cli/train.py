@@ -6,13 +6,17 @@ import math
 from pathlib import Path
 
 from ..checkpoint import read_config
-from ..config import PRESETS, ModelConfig, TrainConfig, load_config_file, resolve
+from ..config import PRESETS, ModelConfig, TrainConfig, VisionConfig, build, load_config_file, resolve
+from ..data.images import ImageDataConfig
 from ..errors import ConfigError
 from ._common import default_out_dir
 from .flags import add_dataclass_flags, collect, path_arg
 
-# by --task (and --objective mlm, whose encoder needs a WordPiece vocabulary and a bidirectional mask)
-DEFAULT_PRESETS = {"lm": "shakespeare-char", "mlm": "bert-mlm", "translate": "multi30k", "summarize": "scitldr"}
+# by --task (and --objective mlm, whose encoder needs a WordPiece vocabulary and a bidirectional mask; images:
+# by --model, mnist-vit / mnist-swin / mnist-cnn)
+DEFAULT_PRESETS = {"lm": "shakespeare-char", "mlm": "bert-mlm", "translate": "multi30k", "summarize": "scitldr",
+                   "image-classification": "mnist-vit"}
+IMAGES = "image-classification"
 
 
 def add_arguments(p) -> None:
@@ -23,13 +27,16 @@ def add_arguments(p) -> None:
                                                   "(training flags such as --max-iters extend it)")
     add_dataclass_flags(p, ModelConfig, "model (ModelConfig fields)")
     add_dataclass_flags(p, TrainConfig, "training (TrainConfig fields)")
+    add_dataclass_flags(p, VisionConfig, "images, --task image-classification (VisionConfig fields)")
+    add_dataclass_flags(p, ImageDataConfig, "image data, --task image-classification (ImageDataConfig fields)")
 
 
 def _preset(args) -> str | None:
     """The preset a run uses: --preset, else the config file's own, else the default for its task."""
     train_options = collect(args, TrainConfig)
     task = "mlm" if train_options.get("objective") == "mlm" else train_options.get("task", "lm")
-    return getattr(args, "preset", None) or (None if getattr(args, "config", None) else DEFAULT_PRESETS[task])
+    default = f"mnist-{getattr(args, 'model', 'vit')}" if task == IMAGES else DEFAULT_PRESETS[task]
+    return getattr(args, "preset", None) or (None if getattr(args, "config", None) else default)
 
 
 def help_defaults(args) -> tuple[str, dict]:
@@ -54,6 +61,14 @@ def _train(args) -> int:
     from ..train.distributed import check_launch
 
     model_overrides, train_overrides = collect(args, ModelConfig), collect(args, TrainConfig)
+    image_overrides = {**collect(args, VisionConfig), **collect(args, ImageDataConfig)}
+    if args.resume and "images" in read_config(args.resume):
+        return _images(args, model_overrides, train_overrides, image_overrides)
+    if not args.resume and train_overrides.get("task", PRESETS.get(_preset(args) or "", {}).get("train", {}).get("task")) == IMAGES:
+        return _images(args, model_overrides, train_overrides, image_overrides)
+    if image_overrides:
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in image_overrides)} describe images; add "
+                          f"--task image-classification, or drop them")
     if args.resume:
         if args.preset or args.config or model_overrides:
             raise ConfigError("--resume continues a run with its saved model config; drop --preset, --config "
@@ -84,3 +99,48 @@ def _train(args) -> int:
     print(f"final: step {last['step']} | {last['elapsed_s']:.1f}s | train_loss {last['train_loss']:.4f} | "
           f"saved to {trainer.out_dir} | val_loss {last['val_loss']:.4f} (ppl {math.exp(last['val_loss']):.2f})")
     return 0
+
+
+def _images(args, model_overrides: dict, train_overrides: dict, image_overrides: dict) -> int:
+    """`qkv train --task image-classification`: ViT, Swin or the CNN on MNIST; scored on the test split."""
+    from ..rundir import claim_out_dir
+    from ..train.images import build_image_task, finish, resume_images
+    from ..train.trainer import Trainer
+
+    if args.resume:
+        if args.preset or args.config or model_overrides or image_overrides:
+            raise ConfigError("--resume continues a run with its saved model, image and data settings; pass only "
+                              "training flags such as --max-time")
+        trainer = resume_images(args.resume, train_overrides)
+        if trainer.done():
+            raise ConfigError(f"{args.resume} has spent its budget: {trainer.spent_budget()}")
+        print(f"resuming {args.resume} at step {trainer.step}")
+    else:
+        name = _preset(args)
+        if args.config:
+            raise ConfigError("--config files hold [model] and [train] only; for images use --preset and flags")
+        model_cfg, train_cfg = resolve(name, None, model_overrides, train_overrides)
+        vision_options = {k: v for k, v in image_overrides.items() if k in VisionConfig.__dataclass_fields__}
+        vision = build(VisionConfig, {**PRESETS[name].get("vision", {}), **vision_options}, "the image flags")
+        dcfg = build(ImageDataConfig, {k: v for k, v in image_overrides.items() if k not in vision_options},
+                     "the image data flags")
+        train_cfg = default_out_dir(train_cfg, None, train_overrides)
+        claim_out_dir(train_cfg.out_dir, train_cfg.overwrite)       # before the data is read and the model built
+        task = build_image_task(model_cfg, vision, train_cfg, dcfg)
+        trainer = Trainer(task.model_cfg, train_cfg, task=task)
+    data, model = trainer.data, trainer.model
+    sizes = " / ".join(f"{len(data.splits[s]):,} {s}" for s in ("train", "val", "test"))
+    print(f"model: {type(model).__name__} ({model.vision.model}), {model.num_params() / 1e6:.2f}M parameters; data: "
+          f"{sizes} images (train: the 5k CSV subset + test images 0..{model_images_note(trainer)}); "
+          f"run dir {trainer.out_dir}")
+    trainer.fit()
+    report = finish(trainer)
+    print(f"final: step {trainer.step} | {trainer.elapsed:.1f}s | test accuracy {report['accuracy']:.4f} on "
+          f"{report['examples']:,} held-out images | report and confusion.png in {trainer.out_dir}")
+    return 0
+
+
+def model_images_note(trainer) -> str:
+    """The last test-image index used for training, from the run's data settings."""
+    images = trainer.task_config["images"]
+    return f"{images['test_in_train'] - 1}; val: the next {images['val_images']:,}; test: the rest"

@@ -27,12 +27,14 @@ from ..nn.position import make_position
 
 
 class Stack(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_layers: int | None = None, cross: bool = False):
+    def __init__(self, cfg: ModelConfig, n_layers: int | None = None, cross: bool = False, tokens: bool = True):
+        """tokens: False for inputs that arrive as vectors (image patches): no token embedding, no vocabulary."""
         super().__init__()
-        if cfg.vocab_size is None:
+        if tokens and cfg.vocab_size is None:
             raise ConfigError("ModelConfig.vocab_size is None; set it to the tokenizer's vocab size")
         self.cfg = cfg
-        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if tokens:
+            self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = make_position(cfg)
         if cfg.type_vocab_size:
             self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
@@ -55,7 +57,7 @@ class Stack(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("attn.wo.weight", "cross.wo.weight", "mlp.down.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * len(self.blocks)))
-        if self.cfg.embed_scale:                    # x sqrt(d_model) in embed(): unit-scale token vectors
+        if self.cfg.embed_scale and hasattr(self, "tok"):   # x sqrt(d_model) in embed(): unit-scale token vectors
             nn.init.normal_(self.tok.weight, std=self.cfg.d_model ** -0.5)
 
     def rebuild_buffers(self) -> None:

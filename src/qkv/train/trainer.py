@@ -65,7 +65,8 @@ class Trainer:
         task = task or build_task(model_cfg, train_cfg, tokenizer, src_tokenizer)
         self.task_config = task.config
         self.model_cfg, self.tokenizer, self.data = task.model_cfg, task.tokenizer, task.data
-        world.same_everywhere(self.tokenizer.backend.to_str(), "tokenizers")
+        if self.tokenizer is not None:                 # image tasks have none
+            world.same_everywhere(self.tokenizer.backend.to_str(), "tokenizers")
         torch.manual_seed(train_cfg.seed)
         self.model = task.model if task.model is not None else task.model_cls(self.model_cfg)
         self.model.src_tokenizer = task.src_tokenizer
@@ -103,7 +104,7 @@ class Trainer:
         train = {**config.get("train", {}), "out_dir": str(run_dir), "overwrite": False, **(train_overrides or {})}
         train_cfg = build(TrainConfig, train, "the resumed run's options")
         tokenizer = Tokenizer.from_dir(run_dir)
-        if tokenizer is None:
+        if tokenizer is None and task is None:          # a task rebuilt by its owner may have none (images)
             raise CheckpointError(f"{run_dir} has no tokenizer.json; the run cannot be resumed")
         src_path = run_dir / SRC_TOKENIZER_FILE
         src_tokenizer = Tokenizer.from_file(src_path) if src_path.is_file() else None
@@ -170,7 +171,7 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean validation loss over the val batches. Ranks split the batches between them (FSDP2: every rank
         runs them all, since each forward gathers the shards from all ranks)."""
-        batches = self.data.val_batches(self.train_cfg.batch_size, self.train_cfg.eval_iters)
+        batches = list(self.data.val_batches(self.train_cfg.batch_size, self.train_cfg.eval_iters))
         if not is_sharded(self.model):
             batches = batches[self.world.rank::self.world.size]
         self.model.eval()
@@ -275,8 +276,9 @@ class Trainer:
                                                  or self.step == stop_at_step):
                     last = self._record(loss_sum / max(loss_count, 1), lr, writer, clock)
                     loss_sum, loss_count = 0.0, 0
+                    scores = "".join(f" | {k} {v:.4f}" for k, v in last.items() if k.startswith("val_") and k != "val_loss")
                     bar.write(f"step {self.step:>6} | train_loss {last['train_loss']:.4f} | "
-                              f"val_loss {last['val_loss']:.4f} | {self.elapsed:6.1f}s")
+                              f"val_loss {last['val_loss']:.4f}{scores} | {self.elapsed:6.1f}s")
                     if cfg.save_interval == 0 or self.step % cfg.save_interval == 0 or self.done() \
                             or self.step == stop_at_step or (cfg.keep_best and self._is_best()):
                         self.save()
@@ -321,15 +323,29 @@ class Trainer:
 
     def _record(self, train_loss: float, lr: float, writer, clock: float) -> dict:
         val_loss = self.evaluate()
+        scores = self._scores()
         self.elapsed = self._agreed_elapsed(clock)          # the budget is wall time: evaluations count
         row = {"step": self.step, "elapsed_s": round(self.elapsed, 3), "tokens": self.tokens,
                "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5), "lr": lr,
-               "skipped_steps": self.guard.skipped}
+               "skipped_steps": self.guard.skipped, **scores}
         self.metrics.append(row)
         if writer is not None:
             for key in ("train_loss", "val_loss", "lr"):
                 writer.add_scalar(key, row[key], self.step)
         return row
+
+    @torch.no_grad()
+    def _scores(self) -> dict:
+        """Task metrics on the validation split besides the loss (image batches: val_accuracy), if any."""
+        score = getattr(self.data, "score", None)
+        if score is None:
+            return {}
+        self.model.eval()
+        try:
+            with self.autocast():
+                return score(self.model)
+        finally:
+            self.model.train()
 
     def _postfix(self, loss: float) -> str:
         cfg = self.train_cfg

@@ -1,0 +1,194 @@
+"""ViT, Swin and the CNN: built from the shared layers, both attention paths equal, windows and shifts exact,
+MNIST files read and checked, the split never scores a trained image, training resumes exactly, and the
+evaluate / predict commands."""
+
+import gzip
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import qkv
+from qkv.cli import main
+from qkv.config import ModelConfig, TrainConfig, VisionConfig
+from qkv.data.images import (IMAGES_MAGIC, LABELS_MAGIC, ImageDataConfig, mnist_splits, random_shift, read_csv_images,
+                             read_idx)
+from qkv.errors import ConfigError, DataError, InputError
+from qkv.models import CNN, Swin, ViT
+from qkv.models.stack import Stack
+from qkv.models.swin import shifted_window_mask, window_merge, window_partition
+from qkv.models.vision import sincos_2d_table
+from qkv.nn.block import Block
+from qkv.train.images import build_image_task, resume_images
+from qkv.train.trainer import Trainer
+from vision_fixtures import digit_images, idx_bytes, write_mnist
+
+LABELS = [str(d) for d in range(10)]
+
+
+def vit(pos="learned", pool="cls", **kw):
+    vision = VisionConfig(patch_size=7, pool=pool)
+    cfg = ModelConfig(max_len=16 + (pool == "cls"), n_layers=2, d_model=32, n_heads=4, mask="bidirectional", pos=pos, **kw)
+    return ViT(cfg, vision, LABELS)
+
+
+def swin():
+    vision = VisionConfig(model="swin", patch_size=2, window_size=7, depths="2,2")
+    return Swin(ModelConfig(n_layers=2, d_model=16, n_heads=2, mask="bidirectional"), vision, LABELS)
+
+
+def cnn():
+    return CNN(ModelConfig(n_layers=2, d_model=4), VisionConfig(model="cnn"), LABELS)
+
+
+def test_vit_is_the_encoder_stack_on_patches():
+    model = vit()
+    assert isinstance(model, Stack) and all(type(b) is Block for b in model.blocks)
+    assert not hasattr(model, "tok")                       # no vocabulary: patches arrive as vectors
+    assert model.pos.table.weight.shape == (17, 32)        # 4x4 patches + [CLS]
+    assert all(type(b) is Block for stage in swin().stages for b in stage.blocks)
+
+
+@pytest.mark.parametrize("build", [vit, lambda: vit("sinusoidal", "mean"), swin, cnn])
+def test_explicit_attention_path_equals_sdpa_and_a_checkpoint_round_trips(build, tmp_path):
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(3, 1, 28, 28)
+    fast = model(x).logits
+    explicit = model(x, return_attentions=True)
+    torch.testing.assert_close(explicit.logits, fast, atol=1e-5, rtol=1e-5)
+    qkv.save(model, tmp_path / "m")
+    loaded = qkv.load(tmp_path / "m")
+    assert type(loaded) is type(model) and loaded.labels == LABELS
+    torch.testing.assert_close(loaded(x).logits, fast)
+
+
+def test_sincos_2d_positions_depend_on_row_and_column_alone():
+    table = sincos_2d_table(4, 16, cls=True)
+    assert torch.equal(table[0], torch.zeros(16))                       # [CLS] has no place on the grid
+    grid = table[1:].view(4, 4, 16)
+    assert torch.equal(grid[1, 0, :8], grid[1, 3, :8]) and torch.equal(grid[0, 2, 8:], grid[3, 2, 8:])
+    assert not torch.equal(grid[1, 0, :8], grid[2, 0, :8])
+
+
+def test_windows_round_trip_and_the_shift_mask_keeps_old_neighbours_apart():
+    x = torch.randn(2, 8, 8, 3)
+    assert torch.equal(window_merge(window_partition(x, 4), 4, 8, 8), x)
+    allowed = shifted_window_mask(8, 8, 4, 2)                           # 4 windows of 16 patches
+    assert allowed.shape == (4, 16, 16) and bool(allowed[0].all())     # the first window never wraps
+    # brute force: after rolling by -2, patch (y, x) of the grid came from ((y + 2) % 8, (x + 2) % 8); two patches
+    # of a window may attend iff neither axis wrapped for one and not the other
+    origin = [((y + 2) % 8 < 2, (x + 2) % 8 < 2) for y in range(8) for x in range(8)]
+    tokens = window_partition(torch.arange(64).view(1, 8, 8, 1), 4)[..., 0]
+    for w in range(4):
+        for t in range(16):
+            for u in range(16):
+                a, b = origin[int(tokens[w, t])], origin[int(tokens[w, u])]
+                assert bool(allowed[w, t, u]) == (a == b)
+
+
+def test_wrong_images_and_labels_are_refused():
+    model = vit()
+    with pytest.raises(InputError, match=r"\(batch, 1, 28, 28\)"):
+        model(torch.randn(2, 3, 28, 28))
+    with pytest.raises(InputError, match="normalized floats"):
+        model(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(InputError, match=r"labels must lie in \[0, 10\)"):
+        model(torch.randn(2, 1, 28, 28), torch.tensor([3, 10]))
+    with pytest.raises(ConfigError, match="max_len=50 must equal the 17 tokens"):
+        ViT(ModelConfig(max_len=50, mask="bidirectional"), VisionConfig(patch_size=7), LABELS)
+    with pytest.raises(ConfigError, match="cannot be cut into 5x5 windows"):
+        Swin(ModelConfig(mask="bidirectional"), VisionConfig(model="swin", patch_size=2, window_size=5), LABELS)
+
+
+# ---- data ---------------------------------------------------------------------------------------------
+def test_idx_and_csv_are_read_and_bad_files_named(tmp_path):
+    images, labels = digit_images(5, seed=3)
+    (tmp_path / "img").write_bytes(idx_bytes(images, IMAGES_MAGIC))
+    assert torch.equal(read_idx(tmp_path / "img", IMAGES_MAGIC), images)
+    with gzip.open(tmp_path / "lab.gz", "wb") as fh:
+        fh.write(idx_bytes(labels, LABELS_MAGIC))
+    assert torch.equal(read_idx(tmp_path / "lab.gz", LABELS_MAGIC), labels.to(torch.uint8))
+    with pytest.raises(DataError, match=r"img is not an IDX label file: expected magic number 0x00000801"):
+        read_idx(tmp_path / "img", LABELS_MAGIC)
+    (tmp_path / "cut").write_bytes(idx_bytes(images, IMAGES_MAGIC)[:-3])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "cut", IMAGES_MAGIC)
+    row = ",".join(["0"] * 784)
+    (tmp_path / "a.csv").write_text(f"{row},3\n{row},7\n")
+    got, got_labels = read_csv_images(tmp_path / "a.csv")
+    assert got.shape == (2, 28, 28) and got_labels.tolist() == [3, 7]
+    (tmp_path / "b.csv").write_text(f"{row},3\n{row}\n")
+    with pytest.raises(DataError, match="b.csv line 2 has 784 values but a 28x28 image needs 785"):
+        read_csv_images(tmp_path / "b.csv")
+    (tmp_path / "c.csv").write_text(f"{row},12\n")
+    with pytest.raises(DataError, match="line 1 has label 12, outside the 10 classes"):
+        read_csv_images(tmp_path / "c.csv")
+
+
+def test_the_split_never_scores_a_trained_image(tmp_path):
+    d = write_mnist(tmp_path / "mnist", n_test=60, n_train=40)
+    splits = mnist_splits(d, ImageDataConfig(test_in_train=20, val_images=10))
+    assert [len(splits[s][0]) for s in ("train", "val", "test")] == [60, 10, 30]
+    train = {bytes(img.flatten().tolist()) for img in splits["train"][0]}
+    assert not any(bytes(img.flatten().tolist()) in train for img in splits["test"][0])
+    assert not any(bytes(img.flatten().tolist()) in train for img in splits["val"][0])
+
+
+def test_random_shift_moves_the_image_and_fills_with_zeros():
+    img = torch.zeros(1, 1, 6, 6, dtype=torch.uint8)
+    img[0, 0, 2, 3] = 200
+    seen = {tuple((random_shift(img, 1, torch.Generator().manual_seed(s))[0, 0] == 200).nonzero()[0].tolist())
+            for s in range(40)}
+    assert seen == {(y, x) for y in (1, 2, 3) for x in (2, 3, 4)}     # every shift of up to 1 pixel, nothing else
+
+
+# ---- training, evaluate, predict ----------------------------------------------------------------------
+def _train_cfg(d, out, **kw):
+    return TrainConfig(task="image-classification", data=str(d), batch_size=8, max_iters=6, eval_interval=3,
+                       eval_iters=1, warmup_iters=1, lr=3e-3, out_dir=str(out), progress=False, **kw)
+
+
+def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
+    d = write_mnist(tmp_path / "mnist")
+    dcfg = ImageDataConfig(test_in_train=20, val_images=10)
+    cfg = ModelConfig(n_layers=1, d_model=16, n_heads=2, mask="bidirectional", dropout=0.1)
+    vision = VisionConfig(patch_size=7, pool="mean")
+    whole = _train_cfg(d, tmp_path / "whole")
+    task = build_image_task(cfg, vision, whole, dcfg)
+    Trainer(task.model_cfg, whole, task=task).fit()
+    part = _train_cfg(d, tmp_path / "part")
+    task = build_image_task(cfg, vision, part, dcfg)
+    Trainer(task.model_cfg, part, task=task).fit(stop_at_step=4)
+    resumed = resume_images(tmp_path / "part")
+    assert resumed.step == 4
+    resumed.fit()
+    a, b = qkv.load(tmp_path / "whole"), qkv.load(tmp_path / "part")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    rows = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 4, 6] and all(0 <= r["val_accuracy"] <= 1 for r in rows)
+
+
+def test_cli_trains_evaluates_and_predicts(tmp_path, capsys):
+    d = write_mnist(tmp_path / "mnist")
+    out = tmp_path / "run"
+    assert main(["train", "--task", "image-classification", "--model", "cnn", "--data", str(d), "--test-in-train", "20",
+                 "--val-images", "10", "--shift", "0", "--max-iters", "60", "--max-time", "60", "--eval-interval", "30",
+                 "--batch-size", "16", "--lr", "3e-3", "--d-model", "4", "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "60 train / 10 val / 30 test images" in printed
+    report = json.loads((out / "eval.json").read_text())
+    assert report["examples"] == 30 and report["accuracy"] >= 0.9          # ten bright bars: easy
+    assert sum(map(sum, report["confusion"])) == 30 and (out / "confusion.png").stat().st_size > 1000
+    assert main(["evaluate", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"accuracy {report['accuracy']:.4f} on 30 images" in printed and "true \\ predicted" in printed
+    assert json.loads((out / "evaluate" / "eval.json").read_text())["confusion"] == report["confusion"]
+    images, labels = digit_images(60, seed=0)
+    Image.fromarray(images[55].numpy()).convert("RGB").resize((56, 56), Image.NEAREST).save(tmp_path / "five.png")
+    assert main(["predict", str(out), "--image", str(tmp_path / "five.png"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["label"] == str(int(labels[55]))
+    assert "resized from 56x56 to the model's 28x28" in captured.err and "converted from RGB to L" in captured.err
