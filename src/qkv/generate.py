@@ -144,6 +144,29 @@ def next_token(logits_BV: torch.Tensor, cfg: GenerationConfig, seen_BV=None, cou
     return torch.multinomial(logits_BV.softmax(dim=-1), 1, generator=generator)[:, 0]
 
 
+class Penalties:
+    """The token history the penalties read: ``seen_BV`` (prompt + output, for the repetition penalty) and
+    ``counts_BV`` (output only, for presence/frequency); each None when its penalty is off."""
+
+    def __init__(self, cfg: GenerationConfig, prompt_ids_BL: torch.Tensor, vocab_size: int,
+                 key_mask_BL: torch.Tensor | None = None):
+        B, L = prompt_ids_BL.shape
+        device = prompt_ids_BL.device
+        self.rows_B = torch.arange(B, device=device)
+        self.seen_BV = self.counts_BV = None
+        if cfg.repetition_penalty != 1.0:                       # prompt tokens count; padding does not
+            real_BL = key_mask_BL.float() if key_mask_BL is not None else torch.ones(B, L, device=device)
+            self.seen_BV = torch.zeros(B, vocab_size, device=device).scatter_add_(1, prompt_ids_BL, real_BL) > 0
+        if cfg.presence_penalty or cfg.frequency_penalty:
+            self.counts_BV = torch.zeros(B, vocab_size, device=device)
+
+    def record(self, next_B: torch.Tensor) -> None:
+        if self.seen_BV is not None:
+            self.seen_BV[self.rows_B, next_B] = True
+        if self.counts_BV is not None:
+            self.counts_BV[self.rows_B, next_B] += 1
+
+
 # ---- the decode loop ------------------------------------------------------------------------------------
 def check_lengths(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig) -> None:
     B, L = prompt_ids_BL.shape
@@ -180,7 +203,6 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
     B, L = prompt_ids_BL.shape
     T = L + cfg.max_new_tokens
     device = next(model.parameters()).device
-    rows_B = torch.arange(B, device=device)
     ids_BT = torch.zeros(B, T, dtype=torch.long, device=device)   # the whole sequence, allocated once
     ids_BT[:, :L] = prompt_ids_BL
     key_mask_BT = None
@@ -188,13 +210,8 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
         key_mask_BT = torch.ones(B, T, dtype=torch.bool, device=device)
         key_mask_BT[:, :L] = key_mask_BL
     generator = torch.Generator(device).manual_seed(cfg.seed) if cfg.seed is not None else None
-    V = model.cfg.vocab_size
-    seen_BV = counts_BV = None
-    if cfg.repetition_penalty != 1.0:                           # prompt tokens count; padding does not
-        real_BL = key_mask_BT[:, :L].float() if key_mask_BT is not None else torch.ones(B, L, device=device)
-        seen_BV = torch.zeros(B, V, device=device).scatter_add_(1, ids_BT[:, :L], real_BL) > 0
-    if cfg.presence_penalty or cfg.frequency_penalty:
-        counts_BV = torch.zeros(B, V, device=device)
+    penalties = Penalties(cfg, ids_BT[:, :L], model.cfg.vocab_size,
+                          key_mask_BT[:, :L] if key_mask_BT is not None else None)
     stops_K = _stop_tensor(eos_id, device)
     stop_on_eos = stops_K is not None and not cfg.ignore_eos
     finished_B = torch.zeros(B, dtype=torch.bool, device=device)
@@ -213,16 +230,13 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
         return
     logits_BV = forward(caches[0].length if caches else 0)       # prefill: the (rest of the) prompt in one call
     while True:
-        next_B = next_token(logits_BV, cfg, seen_BV, counts_BV, generator)
+        next_B = next_token(logits_BV, cfg, penalties.seen_BV, penalties.counts_BV, generator)
         if stop_on_eos:
             next_B = next_B.masked_fill(finished_B, int(stops_K[0]))
             finished_B |= torch.isin(next_B, stops_K)
         ids_BT[:, M] = next_B
         M += 1
-        if seen_BV is not None:
-            seen_BV[rows_B, next_B] = True
-        if counts_BV is not None:
-            counts_BV[rows_B, next_B] += 1
+        penalties.record(next_B)
         yield next_B
         if M == T or (stop_on_eos and bool(finished_B.all())):
             return
