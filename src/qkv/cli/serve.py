@@ -6,8 +6,9 @@
 
 PATH is any checkpoint qkv loads: a decoder (our GPT runs, Hugging Face GPT-2 / Llama-family directories,
 GGUF files, quantized checkpoints) answers /v1/chat/completions and /v1/completions; an encoder (qkv-bert*,
-Hugging Face BERT) answers /v1/embeddings. Listens on 127.0.0.1 unless --host says otherwise; SIGTERM or
-Ctrl-C lets in-flight requests finish (up to --shutdown-timeout seconds), then exits.
+Hugging Face BERT) answers /v1/embeddings. Listens on 127.0.0.1 unless --host says otherwise. SIGTERM or
+Ctrl-C stops accepting connections, lets in-flight requests and streams finish (up to --shutdown-timeout
+seconds), then exits by that signal (uvicorn's convention: status 143 for SIGTERM).
 """
 
 from __future__ import annotations
