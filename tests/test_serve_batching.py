@@ -224,3 +224,14 @@ def _up(url):
         return request(url, "GET", "/health", timeout=2)[0] == 200
     except OSError:
         return False
+
+
+def test_a_request_past_the_timeout_is_cancelled_with_504(tok):
+    torch.manual_seed(0)
+    model = SlowGPT(ModelConfig(vocab_size=tok.vocab_size, max_len=512, n_layers=1, d_model=32, n_heads=4)).eval()
+    model.tokenizer = tok
+    app = create_app(model, ServeConfig(model_name="slow", timeout=0.3, max_tokens_cap=500))
+    with running(app) as url:
+        status, reply = request(url, "POST", "/v1/completions", {"prompt": "the", "max_tokens": 400, "ignore_eos": True})
+        assert status == 504 and "timeout" in reply["error"]["message"]
+        assert wait_until(lambda: app.state.shared["engine"].batch_size == 0, 5)      # its row was freed
