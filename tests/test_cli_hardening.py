@@ -165,6 +165,8 @@ CASES = [
     (["serve", "{gpt}", "--max-batch", "0"], "max_batch=0 must be"),
     (["serve", "{gpt}", "--max-body-bytes", "10"], "max_body_bytes=10 must be"),
     (["serve", "{seq2seq}"], "use `qkv translate`"),
+    (["generate", "{gpt}", "--json-schema", "{plain}"], "the JSON schema is not valid JSON"),
+    (["generate", "{gpt}", "--json-schema", "{notes}"], "is not a file"),
     (["chat", "{bert}"], "use `qkv embed`"),
     (["chat", "{fakegguf}"], "not a readable GGUF file"),
     (["generate", "{fakegguf}", "--prompt", "a"], "not a readable GGUF file"),

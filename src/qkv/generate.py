@@ -50,6 +50,8 @@ class GenerationConfig:
     ignore_eos: bool = False               # keep going past the tokenizer's eos token
     seed: int | None = None                # a private generator: same seed, same text
     use_cache: bool = True                 # False recomputes the whole sequence each step (for comparison)
+    json_schema: dict | None = None        # the text is JSON matching this schema ({"type": "object"}: any
+                                           # object); decoding is masked by its grammar (``qkv.grammar``)
 
     def __post_init__(self):
         def bad(msg):
@@ -191,13 +193,15 @@ def _stop_tensor(eos_id: int | Sequence[int] | None, device) -> torch.Tensor | N
 @torch.inference_mode()
 def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
              key_mask_BL: torch.Tensor | None = None, eos_id: int | Sequence[int] | None = None,
-             caches: list | None = None) -> Iterator[torch.Tensor]:
+             caches: list | None = None, constraints: list | None = None) -> Iterator[torch.Tensor]:
     """Yield next_B, one new token per row per step. ``eos_id`` is one id or several (chat models end a
     turn with any of a few); a row that produced one keeps yielding the first; the loop ends when every
     row has, or after ``cfg.max_new_tokens`` steps.
 
     caches: KV caches that already hold the first ``caches[0].length`` prompt positions (a chat keeps
     them between turns), with room for the rest and the new tokens; only the rest is prefilled.
+    constraints: one per row (``qkv.grammar.JsonConstraint``): masks the row's logits until its grammar is
+    complete; the loop also ends when every row's is.
     """
     check_lengths(model, prompt_ids_BL, cfg)
     B, L = prompt_ids_BL.shape
@@ -230,15 +234,23 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
         return
     logits_BV = forward(caches[0].length if caches else 0)       # prefill: the (rest of the) prompt in one call
     while True:
+        if constraints is not None:
+            logits_BV = torch.cat([row_1V if c.finished else c.mask(row_1V)
+                                   for c, row_1V in zip(constraints, logits_BV.split(1))])
         next_B = next_token(logits_BV, cfg, penalties.seen_BV, penalties.counts_BV, generator)
         if stop_on_eos:
             next_B = next_B.masked_fill(finished_B, int(stops_K[0]))
             finished_B |= torch.isin(next_B, stops_K)
+        if constraints is not None:
+            for c, t in zip(constraints, next_B.tolist()):
+                if not c.finished:
+                    c.advance(t)
         ids_BT[:, M] = next_B
         M += 1
         penalties.record(next_B)
         yield next_B
-        if M == T or (stop_on_eos and bool(finished_B.all())):
+        if M == T or (stop_on_eos and bool(finished_B.all())) or \
+                (constraints is not None and all(c.finished for c in constraints)):
             return
         logits_BV = forward(M - 1 if caches is not None else 0)  # decode step: only the new token
 
@@ -280,11 +292,21 @@ def _texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig) -> Itera
     device = next(model.parameters()).device
     stop_ids = tokenizer.stop_ids
     streams = [TextStream(tokenizer, cfg.stops) for _ in rows]
-    with closing(iter_ids(model, ids_BL.to(device), cfg, key_mask_BL.to(device), stop_ids)) as steps:
+    constraints = None
+    if cfg.json_schema is not None:
+        from .grammar import JsonConstraint
+        constraints = [JsonConstraint(tokenizer, model.cfg.vocab_size, cfg.json_schema) for _ in rows]
+    with closing(iter_ids(model, ids_BL.to(device), cfg, key_mask_BL.to(device), stop_ids,
+                          constraints=constraints)) as steps:
         for next_B in steps:
             for b, t in enumerate(next_B.tolist()):
                 s = streams[b]
-                piece = s.finish() if (t in stop_ids and not cfg.ignore_eos) else s.push(t)
+                if t in stop_ids and not cfg.ignore_eos:
+                    piece = s.finish()
+                else:
+                    piece = s.push(t)
+                    if constraints is not None and constraints[b].finished:   # the JSON value is complete
+                        piece += s.finish()
                 if piece:
                     yield b, piece
             if all(s.done for s in streams):

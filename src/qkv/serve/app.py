@@ -30,7 +30,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..errors import QkvError
+from ..errors import InputError, QkvError
+from ..grammar import JsonConstraint
 from .config import ServeConfig
 from .engine import Engine, Failure, Finish, QueueFull, Token
 from .openai_api import (APIError, budget, chat_logprobs, chat_prompt_ids, completion_logprobs, completion_prompts,
@@ -159,11 +160,18 @@ def create_app(model, config: ServeConfig = ServeConfig()):
         return await respond("completion", eng, request, req, seqs, sum(len(p) for p in prompts))
 
     def constraint_factory(req):
+        """response_format json_object / json_schema: a JsonConstraint per sequence (a bad schema is a 400)."""
         fmt = req.response_format
         if fmt is None or fmt.type == "text":
             return None
-        raise APIError(400, f"response_format {fmt.type!r} is not supported by this server yet",
-                       param="response_format")
+        if fmt.type == "json_schema" and (fmt.json_schema is None or not fmt.json_schema.schema_):
+            raise APIError(400, "response_format json_schema needs json_schema.schema", param="response_format")
+        schema = fmt.json_schema.schema_ if fmt.type == "json_schema" else None
+        try:
+            JsonConstraint(tokenizer, model.cfg.vocab_size, schema)
+        except InputError as e:
+            raise APIError(400, str(e), param="response_format") from None
+        return lambda: JsonConstraint(tokenizer, model.cfg.vocab_size, schema)
 
     async def respond(kind, eng, request, req, seqs, prompt_tokens):
         events = run(eng, seqs, config.timeout)
