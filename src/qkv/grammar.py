@@ -6,8 +6,11 @@
 
 The grammar engine is llguidance (the Rust library behind Guidance and llama.cpp's ``%llguidance``): it
 reads the tokenizer's own ``tokenizers`` JSON, so every token, multi-byte pieces included, is judged by
-the bytes it adds. Among the maintained engines (xgrammar, outlines-core) it was the cheapest per token
-here; ``bench/grammar_engines.py`` measures them on the same schema and vocabulary. The masked logits then
+the bytes it adds, and it needs neither transformers nor a GPU stack. ``bench/grammar_engines.py`` measures
+the maintained engines on SmolLM2's 49k vocabulary: per token (mask + advance) llguidance 15 us, xgrammar
+10 us, outlines-core 21 us, all under 0.2% of a 135M model's ~10 ms decode step on this CPU, so the
+cost does not decide; xgrammar's Python package pulls triton and wants a transformers tokenizer, and
+outlines-core wants the vocabulary rebuilt as bytes. The masked logits then
 go through the ordinary samplers (``qkv.generate.next_token``), so temperature, top-p and the penalties
 keep their meanings inside the grammar. Whitespace is compact (", " and ": " only): a small model cannot
 wander into endless blank space that the schema allows.
