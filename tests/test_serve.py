@@ -248,3 +248,30 @@ def test_embeddings_are_the_vectors_of_qkv_embed(tmp_path):
         assert status == 400 and "answers /v1/embeddings only" in reply["error"]["message"]
         status, reply = request(url, "POST", "/v1/embeddings", {"input": [[1, 2, 3]]})
         assert status == 400 and "token ids are not accepted" in reply["error"]["message"]
+
+
+# ---- metrics and access log ------------------------------------------------------------------------------
+def test_metrics_count_what_was_served(model, caplog):
+    from prometheus_client.parser import text_string_to_metric_families
+    app = create_app(model, ServeConfig(model_name="tiny", max_tokens_cap=48))
+    with caplog.at_level("INFO", logger="qkv.access"), running(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        replies = [client.completions.create(model="tiny", prompt="the", max_tokens=5, n=2, temperature=0),
+                   client.chat.completions.create(model="tiny", messages=CHAT["messages"], max_tokens=7)]
+        request(url, "POST", "/v1/chat/completions", {"messages": "bad"})
+        status, text = request(url, "GET", "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    value = {f.name: f.samples[0].value for f in families.values() if len(f.samples) == 1}
+    assert value["qkv_generated_tokens"] == sum(r.usage.completion_tokens for r in replies)
+    assert value["qkv_queue_length"] == 0 and value["qkv_batch_size"] == 0
+    assert value["qkv_tokens_per_second"] > 0
+    ttft = {s.name: s.value for s in families["qkv_time_to_first_token_seconds"].samples}
+    assert ttft["qkv_time_to_first_token_seconds_count"] == 3                   # one per sequence
+    requests = {(s.labels["path"], s.labels["status"]): s.value for s in families["qkv_requests"].samples
+                if s.name == "qkv_requests_total"}
+    assert requests[("/v1/completions", "200")] == 1 and requests[("/v1/chat/completions", "200")] == 1
+    assert requests[("/v1/chat/completions", "400")] == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "qkv.access"]
+    assert any('"POST /v1/chat/completions" 400' in line for line in lines)
+    assert sum('"POST /v1/completions" 200' in line for line in lines) == 1

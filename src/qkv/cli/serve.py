@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=value_parser(int, "--threads"), default=None, metavar="N",
                    help="CPU threads (default: the cores other processes leave idle, see qkv.runtime)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
-                   help="uvicorn's log level; 'info' prints one access line per request (default info)")
+                   help="log level; 'info' prints one access line per request when it completes (default info)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
     from ..serve import create_app
     app = create_app(model, config)
     print(f"qkv serve: {config.model_name} ({found}) on http://{config.host}:{config.port}", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level,
+    import logging
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    for name in ("qkv.access", "qkv.serve"):             # our access lines replace uvicorn's
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(args.log_level.upper())
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, access_log=False,
                 timeout_graceful_shutdown=config.shutdown_timeout)
     return 0

@@ -1,6 +1,7 @@
 """``qkv serve``: an OpenAI-compatible HTTP server (FastAPI on uvicorn) over one model.
 
     GET  /health                 {"status": "ok"} while the decode loop runs
+    GET  /metrics                Prometheus text: queue, batch, tokens/s, time to first token (``metrics``)
     GET  /v1/models              the one model, named --model-name
     POST /v1/chat/completions    decoders: the chat template, sampling, n, logprobs, stream (SSE)
     POST /v1/completions         decoders: plain continuation
@@ -27,12 +28,14 @@ import time
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from ..errors import InputError, QkvError
 from ..grammar import JsonConstraint
 from .config import ServeConfig
+from .metrics import AccessLog, ServerMetrics
 from .engine import Engine, Failure, Finish, QueueFull, Token
 from .openai_api import (APIError, budget, chat_logprobs, chat_prompt_ids, completion_logprobs, completion_prompts,
                          DEFAULT_TEMPLATE_STOP, envelope, generation_config, new_id, sequences, usage)
@@ -52,14 +55,19 @@ def create_app(model, config: ServeConfig = ServeConfig()):
     @contextlib.asynccontextmanager
     async def lifespan(app):
         if decoder:
-            state["engine"] = Engine(model, config.max_batch, config.max_queue).start()
+            engine = Engine(model, config.max_batch, config.max_queue)
+            engine.on_first_token, engine.on_tokens = metrics.ttft.observe, metrics.rate.add
+            state["engine"] = engine.start()
         yield
         if decoder:
             state["engine"].stop()
 
     app = FastAPI(title="qkv", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config, app.state.model, app.state.shared = config, model, state
+    metrics = ServerMetrics(lambda: state.get("engine"))
+    app.state.metrics = metrics
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(AccessLog, metrics=metrics)                # outermost: sees every answer, 413 included
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
@@ -119,6 +127,10 @@ def create_app(model, config: ServeConfig = ServeConfig()):
     async def health():
         alive = not decoder or ("engine" in state and state["engine"].thread.is_alive())
         return JSONResponse({"status": "ok" if alive else "error"}, status_code=200 if alive else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models():

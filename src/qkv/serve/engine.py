@@ -152,6 +152,7 @@ class Engine:
         self.threads = torch.get_num_threads()    # torch's thread setting is per thread: carry it over
         self.tokens_generated = 0                 # read by /metrics
         self.on_first_token: Callable[[float], None] | None = None     # seconds from submit to first token
+        self.on_tokens: Callable[[int], None] | None = None            # tokens sampled (for a rate)
         self.thread = threading.Thread(target=self._loop, name="qkv-engine", daemon=True)
 
     # ---- the request side (any thread) ----------------------------------------------------------------
@@ -249,6 +250,8 @@ class Engine:
 
     def _count(self, row: _Running) -> None:
         self.tokens_generated += 1
+        if self.on_tokens is not None:
+            self.on_tokens(1)
         if row.generated == 1 and self.on_first_token is not None:
             self.on_first_token(row.seq.first_token_at - row.seq.submitted_at)
 
