@@ -1,5 +1,6 @@
 """``qkv serve``: an OpenAI-compatible HTTP server (FastAPI on uvicorn) over one model.
 
+    GET  /                       a chat page (chat.html: streaming, system prompt, stop, next-token probabilities)
     GET  /health                 {"status": "ok"} while the decode loop runs
     GET  /metrics                Prometheus text: queue, batch, tokens/s, time to first token (``metrics``)
     GET  /v1/models              the one model, named --model-name
@@ -19,16 +20,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import html
 import json
 import logging
 import re
 import threading
 import time
+from pathlib import Path
 
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
@@ -42,6 +45,7 @@ from .openai_api import (APIError, budget, chat_logprobs, chat_prompt_ids, compl
 from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest
 
 log = logging.getLogger("qkv.serve")
+CHAT_PAGE = (Path(__file__).parent / "chat.html").read_text(encoding="utf-8")   # the page at /, self-contained
 UNION_TAG = re.compile(r"^(str|int|float|bool|none|(list|dict)\[.*\]|[A-Z]\w*)$")   # pydantic's union-member locs
 
 
@@ -127,6 +131,10 @@ def create_app(model, config: ServeConfig = ServeConfig()):
     async def health():
         alive = not decoder or ("engine" in state and state["engine"].thread.is_alive())
         return JSONResponse({"status": "ok" if alive else "error"}, status_code=200 if alive else 503)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page():
+        return HTMLResponse(CHAT_PAGE.replace("__MODEL__", html.escape(served, quote=True)))
 
     @app.get("/metrics")
     async def prometheus_metrics():
