@@ -160,6 +160,13 @@ CASES = [
     (["translate", "{seq2seq}", "--text", "a", "--bem", "2"], "see `qkv translate --help`"),
     # issue 10: chat, quantize, and the new things a checkpoint path may be
     (["chat", "{gpt}"], "has no chat template"),
+    # issue 11: serve
+    (["serve", "{gpt}", "--port", "70000"], "port=70000 must be"),
+    (["serve", "{gpt}", "--max-batch", "0"], "max_batch=0 must be"),
+    (["serve", "{gpt}", "--max-body-bytes", "10"], "max_body_bytes=10 must be"),
+    (["serve", "{seq2seq}"], "use `qkv translate`"),
+    (["generate", "{gpt}", "--json-schema", "{plain}"], "the JSON schema is not valid JSON"),
+    (["generate", "{gpt}", "--json-schema", "{notes}"], "is not a file"),
     (["chat", "{bert}"], "use `qkv embed`"),
     (["chat", "{fakegguf}"], "not a readable GGUF file"),
     (["generate", "{fakegguf}", "--prompt", "a"], "not a readable GGUF file"),
@@ -253,6 +260,7 @@ SENTINELS = {
     "finetune": ["finetune", "--task", "sst2", "--init", "none", "--data", "{missing}", "--eval-data", "{missing}"],
     "generate": ["generate", "{missing}"],
     "chat": ["chat", "{missing}"],
+    "serve": ["serve", "{missing}"],
     "quantize": ["quantize", "{missing}", "{out}/q", "--bits", "8"],
     "eval": ["eval", "{missing}", "--data", "{corpus}"],
     "translate": ["translate", "{missing}", "--text", "ein hund"],
@@ -337,6 +345,7 @@ def test_sweep_flag_values(zoo, capsys, monkeypatch, command, flag, value, must_
 CHECKPOINT_COMMANDS = {   # argv with {ck}, and the families it runs
     "generate": (["generate", "{ck}", "--prompt", "a", "--max-new-tokens", "1"], {"decoder"}),
     "chat": (["chat", "{ck}"], {"decoder"}),
+    "serve": (["serve", "{ck}"], {"decoder", "encoder", "fine-tuned encoder"}),
     "quantize": (["quantize", "{ck}", "{out}/q", "--bits", "8"], {"decoder"}),
     "eval": (["eval", "{ck}", "--data", "{corpus}"], {"decoder"}),
     "translate": (["translate", "{ck}", "--text", "a"], {"encoder-decoder"}),

@@ -86,3 +86,27 @@ def test_quantized_modules_match_the_dequantized_weights(ours):
     assert isinstance(head, Int8Linear)
     want = ours.head(x_NK)
     assert (head(x_NK) - want).abs().max() < 0.02 * want.abs().max()     # measured 0.6%
+
+
+def test_json_output_from_the_real_model_through_the_server(ours):
+    """response_format json_object and json_schema on the real chat model: the reply parses and validates."""
+    openai = pytest.importorskip("openai")
+    jsonschema = pytest.importorskip("jsonschema")
+    import json
+    from qkv.serve import ServeConfig, create_app
+    from serving import running
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
+                                               "country": {"type": "string", "maxLength": 40}},
+              "required": ["city", "country"], "additionalProperties": False}
+    ask = [{"role": "user", "content": "Give the capital of France and its country as JSON."}]
+    with running(create_app(ours, ServeConfig(model_name="smollm2"))) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        anything = client.chat.completions.create(model="smollm2", messages=ask, temperature=0, max_tokens=60,
+                                                  response_format={"type": "json_object"})
+        assert isinstance(json.loads(anything.choices[0].message.content), dict)
+        shaped = client.chat.completions.create(model="smollm2", messages=ask, temperature=0, max_tokens=60,
+                                                response_format={"type": "json_schema",
+                                                                 "json_schema": {"name": "c", "schema": schema}})
+        reply = json.loads(shaped.choices[0].message.content)
+        jsonschema.validate(reply, schema)
+        assert "Paris" in reply["city"]

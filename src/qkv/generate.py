@@ -50,6 +50,8 @@ class GenerationConfig:
     ignore_eos: bool = False               # keep going past the tokenizer's eos token
     seed: int | None = None                # a private generator: same seed, same text
     use_cache: bool = True                 # False recomputes the whole sequence each step (for comparison)
+    json_schema: dict | None = None        # the text is JSON matching this schema ({"type": "object"}: any
+                                           # object); decoding is masked by its grammar (``qkv.grammar``)
 
     def __post_init__(self):
         def bad(msg):
@@ -144,6 +146,29 @@ def next_token(logits_BV: torch.Tensor, cfg: GenerationConfig, seen_BV=None, cou
     return torch.multinomial(logits_BV.softmax(dim=-1), 1, generator=generator)[:, 0]
 
 
+class Penalties:
+    """The token history the penalties read: ``seen_BV`` (prompt + output, for the repetition penalty) and
+    ``counts_BV`` (output only, for presence/frequency); each None when its penalty is off."""
+
+    def __init__(self, cfg: GenerationConfig, prompt_ids_BL: torch.Tensor, vocab_size: int,
+                 key_mask_BL: torch.Tensor | None = None):
+        B, L = prompt_ids_BL.shape
+        device = prompt_ids_BL.device
+        self.rows_B = torch.arange(B, device=device)
+        self.seen_BV = self.counts_BV = None
+        if cfg.repetition_penalty != 1.0:                       # prompt tokens count; padding does not
+            real_BL = key_mask_BL.float() if key_mask_BL is not None else torch.ones(B, L, device=device)
+            self.seen_BV = torch.zeros(B, vocab_size, device=device).scatter_add_(1, prompt_ids_BL, real_BL) > 0
+        if cfg.presence_penalty or cfg.frequency_penalty:
+            self.counts_BV = torch.zeros(B, vocab_size, device=device)
+
+    def record(self, next_B: torch.Tensor) -> None:
+        if self.seen_BV is not None:
+            self.seen_BV[self.rows_B, next_B] = True
+        if self.counts_BV is not None:
+            self.counts_BV[self.rows_B, next_B] += 1
+
+
 # ---- the decode loop ------------------------------------------------------------------------------------
 def check_lengths(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig) -> None:
     B, L = prompt_ids_BL.shape
@@ -168,19 +193,20 @@ def _stop_tensor(eos_id: int | Sequence[int] | None, device) -> torch.Tensor | N
 @torch.inference_mode()
 def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
              key_mask_BL: torch.Tensor | None = None, eos_id: int | Sequence[int] | None = None,
-             caches: list | None = None) -> Iterator[torch.Tensor]:
+             caches: list | None = None, constraints: list | None = None) -> Iterator[torch.Tensor]:
     """Yield next_B, one new token per row per step. ``eos_id`` is one id or several (chat models end a
     turn with any of a few); a row that produced one keeps yielding the first; the loop ends when every
     row has, or after ``cfg.max_new_tokens`` steps.
 
     caches: KV caches that already hold the first ``caches[0].length`` prompt positions (a chat keeps
     them between turns), with room for the rest and the new tokens; only the rest is prefilled.
+    constraints: one per row (``qkv.grammar.JsonConstraint``): masks the row's logits until its grammar is
+    complete; the loop also ends when every row's is.
     """
     check_lengths(model, prompt_ids_BL, cfg)
     B, L = prompt_ids_BL.shape
     T = L + cfg.max_new_tokens
     device = next(model.parameters()).device
-    rows_B = torch.arange(B, device=device)
     ids_BT = torch.zeros(B, T, dtype=torch.long, device=device)   # the whole sequence, allocated once
     ids_BT[:, :L] = prompt_ids_BL
     key_mask_BT = None
@@ -188,13 +214,8 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
         key_mask_BT = torch.ones(B, T, dtype=torch.bool, device=device)
         key_mask_BT[:, :L] = key_mask_BL
     generator = torch.Generator(device).manual_seed(cfg.seed) if cfg.seed is not None else None
-    V = model.cfg.vocab_size
-    seen_BV = counts_BV = None
-    if cfg.repetition_penalty != 1.0:                           # prompt tokens count; padding does not
-        real_BL = key_mask_BT[:, :L].float() if key_mask_BT is not None else torch.ones(B, L, device=device)
-        seen_BV = torch.zeros(B, V, device=device).scatter_add_(1, ids_BT[:, :L], real_BL) > 0
-    if cfg.presence_penalty or cfg.frequency_penalty:
-        counts_BV = torch.zeros(B, V, device=device)
+    penalties = Penalties(cfg, ids_BT[:, :L], model.cfg.vocab_size,
+                          key_mask_BT[:, :L] if key_mask_BT is not None else None)
     stops_K = _stop_tensor(eos_id, device)
     stop_on_eos = stops_K is not None and not cfg.ignore_eos
     finished_B = torch.zeros(B, dtype=torch.bool, device=device)
@@ -213,18 +234,23 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
         return
     logits_BV = forward(caches[0].length if caches else 0)       # prefill: the (rest of the) prompt in one call
     while True:
-        next_B = next_token(logits_BV, cfg, seen_BV, counts_BV, generator)
+        if constraints is not None:
+            logits_BV = torch.cat([row_1V if c.finished else c.mask(row_1V)
+                                   for c, row_1V in zip(constraints, logits_BV.split(1))])
+        next_B = next_token(logits_BV, cfg, penalties.seen_BV, penalties.counts_BV, generator)
         if stop_on_eos:
             next_B = next_B.masked_fill(finished_B, int(stops_K[0]))
             finished_B |= torch.isin(next_B, stops_K)
+        if constraints is not None:
+            for c, t in zip(constraints, next_B.tolist()):
+                if not c.finished:
+                    c.advance(t)
         ids_BT[:, M] = next_B
         M += 1
-        if seen_BV is not None:
-            seen_BV[rows_B, next_B] = True
-        if counts_BV is not None:
-            counts_BV[rows_B, next_B] += 1
+        penalties.record(next_B)
         yield next_B
-        if M == T or (stop_on_eos and bool(finished_B.all())):
+        if M == T or (stop_on_eos and bool(finished_B.all())) or \
+                (constraints is not None and all(c.finished for c in constraints)):
             return
         logits_BV = forward(M - 1 if caches is not None else 0)  # decode step: only the new token
 
@@ -266,11 +292,21 @@ def _texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig) -> Itera
     device = next(model.parameters()).device
     stop_ids = tokenizer.stop_ids
     streams = [TextStream(tokenizer, cfg.stops) for _ in rows]
-    with closing(iter_ids(model, ids_BL.to(device), cfg, key_mask_BL.to(device), stop_ids)) as steps:
+    constraints = None
+    if cfg.json_schema is not None:
+        from .grammar import JsonConstraint
+        constraints = [JsonConstraint(tokenizer, model.cfg.vocab_size, cfg.json_schema) for _ in rows]
+    with closing(iter_ids(model, ids_BL.to(device), cfg, key_mask_BL.to(device), stop_ids,
+                          constraints=constraints)) as steps:
         for next_B in steps:
             for b, t in enumerate(next_B.tolist()):
                 s = streams[b]
-                piece = s.finish() if (t in stop_ids and not cfg.ignore_eos) else s.push(t)
+                if t in stop_ids and not cfg.ignore_eos:
+                    piece = s.finish()
+                else:
+                    piece = s.push(t)
+                    if constraints is not None and constraints[b].finished:   # the JSON value is complete
+                        piece += s.finish()
                 if piece:
                     yield b, piece
             if all(s.done for s in streams):

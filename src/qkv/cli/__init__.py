@@ -24,6 +24,7 @@ COMMANDS = {   # name -> (module, one-line help)
     "train": ("qkv.cli.train", "train a model (a preset, a config file, flags for every config field)"),
     "generate": ("qkv.cli.generate", "generate text from a checkpoint, streamed token by token"),
     "chat": ("qkv.cli.chat", "chat with a model in its own chat template (KV cache kept between turns)"),
+    "serve": ("qkv.cli.serve", "an OpenAI-compatible HTTP server: chat, completions, embeddings, streaming"),
     "quantize": ("qkv.cli.quantize", "write an int8 or 4-bit weight-only quantized checkpoint"),
     "translate": ("qkv.cli.translate", "translate or summarize with an encoder-decoder; BLEU/ROUGE with references"),
     "eval": ("qkv.cli.eval", "loss and perplexity of a checkpoint on a text file"),

@@ -82,6 +82,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser)
     parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help="recompute the whole sequence every step (slow; for comparison)")
+    parser.add_argument("--json-schema", metavar="FILE", type=path_arg, default=None,
+                        help="constrain the output to JSON matching the schema in FILE (see qkv.grammar)")
+
+
+def read_schema(path: str | None) -> dict | None:
+    """The JSON schema in ``path`` (None without one); a missing or malformed file is one error line."""
+    if path is None:
+        return None
+    from pathlib import Path
+    from ..grammar import check_schema
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--json-schema {path} is not a file; give a JSON schema file")
+    try:
+        return check_schema(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"--json-schema {path} is not UTF-8 text; give a JSON schema file") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give --prompt (plain continuation) or --chat (a chat turn), not both")
     if args.system is not None and args.chat is None:
         raise InputError("--system goes with --chat; add --chat MESSAGE")
-    cfg = sampling_config(args, use_cache=args.use_cache)
+    cfg = sampling_config(args, use_cache=args.use_cache, json_schema=read_schema(args.json_schema))
     model = load_for_decoding(args.directory, args, "generate")
     if args.chat is not None:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + \

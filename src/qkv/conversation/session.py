@@ -102,12 +102,22 @@ class ChatSession:
         stops = self.tokenizer.stop_ids
         stream, reply_ids, text = TextStream(self.tokenizer, cfg.stops), [], ""
         device = next(self.model.parameters()).device
-        steps = iter_ids(self.model, torch.tensor([ids], device=device), cfg, eos_id=stops, caches=self.caches)
+        constraint = None
+        if cfg.json_schema is not None:
+            from ..grammar import JsonConstraint
+            constraint = JsonConstraint(self.tokenizer, self.model.cfg.vocab_size, cfg.json_schema)
+        steps = iter_ids(self.model, torch.tensor([ids], device=device), cfg, eos_id=stops, caches=self.caches,
+                         constraints=[constraint] if constraint is not None else None)
         try:
             for next_B in steps:
                 t = int(next_B[0])
                 reply_ids.append(t)
-                piece = stream.finish() if (t in stops and not cfg.ignore_eos) else stream.push(t)
+                if t in stops and not cfg.ignore_eos:
+                    piece = stream.finish()
+                else:
+                    piece = stream.push(t)
+                    if constraint is not None and constraint.finished:      # the JSON value is complete
+                        piece += stream.finish()
                 text += piece
                 if piece:
                     yield piece

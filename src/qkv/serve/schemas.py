@@ -1,0 +1,94 @@
+"""The request bodies ``qkv serve`` accepts, as pydantic models with OpenAI's field names and meanings.
+
+Unknown fields are accepted and ignored (``extra="ignore"``): clients send ``user``, ``parallel_tool_calls``,
+``store`` ... and a strict server would break them. Types are checked here (a wrong type is a 400 naming
+the field); the sampling ranges are checked once, by ``qkv.generate.GenerationConfig``.
+
+Our extras beyond OpenAI's fields (``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``) go in the
+body as extra fields, e.g. ``client.chat.completions.create(..., extra_body={"top_k": 40})``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_N = 16                  # choices per request
+MAX_TOP_LOGPROBS = 20       # OpenAI's limit
+
+
+class Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class Message(Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[TextPart], None] = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(Lenient):
+    include_usage: bool = False
+
+
+class JsonSchema(Lenient):
+    name: str = "response"
+    schema_: dict = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Lenient):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchema | None = None
+
+
+class Sampling(Lenient):
+    """The fields chat and completions share."""
+    model: str | None = None
+    temperature: float | None = None                    # OpenAI's default is 1
+    top_p: float | None = None
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Union[str, list[str], None] = None
+    max_tokens: int | None = Field(None, ge=1)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    response_format: ResponseFormat | None = None
+    # our extras
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool = False
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+
+class CompletionRequest(Sampling):
+    prompt: Union[str, list[str]]
+    logprobs: int | None = Field(None, ge=0, le=5)      # completions: the number of alternatives (OpenAI: <= 5)
+    echo: bool = False
+
+
+class EmbeddingRequest(Lenient):
+    model: str | None = None
+    input: Union[str, list[str], list[int], list[list[int]]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None

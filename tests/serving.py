@@ -1,0 +1,45 @@
+"""Run a ``qkv serve`` app on a free loopback port in a background thread (uvicorn, as the command does)."""
+
+import contextlib
+import threading
+import time
+
+
+@contextlib.contextmanager
+def running(app):
+    """Yield the base URL (http://127.0.0.1:PORT) while ``app`` serves; shut it down gracefully after."""
+    import uvicorn
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def request(base: str, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None,
+            timeout: float = 60):
+    """Raw HTTP (the standard library's client): (status, parsed JSON body or the text)."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+    u = urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    try:
+        return resp.status, json.loads(text)
+    except ValueError:
+        return resp.status, text

@@ -1,0 +1,277 @@
+"""`qkv serve` through the official `openai` client on a loopback port, and raw HTTP for what a client
+library never sends: every reply is checked against ``qkv.generate`` / the model's own logits on the same
+prompt (tiny random models; seconds in all)."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+import qkv
+from qkv import GPT, ModelConfig, Tokenizer
+from qkv.models import BERT
+from qkv.generate import GenerationConfig, generate
+from qkv.serve import ServeConfig, create_app
+from qkv.serve.engine import Engine, Failure, Finish, Sequence, Token
+from qkv.serve.openai_api import DEFAULT_TEMPLATE, DEFAULT_TEMPLATE_STOP
+from qkv.conversation import render_chat
+
+from serving import request, running
+
+openai = pytest.importorskip("openai")
+TEXT = "the quick brown fox jumps over the lazy dog. a cat sat on the mat; the dog ran. " * 20
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train_bpe([TEXT], vocab_size=300)
+
+
+def tiny_gpt(tok, max_len=96, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, max_len=max_len, n_layers=2, d_model=32, n_heads=4,
+                            pos="rope", **kw)).eval()
+    model.tokenizer = tok
+    return model
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny_gpt(tok)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    app = create_app(model, ServeConfig(model_name="tiny", max_tokens_cap=48, max_batch=4, max_queue=64))
+    with running(app) as url:
+        yield url, app
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def chat_text(tok, messages):
+    return render_chat(DEFAULT_TEMPLATE, messages, True, tok.specials)
+
+
+# ---- the openai client ----------------------------------------------------------------------------------
+def test_models_and_health(server, client):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
+    assert request(server[0], "GET", "/health") == (200, {"status": "ok"})
+
+
+def test_chat_is_the_greedy_reply_of_the_rendered_template(model, tok, client):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the fox"}]
+    r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=12)
+    prompt = chat_text(tok, messages)
+    want = generate(model, tok, prompt, temperature=0, max_new_tokens=12, stop=DEFAULT_TEMPLATE_STOP)
+    assert r.choices[0].message.content == want and r.choices[0].message.role == "assistant"
+    assert r.object == "chat.completion" and r.model == "tiny"
+    assert r.usage.prompt_tokens == len(tok.encode(prompt))
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.choices[0].finish_reason == ("length" if r.usage.completion_tokens == 12 else "stop")
+
+
+def test_completions_with_n_and_a_seed_are_each_reproducible(model, tok, client):
+    r = client.completions.create(model="tiny", prompt="the lazy", max_tokens=10, temperature=1.0, top_p=0.9,
+                                  seed=7, n=3)
+    texts = [c.text for c in sorted(r.choices, key=lambda c: c.index)]
+    assert texts == [generate(model, tok, "the lazy", max_new_tokens=10, temperature=1.0, top_p=0.9, seed=7 + i)
+                     for i in range(3)]
+    assert len(set(texts)) > 1                                   # the choices differ
+    again = client.completions.create(model="tiny", prompt="the lazy", max_tokens=10, temperature=1.0, top_p=0.9,
+                                      seed=7, n=3)
+    assert [c.text for c in sorted(again.choices, key=lambda c: c.index)] == texts
+
+
+def test_penalties_and_extras_mean_what_qkv_generate_means(model, tok, client):
+    params = dict(temperature=0.8, seed=3, presence_penalty=1.5, frequency_penalty=0.5)
+    extras = dict(top_k=20, min_p=0.05, repetition_penalty=1.3)
+    r = client.completions.create(model="tiny", prompt="a cat", max_tokens=12, extra_body=extras, **params)
+    assert r.choices[0].text == generate(model, tok, "a cat", max_new_tokens=12, **params, **extras)
+
+
+def test_stop_strings_cut_the_text_and_say_stop(model, tok, client):
+    full = generate(model, tok, "the dog", temperature=0, max_new_tokens=20)
+    stop = full[5:8]
+    assert len(stop) == 3
+    r = client.completions.create(model="tiny", prompt="the dog", temperature=0, max_tokens=20, stop=[stop, "zzzz"])
+    assert r.choices[0].text == full[:full.index(stop)] and r.choices[0].finish_reason == "stop"
+
+
+def test_logprobs_are_the_models_own(model, tok, client):
+    r = client.completions.create(model="tiny", prompt="the cat", temperature=0, max_tokens=6, logprobs=3)
+    ids = tok.encode("the cat")
+    lp = r.choices[0].logprobs
+    for j, (token, value, top) in enumerate(zip(lp.tokens, lp.token_logprobs, lp.top_logprobs)):
+        with torch.no_grad():
+            want_V = model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+        chosen = int(want_V.argmax())
+        assert token == tok.token_text(chosen) and abs(value - float(want_V[chosen])) < 1e-4
+        assert len(top) == 3 and max(top.values()) == pytest.approx(value, abs=1e-6)
+        ids.append(chosen)
+    c = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], temperature=0,
+                                       max_tokens=4, logprobs=True, top_logprobs=2)
+    content = c.choices[0].logprobs.content
+    assert len(content) == c.usage.completion_tokens and all(len(e.top_logprobs) == 2 for e in content)
+    assert "".join(e.token for e in content) == c.choices[0].message.content
+
+
+def test_logit_bias_forces_a_token(tok, client):
+    target = tok.encode(" dog")[0]
+    r = client.completions.create(model="tiny", prompt="a", max_tokens=5, temperature=1.0, seed=0,
+                                  logit_bias={str(target): 100})
+    assert r.choices[0].text == tok.decode([target] * 5)
+
+
+def test_streaming_gives_the_same_text_then_usage_then_done(model, tok, server, client):
+    messages = [{"role": "user", "content": "the mat"}]
+    whole = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=15)
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=15,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    status, raw = request(server[0], "POST", "/v1/completions",
+                          {"prompt": "the", "max_tokens": 3, "stream": True, "temperature": 0})
+    events = [line for line in raw.split("\n") if line]
+    assert status == 200 and events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
+    assert "".join(json.loads(e[6:])["choices"][0]["text"] for e in events[:-1]) == \
+        generate(model, tok, "the", temperature=0, max_new_tokens=3)
+
+
+# ---- raw HTTP: the errors ----------------------------------------------------------------------------
+CHAT = {"messages": [{"role": "user", "content": "the fox"}], "max_tokens": 4}
+BAD = [  # (body, status, phrase in the message, param)
+    (b"{not json", 400, "not valid JSON", None),
+    ({"messages": "hello"}, 400, "messages", "messages"),
+    ({**CHAT, "temperature": "hot"}, 400, "temperature", "temperature"),
+    ({**CHAT, "temperature": -1}, 400, "temperature=-1.0 must be >= 0", "temperature"),
+    ({**CHAT, "top_p": 0}, 400, "top_p=0.0 must be in (0, 1]", "top_p"),
+    ({**CHAT, "presence_penalty": 3}, 400, "between -2 and 2", "presence_penalty"),
+    ({**CHAT, "n": 0}, 400, "n:", "n"),
+    ({**CHAT, "max_tokens": 49}, 400, "above this server's cap of 48", "max_tokens"),
+    ({**CHAT, "max_tokens": 40, "messages": [{"role": "user", "content": "x" * 60}]}, 400,
+     "this model's context is 96 tokens", "max_tokens"),
+    ({**CHAT, "messages": [{"role": "user", "content": "x" * 120}]}, 400,
+     "but this model's context is 96 tokens", "messages"),
+    ({**CHAT, "model": "gpt-4o"}, 404, "does not exist", "model"),
+    ({**CHAT, "logit_bias": {"abc": 1}}, 400, "not a token id", "logit_bias"),
+    ({**CHAT, "logit_bias": {"5": 101}}, 400, "between -100 and 100", "logit_bias"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role", "messages.0.role"),
+    ({"prompt": 5}, 400, "prompt", "prompt"),
+]
+
+
+@pytest.mark.parametrize("body, status, phrase, param", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_requests_get_openai_error_envelopes(server, body, status, phrase, param):
+    path = "/v1/completions" if isinstance(body, dict) and "prompt" in body else "/v1/chat/completions"
+    got, reply = request(server[0], "POST", path, body)
+    assert got == status, reply
+    assert set(reply["error"]) == {"message", "type", "param", "code"}
+    assert phrase in reply["error"]["message"] and reply["error"]["param"] == param
+
+
+def test_a_prompt_past_the_context_says_the_numbers(server, tok):
+    messages = [{"role": "user", "content": "x" * 120}]
+    _, reply = request(server[0], "POST", "/v1/chat/completions", {"messages": messages})
+    n = len(tok.encode(chat_text(tok, messages)))
+    assert f"the prompt has {n} tokens but this model's context is 96 tokens" in reply["error"]["message"]
+
+
+def test_oversized_bodies_unknown_fields_and_unknown_routes(server):
+    status, reply = request(server[0], "POST", "/v1/chat/completions", b"{" + b" " * (2 * 1024 * 1024 + 10) + b"}")
+    assert status == 413 and "larger than this server's limit" in reply["error"]["message"]
+    status, reply = request(server[0], "POST", "/v1/chat/completions",
+                            {**CHAT, "user": "u1", "parallel_tool_calls": False, "store": False, "metadata": {},
+                             "stream_options": None, "some_future_field": [1, 2]})
+    assert status == 200 and reply["choices"][0]["message"]["role"] == "assistant"
+    status, reply = request(server[0], "GET", "/v1/nothing")
+    assert status == 404 and "error" in reply
+
+
+def test_api_key_and_cors(model):
+    app = create_app(model, ServeConfig(model_name="tiny", api_key="s3cret", cors_origin="http://a.example"))
+    with running(app) as url:
+        status, reply = request(url, "POST", "/v1/chat/completions", CHAT)
+        assert status == 401 and reply["error"]["code"] == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        good = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
+        assert good.chat.completions.create(model="tiny", messages=CHAT["messages"], max_tokens=2).choices
+        assert request(url, "GET", "/health")[0] == 200                 # health needs no key
+        cors = _headers(url, "OPTIONS", "/v1/models", {"Origin": "http://a.example",
+                                                         "Access-Control-Request-Method": "GET"})
+        assert cors.get("access-control-allow-origin") == "http://a.example"
+    with running(create_app(model, ServeConfig(model_name="tiny"))) as url:      # off by default
+        assert "access-control-allow-origin" not in _headers(url, "GET", "/v1/models", {"Origin": "http://a.example"})
+
+
+def _headers(url, method, path, headers):
+    import http.client
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.request(method, path, headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return {k.lower(): v for k, v in resp.getheaders()}
+
+
+# ---- embeddings ----------------------------------------------------------------------------------------
+def test_embeddings_are_the_vectors_of_qkv_embed(tmp_path):
+    wordpiece = Tokenizer.train_wordpiece([TEXT], vocab_size=120)
+    torch.manual_seed(0)
+    bert = BERT(ModelConfig(vocab_size=wordpiece.vocab_size, max_len=32, n_layers=1, d_model=16, n_heads=2,
+                            mask="bidirectional", type_vocab_size=2))
+    qkv.save(bert, tmp_path / "bert", wordpiece)
+    encoder = qkv.load(tmp_path / "bert")
+    texts = ["a cat sat on the mat", "the dog ran"]
+    want = encoder.embed_texts(texts)
+    with running(create_app(encoder, ServeConfig(model_name="bert"))) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        got = client.embeddings.create(model="bert", input=texts)                 # base64, the client's default
+        assert torch.allclose(torch.tensor([d.embedding for d in got.data]), want, atol=1e-6)
+        floats = client.embeddings.create(model="bert", input=texts[0], encoding_format="float")
+        assert torch.allclose(torch.tensor(floats.data[0].embedding), want[0], atol=1e-6)
+        assert got.usage.prompt_tokens == sum(len(e.ids) for e in wordpiece.encode_batch_for_model(texts))
+        status, reply = request(url, "POST", "/v1/chat/completions", CHAT)
+        assert status == 400 and "answers /v1/embeddings only" in reply["error"]["message"]
+        status, reply = request(url, "POST", "/v1/embeddings", {"input": [[1, 2, 3]]})
+        assert status == 400 and "token ids are not accepted" in reply["error"]["message"]
+
+
+# ---- metrics and access log ------------------------------------------------------------------------------
+def test_metrics_count_what_was_served(model, caplog):
+    from prometheus_client.parser import text_string_to_metric_families
+    app = create_app(model, ServeConfig(model_name="tiny", max_tokens_cap=48))
+    with caplog.at_level("INFO", logger="qkv.access"), running(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        replies = [client.completions.create(model="tiny", prompt="the", max_tokens=5, n=2, temperature=0),
+                   client.chat.completions.create(model="tiny", messages=CHAT["messages"], max_tokens=7)]
+        request(url, "POST", "/v1/chat/completions", {"messages": "bad"})
+        status, text = request(url, "GET", "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    value = {f.name: f.samples[0].value for f in families.values() if len(f.samples) == 1}
+    assert value["qkv_generated_tokens"] == sum(r.usage.completion_tokens for r in replies)
+    assert value["qkv_queue_length"] == 0 and value["qkv_batch_size"] == 0
+    assert value["qkv_tokens_per_second"] > 0
+    ttft = {s.name: s.value for s in families["qkv_time_to_first_token_seconds"].samples}
+    assert ttft["qkv_time_to_first_token_seconds_count"] == 3                   # one per sequence
+    requests = {(s.labels["path"], s.labels["status"]): s.value for s in families["qkv_requests"].samples
+                if s.name == "qkv_requests_total"}
+    assert requests[("/v1/completions", "200")] == 1 and requests[("/v1/chat/completions", "200")] == 1
+    assert requests[("/v1/chat/completions", "400")] == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "qkv.access"]
+    assert any('"POST /v1/chat/completions" 400' in line for line in lines)
+    assert sum('"POST /v1/completions" 200' in line for line in lines) == 1

@@ -1,0 +1,237 @@
+"""Continuous batching: rows join and leave a running batch and still give the tokens each request gets
+alone (``qkv.generate``, greedy and seeded); a full queue answers 429; a client that disconnects frees its
+row; one failing request fails alone; 16 concurrent streaming clients all get their own text; SIGTERM lets
+a stream finish. Tiny random models; bounded in count and time."""
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+import qkv
+from qkv import GPT, ModelConfig, Tokenizer
+from qkv.generate import GenerationConfig, _encode, generate
+from qkv.serve import ServeConfig, create_app
+from qkv.serve.engine import Engine, Failure, Finish, Sequence, Token
+
+from serving import request, running
+
+openai = pytest.importorskip("openai")
+TEXT = "the quick brown fox jumps over the lazy dog. a cat sat on the mat; the dog ran. " * 20
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train_bpe([TEXT], vocab_size=300)
+
+
+def tiny_gpt(tok, max_len=96, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, max_len=max_len, **{
+        "n_layers": 2, "d_model": 32, "n_heads": 4, **kw})).eval()
+    model.tokenizer = tok
+    return model
+
+
+def run_engine(engine, seqs, timeout=60):
+    """Submit and collect (text, finish event) per sequence."""
+    inbox = queue.Queue()
+    for i, s in enumerate(seqs):
+        s.emit = lambda ev, i=i: inbox.put((i, ev))
+    engine.submit(seqs)
+    texts, ends = [""] * len(seqs), [None] * len(seqs)
+    while any(e is None for e in ends):
+        i, ev = inbox.get(timeout=timeout)
+        if isinstance(ev, Token):
+            texts[i] += ev.text
+        else:
+            ends[i] = ev
+    return texts, ends
+
+
+PROMPTS = ["the", "the quick brown fox", "a cat sat on the mat; the dog", "dog", "over the lazy", "m", "the fox jumps"]
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope", "alibi"])
+def test_rows_that_join_and_leave_get_the_tokens_they_get_alone(tok, pos):
+    model = tiny_gpt(tok, pos=pos, n_kv_heads=2)
+    configs = [GenerationConfig(max_new_tokens=4 + 5 * (i % 4), temperature=0 if i % 2 else 0.9, seed=i,
+                                top_p=0.95, repetition_penalty=1.0 + 0.1 * (i % 3), ignore_eos=i % 3 == 0)
+               for i in range(len(PROMPTS))]
+    engine = Engine(model, max_batch=3, max_queue=16).start()        # fewer rows than requests: joins and leaves
+    try:
+        seqs = [Sequence(_encode(tok, p), c) for p, c in zip(PROMPTS, configs)]
+        texts, ends = run_engine(engine, seqs)
+    finally:
+        engine.stop()
+    for p, c, text, end in zip(PROMPTS, configs, texts, ends):
+        assert text == generate(model, tok, p, c), (p, c)
+        assert isinstance(end, Finish)
+
+
+class Explodes:
+    finished = False
+
+    def mask(self, logits_1V):
+        raise RuntimeError("boom")
+
+    def advance(self, t):
+        pass
+
+
+def test_one_failing_request_fails_alone(tok):
+    model = tiny_gpt(tok)
+    engine = Engine(model, max_batch=4).start()
+    try:
+        cfg = GenerationConfig(max_new_tokens=8, temperature=0)
+        seqs = [Sequence(_encode(tok, "the"), cfg), Sequence(_encode(tok, "the"), cfg, constraint=Explodes()),
+                Sequence(_encode(tok, "a cat"), cfg)]
+        texts, ends = run_engine(engine, seqs)
+        assert isinstance(ends[1], Failure) and "boom" in ends[1].message
+        assert texts[0] == generate(model, tok, "the", cfg) and texts[2] == generate(model, tok, "a cat", cfg)
+        assert engine.thread.is_alive() and engine.batch_size == 0
+    finally:
+        engine.stop()
+
+
+class SlowGPT(GPT):
+    """10 ms per forward, so a long request runs for seconds whatever the machine."""
+
+    def forward(self, *args, **kwargs):
+        time.sleep(0.01)
+        return super().forward(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def slow(tok):
+    """A slow model with a long context; one row, one queue place."""
+    torch.manual_seed(0)
+    model = SlowGPT(ModelConfig(vocab_size=tok.vocab_size, max_len=1024, n_layers=1, d_model=32, n_heads=4)).eval()
+    model.tokenizer = tok
+    app = create_app(model, ServeConfig(model_name="slow", max_batch=1, max_queue=1, max_tokens_cap=1000))
+    with running(app) as url:
+        yield url, app.state.shared["engine"]
+
+
+LONG = {"prompt": "the", "max_tokens": 1000, "ignore_eos": True, "stream": True, "temperature": 0}
+
+
+def open_stream(url, body):
+    """A raw streaming request; returns the socket after the first event arrived."""
+    host, port = url.split("//")[1].split(":")
+    data = json.dumps(body).encode()
+    s = socket.create_connection((host, int(port)), timeout=30)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+    got = b""
+    while b"data: " not in got:
+        got += s.recv(4096)
+    return s
+
+
+def wait_until(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_full_queue_is_429_and_a_disconnect_frees_the_row(slow):
+    url, engine = slow
+    first = open_stream(url, LONG)                                   # holds the only row
+    assert wait_until(lambda: engine.batch_size == 1)
+    waiting = threading.Thread(target=request, args=(url, "POST", "/v1/completions",
+                                                     {**LONG, "stream": False, "max_tokens": 2}))
+    waiting.start()                                                  # takes the only queue place
+    assert wait_until(lambda: engine.queue_length == 1)
+    status, reply = request(url, "POST", "/v1/completions", {**LONG, "stream": False})
+    assert status == 429 and reply["error"]["type"] == "rate_limit_error"
+    before = engine.tokens_generated
+    first.close()                                                    # the client goes away mid-stream
+    waiting.join(30)                                                 # ... so the queued request gets the row
+    assert not waiting.is_alive()
+    assert wait_until(lambda: engine.batch_size == 0)
+    assert engine.tokens_generated - before < 900                    # the long one never ran to its end
+    assert request(url, "GET", "/health") == (200, {"status": "ok"})
+
+
+def test_sixteen_concurrent_streaming_clients_get_their_own_text(tok):
+    model = tiny_gpt(tok, max_len=128)
+    client_count = 16
+    jobs = [(PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)), 3 + (i * 7) % 30, i % 2 == 0) for i in range(client_count)]
+    want = [generate(model, tok, p, max_new_tokens=n, temperature=0.8 if sampled else 0, seed=i)
+            for i, (p, n, sampled) in enumerate(jobs)]
+    with running(create_app(model, ServeConfig(model_name="t", max_batch=8, max_queue=32))) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+
+        def one(i):
+            p, n, sampled = jobs[i]
+            stream = client.completions.create(model="t", prompt=p, max_tokens=n, temperature=0.8 if sampled else 0,
+                                               seed=i, stream=True)
+            return "".join(c.choices[0].text for c in stream if c.choices)
+
+        with ThreadPoolExecutor(client_count) as pool:
+            got = list(pool.map(one, range(client_count), timeout=120))
+        assert got == want
+        assert request(url, "GET", "/health")[0] == 200
+        assert client.completions.create(model="t", prompt="the", max_tokens=3, temperature=0).choices[0].text == \
+            generate(model, tok, "the", max_new_tokens=3, temperature=0)
+
+
+def test_sigterm_lets_a_stream_finish(tok, tmp_path):
+    model = tiny_gpt(tok, max_len=512, n_layers=4, d_model=128)
+    qkv.save(model, tmp_path / "gpt", tok)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    server = subprocess.Popen([sys.executable, "-m", "qkv", "serve", str(tmp_path / "gpt"), "--port", str(port),
+                               "--threads", "1", "--log-level", "warning"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_until(lambda: _up(url), 60), server.stderr.read1().decode() if server.poll() is not None else ""
+        stream = open_stream(url, {**LONG, "max_tokens": 300})
+        server.send_signal(signal.SIGTERM)
+        got = b""
+        while not got.endswith(b"0\r\n\r\n"):                       # the last chunk of a chunked body
+            part = stream.recv(65536)
+            if not part:
+                break
+            got += part
+        assert b"data: [DONE]\n\n" in got                           # the in-flight stream finished
+        events = [json.loads(line[6:]) for line in got.decode().split("\n") if line.startswith("data: {")]
+        assert events[-1]["choices"][0]["finish_reason"] == "length"
+        assert server.wait(30) == -signal.SIGTERM        # then it exits by the signal, as uvicorn does
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+def _up(url):
+    try:
+        return request(url, "GET", "/health", timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def test_a_request_past_the_timeout_is_cancelled_with_504(tok):
+    torch.manual_seed(0)
+    model = SlowGPT(ModelConfig(vocab_size=tok.vocab_size, max_len=512, n_layers=1, d_model=32, n_heads=4)).eval()
+    model.tokenizer = tok
+    app = create_app(model, ServeConfig(model_name="slow", timeout=0.3, max_tokens_cap=500))
+    with running(app) as url:
+        status, reply = request(url, "POST", "/v1/completions", {"prompt": "the", "max_tokens": 400, "ignore_eos": True})
+        assert status == 504 and "timeout" in reply["error"]["message"]
+        assert wait_until(lambda: app.state.shared["engine"].batch_size == 0, 5)      # its row was freed
