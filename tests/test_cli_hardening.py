@@ -254,6 +254,7 @@ SENTINELS = {
     "info": ["info", "{missing}"],
     "bench beam": ["bench", "beam", "--checkpoint", "{missing}"],
     "bench decode": ["bench", "decode", "--model", "{missing}"],
+    "bench serve": ["bench", "serve", "{missing}"],
     "bench train": None, "bench encoder": None,
     "attention": ["attention", "{missing}", "--text", "a", "--out", "{out}/a.png"],
     "next": ["next", "{missing}", "--text", "a"],
