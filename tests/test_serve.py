@@ -168,6 +168,8 @@ BAD = [  # (body, status, phrase in the message, param)
     ({**CHAT, "logit_bias": {"5": 101}}, 400, "between -100 and 100", "logit_bias"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role", "messages.0.role"),
     ({"prompt": 5}, 400, "prompt", "prompt"),
+    ({"prompt": "a", "echo": True}, 400, "echo is not supported", "echo"),
+    ({"prompt": []}, 400, "empty list", "prompt"),
 ]
 
 

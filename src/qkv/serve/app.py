@@ -169,6 +169,8 @@ def create_app(model, config: ServeConfig = ServeConfig()):
     async def completions(req: CompletionRequest, request: Request):
         check_model(req.model)
         eng = engine()
+        if req.echo:
+            raise APIError(400, "echo is not supported; the prompt is not repeated in the reply", param="echo")
         prompts = completion_prompts(tokenizer, req)
         seqs = []
         for ids in prompts:

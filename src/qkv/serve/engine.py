@@ -198,11 +198,17 @@ class Engine:
                         self.wake.wait()
                     if self.stopping:
                         break
-                self._admit()
-                self._leave()
-                if self.running:
-                    self._step()
+                try:
+                    self._admit()
                     self._leave()
+                    if self.running:
+                        self._step()
+                        self._leave()
+                except Exception as e:         # a bug outside one request: fail the batch, keep serving
+                    log.exception("the decode loop failed")
+                    for r in self.running:
+                        _emit(r.seq, Failure(f"{type(e).__name__}: {e}"))
+                    self.running, self.rows = [], BatchRows(self.model)
         for seq in [r.seq for r in self.running] + list(self.waiting):
             _emit(seq, Failure("the server is shutting down"))
 
