@@ -3,9 +3,6 @@ library never sends: every reply is checked against ``qkv.generate`` / the model
 prompt (tiny random models; seconds in all)."""
 
 import json
-import socket
-import threading
-import time
 
 import pytest
 import torch
@@ -13,9 +10,8 @@ import torch
 import qkv
 from qkv import GPT, ModelConfig, Tokenizer
 from qkv.models import BERT
-from qkv.generate import GenerationConfig, generate
+from qkv.generate import generate
 from qkv.serve import ServeConfig, create_app
-from qkv.serve.engine import Engine, Failure, Finish, Sequence, Token
 from qkv.serve.openai_api import DEFAULT_TEMPLATE, DEFAULT_TEMPLATE_STOP
 from qkv.conversation import render_chat
 
