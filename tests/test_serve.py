@@ -273,3 +273,14 @@ def test_metrics_count_what_was_served(model, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "qkv.access"]
     assert any('"POST /v1/chat/completions" 400' in line for line in lines)
     assert sum('"POST /v1/completions" 200' in line for line in lines) == 1
+
+
+def test_streaming_several_choices_keeps_them_apart(model, tok, client):
+    kwargs = dict(model="tiny", prompt="a cat", max_tokens=8, temperature=1.0, seed=11, n=3)
+    whole = client.completions.create(**kwargs)
+    texts = [""] * 3
+    for chunk in client.completions.create(stream=True, **kwargs):
+        for c in chunk.choices:
+            texts[c.index] += c.text
+    assert texts == [c.text for c in sorted(whole.choices, key=lambda c: c.index)]
+    assert texts == [generate(model, tok, "a cat", max_new_tokens=8, temperature=1.0, seed=11 + i) for i in range(3)]
