@@ -37,10 +37,10 @@ from starlette.exceptions import HTTPException
 from ..errors import InputError, QkvError
 from ..grammar import JsonConstraint
 from .config import ServeConfig
+from .engine import Engine, Finish, Token
 from .events import cancel_on_disconnect, run, sse
 from .metrics import ServerMetrics
 from .middleware import AccessLog, BodyLimit
-from .engine import Engine, Finish, Token
 from .openai_api import (APIError, budget, chat_logprobs, chat_prompt_ids, completion_logprobs, completion_prompts,
                          DEFAULT_TEMPLATE_STOP, envelope, generation_config, new_id, sequences, usage)
 from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest
