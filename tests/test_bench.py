@@ -66,3 +66,23 @@ def test_bench_ddp_json(capsys):
 def test_bench_ddp_refuses_an_odd_batch(capsys):
     assert main(["bench", "ddp", "--batch", "3"]) == 2
     assert "--batch 3 must be even" in capsys.readouterr().err
+
+
+def test_bench_serve_json(tmp_path, capsys):
+    import qkv
+    from qkv import Tokenizer
+    import torch
+    tok = Tokenizer.train_bpe(["the quick brown fox jumps over the lazy dog. " * 20], vocab_size=300)
+    torch.manual_seed(0)
+    qkv.save(GPT(ModelConfig(vocab_size=tok.vocab_size, max_len=64, n_layers=1, d_model=16, n_heads=2)),
+             tmp_path / "gpt", tok)
+    assert main(["bench", "serve", str(tmp_path / "gpt"), "--json", "--clients", "3", "--max-tokens", "4",
+                 "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "hf_batched" not in result                         # a qkv checkpoint: transformers cannot load it
+    for side in ("concurrent", "one_at_a_time"):
+        f = result[side]
+        assert f["tokens_per_s"] == pytest.approx(3 * 4 / f["wall_s"])
+        assert 0 < f["ttft_p50_ms"] <= f["ttft_p99_ms"] and 0 <= f["itl_p50_ms"] <= f["itl_p99_ms"]
+    assert result["concurrent_vs_one_at_a_time"] == pytest.approx(
+        result["concurrent"]["tokens_per_s"] / result["one_at_a_time"]["tokens_per_s"])

@@ -270,6 +270,7 @@ SENTINELS = {
     "info": ["info", "{missing}"],
     "bench beam": ["bench", "beam", "--checkpoint", "{missing}"],
     "bench decode": ["bench", "decode", "--model", "{missing}"],
+    "bench serve": ["bench", "serve", "{missing}"],
     "bench train": None, "bench encoder": None, "bench ddp": None,
     "attention": ["attention", "{missing}", "--text", "a", "--out", "{out}/a.png"],
     "next": ["next", "{missing}", "--text", "a"],
@@ -357,6 +358,7 @@ CHECKPOINT_COMMANDS = {   # argv with {ck}, and the families it runs
                  {"encoder", "fine-tuned encoder"}),
     "train --resume": (["train", "--resume", "{ck}"], {"decoder"}),
     "bench beam": (["bench", "beam", "--checkpoint", "{ck}"], {"encoder-decoder"}),
+    "bench serve": (["bench", "serve", "{ck}", "--clients", "1", "--max-tokens", "1", "--no-hf"], {"decoder"}),
     "attention": (["attention", "{ck}", "--text", "a", "--out", "{out}/a.png"], set(FAMILIES.values())),
     "next": (["next", "{ck}", "--text", "a [MASK]"], {"decoder", "encoder", "encoder-decoder"}),
 }
@@ -380,4 +382,4 @@ def test_sweep_checkpoints(zoo, capsys, monkeypatch, command, ck):
 def test_the_checkpoint_sweep_covers_every_command_that_takes_one():
     takes = {name for name, p in _commands().items()
              if any(a.metavar in ("DIR", "PATH") and not a.option_strings for a in p._actions)}
-    assert takes <= {c.split()[0] for c in CHECKPOINT_COMMANDS}, takes
+    assert takes <= {c.split(" --")[0] for c in CHECKPOINT_COMMANDS}, takes     # "train --resume" -> "train"

@@ -3,9 +3,6 @@ library never sends: every reply is checked against ``qkv.generate`` / the model
 prompt (tiny random models; seconds in all)."""
 
 import json
-import socket
-import threading
-import time
 
 import pytest
 import torch
@@ -13,9 +10,8 @@ import torch
 import qkv
 from qkv import GPT, ModelConfig, Tokenizer
 from qkv.models import BERT
-from qkv.generate import GenerationConfig, generate
+from qkv.generate import generate
 from qkv.serve import ServeConfig, create_app
-from qkv.serve.engine import Engine, Failure, Finish, Sequence, Token
 from qkv.serve.openai_api import DEFAULT_TEMPLATE, DEFAULT_TEMPLATE_STOP
 from qkv.conversation import render_chat
 
@@ -168,6 +164,8 @@ BAD = [  # (body, status, phrase in the message, param)
     ({**CHAT, "logit_bias": {"5": 101}}, 400, "between -100 and 100", "logit_bias"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role", "messages.0.role"),
     ({"prompt": 5}, 400, "prompt", "prompt"),
+    ({"prompt": "a", "echo": True}, 400, "echo is not supported", "echo"),
+    ({"prompt": []}, 400, "empty list", "prompt"),
 ]
 
 
@@ -275,3 +273,14 @@ def test_metrics_count_what_was_served(model, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "qkv.access"]
     assert any('"POST /v1/chat/completions" 400' in line for line in lines)
     assert sum('"POST /v1/completions" 200' in line for line in lines) == 1
+
+
+def test_streaming_several_choices_keeps_them_apart(model, tok, client):
+    kwargs = dict(model="tiny", prompt="a cat", max_tokens=8, temperature=1.0, seed=11, n=3)
+    whole = client.completions.create(**kwargs)
+    texts = [""] * 3
+    for chunk in client.completions.create(stream=True, **kwargs):
+        for c in chunk.choices:
+            texts[c.index] += c.text
+    assert texts == [c.text for c in sorted(whole.choices, key=lambda c: c.index)]
+    assert texts == [generate(model, tok, "a cat", max_new_tokens=8, temperature=1.0, seed=11 + i) for i in range(3)]

@@ -6,6 +6,7 @@
     qkv bench encoder --json   sentences/s of a BERT-base forward (batch 32 x 128), qkv Encoder vs BertModel
     qkv bench beam --json      seconds/sentence of beam search vs greedy for the encoder-decoder
     qkv bench ddp --json       tokens/s of 2 DDP processes vs 1, efficiency, a prediction for 8 machines
+    qkv bench serve M.gguf --clients 16   qkv serve: concurrent vs one at a time vs transformers' batched generate
 
 With ``--json`` each prints exactly one JSON line (the configuration and every figure); without it, a
 short table. transformers is optional: without it only qkv's figures are reported.
@@ -70,6 +71,17 @@ def add_arguments(p) -> None:
     encoder.add_argument("--no-onednn", dest="onednn", action="store_false",
                          help="qkv's Linears on MKL as nn.Linear runs them (default: oneDNN where it pays, "
                               "as qkv's inference commands run them)")
+    serve = sub.add_parser("serve", help="qkv serve: N concurrent streaming clients vs one at a time vs "
+                                         "transformers' batched generate",
+                           description="Tokens/s, time to first token and inter-token latency of qkv serve.")
+    serve.add_argument("model", type=path_arg, metavar="PATH", help="a decoder checkpoint or .gguf file")
+    serve.add_argument("--json", action="store_true", help="print exactly one JSON line")
+    serve.add_argument("--clients", type=_positive, default=16, help="concurrent clients / requests (16)")
+    serve.add_argument("--max-tokens", type=_positive, default=64, help="new tokens per request (64)")
+    serve.add_argument("--rounds", type=_positive, default=1, help="timed rounds per side (1)")
+    serve.add_argument("--threads", type=_positive, default=None, help="torch threads (default torch's own)")
+    serve.add_argument("--quantized", action="store_true", help="keep a GGUF's quantized weights (qkv side)")
+    serve.add_argument("--no-hf", dest="hf", action="store_false", help="skip transformers")
     beam = sub.add_parser("beam", help="encoder-decoder: beam search vs greedy, seconds per sentence",
                           description="Seconds per sentence of batched beam search against greedy search.")
     beam.add_argument("--json", action="store_true", help="print exactly one JSON line")
@@ -102,6 +114,12 @@ def run(args) -> int:
         options = {k: getattr(args, k) for k in ("checkpoint", "sentences", "batch", "beam", "rounds",
                                                  "max_new_tokens", "threads") if getattr(args, k) is not None}
         beam.run(args.json, **options)
+    elif args.bench == "serve":
+        from ..bench import serve
+        from ._common import require_family
+        require_family(args.model, "bench serve", "decoder")
+        serve.run(args.model, args.json, clients=args.clients, max_tokens=args.max_tokens, quantized=args.quantized,
+                  threads=args.threads, rounds=args.rounds, hf=args.hf)
     elif args.bench == "encoder":
         from ..bench import encoder
         options = {k: getattr(args, k) for k in ("layers", "batch", "length", "rounds", "threads")

@@ -21,7 +21,6 @@ import asyncio
 import base64
 import contextlib
 import html
-import json
 import logging
 import re
 import threading
@@ -38,8 +37,10 @@ from starlette.exceptions import HTTPException
 from ..errors import InputError, QkvError
 from ..grammar import JsonConstraint
 from .config import ServeConfig
-from .metrics import AccessLog, ServerMetrics
-from .engine import Engine, Failure, Finish, QueueFull, Token
+from .engine import Engine, Finish, Token
+from .events import cancel_on_disconnect, run, sse
+from .metrics import ServerMetrics
+from .middleware import AccessLog, BodyLimit
 from .openai_api import (APIError, budget, chat_logprobs, chat_prompt_ids, completion_logprobs, completion_prompts,
                          DEFAULT_TEMPLATE_STOP, envelope, generation_config, new_id, sequences, usage)
 from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest
@@ -169,6 +170,8 @@ def create_app(model, config: ServeConfig = ServeConfig()):
     async def completions(req: CompletionRequest, request: Request):
         check_model(req.model)
         eng = engine()
+        if req.echo:
+            raise APIError(400, "echo is not supported; the prompt is not repeated in the reply", param="echo")
         prompts = completion_prompts(tokenizer, req)
         seqs = []
         for ids in prompts:
@@ -284,95 +287,3 @@ def create_app(model, config: ServeConfig = ServeConfig()):
             return model.embed_texts(texts), sum(len(e.ids) for e in encodings)
 
     return app
-
-
-async def run(eng: Engine, seqs, timeout_s: float):
-    """Submit ``seqs`` and yield (choice index, event) until each has finished; a failure or the deadline
-    raises APIError. On exit, early or not, every sequence is cancelled (a client that left frees its row)."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    for i, seq in enumerate(seqs):
-        seq.emit = _pair(loop, queue, i)
-    try:
-        eng.submit(seqs)
-    except QueueFull as e:
-        raise APIError(429, str(e), "rate_limit_error", code="queue_full") from None
-    deadline = loop.time() + timeout_s
-    open_ = len(seqs)
-    try:
-        while open_:
-            try:
-                i, ev = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))
-            except asyncio.TimeoutError:
-                raise APIError(504, f"the request ran past the server's {timeout_s:g} s timeout (qkv serve "
-                                    f"--timeout)", "timeout_error", code="timeout") from None
-            if isinstance(ev, Failure):
-                raise APIError(500, f"generation failed: {ev.message}", "server_error")
-            if isinstance(ev, Finish):
-                open_ -= 1
-            yield i, ev
-    finally:
-        for seq in seqs:
-            seq.cancel()
-
-
-def _pair(loop, queue, index):
-    def emit(event):
-        loop.call_soon_threadsafe(queue.put_nowait, (index, event))
-    return emit
-
-
-async def cancel_on_disconnect(request, seqs) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(0.25)
-    for seq in seqs:
-        seq.cancel()
-
-
-async def sse(chunks):
-    """Server-sent events: one ``data: JSON`` per chunk, then ``data: [DONE]``; an error mid-stream becomes
-    one ``data: {"error": ...}`` event (the status line has gone out already)."""
-    try:
-        async for obj in chunks:
-            yield f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-    except APIError as e:
-        yield f"data: {json.dumps(e.body())}\n\n"
-    yield "data: [DONE]\n\n"
-
-
-class BodyLimit:
-    """Refuse a request body past ``limit`` bytes with 413 (by Content-Length, or while it streams in)."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge()
-            return message
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(send)
-
-    async def _refuse(self, send):
-        body = json.dumps(APIError(413, f"the request body is larger than this server's limit of {self.limit} "
-                                        f"bytes", code="body_too_large").body()).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass

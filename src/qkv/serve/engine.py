@@ -1,15 +1,15 @@
 """The decode loop of ``qkv serve``: one thread owns the model and batches every request continuously.
 
     submit(seq) ─> waiting (bounded: QueueFull past max_queue, which the server answers with 429)
-    loop:  admit: while fewer than max_batch rows run, take a waiting sequence, prefill its prompt alone
-                  (its own one-row KV cache), sample its first token, and add it to the running rows
+    loop:  admit: take waiting sequences into the free rows (max_batch in all), prefill their prompts in
+                  one left-padded forward, sample each first token, and add them to the running rows
            step:  one forward of every running row's last token (``BatchRows``), then each row samples
                   with its OWN parameters, penalties and seeded generator (``qkv.generate.next_token``)
            leave: a row that hit eos, a stop string or its token budget, or whose client went away
                   (``seq.cancel()``), is dropped before the next step
 
-A row computes exactly what it would alone (prefill alone, right-aligned rows with a padding mask, see
-``rows``), and its generator is private, so its tokens do not depend on who else is in the batch: a test
+A row computes what it would alone (positions over real tokens only, right-aligned rows with a padding
+mask, see ``rows``), and its generator is private, so its tokens do not depend on who else is in the batch: a test
 checks greedy and seeded replies against ``qkv.generate`` on the same prompt. Short requests leave as
 soon as they finish, so they are never held behind long ones.
 
@@ -198,36 +198,75 @@ class Engine:
                         self.wake.wait()
                     if self.stopping:
                         break
-                self._admit()
-                self._leave()
-                if self.running:
-                    self._step()
+                try:
+                    self._admit()
                     self._leave()
+                    if self.running:
+                        self._step()
+                        self._leave()
+                except Exception as e:         # a bug outside one request: fail the batch, keep serving
+                    log.exception("the decode loop failed")
+                    for r in self.running:
+                        _emit(r.seq, Failure(f"{type(e).__name__}: {e}"))
+                    self.running, self.rows = [], BatchRows(self.model)
         for seq in [r.seq for r in self.running] + list(self.waiting):
             _emit(seq, Failure("the server is shutting down"))
 
     def _admit(self) -> None:
-        while len(self.running) < self.max_batch:
-            with self.wake:
-                if not self.waiting:
-                    return
+        """Take waiting sequences into the free rows: prefill them together (left-padded), sample each
+        one's first token, and add the unfinished ones to the batch."""
+        joining = []
+        with self.wake:
+            while self.waiting and len(self.running) + len(joining) < self.max_batch:
                 seq = self.waiting.popleft()
-            if seq.cancelled:
-                continue
+                if not seq.cancelled:
+                    joining.append(seq)
+        rows = []
+        for seq in joining:
             try:
-                row = _Running(seq, self.model, self.device)
-                ids_1L = torch.tensor([seq.prompt_ids], device=self.device)
-                caches = self.model.new_caches(1, len(seq.prompt_ids))
-                logits_1V = self.model(ids_1L, caches=caches, last_only=True).logits[:, -1]
-                row.choose(logits_1V)
+                rows.append(_Running(seq, self.model, self.device))
             except Exception as e:             # this sequence alone fails
-                log.exception("request failed during prefill")
+                log.exception("request failed before prefill")
                 _emit(seq, Failure(f"{type(e).__name__}: {e}"))
-                continue
-            self._count(row)
-            if not row.done:
-                self.rows.add(caches)
-                self.running.append(row)
+        if not rows:
+            return
+        try:
+            caches, logits_BV = self._prefill([r.seq.prompt_ids for r in rows])
+            groups = [(rows, caches, logits_BV)]
+        except Exception:                      # find the one that fails: each alone
+            groups = []
+            for r in rows:
+                try:
+                    groups.append(([r], *self._prefill([r.seq.prompt_ids])))
+                except Exception as e:
+                    log.exception("request failed during prefill")
+                    _emit(r.seq, Failure(f"{type(e).__name__}: {e}"))
+        for group, caches, logits_BV in groups:
+            joined = []
+            for b, row in enumerate(group):
+                try:
+                    row.choose(logits_BV[b:b + 1])
+                except Exception as e:
+                    log.exception("request failed while sampling")
+                    _emit(row.seq, Failure(f"{type(e).__name__}: {e}"))
+                    continue
+                self._count(row)
+                if not row.done:
+                    joined.append(b)
+            self.rows.add(caches, [len(r.seq.prompt_ids) for r in group], joined)
+            self.running += [group[b] for b in joined]
+
+    def _prefill(self, prompts: list[list[int]]):
+        """One forward over left-padded prompts: (their caches, logits_BV of each one's last position)."""
+        B, L = len(prompts), max(len(p) for p in prompts)
+        ids_BL = torch.zeros(B, L, dtype=torch.long, device=self.device)
+        key_mask_BL = torch.zeros(B, L, dtype=torch.bool, device=self.device)
+        for b, p in enumerate(prompts):
+            ids_BL[b, L - len(p):] = torch.tensor(p, device=self.device)
+            key_mask_BL[b, L - len(p):] = True
+        caches = self.model.new_caches(B, L)
+        mask = None if all(len(p) == L for p in prompts) else key_mask_BL
+        return caches, self.model(ids_BL, caches=caches, key_mask_BM=mask, last_only=True).logits[:, -1]
 
     def _step(self) -> None:
         ids_B1 = torch.tensor([[r.next_id] for r in self.running], device=self.device)

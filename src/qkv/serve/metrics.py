@@ -9,21 +9,18 @@ text format (``prometheus-client``), each app with its own registry.
     qkv_requests_total{path,status}     HTTP requests answered
     qkv_request_duration_seconds{path}  histogram: request start -> last byte (streams included)
 
-An access line is written when the response is complete (a stream's last byte), to the ``qkv.access``
-logger: ``127.0.0.1 "POST /v1/chat/completions" 200 0.412s``.
+The access log and the request counters are written by ``middleware.AccessLog``.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 
-access_log = logging.getLogger("qkv.access")
 RATE_WINDOW_S = 10.0
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -78,30 +75,3 @@ class ServerMetrics:
         self.requests = Counter("qkv_requests", "HTTP requests answered", ["path", "status"], registry=self.registry)
         self.duration = Histogram("qkv_request_duration_seconds", "request start to last byte", ["path"],
                                   registry=self.registry)
-
-
-class AccessLog:
-    """ASGI middleware: counts and times every request, and logs one line when its response is complete."""
-
-    def __init__(self, app, metrics: ServerMetrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.monotonic(), [500]
-
-        async def sending(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            elapsed = time.monotonic() - start
-            path = scope.get("path", "")
-            known = path if path.startswith(("/v1/", "/health", "/metrics")) or path == "/" else "other"
-            self.metrics.requests.labels(known, str(status[0])).inc()
-            self.metrics.duration.labels(known).observe(elapsed)
-            client = (scope.get("client") or ("-",))[0]
-            access_log.info('%s "%s %s" %d %.3fs', client, scope.get("method", ""), path, status[0], elapsed)

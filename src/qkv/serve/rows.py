@@ -12,8 +12,9 @@ at once, exactly as a left-padded batch does (``qkv.generate``):
 
 A row's tokens stay contiguous, so column distances are token distances (ALiBi) and the model counts
 positions over real tokens only (RoPE, learned): a row computes what it would alone. A new row is
-prefilled alone in its own cache and copied in; a finished row is dropped. The buffers are rebuilt (and
-the all-padding columns on the left dropped) only when rows join or leave or the columns run out.
+prefilled in its own cache and copied in; a finished row is dropped. The buffers are rebuilt (and
+the all-padding columns on the left dropped) only when rows join or leave or the columns run out. Requests that arrive together are prefilled together, left-padded (as
+``qkv.generate`` batches prompts): that cache already has this layout, so its rows are copied in as they are.
 """
 
 from __future__ import annotations
@@ -37,20 +38,24 @@ class BatchRows:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def _rebuild(self, keep: list[int], extra: list[KVCache] | None = None, extra_len: int = 0) -> None:
-        """New buffers holding rows ``keep`` of the old ones (and ``extra``, a one-row cache, last),
-        right-aligned to the longest row, with HEADROOM free columns (never past the model's context)."""
-        lengths = [self.lengths[b] for b in keep] + ([extra_len] if extra is not None else [])
-        if not lengths:
+    def _rebuild(self, keep: list[int], extra: list[KVCache] | None = None, extra_rows: list[int] = (),
+                 extra_lengths: list[int] = ()) -> None:
+        """New buffers holding rows ``keep`` of the old ones, then rows ``extra_rows`` of ``extra`` (a
+        prefilled batch whose row b holds ``extra_lengths[b]`` tokens right-aligned), all right-aligned to
+        the longest row, with HEADROOM free columns (never past the model's context)."""
+        sources = [(self.caches, b, self.M, self.lengths[b]) for b in keep]
+        if extra is not None:
+            sources += [(extra, b, extra[0].length, extra_lengths[b]) for b in extra_rows]
+        if not sources:
             self.lengths, self.caches, self.key_mask_BM, self.M = [], None, None, 0
             return
+        lengths = [n for *_, n in sources]
         M = max(lengths)
         capacity = min(self.max_len, M + HEADROOM)
         caches = self.model.new_caches(len(lengths), capacity)
-        sources = [(self.caches, b, self.M) for b in keep] + ([(extra, 0, extra_len)] if extra is not None else [])
         device = caches[0].k_BGMD.device
         key_mask_BM = torch.zeros(len(lengths), capacity, dtype=torch.bool, device=device)
-        for row, ((old, b, old_M), n) in enumerate(zip(sources, lengths)):
+        for row, (old, b, old_M, n) in enumerate(sources):
             key_mask_BM[row, M - n:] = True
             for new_cache, old_cache in zip(caches, old):
                 new_cache.k_BGMD[row, :, M - n:M] = old_cache.k_BGMD[b, :, old_M - n:old_M]
@@ -59,9 +64,10 @@ class BatchRows:
             c.length = M
         self.lengths, self.caches, self.key_mask_BM, self.M = lengths, caches, key_mask_BM, M
 
-    def add(self, row_caches: list[KVCache]) -> None:
-        """Append a row from its own prefilled one-row caches."""
-        self._rebuild(list(range(len(self))), row_caches, row_caches[0].length)
+    def add(self, prefilled: list[KVCache], lengths: list[int], rows: list[int]) -> None:
+        """Append rows ``rows`` of a prefilled (left-padded) batch whose row b holds ``lengths[b]`` tokens."""
+        if rows:
+            self._rebuild(list(range(len(self))), prefilled, rows, lengths)
 
     def keep(self, rows: list[int]) -> None:
         """Drop every row not in ``rows`` (in order)."""
