@@ -80,6 +80,7 @@ def test_bench_serve_json(tmp_path, capsys):
                  "--threads", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "hf_batched" not in result                         # a qkv checkpoint: transformers cannot load it
+    assert "llama_cpp_one_at_a_time" not in result            # nor llama.cpp (GGUF files only)
     for side in ("concurrent", "one_at_a_time"):
         f = result[side]
         assert f["tokens_per_s"] == pytest.approx(3 * 4 / f["wall_s"])

@@ -107,8 +107,9 @@ def _hf_side(path: Path, ids: list[int], new_tokens: int):
     return run, info
 
 
-def _llama_cpp_side(path: Path, ids: list[int], new_tokens: int, threads: int):
-    """llama.cpp in a worker process (``llama_cpp_worker.py`` says why); ImportError when it is not installed."""
+def llama_cpp_worker(path: Path):
+    """A function that sends one request to llama.cpp in a worker process (``llama_cpp_worker.py`` says why
+    and what it answers), and the version; ImportError when llama-cpp-python is not installed."""
     import importlib.util
     import subprocess
     import sys
@@ -118,20 +119,26 @@ def _llama_cpp_side(path: Path, ids: list[int], new_tokens: int, threads: int):
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def ask(request: dict) -> dict:
-        worker.stdin.write(json.dumps(request) + "\n")
+        worker.stdin.write(json.dumps({"model": str(path), **request}) + "\n")
         worker.stdin.flush()
         line = worker.stdout.readline()
         if not line:
             raise RuntimeError(f"the llama.cpp worker stopped (exit status {worker.wait()})")
         return json.loads(line)
+    return ask, ask({"version": True})["version"]
+
+
+def _llama_cpp_side(path: Path, ids: list[int], new_tokens: int, threads: int):
+    """llama.cpp's prefill and decode rates on ``ids``; ImportError when it is not installed."""
+    ask, version = llama_cpp_worker(path)
 
     def run() -> tuple[float, float]:
-        r = ask({"model": str(path), "ids": ids, "new_tokens": new_tokens, "threads": threads})
+        r = ask({"ids": ids, "new_tokens": new_tokens, "threads": threads})
         return r["prefill"], r["decode"]
     from ..interop.gguf import GGUFFile
     size = sum(int(t.n_bytes) for t in GGUFFile(path).tensors.values())
     return run, dict(model="llama.cpp (llama-cpp-python Llama.eval, own process)",
-                     version=ask({"version": True})["version"], weight_bytes=size)
+                     version=version, weight_bytes=size)
 
 
 def run(model_path: str, json_out: bool = False, bits=(32, 8, 4), prompt_len: int = 512, new_tokens: int = 64,

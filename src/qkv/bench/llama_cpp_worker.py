@@ -6,6 +6,7 @@ So the benchmark starts this file as a script (``python llama_cpp_worker.py``: i
 never torch) and talks to it over pipes: one JSON request per line in, one JSON result per line out.
 
     {"model": PATH, "ids": [...], "new_tokens": 64, "threads": 1}   -> {"prefill": tok/s, "decode": tok/s}
+    (optional "n_ctx": the context to allocate, when later requests bring longer prompts)
     {"version": true}                                                -> {"version": "0.3.36"}
 """
 
@@ -25,10 +26,11 @@ def main() -> None:
             print(json.dumps({"version": __version__}), flush=True)
             continue
         ids, new_tokens, threads = request["ids"], request["new_tokens"], request["threads"]
-        key = (request["model"], threads)
+        n_ctx = request.get("n_ctx", len(ids) + new_tokens + 8)
+        key = (request["model"], threads, n_ctx)
         if key not in engines:
-            engines[key] = Llama(request["model"], n_ctx=len(ids) + new_tokens + 8, n_threads=threads,
-                                 n_threads_batch=threads, n_batch=len(ids) + new_tokens + 8, verbose=False)
+            engines[key] = Llama(request["model"], n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                 n_batch=n_ctx, verbose=False)
         llm = engines[key]
         llm.reset()
         t0 = time.perf_counter()

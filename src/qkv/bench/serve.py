@@ -14,7 +14,11 @@ same number of tokens. Figures:
 
 transformers runs ``generate`` once on the N left-padded prompts (greedy, min = max new tokens) with the
 same weights (a GGUF is dequantized to float32 by transformers' own loader; it has no CPU path for the
-quantized codes) and the same thread count. Timed sides alternate over --rounds; medians are reported.
+quantized codes) and the same thread count. When PATH is a GGUF file and llama-cpp-python is installed (the
+optional ``bench`` extra), llama.cpp also runs the same N prompts one at a time, server-free, on the same
+file and thread count (greedy, eos ignored; in its own process, as ``qkv bench decode --model`` runs it):
+a reference for what one C++ decode loop does without batching. Timed sides alternate over --rounds;
+medians are reported.
 """
 
 from __future__ import annotations
@@ -122,8 +126,29 @@ def _hf_side(path: str, prompts: list[list[int]], pad_id: int, max_tokens: int):
     return run
 
 
+def _llama_cpp_side(path: str, prompts: list[list[int]], max_tokens: int, threads: int):
+    """A callable timing llama.cpp on the prompts one after another, or None (not a GGUF, or not installed)."""
+    if Path(path).suffix != ".gguf":
+        return None
+    from .decode_model import llama_cpp_worker
+    try:
+        ask, version = llama_cpp_worker(Path(path))
+    except ImportError:
+        return None
+    n_ctx = max(len(x) for x in prompts) + max_tokens + 8          # one engine for every prompt
+    ask({"ids": prompts[0], "new_tokens": 2, "threads": threads, "n_ctx": n_ctx})          # load, warm up
+
+    def run() -> float:
+        start = time.perf_counter()
+        for ids in prompts:
+            ask({"ids": ids, "new_tokens": max_tokens, "threads": threads, "n_ctx": n_ctx})
+        return time.perf_counter() - start
+    run.version = version
+    return run
+
+
 def run(path: str, as_json: bool, clients: int = 16, max_tokens: int = 64, quantized: bool = False,
-        threads: int | None = None, rounds: int = 1, hf: bool = True) -> dict:
+        threads: int | None = None, rounds: int = 1, hf: bool = True, llama_cpp: bool = True) -> dict:
     from .. import load
     from ..conversation import render_chat
     from ..serve import ServeConfig, create_app
@@ -148,15 +173,19 @@ def run(path: str, as_json: bool, clients: int = 16, max_tokens: int = 64, quant
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     hf_run = _hf_side(path, prompts, tok.pad_id if tok.pad_id is not None else tok.eos_id, max_tokens) if hf else None
-    sides: dict[str, list] = {"concurrent": [], "one_at_a_time": [], "hf_batched": []}
+    llama_run = _llama_cpp_side(path, prompts, max_tokens, threads) if llama_cpp else None
+    sides: dict[str, list] = {"concurrent": [], "one_at_a_time": [], "hf_batched": [], "llama_cpp_one_at_a_time": []}
     try:
         _serve_side(port, bodies[:2], concurrent=True)                       # warm up
         for r in range(rounds):
-            order = ["concurrent", "one_at_a_time", "hf_batched"]
+            order = ["concurrent", "one_at_a_time", "hf_batched", "llama_cpp_one_at_a_time"]
             for side in order if r % 2 == 0 else order[::-1]:
                 if side == "hf_batched":
                     if hf_run is not None:
                         sides[side].append({"wall_s": hf_run()})
+                elif side == "llama_cpp_one_at_a_time":
+                    if llama_run is not None:
+                        sides[side].append({"wall_s": llama_run()})
                 else:
                     sides[side].append(_serve_side(port, bodies, concurrent=side == "concurrent"))
     finally:
@@ -181,19 +210,24 @@ def run(path: str, as_json: bool, clients: int = 16, max_tokens: int = 64, quant
     report["concurrent_vs_one_at_a_time"] = c / report["one_at_a_time"]["tokens_per_s"]
     if "hf_batched" in report:
         report["concurrent_vs_hf_batched"] = c / report["hf_batched"]["tokens_per_s"]
+    if "llama_cpp_one_at_a_time" in report:
+        report["llama_cpp_version"] = llama_run.version
+        report["concurrent_vs_llama_cpp_one_at_a_time"] = c / report["llama_cpp_one_at_a_time"]["tokens_per_s"]
     if as_json:
         print(json.dumps(report))
     else:
         print(f"{path} ({'quantized' if quantized else 'as stored'}), {clients} clients x {max_tokens} tokens, "
               f"{threads} threads, median of {rounds} round(s)")
-        print(f"{'side':<16} {'tokens/s':>9} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>8}   (ms)")
+        print(f"{'side':<24} {'tokens/s':>9} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>8}   (ms)")
         for side in sides:
             if side in report:
                 f = report[side]
                 lat = "".join(f" {f[k]:8.0f}" for k in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")) \
                     if "ttft_p50_ms" in f else ""
-                print(f"{side:<16} {f['tokens_per_s']:9.1f}{lat}")
+                print(f"{side:<24} {f['tokens_per_s']:9.1f}{lat}")
         print(f"concurrent / one at a time: {report['concurrent_vs_one_at_a_time']:.2f}x" +
               (f"; concurrent / transformers batched generate: {report['concurrent_vs_hf_batched']:.2f}x"
-               if "concurrent_vs_hf_batched" in report else ""))
+               if "concurrent_vs_hf_batched" in report else "") +
+              (f"; concurrent / llama.cpp one at a time: {report['concurrent_vs_llama_cpp_one_at_a_time']:.2f}x"
+               if "concurrent_vs_llama_cpp_one_at_a_time" in report else ""))
     return report

@@ -82,6 +82,8 @@ def add_arguments(p) -> None:
     serve.add_argument("--threads", type=_positive, default=None, help="torch threads (default torch's own)")
     serve.add_argument("--quantized", action="store_true", help="keep a GGUF's quantized weights (qkv side)")
     serve.add_argument("--no-hf", dest="hf", action="store_false", help="skip transformers")
+    serve.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
+                       help="skip llama.cpp one at a time (run only for a .gguf with llama-cpp-python installed)")
     beam = sub.add_parser("beam", help="encoder-decoder: beam search vs greedy, seconds per sentence",
                           description="Seconds per sentence of batched beam search against greedy search.")
     beam.add_argument("--json", action="store_true", help="print exactly one JSON line")
@@ -119,7 +121,7 @@ def run(args) -> int:
         from ._common import require_family
         require_family(args.model, "bench serve", "decoder")
         serve.run(args.model, args.json, clients=args.clients, max_tokens=args.max_tokens, quantized=args.quantized,
-                  threads=args.threads, rounds=args.rounds, hf=args.hf)
+                  threads=args.threads, rounds=args.rounds, hf=args.hf, llama_cpp=args.llama_cpp)
     elif args.bench == "encoder":
         from ..bench import encoder
         options = {k: getattr(args, k) for k in ("layers", "batch", "length", "rounds", "threads")
