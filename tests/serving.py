@@ -1,8 +1,24 @@
-"""Run a ``qkv serve`` app on a free loopback port in a background thread (uvicorn, as the command does)."""
+"""Run a ``qkv serve`` app on a free loopback port in a background thread (uvicorn, as the command does),
+and the small random model the server tests serve."""
 
 import contextlib
 import threading
 import time
+
+import torch
+
+from qkv import GPT, ModelConfig
+
+TEXT = "the quick brown fox jumps over the lazy dog. a cat sat on the mat; the dog ran. " * 20
+
+
+def tiny_gpt(tok, max_len=96, seed=0, **kw):
+    """A random GPT (2 layers x 32, 4 heads unless ``kw`` says otherwise) that carries ``tok``."""
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, max_len=max_len, **{
+        "n_layers": 2, "d_model": 32, "n_heads": 4, **kw})).eval()
+    model.tokenizer = tok
+    return model
 
 
 @contextlib.contextmanager

@@ -8,17 +8,16 @@ import pytest
 import torch
 
 import qkv
-from qkv import GPT, ModelConfig, Tokenizer
+from qkv import ModelConfig, Tokenizer
 from qkv.models import BERT
 from qkv.generate import generate
 from qkv.serve import ServeConfig, create_app
 from qkv.serve.openai_api import DEFAULT_TEMPLATE, DEFAULT_TEMPLATE_STOP
 from qkv.conversation import render_chat
 
-from serving import request, running
+from serving import TEXT, request, running, tiny_gpt
 
 openai = pytest.importorskip("openai")
-TEXT = "the quick brown fox jumps over the lazy dog. a cat sat on the mat; the dog ran. " * 20
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +25,9 @@ def tok():
     return Tokenizer.train_bpe([TEXT], vocab_size=300)
 
 
-def tiny_gpt(tok, max_len=96, seed=0, **kw):
-    torch.manual_seed(seed)
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, max_len=max_len, n_layers=2, d_model=32, n_heads=4,
-                            pos="rope", **kw)).eval()
-    model.tokenizer = tok
-    return model
-
-
 @pytest.fixture(scope="module")
 def model(tok):
-    return tiny_gpt(tok)
+    return tiny_gpt(tok, pos="rope")
 
 
 @pytest.fixture(scope="module")

@@ -23,23 +23,14 @@ from qkv.generate import GenerationConfig, _encode, generate
 from qkv.serve import ServeConfig, create_app
 from qkv.serve.engine import Engine, Failure, Finish, Sequence, Token
 
-from serving import request, running
+from serving import TEXT, request, running, tiny_gpt
 
 openai = pytest.importorskip("openai")
-TEXT = "the quick brown fox jumps over the lazy dog. a cat sat on the mat; the dog ran. " * 20
 
 
 @pytest.fixture(scope="module")
 def tok():
     return Tokenizer.train_bpe([TEXT], vocab_size=300)
-
-
-def tiny_gpt(tok, max_len=96, seed=0, **kw):
-    torch.manual_seed(seed)
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, max_len=max_len, **{
-        "n_layers": 2, "d_model": 32, "n_heads": 4, **kw})).eval()
-    model.tokenizer = tok
-    return model
 
 
 def run_engine(engine, seqs, timeout=60):
