@@ -145,7 +145,8 @@ class TrainConfig:
                                             # stops after this many in a row
     fsdp: bool = False                      # under torchrun on CUDA: shard parameters, gradients and AdamW
                                             # moments over the GPUs (FSDP2) instead of replicating them (DDP)
-    threads: int | None = None              # torch.set_num_threads; None leaves torch's default
+    threads: int | None = None              # torch.set_num_threads; None: torch's default (one per core), and
+                                            # under torchrun the cores split between the machine's processes
     tensorboard: bool = False               # also write TensorBoard event files to <out_dir>-tb/
     progress: bool = True                   # show a progress bar (only when output is a terminal)
 
