@@ -144,3 +144,13 @@ def test_finetune_under_torchrun_scores_once(tmp_path, task_files):
     assert done.stdout.count("sst2 on") == 1                       # the summary line: rank 0 scored it
     report = json.loads((out / "eval.json").read_text())
     assert report["step"] == 4 and report["examples"] == 10
+
+
+def test_a_time_budget_stops_every_rank_on_the_same_step(tmp_path, corpus):
+    """--max-time under torchrun: the ranks share one clock (averaged in the step's all-reduce), so they stop
+    together; with separate clocks one rank would leave while the other waits in an all-reduce forever."""
+    done = torchrun(["train", "--preset", "tiny", "--data", str(corpus), "--max-iters", "100000", "--max-time", "2",
+                     "--eval-interval", "1000", "--out-dir", str(tmp_path / "run")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 2.0 <= last["elapsed_s"] < 10 and last["step"] > 1
