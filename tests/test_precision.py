@@ -50,7 +50,7 @@ def test_this_machine_is_probed_by_torch_and_cpuinfo_alike():
         assert torch.cpu._is_avx512_bf16_supported() == ("avx512_bf16" in flags)
 
 
-def test_the_decision_is_the_first_line_and_in_config_json(tmp_path, corpus, monkeypatch):
+def test_the_decision_is_the_first_line_and_in_config_json(tmp_path, corpus, monkeypatch, capsys):
     cpu_with(monkeypatch, True)
     lines = []
     cfgs = resolve("tiny", train=dict(data=str(corpus), out_dir=str(tmp_path / "run"), precision="auto",
@@ -60,6 +60,9 @@ def test_the_decision_is_the_first_line_and_in_config_json(tmp_path, corpus, mon
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["precision"] == {"requested": "auto", "chosen": "bf16", "hardware": "this CPU has AVX-512 BF16"}
     assert config["train"]["precision"] == "auto"
+    from qkv.cli import main
+    assert main(["info", str(tmp_path / "run")]) == 0                 # qkv info says what the run computed in
+    assert "batch 4, bf16 (auto), seed 1337" in capsys.readouterr().out
 
 
 def test_bf16_loss_curve_stays_near_fp32_with_fp32_weights_and_moments(tmp_path, corpus):

@@ -58,7 +58,7 @@ def run(args) -> int:
     if "quantization" in config:
         layout = config["quantization"]
         info["quantization"] = {kind: sum(v == kind for v in layout.values()) for kind in sorted(set(layout.values()))}
-    for key in ("train", "finetune", "labels", "best", "gguf"):
+    for key in ("train", "finetune", "labels", "best", "gguf", "precision", "world"):
         if key in config:
             info[key] = config[key]
     metrics = _metrics(d / "metrics.jsonl")
@@ -113,8 +113,8 @@ def _text(info: dict) -> str:
         what = t.get("task") if t.get("task") != "lm" else f"lm ({t.get('objective')})"
         budget = f"max_iters {t.get('max_iters')}" + (f", max_time {t['max_time']:g} s" if t.get("max_time") else "")
         lines.append(f"  made by: qkv {info.get('qkv_version')}, task {what} on {t.get('data') or 'the bundled corpus'}"
-                     f"; {budget}; lr {t.get('lr')}, batch {t.get('batch_size')}, {t.get('precision', 'fp32')}, "
-                     f"seed {t.get('seed')}")
+                     f"; {budget}; lr {t.get('lr')}, batch {t.get('batch_size')}, {_precision(info)}, "
+                     f"seed {t.get('seed')}{_processes(info)}")
     if "finetune" in info:
         f = info["finetune"]
         lines.append(f"  fine-tuned: task {f['task']} from {f.get('init') or 'scratch'} on {f['data']}")
@@ -128,3 +128,16 @@ def _text(info: dict) -> str:
         lines.append(f"  evaluated: {e.get('metric')} {e.get('score')} on {e.get('examples')} examples of "
                      f"{e.get('eval_data')}")
     return "\n".join(lines)
+
+
+def _precision(info: dict) -> str:
+    """What the run computed in: the decision stored since --precision auto, else the flag as given."""
+    if "precision" in info:
+        p = info["precision"]
+        return p["chosen"] + (" (auto)" if p["requested"] == "auto" else "")
+    return info["train"].get("precision", "fp32")
+
+
+def _processes(info: dict) -> str:
+    world = info.get("world") or {}
+    return f", {world['processes']} processes ({world['backend']})" if world.get("processes", 1) > 1 else ""

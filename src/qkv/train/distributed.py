@@ -30,6 +30,7 @@ so it is refused there; the environment variable QKV_FSDP_ON_CPU=1 lets the test
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -61,7 +62,7 @@ class World:
     @classmethod
     def from_env(cls) -> "World":
         """The world torchrun describes (joined once per process), or a single process."""
-        size = int(os.environ.get("WORLD_SIZE", "1"))
+        size = launched_world_size()
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         if size == 1:
@@ -71,9 +72,9 @@ class World:
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             dist.init_process_group(backend)
+            if dist.get_rank() != 0:                   # one log, one progress bar: rank 0's
+                sys.stdout = open(os.devnull, "w")
         rank = dist.get_rank()
-        if rank != 0:                                  # one log, one progress bar: rank 0's
-            sys.stdout = open(os.devnull, "w")
         return cls(rank, dist.get_world_size(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")), device, backend)
 
     def threads(self, requested: int | None) -> int | None:
@@ -177,7 +178,6 @@ def parallel(model: torch.nn.Module, world: World, fsdp: bool) -> torch.nn.Modul
 def sync_gradients(module: torch.nn.Module, sync: bool):
     """Accumulation micro-batches before the last skip the gradient exchange (DDP's no_sync, FSDP2's
     set_requires_gradient_sync); the last one exchanges the sum."""
-    import contextlib
     if hasattr(module, "set_requires_gradient_sync"):
         module.set_requires_gradient_sync(sync)
     elif hasattr(module, "no_sync") and not sync:

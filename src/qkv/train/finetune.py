@@ -37,6 +37,7 @@ from ..tasks.batches import TaskBatches, item_logits
 from ..tokenizers import Tokenizer
 from ..validation import check_fields
 from .tasks import Task, fill_vocab, train_tokenizer
+from .distributed import is_sharded
 from .trainer import Trainer
 
 TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]   # one list of names: the registry's
@@ -184,8 +185,13 @@ def write_outputs(directory: str | Path, fcfg: FinetuneConfig, report: dict, pre
 
 
 def finish(trainer: Trainer, fcfg: FinetuneConfig) -> dict:
-    """Score the trained model on the eval data and write the report and predictions into the run."""
-    report, predictions = evaluate(trainer.model, fcfg, fcfg.eval_data)
+    """Score the trained model on the eval data and write the report and predictions into the run (rank 0
+    alone, under torchrun). A model on a GPU or sharded by FSDP2 is scored from the final checkpoint, read
+    back on the CPU (the scoring code runs on CPU, and a sharded model would need every rank)."""
+    model = trainer.model
+    if is_sharded(model) or trainer.world.device.type != "cpu":
+        model, _ = load_finetuned(trainer.out_dir)
+    report, predictions = evaluate(model, fcfg, fcfg.eval_data)
     report.update(step=trainer.step, train_s=round(trainer.elapsed, 3), init=fcfg.init)
     write_outputs(trainer.out_dir, fcfg, report, predictions)
     return report
