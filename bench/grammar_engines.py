@@ -1,6 +1,6 @@
 """Per-token cost of the maintained JSON-schema grammar engines on SmolLM2's 49,152-token vocabulary.
 
-    flock /work/notes/quiet.lock nice -n 5 .venv/bin/python bench/grammar_engines.py [--reps 5]
+    .venv/bin/python bench/grammar_engines.py [--reps 5]
 
 For each engine installed (llguidance, xgrammar, outlines-core): the time to compile the schema for the
 vocabulary, then, over the tokens of one valid JSON reply, the time per token to compute the next-token
