@@ -192,3 +192,11 @@ def test_cli_trains_evaluates_and_predicts(tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)[0]["label"] == str(int(labels[55]))
     assert "resized from 56x56 to the model's 28x28" in captured.err and "converted from RGB to L" in captured.err
+
+
+def test_bench_vision_times_both_sides(capsys):
+    assert main(["bench", "vision", "--layers", "1", "--batch", "2", "--image-size", "32", "--rounds", "1",
+                 "--threads", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["shape"]["image_size"] == 32 and result["qkv"]["params"] == result["hf"]["params"]
+    assert result["qkv"]["images_per_s"] > 0 and result["hf"]["images_per_s"] > 0 and result["ratio"] > 0
