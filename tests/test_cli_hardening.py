@@ -255,6 +255,9 @@ CASES = [
     (["evaluate", "{vit}", "--out-dir", "{out}/ev"], "was not trained here, so it has no held-out split: pass --data DIR"),
     (["evaluate", "{vit}", "--out-dir", "{out}/ev", "--data", "{badidx}"], "expected magic number 0x00000803"),
     (["evaluate", "{vit}", "--task", "sst2", "--out-dir", "{out}/ev"], "drop --task"),
+    (["attention", "{gpt}", "--image", "{png}", "--out", "{out}/a.png"], "--image is for image classifiers"),
+    (["attention", "{vit}", "--text", "a", "--out", "{out}/a.png"], "an image classifier reads --image FILE"),
+    (["attention", "{vit}", "--image", "{png}", "--out", "{out}/a.png", "--layer", "5"], "layer 5 is out of range"),
     (["bench", "vision", "--image-size", "20"], "--image-size 20 must be a multiple of the 16-pixel patch"),
 ]
 
@@ -373,7 +376,7 @@ CHECKPOINT_COMMANDS = {   # argv with {ck}, and the families it runs
                  {"encoder", "fine-tuned encoder"}),
     "train --resume": (["train", "--resume", "{ck}"], {"decoder"}),
     "bench beam": (["bench", "beam", "--checkpoint", "{ck}"], {"encoder-decoder"}),
-    "attention": (["attention", "{ck}", "--text", "a", "--out", "{out}/a.png"], set(FAMILIES.values()) - {"image classifier"}),
+    "attention": (["attention", "{ck}", "--text", "a", "--out", "{out}/a.png"], set(FAMILIES.values())),
     "next": (["next", "{ck}", "--text", "a [MASK]"], {"decoder", "encoder", "encoder-decoder"}),
 }
 USES = {"decoder": "qkv generate", "encoder": "qkv embed", "fine-tuned encoder": "qkv predict",
