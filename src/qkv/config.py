@@ -285,7 +285,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # MNIST (`qkv train --task image-classification --model vit|swin|cnn --data ../shared/data/mnist`): 15 minutes
     # of 2 CPU cores each (bench/README.md). "vision" is the VisionConfig; ViT's max_len is set from the image.
     "mnist-vit": {
-        "model": dict(n_layers=6, d_model=96, n_heads=4, mlp="gelu", norm="layernorm", norm_placement="pre",
+        "model": dict(n_layers=6, d_model=64, n_heads=4, mlp="gelu", norm="layernorm", norm_placement="pre",
                       pos="sinusoidal", mask="bidirectional", norm_eps=1e-6, dropout=0.0),
         "vision": dict(model="vit", patch_size=4, pool="mean"),
         "train": dict(task="image-classification", data="../shared/data/mnist", batch_size=128, lr=2e-3,
