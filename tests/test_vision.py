@@ -186,6 +186,10 @@ def test_cli_trains_evaluates_and_predicts(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"accuracy {report['accuracy']:.4f} on 30 images" in printed and "true \\ predicted" in printed
     assert json.loads((out / "evaluate" / "eval.json").read_text())["confusion"] == report["confusion"]
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "image classifier (qkv-cnn)" in printed and "28x28 images, 1 channel(s)" in printed
+    assert f"evaluated: accuracy {report['accuracy']} on 30 examples" in printed
     images, labels = digit_images(60, seed=0)
     Image.fromarray(images[55].numpy()).convert("RGB").resize((56, 56), Image.NEAREST).save(tmp_path / "five.png")
     assert main(["predict", str(out), "--image", str(tmp_path / "five.png"), "--json"]) == 0
