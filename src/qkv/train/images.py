@@ -122,11 +122,12 @@ def confusion_png(report: dict, path: Path) -> None:
 
     labels, counts = report["labels"], torch.tensor(report["confusion"])
     fig, ax = plt.subplots(figsize=(1 + 0.5 * len(labels), 1 + 0.45 * len(labels)))
-    ax.imshow(counts.float().log1p().numpy(), cmap="Blues")           # log: the errors stay visible
+    shade = counts.float().log1p()                                     # log: the errors stay visible
+    ax.imshow(shade.numpy(), cmap="Blues")
     for i in range(len(labels)):
         for j in range(len(labels)):
             ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
-                    color="white" if i == j else "black")
+                    color="white" if shade[i, j] > shade.max() / 2 else "black")
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
