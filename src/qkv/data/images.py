@@ -177,6 +177,7 @@ def random_shift(pixels_BIYX: torch.Tensor, shift: int, generator: torch.Generat
 
 class ImageBatches:
     """Batches for the trainer: {"pixels_BIYX": normalized floats, "labels": labels_B}."""
+    unit = "img"                                   # the trainer's throughput counts images
 
     def __init__(self, splits: dict, mean: list[float], std: list[float], shift: int, seed: int):
         self.splits = {name: images for name, (images, _) in splits.items()}
