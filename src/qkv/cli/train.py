@@ -44,7 +44,7 @@ def help_defaults(args) -> tuple[str, dict]:
     if name is None:
         name = load_config_file(args.config).get("preset")
     preset = PRESETS.get(name, {"model": {}, "train": {}})
-    return name, {**preset["model"], **preset["train"]}
+    return name, {**preset["model"], **preset["train"], **preset.get("vision", {})}
 
 
 def run(args) -> int:
