@@ -119,7 +119,7 @@ def test_bad_input_errors(task_files, tmp_path, capsys):
     assert main(finetune_args(task_files, "upos", tmp_path / "c") + ["--max-seq-len", "4096"]) == 2
     assert "exceeds the model's 48 positions" in capsys.readouterr().err
     assert main(["evaluate", str(task_files["encoder"])]) == 2                # an MLM run: no task head
-    assert "needs a fine-tuned encoder: use `qkv embed`" in capsys.readouterr().err
+    assert "needs a fine-tuned encoder or an image classifier: use `qkv embed`" in capsys.readouterr().err
     assert main(finetune_args(task_files, "sst2", tmp_path / "d") + ["--d-model", "64"]) == 2
     assert "describe the --init none model" in capsys.readouterr().err
 
