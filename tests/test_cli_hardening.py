@@ -25,10 +25,13 @@ import torch
 import qkv
 from qkv import GPT, ModelConfig, Tokenizer
 from qkv.checkpoint import write_model_files
+from qkv.config import VisionConfig
+from qkv.models import ViT
 from qkv.cli import COMMANDS, build_parser, main
 from qkv.models import BERT, BertClassifier, EncoderDecoder
 from qkv.rundir import atomic_dir
 from qkv.train.finetune import FinetuneConfig
+from vision_fixtures import write_mnist
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 12
@@ -64,6 +67,17 @@ def zoo(tmp_path_factory):
     qkv.quant.quantize_model(quantized, 8)
     qkv.save(quantized, root / "gpt-int8", quantized.tokenizer)
     (root / "fake.gguf").write_text("not a GGUF file")
+    mnist = write_mnist(root / "mnist")                 # issue 13: MNIST-format folders, good and damaged, and a ViT
+    for name, file, text in (("badidx", "t10k-images-idx3-ubyte", b"\x00\x00\x08\x01" + b"\x00" * 12),
+                             ("badcsv", "mnist_5k_train_subset.csv", b"0," * 784 + b"1\n" + b"0," * 783 + b"1\n"),
+                             ("badlabel", "mnist_5k_train_subset.csv", b"0," * 784 + b"12\n")):
+        shutil.copytree(mnist, root / name)
+        (root / name / file).write_bytes(text)         # read before the .gz of the same name
+    vision = VisionConfig(patch_size=7)
+    qkv.save(ViT(ModelConfig(mask="bidirectional", **dict(small, max_len=17)), vision, list("0123456789")),
+             root / "vit")
+    from PIL import Image
+    Image.new("L", (28, 28)).save(root / "digit.png")
     for name, damage in (("truncated", lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 20)),
                          ("badconfig", lambda d: (d / "config.json").write_text('{"model_type": "qkv-gpt", "mo'))):
         shutil.copytree(root / "gpt", root / name)
@@ -75,10 +89,13 @@ def paths(zoo) -> dict:
     return {"corpus": zoo / "corpus.txt", "sst2": zoo / "sst2.tsv", "notes": zoo / "notes", "plain": zoo / "plain.txt",
             "empty": zoo / "empty.txt", "bigconfig": zoo / "bigconfig.toml", "missing": zoo / "no-such-thing", "out": zoo / "out",
             "unwritable": "/proc/qkv-cannot-write-here", "int8": zoo / "gpt-int8", "fakegguf": zoo / "fake.gguf",
+            "mnist": zoo / "mnist", "badidx": zoo / "badidx", "badcsv": zoo / "badcsv", "badlabel": zoo / "badlabel",
+            "png": zoo / "digit.png",
             **{k: zoo / k for k in FAMILIES}, **{k: zoo / k for k in DAMAGED}}
 
 
-FAMILIES = {"gpt": "decoder", "bert": "encoder", "classifier": "fine-tuned encoder", "seq2seq": "encoder-decoder"}
+FAMILIES = {"gpt": "decoder", "bert": "encoder", "classifier": "fine-tuned encoder", "seq2seq": "encoder-decoder",
+            "vit": "image classifier"}
 DAMAGED = ("truncated", "badconfig")
 
 
@@ -104,6 +121,8 @@ def refused(zoo, capsys, monkeypatch, argv: list[str]) -> str:
 # ---- the table ---------------------------------------------------------------------------------------
 TRAIN = ["train", "--preset", "tiny", "--data", "{corpus}", "--max-len", "16", "--max-iters", "2"]
 FINETUNE = ["finetune", "--task", "sst2", "--data", "{sst2}", "--eval-data", "{sst2}", "--max-iters", "2"]
+IMAGES = ["train", "--task", "image-classification", "--data", "{mnist}", "--max-iters", "1", "--test-in-train", "20",
+          "--val-images", "10"]
 CASES = [
     # 1. data loss: an output directory is new, empty, or the run being resumed
     (TRAIN + ["--out-dir", "{notes}"], "not a qkv run (notes.txt"),
@@ -234,6 +253,31 @@ CASES = [
     (TRAIN + ["--max-bad-steps", "0"], "max_bad_steps=0 must be"),
     (TRAIN + ["--precision", "fp16"], "invalid choice: 'fp16'"),
     (["bench", "ddp", "--batch", "3"], "--batch 3 must be even"),
+    # issue 13: images (MNIST files, image flags, image checkpoints)
+    (IMAGES[:4] + ["{badidx}"] + IMAGES[5:], "t10k-images-idx3-ubyte is not an IDX image file: expected magic number "
+                                            "0x00000803 (2051) in its first 4 bytes, found 0x00000801"),
+    (IMAGES[:4] + ["{badcsv}"] + IMAGES[5:], "mnist_5k_train_subset.csv line 2 has 784 values but a 28x28 image needs 785"),
+    (IMAGES[:4] + ["{badlabel}"] + IMAGES[5:], "line 1 has label 12, outside the 10 classes 0..9"),
+    (IMAGES[:4] + ["{plain}"] + IMAGES[5:], "is not a folder; point it at the MNIST folder"),
+    (IMAGES[:4] + ["{notes}"] + IMAGES[5:], "has no t10k-images-idx3-ubyte(.gz)"),
+    (IMAGES + ["--patch-size", "5"], "image_size=28 must be a multiple of patch_size=5"),
+    (IMAGES + ["--model", "swin", "--window-size", "5"], "cannot be cut into 5x5 windows"),
+    (IMAGES + ["--image-size", "32", "--patch-size", "8"], "MNIST images are 28x28 grayscale; set image_size=28"),
+    (IMAGES + ["--test-in-train", "9500", "--val-images", "600"], "leave no test images"),
+    (IMAGES + ["--heads", "2"], "heads='2' needs one value per stage"),
+    (TRAIN + ["--model", "swin"], "--model describe images; add --task image-classification"),
+    (["predict", "{vit}", "--image", "{plain}"], "could not be read as an image"),
+    (["predict", "{vit}", "--image", "{missing}"], "does not exist; pass an image file"),
+    (["predict", "{vit}", "--text", "a"], "an image classifier reads --image FILE"),
+    (["predict", "{vit}", "--image", "{png}", "--top", "0"], "--top 0 must be a positive number"),
+    (["predict", "{classifier}", "--image", "{png}"], "--image and --invert are for image classifiers"),
+    (["evaluate", "{vit}", "--out-dir", "{out}/ev"], "was not trained here, so it has no held-out split: pass --data DIR"),
+    (["evaluate", "{vit}", "--out-dir", "{out}/ev", "--data", "{badidx}"], "expected magic number 0x00000803"),
+    (["evaluate", "{vit}", "--task", "sst2", "--out-dir", "{out}/ev"], "drop --task"),
+    (["attention", "{gpt}", "--image", "{png}", "--out", "{out}/a.png"], "--image is for image classifiers"),
+    (["attention", "{vit}", "--text", "a", "--out", "{out}/a.png"], "an image classifier reads --image FILE"),
+    (["attention", "{vit}", "--image", "{png}", "--out", "{out}/a.png", "--layer", "5"], "layer 5 is out of range"),
+    (["bench", "vision", "--image-size", "20"], "--image-size 20 must be a multiple of the 16-pixel patch"),
 ]
 
 
@@ -271,7 +315,7 @@ SENTINELS = {
     "bench beam": ["bench", "beam", "--checkpoint", "{missing}"],
     "bench decode": ["bench", "decode", "--model", "{missing}"],
     "bench serve": ["bench", "serve", "{missing}"],
-    "bench train": None, "bench encoder": None, "bench ddp": None,
+    "bench train": None, "bench encoder": None, "bench ddp": None, "bench vision": None,
     "attention": ["attention", "{missing}", "--text", "a", "--out", "{out}/a.png"],
     "next": ["next", "{missing}", "--text", "a"],
     "plot": ["plot", "{missing}", "--out", "{out}/c.png"],
@@ -351,8 +395,8 @@ CHECKPOINT_COMMANDS = {   # argv with {ck}, and the families it runs
     "eval": (["eval", "{ck}", "--data", "{corpus}"], {"decoder"}),
     "translate": (["translate", "{ck}", "--text", "a"], {"encoder-decoder"}),
     "embed": (["embed", "{ck}", "--text", "a"], {"encoder", "fine-tuned encoder"}),
-    "predict": (["predict", "{ck}", "--text", "a"], {"fine-tuned encoder"}),
-    "evaluate": (["evaluate", "{ck}", "--out-dir", "{out}/evaluate"], {"fine-tuned encoder"}),
+    "predict": (["predict", "{ck}", "--text", "a"], {"fine-tuned encoder", "image classifier"}),
+    "evaluate": (["evaluate", "{ck}", "--out-dir", "{out}/evaluate"], {"fine-tuned encoder", "image classifier"}),
     "info": (["info", "{ck}"], set(FAMILIES.values())),
     "finetune": (["finetune", "--task", "sst2", "--init", "{ck}", "--data", "{missing}", "--eval-data", "{sst2}"],
                  {"encoder", "fine-tuned encoder"}),
@@ -363,7 +407,7 @@ CHECKPOINT_COMMANDS = {   # argv with {ck}, and the families it runs
     "next": (["next", "{ck}", "--text", "a [MASK]"], {"decoder", "encoder", "encoder-decoder"}),
 }
 USES = {"decoder": "qkv generate", "encoder": "qkv embed", "fine-tuned encoder": "qkv predict",
-        "encoder-decoder": "qkv translate"}
+        "encoder-decoder": "qkv translate", "image classifier": "qkv predict --image"}
 CHECKPOINT_SWEEP = [(c, ck) for c, (_, ok) in CHECKPOINT_COMMANDS.items()
                     for ck in [*FAMILIES, *DAMAGED, "missing", "plain", "notes"]
                     if FAMILIES.get(ck) not in ok or c == "train --resume"]

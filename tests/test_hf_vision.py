@@ -134,3 +134,8 @@ def test_refusals_name_the_problem(tmp_path):
     _processor(v, 48)
     with pytest.raises(CheckpointError, match="resizes to"):
         qkv.load(v)
+    pre = json.loads((v / "preprocessor_config.json").read_text())
+    (v / "preprocessor_config.json").write_text(json.dumps({**pre, "size": {"height": 32, "width": 32},
+                                                            "do_center_crop": True}))
+    with pytest.raises(CheckpointError, match="do_center_crop is not supported"):
+        qkv.load(v)

@@ -186,9 +186,41 @@ def test_cli_trains_evaluates_and_predicts(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"accuracy {report['accuracy']:.4f} on 30 images" in printed and "true \\ predicted" in printed
     assert json.loads((out / "evaluate" / "eval.json").read_text())["confusion"] == report["confusion"]
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "image classifier (qkv-cnn)" in printed and "28x28 images, 1 channel(s)" in printed
+    assert f"evaluated: accuracy {report['accuracy']} on 30 examples" in printed
     images, labels = digit_images(60, seed=0)
     Image.fromarray(images[55].numpy()).convert("RGB").resize((56, 56), Image.NEAREST).save(tmp_path / "five.png")
     assert main(["predict", str(out), "--image", str(tmp_path / "five.png"), "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)[0]["label"] == str(int(labels[55]))
     assert "resized from 56x56 to the model's 28x28" in captured.err and "converted from RGB to L" in captured.err
+
+
+def test_bench_vision_times_both_sides(capsys):
+    assert main(["bench", "vision", "--layers", "1", "--batch", "2", "--image-size", "32", "--rounds", "1",
+                 "--threads", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["shape"]["image_size"] == 32 and result["qkv"]["params"] == result["hf"]["params"]
+    assert result["qkv"]["images_per_s"] > 0 and result["hf"]["images_per_s"] > 0 and result["ratio"] > 0
+
+
+def test_attention_of_an_image_per_patch_and_per_window(tmp_path, capsys):
+    torch.manual_seed(0)
+    qkv.save(swin(), tmp_path / "swin")
+    qkv.save(vit(), tmp_path / "vit")
+    images, _ = digit_images(1, seed=0)
+    Image.fromarray(images[0].numpy()).save(tmp_path / "d.png")
+    assert main(["attention", str(tmp_path / "vit"), "--image", str(tmp_path / "d.png"), "--out",
+                 str(tmp_path / "v.png")]) == 0
+    assert "self-attention 2 layers x 4 heads, 17 x 17 tokens" in capsys.readouterr().out
+    assert main(["attention", str(tmp_path / "swin"), "--image", str(tmp_path / "d.png"), "--window", "3",
+                 "--out", str(tmp_path / "s.html")]) == 0
+    assert "stage 0 window 3 of 4 2 layers x 2 heads, 49 x 49 tokens" in capsys.readouterr().out
+    from qkv.viz.images import image_attention_maps
+    maps = image_attention_maps(qkv.load(tmp_path / "swin"), torch.randn(1, 1, 28, 28), window=3)
+    assert [m.name for m in maps] == ["stage 0 window 3 of 4"]          # stage 1 has one window only
+    plain, shifted = maps[0].layers
+    assert not (plain == 0).any() and (shifted == 0).any()             # the corner window after the shift is masked
+    torch.testing.assert_close(shifted.sum(-1), torch.ones(2, 49))

@@ -295,11 +295,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # MNIST (`qkv train --task image-classification --model vit|swin|cnn --data ../shared/data/mnist`): 15 minutes
     # of 2 CPU cores each (bench/README.md). "vision" is the VisionConfig; ViT's max_len is set from the image.
     "mnist-vit": {
-        "model": dict(n_layers=6, d_model=96, n_heads=4, mlp="gelu", norm="layernorm", norm_placement="pre",
-                      pos="learned", mask="bidirectional", norm_eps=1e-6, dropout=0.0),
+        "model": dict(n_layers=6, d_model=64, n_heads=4, mlp="gelu", norm="layernorm", norm_placement="pre",
+                      pos="sinusoidal", mask="bidirectional", norm_eps=1e-6, dropout=0.0),
         "vision": dict(model="vit", patch_size=4, pool="mean"),
-        "train": dict(task="image-classification", data="../shared/data/mnist", batch_size=128, lr=1e-3,
-                      warmup_iters=200, max_iters=100000, max_time=900, weight_decay=0.05, beta2=0.999,
+        "train": dict(task="image-classification", data="../shared/data/mnist", batch_size=128, lr=2e-3,
+                      warmup_iters=100, max_iters=100000, max_time=900, weight_decay=0.05, beta2=0.999,
                       eval_interval=200, eval_iters=4, out_dir="runs/mnist-vit"),
     },
     "mnist-swin": {
@@ -307,7 +307,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       mask="bidirectional", dropout=0.0),
         "vision": dict(model="swin", patch_size=2, window_size=7, depths="2,2"),
         "train": dict(task="image-classification", data="../shared/data/mnist", batch_size=128, lr=1e-3,
-                      warmup_iters=200, max_iters=100000, max_time=900, weight_decay=0.05, beta2=0.999,
+                      warmup_iters=100, max_iters=100000, max_time=900, weight_decay=0.05, beta2=0.999,
                       eval_interval=200, eval_iters=4, out_dir="runs/mnist-swin"),
     },
     "mnist-cnn": {

@@ -100,6 +100,19 @@ def _time(call: Callable) -> float:
     return time.perf_counter() - t0
 
 
+def alternate(sides: dict[str, tuple[Callable, dict]], warmup: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each side: ``warmup`` untimed calls each, then ``rounds`` rounds of one call per side,
+    the order alternating every round (load from other processes falls on both sides alike)."""
+    for call, _ in sides.values():
+        for _ in range(warmup):
+            call()
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(rounds):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            seconds[name].append(_time(sides[name][0]))
+    return seconds
+
+
 def run(json_out: bool = False, *, layers: int = SHAPE["n_layers"], batch: int = 32, length: int = 128,
         warmup: int = 1, rounds: int = 5, hf: bool = True, threads: int | None = None, onednn: bool = True) -> dict:
     """Time both sides and return (and print) the result; with ``json_out`` print exactly one JSON line."""
@@ -112,13 +125,7 @@ def run(json_out: bool = False, *, layers: int = SHAPE["n_layers"], batch: int =
             sides["hf"] = huggingface(batch, length, layers)
         except ImportError:
             note = "transformers is not installed: Hugging Face side skipped (pip install transformers)"
-    for call, _ in sides.values():
-        for _ in range(warmup):
-            call()
-    seconds: dict[str, list[float]] = {name: [] for name in sides}
-    for r in range(rounds):
-        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            seconds[name].append(_time(sides[name][0]))
+    seconds = alternate(sides, warmup, rounds)
     result = {
         "bench": "encoder",
         "shape": dict(SHAPE, n_layers=layers, batch=batch, length=length, dtype="float32", padding="none"),

@@ -5,10 +5,14 @@
     qkv attention path/to/gpt2 --text "The capital of France is" --out attn.html            # the viewer
     qkv attention runs/multi30k --source "Zwei Hunde spielen im Schnee." --out cross.html   # translates first
     qkv attention path/to/bert --text "The car is red" --format bertviz --out attn.pt
+    qkv attention runs/mnist-vit --image digit.png --out vit.png                            # patches x patches
+    qkv attention runs/mnist-swin --image digit.png --out swin.html --window 3              # one window per stage
 
 PATH is any model qkv loads. The output's extension picks the format (.png, .html; .pt or .json with
 --format bertviz). Layers and heads count from 0. For an encoder-decoder, --source is the source text and
 --text the target (default: the model's own greedy translation); the PNG shows --map (default: cross).
+An image classifier reads --image FILE (resized and converted as `qkv predict` does): a ViT's map is its
+patches (and [CLS]); a Swin's are one per stage, of the window --window picks (the PNG: --stage).
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ def add_arguments(p) -> None:
     p.add_argument("--map", choices=list(MAPS), help="which attention the PNG shows (encoder-decoder: "
                                                       "encoder, decoder or cross; default cross)")
     p.add_argument("--truncate", action="store_true", help="keep the first max_len tokens of a long text")
+    p.add_argument("--image", type=path_arg, metavar="FILE", help="an image classifier's input image (instead of --text)")
+    p.add_argument("--window", type=value_parser(int, "--window"), default=0,
+                   help="Swin: which window of each stage, row-major from 0 (default 0)")
+    p.add_argument("--stage", type=value_parser(int, "--stage"), default=0, help="Swin: the stage a PNG shows (default 0)")
 
 
 def output_format(out: str, fmt: str | None) -> str:
@@ -65,7 +73,11 @@ def run(args) -> int:
     if fmt != "png" and (args.layer is not None or args.head is not None or args.map):
         raise InputError("--layer, --head and --map choose what a PNG shows; the viewer and bertviz hold every "
                          "layer and head")
-    require_family(args.model, "attention", "decoder", "encoder", "fine-tuned encoder", "encoder-decoder")
+    if require_family(args.model, "attention", "decoder", "encoder", "fine-tuned encoder", "encoder-decoder",
+                      "image classifier") == "image classifier":
+        return _image(args, fmt)
+    if args.image:
+        raise InputError("--image is for image classifiers; a text model reads --text TEXT")
     model = load(args.model)
     kind = family(model)
     text = args.text
@@ -90,6 +102,45 @@ def run(args) -> int:
         from ..viz.viewer import write_html
         subtitle = (f"source: {args.source}\ntarget: {text}" if args.source else text)
         write_html(maps, args.out, title, subtitle)
+    else:
+        from ..viz.bertviz import write_bertviz
+        write_bertviz(maps, args.out)
+    shapes = ", ".join(f"{m.name} {m.n_layers} layers x {m.n_heads} heads, {len(m.queries)} x {len(m.keys)} tokens"
+                       for m in maps)
+    print(f"wrote {args.out} ({shapes})")
+    return 0
+
+
+def _image(args, fmt: str) -> int:
+    from ..checkpoint import load
+    from ..data.images import image_to_pixels, normalize
+    from ..errors import InputError
+    from ..viz.images import image_attention_maps
+    from ..viz.maps import check_index
+
+    if not args.image or args.text or args.source:
+        raise InputError("an image classifier reads --image FILE (not --text or --source)")
+    if args.map:
+        raise InputError("--map chooses among a text model's attentions; for a Swin use --stage")
+    model = load(args.model)
+    if not hasattr(model, "blocks") and not hasattr(model, "stages"):
+        raise InputError(f"{args.model} holds a {type(model).__name__}, which has no attention: use a ViT or Swin")
+    v = model.vision
+    if args.window < 0 or args.stage < 0:
+        raise InputError("--window and --stage count from 0")
+    pixels, _ = image_to_pixels(args.image, v.image_size, v.channels, v.resample)
+    maps = image_attention_maps(model, normalize(pixels, *v.mean_std), args.window)
+    title = f"{Path(args.model).name} ({type(model).__name__}) on {Path(args.image).name}"
+    if fmt == "png":
+        from ..viz.maps import plot_attention
+        check_index(args.stage, len(maps), "stage")
+        chosen = maps[args.stage]
+        check_index(args.layer, chosen.n_layers, "layer")
+        check_index(args.head, chosen.n_heads, "head")
+        plot_attention(chosen, args.out, args.layer, args.head, title)
+    elif fmt == "html":
+        from ..viz.viewer import write_html
+        write_html(maps, args.out, title, str(args.image))
     else:
         from ..viz.bertviz import write_bertviz
         write_bertviz(maps, args.out)

@@ -4,6 +4,7 @@
     qkv bench decode --json    tokens/s of KV-cache generation, qkv GPT vs GPT2LMHeadModel
     qkv bench decode --model M.gguf --json   a real model: qkv fp32/int8/4-bit vs transformers and llama.cpp
     qkv bench encoder --json   sentences/s of a BERT-base forward (batch 32 x 128), qkv Encoder vs BertModel
+    qkv bench vision --json    images/s of a ViT-Base/16 forward (batch 32, 224^2), qkv ViT vs ViTForImageClassification
     qkv bench beam --json      seconds/sentence of beam search vs greedy for the encoder-decoder
     qkv bench ddp --json       tokens/s of 2 DDP processes vs 1, efficiency, a prediction for 8 machines
     qkv bench serve M.gguf --clients 16   qkv serve: concurrent vs one at a time vs transformers' batched generate
@@ -84,6 +85,18 @@ def add_arguments(p) -> None:
     serve.add_argument("--no-hf", dest="hf", action="store_false", help="skip transformers")
     serve.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
                        help="skip llama.cpp one at a time (run only for a .gguf with llama-cpp-python installed)")
+    vision = sub.add_parser("vision", help="inference: qkv ViT vs ViTForImageClassification, ViT-Base/16 224^2, batch 32",
+                            description="Images/s of a ViT-Base/16 forward pass (fp32, inference mode).")
+    vision.add_argument("--json", action="store_true", help="print exactly one JSON line")
+    vision.add_argument("--layers", type=_positive, default=None, help="ViT layers (default 12)")
+    vision.add_argument("--batch", type=_positive, default=None, help="images per call (default 32)")
+    vision.add_argument("--image-size", type=_positive, default=None, help="pixels per side, a multiple of 16 (default 224)")
+    vision.add_argument("--rounds", type=_positive, default=None, help="timed rounds per side (default 5)")
+    vision.add_argument("--threads", type=_positive, default=None,
+                        help="torch.set_num_threads (default: torch's own, one per core)")
+    vision.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
+    vision.add_argument("--no-onednn", dest="onednn", action="store_false",
+                        help="qkv's Linears on MKL as nn.Linear runs them (default: oneDNN where it pays)")
     beam = sub.add_parser("beam", help="encoder-decoder: beam search vs greedy, seconds per sentence",
                           description="Seconds per sentence of batched beam search against greedy search.")
     beam.add_argument("--json", action="store_true", help="print exactly one JSON line")
@@ -127,6 +140,14 @@ def run(args) -> int:
         options = {k: getattr(args, k) for k in ("layers", "batch", "length", "rounds", "threads")
                    if getattr(args, k) is not None}
         encoder.run(args.json, hf=args.hf, onednn=args.onednn, **options)
+    elif args.bench == "vision":
+        from ..bench import vision
+        from ..errors import InputError
+        if args.image_size is not None and args.image_size % 16:
+            raise InputError(f"--image-size {args.image_size} must be a multiple of the 16-pixel patch (e.g. 224)")
+        options = {k: getattr(args, k) for k in ("layers", "batch", "image_size", "rounds", "threads")
+                   if getattr(args, k) is not None}
+        vision.run(args.json, hf=args.hf, onednn=args.onednn, **options)
     else:
         if args.model is not None:
             from ..bench import decode_model

@@ -87,7 +87,7 @@ def _images(args, out: Path) -> int:
                 print(f"note: this model trained on test images 0..{n - 1}; scores on --data include them",
                       file=sys.stderr)
     report = evaluate_images(model, images, labels, args.batch_size or 256)
-    report.update(split=split, checkpoint=str(args.checkpoint))
+    report.update(split=split, eval_data=split, checkpoint=str(args.checkpoint))
     write_report(out, report)
     print(f"accuracy {report['accuracy']:.4f} on {report['examples']:,} images ({split})")
     print(confusion_text(report))

@@ -55,6 +55,8 @@ def run(args) -> int:
                             if (i := getattr(tok, f"{name}_id")) is not None}}}
     if tok is not None and tok.chat_template is not None:
         info["tokenizer"]["chat_template"] = True
+    if getattr(model, "vision", None) is not None:          # an image classifier: what it reads and names
+        info["vision"] = {**dataclasses.asdict(model.vision), "classes": len(model.labels)}
     if "quantization" in config:
         layout = config["quantization"]
         info["quantization"] = {kind: sum(v == kind for v in layout.values()) for kind in sorted(set(layout.values()))}
@@ -96,6 +98,12 @@ def _text(info: dict) -> str:
              f" ({cfg.get('kv_heads', cfg.get('n_kv_heads') or cfg.get('n_heads'))} kv), context {cfg.get('max_len')}, "
              f"vocab {cfg.get('vocab_size')}; {cfg.get('norm')} {cfg.get('norm_placement')}-norm, {cfg.get('mlp')}, "
              f"{cfg.get('pos')} positions, {cfg.get('mask')} mask"]
+    if "vision" in info:
+        v = info["vision"]
+        lines[-1] = (f"  architecture: {v['model']}, {cfg.get('n_layers')} layers x d_model {cfg.get('d_model')}, "
+                     f"{cfg.get('n_heads')} heads; {v['image_size']}x{v['image_size']} images, {v['channels']} channel(s), "
+                     f"{v['patch_size']}x{v['patch_size']} patches; {v['classes']} classes; normalized by mean "
+                     f"{v['image_mean']}, std {v['image_std']}, resized {v['resample']}")
     tok = info["tokenizer"]
     lines.append("  tokenizer: none" if tok is None else
                  f"  tokenizer: {tok['kind']}, {tok['vocab_size']:,} tokens, special "

@@ -44,7 +44,7 @@ def help_defaults(args) -> tuple[str, dict]:
     if name is None:
         name = load_config_file(args.config).get("preset")
     preset = PRESETS.get(name, {"model": {}, "train": {}})
-    return name, {**preset["model"], **preset["train"]}
+    return name, {**preset["model"], **preset["train"], **preset.get("vision", {})}
 
 
 def run(args) -> int:
@@ -128,19 +128,15 @@ def _images(args, model_overrides: dict, train_overrides: dict, image_overrides:
         claim_out_dir(train_cfg.out_dir, train_cfg.overwrite)       # before the data is read and the model built
         task = build_image_task(model_cfg, vision, train_cfg, dcfg)
         trainer = Trainer(task.model_cfg, train_cfg, task=task)
-    data, model = trainer.data, trainer.model
+    data, model, split = trainer.data, trainer.model, trainer.task_config["images"]
     sizes = " / ".join(f"{len(data.splits[s]):,} {s}" for s in ("train", "val", "test"))
-    print(f"model: {type(model).__name__} ({model.vision.model}), {model.num_params() / 1e6:.2f}M parameters; data: "
-          f"{sizes} images (train: the 5k CSV subset + test images 0..{model_images_note(trainer)}); "
-          f"run dir {trainer.out_dir}")
+    first_test = split["test_in_train"] + split["val_images"]
+    print(f"model: {type(model).__name__}, {model.num_params() / 1e6:.2f}M parameters; data: {sizes} images (train: "
+          f"the CSV subset + test images 0..{split['test_in_train'] - 1}; val: test images "
+          f"{split['test_in_train']}..{first_test - 1}; test: {first_test}..); run dir {trainer.out_dir}")
     trainer.fit()
     report = finish(trainer)
     print(f"final: step {trainer.step} | {trainer.elapsed:.1f}s | test accuracy {report['accuracy']:.4f} on "
           f"{report['examples']:,} held-out images | report and confusion.png in {trainer.out_dir}")
     return 0
 
-
-def model_images_note(trainer) -> str:
-    """The last test-image index used for training, from the run's data settings."""
-    images = trainer.task_config["images"]
-    return f"{images['test_in_train'] - 1}; val: the next {images['val_images']:,}; test: the rest"

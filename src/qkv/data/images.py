@@ -177,6 +177,7 @@ def random_shift(pixels_BIYX: torch.Tensor, shift: int, generator: torch.Generat
 
 class ImageBatches:
     """Batches for the trainer: {"pixels_BIYX": normalized floats, "labels": labels_B}."""
+    unit = "img"                                   # the trainer's throughput counts images
 
     def __init__(self, splits: dict, mean: list[float], std: list[float], shift: int, seed: int):
         self.splits = {name: images for name, (images, _) in splits.items()}
@@ -211,7 +212,10 @@ def image_to_pixels(path: str | Path, size: int, channels: int, resample: str = 
                     invert: bool = False) -> tuple[torch.Tensor, str]:
     """(pixels_1IYX uint8, a note on what was changed) from an image file, via Pillow: converted to the
     model's channels (L or RGB) and resized to size x size when it is another size."""
-    from PIL import Image, UnidentifiedImageError
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise InputError("reading an image file needs Pillow: pip install 'qkv[vision]'") from None
 
     path = Path(path)
     if not path.is_file():

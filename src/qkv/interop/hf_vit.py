@@ -52,6 +52,9 @@ def vision_from_hf(d: Path, hf: dict, model: str, **extra) -> VisionConfig:
     if abs(pre.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9 or not pre.get("do_rescale", True):
         raise CheckpointError(f"{where}: qkv scales pixels by 1/255 (do_rescale with rescale_factor 1/255); "
                               f"this processor does otherwise")
+    if pre.get("do_center_crop"):
+        raise CheckpointError(f"{where}: do_center_crop is not supported (qkv resizes the whole image to the model's "
+                              f"input); set it to false if the model takes the resized image")
     normalize = pre.get("do_normalize", True)
     mean = pre.get("image_mean", [0.5] * 3) if normalize else [0.0]
     std = pre.get("image_std", [0.5] * 3) if normalize else [1.0]

@@ -99,8 +99,9 @@ def evaluate_images(model, images_NIYX: torch.Tensor, labels_N: torch.Tensor, ba
     K = len(model.labels)
     confusion_KK = torch.zeros(K, K, dtype=torch.long)
     confusion_KK.index_put_((labels_N.long(), predicted_N), torch.ones_like(predicted_N), accumulate=True)
-    return {"task": "image-classification", "metric": "accuracy",
-            "accuracy": round(float((predicted_N == labels_N).float().mean()), 6), "examples": len(labels_N),
+    accuracy = round(float((predicted_N == labels_N).float().mean()), 6)
+    return {"task": "image-classification", "metric": "accuracy", "score": accuracy,
+            "accuracy": accuracy, "examples": len(labels_N),
             "labels": model.labels, "confusion": confusion_KK.tolist(),
             "eval_s": round(time.perf_counter() - start, 3)}
 
@@ -121,11 +122,12 @@ def confusion_png(report: dict, path: Path) -> None:
 
     labels, counts = report["labels"], torch.tensor(report["confusion"])
     fig, ax = plt.subplots(figsize=(1 + 0.5 * len(labels), 1 + 0.45 * len(labels)))
-    ax.imshow(counts.float().log1p().numpy(), cmap="Blues")           # log: the errors stay visible
+    shade = counts.float().log1p()                                     # log: the errors stay visible
+    ax.imshow(shade.numpy(), cmap="Blues")
     for i in range(len(labels)):
         for j in range(len(labels)):
             ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
-                    color="white" if i == j else "black")
+                    color="white" if shade[i, j] > shade.max() / 2 else "black")
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
@@ -146,6 +148,7 @@ def finish(trainer: Trainer) -> dict:
     """Score the trained model on the held-out test split; write eval.json and confusion.png into the run."""
     images, labels = trainer.data.splits["test"], trainer.data.labels["test"]
     report = evaluate_images(trainer.model, images, labels)
-    report.update(split="test", step=trainer.step, train_s=round(trainer.elapsed, 3))
+    report.update(split="test", eval_data=f"{trainer.task_config['images']['data']} (held-out test split)",
+                  step=trainer.step, train_s=round(trainer.elapsed, 3))
     write_report(trainer.out_dir, report)
     return report

@@ -354,7 +354,8 @@ class Trainer:
         if cfg.max_time:
             remaining = min(remaining, cfg.max_time - self.elapsed)
         eta = time.strftime("%M:%S", time.gmtime(max(remaining, 0)))
-        return f"loss {loss:.3f}, {self.tokens / max(self.elapsed, 1e-9):,.0f} tok/s, eta {eta}"
+        unit = getattr(self.data, "unit", "tok")            # what ``tokens`` counts (image batches: images)
+        return f"loss {loss:.3f}, {self.tokens / max(self.elapsed, 1e-9):,.0f} {unit}/s, eta {eta}"
 
     def _tensorboard(self):
         if not self.train_cfg.tensorboard:
