@@ -113,41 +113,52 @@ def alternate(sides: dict[str, tuple[Callable, dict]], warmup: int, rounds: int)
     return seconds
 
 
+def machine() -> dict:
+    """Where a figure was measured: threads, cores, the load other processes put on them, torch, CPU."""
+    return {"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "torch": torch.__version__, "machine": platform.processor() or platform.machine()}
+
+
+def against_hf(ours: tuple[Callable, dict], hf_side: Callable[[], tuple[Callable, dict]] | None, unit: str,
+               per_call: int, warmup: int, rounds: int) -> dict:
+    """qkv's side against transformers' (``hf_side()`` builds it; None or ImportError: qkv alone), timed by
+    ``alternate``: per side its info and ``{unit}_per_s`` (median), ``best_{unit}_per_s`` and the rate of
+    every round (``per_call`` items a call); ``ratio`` is the median of per-round ratios, ``ratio_best`` that
+    of the best rounds."""
+    sides, result = {"qkv": ours}, {}
+    if hf_side is not None:
+        try:
+            sides["hf"] = hf_side()
+        except ImportError:
+            result["note"] = "transformers is not installed: Hugging Face side skipped (pip install transformers)"
+    seconds = alternate(sides, warmup, rounds)
+    for name, (_, info) in sides.items():
+        rates = [per_call / s for s in seconds[name]]
+        result[name] = dict(info, **{f"{unit}_per_s": round(statistics.median(rates), 2),
+                                     f"best_{unit}_per_s": round(max(rates), 2),
+                                     f"rounds_{unit}_per_s": [round(x, 2) for x in rates]})
+    if "hf" in sides:
+        ratios = [h / q for q, h in zip(seconds["qkv"], seconds["hf"])]     # same round, same load
+        result["ratio"] = round(statistics.median(ratios), 3)
+        result["ratio_best"] = round(result["qkv"][f"best_{unit}_per_s"] / result["hf"][f"best_{unit}_per_s"], 3)
+    return result
+
+
 def run(json_out: bool = False, *, layers: int = SHAPE["n_layers"], batch: int = 32, length: int = 128,
         warmup: int = 1, rounds: int = 5, hf: bool = True, threads: int | None = None, onednn: bool = True) -> dict:
     """Time both sides and return (and print) the result; with ``json_out`` print exactly one JSON line."""
     if threads is not None:
         torch.set_num_threads(threads)
-    sides: dict[str, tuple[Callable, dict]] = {"qkv": ours(batch, length, layers, onednn=onednn)}
-    note = None
-    if hf:
-        try:
-            sides["hf"] = huggingface(batch, length, layers)
-        except ImportError:
-            note = "transformers is not installed: Hugging Face side skipped (pip install transformers)"
-    seconds = alternate(sides, warmup, rounds)
     result = {
         "bench": "encoder",
         "shape": dict(SHAPE, n_layers=layers, batch=batch, length=length, dtype="float32", padding="none"),
         "timing": dict(warmup=warmup, rounds=rounds, statistic="median over rounds of one forward per side"),
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        **machine(),
+        **against_hf(ours(batch, length, layers, onednn=onednn),
+                     (lambda: huggingface(batch, length, layers)) if hf else None,
+                     "sentences", batch, warmup, rounds),
     }
-    for name, (_, info) in sides.items():
-        rates = [batch / s for s in seconds[name]]
-        result[name] = dict(info, sentences_per_s=round(statistics.median(rates), 2),
-                            best_sentences_per_s=round(max(rates), 2),
-                            rounds_sentences_per_s=[round(x, 2) for x in rates])
-    if "hf" in sides:
-        ratios = [h / q for q, h in zip(seconds["qkv"], seconds["hf"])]     # same round, same load
-        result["ratio"] = round(statistics.median(ratios), 3)
-        result["ratio_best"] = round(result["qkv"]["best_sentences_per_s"] /
-                                     result["hf"]["best_sentences_per_s"], 3)
-    if note:
-        result["note"] = note
     if json_out:
         print(json.dumps(result))
     else:

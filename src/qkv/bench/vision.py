@@ -20,9 +20,6 @@ AVX-512 GEMMs where MKL runs AVX2 code (AMD processors).
 from __future__ import annotations
 
 import json
-import os
-import platform
-import statistics
 from typing import Callable
 
 import torch
@@ -30,7 +27,7 @@ import torch
 from ..config import ModelConfig, VisionConfig
 from ..models.vision import ViT
 from ..nn.onednn import OneDNNLinear, use_onednn
-from .encoder import alternate
+from .encoder import against_hf, machine
 
 SHAPE = dict(n_layers=12, d_model=768, n_heads=12, d_ff=3072, image_size=224, patch_size=16, channels=3, classes=1000)
 
@@ -84,34 +81,16 @@ def run(json_out: bool = False, *, layers: int = SHAPE["n_layers"], batch: int =
     """Time both sides and return (and print) the result; with ``json_out`` print exactly one JSON line."""
     if threads is not None:
         torch.set_num_threads(threads)
-    sides: dict[str, tuple[Callable, dict]] = {"qkv": ours(batch, image_size, layers, onednn=onednn)}
-    note = None
-    if hf:
-        try:
-            sides["hf"] = huggingface(batch, image_size, layers)
-        except ImportError:
-            note = "transformers is not installed: Hugging Face side skipped (pip install transformers)"
-    seconds = alternate(sides, warmup, rounds)
     result = {
         "bench": "vision",
         "shape": dict(SHAPE, n_layers=layers, image_size=image_size, batch=batch, dtype="float32"),
         "timing": dict(warmup=warmup, rounds=rounds, statistic="median over rounds of one forward per side"),
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        **machine(),
+        **against_hf(ours(batch, image_size, layers, onednn=onednn),
+                     (lambda: huggingface(batch, image_size, layers)) if hf else None,
+                     "images", batch, warmup, rounds),
     }
-    for name, (_, info) in sides.items():
-        rates = [batch / s for s in seconds[name]]
-        result[name] = dict(info, images_per_s=round(statistics.median(rates), 2),
-                            best_images_per_s=round(max(rates), 2), rounds_images_per_s=[round(x, 2) for x in rates])
-    if "hf" in sides:
-        ratios = [h / q for q, h in zip(seconds["qkv"], seconds["hf"])]     # same round, same load
-        result["ratio"] = round(statistics.median(ratios), 3)
-        result["ratio_best"] = round(result["qkv"]["best_images_per_s"] / result["hf"]["best_images_per_s"], 3)
-    if note:
-        result["note"] = note
+    note = result.get("note")
     if json_out:
         print(json.dumps(result))
     else:
