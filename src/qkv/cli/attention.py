@@ -61,7 +61,6 @@ def output_format(out: str, fmt: str | None) -> str:
 def run(args) -> int:
     from ..checkpoint import load
     from ..errors import InputError
-    from ..viz.maps import check_index
     from ..viz.read import attention_maps, encode_inputs, family
     from ._common import check_output_file, require_family
 
@@ -88,19 +87,26 @@ def run(args) -> int:
         raise InputError("pass the text to look at: --text TEXT")
     maps = attention_maps(model, encode_inputs(model, text, args.source, args.truncate))
     title = f"{Path(args.model).name} ({kind})"
+    chosen = None
     if fmt == "png":
-        from ..viz.maps import plot_attention
         wanted = MAPS[args.map or ("cross" if kind == "encoder-decoder" else "self")]
         chosen = next((m for m in maps if m.name == wanted), None)
         if chosen is None:
             names = [k for k, v in MAPS.items() if any(m.name == v for m in maps)]
             raise InputError(f"a {kind} has no {wanted}; --map takes {' or '.join(names)}")
+    subtitle = (f"source: {args.source}\ntarget: {text}" if args.source else text)
+    return _write(args, fmt, maps, chosen, title, subtitle)
+
+
+def _write(args, fmt: str, maps, chosen, title: str, subtitle: str) -> int:
+    """Write ``maps`` as the page, the bertviz data, or a PNG of ``chosen``; say what was written."""
+    if fmt == "png":
+        from ..viz.maps import check_index, plot_attention
         check_index(args.layer, chosen.n_layers, "layer")
         check_index(args.head, chosen.n_heads, "head")
         plot_attention(chosen, args.out, args.layer, args.head, title)
     elif fmt == "html":
         from ..viz.viewer import write_html
-        subtitle = (f"source: {args.source}\ntarget: {text}" if args.source else text)
         write_html(maps, args.out, title, subtitle)
     else:
         from ..viz.bertviz import write_bertviz
@@ -131,20 +137,8 @@ def _image(args, fmt: str) -> int:
     pixels, _ = image_to_pixels(args.image, v.image_size, v.channels, v.resample)
     maps = image_attention_maps(model, normalize(pixels, *v.mean_std), args.window)
     title = f"{Path(args.model).name} ({type(model).__name__}) on {Path(args.image).name}"
+    chosen = None
     if fmt == "png":
-        from ..viz.maps import plot_attention
         check_index(args.stage, len(maps), "stage")
         chosen = maps[args.stage]
-        check_index(args.layer, chosen.n_layers, "layer")
-        check_index(args.head, chosen.n_heads, "head")
-        plot_attention(chosen, args.out, args.layer, args.head, title)
-    elif fmt == "html":
-        from ..viz.viewer import write_html
-        write_html(maps, args.out, title, str(args.image))
-    else:
-        from ..viz.bertviz import write_bertviz
-        write_bertviz(maps, args.out)
-    shapes = ", ".join(f"{m.name} {m.n_layers} layers x {m.n_heads} heads, {len(m.queries)} x {len(m.keys)} tokens"
-                       for m in maps)
-    print(f"wrote {args.out} ({shapes})")
-    return 0
+    return _write(args, fmt, maps, chosen, title, str(args.image))
