@@ -11,7 +11,6 @@ from qkv import CheckpointError
 from qkv.conversation import render_chat
 from qkv.quant import Int4Linear, Int8Linear
 from qkv.quant import gguf_blocks
-from qkv.quant.linear import _from_cpu_layout
 
 from gguf_fixtures import CORPUS, random_llama, write_llama_gguf
 
@@ -108,12 +107,6 @@ def test_block_readers_equal_gguf_dequantize(kind):
     else:
         got = gguf_blocks.dequantize_four_bit(*gguf_blocks.four_bit(raw, kind))
     assert np.array_equal(got.numpy(), want)
-
-
-def test_int4_kernel_layout_reads_back():
-    codes = torch.randint(0, 16, (192, 96), dtype=torch.int32)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-    assert torch.equal(_from_cpu_layout(packed, 192, 96), codes)
 
 
 def test_quantized_load_keeps_blocks_and_stays_close(files):

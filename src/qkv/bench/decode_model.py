@@ -45,7 +45,7 @@ def weight_bytes(model) -> int:
         if isinstance(module, Int8Linear):
             tensors = [module.weight, module.scales]
         elif isinstance(module, Int4Linear):
-            tensors = [module.packed, module.scales_zeros]
+            tensors = [module.weight, module.scales, module.zeros]   # as many bytes as the kernel's packing
         elif isinstance(module, (torch.nn.Linear, torch.nn.modules.normalization.RMSNorm)) or \
                 type(module).__name__ in ("RMSNorm", "LayerNorm"):
             tensors = [module.weight]

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 
 SCALE_DTYPE = torch.bfloat16             # the kernels' fast path wants scales in the activations' dtype
 GROUP_SIZES = (32, 64, 128)
-INT4_BLOCK_N = 64                        # the CPU kernel packs 64 output rows together (see _cpu_layout)
+INT4_BLOCK_N = 64                        # output rows a 4-bit layer comes in (see int4_fits)
 
 
 class Int8Linear(nn.Module):
@@ -47,7 +47,7 @@ class Int8Linear(nn.Module):
         """Symmetric per-row quantization: s = max|w| / 127 (rounded to bfloat16 first), q = round(w / s)."""
         O, K = weight_OK.shape
         module = cls(K, O, bias_O is not None)
-        w_OK = weight_OK.detach().float()
+        w_OK = weight_OK.detach().float().contiguous()      # the kernel needs row-major q (decode_layout)
         scales_O = (w_OK.abs().amax(dim=1) / 127).clamp(min=1e-12).to(SCALE_DTYPE)
         module.weight = (w_OK / scales_O.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
         module.scales = scales_O
@@ -76,9 +76,12 @@ class Int8Linear(nn.Module):
 class Int4Linear(nn.Module):
     """y = x W^T + b with W[o, k] = (q[o, k] - 8) * s[o, k // g] + z[o, k // g], q 4-bit.
 
-    In memory: the kernel's packed codes and its (G, O, 2) scale-and-zero tensor. In the state dict: a
-    portable form, ``weight`` uint8 (O, K/2) with column 2j in the low nibble and 2j+1 in the high one,
-    ``scales`` and ``zeros`` (O, G), so a checkpoint does not depend on the kernel's layout.
+    The source of truth is a portable form, the same in memory and in the state dict: ``weight`` uint8
+    (O, K/2) with column 2j in the low nibble and 2j+1 in the high one, ``scales`` and ``zeros`` (O, G).
+    PyTorch's kernel wants its own packing, which differs between its AVX-512, AVX2 and scalar paths
+    (64- or 32-row blocks, or none), so that packing is a cache made on first use for the kernels this
+    process runs (``ATEN_CPU_CAPABILITY`` picks them) and never read back: a checkpoint written on any CPU
+    loads on any other with the same codes.
     """
 
     def __init__(self, in_features: int, out_features: int, group_size: int = 32, bias: bool = False):
@@ -88,9 +91,12 @@ class Int4Linear(nn.Module):
                               f"({group_size}) and out_features ({out_features}) by {INT4_BLOCK_N}")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         G = in_features // group_size
-        self.register_buffer("packed", torch.empty(out_features, in_features // 2, dtype=torch.uint8),
-                             persistent=False)
-        self.register_buffer("scales_zeros", torch.empty(G, out_features, 2, dtype=SCALE_DTYPE), persistent=False)
+        self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scales", torch.empty(out_features, G, dtype=SCALE_DTYPE))
+        self.register_buffer("zeros", torch.empty(out_features, G, dtype=SCALE_DTYPE))
+        # the kernel's packed codes and its (G, O, 2) scale-and-zero tensor, built by _pack on first use
+        self.register_buffer("packed", None, persistent=False)
+        self.register_buffer("scales_zeros", None, persistent=False)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
@@ -117,49 +123,44 @@ class Int4Linear(nn.Module):
         return cls.from_codes(codes_OGg.reshape(O, K).int(), scales_OG, zeros_OG, bias_O)
 
     def set_codes(self, codes_OK: torch.Tensor, scales_OG: torch.Tensor, zeros_OG: torch.Tensor) -> None:
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_OK.to(torch.int32).contiguous(), 1)
-        self.scales_zeros = torch.stack([scales_OG.t(), zeros_OG.t()], dim=-1).to(SCALE_DTYPE).contiguous()
+        codes_OK = codes_OK.to(torch.uint8)
+        self.weight = (codes_OK[:, 0::2] | (codes_OK[:, 1::2] << 4)).contiguous()
+        self.scales = scales_OG.to(SCALE_DTYPE).contiguous()
+        self.zeros = zeros_OG.to(SCALE_DTYPE).contiguous()
+        self.packed = self.scales_zeros = None
 
     def codes(self) -> torch.Tensor:
-        """The integer codes (O, K), read back from the kernel's layout."""
-        return _from_cpu_layout(self.packed, self.out_features, self.in_features)
+        """The integer codes (O, K) in [0, 15]."""
+        nibbles_OK2 = self.weight.to(torch.int32)
+        return torch.stack([nibbles_OK2 & 15, nibbles_OK2 >> 4], dim=-1).reshape(self.out_features, -1)
 
     def dequantize(self) -> torch.Tensor:
         O, K, g = self.out_features, self.in_features, self.group_size
-        scales_OG1, zeros_OG1 = (t.t().float()[..., None] for t in self.scales_zeros.unbind(-1))
+        scales_OG1, zeros_OG1 = self.scales.float()[..., None], self.zeros.float()[..., None]
         return ((self.codes().float().view(O, K // g, g) - 8) * scales_OG1 + zeros_OG1).view(O, K)
+
+    def _pack(self) -> None:
+        """The kernel's layout for this process's CPU kernels, from the portable codes (one way only)."""
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.codes().contiguous(), 1)
+        self.scales_zeros = torch.stack([self.scales.t(), self.zeros.t()], dim=-1).contiguous()
 
     def forward(self, x_NK: torch.Tensor) -> torch.Tensor:
         lead = x_NK.shape[:-1]
         x_MK = x_NK.reshape(-1, self.in_features)
-        y_MO = torch.ops.aten._weight_int4pack_mm_for_cpu(x_MK.to(SCALE_DTYPE), self.packed, self.group_size,
-                                                          self.scales_zeros).float()
+        if x_MK.device.type == "cpu":
+            if self.packed is None or self.packed.device != self.weight.device:
+                self._pack()
+            y_MO = torch.ops.aten._weight_int4pack_mm_for_cpu(x_MK.to(SCALE_DTYPE), self.packed,
+                                                              self.group_size, self.scales_zeros).float()
+        else:                                           # no packed kernel here: the plain product
+            y_MO = x_MK.float() @ self.dequantize().t()
         if self.bias is not None:
             y_MO = y_MO + self.bias
         return y_MO.view(*lead, self.out_features)
 
-    # ---- the portable state dict ---------------------------------------------------------------------
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        codes_OK = self.codes()
-        destination[prefix + "weight"] = (codes_OK[:, 0::2] | (codes_OK[:, 1::2] << 4)).to(torch.uint8)
-        destination[prefix + "scales"] = self.scales_zeros[..., 0].t().contiguous()
-        destination[prefix + "zeros"] = self.scales_zeros[..., 1].t().contiguous()
-        if self.bias is not None:
-            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        names = ["weight", "scales", "zeros"] + (["bias"] if self.bias is not None else [])
-        missing = [prefix + n for n in names if prefix + n not in state_dict]
-        if missing:
-            missing_keys.extend(missing)
-            return
-        nibbles_OK2 = state_dict[prefix + "weight"].to(torch.int32)
-        codes_OK = torch.stack([nibbles_OK2 & 15, nibbles_OK2 >> 4], dim=-1).reshape(self.out_features, -1)
-        self.set_codes(codes_OK, state_dict[prefix + "scales"].float(), state_dict[prefix + "zeros"].float())
-        if self.bias is not None:
-            with torch.no_grad():
-                self.bias.copy_(state_dict[prefix + "bias"])
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.packed = self.scales_zeros = None          # new codes: the cache is stale
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, 4-bit, "
@@ -167,16 +168,9 @@ class Int4Linear(nn.Module):
 
 
 def int4_fits(in_features: int, out_features: int, group_size: int) -> bool:
+    """Whether a 4-bit layer of this shape packs on every CPU: the AVX-512 kernel packs 64 output rows
+    together (AVX2 32), so the rule is the strictest one, or a file's layout would depend on its CPU."""
     return in_features % group_size == 0 and out_features % INT4_BLOCK_N == 0
-
-
-def _from_cpu_layout(packed: torch.Tensor, O: int, K: int) -> torch.Tensor:
-    """Codes (O, K) from ``_convert_weight_to_int4pack_for_cpu``'s layout (PyTorch 2.x): per block of 64
-    output rows, for each input k, 32 bytes whose low nibbles are rows 0-31 and high nibbles rows 32-63.
-    A test packs random codes and reads them back, so a change of layout in PyTorch fails loudly."""
-    bytes_BK32 = packed.reshape(O // INT4_BLOCK_N, K, 32).to(torch.int32)
-    rows_B2_32K = torch.stack([bytes_BK32 & 15, bytes_BK32 >> 4], dim=1).permute(0, 1, 3, 2)   # (B, 2, 32, K)
-    return rows_B2_32K.reshape(O, K)
 
 
 class QuantEmbedding(nn.Module):
