@@ -2,7 +2,9 @@
 
 Every checkpoint is made and saved by transformers inside the test; the logits of the two libraries on
 the same ids must agree to float32 rounding (measured ~2e-7 at these sizes; the bound is 2e-6), and
-greedy continuations must be identical.
+greedy continuations must be identical. Every hyper-parameter the loader reads is off transformers' default
+(eps, rope theta, G != H, sizes, window), so a value read from the wrong key cannot pass by matching it; a
+config.json holding only the sizes checks the defaults themselves against transformers'.
 """
 
 import json
@@ -25,7 +27,7 @@ def transformers():
 def _hf_model(transformers, kind: str, **extra):
     torch.manual_seed(0)
     common = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=500.0,
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-3, rope_theta=500.0,
                   tie_word_embeddings=False, initializer_range=0.1, bos_token_id=None, eos_token_id=None,
                   pad_token_id=None)
     common.update(extra)
@@ -43,6 +45,7 @@ def _hf_model(transformers, kind: str, **extra):
 CASES = {   # name -> (model type, config overrides)
     "llama-gqa-untied": ("llama", {}),
     "llama-tied-head_dim": ("llama", dict(tie_word_embeddings=True, head_dim=24)),   # 4 x 24 != 64
+    "llama-biases": ("llama", dict(attention_bias=True, mlp_bias=True)),
     "qwen2-qkv-bias": ("qwen2", {}),
     "mistral-window": ("mistral", dict(sliding_window=5)),                            # shorter than 24 ids
 }
@@ -60,6 +63,7 @@ def test_logits_and_greedy_match_transformers(transformers, tmp_path, case):
         want_BLV = hf(ids_BL).logits
     got_BLV = ours(ids_BL).logits
     assert (got_BLV - want_BLV).abs().max() < 2e-6
+    assert ours.cfg.max_len == hf.config.max_position_embeddings
     prompt_BL = ids_BL[:1, :6]
     with torch.no_grad():
         want = hf.generate(prompt_BL, max_new_tokens=20, do_sample=False, attention_mask=torch.ones_like(prompt_BL),
@@ -136,3 +140,50 @@ def test_bad_directories_raise_one_clear_error(transformers, tmp_path, change, p
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=phrase):
         qkv.load(d)
+
+
+def test_eps_and_theta_are_read_not_assumed(transformers, tmp_path):
+    """The fixtures' eps and rope theta change the logits: at the loader's defaults the parity above fails."""
+    d = _saved(transformers, "llama", tmp_path / "m")
+    ids_BL = torch.randint(0, V, (1, 24), generator=torch.Generator().manual_seed(1))
+    want = qkv.load(d)(ids_BL).logits
+    cfg = json.loads((d / "config.json").read_text())
+    for change in (dict(rms_norm_eps=1e-6), dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0})):
+        (d / "config.json").write_text(json.dumps({**cfg, **change}))
+        assert (qkv.load(d)(ids_BL).logits - want).abs().max() > 1e-3, change
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2"])
+def test_a_config_with_only_the_sizes_takes_transformers_defaults(transformers, tmp_path, kind):
+    """Keys left out of config.json (older or hand-written files) mean what they mean to transformers."""
+    # Llama's num_key_value_heads defaults to the head count; Mistral's (8) and Qwen2's (32) fit no small model
+    d = _saved(transformers, kind, tmp_path / "m", **(dict(num_key_value_heads=4) if kind == "llama" else {}))
+    sizes = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads") + (() if kind == "llama" else ("num_key_value_heads",))
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({k: cfg[k] for k in sizes}))
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(d).eval()
+    ours = qkv.load(d)
+    assert (ours.cfg.max_len, ours.cfg.kv_heads, ours.cfg.window) == (
+        theirs.config.max_position_embeddings, theirs.config.num_key_value_heads,
+        getattr(theirs.config, "sliding_window", None) if kind == "mistral" else None)
+    ids_BL = torch.randint(0, V, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (ours(ids_BL).logits - theirs(ids_BL).logits).abs().max() < 2e-6
+
+
+def test_a_transformers_4_config_with_top_level_rope_theta(transformers, tmp_path):
+    """transformers < 5 wrote rope_theta (and rope_scaling) at the top level, not in rope_parameters."""
+    hf = _hf_model(transformers, "llama")
+    hf.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["rope_theta"] = cfg.pop("rope_parameters")["rope_theta"]
+    cfg["rope_scaling"] = None
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    ids_BL = torch.randint(0, V, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (qkv.load(tmp_path)(ids_BL).logits - hf(ids_BL).logits).abs().max() < 2e-6
+    cfg["rope_scaling"] = {"type": "linear", "factor": 2.0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="RoPE scaling 'linear'"):
+        qkv.load(tmp_path)

@@ -41,6 +41,7 @@ from ..tokenizers import Tokenizer
 from .hf_files import check_shapes, model_from_state, read_hf_json, read_weights
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
+MAX_POSITIONS = {"llama": 2048, "mistral": 4096 * 32, "qwen2": 32768}   # each config class's default
 
 
 def _rope_base(hf: dict, where: str) -> float:
@@ -78,7 +79,7 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     head_dim = hf.get("head_dim")
     try:
         return ModelConfig(
-            vocab_size=hf.get("vocab_size", 32000), max_len=hf.get("max_position_embeddings", 2048),
+            vocab_size=hf.get("vocab_size", 32000), max_len=hf.get("max_position_embeddings", MAX_POSITIONS[kind]),
             n_layers=hf.get("num_hidden_layers", 32), d_model=d_model, n_heads=n_heads,
             n_kv_heads=hf.get("num_key_value_heads") or n_heads,
             d_head=head_dim if head_dim and head_dim * n_heads != d_model else None,
