@@ -91,6 +91,27 @@ def test_mlm_logits_match_bert_for_masked_lm(hf_dirs):
     assert (got_BLV - want_BLV).abs().max() <= 3e-5           # measured 2.6e-6 on logits spanning +-3.5
 
 
+@pytest.mark.parametrize("options", [
+    dict(layer_norm_eps=1e-3, type_vocab_size=3, hidden_act="gelu_new", tie_word_embeddings=False),
+    dict(layer_norm_eps=1e-2, hidden_act="relu", max_position_embeddings=24),
+])
+def test_options_off_the_defaults_match_transformers(transformers, tmp_path, options):
+    """eps, the type vocabulary, the activation and an untied decoder are read from config.json."""
+    torch.manual_seed(0)
+    cfg = hf_config(transformers, **options)
+    hf_model = transformers.BertForMaskedLM(cfg).eval()
+    hf_model.save_pretrained(tmp_path)
+    model = qkv.load(tmp_path)
+    assert model.cfg.max_len == cfg.max_position_embeddings and model.cfg.type_vocab_size == cfg.type_vocab_size
+    assert (model.head.decoder.weight is model.tok.weight) == cfg.tie_word_embeddings
+    ids_BL, key_mask_BL, types_BL = batch()
+    types_BL[0, 8:] = cfg.type_vocab_size - 1
+    with torch.no_grad():
+        want_BLV = hf_model(input_ids=ids_BL, attention_mask=key_mask_BL, token_type_ids=types_BL).logits
+        got_BLV = model(ids_BL, key_mask_BL=key_mask_BL.bool(), types_BL=types_BL).logits
+    assert (got_BLV - want_BLV).abs().max() <= 3e-5
+
+
 def test_old_bin_layout_without_prefix_with_gamma_beta_pooler_and_buffers(hf_dirs, tmp_path):
     hf_model, d = hf_dirs["mlm"]
     old = tmp_path / "old"

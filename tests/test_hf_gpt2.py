@@ -94,6 +94,32 @@ def test_qkv_load_dispatches_gpt2(hf_model, hf_dir, ids_BL):
     assert (our_logits(model, ids_BL) - hf_logits(hf_model, ids_BL)).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("options", [
+    dict(layer_norm_epsilon=1e-3, n_inner=80, activation_function="gelu", tie_word_embeddings=False),
+    dict(layer_norm_epsilon=1e-2, activation_function="relu", n_positions=40),
+])
+def test_options_off_the_defaults_match_transformers(transformers, tmp_path, ids_BL, options):
+    """eps, the FFN width, the activation and an untied head are read from config.json, not assumed."""
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(**{**dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=V,
+                                            initializer_range=0.1, bos_token_id=None, eos_token_id=None), **options})
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    model = load_gpt2(tmp_path)
+    assert model.cfg.max_len == cfg.n_positions and model.cfg.tie_embeddings == cfg.tie_word_embeddings
+    assert (our_logits(model, ids_BL) - hf_logits(hf, ids_BL)).abs().max().item() <= 1e-5
+
+
+def test_a_config_with_only_the_sizes_takes_transformers_defaults(transformers, hf_dir, ids_BL, tmp_path):
+    d = tmp_path / "gpt2"
+    shutil.copytree(hf_dir, d)
+    config = json.loads((d / "config.json").read_text())
+    sizes = ("model_type", "vocab_size", "n_embd", "n_layer", "n_head", "n_positions")
+    (d / "config.json").write_text(json.dumps({k: config[k] for k in sizes}))
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(d).eval()
+    assert (our_logits(load_gpt2(d), ids_BL) - hf_logits(theirs, ids_BL)).abs().max().item() <= 1e-5
+
+
 def test_left_padded_batch_matches_transformers_with_its_attention_mask(hf_model, hf_dir, ids_BL):
     """Left padding as transformers' generate does it (attention_mask, positions counted over real tokens):
     the same logits at every real position; the wide init makes attention peaked, so a pad that leaked into
