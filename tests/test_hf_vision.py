@@ -39,9 +39,10 @@ def _ours(model, path):
 def _vit(tmp_path, **config):
     from transformers import ViTConfig, ViTForImageClassification
     torch.manual_seed(0)
-    cfg = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
-                    num_attention_heads=4, intermediate_size=64, num_labels=3,
-                    id2label={0: "cat", 1: "dog", 2: "fish"}, label2id={"cat": 0, "dog": 1, "fish": 2}, **config)
+    cfg = ViTConfig(**{**dict(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=4, intermediate_size=64, num_labels=3,
+                              id2label={0: "cat", 1: "dog", 2: "fish"}, label2id={"cat": 0, "dog": 1, "fish": 2}),
+                       **config})
     hf = ViTForImageClassification(cfg).eval()
     with torch.no_grad():                    # random init leaves the position table and [CLS] near zero
         hf.vit.embeddings.position_embeddings.normal_(std=0.5)
@@ -54,8 +55,8 @@ def _vit(tmp_path, **config):
 def _swin(tmp_path, **config):
     from transformers import SwinConfig, SwinForImageClassification
     torch.manual_seed(0)
-    cfg = SwinConfig(image_size=32, patch_size=2, num_channels=3, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
-                     window_size=4, num_labels=4, **config)
+    cfg = SwinConfig(**{**dict(image_size=32, patch_size=2, num_channels=3, embed_dim=16, depths=[2, 2],
+                               num_heads=[2, 4], window_size=4, num_labels=4), **config})
     hf = SwinForImageClassification(cfg).eval()
     with torch.no_grad():                    # make the relative position bias matter
         for name, p in hf.named_parameters():
@@ -107,6 +108,26 @@ def test_swin_logits_equal_transformers_with_shifted_windows(tmp_path):
         unmasked = model(batch).hidden
         stage0.allowed_W1TT.copy_(saved)
     assert (unmasked - masked).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("vit", dict(layer_norm_eps=1e-3, qkv_bias=False, hidden_act="gelu_new", num_channels=1)),
+    ("swin", dict(layer_norm_eps=1e-3, qkv_bias=False, hidden_act="relu", mlp_ratio=2.5, num_channels=2)),
+])
+def test_options_off_the_defaults_equal_transformers(tmp_path, kind, options):
+    """eps, q/k/v biases, the activation, the FFN ratio and the channels are read from config.json."""
+    hf, d = (_vit if kind == "vit" else _swin)(tmp_path, **options)
+    with torch.no_grad():                    # a wide head, so that the features' errors reach the logits
+        hf.classifier.weight.normal_(std=2.0)
+    hf.save_pretrained(d)
+    model = qkv.load(d)
+    assert model.vision.channels == options["num_channels"]
+    batch = torch.randn(3, options["num_channels"], 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = hf(pixel_values=batch).logits
+        got = model(batch).logits
+    assert expected.std() > 0.5
+    assert (got - expected).abs().max() <= 1e-4, (got - expected).abs().max()
 
 
 def test_swin_attention_maps_are_per_window(tmp_path):

@@ -56,8 +56,8 @@ def vision_from_hf(d: Path, hf: dict, model: str, **extra) -> VisionConfig:
         raise CheckpointError(f"{where}: do_center_crop is not supported (qkv resizes the whole image to the model's "
                               f"input); set it to false if the model takes the resized image")
     normalize = pre.get("do_normalize", True)
-    mean = pre.get("image_mean", [0.5] * 3) if normalize else [0.0]
-    std = pre.get("image_std", [0.5] * 3) if normalize else [1.0]
+    mean = pre.get("image_mean", [0.5]) if normalize else [0.0]       # one value: any number of channels
+    std = pre.get("image_std", [0.5]) if normalize else [1.0]
     resample = RESAMPLE_NAMES.get(pre.get("resample", 2))
     if resample is None:
         raise CheckpointError(f"{where}: resample={pre.get('resample')} is not supported; qkv resizes with "

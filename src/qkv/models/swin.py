@@ -39,6 +39,10 @@ from ..nn.masks import AttnMask
 from ..nn.norms import make_norm
 from .vision import ImageClassifier, PatchEmbed
 
+# The reference code builds the patch embedding's and the merging layers' norms as nn.LayerNorm(dim), with its
+# default eps; only the blocks' norms and the final one take the configured eps (transformers' layer_norm_eps).
+FIXED_EPS = 1e-5
+
 
 def window_partition(x_BYXC: torch.Tensor, w: int) -> torch.Tensor:
     """x_WTC: the w x w windows of every image as rows (image-major, windows in row-major order)."""
@@ -77,7 +81,7 @@ class PatchMerging(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm = make_norm(cfg.norm, 4 * cfg.d_model, cfg.norm_eps)
+        self.norm = make_norm(cfg.norm, 4 * cfg.d_model, FIXED_EPS)
         self.reduce = nn.Linear(4 * cfg.d_model, 2 * cfg.d_model, bias=False)
 
     def forward(self, x_BYXC: torch.Tensor) -> torch.Tensor:
@@ -155,7 +159,7 @@ class Swin(ImageClassifier, nn.Module):
         nn.Module.__init__(self)
         self.cfg, self.vision, self.labels = cfg, vision, labels
         self.patch = PatchEmbed(vision.channels, vision.patch_size, cfg.d_model)
-        self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.embed_norm = make_norm(cfg.norm, cfg.d_model, FIXED_EPS)
         self.drop = nn.Dropout(cfg.dropout)
         n = len(vision.stage_depths)
         self.stages = nn.ModuleList(
