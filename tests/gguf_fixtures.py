@@ -56,7 +56,7 @@ def write_llama_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, 
     everything else F32."""
     import gguf
     cfg = hf_model.config
-    H, G = cfg.num_attention_heads, cfg.num_key_value_heads
+    H, G, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     tokens, merges, types = bpe_vocab()
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(cfg.num_hidden_layers)
@@ -67,7 +67,10 @@ def write_llama_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, 
     w.add_head_count_kv(G)
     w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_dimension_count(cfg.hidden_size // H)
+    w.add_rope_dimension_count(D)
+    if D * H != cfg.hidden_size:                       # as llama.cpp's converter: only for an explicit head_dim
+        w.add_key_length(D)
+        w.add_value_length(D)
     w.add_vocab_size(cfg.vocab_size)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
@@ -108,12 +111,15 @@ def write_llama_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, 
     return path
 
 
-def random_llama(transformers, vocab: int = 320, tie: bool = True, seed: int = 0):
+def random_llama(transformers, vocab: int = 320, tie: bool = True, seed: int = 0, **options):
+    """A random LlamaForCausalLM whose every hyper-parameter the GGUF loader reads is off its default
+    (eps 1e-5, theta 10000, G = H, context 2048); ``options``: more LlamaConfig fields (head_dim, ...)."""
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   rms_norm_eps=1e-5, rope_theta=1000.0, tie_word_embeddings=tie,
-                                   initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg = transformers.LlamaConfig(**{**dict(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=2e-3, rope_theta=1000.0,
+        tie_word_embeddings=tie, initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None),
+        **options})
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
