@@ -325,11 +325,23 @@ def test_multibyte_characters_never_stream_as_replacement(bpe):
     assert generate(model, bpe, "the", max_new_tokens=len(ids) + 1, stop="日本") == "the €5 café "
 
 
-def test_text_stream_flushes_incomplete_character_at_the_end(bpe):
+def test_text_stream_drops_a_character_cut_at_the_end(bpe):
     s = TextStream(bpe)
-    euro = bpe.encode("€")
-    assert [s.push(i) for i in euro[:-1]] == [""] * (len(euro) - 1)
-    assert s.finish() == bpe.decode(euro[:-1])                     # what a full decode shows
+    ids = bpe.encode("the 日本")
+    assert "\ufffd" in bpe.decode(ids[:-1])                        # a full decode shows half a character
+    assert "".join(s.push(i) for i in ids[:-1]) + s.finish() == "the 日"
+
+
+@pytest.mark.parametrize("cut", range(1, 4))
+def test_a_token_limit_inside_a_character_leaves_no_half_of_it(bpe, cut):
+    """qkv.generate and qkv.stream stopped by max_new_tokens inside 日 (three byte tokens): the text ends
+    before it, streamed or not."""
+    reply = bpe.encode(" 日本")
+    model = FakeLM.script(reply + [bpe.eos_id], bpe.vocab_size, prompt_len=len(bpe.encode("the")))
+    limit = len(bpe.encode(" ")) + cut
+    want = " " if cut < 3 else " 日"
+    assert generate(model, bpe, "the", max_new_tokens=limit) == want
+    assert "".join(stream(model, bpe, "the", max_new_tokens=limit)) == want
 
 
 # ---- every bad input names the fix -------------------------------------------------------------------------

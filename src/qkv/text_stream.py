@@ -1,5 +1,5 @@
-"""Token ids in, text out, as it is generated: incremental decoding that never splits a character,
-and stop strings matched across token boundaries (never returned)."""
+"""Token ids in, text out, as it is generated: incremental decoding that never splits a character
+(nor shows half of one when generation stops inside it), and stop strings matched across token boundaries (never returned)."""
 
 from __future__ import annotations
 
@@ -36,10 +36,13 @@ class TextStream:
         return self._release(final=False)
 
     def finish(self) -> str:
-        """No more tokens: flush everything left (an incomplete character shows as U+FFFD)."""
+        """No more tokens: flush everything left, but not a character the last tokens left incomplete
+        (a token limit that falls inside a multi-byte character): its bytes would show as U+FFFD, which
+        the model did not write. (A U+FFFD the model wrote as its very last character looks the same
+        through ``decode`` and is dropped too: the lesser error.)"""
         if self.done:
             return ""
-        self.pending += self._new_text()
+        self.pending += self._new_text().rstrip("\ufffd")
         self.prefix = self.read = len(self.ids)
         return self._release(final=True)
 
