@@ -51,9 +51,10 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_llama_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, pre: str = "gpt2",
-                     template: str = CHATML) -> Path:
+                     template: str = CHATML, specials: dict[str, str] | None = None, add_bos: bool | None = None) -> Path:
     """Write ``hf_model`` (a LlamaForCausalLM) as a GGUF. kinds: {"attn_q": "Q8_0", ...} per tensor-name part;
-    everything else F32."""
+    everything else F32. specials: more special ids by token, {"eot": "<|im_end|>", "unk": ...};
+    add_bos: tokenizer.ggml.add_bos_token (left out when None)."""
     import gguf
     cfg = hf_model.config
     H, G, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -80,6 +81,10 @@ def write_llama_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, 
     w.add_bos_token_id(tokens.index("<|im_start|>"))
     w.add_eos_token_id(tokens.index("<|im_end|>"))
     w.add_pad_token_id(tokens.index("<|endoftext|>"))
+    for key, token in (specials or {}).items():
+        getattr(w, f"add_{key}_token_id")(tokens.index(token))
+    if add_bos is not None:
+        w.add_add_bos_token(add_bos)
     w.add_chat_template(template)
     sd = {k: v.detach().float().numpy() for k, v in hf_model.state_dict().items()}
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",

@@ -87,3 +87,17 @@ def test_tied_quantized_file_reads_its_embedding_as_the_head(tmp_path):
     emb = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "token_embd.weight")
     want = torch.from_numpy(np.array(gguf.quants.dequantize(emb.data, emb.tensor_type), dtype=np.float32))
     assert (q.head.dequantize() - want).abs().max() <= 0.5 * want.abs().amax() / 127 * 1.01
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_special_ids_and_add_bos_come_from_the_file(tmp_path, add_bos):
+    """unk and eot ids, and add_bos_token: a prompt starts with bos only when the file says so, and a turn
+    ends at eot as well as eos (llama.cpp's rules; transformers reads the unk id the same way)."""
+    path = write_llama_gguf(tmp_path / "m.gguf", random_llama(transformers), add_bos=add_bos,
+                            specials={"eot": "<|endoftext|>", "unk": "<|im_start|>"})
+    tok = qkv.load(path).tokenizer
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+    assert (tok.unk_id, tok.bos_id, tok.eos_id) == (theirs.unk_token_id, theirs.bos_token_id, theirs.eos_token_id)
+    eot = tok.encode("<|endoftext|>")
+    assert len(eot) == 1 and set(tok.stop_ids) == {tok.eos_id, eot[0]}
+    assert tok.prompt_ids("hello") == [tok.bos_id] * add_bos + tok.encode("hello")
