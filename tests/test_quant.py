@@ -47,11 +47,16 @@ def test_state_dict_is_portable_and_reloads_exactly():
 
 def _gpt(tie=True, bias=False):
     torch.manual_seed(0)
-    return GPT(ModelConfig(vocab_size=96, max_len=32, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2,
-                           norm="rmsnorm", mlp="swiglu", pos="rope", bias=bias, tie_embeddings=tie)).eval()
+    model = GPT(ModelConfig(vocab_size=96, max_len=32, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2,
+                            norm="rmsnorm", mlp="swiglu", pos="rope", bias=bias, tie_embeddings=tie)).eval()
+    with torch.no_grad():                       # GPT's init zeroes the biases: a dropped one would not show
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(std=0.5)
+    return model
 
 
-@pytest.mark.parametrize("bits,tie,bias", [(8, True, False), (4, True, False), (4, False, True)])
+@pytest.mark.parametrize("bits,tie,bias", [(8, True, False), (4, True, False), (8, False, True), (4, False, True)])
 def test_swap_save_and_load_round_trip(tmp_path, bits, tie, bias):
     model = _gpt(tie, bias)
     ids_BL = torch.randint(0, 96, (2, 20))
