@@ -13,8 +13,8 @@ recomputed; the result is the same either way (a test compares it with a fresh c
 
 A reply ends at an end-of-turn id (the tokenizer's eos and any extra stop ids), a stop string, or
 ``max_new_tokens``. When the conversation no longer fits the context, the oldest turns after the system
-message are dropped (``notices`` says so in one line); a single message longer than the context is an
-``InputError``.
+message are dropped, each user message with the replies to it, so that the conversation still opens with a
+user message (``notices`` says so in one line); a single message longer than the context is an ``InputError``.
 """
 
 from __future__ import annotations
@@ -71,8 +71,11 @@ class ChatSession:
         dropped = 0
         first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
         while len(ids) + max_new > self.context and len(self.messages) - first > 1:
-            del self.messages[first]                         # the oldest turn after the system message
+            del self.messages[first]                         # the oldest turn after the system message,
             dropped += 1
+            while len(self.messages) - first > 1 and self.messages[first]["role"] != "user":
+                del self.messages[first]                     # with the replies to it: templates such as
+                dropped += 1                                 # Mistral's refuse a conversation that opens otherwise
             ids = self.prompt_ids()
         if dropped:
             self.notices.append(f"dropped the {dropped} oldest message(s) to fit the {self.context}-token context")

@@ -1,0 +1,258 @@
+"""Chat templates and sessions: multi-line templates written the way models ship them (whitespace control,
+``set`` / ``macro`` / ``namespace`` blocks, loop controls, ``raise_exception``, ``tojson``) rendered as
+transformers' ``apply_chat_template`` renders them; sessions whose template lays out earlier turns
+differently from the turn in progress; a conversation that outgrows its context.
+
+The templates are written here after the layouts of ChatML (Qwen2.5), Llama 3, Mistral and DeepSeek-R1 /
+Qwen3, not copied: what matters is that they use the constructs real ones use."""
+
+import pytest
+import torch
+
+import qkv
+from qkv import InputError, Tokenizer
+from qkv.conversation import ChatSession, render_chat
+
+from serving import TEXT, tiny_gpt
+
+transformers = pytest.importorskip("transformers")
+
+CHATML = """
+{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\\n\\n' }}
+    {%- endif %}
+    {{- '# Tools\\n<tools>' }}
+    {%- for tool in tools %}
+        {{- '\\n' }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- '\\n</tools><|im_end|>\\n' }}
+{%- elif messages[0].role == 'system' %}
+    {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+{%- else %}
+    {{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'system' and loop.first %}
+        {%- continue %}
+    {%- endif %}
+    {%- if message.role == 'assistant' %}
+        {{- '<|im_start|>assistant\\n' }}
+        {%- generation %}
+            {{- message.content | trim + '<|im_end|>' }}
+        {%- endgeneration %}
+        {{- '\\n' }}
+    {%- else %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+LLAMA3 = """{{- bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] | trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}
+{{- "Cutting Knowledge Date: December 2023\\n\\n" }}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+
+{%- for message in messages %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+{%- endif %}
+"""
+
+MISTRAL = """
+{%- macro turn(role, text) -%}
+    {%- if role == 'user' -%}
+        {{- '[INST] ' + text + ' [/INST]' -}}
+    {%- else -%}
+        {{- ' ' + text + eos_token -}}
+    {%- endif -%}
+{%- endmacro -%}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system = messages[0]['content'] + '\\n\\n' %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set system = '' %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {%- if loop.first %}
+        {{- turn(message['role'], system + message['content']) }}
+    {%- else %}
+        {{- turn(message['role'], message['content']) }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+# Earlier assistant turns lose their reasoning; the generation prompt opens a <think> block that the stored
+# reply does not hold, so every new turn lays out the previous reply differently from the prompt it followed.
+REASONING = """
+{%- set ns = namespace(last_user=-1) %}
+{%- for message in messages %}
+    {%- if message.role == 'user' %}
+        {%- set ns.last_user = loop.index0 %}
+    {%- endif %}
+{%- endfor %}
+{{- bos_token }}
+{%- for message in messages %}
+    {%- if message.role == 'system' %}
+        {{- message.content + '\\n\\n' }}
+    {%- elif message.role == 'user' %}
+        {{- '<|User|>' + message.content }}
+    {%- elif message.role == 'assistant' %}
+        {%- set content = message.content %}
+        {%- if loop.index0 < ns.last_user and '</think>' in content %}
+            {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+        {%- endif %}
+        {{- '<|Assistant|>' + content + eos_token }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|Assistant|><think>\\n' }}
+{%- endif %}
+"""
+
+TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "mistral": MISTRAL, "reasoning": REASONING}
+SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+            "[INST]", "[/INST]", "<|User|>", "<|Assistant|>", "<think>", "</think>"]
+EOS = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": "</s>", "reasoning": "</s>"}
+SYSTEM = "You are terse. Answer in a few words."
+CONVERSATIONS = [
+    [{"role": "user", "content": "the fox"}],
+    [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "  the dog ran.  \n"},
+     {"role": "assistant", "content": "<think>\nit asks about a dog\n</think>\n\na cat sat on the mat"},
+     {"role": "user", "content": "and then?\n\nsay more"}],
+    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b</think>c"},
+     {"role": "user", "content": "d"}, {"role": "assistant", "content": "<think>e</think>f"}],
+]
+TOOLS = [{"type": "function", "function": {"name": "weather", "description": "Météo d'une ville",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return Tokenizer.train_bpe([TEXT], vocab_size=300, special_tokens=SPECIALS).backend
+
+
+def _pair(backend, name):
+    """(qkv's tokenizer, transformers') over one backend, the template and the special tokens."""
+    ours = Tokenizer(backend, {"bos_token": "<s>", "eos_token": EOS[name]}, TEMPLATES[name])
+    theirs = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token=EOS[name])
+    theirs.chat_template = TEMPLATES[name]
+    return ours, theirs
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+@pytest.mark.parametrize("conversation", range(len(CONVERSATIONS)))
+def test_multi_line_templates_render_as_transformers(backend, name, conversation):
+    ours, theirs = _pair(backend, name)
+    messages = CONVERSATIONS[conversation]
+    for gen in (True, False):
+        want = theirs.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+        assert render_chat(ours.chat_template, messages, gen, ours.specials) == want
+        want_ids = theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen, return_dict=False)
+        assert ours.encode(render_chat(ours.chat_template, messages, gen, ours.specials)) == list(want_ids)
+
+
+def test_tools_render_through_tojson_as_transformers(backend):
+    ours, theirs = _pair(backend, "chatml")
+    for messages in CONVERSATIONS:
+        want = theirs.apply_chat_template(messages, tools=TOOLS, tokenize=False, add_generation_prompt=True)
+        assert render_chat(CHATML, messages, True, ours.specials, tools=TOOLS) == want
+        assert "Météo" in want                                    # tojson keeps non-ASCII, as transformers does
+
+
+def test_raise_exception_in_a_template_is_an_input_error(backend):
+    ours, theirs = _pair(backend, "mistral")
+    twice = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    with pytest.raises(Exception, match="roles must alternate"):
+        theirs.apply_chat_template(twice, tokenize=False)
+    with pytest.raises(InputError, match="roles must alternate"):
+        render_chat(MISTRAL, twice, True, ours.specials)
+
+
+def _model(backend, name, max_len=256):
+    ours, _ = _pair(backend, name)
+    return tiny_gpt(ours, max_len=max_len, pos="rope")
+
+
+def _is_prefix(a, b):
+    return a == b[:len(a)]
+
+
+@pytest.mark.parametrize("name", ["reasoning", "chatml"])
+def test_a_session_whose_template_relays_earlier_turns_equals_fresh_chats(backend, name):
+    """Each reply of a session equals a fresh ``qkv.chat`` of the same messages, and its prompt is
+    transformers' tokenization; with the reasoning template the cache holds a layout that the next turn no
+    longer renders (the <think> prompt and the reasoning of earlier replies), so part of it is recomputed."""
+    model = _model(backend, name)
+    _, theirs = _pair(backend, name)
+    session = ChatSession(model, system=SYSTEM, context=200)
+    session.messages += CONVERSATIONS[1][1:3]                # an earlier turn with reasoning in its reply
+    reused = []                                              # does the new prompt keep all of the previous one?
+    previous = []
+    for text in ["the dog ran", "a cat sat on", "and the mat?"]:
+        session.messages.append({"role": "user", "content": text})
+        prompt = session.prompt_ids()
+        assert prompt == list(theirs.apply_chat_template(session.messages, tokenize=True, add_generation_prompt=True,
+                                                         return_dict=False))
+        reused.append(_is_prefix(previous, prompt))
+        previous = prompt
+        reply = "".join(session.respond(temperature=0, max_new_tokens=10))
+        assert reply == qkv.chat(model, session.messages[:-1], temperature=0, max_new_tokens=10)
+        assert session.messages[-1] == {"role": "assistant", "content": reply}
+        assert session.cached_ids == (prompt + model.tokenizer.encode(reply))[:len(session.cached_ids)]
+    assert reused == [True, name != "reasoning", name != "reasoning"]
+
+
+@pytest.mark.parametrize("name", ["mistral", "chatml"])
+def test_context_overflow_drops_whole_turns_and_keeps_the_system_message(backend, name):
+    context = 128
+    """The oldest user turn goes with the replies to it, so the conversation still starts with a user turn
+    (templates such as Mistral's refuse anything else) and the system message stays first."""
+    model = _model(backend, name)
+    _, theirs = _pair(backend, name)
+    session = ChatSession(model, system=SYSTEM, context=context)
+    kept = []
+    for text in ["the quick brown fox jumps", "over the lazy dog", "a cat sat on the mat", "the dog ran",
+                 "and then the fox"]:
+        reply = "".join(session.say(text, temperature=0, max_new_tokens=12))
+        asked = session.messages[:-1]
+        assert asked[0] == {"role": "system", "content": SYSTEM} and asked[1]["role"] == "user"
+        assert [m["role"] for m in asked[1:]] == ["user", "assistant"] * (len(asked) // 2 - 1) + ["user"]
+        assert asked[-1]["content"] == text
+        ids = list(theirs.apply_chat_template(asked, tokenize=True, add_generation_prompt=True, return_dict=False))
+        assert len(ids) + 12 <= context                         # it fits, with the whole reply budget
+        assert reply == qkv.chat(model, asked, temperature=0, max_new_tokens=12)
+        kept.append(len(asked))
+    assert any("dropped the" in n for n in session.notices)
+    assert 4 in kept and any(n < 2 * i + 2 for i, n in enumerate(kept))    # turns kept, and turns dropped
+
+
+def test_a_reply_cut_by_the_context_says_so(backend):
+    model = _model(backend, "chatml", max_len=64)
+    session = ChatSession(model, system=SYSTEM)
+    assert session.context == 64
+    prompt = session.prompt_ids(session.messages + [{"role": "user", "content": "the fox"}])
+    reply = list(session.say("the fox", temperature=0, max_new_tokens=60, ignore_eos=True))
+    assert len(model.tokenizer.encode("".join(reply))) <= 64 - len(prompt)
+    assert session.notices == [f"the reply is limited to {64 - len(prompt)} tokens by the 64-token context"]
+    with pytest.raises(InputError, match="the conversation needs .* tokens but the context holds 64"):
+        list(ChatSession(model, system=SYSTEM).say("the quick brown fox " * 20))
