@@ -92,6 +92,59 @@ def test_stop_strings_cut_the_text_and_say_stop(model, tok, client):
     assert r.choices[0].text == full[:full.index(stop)] and r.choices[0].finish_reason == "stop"
 
 
+# ---- each field in each of its OpenAI forms -----------------------------------------------------------
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_stop_as_a_string_and_as_a_list(model, tok, client, route):
+    if route == "chat":
+        messages = [{"role": "user", "content": "the dog"}]
+        prompt = chat_text(tok, messages)
+        create = lambda **kw: client.chat.completions.create(model="tiny", messages=messages, **kw)   # noqa: E731
+        text = lambda r: r.choices[0].message.content                                                 # noqa: E731
+    else:
+        prompt = "the dog"
+        create = lambda **kw: client.completions.create(model="tiny", prompt=prompt, **kw)          # noqa: E731
+        text = lambda r: r.choices[0].text                                                            # noqa: E731
+    full = generate(model, tok, prompt, temperature=0, max_new_tokens=20)
+    stop = full[5:8]
+    assert len(stop) == 3
+    for form in (stop, [stop], ["zzzz", stop]):
+        r = create(temperature=0, max_tokens=20, stop=form)
+        assert text(r) == full[:full.index(stop)] and r.choices[0].finish_reason == "stop", form
+
+
+def test_prompt_as_a_list_gives_n_choices_per_prompt_in_order(model, tok, client):
+    prompts = ["the lazy", "a cat sat"]
+    r = client.completions.create(model="tiny", prompt=prompts, max_tokens=6, temperature=1.0, seed=5, n=2)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert [c.text for c in r.choices] == [generate(model, tok, p, max_new_tokens=6, temperature=1.0, seed=5 + j)
+                                           for p in prompts for j in range(2)]
+    assert r.usage.prompt_tokens == sum(len(tok.encode(p)) for p in prompts)
+    one = client.completions.create(model="tiny", prompt=prompts[1], max_tokens=6, temperature=1.0, seed=5, n=2)
+    assert [c.text for c in one.choices] == [c.text for c in r.choices[2:]]
+
+
+def test_message_content_as_text_parts_developer_and_null(model, tok, client):
+    plain = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the fox ran"},
+             {"role": "assistant", "content": ""}, {"role": "user", "content": "and the dog"}]
+    forms = [[{"role": "developer", "content": "be brief"},
+              {"role": "user", "content": [{"type": "text", "text": "the fox"}, {"type": "text", "text": " ran"}]},
+              {"role": "assistant", "content": None},
+              {"role": "user", "content": [{"type": "text", "text": "and the dog"}]}]]
+    want = generate(model, tok, chat_text(tok, plain), temperature=0, max_new_tokens=10, stop=DEFAULT_TEMPLATE_STOP)
+    for messages in [plain] + forms:
+        r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=10)
+        assert r.choices[0].message.content == want
+        assert r.usage.prompt_tokens == len(tok.encode(chat_text(tok, plain)))
+
+
+def test_max_tokens_and_max_completion_tokens(client):
+    messages = [{"role": "user", "content": "the cat"}]
+    for limit in (dict(max_tokens=5), dict(max_completion_tokens=5), dict(max_tokens=40, max_completion_tokens=5)):
+        r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, stop=[],
+                                           extra_body={"ignore_eos": True}, **limit)
+        assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length", limit
+
+
 def test_logprobs_are_the_models_own(model, tok, client):
     r = client.completions.create(model="tiny", prompt="the cat", temperature=0, max_tokens=6, logprobs=3)
     ids = tok.encode("the cat")
