@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from qkv.data.squad import SquadExample
-from qkv.errors import ConfigError, InputError
+from qkv.errors import InputError, MissingExtraError
 from qkv.metrics import (accuracy, bleu, entity_f1, matthews_corrcoef, normalize_answer, rouge,
                          squad_em_f1)
 
@@ -203,5 +203,6 @@ def test_reference_errors():
 ])
 def test_missing_library_names_the_install(monkeypatch, module, call, pip_name):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
-    with pytest.raises(ConfigError, match=f"pip install {pip_name}"):
+    extra = r"needs the metrics extra: pip install 'qkv\[metrics\]' "
+    with pytest.raises(MissingExtraError, match=extra + rf"\(or pip install {pip_name}\)"):
         call()

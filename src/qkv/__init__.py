@@ -3,7 +3,7 @@
 __version__ = "0.1.0"   # before the imports: checkpoint.py records it
 
 from .config import PRESETS, ModelConfig, TrainConfig
-from .errors import CheckpointError, ConfigError, DataError, InputError, QkvError
+from .errors import CheckpointError, ConfigError, DataError, InputError, MissingExtraError, QkvError
 from .models import GPT, ModelOutput
 from .tokenizers import Tokenizer
 from .checkpoint import load, save
@@ -12,4 +12,4 @@ from .conversation import ChatSession, chat, chat_stream
 
 __all__ = ["GPT", "Tokenizer", "load", "save", "generate", "stream", "chat", "chat_stream", "ChatSession",
            "GenerationConfig", "ModelConfig", "ModelOutput", "TrainConfig", "PRESETS",
-           "QkvError", "ConfigError", "InputError", "DataError", "CheckpointError"]
+           "QkvError", "ConfigError", "InputError", "DataError", "CheckpointError", "MissingExtraError"]

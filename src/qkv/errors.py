@@ -4,6 +4,8 @@ Every error qkv raises on bad input is a ``QkvError`` whose message names the fi
 message on one line and exits non-zero; library users can catch the subclasses they care about.
 """
 
+import importlib
+
 
 class QkvError(Exception):
     """Base class: the message says what went wrong and what to change."""
@@ -23,3 +25,23 @@ class DataError(QkvError, ValueError):
 
 class CheckpointError(QkvError, OSError):
     """A checkpoint directory that is missing, truncated, corrupt or inconsistent."""
+
+
+class MissingExtraError(QkvError, ImportError):
+    """An optional package is not installed; the message names the qkv extra that brings it."""
+
+
+def require_extra(module: str, extra: str, feature: str, package: str | None = None):
+    """Import ``module`` for ``feature``, or raise MissingExtraError naming the extra (pyproject.toml's
+    optional-dependencies) and the one package. Optional packages are imported here, where they are used,
+    so that the base install (``pip install qkv``) runs every command that does not need them.
+
+    >>> require_extra("fastapi", "serve", "qkv serve")          # doctest: +SKIP  (a base install)
+    MissingExtraError: qkv serve needs the serve extra: pip install 'qkv[serve]' (or pip install fastapi)
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = package or module.split(".")[0]
+        raise MissingExtraError(f"{feature} needs the {extra} extra: pip install 'qkv[{extra}]' "
+                                f"(or pip install {package})") from None

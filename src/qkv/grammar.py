@@ -27,19 +27,15 @@ import json
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, require_extra
 
 ANY_OBJECT = {"type": "object"}             # response_format {"type": "json_object"}
 COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 def _llguidance():
-    try:
-        import llguidance        # not llguidance.torch: importing it sets up torch.compile (seconds)
-    except ImportError:
-        raise InputError("JSON-schema output needs llguidance: pip install 'qkv[serve]' (or pip install "
-                         "llguidance)") from None
-    return llguidance
+    # not llguidance.torch: importing it sets up torch.compile (seconds)
+    return require_extra("llguidance", "serve", "JSON-schema output")
 
 
 def _ll_tokenizer(tokenizer, vocab_size: int):

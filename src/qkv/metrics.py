@@ -23,22 +23,13 @@ predictions or all labels one class) gives 0, as in scikit-learn.
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 import string
 from collections import Counter
 from typing import Mapping, NamedTuple, Sequence
 
-from .errors import ConfigError, InputError
-
-
-def _require(module: str, pip_name: str, metric: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"{metric} needs the {pip_name} package; pip install {pip_name} "
-                          f"(or pip install 'qkv[metrics]')") from None
+from .errors import InputError, require_extra
 
 
 def _check_pairs(preds: Sequence, golds: Sequence, what: str) -> None:
@@ -80,7 +71,7 @@ def entity_f1(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) ->
         if len(p) != len(g):
             raise InputError(f"sentence {i}: {len(p)} predicted tags for {len(g)} gold tags; predict one tag "
                              f"per word (take the first sub-word's label)")
-    metrics = _require("seqeval.metrics", "seqeval", "entity_f1")
+    metrics = require_extra("seqeval.metrics", "metrics", "entity_f1")
     y_true, y_pred = [list(g) for g in golds], [list(p) for p in preds]
     return {"precision": float(metrics.precision_score(y_true, y_pred)),
             "recall": float(metrics.recall_score(y_true, y_pred)),
@@ -152,7 +143,7 @@ def bleu(hyps: Sequence[str], refs_list: Sequence[Sequence[str] | str]) -> Bleu:
     refs = _reference_lists(refs_list, len(hyps))
     if not hyps:
         raise InputError("no hypotheses to score; pass at least one")
-    sacrebleu = _require("sacrebleu", "sacrebleu", "bleu")
+    sacrebleu = require_extra("sacrebleu", "metrics", "bleu")
     # sacrebleu wants reference *streams* (stream j = every example's j-th reference); None marks a
     # missing j-th reference, which is how it supports a varying number per example.
     n_streams = max(len(r) for r in refs)
@@ -171,7 +162,7 @@ def rouge(preds: Sequence[str], refs_list: Sequence[Sequence[str] | str]) -> dic
     refs = _reference_lists(refs_list, len(preds))
     if not preds:
         raise InputError("no predictions to score; pass at least one")
-    rouge_scorer = _require("rouge_score.rouge_scorer", "rouge-score", "rouge")
+    rouge_scorer = require_extra("rouge_score.rouge_scorer", "metrics", "rouge", "rouge-score")
     types = ("rouge1", "rouge2", "rougeL")
     scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=True)
     totals = dict.fromkeys(types, 0.0)

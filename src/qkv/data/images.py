@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from ..errors import DataError, InputError
+from ..errors import DataError, InputError, require_extra
 from ..validation import check_fields
 
 IMAGES_MAGIC, LABELS_MAGIC = 0x803, 0x801
@@ -212,10 +212,7 @@ def image_to_pixels(path: str | Path, size: int, channels: int, resample: str = 
                     invert: bool = False) -> tuple[torch.Tensor, str]:
     """(pixels_1IYX uint8, a note on what was changed) from an image file, via Pillow: converted to the
     model's channels (L or RGB) and resized to size x size when it is another size."""
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise InputError("reading an image file needs Pillow: pip install 'qkv[vision]'") from None
+    Image = require_extra("PIL.Image", "vision", "reading an image file", "pillow")
 
     path = Path(path)
     if not path.is_file():
@@ -227,7 +224,7 @@ def image_to_pixels(path: str | Path, size: int, channels: int, resample: str = 
             im = im.convert({1: "L", 3: "RGB"}.get(channels, "RGBA"))
             if im.size != (size, size):
                 im = im.resize((size, size), RESAMPLE[resample])
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (Image.UnidentifiedImageError, OSError, ValueError) as e:
         raise InputError(f"--image {path} could not be read as an image ({e}); pass a PNG or JPEG file") from None
     pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, channels)
     pixels = pixels.permute(2, 0, 1)[None].clone()

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..checkpoint import SRC_TOKENIZER_FILE, load_weights, read_config, tied_aliases, write_model_files
 from ..config import ModelConfig, TrainConfig, build
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, require_extra
 from ..rundir import atomic_dir, claim_out_dir, recover
 from ..tokenizers import Tokenizer
 from .distributed import World, check_launch, dropout_seed, full_state, is_sharded, load_full_state, parallel, sync_gradients
@@ -47,6 +47,9 @@ class Trainer:
         ``resuming``: the run directory being continued (the one place out_dir may already hold a run)."""
         self.train_cfg, self.log = train_cfg, log
         self.world = world = World.from_env()
+        # --tensorboard's package is asked for first: a missing one is named before any line or work
+        self._tensorboard = (require_extra("torch.utils.tensorboard", "tensorboard", "--tensorboard", "tensorboard")
+                             if train_cfg.tensorboard and world.is_main else None)
         self.precision = choose_precision(train_cfg.precision, world.device.type)
         processes = f"; {world.size} processes ({world.backend})" if world.distributed else ""
         log(f"{self.precision.describe()}; device {world.device.type}{processes}")       # the run's first line
@@ -227,7 +230,9 @@ class Trainer:
         cfg = self.train_cfg
         model = torch.compile(self.parallel_model) if cfg.compile else self.parallel_model
         model.train()
-        writer = self._tensorboard() if self.world.is_main else None
+        writer = None
+        if self._tensorboard is not None:
+            writer = self._tensorboard.SummaryWriter(str(self.out_dir.with_name(self.out_dir.name + "-tb")))
         bar = tqdm(total=self._projected_steps(), initial=self.step, dynamic_ncols=True,
                    disable=not cfg.progress or not sys.stderr.isatty() or not self.world.is_main,
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")   # no terminal: eval lines
@@ -357,11 +362,3 @@ class Trainer:
         unit = getattr(self.data, "unit", "tok")            # what ``tokens`` counts (image batches: images)
         return f"loss {loss:.3f}, {self.tokens / max(self.elapsed, 1e-9):,.0f} {unit}/s, eta {eta}"
 
-    def _tensorboard(self):
-        if not self.train_cfg.tensorboard:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-        return SummaryWriter(str(self.out_dir.with_name(self.out_dir.name + "-tb")))

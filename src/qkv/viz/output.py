@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError, require_extra
 
 
 def check_suffix(path: str | Path, allowed: Iterable[str], what: str) -> Path:
@@ -66,19 +66,11 @@ def plain(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def _matplotlib():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("pictures need matplotlib: pip install matplotlib (the qkv[plots] extra)") from None
-    return matplotlib
-
-
 @contextmanager
 def png_figure(path: str | Path, width: float, height: float, dpi: int = 110,
                layout: str | None = "constrained") -> Iterator:
     """Yield a matplotlib Figure of ``width`` x ``height`` inches; when the block ends, save it as a PNG."""
-    matplotlib = _matplotlib()
+    matplotlib = require_extra("matplotlib", "plots", "a PNG")
     from matplotlib.figure import Figure
     path = check_suffix(path, [".png"], "a PNG")
     with matplotlib.rc_context({"font.size": 9}), warnings.catch_warnings():
