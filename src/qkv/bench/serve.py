@@ -151,9 +151,11 @@ def run(path: str, as_json: bool, clients: int = 16, max_tokens: int = 64, quant
         threads: int | None = None, rounds: int = 1, hf: bool = True, llama_cpp: bool = True) -> dict:
     from .. import load
     from ..conversation import render_chat
-    from ..serve import ServeConfig, create_app
+    from ..serve import ServeConfig, require_serve_extra
+
+    uvicorn = require_serve_extra("qkv bench serve")
+    from ..serve import create_app
     from ..serve.openai_api import DEFAULT_TEMPLATE
-    import uvicorn
 
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -37,15 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
     from ..errors import InputError
     from ..runtime import set_decode_threads
+    from ..serve import require_serve_extra
     from ._common import require_family
 
     config = ServeConfig(**collect(args, ServeConfig))
     found = require_family(args.model, "serve", "decoder", "encoder", "fine-tuned encoder")
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn
-    except ImportError:
-        raise InputError("qkv serve needs FastAPI and uvicorn: pip install 'qkv[serve]'") from None
+    uvicorn = require_serve_extra("qkv serve")          # before the model loads (seconds for a large one)
     set_decode_threads(args.threads)
     model = load(args.model, quantized=args.quantized and found == "decoder")
     if model.tokenizer is None:
