@@ -88,8 +88,8 @@ def _images(args, out: Path) -> int:
                       file=sys.stderr)
     report = evaluate_images(model, images, labels, args.batch_size or 256)
     report.update(split=split, eval_data=split, checkpoint=str(args.checkpoint))
-    write_report(out, report)
+    written = write_report(out, report)
     print(f"accuracy {report['accuracy']:.4f} on {report['examples']:,} images ({split})")
     print(confusion_text(report))
-    print(f"report and confusion.png in {out}")
+    print(f"{written} in {out}")
     return 0

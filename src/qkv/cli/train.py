@@ -135,8 +135,8 @@ def _images(args, model_overrides: dict, train_overrides: dict, image_overrides:
           f"the CSV subset + test images 0..{split['test_in_train'] - 1}; val: test images "
           f"{split['test_in_train']}..{first_test - 1}; test: {first_test}..); run dir {trainer.out_dir}")
     trainer.fit()
-    report = finish(trainer)
+    report, written = finish(trainer)
     print(f"final: step {trainer.step} | {trainer.elapsed:.1f}s | test accuracy {report['accuracy']:.4f} on "
-          f"{report['examples']:,} held-out images | report and confusion.png in {trainer.out_dir}")
+          f"{report['examples']:,} held-out images | {written} in {trainer.out_dir}")
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, require_extra
 
 EXPERIMENTS = {
     "long-range": "qkv.experiments.long_range",
@@ -44,6 +44,7 @@ def run_experiment(name: str, out_dir: str | Path, quick: bool = False, seed: in
     from .report import Report, check_out_dir
 
     module = experiment_module(name)
+    require_extra("matplotlib", "plots", f"experiment {name}")   # now, not after minutes of work
     cfg = module.QUICK if quick else module.FULL
     if seed is not None:
         cfg = dataclasses.replace(cfg, seed=seed)

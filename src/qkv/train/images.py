@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 from ..checkpoint import read_config
 from ..config import ModelConfig, TrainConfig, VisionConfig, build
 from ..data.images import MNIST_LABELS, ImageBatches, ImageDataConfig, mnist_splits, normalize
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, MissingExtraError, require_extra
 from ..models import IMAGE_MODELS
 from ..rundir import write_text_atomic
 from .tasks import Task
@@ -116,7 +117,7 @@ def confusion_text(report: dict) -> str:
 
 
 def confusion_png(report: dict, path: Path) -> None:
-    import matplotlib
+    matplotlib = require_extra("matplotlib", "plots", CONFUSION_PNG)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -138,17 +139,25 @@ def confusion_png(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(directory: Path, report: dict) -> None:
+def write_report(directory: Path, report: dict) -> str:
+    """Write eval.json and confusion.png into ``directory``; return what it wrote ("eval.json and
+    confusion.png"). Without matplotlib only eval.json, and a note naming the plots extra: the matrix is in
+    eval.json and printed, the PNG only draws it, so a base install's run still ends with its report."""
     directory.mkdir(parents=True, exist_ok=True)
     write_text_atomic(directory / REPORT_FILE, json.dumps(report, indent=2) + "\n")
-    confusion_png(report, directory / CONFUSION_PNG)
+    try:
+        confusion_png(report, directory / CONFUSION_PNG)
+    except MissingExtraError as e:
+        print(f"note: {e}; {REPORT_FILE} holds the matrix", file=sys.stderr)
+        return REPORT_FILE
+    return f"{REPORT_FILE} and {CONFUSION_PNG}"
 
 
-def finish(trainer: Trainer) -> dict:
-    """Score the trained model on the held-out test split; write eval.json and confusion.png into the run."""
+def finish(trainer: Trainer) -> tuple[dict, str]:
+    """Score the trained model on the held-out test split; write eval.json and confusion.png into the run.
+    Returns the report and what was written (see ``write_report``)."""
     images, labels = trainer.data.splits["test"], trainer.data.labels["test"]
     report = evaluate_images(trainer.model, images, labels)
     report.update(split="test", eval_data=f"{trainer.task_config['images']['data']} (held-out test split)",
                   step=trainer.step, train_s=round(trainer.elapsed, 3))
-    write_report(trainer.out_dir, report)
-    return report
+    return report, write_report(trainer.out_dir, report)
