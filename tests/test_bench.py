@@ -87,3 +87,17 @@ def test_bench_serve_json(tmp_path, capsys):
         assert 0 < f["ttft_p50_ms"] <= f["ttft_p99_ms"] and 0 <= f["itl_p50_ms"] <= f["itl_p99_ms"]
     assert result["concurrent_vs_one_at_a_time"] == pytest.approx(
         result["concurrent"]["tokens_per_s"] / result["one_at_a_time"]["tokens_per_s"])
+
+
+@pytest.mark.parametrize("argv", [["bench", "train", "--device", "cuda:x"], ["bench", "decode", "--device", "tpu"],
+                                  ["bench", "decode", "--model", "m.gguf", "--device", "cuda"]])
+def test_a_bad_device_is_one_line_before_any_work(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--device" in err
+
+
+def test_cuda_without_a_gpu_says_so(capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)          # as on a CPU-only machine
+    assert main(["bench", "train", "--device", "cuda"]) == 2
+    assert "sees no CUDA GPU" in capsys.readouterr().err

@@ -44,3 +44,27 @@ def set_decode_threads(threads: int | None = None) -> int:
     n = threads or decode_threads()
     torch.set_num_threads(n)
     return n
+
+
+def inference_device(name: str | None) -> torch.device:
+    """The ``--device`` a command runs on: ``cpu`` (the default), ``cuda`` or ``cuda:N``, checked against
+    what this torch can see so that a missing GPU is one line, not a CUDA traceback mid-way."""
+    if name is None or name == "cpu":
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type != "cuda":
+        raise InputError(f"--device {name!r}: qkv runs on cpu or cuda")
+    if not torch.cuda.is_available():
+        raise InputError(f"--device {name}: this torch sees no CUDA GPU (torch {torch.__version__}); use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a timer on a GPU would otherwise stop before the work does)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -37,16 +37,17 @@ from ..config import ModelConfig
 from ..generate import GenerationConfig, generate_ids
 from ..nn.layout import decode_layout
 from ..models import GPT
+from ..runtime import synchronize
 
 SHAPE = dict(vocab_size=50257, max_len=1024, n_layers=12, d_model=768, n_heads=12, mlp="gelu_tanh")
 
 
-def copy_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
+def copy_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5, device: torch.device = torch.device("cpu")) -> float:
     """Bytes moved per second (read + write) copying one large float32 tensor; the best of ``repeats``."""
-    src = torch.ones(nbytes // 4)
+    src = torch.ones(nbytes // 4, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)                                    # touch every page before timing
-    best = min(_time(lambda: dst.copy_(src)) for _ in range(repeats))
+    best = min(_time(lambda: dst.copy_(src), device) for _ in range(repeats))
     return 2 * nbytes / best
 
 
@@ -61,7 +62,7 @@ def weight_bytes_per_token(model: GPT) -> int:
 
 def ours(prompt_BL: torch.Tensor, new_tokens: int, layout: bool, seed: int = 0) -> tuple[Callable, dict]:
     torch.manual_seed(seed)
-    model = GPT(ModelConfig(**SHAPE)).eval()
+    model = GPT(ModelConfig(**SHAPE)).to(prompt_BL.device).eval()
     if layout:
         decode_layout(model)
     cfg = GenerationConfig(max_new_tokens=new_tokens, temperature=0)
@@ -80,7 +81,7 @@ def huggingface(prompt_BL: torch.Tensor, new_tokens: int, seed: int = 0) -> tupl
                                   n_embd=SHAPE["d_model"], n_layer=SHAPE["n_layers"], n_head=SHAPE["n_heads"],
                                   activation_function="gelu_new", bos_token_id=None, eos_token_id=None,
                                   attn_implementation="sdpa")
-    model = transformers.GPT2LMHeadModel(cfg).eval()
+    model = transformers.GPT2LMHeadModel(cfg).to(prompt_BL.device).eval()
     attention_mask_BL = torch.ones_like(prompt_BL)
 
     def run() -> int:
@@ -93,20 +94,23 @@ def huggingface(prompt_BL: torch.Tensor, new_tokens: int, seed: int = 0) -> tupl
     return run, info
 
 
-def _time(fn: Callable) -> float:
+def _time(fn: Callable, device: torch.device = torch.device("cpu")) -> float:
     t0 = time.perf_counter()
     fn()
+    synchronize(device)
     return time.perf_counter() - t0
 
 
 def run(json_out: bool = False, *, prompt_len: int = 32, new_tokens: int = 128, rounds: int = 3,
-        hf: bool = True, plain: bool = True, threads: int | None = None) -> dict:
+        hf: bool = True, plain: bool = True, threads: int | None = None,
+        device: torch.device = torch.device("cpu")) -> dict:
     """Time every side and return (and print) the result; with ``json_out`` print exactly one JSON line."""
     if threads is not None:
         torch.set_num_threads(threads)
     prompt_BL = torch.randint(0, SHAPE["vocab_size"], (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    prompt_BL = prompt_BL.to(device)
     sides: dict[str, tuple[Callable, dict]] = {"qkv": ours(prompt_BL, new_tokens, layout=True)}
-    if plain:
+    if plain and device.type == "cpu":                # decode_layout is a CPU-only change: nothing to compare
         sides["qkv_plain"] = ours(prompt_BL, new_tokens, layout=False)
     note = None
     if hf:
@@ -119,12 +123,13 @@ def run(json_out: bool = False, *, prompt_len: int = 32, new_tokens: int = 128, 
     per_round: dict[str, list[float]] = {name: [] for name in sides}
     bandwidths = []
     for r in range(rounds):
-        bandwidths.append(copy_bandwidth(repeats=3))  # per round: the bound sees the same load as the runs
+        bandwidths.append(copy_bandwidth(repeats=3, device=device))  # per round: the bound sees the same load as the runs
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
         for name in order:
             fn = sides[name][0]
             t0 = time.perf_counter()
             made = fn()
+            synchronize(device)
             per_round[name].append(made / (time.perf_counter() - t0))
             if made != new_tokens:                    # e.g. an eos slipped through: the rate would lie
                 raise RuntimeError(f"{name} generated {made} tokens instead of {new_tokens}")
@@ -153,6 +158,7 @@ def run(json_out: bool = False, *, prompt_len: int = 32, new_tokens: int = 128, 
         "load_avg_1m": round(os.getloadavg()[0], 2),   # > cores: other processes share them; expect noise
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
     if note:
         result["note"] = note
@@ -165,7 +171,7 @@ def run(json_out: bool = False, *, prompt_len: int = 32, new_tokens: int = 128, 
 
 def _print_table(r: dict) -> None:
     s = r["shape"]
-    print(f"decode, batch 1, GPT-2 small shape ({s['n_layers']} layers, d_model {s['d_model']}, vocab "
+    print(f"decode on {r['device']}, batch 1, GPT-2 small shape ({s['n_layers']} layers, d_model {s['d_model']}, vocab "
           f"{s['vocab_size']}), {s['prompt_len']}-token prompt + {s['new_tokens']} new, greedy, fp32, "
           f"{r['threads']} threads")
     print(f"  qkv (decode_layout)     {r['tokens_per_s']:8.2f} tok/s   {r['fraction_of_bound']:.0%} of the bound")

@@ -20,6 +20,7 @@ Timing: each side runs ``warmup`` untimed steps (the first one compiles when ``c
 alternates too) so that load from other processes falls on both alike. Reported: the median and the best
 round of each side, and the median over rounds of the per-round ratio. On a shared machine the spread is
 wide; the best round shows what the machine can do, the median ratio is the fair comparison.
+``--device cuda`` runs both sides on the GPU (``--precision auto`` is then bf16 from Ampere on).
 """
 
 from __future__ import annotations
@@ -57,17 +58,18 @@ def _step_fn(loss_of: Callable[[], torch.Tensor], opt: torch.optim.Optimizer) ->
     return step
 
 
-def ours(batch: int, context: int, compile: bool, seed: int = 0, bf16: bool = False) -> tuple[Callable[[], float], dict]:
+def ours(batch: int, context: int, compile: bool, seed: int = 0, bf16: bool = False,
+         device: torch.device = torch.device("cpu")) -> tuple[Callable[[], float], dict]:
     torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=SHAPE["vocab_size"], max_len=context, n_layers=SHAPE["n_layers"],
                       d_model=SHAPE["d_model"], n_heads=SHAPE["n_heads"], dropout=0.0)
-    model = GPT(cfg).train()
+    model = GPT(cfg).to(device).train()
     opt = _optimizer(model)
     forward = torch.compile(model) if compile else model
-    ids_BL = torch.randint(0, cfg.vocab_size, (batch, context))
-    targets_BL = torch.randint(0, cfg.vocab_size, (batch, context))
+    ids_BL = torch.randint(0, cfg.vocab_size, (batch, context), device=device)
+    targets_BL = torch.randint(0, cfg.vocab_size, (batch, context), device=device)
     def loss():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):     # as the trainer runs it
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):     # as the trainer runs it
             return forward(ids_BL, targets_BL).loss
     step = _step_fn(loss, opt)
     info = dict(model="qkv.GPT", params=model.num_params(), compile=compile, optimizer=_describe(opt),
@@ -75,7 +77,8 @@ def ours(batch: int, context: int, compile: bool, seed: int = 0, bf16: bool = Fa
     return step, info
 
 
-def huggingface(batch: int, context: int, seed: int = 0) -> tuple[Callable[[], float], dict]:
+def huggingface(batch: int, context: int, seed: int = 0,
+                device: torch.device = torch.device("cpu")) -> tuple[Callable[[], float], dict]:
     import transformers
     transformers.logging.set_verbosity_error()        # its notes about unused token ids are not ours
     torch.manual_seed(seed)
@@ -84,9 +87,9 @@ def huggingface(batch: int, context: int, seed: int = 0) -> tuple[Callable[[], f
                                      n_head=SHAPE["n_heads"], resid_pdrop=0.0, embd_pdrop=0.0,
                                      attn_pdrop=0.0, bos_token_id=None, eos_token_id=None, use_cache=False,
                                      attn_implementation="sdpa")
-    model = transformers.GPT2LMHeadModel(hf_cfg).train()
+    model = transformers.GPT2LMHeadModel(hf_cfg).to(device).train()
     opt = _optimizer(model)
-    ids_BL = torch.randint(0, SHAPE["vocab_size"], (batch, context))
+    ids_BL = torch.randint(0, SHAPE["vocab_size"], (batch, context), device=device)
     # The model shifts labels itself; passing the ids as labels is how its users train it.
     step = _step_fn(lambda: model(input_ids=ids_BL, labels=ids_BL).loss, opt)
     info = dict(model="transformers.GPT2LMHeadModel", version=transformers.__version__,
@@ -105,23 +108,23 @@ def _describe(opt: torch.optim.Optimizer) -> str:
 def _time(step: Callable[[], float], n: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
-        step()
+        step()                    # loss.item() waits for the step, on a GPU too
     return time.perf_counter() - t0
 
 
 def run(json_out: bool = False, *, batch: int = SHAPE["batch"], context: int = SHAPE["context"],
         warmup: int = 3, steps: int = 2, rounds: int = 8, compile: bool = False, hf: bool = True,
-        threads: int | None = None) -> dict:
+        threads: int | None = None, device: torch.device = torch.device("cpu")) -> dict:
     """Time both sides and return (and print) the result; with ``json_out`` print exactly one JSON line."""
     if threads is not None:
         torch.set_num_threads(threads)
-    auto = choose_precision("auto", "cpu")
-    sides: dict[str, tuple[Callable[[], float], dict]] = {"qkv": ours(batch, context, compile)}
+    auto = choose_precision("auto", device.type)
+    sides: dict[str, tuple[Callable[[], float], dict]] = {"qkv": ours(batch, context, compile, device=device)}
     if auto.bf16:                                         # else auto is fp32: the same side again
-        sides["qkv_auto"] = ours(batch, context, compile, bf16=True)
+        sides["qkv_auto"] = ours(batch, context, compile, bf16=True, device=device)
     if hf:
         try:
-            sides["hf"] = huggingface(batch, context)
+            sides["hf"] = huggingface(batch, context, device=device)
         except ImportError:
             pass                                          # transformers is optional: report qkv alone
     warmup_s = {}
@@ -147,6 +150,7 @@ def run(json_out: bool = False, *, batch: int = SHAPE["batch"], context: int = S
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
     for name, (_, info) in sides.items():
         rates = [tokens / s for s in seconds[name]]
@@ -169,8 +173,8 @@ def run(json_out: bool = False, *, batch: int = SHAPE["batch"], context: int = S
 
 def _print_table(result: dict) -> None:
     s = result["shape"]
-    print(f"train step: {s['n_layers']} layers, d_model {s['d_model']}, {s['n_heads']} heads, batch {s['batch']}"
-          f" x context {s['context']}, {s['dtype']}, {result['threads']} threads "
+    print(f"train step on {result['device']}: {s['n_layers']} layers, d_model {s['d_model']}, {s['n_heads']} heads, "
+          f"batch {s['batch']} x context {s['context']}, {s['dtype']}, {result['threads']} threads "
           f"(load {result['load_avg_1m']} on {result['cpus']} cpus)")
     for name in ("qkv", "qkv_auto", "hf"):
         if name in result:

@@ -33,6 +33,7 @@ def add_arguments(p) -> None:
     train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch.compile qkv's model (--no-compile: eager)")
     train.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
+    train.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where both sides run")
     ddp = sub.add_parser("ddp", help="data parallelism: 2 gloo processes vs 1, and a prediction for 8 machines",
                          description="Tokens/s of the training step in 2 DDP processes against 1 on this machine, "
                                      "the scaling efficiency, and what the measured compute and all-reduce times "
@@ -57,6 +58,8 @@ def add_arguments(p) -> None:
     decode.add_argument("--new-tokens", type=_positive, default=64, help="with --model: new tokens (64)")
     decode.add_argument("--rounds", type=_positive, default=3, help="with --model: timed rounds (3)")
     decode.add_argument("--no-hf", dest="hf", action="store_false", help="with --model: skip transformers")
+    decode.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the synthetic "
+                                                        "GPT-2 benchmark runs (not with --model)")
     decode.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
                         help="with --model: skip llama.cpp")
     encoder = sub.add_parser("encoder", help="inference: qkv Encoder vs BertModel, BERT-base, batch 32 x 128",
@@ -113,7 +116,8 @@ def run(args) -> int:
         from ..bench import train
         options = {k: getattr(args, k) for k in ("rounds", "steps", "warmup", "threads", "compile")
                    if getattr(args, k) is not None}
-        train.run(args.json, hf=args.hf, **options)
+        from ..runtime import inference_device
+        train.run(args.json, hf=args.hf, device=inference_device(args.device), **options)
     elif args.bench == "ddp":
         from ..bench import ddp
         from ..errors import ConfigError
@@ -151,14 +155,19 @@ def run(args) -> int:
     else:
         if args.model is not None:
             from ..bench import decode_model
+            from ..errors import InputError
             from ._common import require_family
+            if args.device != "cpu":
+                raise InputError("--device applies to the synthetic GPT-2 benchmark; with --model the benchmark "
+                                 "compares CPU paths (fp32, int8, 4-bit, llama.cpp): leave --device out")
             require_family(args.model, "bench decode --model", "decoder")
             decode_model.run(args.model, args.json, bits=tuple(args.bits or (32, 8, 4)),
                              prompt_len=args.prompt_len, new_tokens=args.new_tokens, rounds=args.rounds,
                              threads=tuple(args.threads or (1, 2)), hf=args.hf, llama_cpp=args.llama_cpp)
         else:
             from ..bench import decode     # written separately; imported only when asked for
-            decode.run(args.json)
+            from ..runtime import inference_device
+            decode.run(args.json, device=inference_device(args.device))
     return 0
 
 
