@@ -60,3 +60,14 @@ def test_bad_flags_are_one_line_and_exit_2(ckpt, capsys, flags, words):
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["generate", str(tmp_path / "nope"), "--prompt", "a"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "serve"])
+@pytest.mark.parametrize("device, says", [("cuda:x", "is not a device"), ("mps", "runs on cpu or cuda"),
+                                          ("cuda", "sees no CUDA GPU")])
+def test_a_device_the_machine_lacks_is_one_line_before_loading(tiny_run, capsys, monkeypatch, command, device, says):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)          # as on a CPU-only machine
+    monkeypatch.setattr("qkv.checkpoint.load", lambda *a, **k: pytest.fail("loaded before checking --device"))
+    assert main([command, str(tiny_run), "--device", device]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err and "--device" in err

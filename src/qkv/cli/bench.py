@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import path_arg
+from .flags import add_device_argument, path_arg
 
 
 def add_arguments(p) -> None:
@@ -33,7 +33,7 @@ def add_arguments(p) -> None:
     train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch.compile qkv's model (--no-compile: eager)")
     train.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
-    train.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where both sides run")
+    add_device_argument(train, "both sides run")
     ddp = sub.add_parser("ddp", help="data parallelism: 2 gloo processes vs 1, and a prediction for 8 machines",
                          description="Tokens/s of the training step in 2 DDP processes against 1 on this machine, "
                                      "the scaling efficiency, and what the measured compute and all-reduce times "
@@ -58,8 +58,7 @@ def add_arguments(p) -> None:
     decode.add_argument("--new-tokens", type=_positive, default=64, help="with --model: new tokens (64)")
     decode.add_argument("--rounds", type=_positive, default=3, help="with --model: timed rounds (3)")
     decode.add_argument("--no-hf", dest="hf", action="store_false", help="with --model: skip transformers")
-    decode.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the synthetic "
-                                                        "GPT-2 benchmark runs (not with --model)")
+    add_device_argument(decode, "the synthetic GPT-2 benchmark runs (not with --model)")
     decode.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
                         help="with --model: skip llama.cpp")
     encoder = sub.add_parser("encoder", help="inference: qkv Encoder vs BertModel, BERT-base, batch 32 x 128",

@@ -34,6 +34,12 @@ def value_parser(base: type, flag: str, optional: bool = False):
     return parse
 
 
+def add_device_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--device``, checked by ``qkv.runtime.inference_device`` when the command runs."""
+    parser.add_argument("--device", default="cpu", metavar="DEVICE",
+                        help=f"cpu (default), cuda or cuda:N: where {what}")
+
+
 def path_arg(text: str) -> str:
     """An argparse ``type`` for a file or folder: refuses the empty string (often a variable never set)."""
     if not text.strip():

@@ -16,7 +16,7 @@ import sys
 
 from ..errors import InputError
 from ..generate import GenerationConfig
-from .flags import path_arg, unescaped, value_parser
+from .flags import add_device_argument, path_arg, unescaped, value_parser
 
 DEFAULTS = GenerationConfig()
 
@@ -47,6 +47,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: Generation
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating past the eos token")
     parser.add_argument("--threads", type=value_parser(int, "--threads"), default=None, metavar="N",
                         help="CPU threads (default: the cores other processes leave idle, see qkv.runtime)")
+    add_device_argument(parser, "the model runs")
     parser.add_argument("--quantized", action="store_true",
                         help="keep a GGUF file's Q8_0/Q4_x weights quantized in memory (other float "
                              "checkpoints: int8 on load)")
@@ -61,11 +62,12 @@ def sampling_config(args: argparse.Namespace, defaults: GenerationConfig = DEFAU
 def load_for_decoding(path: str, args: argparse.Namespace, command: str):
     """``qkv.load`` of a decoder, with the decode thread policy applied first; it must have a tokenizer."""
     from .. import load
-    from ..runtime import set_decode_threads
+    from ..runtime import inference_device, set_decode_threads
     from ._common import require_family
     require_family(path, command, "decoder")
+    device = inference_device(args.device)
     set_decode_threads(args.threads)
-    model = load(path, quantized=args.quantized)
+    model = load(path, device=device, quantized=args.quantized)
     if model.tokenizer is None:
         raise InputError(f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
                          f"add one to generate text")

@@ -18,7 +18,7 @@ import dataclasses
 from pathlib import Path
 
 from ..serve.config import ServeConfig
-from .flags import add_dataclass_flags, collect, path_arg, value_parser
+from .flags import add_dataclass_flags, add_device_argument, collect, path_arg, value_parser
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "int8 on load)")
     p.add_argument("--threads", type=value_parser(int, "--threads"), default=None, metavar="N",
                    help="CPU threads (default: the cores other processes leave idle, see qkv.runtime)")
+    add_device_argument(p, "the model runs")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="log level; 'info' prints one access line per request when it completes (default info)")
 
@@ -36,15 +37,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
     from ..errors import InputError
-    from ..runtime import set_decode_threads
+    from ..runtime import inference_device, set_decode_threads
     from ..serve import require_serve_extra
     from ._common import require_family
 
     config = ServeConfig(**collect(args, ServeConfig))
     found = require_family(args.model, "serve", "decoder", "encoder", "fine-tuned encoder")
     uvicorn = require_serve_extra("qkv serve")          # before the model loads (seconds for a large one)
+    device = inference_device(args.device)
     set_decode_threads(args.threads)
-    model = load(args.model, quantized=args.quantized and found == "decoder")
+    model = load(args.model, device=device, quantized=args.quantized and found == "decoder")
     if model.tokenizer is None:
         raise InputError(f"{args.model} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
                          f"the server needs one to read and write text")
