@@ -179,13 +179,48 @@ def test_tools_render_through_tojson_as_transformers(backend):
         assert "Météo" in want                                    # tojson keeps non-ASCII, as transformers does
 
 
+def test_special_tokens_the_tokenizer_lacks_render_as_nothing(backend):
+    """A template that writes bos_token for a tokenizer without one renders "" there, as transformers does."""
+    template = "{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ unk_token }}|{% if bos_token %}bos{% endif %}" + CHATML
+    theirs = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>")
+    for messages in CONVERSATIONS:
+        want = theirs.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+        assert render_chat(template, messages, True, {"eos_token": "</s>"}) == want
+        assert want.startswith("|</s>|||<|im_start|>")
+
+
+def test_documents_and_extra_variables_reach_the_template(backend):
+    template = ("{%- for d in documents %}{{- '<doc>' + d.title + ': ' + d.text + '</doc>\n' }}{%- endfor %}"
+                "{%- if enable_thinking is defined and not enable_thinking %}{{- '/no_think\n' }}{%- endif %}" + CHATML)
+    _, theirs = _pair(backend, "chatml")
+    documents = [{"title": "fox", "text": "quick and brown"}, {"title": "dog", "text": "lazy"}]
+    for options in (dict(documents=documents), dict(documents=documents, enable_thinking=False)):
+        want = theirs.apply_chat_template(CONVERSATIONS[1], chat_template=template, tokenize=False, **options)
+        assert render_chat(template, CONVERSATIONS[1], False, None, **options) == want
+        assert "<doc>dog: lazy</doc>" in want and ("/no_think" in want) == ("enable_thinking" in options)
+
+
 def test_raise_exception_in_a_template_is_an_input_error(backend):
     ours, theirs = _pair(backend, "mistral")
     twice = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
     with pytest.raises(Exception, match="roles must alternate"):
         theirs.apply_chat_template(twice, tokenize=False)
-    with pytest.raises(InputError, match="roles must alternate"):
+    with pytest.raises(InputError, match="failed to render: TemplateError: Conversation roles must alternate"):
         render_chat(MISTRAL, twice, True, ours.specials)
+
+
+@pytest.mark.parametrize("messages, phrase", [
+    ([], "messages must be a non-empty list of {'role'"),
+    ({"role": "user", "content": "hi"}, "messages must be a non-empty list"),
+    ([{"role": "user"}], "message 0 must be a dict with 'role' and 'content', got {'role': 'user'}"),
+    ([{"role": "user", "content": "a"}, {"content": "b"}], "message 1 must be a dict with 'role' and 'content'"),
+    ([{"role": "user", "content": "a"}, "b"], "message 1 must be a dict"),
+    ([{"role": "wizard", "content": "a"}], "message 0 has role 'wizard'; use one of \\['system', 'user'"),
+    ([{"role": "user", "content": ["a"]}], "message 0 has list content; content must be a string"),
+])
+def test_bad_messages_name_the_first_bad_one(messages, phrase):
+    with pytest.raises(InputError, match=phrase):
+        render_chat(CHATML, messages)
 
 
 def _model(backend, name, max_len=256):

@@ -9,7 +9,8 @@ those templates are written for:
     sandboxed (templates come from model files), trim_blocks + lstrip_blocks, the loopcontrols extension,
     a ``{% generation %}`` block that renders its body, ``tojson`` without HTML escaping,
     ``raise_exception(msg)``, ``strftime_now(fmt)``, and the variables ``messages``, ``add_generation_prompt``,
-    ``bos_token`` / ``eos_token`` / ``pad_token`` / ``unk_token`` (names, not ids), ``tools``, ``documents``.
+    ``bos_token`` / ``eos_token`` / ``pad_token`` / ``unk_token`` (names, not ids; undefined where the
+    tokenizer has none), ``tools``, ``documents``.
 
     >>> render_chat("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if "
     ...             "add_generation_prompt %}<assistant>{% endif %}", [{"role": "user", "content": "Hi"}])
@@ -83,11 +84,9 @@ def render_chat(template: str, messages, add_generation_prompt: bool = True, spe
     """The prompt text for ``messages``. specials: {"bos_token": "<s>", ...}; extra: more template variables."""
     messages = check_messages(messages)
     compiled = _compile(template)
-    names = {k: None for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-    names.update(specials or {})
-    try:
+    try:   # a special token the tokenizer lacks stays undefined (it renders as "", as in transformers; None would not)
         return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                tools=extra.pop("tools", None), documents=extra.pop("documents", None),
-                               **names, **extra)
+                               **(specials or {}), **extra)
     except Exception as e:  # TemplateError from raise_exception, or any error the template's code hits
         raise InputError(f"the chat template failed to render: {type(e).__name__}: {e}") from None
