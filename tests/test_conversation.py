@@ -257,28 +257,146 @@ def test_a_session_whose_template_relays_earlier_turns_equals_fresh_chats(backen
     assert reused == [True, name != "reasoning", name != "reasoning"]
 
 
-@pytest.mark.parametrize("name", ["mistral", "chatml"])
-def test_context_overflow_drops_whole_turns_and_keeps_the_system_message(backend, name):
-    context = 128
-    """The oldest user turn goes with the replies to it, so the conversation still starts with a user turn
-    (templates such as Mistral's refuse anything else) and the system message stays first."""
+def _prompt(theirs, messages):
+    return list(theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False))
+
+
+def _reference(model, messages, **params):
+    """The reply as ``qkv.generate`` gives it on the rendered prompt (another code path than the session's)."""
+    tok = model.tokenizer
+    return qkv.generate(model, tok, render_chat(tok.chat_template, messages, True, tok.specials), **params)
+
+
+@pytest.mark.parametrize("name, system", [("mistral", SYSTEM), ("chatml", SYSTEM), ("chatml", None)])
+def test_context_overflow_keeps_the_most_recent_whole_turns_that_fit(backend, name, system):
+    """The oldest user turn goes with the replies to it, so the conversation still opens with a user turn
+    (templates such as Mistral's refuse anything else), the system message stays first, and as many of the
+    latest turns are kept as fit with the whole reply budget; the last message alone is kept if need be."""
+    context, budget = 128, 12
     model = _model(backend, name)
     _, theirs = _pair(backend, name)
-    session = ChatSession(model, system=SYSTEM, context=context)
-    kept = []
-    for text in ["the quick brown fox jumps", "over the lazy dog", "a cat sat on the mat", "the dog ran",
-                 "and then the fox"]:
-        reply = "".join(session.say(text, temperature=0, max_new_tokens=12))
-        asked = session.messages[:-1]
-        assert asked[0] == {"role": "system", "content": SYSTEM} and asked[1]["role"] == "user"
-        assert [m["role"] for m in asked[1:]] == ["user", "assistant"] * (len(asked) // 2 - 1) + ["user"]
-        assert asked[-1]["content"] == text
-        ids = list(theirs.apply_chat_template(asked, tokenize=True, add_generation_prompt=True, return_dict=False))
-        assert len(ids) + 12 <= context                         # it fits, with the whole reply budget
-        assert reply == qkv.chat(model, asked, temperature=0, max_new_tokens=12)
-        kept.append(len(asked))
-    assert any("dropped the" in n for n in session.notices)
-    assert 4 in kept and any(n < 2 * i + 2 for i, n in enumerate(kept))    # turns kept, and turns dropped
+    session = ChatSession(model, system=system, context=context)
+    head = [{"role": "system", "content": system}] if system else []
+    turns, kept = [], []
+    texts = ["the quick brown fox jumps", "over the lazy dog", "a cat sat on the mat", "the dog ran", None]
+    for text in texts:
+        if text is None:             # a message that fits alone but not after the previous turn
+            words = TEXT.split()
+            text = next(" ".join(words[:n]) for n in range(1, len(words))
+                        if len(_prompt(theirs, head + turns[-1] + [{"role": "user", "content": " ".join(words[:n])}]))
+                        + budget > context)
+        before = len(session.messages)
+        reply = "".join(session.say(text, temperature=0, max_new_tokens=budget))
+        asked = session.messages[:-1] if session.messages[-1]["role"] == "assistant" else session.messages
+        turns.append([{"role": "user", "content": text}])
+        k = next((k for k in range(len(turns), 0, -1) if asked == head + sum(turns[-k:], [])), None)
+        assert k is not None, asked                            # whole turns, the latest ones, after the system
+        assert len(_prompt(theirs, asked)) + budget <= context
+        if k < len(turns):                                     # and one turn more would not have fitted
+            assert len(_prompt(theirs, head + sum(turns[-k - 1:], []))) + budget > context
+            assert session.notices[-1] == (f"dropped the {before + 1 - len(asked)} oldest message(s) to fit the "
+                                           f"{context}-token context")
+        assert reply == _reference(model, asked, temperature=0, max_new_tokens=budget)
+        turns[-1] += session.messages[len(asked):]
+        kept.append(k)
+    assert kept[-1] == 1 and max(kept) > 1 and any(k < i + 1 for i, k in enumerate(kept[:-1]))
+
+
+def test_overflow_keeps_the_last_message_whatever_it_is(backend):
+    """Two user messages in a row (a reply that was empty), or a tool result last: the last one stays."""
+    model = _model(backend, "chatml")
+    long = " ".join(TEXT.split()[:60])
+    for messages, kept in [([{"role": "user", "content": long}, {"role": "user", "content": "the dog"}], 1),
+                           ([{"role": "user", "content": long}, {"role": "assistant", "content": long},
+                             {"role": "tool", "content": "sunny"}], 1)]:
+        session = ChatSession(model, system=SYSTEM, context=96)
+        session.messages += messages
+        reply = "".join(session.respond(temperature=0, max_new_tokens=8))
+        assert session.messages[:1 + kept] == [{"role": "system", "content": SYSTEM}] + messages[-kept:]
+        assert reply == _reference(model, session.messages[:2], temperature=0, max_new_tokens=8)
+
+
+def test_replies_end_where_qkv_generate_ends_them(backend):
+    """Stop strings, an extra end-of-turn id (generation_config.json's eos list), ignore_eos, a config object:
+    each session reply equals ``qkv.generate`` on the rendered prompt."""
+    ours, _ = _pair(backend, "chatml")
+    asked = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "the fox"}]
+    ids = qkv.generate(_model(backend, "chatml"), ours, render_chat(CHATML, asked, True, ours.specials),
+                       temperature=0, max_new_tokens=12, ignore_eos=True)
+    stop_id = ours.encode(ids)[4]
+    tok = Tokenizer(backend, ours.specials, CHATML, extra_stop_ids=[stop_id])
+    model = tiny_gpt(tok, max_len=256, pos="rope")
+    full = _reference(model, asked, temperature=0, max_new_tokens=12, ignore_eos=True)
+    for params in (dict(), dict(ignore_eos=True), dict(stop=[full[3:5]]), dict(stop=["zz", full[6:9]], ignore_eos=True)):
+        session = ChatSession(model, system=SYSTEM)
+        reply = "".join(session.say("the fox", temperature=0, max_new_tokens=12, **params))
+        assert reply == _reference(model, asked, temperature=0, max_new_tokens=12, **params), params
+        config = qkv.GenerationConfig(temperature=0, max_new_tokens=12, **params)
+        assert "".join(ChatSession(model, system=SYSTEM).say("the fox", config)) == reply
+        bare = tiny_gpt(tok, max_len=256, pos="rope")
+        del bare.tokenizer
+        assert qkv.chat(bare, asked, config, tokenizer=tok) == reply
+    assert len(_reference(model, asked, temperature=0, max_new_tokens=12)) < len(full)   # the stop id was met
+
+
+def test_json_schema_in_a_session(backend):
+    jsonschema = pytest.importorskip("jsonschema")
+    import json
+    schema = {"type": "object", "properties": {"pet": {"enum": ["cat", "dog"]}, "ok": {"type": "boolean"},
+                                               "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["pet", "ok", "n"], "additionalProperties": False}
+    model = _model(backend, "chatml", max_len=320)
+    session = ChatSession(model, system=SYSTEM)
+    reply = "".join(session.say("the fox", json_schema=schema, temperature=0, max_new_tokens=200))
+    jsonschema.validate(json.loads(reply), schema)
+    assert reply == _reference(model, session.messages[:-1], json_schema=schema, temperature=0, max_new_tokens=200)
+
+
+@pytest.mark.parametrize("name", ["reasoning", "chatml"])
+def test_each_turn_computes_only_what_the_cache_does_not_hold(backend, name):
+    """The prefill of a turn starts after the longest prefix its prompt shares with the cached tokens (at least
+    one token is computed); the cache holds ``context`` positions."""
+    model = _model(backend, name)
+    _, theirs = _pair(backend, name)
+    prefills = []
+    model.register_forward_pre_hook(lambda module, args: prefills.append(args[0].shape[1]))
+    session = ChatSession(model, system=SYSTEM, context=200)
+    for text in ["the dog ran", "a cat sat on", "and the mat?"]:
+        cached = list(session.cached_ids)
+        prompt = _prompt(theirs, session.messages + [{"role": "user", "content": text}])
+        shared = next((i for i, (a, b) in enumerate(zip(cached, prompt)) if a != b), min(len(cached), len(prompt)))
+        del prefills[:]
+        "".join(session.say(text, temperature=0, max_new_tokens=10))
+        assert prefills[0] == len(prompt) - min(shared, len(prompt) - 1)
+        assert session.caches[0].k_BGMD.shape[2] == 200
+    assert shared > 20                                          # the system message and the earlier turns
+
+
+def test_context_bounds_and_one_line_refusals(backend):
+    model = _model(backend, "chatml", max_len=64)
+    for context in (2, 64):
+        assert ChatSession(model, context=context).context == context
+    for context in (1, 65):
+        with pytest.raises(InputError, match=f"context={context} must be between 2 and the model's max_len=64"):
+            ChatSession(model, context=context)
+    with pytest.raises(InputError, match="a message must be a string, got int"):
+        ChatSession(model).say(5)
+    bare = tiny_gpt(model.tokenizer, max_len=64)
+    del bare.tokenizer
+    with pytest.raises(InputError, match="^this model has no chat template \\(tokenizer_config.json's chat_template "
+                                         "or the GGUF tokenizer.chat_template\\); use `qkv generate --prompt` for plain "
+                                         "continuation$"):
+        ChatSession(bare)
+    messages = [{"role": "user", "content": "the fox"}]
+    n = len(ChatSession(model).prompt_ids(messages))
+    with pytest.raises(InputError, match=f"the conversation needs {n} tokens but the context holds {n}"):
+        list(ChatSession(model, context=n).say("the fox"))
+    session = ChatSession(model, context=n + 5)
+    assert len("".join(session.say("the fox", temperature=0, max_new_tokens=5, ignore_eos=True))) > 0
+    assert session.notices == []                                # prompt + budget == context: it fits
+    session = ChatSession(model, context=n + 1)
+    list(session.say("the fox", temperature=0, max_new_tokens=5, ignore_eos=True))
+    assert session.notices == ["the reply is limited to 1 tokens by the " + f"{n + 1}-token context"]
 
 
 def test_a_reply_cut_by_the_context_says_so(backend):
