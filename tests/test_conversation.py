@@ -175,7 +175,7 @@ def test_tools_render_through_tojson_as_transformers(backend):
     ours, theirs = _pair(backend, "chatml")
     for messages in CONVERSATIONS:
         want = theirs.apply_chat_template(messages, tools=TOOLS, tokenize=False, add_generation_prompt=True)
-        assert render_chat(CHATML, messages, True, ours.specials, tools=TOOLS) == want
+        assert render_chat(CHATML, messages, specials=ours.specials, tools=TOOLS) == want     # the default: True
         assert "Météo" in want                                    # tojson keeps non-ASCII, as transformers does
 
 
@@ -190,14 +190,16 @@ def test_special_tokens_the_tokenizer_lacks_render_as_nothing(backend):
 
 
 def test_documents_and_extra_variables_reach_the_template(backend):
-    template = ("{%- for d in documents %}{{- '<doc>' + d.title + ': ' + d.text + '</doc>\n' }}{%- endfor %}"
+    template = ("{%- if tools is none and documents is none %}{{- 'plain\n' }}{%- endif %}"
+                "{%- for d in documents or [] %}{{- '<doc>' + d.title + ': ' + d.text + '</doc>\n' }}{%- endfor %}"
                 "{%- if enable_thinking is defined and not enable_thinking %}{{- '/no_think\n' }}{%- endif %}" + CHATML)
     _, theirs = _pair(backend, "chatml")
     documents = [{"title": "fox", "text": "quick and brown"}, {"title": "dog", "text": "lazy"}]
-    for options in (dict(documents=documents), dict(documents=documents, enable_thinking=False)):
+    for options in (dict(), dict(documents=documents), dict(documents=documents, enable_thinking=False)):
         want = theirs.apply_chat_template(CONVERSATIONS[1], chat_template=template, tokenize=False, **options)
         assert render_chat(template, CONVERSATIONS[1], False, None, **options) == want
-        assert "<doc>dog: lazy</doc>" in want and ("/no_think" in want) == ("enable_thinking" in options)
+        assert ("<doc>dog: lazy</doc>" in want) == ("documents" in options) and want.startswith("plain") == (not options)
+        assert ("/no_think" in want) == ("enable_thinking" in options)
 
 
 def test_raise_exception_in_a_template_is_an_input_error(backend):
@@ -210,7 +212,7 @@ def test_raise_exception_in_a_template_is_an_input_error(backend):
 
 
 @pytest.mark.parametrize("messages, phrase", [
-    ([], "messages must be a non-empty list of {'role'"),
+    ([], "^messages must be a non-empty list of {'role': ..., 'content': ...} dicts$"),
     ({"role": "user", "content": "hi"}, "messages must be a non-empty list"),
     ([{"role": "user"}], "message 0 must be a dict with 'role' and 'content', got {'role': 'user'}"),
     ([{"role": "user", "content": "a"}, {"content": "b"}], "message 1 must be a dict with 'role' and 'content'"),
@@ -370,6 +372,10 @@ def test_each_turn_computes_only_what_the_cache_does_not_hold(backend, name):
         assert prefills[0] == len(prompt) - min(shared, len(prompt) - 1)
         assert session.caches[0].k_BGMD.shape[2] == 200
     assert shared > 20                                          # the system message and the earlier turns
+    last = session.messages.pop()                               # asked again: all but one token is cached
+    del prefills[:]
+    assert "".join(session.respond(temperature=0, max_new_tokens=10)) == last["content"]
+    assert prefills[0] == 1
 
 
 def test_context_bounds_and_one_line_refusals(backend):
