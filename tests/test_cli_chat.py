@@ -122,3 +122,74 @@ def test_info_describes_a_gguf_file_and_a_quantized_checkpoint(model_file, tmp_p
     assert main(["info", str(tmp_path / "q"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["quantization"] == {"int8": 13} and info["parameters"] == params     # 2 x 6 + the head
+
+
+def test_chat_commands_never_reach_the_model(model_file, monkeypatch, capsys):
+    """/help, /set (checked by GenerationConfig), an unknown /cmd (an error line), //text (a message that
+    begins with a slash), a \"\"\" block of several lines: each does what it says, and the replies are the
+    library's for the messages that were really sent."""
+    argv = [str(model_file), "--max-new-tokens", "6", "--temperature", "0.9", "--seed", "1", "--threads", "1"]
+    lines = ["/help", "/set temperature 0", "/set max_new_tokens 5", "/set top_p 7", "/set colour 3", "/set",
+             "/frobnicate", "//slash first", '"""two', "lines", '"""', "/exit"]
+    status, out, err = _chat(monkeypatch, capsys, argv, lines)
+    assert status == 0
+    assert "/reset" in err and "/set NAME VALUE" in err                                # /help
+    assert "(temperature 0.0)" in err and "(max_new_tokens 5)" in err
+    assert "top_p=7.0 must be in (0, 1]" in err and "usage: /set NAME VALUE" in err
+    assert "temperature 0.0; top_k None" in err                                        # /set lists them
+    assert "unknown command /frobnicate; /help" in err
+    model = qkv.load(model_file)
+    first = qkv.chat(model, [{"role": "user", "content": "/slash first"}], max_new_tokens=5, temperature=0)
+    second = qkv.chat(model, [{"role": "user", "content": "/slash first"}, {"role": "assistant", "content": first},
+                              {"role": "user", "content": "two\nlines"}], max_new_tokens=5, temperature=0)
+    assert out == f"{first}\n{second}\n"
+
+
+def test_ctrl_c_stops_the_reply_and_keeps_the_conversation(model_file, monkeypatch, capsys):
+    """Ctrl-C while a reply is written stops it; the next turn answers the conversation with the part
+    already written in it, exactly as a fresh chat over those messages."""
+    import sys
+    argv = [str(model_file), "--max-new-tokens", "8", "--temperature", "0", "--threads", "1"]
+    real_write, writes = sys.stdout.write, []
+
+    def write(text):
+        writes.append(text)
+        if len(writes) == 2:                                  # during the first reply's second piece
+            raise KeyboardInterrupt
+        return real_write(text)
+    monkeypatch.setattr(sys.stdout, "write", write)
+    status, out, err = _chat(monkeypatch, capsys, argv, ["hello", "again", "/exit"])
+    assert status == 0 and "(reply stopped)" in err
+    partial = writes[0]
+    model = qkv.load(model_file)
+    second = qkv.chat(model, [{"role": "user", "content": "hello"}, {"role": "assistant", "content": partial},
+                              {"role": "user", "content": "again"}], max_new_tokens=8, temperature=0)
+    assert out.endswith(f"{second}\n")
+
+
+def test_a_reply_stopped_inside_a_forward_leaves_a_consistent_cache(model_file):
+    """Ctrl-C can land between two layers of a decode step: the session trims every layer's cache to the
+    positions all of them hold, and the next turn equals a fresh chat."""
+    from qkv.conversation import ChatSession
+    from qkv.generate import GenerationConfig
+    model = qkv.load(model_file)
+    session = ChatSession(model, config=GenerationConfig(max_new_tokens=8, temperature=0))
+    last = model.blocks[-1]
+    calls = {"n": 0}
+    real_forward = last.forward
+
+    def forward(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:                                   # prefill, 2 decode steps, then inside the 3rd
+            raise KeyboardInterrupt
+        return real_forward(*a, **k)
+    last.forward = forward
+    pieces = session.say("hello")
+    with pytest.raises(KeyboardInterrupt):
+        for _ in pieces:
+            pass
+    del last.forward
+    assert len({c.length for c in session.caches}) == 1
+    reply = "".join(session.say("again"))
+    fresh = qkv.chat(model, session.messages[:-1], max_new_tokens=8, temperature=0)
+    assert reply == fresh

@@ -47,6 +47,7 @@ class ChatSession:
         self.system = system
         self.config = config or GenerationConfig()
         self.notices: list[str] = []
+        self.reply_tokens = 0                                # tokens of the last reply (for speed figures)
         self.caches = None
         self.cached_ids: list[int] = []
         self.reset()
@@ -132,7 +133,12 @@ class ChatSession:
                 yield piece
         finally:
             steps.close()
-            self.cached_ids = (ids + reply_ids)[:self.caches[0].length]
+            # a reply stopped mid-step (Ctrl-C) may leave the first layers one position ahead of the rest
+            filled = min(c.length for c in self.caches)
+            for c in self.caches:
+                c.truncate(filled)
+            self.cached_ids = (ids + reply_ids)[:filled]
+            self.reply_tokens = len(reply_ids)
             if reply_ids:
                 self.messages.append({"role": "assistant", "content": text})
 
