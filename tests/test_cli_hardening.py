@@ -16,7 +16,10 @@ remove anything.
 import argparse
 import dataclasses
 import hashlib
+import importlib
 import shutil
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,8 @@ from qkv.config import VisionConfig
 from qkv.models import ViT
 from qkv.cli import COMMANDS, build_parser, main
 from qkv.models import BERT, BertClassifier, EncoderDecoder
+from qkv.models.encoder import BertTagger
+from qkv.models.swin import Swin
 from qkv.rundir import atomic_dir
 from qkv.train.finetune import FinetuneConfig
 from vision_fixtures import write_mnist
@@ -36,7 +41,11 @@ from vision_fixtures import write_mnist
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 12
 SST2 = "sentence\tlabel\n" + "".join(f"{w} film .\t{i % 2}\n" for i, w in enumerate(["a fine", "a dull"] * 5))
-
+WNUT = "".join(f"{w}\t{t}\n" + ("\n" if w == "." else "") for w, t in
+               [("Speak", "O"), ("Citizen", "B-person"), (".", "O")] * 4)
+# A person's own files where a command could write its output: each must survive every refused command.
+MINE = {"mine.png": b"\x89PNG a person's picture", "mine.html": b"<p>my page</p>", "mine.pt": b"my tensors",
+        "mine.json": b'{"mine": true}', "mine.txt": b"my translation"}
 
 # ---- the zoo: one checkpoint of each family, damaged ones, and a person's files ----------------------
 @pytest.fixture(scope="module")
@@ -44,6 +53,12 @@ def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
     (root / "corpus.txt").write_text(TEXT, encoding="utf-8")
     (root / "sst2.tsv").write_text(SST2, encoding="utf-8")
+    (root / "wnut.tsv").write_text(WNUT, encoding="utf-8")
+    (root / "src.txt").write_text("ein hund\n", encoding="utf-8")
+    (root / "ref.txt").write_text("a dog\n", encoding="utf-8")
+    (root / "docs.jsonl").write_text('{"source": ["ein hund"], "target": ["a dog"]}\n', encoding="utf-8")
+    for name, data in MINE.items():
+        (root / name).write_bytes(data)
     (root / "notes").mkdir()
     (root / "notes" / "notes.txt").write_text("a person's notes")
     (root / "plain.txt").write_text("a plain file")
@@ -63,6 +78,10 @@ def zoo(tmp_path_factory):
     with atomic_dir(root / "classifier") as tmp:
         write_model_files(tmp, BertClassifier(bert_cfg, ["0", "1"]), wordpiece,
                           {"finetune": dataclasses.asdict(finetune)})
+    tagging = FinetuneConfig(task="wnut17", data=str(root / "wnut.tsv"), eval_data=str(root / "wnut.tsv"))
+    with atomic_dir(root / "tagger") as tmp:                 # issue 20: scored with seqeval
+        write_model_files(tmp, BertTagger(bert_cfg, ["O", "B-person", "I-person"]), wordpiece,
+                          {"finetune": dataclasses.asdict(tagging)})
     quantized = qkv.load(root / "gpt")                 # issue 10: a quantized checkpoint and a fake GGUF
     qkv.quant.quantize_model(quantized, 8)
     qkv.save(quantized, root / "gpt-int8", quantized.tokenizer)
@@ -76,6 +95,8 @@ def zoo(tmp_path_factory):
     vision = VisionConfig(patch_size=7)
     qkv.save(ViT(ModelConfig(mask="bidirectional", **dict(small, max_len=17)), vision, list("0123456789")),
              root / "vit")
+    swin = VisionConfig(model="swin", patch_size=7, window_size=2, depths="1,1")   # issue 20: bertviz refused
+    qkv.save(Swin(ModelConfig(mask="bidirectional", **small), swin, list("0123456789")), root / "swin")
     from PIL import Image
     Image.new("L", (28, 28)).save(root / "digit.png")
     for name, damage in (("truncated", lambda d: (d / "model.safetensors").write_bytes(b"\x00" * 20)),
@@ -90,7 +111,9 @@ def paths(zoo) -> dict:
             "empty": zoo / "empty.txt", "bigconfig": zoo / "bigconfig.toml", "missing": zoo / "no-such-thing", "out": zoo / "out",
             "unwritable": "/proc/qkv-cannot-write-here", "int8": zoo / "gpt-int8", "fakegguf": zoo / "fake.gguf",
             "mnist": zoo / "mnist", "badidx": zoo / "badidx", "badcsv": zoo / "badcsv", "badlabel": zoo / "badlabel",
-            "png": zoo / "digit.png",
+            "png": zoo / "digit.png", "wnut": zoo / "wnut.tsv", "tagger": zoo / "tagger", "swin": zoo / "swin",
+            "src": zoo / "src.txt", "ref": zoo / "ref.txt", "docs": zoo / "docs.jsonl",
+            **{name.replace(".", "_"): zoo / name for name in MINE},
             **{k: zoo / k for k in FAMILIES}, **{k: zoo / k for k in DAMAGED}}
 
 
@@ -160,7 +183,7 @@ CASES = [
     (TRAIN + ["--weight-decay", "-1"], "weight_decay=-1.0 must be >= 0"),
     (TRAIN + ["--grad-clip", "-1"], "grad_clip=-1.0 must be >= 0"),
     (TRAIN + ["--lr", "nan"], "lr=nan must be a finite number"),
-    (["eval", "{gpt}", "--data", "{corpus}", "--batch-size", "-1"], "--batch-size=-1 must be an integer >= 1"),
+    (["eval", "{gpt}", "--data", "{corpus}", "--batch-size", "-1"], "--batch-size -1 must be a positive integer"),
     (["translate", "{seq2seq}", "--text", "a", "--length-penalty", "nan"], "length_penalty=nan"),
     (["translate", "{seq2seq}", "--text", "a", "--beam", "0"], "beam_size=0 must be >= 1"),
     (["generate", "{gpt}", "--top-p", "0"], "top_p=0.0 must be in (0, 1]"),
@@ -194,7 +217,7 @@ CASES = [
     (["generate", "{gpt}", "--chat", "hi", "--prompt", "a"], "not both"),
     (["generate", "{gpt}", "--system", "be brief"], "--system goes with --chat"),
     (["eval", "{gpt}", "--data", "{corpus}", "--bits", "3"], "--bits 3 is not supported"),
-    (["eval", "{gpt}", "--data", "{corpus}", "--window", "0"], "--window=0 must be an integer >= 1"),
+    (["eval", "{gpt}", "--data", "{corpus}", "--window", "0"], "--window 0 must be a positive integer"),
     (["quantize", "{gpt}", "{out}/q", "--bits", "3"], "--bits 3 is not supported; choose 8"),
     (["quantize", "{gpt}", "{out}/q", "--bits", "4", "--group-size", "48"], "--group-size 48 is not supported"),
     (["quantize", "{int8}", "{out}/q", "--bits", "4"], "already quantized"),
@@ -215,7 +238,7 @@ CASES = [
      "layer 2 is out of range: this model has 2 layers, numbered 0 to 1"),
     (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.png", "--head", "4"],
      "head 4 is out of range: this model has 4 heads, numbered 0 to 3"),
-    (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.png", "--layer", "-1"], "count from 0"),
+    (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.png", "--layer", "-1"], "--layer -1 must be an integer >= 0"),
     (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.jpg"], "use a file ending in .png (heat-maps)"),
     (["attention", "{gpt}", "--text", "First", "--out", "{notes}"], "use a file ending in .png"),
     (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.png", "--format", "html"], "writes a .html file"),
@@ -228,7 +251,7 @@ CASES = [
     (["attention", "{seq2seq}", "--text", "a", "--out", "{out}/a.png"], "pass it (--source TEXT)"),
     (["attention", "{gpt}", "--text", "a", "--source", "b", "--out", "{out}/a.png"], "is for encoder-decoders"),
     (["next", "{gpt}", "--text", "First Citizen, hear me"], "context is 16; shorten it or truncate it (--truncate keeps the last 16)"),
-    (["next", "{gpt}", "--text", "First", "--top", "0"], "--top 0 must be a positive number"),
+    (["next", "{gpt}", "--text", "First", "--top", "0"], "--top 0 must be a positive integer"),
     (["next", "{gpt}", "--text", "First", "--out", "{out}/n.svg"], "use a file ending in .png"),
     (["next", "{bert}", "--text", "a dog"], "put [MASK] in the text"),
     (["next", "{classifier}", "--text", "a"], "use `qkv predict`"),
@@ -269,8 +292,8 @@ CASES = [
     (["predict", "{vit}", "--image", "{plain}"], "could not be read as an image"),
     (["predict", "{vit}", "--image", "{missing}"], "does not exist; pass an image file"),
     (["predict", "{vit}", "--text", "a"], "an image classifier reads --image FILE"),
-    (["predict", "{vit}", "--image", "{png}", "--top", "0"], "--top 0 must be a positive number"),
-    (["predict", "{classifier}", "--image", "{png}"], "--image and --invert are for image classifiers"),
+    (["predict", "{vit}", "--image", "{png}", "--top", "0"], "--top 0 must be a positive integer"),
+    (["predict", "{classifier}", "--image", "{png}"], "--image, --invert and --top are for image classifiers"),
     (["evaluate", "{vit}", "--out-dir", "{out}/ev"], "was not trained here, so it has no held-out split: pass --data DIR"),
     (["evaluate", "{vit}", "--out-dir", "{out}/ev", "--data", "{badidx}"], "expected magic number 0x00000803"),
     (["evaluate", "{vit}", "--task", "sst2", "--out-dir", "{out}/ev"], "drop --task"),
@@ -278,21 +301,187 @@ CASES = [
     (["attention", "{vit}", "--text", "a", "--out", "{out}/a.png"], "an image classifier reads --image FILE"),
     (["attention", "{vit}", "--image", "{png}", "--out", "{out}/a.png", "--layer", "5"], "layer 5 is out of range"),
     (["bench", "vision", "--image-size", "20"], "--image-size 20 must be a multiple of the 16-pixel patch"),
+    # issue 20, data loss: a person's own file at every output path is replaced only with --overwrite; a
+    # checkpoint's own files (and weights anywhere) never; nor an input, nor the checkpoint being read
+    (["attention", "{gpt}", "--text", "First", "--out", "{mine_png}"], "already exists; pass --overwrite"),
+    (["attention", "{gpt}", "--text", "First", "--out", "{mine_html}"], "already exists; pass --overwrite"),
+    (["attention", "{bert}", "--text", "a", "--format", "bertviz", "--out", "{mine_pt}"], "already exists"),
+    (["attention", "{bert}", "--text", "a", "--format", "bertviz", "--out", "{mine_json}"], "already exists"),
+    (["attention", "{gpt}", "--text", "First", "--format", "bertviz", "--out", "{gpt}/config.json", "--overwrite"],
+     "is a file of the checkpoint"),
+    (["attention", "{bert}", "--text", "a", "--format", "bertviz", "--out", "{bert}/tokenizer.json", "--overwrite"],
+     "never writes over a checkpoint's files"),
+    (["next", "{gpt}", "--text", "First", "--out", "{mine_png}"], "already exists; pass --overwrite"),
+    (["next", "{gpt}", "--text", "First", "--overwrite"], "there is no --out"),
+    (["plot", "{gpt}", "--out", "{mine_png}"], "already exists; pass --overwrite"),
+    (["plot", "{gpt}", "--out", "{gpt}/confusion.png", "--overwrite"], "is a file of the checkpoint"),
+    (["translate", "{seq2seq}", "--text", "a", "--output", "{mine_txt}"], "already exists; pass --overwrite"),
+    (["translate", "{seq2seq}", "--text", "a", "--output", "{seq2seq}/config.json", "--overwrite"],
+     "is a file of the checkpoint"),
+    (["translate", "{seq2seq}", "--text", "a", "--output", "{fakegguf}", "--overwrite"], "is a file of the checkpoint"),
+    (["translate", "{seq2seq}", "--file", "{src}", "--output", "{src}", "--overwrite"], "is also this command's input"),
+    (["translate", "{seq2seq}", "--file", "{src}", "--ref", "{ref}", "--metrics-json", "{mine_json}"],
+     "--metrics-json {mine_json} already exists"),
+    (["translate", "{seq2seq}", "--file", "{src}", "--ref", "{ref}", "--output", "{out}/t.txt", "--metrics-json",
+      "{out}/t.txt"], "name the same file"),
+    (["translate", "{seq2seq}", "--text", "a", "--overwrite"], "neither is given"),
+    (["quantize", "{gpt}", "{gpt}", "--bits", "8", "--overwrite"], "OUT {gpt} is the checkpoint {gpt} this command reads"),
+    (["quantize", "{gpt}", "{gpt}/q", "--bits", "8"], "is inside the checkpoint"),
+    (["quantize", "{gpt}", "{notes}/..", "--bits", "8", "--overwrite"], "holds the checkpoint"),
+    (FINETUNE + ["--init", "{bert}", "--out-dir", "{bert}", "--overwrite"], "is the checkpoint"),
+    (["evaluate", "{classifier}", "--out-dir", "{notes}"], "already holds files that qkv did not write (notes.txt)"),
+    # issue 20, flags accepted and ignored: each names why it does not apply
+    (["bench", "decode", "--bits", "8"], "add --model PATH or drop them"),
+    (["bench", "decode", "--no-llama-cpp"], "--no-llama-cpp choose what qkv bench decode --model compares"),
+    (["bench", "decode", "--threads", "1", "--threads", "2"], "give --threads once"),
+    (["attention", "{vit}", "--image", "{png}", "--out", "{out}/a.png", "--window", "1"],
+     "a ViT attends over the whole image"),
+    (["attention", "{gpt}", "--text", "a", "--out", "{out}/a.png", "--stage", "0"], "a text model has neither"),
+    (["attention", "{swin}", "--image", "{png}", "--format", "bertviz", "--out", "{out}/a.json"],
+     "bertviz shows attention over one token sequence"),
+    (["attention", "{swin}", "--image", "{png}", "--out", "{out}/a.html", "--stage", "1"],
+     "--stage chooses the stage a PNG shows"),
+    (["attention", "{vit}", "--image", "{png}", "--out", "{out}/a.png", "--truncate"], "--truncate cuts a long text"),
+    (["attention", "{seq2seq}", "--source", "a", "--text", "a", "--out", "{out}/a.png", "--map", "self"],
+     "an encoder-decoder has no self-attention"),
+    (["predict", "{classifier}", "--text", "a", "--top", "2"], "--top are for image classifiers"),
+    (["predict", "{vit}", "--image", "{png}", "--task", "sst2"], "drop --task"),
+    (["serve", "{bert}", "--quantized"], "drop --quantized"),
+    (["serve", "{gpt}", "--host", "no-such-host.invalid"], "--host no-such-host.invalid does not resolve"),
+    # issue 20, counts: 0 and negatives refused where they are parsed, not read as "default" or crashing
+    (["evaluate", "{vit}", "--batch-size", "-5"], "--batch-size -5 must be a positive integer"),
+    (["evaluate", "{vit}", "--batch-size", "0"], "--batch-size 0 must be a positive integer"),
+    (["bench", "decode", "--rounds", "0"], "--rounds 0 must be a positive integer"),
+    # issue 20, messages that say what is wrong
+    (["predict", "{vit}", "--image", "{notes}"], "is a directory; pass an image file"),
+    (["plot", "{missing}"], "does not exist; check the path"),
+    (["train", "--task", "image-classification", "--resume", "{gpt}"],
+     "--task image-classification conflicts with --resume"),
+    (["generate", "gpt2"], "qkv never downloads models: if gpt2 is a Hugging Face model, get a local copy with "
+                           "`huggingface-cli download gpt2 --local-dir DIR`"),
+    (["chat", "HuggingFaceTB/SmolLM2-135M-Instruct"], "huggingface-cli download HuggingFaceTB/SmolLM2-135M-Instruct"),
+    (["chat", "smollm2:135m"], "looks like an Ollama tag: pass the path of the model's .gguf file"),
 ]
 
 
-@pytest.mark.parametrize("argv, phrase, env", [(c + ({},))[:3] for c in CASES],
+@pytest.mark.parametrize("argv, phrase, env", [(c + ({},))[:3] for c in CASES],   # a phrase may name {paths}
                          ids=[" ".join(c[0][:3]) + f" #{i}" for i, c in enumerate(CASES)])
 def test_case_is_one_line_and_touches_nothing(zoo, capsys, monkeypatch, argv, phrase, env):
     """A row's third entry, when there is one, is the environment it runs in (torchrun's variables)."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert phrase in refused(zoo, capsys, monkeypatch, argv)
+    assert phrase.format(**paths(zoo)) in refused(zoo, capsys, monkeypatch, argv)
 
 
 def test_every_command_has_a_table_row():
     named = {argv[0] for argv, *_ in CASES}
     assert set(COMMANDS) - {"info"} <= named, f"add CASES rows for {set(COMMANDS) - named}"
+
+
+# ---- output files: every flag that names one has rows above -----------------------------------------
+OUTPUT_FILES = {("attention", "--out"), ("next", "--out"), ("plot", "--out"), ("translate", "--output"),
+                ("translate", "--metrics-json")}
+
+
+def test_every_output_file_flag_is_in_the_table():
+    """A new --out FILE must get a person's own file in its way (a CASES row with {mine_*}) and --overwrite."""
+    named = OUTPUT_FILES
+    found = {(name, a.option_strings[-1]) for name, p in _commands().items() for a in p._actions
+             if a.option_strings and a.metavar in ("FILE", "FILE.png") and a.option_strings[-1] in ("--out", "--output", "--metrics-json")}
+    assert found == named, found ^ named
+    for command, flag in named:
+        rows = [argv for argv, *_ in CASES if argv[0] == command and flag in argv]
+        assert any(argv[argv.index(flag) + 1].startswith("{mine_") for argv in rows), (command, flag)
+        assert "--overwrite" in {a for p in [_commands()[command]] for action in p._actions
+                                 for a in action.option_strings}, command
+
+
+def test_a_file_qkv_may_replace_is_replaced_whole_only_with_overwrite(zoo, capsys, monkeypatch):
+    """The other half of the rule: with --overwrite a person's file is replaced (atomically: no temp file
+    is left beside it), and a refused one is left byte for byte."""
+    monkeypatch.chdir(zoo / "out")
+    target = zoo / "out" / "mine.png"
+    target.write_bytes(MINE["mine.png"])
+    assert main(["plot", str(zoo / "gpt"), "--out", str(target)]) == 2
+    assert target.read_bytes() == MINE["mine.png"]
+    assert main(["plot", str(zoo / "gpt"), "--out", str(target), "--overwrite"]) == 0
+    assert target.read_bytes().startswith(b"\x89PNG\r\n") and sorted(p.name for p in target.parent.iterdir()
+                                                                    if p.name.startswith(".")) == []
+    capsys.readouterr()
+
+
+# ---- optional packages: each blocked in turn, asked for before any work ------------------------------
+# argv, the modules blocked, the extra the one line names, the work that must not have started (patched to
+# fail loudly: reaching it is a bug, exit 1)
+BLOCKED = [
+    (FINETUNE[:2] + ["wnut17", "--init", "{bert}", "--data", "{wnut}", "--eval-data", "{wnut}", "--max-iters", "1",
+                     "--out-dir", "{out}/ft"], ("seqeval",), "metrics", "qkv.train.finetune.build_finetune_task"),
+    (["evaluate", "{tagger}", "--out-dir", "{out}/ev"], ("seqeval",), "metrics", "qkv.train.finetune.evaluate"),
+    (["translate", "{seq2seq}", "--file", "{src}", "--ref", "{ref}"], ("sacrebleu",), "metrics", "qkv.checkpoint.load"),
+    (["translate", "{seq2seq}", "--jsonl", "{docs}"], ("rouge_score",), "metrics", "qkv.checkpoint.load"),
+    (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.png"], ("matplotlib",), "plots", "qkv.checkpoint.load"),
+    (["next", "{gpt}", "--text", "First", "--out", "{out}/n.png"], ("matplotlib",), "plots", "qkv.checkpoint.load"),
+    (["plot", "{gpt}", "--out", "{out}/c.png"], ("matplotlib",), "plots", "qkv.viz.curves.plot_curves"),
+    (["experiment", "kv-cache", "--quick", "--out-dir", "{out}/kv"], ("matplotlib",), "plots", None),
+    (["predict", "{vit}", "--image", "{png}"], ("PIL",), "vision", "qkv.checkpoint.load"),
+    (["attention", "{vit}", "--image", "{png}", "--out", "{out}/a.html"], ("PIL",), "vision", "qkv.checkpoint.load"),
+    (["serve", "{gpt}"], ("fastapi", "uvicorn"), "serve", "qkv.checkpoint.load"),
+    (["generate", "{gpt}", "--prompt", "a", "--json-schema", "{mine_json}"], ("llguidance",), "serve",
+     "qkv.checkpoint.load"),
+    (["info", "{fakegguf}"], ("gguf",), "gguf", None),
+]
+
+
+@pytest.mark.parametrize("argv, modules, extra, work", BLOCKED, ids=[" ".join(b[0][:2]) + f" -{b[1][0]}" for b in BLOCKED])
+def test_a_missing_package_is_named_before_the_work(zoo, capsys, monkeypatch, argv, modules, extra, work):
+    for name in [m for m in sys.modules if m.partition(".")[0] in modules] + list(modules):
+        monkeypatch.setitem(sys.modules, name, None)          # import raises ModuleNotFoundError, as uninstalled
+    if work is not None:
+        module, _, attr = work.rpartition(".")
+
+        def reached(*args, **kwargs):
+            raise AssertionError(f"{work} ran before the missing package was named")
+        monkeypatch.setattr(importlib.import_module(module), attr, reached)
+    err = refused(zoo, capsys, monkeypatch, argv)
+    assert f"pip install 'qkv[{extra}]'" in err, err
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(zoo, capsys, monkeypatch):
+    monkeypatch.setattr(qkv.checkpoint, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        err = refused(zoo, capsys, monkeypatch, ["serve", "{gpt}", "--port", str(port)])
+    assert f"port {port} on 127.0.0.1 is already in use" in err, err
+
+
+def test_message_words():
+    """Counts and articles in messages: "1 head", "an encoder" (issue 20 found "1 heads", "a encoder")."""
+    from qkv.errors import InputError, article, counted
+    from qkv.viz.maps import check_index
+    assert (counted(1, "head"), counted(2, "head"), article("encoder"), article("decoder")) == \
+        ("1 head", "2 heads", "an encoder", "a decoder")
+    with pytest.raises(InputError, match="this model has 1 head, numbered 0$"):
+        check_index(1, 1, "head")
+
+
+def test_help_texts_say_each_default_once():
+    """Once, not "(default: off) (default None)"; and every bench count says its default."""
+    for name, p in _commands().items():
+        for action in p._actions:
+            assert (action.help or "").count("(default") <= 1, (name, action.option_strings, action.help)
+            if name.startswith("bench") and _kind(action) is int and action.dest != "threads":
+                assert "default" in action.help, (name, action.option_strings, action.help)
+
+
+def test_bench_decode_defaults_are_the_benchmarks_own():
+    import inspect
+    from qkv.bench import decode, decode_model
+    from qkv.cli.bench import DECODE_DEFAULTS
+    for key, (with_model, synthetic) in DECODE_DEFAULTS.items():
+        assert inspect.signature(decode_model.run).parameters[key].default == with_model
+        assert inspect.signature(decode.run).parameters[key].default == synthetic
 
 
 # ---- the sweep ---------------------------------------------------------------------------------------

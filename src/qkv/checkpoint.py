@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -100,12 +101,30 @@ def read_json(path: Path, missing: str) -> dict:
 def read_config(directory: str | Path) -> dict:
     d = resolve_dir(directory)
     if not d.is_dir():
-        raise CheckpointError(f"no checkpoint directory at {d}; train one with `qkv train` or check the path")
+        raise CheckpointError(_not_found(Path(directory)))
     path = d / "config.json"
     config = read_json(path, f"{d} has no config.json; it is not a checkpoint (point at the run directory)")
     if "model_type" not in config:
         raise CheckpointError(f"{path} has no 'model_type'; expected a qkv or Hugging Face config.json")
     return config
+
+
+def _not_found(path: Path) -> str:
+    """Why there is no checkpoint at ``path``, and what to do. A name such as ``gpt2``,
+    ``HuggingFaceTB/SmolLM2-135M-Instruct`` or ``smollm2:135m`` whose first part is no folder here is taken
+    for a model hub's name: qkv never downloads (DESIGN.md), so say how to get a local copy."""
+    text = str(path)
+    if path.exists():
+        return f"{text} is a file, not a checkpoint directory; point at the folder holding config.json (or a .gguf file)"
+    hub = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?", text) and not Path(path.parts[0]).exists()
+    if hub and ":" in text:
+        return (f"no checkpoint at {text}; qkv never downloads models, and {text} looks like an Ollama tag: pass "
+                f"the path of the model's .gguf file instead")
+    if hub:
+        return (f"no checkpoint at {text}; qkv never downloads models: if {text} is a Hugging Face model, get a "
+                f"local copy with `huggingface-cli download {text} --local-dir DIR` and pass DIR (or pass a .gguf "
+                f"file), or train one with `qkv train`")
+    return f"no checkpoint directory at {text}; check the path, or train one with `qkv train`"
 
 
 def family(directory: str | Path) -> tuple[str, str]:

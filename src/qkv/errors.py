@@ -31,6 +31,17 @@ class MissingExtraError(QkvError, ImportError):
     """An optional package is not installed; the message names the qkv extra that brings it."""
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun`` in the number it takes, for messages: ``counted(1, "head")`` -> '1 head'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def article(word: str) -> str:
+    """``word`` with its indefinite article: 'an encoder', 'a decoder' (by the first letter, enough for the
+    names qkv prints)."""
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
 def require_extra(module: str, extra: str, feature: str, package: str | None = None):
     """Import ``module`` for ``feature``, or raise MissingExtraError naming the extra (pyproject.toml's
     optional-dependencies) and the one package. Optional packages are imported here, where they are used,

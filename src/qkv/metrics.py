@@ -10,7 +10,8 @@
 | summarization (SciTLDR)    | ``rouge``                   | 0..100  | Google's ``rouge_score``, stemmed      |
 
 seqeval, sacrebleu and rouge_score are optional (``pip install 'qkv[metrics]'``) and imported only when
-their metric is called. Arguments put the predictions first, then the references.
+their metric is called; a command that will score asks for them first (``require_metric``), before it trains
+or translates. Arguments put the predictions first, then the references.
 
 Matthews correlation over K classes, from the confusion matrix C (rows true, columns predicted),
 t_k = row sums, p_k = column sums, c = trace, s = total:
@@ -30,6 +31,18 @@ from collections import Counter
 from typing import Mapping, NamedTuple, Sequence
 
 from .errors import InputError, require_extra
+
+
+# metric -> (the module it is computed with, its pip package): the metrics extra
+PACKAGES = {"entity_f1": ("seqeval.metrics", "seqeval"), "bleu": ("sacrebleu", "sacrebleu"),
+            "rouge": ("rouge_score.rouge_scorer", "rouge-score")}
+
+
+def require_metric(name: str, feature: str | None = None):
+    """The module metric ``name`` is computed with, or MissingExtraError naming the metrics extra;
+    ``feature`` is what the message says needs it (default the metric)."""
+    module, package = PACKAGES[name]
+    return require_extra(module, "metrics", feature or name, package)
 
 
 def _check_pairs(preds: Sequence, golds: Sequence, what: str) -> None:
@@ -71,7 +84,7 @@ def entity_f1(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) ->
         if len(p) != len(g):
             raise InputError(f"sentence {i}: {len(p)} predicted tags for {len(g)} gold tags; predict one tag "
                              f"per word (take the first sub-word's label)")
-    metrics = require_extra("seqeval.metrics", "metrics", "entity_f1")
+    metrics = require_metric("entity_f1")
     y_true, y_pred = [list(g) for g in golds], [list(p) for p in preds]
     return {"precision": float(metrics.precision_score(y_true, y_pred)),
             "recall": float(metrics.recall_score(y_true, y_pred)),
@@ -143,7 +156,7 @@ def bleu(hyps: Sequence[str], refs_list: Sequence[Sequence[str] | str]) -> Bleu:
     refs = _reference_lists(refs_list, len(hyps))
     if not hyps:
         raise InputError("no hypotheses to score; pass at least one")
-    sacrebleu = require_extra("sacrebleu", "metrics", "bleu")
+    sacrebleu = require_metric("bleu")
     # sacrebleu wants reference *streams* (stream j = every example's j-th reference); None marks a
     # missing j-th reference, which is how it supports a varying number per example.
     n_streams = max(len(r) for r in refs)
@@ -162,7 +175,7 @@ def rouge(preds: Sequence[str], refs_list: Sequence[Sequence[str] | str]) -> dic
     refs = _reference_lists(refs_list, len(preds))
     if not preds:
         raise InputError("no predictions to score; pass at least one")
-    rouge_scorer = require_extra("rouge_score.rouge_scorer", "metrics", "rouge", "rouge-score")
+    rouge_scorer = require_metric("rouge")
     types = ("rouge1", "rouge2", "rougeL")
     scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=True)
     totals = dict.fromkeys(types, 0.0)

@@ -5,8 +5,11 @@ Two rules keep a person's files safe:
 1. **Claiming an output directory** (``claim_out_dir``), as transformers' Trainer and most tools do it: a
    directory is used only if it does not exist, is empty, or is the run being resumed. A directory that
    holds a qkv run is replaced only with ``overwrite`` (``--overwrite``); a folder holding anything else,
-   a plain file, or the folder you are standing in is never used. A default name that is taken gets a
-   fresh suffix instead (``free_dir``: ``runs/shakespeare-char-2``), so a new run never replaces an old one.
+   a plain file, the folder you are standing in, or the checkpoint the command reads (or a folder inside
+   it, or one around it) is never used. A default name that is taken gets a fresh suffix instead
+   (``free_dir``: ``runs/shakespeare-char-2``), so a new run never replaces an old one. A single output
+   file (``claim_out_file``: a PNG, a page, a translation) follows the same rule: an existing file is
+   replaced only with ``--overwrite``, and a checkpoint's own files (its config.json, its weights) never.
 
 2. **Writing atomically** (``atomic_dir``): the files go to a fresh temp directory beside the target, which
    then trades places with the target in one ``renameat2(RENAME_EXCHANGE)`` call. A kill at any moment
@@ -17,7 +20,8 @@ Two rules keep a person's files safe:
    Where the kernel lacks ``renameat2`` the swap takes two renames: target -> ``.NAME.old``, temp -> target.
    A kill between them leaves only ``.NAME.old``: every read finds it (``resolve_dir``), and ``recover``
    (called before every write and by ``Trainer.resume``) puts it back. A kill while the temp directory is
-   being filled leaves a hidden ``.NAME.tmp-*`` beside the target, which ``recover`` removes.
+   being filled leaves a hidden ``.NAME.tmp-*`` beside the target, which ``recover`` removes. A single
+   file goes the same way (``write_atomic``): a temp file beside it, renamed over it when it is whole.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from typing import Callable, Iterable
+
 from .errors import CheckpointError
 
 # What qkv writes into a run directory: a folder holding only these (and config.json naming a qkv model)
@@ -37,6 +43,14 @@ RUN_ENTRIES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_
                "generation_config.json", "trainer_state.pt",
                "metrics.jsonl", "eval.json", "predictions.json", "predictions.jsonl", "evaluate", "best",
                "confusion.png"}
+# What a checkpoint directory (qkv's or Hugging Face's) is read from: a single-file output never replaces
+# one of these beside a config.json, with --overwrite or without (a PNG over config.json, or weights
+# replaced by a page, leave the checkpoint unloadable). Weights files are refused wherever they are.
+CHECKPOINT_FILES = RUN_ENTRIES | {"vocab.json", "vocab.txt", "merges.txt", "special_tokens_map.json",
+                                  "preprocessor_config.json", "chat_template.jinja", "chat_template.json",
+                                  "model.safetensors.index.json", "pytorch_model.bin", "adapter_config.json",
+                                  "adapter_model.safetensors", "src_tokenizer.json"}
+WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -148,15 +162,26 @@ def is_qkv_run(path: Path) -> bool:
 
 
 def claim_out_dir(path: str | Path, overwrite: bool = False, resuming: str | Path | None = None,
-                  flag: str = "--out-dir") -> Path:
+                  flag: str = "--out-dir", reads: Iterable[str | Path | None] = ()) -> Path:
     """Check that a run may write to ``path`` (rule 1 above) and that its parent is writable; return it.
 
     ``resuming``: the run directory being continued (writing there is always allowed).
+    ``reads``: the checkpoints the command reads. Writing over one of them, inside it or around it is
+    refused even with ``overwrite``: ``qkv quantize RUN RUN`` would leave RUN's trainer_state.pt beside
+    weights it no longer describes, and a later ``--resume`` would fail.
     """
     path = Path(path)
     where = path.resolve()
     if resuming is not None and where == Path(resuming).resolve():
         return path
+    for source in reads:
+        if source is None:
+            continue
+        src = Path(source).resolve()
+        if where == src or src in where.parents or where in src.parents:
+            relation = "is" if where == src else "is inside" if src in where.parents else "holds"
+            raise CheckpointError(f"{flag} {path} {relation} the checkpoint {source} this command reads; "
+                                  f"write the new checkpoint to a folder of its own (e.g. {src.name}-out)")
     if where == Path.cwd().resolve() or where in Path.cwd().resolve().parents:
         raise CheckpointError(f"{flag} {path} is the folder you are working in (or one above it); a run replaces "
                               f"its output directory, so choose a new folder such as runs/NAME")
@@ -172,6 +197,47 @@ def claim_out_dir(path: str | Path, overwrite: bool = False, resuming: str | Pat
             raise CheckpointError(f"{flag} {path} already holds a qkv run; pass --resume {path} to continue it, "
                                   f"--overwrite to replace it, or choose another {flag}")
     check_writable(where, flag)
+    return path
+
+
+def claim_report_dir(path: str | Path, flag: str = "--out-dir") -> Path:
+    """Check that a command may write its report files (eval.json, predictions, confusion.png) into the
+    folder ``path``: a new one, or one holding only what qkv writes (an earlier report, a run), whose
+    report files it replaces; never a folder of a person's other files."""
+    path = Path(path)
+    where = path.resolve()
+    if where.exists() and not where.is_dir():
+        raise CheckpointError(f"{flag} {path} is a file; give a folder for eval.json and the predictions")
+    if where.is_dir():
+        others = sorted(e.name for e in where.iterdir() if e.name not in RUN_ENTRIES)
+        if others:
+            raise CheckpointError(f"{flag} {path} already holds files that qkv did not write ({', '.join(others[:3])}"
+                                  f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder")
+    check_writable(where, flag)
+    return path
+
+
+def claim_out_file(path: str | Path, overwrite: bool = False, flag: str = "--out",
+                   reads: Iterable[str | Path | None] = ()) -> Path:
+    """Check that a command may write the single file ``path`` (rule 1 above), before any work; return it.
+
+    An existing file is replaced only with ``overwrite`` (it may be a person's own: qkv cannot tell); a
+    checkpoint's own files and any weights file, never; nor a file the command reads (``reads``).
+    """
+    path = Path(path)
+    where = path.resolve()
+    if where.is_dir():
+        raise CheckpointError(f"{flag} {path} is a directory; give a file name (e.g. {path / 'out.txt'})")
+    if any(source is not None and where == Path(source).resolve() for source in reads):
+        raise CheckpointError(f"{flag} {path} is also this command's input; write to another file")
+    if where.suffix.lower() in WEIGHT_SUFFIXES or (where.name in CHECKPOINT_FILES and
+                                                    (where.parent / "config.json").is_file()):
+        raise CheckpointError(f"{flag} {path} is a file of the checkpoint in {where.parent}; qkv never writes "
+                              f"over a checkpoint's files (even with --overwrite): choose another file name")
+    if where.exists() and not overwrite:
+        raise CheckpointError(f"{flag} {path} already exists; pass --overwrite to replace it, or choose another "
+                              f"file name")
+    check_writable(where.parent, flag)
     return path
 
 
@@ -199,10 +265,35 @@ def free_dir(path: str | Path) -> Path:
     return candidate
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file through a temp file and a rename: readers see the old file or the new, never half."""
+def write_atomic(path: str | Path, write: Callable) -> Path:
+    """Call ``write(binary_file)`` on a temp file beside ``path``, then rename it into place: readers (and a
+    kill at any moment) see the old file or the new one, never half of one; a failure leaves no temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the folder {path.parent} ({e.strerror}); choose another output "
+                              f"path") from None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())             # mkstemp makes 0600; an output is for sharing
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """``write_atomic`` of a UTF-8 text file."""
+    return write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))

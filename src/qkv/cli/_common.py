@@ -1,6 +1,7 @@
-"""What several commands share: up-front checks (the checkpoint is of a family the command runs, an output
-file can be written) that run before any slow work, so a mistake costs a second, not a training run; and
-the default run directory of a training command."""
+"""What several commands share: up-front checks (the checkpoint is of a family the command runs, the
+optional packages the command will need are there) that run before any slow work, so a mistake costs a
+second, not a training run; and the default run directory of a training command. (Where outputs may be
+written is ``qkv.rundir``'s: ``claim_out_dir`` and ``claim_out_file``.)"""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from ..checkpoint import family
 from ..config import TrainConfig, load_config_file
-from ..errors import CheckpointError, InputError
-from ..rundir import check_writable, free_dir
+from ..errors import CheckpointError, article
+from ..rundir import free_dir
 
 # what a person can run on each family instead
 USES = {"decoder": "`qkv generate` or `qkv eval`",
@@ -25,20 +26,18 @@ def require_family(path: str | Path, command: str, *families: str) -> str:
     """The checkpoint's family, or a one-line error naming the command that fits it."""
     found, model_type = family(path)
     if found not in families:
-        wanted = " or ".join(("an " if f[0] in "aeiou" else "a ") + f for f in families)
-        raise CheckpointError(f"{path} holds {'an' if found[0] in 'aeiou' else 'a'} {found} model ({model_type}); "
-                              f"qkv {command} needs {wanted}: use {USES[found]} for this one")
+        raise CheckpointError(f"{path} holds {article(found)} model ({model_type}); qkv {command} needs "
+                              f"{' or '.join(article(f) for f in families)}: use {USES[found]} for this one")
     return found
 
 
-def check_output_file(path: str | Path | None, flag: str) -> None:
-    """``path`` can be written as a file: not a directory, in a folder that exists or can be made."""
-    if path is None:
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"{flag} {p} is a directory; give a file name (e.g. {p / 'out.txt'})")
-    check_writable(p.parent, flag)
+def require_task_metrics(task: str, feature: str) -> None:
+    """The optional packages task ``task`` is scored with, asked for now: a run that trains for an hour
+    must not end on a missing seqeval."""
+    from ..metrics import require_metric
+    from ..tasks import get_task
+    for metric in get_task(task).needs:
+        require_metric(metric, feature)
 
 
 def say_truncated(cut: int, total: int, max_len: int) -> None:

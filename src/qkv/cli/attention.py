@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .flags import path_arg, value_parser
+from .flags import add_overwrite_argument, path_arg, value_parser
 
 FORMATS = {".png": "png", ".html": "html", ".htm": "html", ".pt": "bertviz", ".json": "bertviz"}
 MAPS = {"self": "self-attention", "encoder": "encoder self-attention", "decoder": "decoder self-attention",
@@ -32,15 +32,17 @@ def add_arguments(p) -> None:
     p.add_argument("--source", help="encoder-decoder: the source text")
     p.add_argument("--out", required=True, type=path_arg, metavar="FILE", help="output file: .png, .html, or .pt/.json for bertviz")
     p.add_argument("--format", choices=["png", "html", "bertviz"], help="default: from the --out extension")
-    p.add_argument("--layer", type=value_parser(int, "--layer"), help="one layer (from 0); default all")
-    p.add_argument("--head", type=value_parser(int, "--head"), help="one head (from 0); default all")
+    add_overwrite_argument(p, "--out")
+    p.add_argument("--layer", type=value_parser(int, "--layer", minimum=0), help="one layer (from 0); default all")
+    p.add_argument("--head", type=value_parser(int, "--head", minimum=0), help="one head (from 0); default all")
     p.add_argument("--map", choices=list(MAPS), help="which attention the PNG shows (encoder-decoder: "
                                                       "encoder, decoder or cross; default cross)")
     p.add_argument("--truncate", action="store_true", help="keep the first max_len tokens of a long text")
     p.add_argument("--image", type=path_arg, metavar="FILE", help="an image classifier's input image (instead of --text)")
-    p.add_argument("--window", type=value_parser(int, "--window"), default=0,
+    p.add_argument("--window", type=value_parser(int, "--window", minimum=0), default=None,
                    help="Swin: which window of each stage, row-major from 0 (default 0)")
-    p.add_argument("--stage", type=value_parser(int, "--stage"), default=0, help="Swin: the stage a PNG shows (default 0)")
+    p.add_argument("--stage", type=value_parser(int, "--stage", minimum=0), default=None,
+                   help="Swin: the stage a PNG shows (default 0)")
 
 
 def output_format(out: str, fmt: str | None) -> str:
@@ -60,23 +62,26 @@ def output_format(out: str, fmt: str | None) -> str:
 
 def run(args) -> int:
     from ..checkpoint import load
-    from ..errors import InputError
+    from ..errors import InputError, article
+    from ..rundir import claim_out_file
     from ..viz.read import attention_maps, encode_inputs, family
-    from ._common import check_output_file, require_family
+    from ._common import require_family
 
     fmt = output_format(args.out, args.format)
-    check_output_file(args.out, "--out")
-    for flag, value in (("--layer", args.layer), ("--head", args.head)):
-        if value is not None and value < 0:
-            raise InputError(f"{flag} {value} is out of range: layers and heads count from 0")
+    claim_out_file(args.out, args.overwrite, "--out", reads=(args.model, args.image))
     if fmt != "png" and (args.layer is not None or args.head is not None or args.map):
         raise InputError("--layer, --head and --map choose what a PNG shows; the viewer and bertviz hold every "
                          "layer and head")
+    if fmt == "png":
+        from ..viz.output import require_png
+        require_png("qkv attention --out FILE.png")      # before the model loads and runs
     if require_family(args.model, "attention", "decoder", "encoder", "fine-tuned encoder", "encoder-decoder",
                       "image classifier") == "image classifier":
         return _image(args, fmt)
     if args.image:
         raise InputError("--image is for image classifiers; a text model reads --text TEXT")
+    if args.window is not None or args.stage is not None:
+        raise InputError("--window and --stage pick a Swin's window and stage; a text model has neither: drop them")
     model = load(args.model)
     kind = family(model)
     text = args.text
@@ -93,7 +98,7 @@ def run(args) -> int:
         chosen = next((m for m in maps if m.name == wanted), None)
         if chosen is None:
             names = [k for k, v in MAPS.items() if any(m.name == v for m in maps)]
-            raise InputError(f"a {kind} has no {wanted}; --map takes {' or '.join(names)}")
+            raise InputError(f"{article(kind)} has no {wanted}; --map takes {' or '.join(names)}")
     subtitle = (f"source: {args.source}\ntarget: {text}" if args.source else text)
     return _write(args, fmt, maps, chosen, title, subtitle)
 
@@ -111,15 +116,24 @@ def _write(args, fmt: str, maps, chosen, title: str, subtitle: str) -> int:
     else:
         from ..viz.bertviz import write_bertviz
         write_bertviz(maps, args.out)
-    shapes = ", ".join(f"{m.name} {m.n_layers} layers x {m.n_heads} heads, {len(m.queries)} x {len(m.keys)} tokens"
-                       for m in maps)
-    print(f"wrote {args.out} ({shapes})")
+    print(f"wrote {args.out} ({_shown(args, maps, chosen)})")
     return 0
+
+
+def _shown(args, maps, chosen) -> str:
+    """What the file holds, in words: the one map (or layer, head) a PNG shows, or every map."""
+    from ..errors import counted
+    if chosen is None:
+        return ", ".join(f"{m.name} {counted(m.n_layers, 'layer')} x {counted(m.n_heads, 'head')}, "
+                         f"{len(m.queries)} x {len(m.keys)} tokens" for m in maps)
+    layers = f"layer {args.layer}" if args.layer is not None else counted(chosen.n_layers, "layer")
+    heads = f"head {args.head}" if args.head is not None else counted(chosen.n_heads, "head")
+    return f"{chosen.name}, {layers} x {heads}, {len(chosen.queries)} x {len(chosen.keys)} tokens"
 
 
 def _image(args, fmt: str) -> int:
     from ..checkpoint import load
-    from ..data.images import image_to_pixels, normalize
+    from ..data.images import image_to_pixels, normalize, require_pillow
     from ..errors import InputError
     from ..viz.images import image_attention_maps
     from ..viz.maps import check_index
@@ -128,17 +142,27 @@ def _image(args, fmt: str) -> int:
         raise InputError("an image classifier reads --image FILE (not --text or --source)")
     if args.map:
         raise InputError("--map chooses among a text model's attentions; for a Swin use --stage")
+    if args.truncate:
+        raise InputError("--truncate cuts a long text; an image is resized to the model's input instead: drop it")
+    require_pillow()                                     # before the model loads
     model = load(args.model)
     if not hasattr(model, "blocks") and not hasattr(model, "stages"):
         raise InputError(f"{args.model} holds a {type(model).__name__}, which has no attention: use a ViT or Swin")
+    swin = hasattr(model, "stages")
+    if not swin and (args.window is not None or args.stage is not None):
+        raise InputError("--window and --stage pick a Swin's window and stage; a ViT attends over the whole image "
+                         "in one map: drop them")
+    if args.stage is not None and fmt != "png":
+        raise InputError("--stage chooses the stage a PNG shows; the viewer holds every stage: drop --stage")
+    if swin and fmt == "bertviz":
+        raise InputError("bertviz shows attention over one token sequence, but a Swin's stages attend within "
+                         "windows of different sizes: write a .png (one --stage) or a .html page (every stage)")
     v = model.vision
-    if args.window < 0 or args.stage < 0:
-        raise InputError("--window and --stage count from 0")
     pixels, _ = image_to_pixels(args.image, v.image_size, v.channels, v.resample)
-    maps = image_attention_maps(model, normalize(pixels, *v.mean_std), args.window)
+    maps = image_attention_maps(model, normalize(pixels, *v.mean_std), args.window or 0)
     title = f"{Path(args.model).name} ({type(model).__name__}) on {Path(args.image).name}"
     chosen = None
     if fmt == "png":
-        check_index(args.stage, len(maps), "stage")
-        chosen = maps[args.stage]
+        check_index(args.stage or 0, len(maps), "stage")
+        chosen = maps[args.stage or 0]
     return _write(args, fmt, maps, chosen, title, str(args.image))

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import add_device_argument, path_arg
+from .flags import add_device_argument, path_arg, positive_int
+
+# qkv bench decode's defaults: (with --model, the synthetic GPT-2), as qkv.bench.decode_model.run and
+# qkv.bench.decode.run declare them (not imported here: the parser stays free of torch)
+DECODE_DEFAULTS = {"prompt_len": (512, 32), "new_tokens": (64, 128), "rounds": (3, 3)}
 
 
 def add_arguments(p) -> None:
@@ -25,10 +29,10 @@ def add_arguments(p) -> None:
     train = sub.add_parser("train", help="training step: qkv GPT vs GPT2LMHeadModel, 6x384, context 256",
                            description="Tokens/s of one fwd + bwd + AdamW step (batch 8 x 256): qkv in fp32 and in the precision --precision auto picks here, against transformers in fp32.")
     train.add_argument("--json", action="store_true", help="print exactly one JSON line")
-    train.add_argument("--rounds", type=_positive, default=None, help="timed rounds per side")
-    train.add_argument("--steps", type=_positive, default=None, help="timed steps per side in each round")
-    train.add_argument("--warmup", type=_positive, default=None, help="untimed steps per side (compile included)")
-    train.add_argument("--threads", type=_positive, default=None,
+    train.add_argument("--rounds", type=positive_int("--rounds"), default=None, help="timed rounds per side (default 8)")
+    train.add_argument("--steps", type=positive_int("--steps"), default=None, help="timed steps per side in each round (default 2)")
+    train.add_argument("--warmup", type=positive_int("--warmup"), default=None, help="untimed steps per side, compile included (default 3)")
+    train.add_argument("--threads", type=positive_int("--threads"), default=None,
                        help="torch.set_num_threads (default: torch's own, one per core)")
     train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="torch.compile qkv's model (--no-compile: eager)")
@@ -39,36 +43,45 @@ def add_arguments(p) -> None:
                                      "the scaling efficiency, and what the measured compute and all-reduce times "
                                      "predict for 8 machines on a 10 Gb/s network.")
     ddp.add_argument("--json", action="store_true", help="print exactly one JSON line")
-    ddp.add_argument("--steps", type=_positive, default=None, help="timed steps per run (default 5)")
-    ddp.add_argument("--warmup", type=_positive, default=None, help="untimed steps per run (default 2)")
-    ddp.add_argument("--batch", type=_positive, default=None, help="global batch rows (default 8; even)")
+    ddp.add_argument("--steps", type=positive_int("--steps"), default=None, help="timed steps per run (default 5)")
+    ddp.add_argument("--warmup", type=positive_int("--warmup"), default=None, help="untimed steps per run (default 2)")
+    ddp.add_argument("--batch", type=positive_int("--batch"), default=None, help="global batch rows (default 8; even)")
     ddp.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                      help="as qkv train's --precision (default auto)")
     decode = sub.add_parser("decode", help="generation with the KV cache: qkv GPT vs GPT2LMHeadModel",
-                            description="Tokens/s of batch-1 greedy decoding with a KV cache.")
+                            description="Tokens/s of batch-1 greedy decoding with a KV cache: a synthetic GPT-2 "
+                                        "124M, or with --model a real model's prefill and decode.")
     decode.add_argument("--json", action="store_true", help="print exactly one JSON line")
     decode.add_argument("--model", type=path_arg, metavar="PATH", default=None,
                         help="a real model (.gguf or Hugging Face directory): prefill (prompt 512) and decode "
                              "tok/s of qkv fp32/int8/4-bit next to transformers and llama.cpp")
+    # Defaults None: the two benchmarks have different ones (resolved in run), and a flag only one of them
+    # reads is refused by the other instead of being ignored.
     decode.add_argument("--bits", type=int, choices=(32, 8, 4), action="append", default=None,
                         help="with --model: qkv's weights, repeatable (default 32, 8 and 4)")
-    decode.add_argument("--threads", type=_positive, action="append", default=None,
-                        help="with --model: thread counts, repeatable (default 1 and 2)")
-    decode.add_argument("--prompt-len", type=_positive, default=512, help="with --model: prompt tokens (512)")
-    decode.add_argument("--new-tokens", type=_positive, default=64, help="with --model: new tokens (64)")
-    decode.add_argument("--rounds", type=_positive, default=3, help="with --model: timed rounds (3)")
-    decode.add_argument("--no-hf", dest="hf", action="store_false", help="with --model: skip transformers")
+    decode.add_argument("--threads", type=positive_int("--threads"), action="append", default=None,
+                        help="thread counts, repeatable with --model (default: 1 and 2 with --model; torch's "
+                             "own without)")
+    decode.add_argument("--prompt-len", type=positive_int("--prompt-len"), default=None,
+                        help=f"prompt tokens (default {DECODE_DEFAULTS['prompt_len'][1]}; with --model "
+                             f"{DECODE_DEFAULTS['prompt_len'][0]})")
+    decode.add_argument("--new-tokens", type=positive_int("--new-tokens"), default=None,
+                        help=f"new tokens (default {DECODE_DEFAULTS['new_tokens'][1]}; with --model "
+                             f"{DECODE_DEFAULTS['new_tokens'][0]})")
+    decode.add_argument("--rounds", type=positive_int("--rounds"), default=None,
+                        help=f"timed rounds (default {DECODE_DEFAULTS['rounds'][1]})")
+    decode.add_argument("--no-hf", dest="hf", action="store_false", help="skip transformers")
     add_device_argument(decode, "the synthetic GPT-2 benchmark runs (not with --model)")
-    decode.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
+    decode.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false", default=None,
                         help="with --model: skip llama.cpp")
     encoder = sub.add_parser("encoder", help="inference: qkv Encoder vs BertModel, BERT-base, batch 32 x 128",
                              description="Sentences/s of a BERT-base forward pass (fp32, inference mode).")
     encoder.add_argument("--json", action="store_true", help="print exactly one JSON line")
-    encoder.add_argument("--layers", type=_positive, default=None, help="encoder layers (default 12)")
-    encoder.add_argument("--batch", type=_positive, default=None, help="sentences per call (default 32)")
-    encoder.add_argument("--length", type=_positive, default=None, help="tokens per sentence (default 128)")
-    encoder.add_argument("--rounds", type=_positive, default=None, help="timed rounds per side (default 5)")
-    encoder.add_argument("--threads", type=_positive, default=None,
+    encoder.add_argument("--layers", type=positive_int("--layers"), default=None, help="encoder layers (default 12)")
+    encoder.add_argument("--batch", type=positive_int("--batch"), default=None, help="sentences per call (default 32)")
+    encoder.add_argument("--length", type=positive_int("--length"), default=None, help="tokens per sentence (default 128)")
+    encoder.add_argument("--rounds", type=positive_int("--rounds"), default=None, help="timed rounds per side (default 5)")
+    encoder.add_argument("--threads", type=positive_int("--threads"), default=None,
                          help="torch.set_num_threads (default: torch's own, one per core)")
     encoder.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
     encoder.add_argument("--no-onednn", dest="onednn", action="store_false",
@@ -79,10 +92,10 @@ def add_arguments(p) -> None:
                            description="Tokens/s, time to first token and inter-token latency of qkv serve.")
     serve.add_argument("model", type=path_arg, metavar="PATH", help="a decoder checkpoint or .gguf file")
     serve.add_argument("--json", action="store_true", help="print exactly one JSON line")
-    serve.add_argument("--clients", type=_positive, default=16, help="concurrent clients / requests (16)")
-    serve.add_argument("--max-tokens", type=_positive, default=64, help="new tokens per request (64)")
-    serve.add_argument("--rounds", type=_positive, default=1, help="timed rounds per side (1)")
-    serve.add_argument("--threads", type=_positive, default=None, help="torch threads (default torch's own)")
+    serve.add_argument("--clients", type=positive_int("--clients"), default=16, help="concurrent clients / requests (default 16)")
+    serve.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=64, help="new tokens per request (default 64)")
+    serve.add_argument("--rounds", type=positive_int("--rounds"), default=1, help="timed rounds per side (default 1)")
+    serve.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch threads (default torch's own)")
     serve.add_argument("--quantized", action="store_true", help="keep a GGUF's quantized weights (qkv side)")
     serve.add_argument("--no-hf", dest="hf", action="store_false", help="skip transformers")
     serve.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
@@ -90,11 +103,11 @@ def add_arguments(p) -> None:
     vision = sub.add_parser("vision", help="inference: qkv ViT vs ViTForImageClassification, ViT-Base/16 224^2, batch 32",
                             description="Images/s of a ViT-Base/16 forward pass (fp32, inference mode).")
     vision.add_argument("--json", action="store_true", help="print exactly one JSON line")
-    vision.add_argument("--layers", type=_positive, default=None, help="ViT layers (default 12)")
-    vision.add_argument("--batch", type=_positive, default=None, help="images per call (default 32)")
-    vision.add_argument("--image-size", type=_positive, default=None, help="pixels per side, a multiple of 16 (default 224)")
-    vision.add_argument("--rounds", type=_positive, default=None, help="timed rounds per side (default 5)")
-    vision.add_argument("--threads", type=_positive, default=None,
+    vision.add_argument("--layers", type=positive_int("--layers"), default=None, help="ViT layers (default 12)")
+    vision.add_argument("--batch", type=positive_int("--batch"), default=None, help="images per call (default 32)")
+    vision.add_argument("--image-size", type=positive_int("--image-size"), default=None, help="pixels per side, a multiple of 16 (default 224)")
+    vision.add_argument("--rounds", type=positive_int("--rounds"), default=None, help="timed rounds per side (default 5)")
+    vision.add_argument("--threads", type=positive_int("--threads"), default=None,
                         help="torch.set_num_threads (default: torch's own, one per core)")
     vision.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
     vision.add_argument("--no-onednn", dest="onednn", action="store_false",
@@ -107,7 +120,7 @@ def add_arguments(p) -> None:
                             ("--batch", "sources per call (default 16)"), ("--beam", "beam size (default 4)"),
                             ("--rounds", "timed rounds (default 3)"),
                             ("--max-new-tokens", "longest output (default 40)"), ("--threads", "torch threads")):
-        beam.add_argument(flag, type=_positive, default=None, help=help_text)
+        beam.add_argument(flag, type=positive_int(flag), default=None, help=help_text)
 
 
 def run(args) -> int:
@@ -152,26 +165,35 @@ def run(args) -> int:
                    if getattr(args, k) is not None}
         vision.run(args.json, hf=args.hf, onednn=args.onednn, **options)
     else:
-        if args.model is not None:
-            from ..bench import decode_model
-            from ..errors import InputError
-            from ._common import require_family
-            if args.device != "cpu":
-                raise InputError("--device applies to the synthetic GPT-2 benchmark; with --model the benchmark "
-                                 "compares CPU paths (fp32, int8, 4-bit, llama.cpp): leave --device out")
-            require_family(args.model, "bench decode --model", "decoder")
-            decode_model.run(args.model, args.json, bits=tuple(args.bits or (32, 8, 4)),
-                             prompt_len=args.prompt_len, new_tokens=args.new_tokens, rounds=args.rounds,
-                             threads=tuple(args.threads or (1, 2)), hf=args.hf, llama_cpp=args.llama_cpp)
-        else:
-            from ..bench import decode     # written separately; imported only when asked for
-            from ..runtime import inference_device
-            decode.run(args.json, device=inference_device(args.device))
+        _decode(args)
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text) if text.isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+
+def _decode(args) -> None:
+    """`qkv bench decode`, synthetic or with --model; the sizes given apply to the one that runs."""
+    from ..errors import InputError
+    sizes = {k: getattr(args, k) for k in DECODE_DEFAULTS if getattr(args, k) is not None}
+    if args.model is not None:
+        from ..bench import decode_model
+        from ._common import require_family
+        if args.device != "cpu":
+            raise InputError("--device applies to the synthetic GPT-2 benchmark; with --model the benchmark "
+                             "compares CPU paths (fp32, int8, 4-bit, llama.cpp): leave --device out")
+        require_family(args.model, "bench decode --model", "decoder")
+        decode_model.run(args.model, args.json, bits=tuple(args.bits or (32, 8, 4)),
+                         threads=tuple(args.threads or (1, 2)), hf=args.hf, llama_cpp=args.llama_cpp is not False,
+                         **{k: sizes.get(k, with_model) for k, (with_model, _) in DECODE_DEFAULTS.items()})
+        return
+    only_with_model = [flag for flag, value in (("--bits", args.bits), ("--no-llama-cpp", args.llama_cpp))
+                       if value is not None]
+    if only_with_model:
+        raise InputError(f"{' and '.join(only_with_model)} choose what qkv bench decode --model compares; the "
+                         f"synthetic GPT-2 benchmark has no such side: add --model PATH or drop them")
+    if args.threads is not None and len(args.threads) > 1:
+        raise InputError("the synthetic benchmark runs at one thread count: give --threads once (several are "
+                         "for --model)")
+    from ..bench import decode     # written separately; imported only when asked for
+    from ..runtime import inference_device
+    decode.run(args.json, device=inference_device(args.device), hf=args.hf,
+               threads=args.threads[0] if args.threads else None, **sizes)

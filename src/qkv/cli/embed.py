@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from .flags import path_arg, value_parser
+from .flags import path_arg, positive_int
 
 
 def add_arguments(p) -> None:
@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--text", action="append", default=[], metavar="TEXT", help="a sentence; repeat for more")
     p.add_argument("--file", type=path_arg, metavar="FILE", help="a UTF-8 file with one sentence per line (blank lines skipped; "
                                                  "- for stdin)")
-    p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), default=32,
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=32,
                    help="sentences per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object: texts, embeddings, similarity")
 
@@ -31,10 +31,8 @@ def run(args) -> int:
     from ..data.text import read_lines
     from ..errors import CheckpointError, InputError
     from ..nn.onednn import use_onednn
-    from ..validation import check_positive_int
     from ._common import require_family, say_truncated
 
-    check_positive_int("--batch-size", args.batch_size)
     if any(not t.strip() for t in args.text):
         raise InputError("--text is empty; give a sentence")
     texts = list(args.text)

@@ -8,16 +8,16 @@ from __future__ import annotations
 import json
 import math
 
-from .flags import path_arg, value_parser
+from .flags import path_arg, positive_int, value_parser
 
 
 def add_arguments(p) -> None:
     p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="a decoder: a qkv run directory, a Hugging Face directory or a .gguf file")
     p.add_argument("--data", required=True, type=path_arg, metavar="FILE", help="text file (or folder of .txt files; - for stdin)")
-    p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), default=8,
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=8,
                    help="windows per forward pass (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object: tokens, loss, perplexity")
-    p.add_argument("--window", type=value_parser(int, "--window"), default=1024,
+    p.add_argument("--window", type=positive_int("--window"), default=1024,
                    help="tokens per window, at most the model's context (default 1024)")
     p.add_argument("--bits", type=value_parser(int, "--bits"), default=None,
                    help="quantize the weights on load: 8 (int8 per channel) or 4 (4-bit, groups of 32)")
@@ -30,11 +30,8 @@ def run(args) -> int:
     from ..errors import CheckpointError, InputError
     from ..quant import check_bits, quantize_model
     from ..train.evaluate import perplexity
-    from ..validation import check_positive_int
     from ._common import require_family
 
-    check_positive_int("--batch-size", args.batch_size)
-    check_positive_int("--window", args.window)
     if args.bits is not None:
         check_bits(args.bits)
     if args.bits is not None and args.quantized:

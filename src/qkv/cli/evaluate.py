@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ..tasks import TASKS
-from .flags import path_arg, value_parser
+from .flags import path_arg, positive_int
 
 
 def add_arguments(p) -> None:
@@ -28,26 +28,24 @@ def add_arguments(p) -> None:
                                                                  "data); image classifiers: the MNIST folder")
     p.add_argument("--task", choices=list(TASKS), help="the task, for checkpoints saved without one")
     p.add_argument("--out-dir", type=path_arg, metavar="OUT", help="where eval.json and the predictions go (default DIR/evaluate)")
-    p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), help="inputs per forward pass")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"),
+                   help="inputs per forward pass (default: the run's eval batch size; images 256)")
 
 
 def run(args) -> int:
     import dataclasses
 
-    from ..errors import InputError
-    from ..rundir import check_writable
+    from ..rundir import claim_report_dir
     from ..train.finetune import evaluate, load_finetuned, write_outputs
-    from ._common import require_family
+    from ._common import require_family, require_task_metrics
     from .finetune import _summary
 
-    out = Path(args.out_dir) if args.out_dir else Path(args.checkpoint) / "evaluate"
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out-dir {out} is a file; give a folder for eval.json and the predictions")
-    check_writable(out, "--out-dir")
+    out = claim_report_dir(Path(args.out_dir) if args.out_dir else Path(args.checkpoint) / "evaluate")
     if require_family(args.checkpoint, "evaluate", "fine-tuned encoder", "image classifier") == "image classifier":
         return _images(args, out)
     model, fcfg = load_finetuned(args.checkpoint, args.task, args.data)
-    if args.batch_size:
+    require_task_metrics(fcfg.task, f"qkv evaluate of a {fcfg.task} model")
+    if args.batch_size is not None:
         fcfg = dataclasses.replace(fcfg, eval_batch_size=args.batch_size)
     report, predictions = evaluate(model, fcfg, args.data or fcfg.eval_data)
     report["checkpoint"] = str(args.checkpoint)
@@ -86,7 +84,7 @@ def _images(args, out: Path) -> int:
             if n:
                 print(f"note: this model trained on test images 0..{n - 1}; scores on --data include them",
                       file=sys.stderr)
-    report = evaluate_images(model, images, labels, args.batch_size or 256)
+    report = evaluate_images(model, images, labels, 256 if args.batch_size is None else args.batch_size)
     report.update(split=split, eval_data=split, checkpoint=str(args.checkpoint))
     written = write_report(out, report)
     print(f"accuracy {report['accuracy']:.4f} on {report['examples']:,} images ({split})")

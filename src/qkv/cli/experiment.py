@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .flags import path_arg, value_parser
+from .flags import path_arg, positive_int, value_parser
 
 
 def add_arguments(p) -> None:
@@ -20,25 +20,20 @@ def add_arguments(p) -> None:
     p.add_argument("name", metavar="NAME", help=f"one of {', '.join(EXPERIMENTS)}, or all")
     p.add_argument("--quick", action="store_true", help="a small version that finishes in under a minute")
     p.add_argument("--out-dir", type=path_arg, metavar="DIR", help="where the report goes (default runs/experiments/NAME)")
-    p.add_argument("--seed", type=value_parser(int, "--seed"), help="random seed (default: the experiment's, 0)")
-    p.add_argument("--threads", type=value_parser(int, "--threads"), help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=value_parser(int, "--seed", minimum=0), help="random seed (default: the experiment's, 0)")
+    p.add_argument("--threads", type=positive_int("--threads"), help="torch threads (default: torch's)")
 
 
 def run(args) -> int:
     import torch
 
-    from ..errors import InputError
     from ..experiments import EXPERIMENTS, experiment_module, run_experiment
 
     names = list(EXPERIMENTS) if args.name == "all" else [args.name]
     for name in names:
         experiment_module(name)                   # an unknown name fails before anything runs
     if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads {args.threads} must be a positive integer")
         torch.set_num_threads(args.threads)
-    if args.seed is not None and args.seed < 0:
-        raise InputError(f"--seed {args.seed} must be >= 0")
     base = Path(args.out_dir) if args.out_dir else Path("runs/experiments")
     for name in names:
         out_dir = base / name if (args.name == "all" or not args.out_dir) else base

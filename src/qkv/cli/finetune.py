@@ -21,7 +21,7 @@ from ..checkpoint import read_config
 from ..config import PRESETS, ModelConfig, TrainConfig, build, resolve
 from ..errors import ConfigError
 from ..rundir import claim_out_dir
-from ._common import default_out_dir, require_family
+from ._common import default_out_dir, require_family, require_task_metrics
 from .flags import add_dataclass_flags, collect, path_arg
 
 DEFAULT_PRESET = "bert-finetune"
@@ -85,6 +85,8 @@ def _finetune(args) -> int:
         if "finetune" not in read_config(args.resume):
             raise ConfigError(f"{args.resume} is not a fine-tuning run; continue it with `qkv train --resume "
                               f"{args.resume}`")
+        task = read_config(args.resume)["finetune"].get("task")
+        require_task_metrics(task, f"qkv finetune --resume of a {task} run")
         trainer = resume_finetune(args.resume, train_overrides)
         if trainer.done():
             raise ConfigError(f"{args.resume} has spent its budget: {trainer.spent_budget()}")
@@ -106,13 +108,15 @@ def _finetune(args) -> int:
             raise ConfigError(f"model flags {sorted(model_overrides)} describe the --init none model; an encoder "
                               f"from --init keeps its own architecture")
         fcfg = build(FinetuneConfig, task_options)
+        require_task_metrics(fcfg.task, f"qkv finetune --task {fcfg.task}")     # scored at the end
         if fcfg.init is not None:
             require_family(fcfg.init, "finetune --init", "encoder", "fine-tuned encoder")
         model_cfg, train_cfg = resolve(args.preset or DEFAULT_PRESET, None, model_overrides, train_overrides)
         check_launch(train_cfg.batch_size, train_cfg.fsdp)               # before the rendezvous and any work
         train_cfg = default_out_dir(train_cfg, None, train_overrides)
         if World.from_env().is_main:                                  # the one writer, under torchrun
-            claim_out_dir(train_cfg.out_dir, train_cfg.overwrite)    # before the tokenizer and model are built
+            claim_out_dir(train_cfg.out_dir, train_cfg.overwrite,      # before the tokenizer and model are built
+                          reads=(fcfg.init,))
         task, notes = build_finetune_task(fcfg, train_cfg, new_model(fcfg, model_cfg, train_cfg))
         trainer = Trainer(task.model_cfg, train_cfg, task=task)
         cut = f" ({notes['truncated']} truncated to the model's positions)" if notes.get("truncated") else ""

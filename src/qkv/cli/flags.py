@@ -20,24 +20,40 @@ from typing import Literal
 KIND_WORDS = {int: "an integer", float: "a number"}
 
 
-def value_parser(base: type, flag: str, optional: bool = False):
-    """An argparse ``type`` whose error names the flag and what it takes (``none`` allowed if optional)."""
+def value_parser(base: type, flag: str, optional: bool = False, minimum: int | None = None):
+    """An argparse ``type`` whose error names the flag and what it takes (``none`` allowed if optional;
+    ``minimum``: the smallest value, so a count or a batch size of 0 or -5 is refused where it is parsed)."""
     def parse(text: str):
         if optional and text.lower() == "none":
             return None
         try:
-            return base(text)
+            value = base(text)
         except ValueError:
             kind = KIND_WORDS.get(base, base.__name__) + (" or none" if optional else "")
             raise argparse.ArgumentTypeError(f"{flag} expects {kind}, got {text!r}") from None
+        if minimum is not None and value < minimum:
+            words = "a positive integer" if minimum == 1 and base is int else f"{KIND_WORDS.get(base)} >= {minimum}"
+            raise argparse.ArgumentTypeError(f"{flag} {text} must be {words}")
+        return value
     parse.__name__ = base.__name__ if not optional else f"{base.__name__} or none"
     return parse
+
+
+def positive_int(flag: str):
+    """The parser of a count: a batch size, a number of rounds, threads, tokens (1 or more)."""
+    return value_parser(int, flag, minimum=1)
 
 
 def add_device_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """``--device``, checked by ``qkv.runtime.inference_device`` when the command runs."""
     parser.add_argument("--device", default="cpu", metavar="DEVICE",
                         help=f"cpu (default), cuda or cuda:N: where {what}")
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite``, checked by ``qkv.rundir.claim_out_file`` / ``claim_out_dir`` before any work."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace {what} when it exists (never a file of a checkpoint)")
 
 
 def path_arg(text: str) -> str:
@@ -94,7 +110,10 @@ def _describe(action: argparse.Action, shown: dict) -> None:
         default = f"default {action.field_default}"
     else:
         default = "required"
-    text = f"{action.comment} ({default})" if action.comment else f"({default})"
+    if "(default" in action.comment:                    # the comment says it in words ("default: CORS off")
+        text = action.comment
+    else:
+        text = f"{action.comment} ({default})" if action.comment else f"({default})"
     action.help = text.replace("%", "%%")                # argparse formats help strings with %
 
 

@@ -16,7 +16,7 @@ import sys
 
 from ..errors import InputError
 from ..generate import GenerationConfig
-from .flags import add_device_argument, path_arg, unescaped, value_parser
+from .flags import add_device_argument, path_arg, positive_int, unescaped, value_parser
 
 DEFAULTS = GenerationConfig()
 
@@ -40,17 +40,24 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: Generation
     for flag, (field, kind, help_text) in FLAGS.items():
         parser.add_argument(flag, dest=field, type=value_parser(kind, flag), default=None,
                             metavar=kind.__name__.upper(),
-                            help=f"{help_text} (default {getattr(defaults, field)})")
+                            help=f"{help_text} ({_default_words(field, getattr(defaults, field))})")
     parser.add_argument("--stop", action="append", default=[], metavar="S", type=unescaped,
                         help="stop before this string (repeatable; \\n and \\t are a newline and a tab, as in "
                              "--stop '\\n\\n'); it is not printed")
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating past the eos token")
-    parser.add_argument("--threads", type=value_parser(int, "--threads"), default=None, metavar="N",
+    parser.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
                         help="CPU threads (default: the cores other processes leave idle, see qkv.runtime)")
     add_device_argument(parser, "the model runs")
     parser.add_argument("--quantized", action="store_true",
                         help="keep a GGUF file's Q8_0/Q4_x weights quantized in memory (other float "
                              "checkpoints: int8 on load)")
+
+
+def _default_words(field: str, value) -> str:
+    """A default for the help: None means "off" for a filter, a fresh random seed for --seed."""
+    if value is not None:
+        return f"default {value}"
+    return "default: a fresh one each run" if field == "seed" else "default: off"
 
 
 def sampling_config(args: argparse.Namespace, defaults: GenerationConfig = DEFAULTS, **more) -> GenerationConfig:
@@ -93,7 +100,8 @@ def read_schema(path: str | None) -> dict | None:
     if path is None:
         return None
     from pathlib import Path
-    from ..grammar import check_schema
+    from ..grammar import _llguidance, check_schema
+    _llguidance()                           # the grammar engine, asked for before the model loads
     p = Path(path)
     if not p.is_file():
         raise InputError(f"--json-schema {path} is not a file; give a JSON schema file")

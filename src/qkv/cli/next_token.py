@@ -17,16 +17,17 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from .flags import path_arg, value_parser
+from .flags import add_overwrite_argument, path_arg, positive_int
 
 
 def add_arguments(p) -> None:
     p.add_argument("model", type=path_arg, metavar="PATH", help="a checkpoint qkv loads")
     p.add_argument("--text", required=True, help="the context (encoder: a text with [MASK])")
     p.add_argument("--source", help="encoder-decoder: the source text")
-    p.add_argument("--top", type=value_parser(int, "--top"), default=10, help="how many tokens (default 10)")
+    p.add_argument("--top", type=positive_int("--top"), default=10, help="how many tokens (default 10)")
     p.add_argument("--lens", action="store_true", help="also read the prediction off every layer (logit lens)")
     p.add_argument("--out", type=path_arg, metavar="FILE.png", help="also draw the table (and the lens) as a PNG")
+    add_overwrite_argument(p, "--out")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--truncate", action="store_true", help="keep the last max_len tokens of a long text")
 
@@ -34,15 +35,17 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..checkpoint import load
     from ..errors import InputError
+    from ..rundir import claim_out_file
     from ..viz.lens import format_table, next_tokens, plot_next
-    from ..viz.output import check_suffix
-    from ._common import check_output_file, require_family
+    from ..viz.output import check_suffix, require_png
+    from ._common import require_family
 
-    if args.top < 1:
-        raise InputError(f"--top {args.top} must be a positive number of tokens")
     if args.out is not None:
         check_suffix(args.out, [".png"], "the next-token picture")
-        check_output_file(args.out, "--out")
+        claim_out_file(args.out, args.overwrite, "--out", reads=(args.model,))
+        require_png("qkv next --out")                    # before the model loads and runs
+    elif args.overwrite:
+        raise InputError("--overwrite lets --out replace a file; there is no --out: drop --overwrite")
     require_family(args.model, "next", "decoder", "encoder", "encoder-decoder")
     model = load(args.model)
     result = next_tokens(model, args.text, args.top, args.source, args.truncate, args.lens)

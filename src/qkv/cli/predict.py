@@ -17,7 +17,7 @@ import json
 
 from ..tasks import TASKS
 
-from .flags import path_arg, value_parser
+from .flags import path_arg, positive_int
 
 
 def add_arguments(p) -> None:
@@ -30,7 +30,8 @@ def add_arguments(p) -> None:
                    help="an image classifier's input (PNG, JPEG, ...; Pillow); repeat for more")
     p.add_argument("--invert", action="store_true", help="invert the image's pixels first (a dark digit on white paper "
                                                          "for an MNIST model)")
-    p.add_argument("--top", type=value_parser(int, "--top"), default=3, help="classes shown per image (default 3)")
+    p.add_argument("--top", type=positive_int("--top"), default=None, help="image classifiers: classes shown per "
+                                                                        "image (default 3)")
     p.add_argument("--json", action="store_true", help="print the prediction records as JSON")
 
 
@@ -43,8 +44,8 @@ def run(args) -> int:
 
     if require_family(args.checkpoint, "predict", "fine-tuned encoder", "image classifier") == "image classifier":
         return _images(args)
-    if args.image or args.invert:
-        raise InputError("a text model reads --text TEXT; --image and --invert are for image classifiers")
+    if args.image or args.invert or args.top is not None:
+        raise InputError("a text model reads --text TEXT; --image, --invert and --top are for image classifiers")
     model, fcfg = load_finetuned(args.checkpoint, args.task)
     spec = get_task(fcfg.task)
     if fcfg.task == "squad":
@@ -74,15 +75,16 @@ def _images(args) -> int:
     import torch
 
     from ..checkpoint import load
-    from ..data.images import image_to_pixels, normalize
+    from ..data.images import image_to_pixels, normalize, require_pillow
     from ..errors import InputError
     from ..nn.onednn import use_onednn
 
     if not args.image or args.text or args.question or args.context:
         raise InputError("an image classifier reads --image FILE (repeatable); --text/--question/--context are for "
                          "text models")
-    if args.top < 1:
-        raise InputError(f"--top {args.top} must be a positive number of classes")
+    if args.task:
+        raise InputError("--task names a text task; an image classifier's classes are its own: drop --task")
+    require_pillow()                                     # before the model loads
     model = use_onednn(load(args.checkpoint))
     v = model.vision
     mean, std = v.mean_std
@@ -93,7 +95,7 @@ def _images(args) -> int:
             print(f"note: {path}: {note}", file=sys.stderr)
         with torch.inference_mode():
             probs_K = model(normalize(pixels, mean, std)).logits[0].float().softmax(-1)
-        top = probs_K.topk(min(args.top, len(model.labels)))
+        top = probs_K.topk(min(args.top or 3, len(model.labels)))
         records.append({"image": str(path), "label": model.labels[int(top.indices[0])],
                         "top": [{"label": model.labels[int(i)], "probability": round(float(p), 6)}
                                 for p, i in zip(top.values, top.indices)]})

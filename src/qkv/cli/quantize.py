@@ -6,7 +6,8 @@
 Every Linear layer becomes ``Int8Linear`` (int8 per output channel) or ``Int4Linear`` (4-bit per group of
 inputs, asymmetric), a tied head (the token embedding) int8 (qkv.quant explains why); norms and an untied
 embedding table stay float32. OUT is a qkv checkpoint directory (safetensors weights, config.json with the
-layout, the tokenizer and chat template), written atomically. Input: any float checkpoint qkv loads (a qkv
+layout, the tokenizer and chat template), written atomically; never PATH itself, a folder inside it or one
+around it (a run quantized in place would keep a trainer_state.pt its weights no longer match). Input: any float checkpoint qkv loads (a qkv
 run, a Hugging Face directory, an F32/F16/BF16 GGUF). A checkpoint that is already quantized is refused: a
 quantized GGUF keeps its own blocks with ``--quantized`` on the decoding commands instead.
 """
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_bits(args.bits, args.group_size)
     require_family(args.model, "quantize", "decoder")
-    claim_out_dir(args.out, overwrite=args.overwrite, flag="OUT")
+    claim_out_dir(args.out, overwrite=args.overwrite, flag="OUT", reads=(args.model,))
     if is_gguf(args.model):
         from ..interop.gguf import GGUFFile
         kinds = {t.tensor_type.name for t in GGUFFile(args.model).tensors.values()} - {"F32", "F16", "BF16"}

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import socket
 from pathlib import Path
 
 from ..serve.config import ServeConfig
-from .flags import add_dataclass_flags, add_device_argument, collect, path_arg, value_parser
+from .flags import add_dataclass_flags, add_device_argument, collect, path_arg, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantized", action="store_true",
                    help="keep a GGUF file's Q8_0/Q4_x weights quantized in memory (other float checkpoints: "
                         "int8 on load)")
-    p.add_argument("--threads", type=value_parser(int, "--threads"), default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
                    help="CPU threads (default: the cores other processes leave idle, see qkv.runtime)")
     add_device_argument(p, "the model runs")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
@@ -36,17 +38,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
-    from ..errors import InputError
+    from ..errors import InputError, article
     from ..runtime import inference_device, set_decode_threads
     from ..serve import require_serve_extra
     from ._common import require_family
 
     config = ServeConfig(**collect(args, ServeConfig))
     found = require_family(args.model, "serve", "decoder", "encoder", "fine-tuned encoder")
+    if args.quantized and found != "decoder":
+        raise InputError(f"--quantized keeps a decoder's weights quantized; {args.model} is {article(found)}, "
+                         f"served in float: drop --quantized")
     uvicorn = require_serve_extra("qkv serve")          # before the model loads (seconds for a large one)
+    check_address(config.host, config.port)             # likewise: uvicorn would find out after the load
     device = inference_device(args.device)
     set_decode_threads(args.threads)
-    model = load(args.model, device=device, quantized=args.quantized and found == "decoder")
+    model = load(args.model, device=device, quantized=args.quantized)
     if model.tokenizer is None:
         raise InputError(f"{args.model} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
                          f"the server needs one to read and write text")
@@ -64,3 +70,26 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, access_log=False,
                 timeout_graceful_shutdown=config.shutdown_timeout)
     return 0
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind ``host:port`` as uvicorn will (same family, SO_REUSEADDR) and let go at once, so that a port in use,
+    a host that does not resolve or an address this machine lacks is one line now, not uvicorn's log after
+    the model has loaded. (Another process may still take the port in the moment between; uvicorn says so.)"""
+    from ..errors import InputError
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except socket.gaierror:
+        raise InputError(f"--host {host} does not resolve to an address of this machine; use 127.0.0.1 (this "
+                         f"machine only) or 0.0.0.0 (every interface)") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise InputError(f"port {port} on {host} is already in use (another server?); choose another --port or "
+                             f"stop the program holding it") from None
+        if e.errno == errno.EACCES:
+            raise InputError(f"port {port} needs administrator rights on this machine; choose a --port above "
+                             f"1023") from None
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror}); use --host 127.0.0.1 or 0.0.0.0, or "
+                         f"another --port") from None

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..checkpoint import read_config
 from ..config import PRESETS, ModelConfig, TrainConfig, VisionConfig, build, load_config_file, resolve
 from ..data.images import ImageDataConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, article
 from ._common import default_out_dir
 from .flags import add_dataclass_flags, collect, path_arg
 
@@ -62,6 +62,8 @@ def _train(args) -> int:
 
     model_overrides, train_overrides = collect(args, ModelConfig), collect(args, TrainConfig)
     image_overrides = {**collect(args, VisionConfig), **collect(args, ImageDataConfig)}
+    if args.resume:
+        _check_resumed_task(args.resume, train_overrides)
     if args.resume and "images" in read_config(args.resume):
         return _images(args, model_overrides, train_overrides, image_overrides)
     if not args.resume and train_overrides.get("task", PRESETS.get(_preset(args) or "", {}).get("train", {}).get("task")) == IMAGES:
@@ -73,9 +75,6 @@ def _train(args) -> int:
         if args.preset or args.config or model_overrides:
             raise ConfigError("--resume continues a run with its saved model config; drop --preset, --config "
                               "and model flags (training flags like --max-iters are allowed)")
-        if "finetune" in read_config(args.resume):
-            raise ConfigError(f"{args.resume} is a fine-tuning run; continue it with `qkv finetune --resume "
-                              f"{args.resume}`")
         saved = read_config(args.resume).get("train", {})
         check_launch(train_overrides.get("batch_size", saved.get("batch_size", 1)),
                      train_overrides.get("fsdp", saved.get("fsdp", False)), resumed="batch_size" not in train_overrides)
@@ -99,6 +98,19 @@ def _train(args) -> int:
     print(f"final: step {last['step']} | {last['elapsed_s']:.1f}s | train_loss {last['train_loss']:.4f} | "
           f"saved to {trainer.out_dir} | val_loss {last['val_loss']:.4f} (ppl {math.exp(last['val_loss']):.2f})")
     return 0
+
+
+def _check_resumed_task(run_dir: str, train_overrides: dict) -> None:
+    """A --task that is not the resumed run's is a conflict to name, before any file of the run is read as
+    that task's data (which would say that a train.jsonl is missing)."""
+    config = read_config(run_dir)
+    if "finetune" in config:
+        raise ConfigError(f"{run_dir} is a fine-tuning run; continue it with `qkv finetune --resume {run_dir}`")
+    saved = IMAGES if "images" in config else config.get("train", {}).get("task", "lm")
+    given = train_overrides.get("task", saved)
+    if given != saved:
+        raise ConfigError(f"--task {given} conflicts with --resume {run_dir}, {article(saved)} run: drop --task "
+                          f"to continue it, or drop --resume to start a new {given} run")
 
 
 def _images(args, model_overrides: dict, train_overrides: dict, image_overrides: dict) -> int:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
-from .flags import path_arg, value_parser
+from .flags import add_overwrite_argument, path_arg, positive_int, value_parser
 
 
 def add_arguments(p) -> None:
@@ -32,11 +33,12 @@ def add_arguments(p) -> None:
                    help="longest output in tokens (default: the model's positions)")
     p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false",
                    help="keep searching after beam-size hypotheses finished")
-    p.add_argument("--batch-size", type=value_parser(int, "--batch-size"), default=32, help="sources per batch")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=32, help="sources per batch (default 32)")
     p.add_argument("--truncate", action="store_true", help="cut sources longer than the model's positions")
     p.add_argument("--output", type=path_arg, metavar="FILE", help="write outputs here instead of stdout")
     p.add_argument("--metrics-json", type=path_arg, metavar="FILE", help="write the scores as JSON")
-    p.add_argument("--threads", type=value_parser(int, "--threads"), default=None, help="torch threads")
+    add_overwrite_argument(p, "--output and --metrics-json")
+    p.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch threads (default torch's own)")
 
 
 def run(args) -> int:
@@ -46,24 +48,28 @@ def run(args) -> int:
     from ..data.pairs import read_parallel, read_summaries
     from ..data.text import read_lines
     from ..errors import InputError
-    from ..metrics import bleu, rouge
-    from ..rundir import write_text_atomic
-    from ..validation import check_positive_int
+    from ..metrics import bleu, require_metric, rouge
+    from ..rundir import claim_out_file, write_text_atomic
     from ..translate import SearchConfig, translate
-    from ._common import check_output_file, require_family
+    from ._common import require_family
 
     cfg = SearchConfig(beam_size=args.beam, max_new_tokens=args.max_new_tokens,
                        length_penalty=args.length_penalty, early_stopping=args.early_stopping)
-    check_positive_int("--batch-size", args.batch_size)
-    if args.threads is not None:
-        check_positive_int("--threads", args.threads)
     if args.ref and not args.file:
         raise InputError("--ref scores a --file of sources; give the sources with --file")
     if args.metrics_json and not (args.ref or args.jsonl):
         raise InputError("--metrics-json writes BLEU or ROUGE, which need references: add --ref FILE (with "
                          "--file) or use --jsonl")
-    check_output_file(args.output, "--output")
-    check_output_file(args.metrics_json, "--metrics-json")
+    inputs = (args.file, args.ref, args.jsonl)
+    outputs = {flag: path for flag, path in (("--output", args.output), ("--metrics-json", args.metrics_json)) if path}
+    if args.overwrite and not outputs:
+        raise InputError("--overwrite lets --output or --metrics-json replace a file; neither is given: drop it")
+    if len(outputs) == 2 and Path(args.output).resolve() == Path(args.metrics_json).resolve():
+        raise InputError("--output and --metrics-json name the same file; give each its own")
+    for flag, path in outputs.items():
+        claim_out_file(path, args.overwrite, flag, reads=inputs)
+    if args.ref or args.jsonl:                        # scored at the end: the package is asked for now
+        require_metric("rouge" if args.jsonl else "bleu", f"qkv translate {'--jsonl' if args.jsonl else '--ref'}")
     require_family(args.directory, "translate", "encoder-decoder")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -208,13 +208,20 @@ class ImageBatches:
         return {"val_accuracy": round(correct / len(self.splits["val"]), 5)}
 
 
+def require_pillow():
+    """PIL.Image, or the one-line error naming the vision extra; a command asks before it loads a model."""
+    return require_extra("PIL.Image", "vision", "reading an image file", "pillow")
+
+
 def image_to_pixels(path: str | Path, size: int, channels: int, resample: str = "bilinear",
                     invert: bool = False) -> tuple[torch.Tensor, str]:
     """(pixels_1IYX uint8, a note on what was changed) from an image file, via Pillow: converted to the
     model's channels (L or RGB) and resized to size x size when it is another size."""
-    Image = require_extra("PIL.Image", "vision", "reading an image file", "pillow")
+    Image = require_pillow()
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"--image {path} is a directory; pass an image file in it (PNG, JPEG, ...)")
     if not path.is_file():
         raise InputError(f"--image {path} does not exist; pass an image file (PNG, JPEG, ...)")
     try:

@@ -29,6 +29,7 @@ class SentenceClassification:
     head = "classify"                            # qkv.models.encoder.TASKS key
     layout = "B"
     predictions_file = "predictions.jsonl"
+    needs = ()                                   # optional metric packages: none
 
     def read_train(self, cfg) -> list[Example]:
         return read_classification(cfg.data)

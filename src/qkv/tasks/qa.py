@@ -35,6 +35,7 @@ class ExtractiveQA:
     head = "qa"
     layout = "B2"
     predictions_file = "predictions.json"
+    needs = ()                                   # optional metric packages: none (the official rule is here)
 
     def read_train(self, cfg) -> list[SquadExample]:
         examples = read_squad(cfg.data)

@@ -39,6 +39,11 @@ class Tagging:
     layout = "BL"
     predictions_file = "predictions.jsonl"
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The optional metrics (``qkv.metrics.PACKAGES``) ``score`` computes with: entity F1 is seqeval's."""
+        return ("entity_f1",) if self.metric == "f1" else ()
+
     def read_train(self, cfg) -> list:
         return self.reader(cfg.data)
 

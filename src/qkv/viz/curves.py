@@ -24,6 +24,9 @@ X_LABELS = {"step": "optimizer step", "tokens": "training tokens", "time": "seco
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows of ``run_dir/metrics.jsonl``; an error naming the fix when there are none."""
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise InputError(f"{run_dir} does not exist; check the path (a run directory written by qkv train or "
+                         f"qkv finetune)")
     path = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
     if not path.is_file():
         raise InputError(f"{run_dir} has no metrics.jsonl; point at a run directory written by qkv train "

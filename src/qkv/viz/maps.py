@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, counted
 from .output import plain, png_figure
 from .read import AttentionMap
 
@@ -22,8 +22,8 @@ CMAP = "Blues"
 
 def check_index(value: int | None, count: int, what: str) -> None:
     if value is not None and not 0 <= value < count:
-        raise InputError(f"{what} {value} is out of range: this model has {count} {what}s, numbered 0 to "
-                         f"{count - 1}")
+        numbered = "numbered 0" if count == 1 else f"numbered 0 to {count - 1}"
+        raise InputError(f"{what} {value} is out of range: this model has {counted(count, what)}, {numbered}")
 
 
 def _norm():

@@ -1,7 +1,7 @@
 """Writing pictures and pages: whole files or nothing, PNGs through matplotlib's Agg renderer.
 
-A file is written to a temp file beside its target and renamed over it, so an interrupted run never leaves
-half a PNG (or half a page) where a good one was. Figures use matplotlib's object API
+A file is written to a temp file beside its target and renamed over it (``qkv.rundir.write_atomic``), so an
+interrupted run never leaves half a PNG (or half a page) where a good one was. Figures use matplotlib's object API
 (``matplotlib.figure.Figure``), never ``pyplot``: no global state, no window, and a notebook's own backend
 is left alone. Text that comes from data (tokens, paths) goes through ``plain``: a token "$" is a dollar
 sign, not the start of a formula (matplotlib keeps math text on for its own log-scale tick labels).
@@ -9,14 +9,13 @@ sign, not the start of a formula (matplotlib keeps math text on for its own log-
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 from ..errors import InputError, require_extra
+from ..rundir import write_atomic, write_text_atomic   # noqa: F401  (the viz modules write through these)
 
 
 def check_suffix(path: str | Path, allowed: Iterable[str], what: str) -> Path:
@@ -29,36 +28,10 @@ def check_suffix(path: str | Path, allowed: Iterable[str], what: str) -> Path:
     return path
 
 
-def write_atomic(path: str | Path, write: Callable) -> Path:
-    """Call ``write(binary_file)`` on a temp file beside ``path``, then rename it into place."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the folder {path.parent} ({e.strerror}); choose another output path") \
-            from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())             # mkstemp makes 0600; a picture is for sharing
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    return write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
+def require_png(feature: str = "a PNG"):
+    """matplotlib, or the one-line error naming the plots extra. ``png_figure`` asks when it draws; a command
+    asks first, before it loads a model and computes what the picture shows."""
+    return require_extra("matplotlib", "plots", feature)
 
 
 def plain(text: str) -> str:
@@ -70,7 +43,7 @@ def plain(text: str) -> str:
 def png_figure(path: str | Path, width: float, height: float, dpi: int = 110,
                layout: str | None = "constrained") -> Iterator:
     """Yield a matplotlib Figure of ``width`` x ``height`` inches; when the block ends, save it as a PNG."""
-    matplotlib = require_extra("matplotlib", "plots", "a PNG")
+    matplotlib = require_png()
     from matplotlib.figure import Figure
     path = check_suffix(path, [".png"], "a PNG")
     with matplotlib.rc_context({"font.size": 9}), warnings.catch_warnings():

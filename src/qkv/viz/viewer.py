@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .output import check_suffix, write_text
+from .output import check_suffix, write_text_atomic
 from .read import AttentionMap
 
 
@@ -43,4 +43,4 @@ def render_html(maps: list[AttentionMap], title: str, subtitle: str = "") -> str
 
 def write_html(maps: list[AttentionMap], path: str | Path, title: str, subtitle: str = "") -> Path:
     path = check_suffix(path, [".html", ".htm"], "the attention viewer")
-    return write_text(path, render_html(maps, title, subtitle))
+    return write_text_atomic(path, render_html(maps, title, subtitle))
