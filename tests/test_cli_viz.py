@@ -77,6 +77,9 @@ def test_experiment_quick_writes_a_report(tmp_path, capsys):
 
 
 def test_an_existing_picture_is_replaced_whole(run_dir, tmp_path):
+    """Only with --overwrite (issue 20: qkv cannot tell a person's picture from its own), and then whole."""
     (tmp_path / "keep.png").write_bytes(b"old picture")
-    assert main(["attention", str(run_dir), "--text", "First", "--out", str(tmp_path / "keep.png")]) == 0
+    argv = ["attention", str(run_dir), "--text", "First", "--out", str(tmp_path / "keep.png")]
+    assert main(argv) == 2 and (tmp_path / "keep.png").read_bytes() == b"old picture"
+    assert main(argv + ["--overwrite"]) == 0
     assert (tmp_path / "keep.png").read_bytes()[:4] == b"\x89PNG" and [p.name for p in tmp_path.iterdir()] == ["keep.png"]
