@@ -398,11 +398,13 @@ def test_context_bounds_and_one_line_refusals(backend):
     with pytest.raises(InputError, match=f"the conversation needs {n} tokens but the context holds {n}"):
         list(ChatSession(model, context=n).say("the fox"))
     session = ChatSession(model, context=n + 5)
+    assert session.reply_tokens == 0
     assert len("".join(session.say("the fox", temperature=0, max_new_tokens=5, ignore_eos=True))) > 0
-    assert session.notices == []                                # prompt + budget == context: it fits
+    assert session.notices == [] and session.reply_tokens == 5  # prompt + budget == context: it fits
     session = ChatSession(model, context=n + 1)
     list(session.say("the fox", temperature=0, max_new_tokens=5, ignore_eos=True))
     assert session.notices == ["the reply is limited to 1 tokens by the " + f"{n + 1}-token context"]
+    assert session.reply_tokens == 1
 
 
 def test_a_reply_cut_by_the_context_says_so(backend):
