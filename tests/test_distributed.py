@@ -48,7 +48,7 @@ def test_two_processes_equal_one_with_the_whole_batch_and_with_accumulation(tmp_
     assert max(abs(a - b) for a, b in zip(two["losses"], whole["losses"])) <= 1e-5
     assert max(abs(a - b) for a, b in zip(whole["losses"], accumulated["losses"])) <= 1e-5
     assert two["losses"][0] > two["losses"][-1] + 0.1              # it trained: the losses are not constant
-    assert two["threads"] == max(1, available_cores() // 2)        # 2 processes share this machine's cores
+    assert 1 <= two["threads"] <= max(1, available_cores() // 2)   # 2 processes share this machine's idle cores
     a, b = load(tmp_path / "ddp").state_dict(), load(tmp_path / "one").state_dict()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
 

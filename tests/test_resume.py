@@ -125,3 +125,28 @@ def test_time_budget_resume_with_the_real_clock_keeps_the_elapsed_time(tmp_path,
     last = resumed.fit()
     assert seen[0][0] == state["elapsed_s"] / 1.0                 # not 0: the schedule goes on from there
     assert resumed.elapsed >= 1.0 and last["step"] == resumed.step > 3   # the total (saves included) ran out
+
+
+def test_threads_follow_the_idle_cores_and_a_resume_keeps_them(tmp_path, corpus, monkeypatch):
+    """No --threads: the cores other processes leave idle (qkv.runtime), said in the first line and kept in
+    config.json; the resumed run uses the same count (another count sums in another order), and an explicit
+    --threads wins."""
+    import json as json_
+    import qkv.train.distributed as distributed
+    from qkv.config import resolve
+    from qkv.train.trainer import Trainer
+    monkeypatch.setattr(distributed, "idle_cores", lambda: 3)
+    lines = []
+    cfgs = resolve("tiny", train=dict(data=str(corpus), out_dir=str(tmp_path / "run"), max_iters=2,
+                                      eval_interval=2, precision="fp32"))
+    Trainer(*cfgs, log=lines.append).fit()
+    assert lines[0].endswith("; 3 threads (the cores other processes leave idle)") and torch.get_num_threads() == 3
+    assert json_.loads((tmp_path / "run" / "config.json").read_text())["threads"] == 3
+    monkeypatch.setattr(distributed, "idle_cores", lambda: 1)
+    lines.clear()
+    Trainer.resume(tmp_path / "run", {"max_iters": 4}, log=lines.append).fit()
+    assert "; 3 threads (as the run being resumed)" in lines[0]
+    lines.clear()
+    Trainer.resume(tmp_path / "run", {"max_iters": 6, "threads": 2}, log=lines.append).fit()
+    assert "; 2 threads (--threads)" in lines[0]
+    torch.set_num_threads(1)

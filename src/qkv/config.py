@@ -146,8 +146,8 @@ class TrainConfig:
                                             # stops after this many in a row
     fsdp: bool = False                      # under torchrun on CUDA: shard parameters, gradients and AdamW
                                             # moments over the GPUs (FSDP2) instead of replicating them (DDP)
-    threads: int | None = None              # torch.set_num_threads; None: torch's default (one per core), and
-                                            # under torchrun the cores split between the machine's processes
+    threads: int | None = None              # torch.set_num_threads; None: the cores other processes leave idle
+                                            # (qkv.runtime), split between torchrun's processes on the machine
     tensorboard: bool = False               # also write TensorBoard event files to <out_dir>-tb/
     progress: bool = True                   # show a progress bar (only when output is a terminal)
 

@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
-from ..runtime import available_cores
+from ..runtime import idle_cores
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,12 @@ class World:
         return cls(rank, dist.get_world_size(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")), device, backend)
 
     def threads(self, requested: int | None) -> int | None:
-        """Intra-op threads per process: --threads, else this machine's cores split between its processes
-        (N processes with torch's default of one thread per core would each spin on every core)."""
-        if requested is not None or not self.distributed or self.device.type == "cuda":
+        """Intra-op threads per process: --threads, else the cores other processes leave idle
+        (``qkv.runtime``), split between this machine's processes (N processes with torch's default of
+        one thread per core would each spin on every core). None on a GPU: torch's default."""
+        if requested is not None or self.device.type == "cuda":
             return requested
-        return max(1, available_cores() // self.local_size)
+        return max(1, idle_cores() // self.local_size)
 
     def shard(self, batch: dict) -> dict:
         """This rank's rows of a global batch (every entry's first dimension is the batch)."""

@@ -42,9 +42,10 @@ BEST_DIR = "best"                 # --keep-best: a loadable model directory insi
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer: Tokenizer | None = None,
                  log=print, src_tokenizer: Tokenizer | None = None, task: Task | None = None,
-                 resuming: Path | None = None):
+                 resuming: Path | None = None, kept_threads: int | None = None):
         """``task``: a ready task (fine-tuning); by default one is built from the configs.
-        ``resuming``: the run directory being continued (the one place out_dir may already hold a run)."""
+        ``resuming``: the run directory being continued (the one place out_dir may already hold a run);
+        ``kept_threads``: the thread count it ran with, used unless ``train_cfg.threads`` says otherwise."""
         self.train_cfg, self.log = train_cfg, log
         self.world = world = World.from_env()
         # --tensorboard's package is asked for first: a missing one is named before any line or work
@@ -52,6 +53,12 @@ class Trainer:
                              if train_cfg.tensorboard and world.is_main else None)
         self.precision = choose_precision(train_cfg.precision, world.device.type)
         processes = f"; {world.size} processes ({world.backend})" if world.distributed else ""
+        self.threads = world.threads(train_cfg.threads or kept_threads)
+        if self.threads:
+            torch.set_num_threads(self.threads)
+            why = "--threads" if train_cfg.threads else "as the run being resumed" if kept_threads else \
+                "the cores other processes leave idle"
+            processes += f"; {self.threads} thread{'s' * (self.threads > 1)} ({why})"
         log(f"{self.precision.describe()}; device {world.device.type}{processes}")       # the run's first line
         if self.precision.warning and world.is_main:
             print(f"warning: {self.precision.warning}", file=sys.stderr)
@@ -62,9 +69,6 @@ class Trainer:
             self.out_dir = Path(train_cfg.out_dir)
         # --overwrite: the first save replaces the old run whole instead of keeping its other entries
         self._replacing = resuming is None and self.out_dir.is_dir() and any(self.out_dir.iterdir())
-        threads = world.threads(train_cfg.threads)
-        if threads:
-            torch.set_num_threads(threads)
         task = task or build_task(model_cfg, train_cfg, tokenizer, src_tokenizer)
         self.task_config = task.config
         self.model_cfg, self.tokenizer, self.data = task.model_cfg, task.tokenizer, task.data
@@ -111,7 +115,10 @@ class Trainer:
             raise CheckpointError(f"{run_dir} has no tokenizer.json; the run cannot be resumed")
         src_path = run_dir / SRC_TOKENIZER_FILE
         src_tokenizer = Tokenizer.from_file(src_path) if src_path.is_file() else None
-        trainer = cls(model_cfg, train_cfg, tokenizer, log, src_tokenizer, task, resuming=run_dir)
+        # the thread count the run chose, on the same world: another count sums in another order
+        same_world = config.get("world", {}).get("processes", 1) == world.size
+        trainer = cls(model_cfg, train_cfg, tokenizer, log, src_tokenizer, task, resuming=run_dir,
+                      kept_threads=config.get("threads") if same_world else None)
         try:
             state = torch.load(state_path, weights_only=True)
         except Exception as e:
@@ -198,7 +205,7 @@ class Trainer:
         train = dataclasses.asdict(self.train_cfg)
         if train["data"] is not None:              # resumable from any working directory
             train["data"] = str(Path(train["data"]).resolve())
-        config = {"train": train, "precision": self.precision.as_config(),
+        config = {"train": train, "precision": self.precision.as_config(), "threads": self.threads,
                   "world": {"processes": self.world.size, "backend": self.world.backend}, **self.task_config}
         with atomic_dir(self.out_dir, carry_over=not self._replacing) as tmp:
             write_model_files(tmp, self.model, self.tokenizer, config, weights)
