@@ -456,6 +456,13 @@ def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(zoo, capsys, 
     assert f"port {port} on 127.0.0.1 is already in use" in err, err
 
 
+def test_the_attention_summary_names_the_layer_and_head_a_png_shows(zoo, capsys, monkeypatch):
+    monkeypatch.chdir(zoo / "out")
+    assert main(["attention", str(zoo / "gpt"), "--text", "First", "--out", "l0h1.png", "--layer", "0",
+                 "--head", "1", "--overwrite"]) == 0
+    assert "(self-attention layer 0 x head 1, 5 x 5 tokens)" in capsys.readouterr().out
+
+
 def test_message_words():
     """Counts and articles in messages: "1 head", "an encoder" (issue 20 found "1 heads", "a encoder")."""
     from qkv.errors import InputError, article, counted

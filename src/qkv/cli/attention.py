@@ -128,7 +128,7 @@ def _shown(args, maps, chosen) -> str:
                          f"{len(m.queries)} x {len(m.keys)} tokens" for m in maps)
     layers = f"layer {args.layer}" if args.layer is not None else counted(chosen.n_layers, "layer")
     heads = f"head {args.head}" if args.head is not None else counted(chosen.n_heads, "head")
-    return f"{chosen.name}, {layers} x {heads}, {len(chosen.queries)} x {len(chosen.keys)} tokens"
+    return f"{chosen.name} {layers} x {heads}, {len(chosen.queries)} x {len(chosen.keys)} tokens"
 
 
 def _image(args, fmt: str) -> int:
