@@ -1,6 +1,7 @@
 """Generation: the decode loop against full recomputation, batching, each processor by hand, stop strings,
 streaming, and every bad input as an InputError that names the fix."""
 
+import os
 import re
 
 import pytest
@@ -397,3 +398,34 @@ def test_bad_inputs_raise_input_error(tok):
                         "prompt"):
         generate(tiny_gpt(plain.vocab_size), plain, "")
     assert generate(model, tok, "", max_new_tokens=3, temperature=0, ignore_eos=True)   # starts from eos
+
+
+THREADS_PROBE = """
+import os, sys, torch
+os.getloadavg = lambda: (float(sys.argv[1]), 0.0, 0.0)           # other processes hold this many cores
+import qkv
+from qkv.runtime import available_cores
+if sys.argv[2] == "user":
+    torch.set_num_threads(1)
+model = qkv.GPT(qkv.ModelConfig(vocab_size=20, max_len=16, n_layers=1, d_model=16, n_heads=2))
+before = torch.get_num_threads()
+qkv.generate(model, qkv.Tokenizer.train_char("abc"), "ab", max_new_tokens=2)
+print(before, torch.get_num_threads(), available_cores())
+"""
+
+
+@pytest.mark.parametrize("load, who", [(0.0, "qkv"), (64.0, "qkv"), (0.0, "user")])
+def test_python_api_decoding_takes_the_idle_cores_unless_the_user_chose(load, who):
+    """qkv.generate in a fresh process: the cores other processes leave idle (as the CLI), but a count
+    the user set (torch.set_num_threads, OMP_NUM_THREADS) stays."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", THREADS_PROBE, str(load), who], capture_output=True, text=True,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after, cores = map(int, done.stdout.split())
+    if who == "user":
+        assert before == after == 1
+    else:
+        assert after == (1 if load >= cores else min(cores, 8))

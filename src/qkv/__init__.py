@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"   # before the imports: checkpoint.py records it
 
+from . import runtime    # first: it notes torch's thread count before user code can change it
 from .config import PRESETS, ModelConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, InputError, MissingExtraError, QkvError
 from .models import GPT, ModelOutput

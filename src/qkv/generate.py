@@ -32,6 +32,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .errors import InputError
+from .runtime import choose_python_api_threads
 from .validation import check_fields
 from .text_stream import TextStream
 
@@ -203,6 +204,7 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
     constraints: one per row (``qkv.grammar.JsonConstraint``): masks the row's logits until its grammar is
     complete; the loop also ends when every row's is.
     """
+    choose_python_api_threads()
     check_lengths(model, prompt_ids_BL, cfg)
     B, L = prompt_ids_BL.shape
     T = L + cfg.max_new_tokens

@@ -21,6 +21,9 @@ import torch
 from .errors import InputError
 
 MAX_DECODE_THREADS = 8
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")       # a user's own choice of threads
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()                 # read when qkv is imported, before any change
+_python_api_threads_chosen = False
 
 
 def available_cores() -> int:
@@ -45,12 +48,27 @@ def decode_threads() -> int:
     return min(idle_cores(), MAX_DECODE_THREADS)
 
 
+def choose_python_api_threads() -> None:
+    """The Python API's decoding (``qkv.generate``, ``qkv.chat``, ``ChatSession``) gets the CLI's thread
+    policy once per process, unless the user chose a count: torch.set_num_threads called since qkv was
+    imported, or OMP_NUM_THREADS / MKL_NUM_THREADS set."""
+    global _python_api_threads_chosen
+    if _python_api_threads_chosen:
+        return
+    _python_api_threads_chosen = True
+    if any(v in os.environ for v in THREAD_VARIABLES) or torch.get_num_threads() != _TORCH_DEFAULT_THREADS:
+        return
+    torch.set_num_threads(decode_threads())
+
+
 def set_decode_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads to ``threads`` (or ``decode_threads()``); returns the number set."""
+    global _python_api_threads_chosen
     if threads is not None and threads < 1:
         raise InputError(f"--threads {threads} must be >= 1")
     n = threads or decode_threads()
     torch.set_num_threads(n)
+    _python_api_threads_chosen = True                # a command chose: the Python API's default stays out
     return n
 
 
