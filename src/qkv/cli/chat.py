@@ -25,6 +25,7 @@ import time
 
 from ..errors import InputError
 from ..generate import GenerationConfig, make_config
+from .flags import positive_int
 from .generate import FLAGS, add_sampling_arguments, load_for_decoding, sampling_config
 
 DEFAULTS = GenerationConfig(max_new_tokens=512, temperature=0.7, top_p=0.95)   # chat's defaults
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="PATH", help="a .gguf file or a Llama / Mistral / Qwen2 directory with a "
                                                  "chat template (or a qkv checkpoint that has one)")
     p.add_argument("--system", metavar="TEXT", default=None, help="the system message")
-    p.add_argument("--context", type=int, default=None, metavar="N",
+    p.add_argument("--context", type=positive_int("--context"), default=None, metavar="N",
                    help="KV-cache positions for the conversation (default min(max_len, 4096))")
     add_sampling_arguments(p, DEFAULTS)
 

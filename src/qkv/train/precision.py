@@ -7,7 +7,9 @@ fp32) pays only where bf16 arithmetic is native:
     CUDA  compute capability 8.0 and later (Ampere, Hopper): torch.cuda.is_bf16_supported()
 
 Elsewhere bf16 is emulated (each product converts to fp32 and back) and runs slower than fp32, so ``auto``
-keeps fp32 there; ``bf16`` forced on such a machine still runs, with a warning that names the slowdown.
+keeps fp32 there; ``bf16`` forced on such a machine still runs, with a warning that names the slowdown
+as measured (a training step of the bench shape: 4x on an AVX-512 CPU without BF16, 15-35x on an AVX2
+Zen 3; bench/README.md).
 The decision is made once per run, printed first and stored in the run's config.json.
 """
 
@@ -69,12 +71,13 @@ def native_bf16(device: str) -> tuple[bool, str]:
 
 def choose_precision(requested: str, device: str) -> Precision:
     """fp32 and bf16 are taken as given; auto becomes bf16 exactly where bf16 is native.
-    Forcing bf16 on emulated hardware carries a warning (it trains, 2-4x slower than fp32), never fails."""
+    Forcing bf16 on emulated hardware carries a warning (it trains, 4-35x slower than fp32), never fails."""
     native, hardware = native_bf16(device)
     if requested == "auto":
         return Precision("auto", "bf16" if native else "fp32", hardware)
     warning = None
     if requested == "bf16" and not native:
         warning = (f"--precision bf16 on hardware without native bf16 ({hardware}): every product converts to "
-                   f"fp32 and back, typically 2-4x slower than fp32; use --precision auto or fp32")
+                   f"fp32 and back: measured 4x slower than fp32 on AVX-512 without BF16 and 15-35x on AVX2; "
+                   f"use --precision auto or fp32")
     return Precision(requested, requested, hardware, warning)
