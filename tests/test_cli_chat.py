@@ -61,7 +61,8 @@ def test_chat_context_overflow_is_one_line_and_the_chat_goes_on(model_file, monk
 @pytest.mark.parametrize("argv, phrase", [
     (["--temperature", "-1"], "temperature=-1.0 must be >= 0"),
     (["--context", "1"], "context=1 must be between 2"),
-    (["--threads", "0"], "--threads 0 must be >= 1"),
+    (["--threads", "0"], "--threads 0 must be a positive integer"),
+    (["--context", "0"], "--context 0 must be a positive integer"),
 ])
 def test_chat_bad_flags_are_one_line(model_file, monkeypatch, capsys, argv, phrase):
     status, _, err = _chat(monkeypatch, capsys, [str(model_file), *argv], ["hi"])
