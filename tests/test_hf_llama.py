@@ -26,7 +26,7 @@ def transformers():
 
 def _hf_model(transformers, kind: str, **extra):
     torch.manual_seed(0)
-    common = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    common = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
                   num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-3, rope_theta=500.0,
                   tie_word_embeddings=False, initializer_range=0.1, bos_token_id=None, eos_token_id=None,
                   pad_token_id=None)
@@ -44,7 +44,7 @@ def _hf_model(transformers, kind: str, **extra):
 
 CASES = {   # name -> (model type, config overrides)
     "llama-gqa-untied": ("llama", {}),
-    "llama-tied-head_dim": ("llama", dict(tie_word_embeddings=True, head_dim=24)),   # 4 x 24 != 64
+    "llama-tied-head_dim": ("llama", dict(tie_word_embeddings=True, head_dim=24)),   # 8 x 24 != 64
     "llama-biases": ("llama", dict(attention_bias=True, mlp_bias=True)),
     "qwen2-qkv-bias": ("qwen2", {}),
     "mistral-window": ("mistral", dict(sliding_window=5)),                            # shorter than 24 ids
@@ -93,18 +93,27 @@ def _saved(transformers, kind, d, **extra):
     return d
 
 
-def test_sharded_and_bin_checkpoints(transformers, tmp_path):
-    hf = _hf_model(transformers, "llama")
+@pytest.mark.parametrize("tie", [False, True])
+def test_sharded_and_bin_checkpoints(transformers, tmp_path, tie):
+    """Shards; and the older pytorch_model.bin with what transformers < 4.31 kept in it: the RoPE inv_freq
+    buffers and, for a tied model, lm_head.weight beside the embedding."""
+    hf = _hf_model(transformers, "llama", tie_word_embeddings=tie)
     hf.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "config.json").write_text((tmp_path / "sharded" / "config.json").read_text())
-    torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    sd = {k: t.clone() for k, t in hf.state_dict().items()}
+    assert "lm_head.weight" in sd
+    for i in range(2):
+        sd[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = torch.rand(4)
+    torch.save(sd, tmp_path / "bin" / "pytorch_model.bin")
     ids_BL = torch.randint(0, V, (1, 10))
     with torch.no_grad():
         want = hf(ids_BL).logits
     for d in ("sharded", "bin"):
-        assert (qkv.load(tmp_path / d)(ids_BL).logits - want).abs().max() < 2e-6
+        model = qkv.load(tmp_path / d)
+        assert (model(ids_BL).logits - want).abs().max() < 2e-6
+        assert (model.head.weight is model.tok.weight) == tie
 
 
 def test_tokenizer_and_chat_template_from_the_directory(transformers, tmp_path):
@@ -125,21 +134,41 @@ def test_tokenizer_and_chat_template_from_the_directory(transformers, tmp_path):
     assert tok.prompt_ids("ab") == [90] + tok.encode("ab")
 
 
-@pytest.mark.parametrize("change, phrase", [
-    (dict(model_type="falcon"), "model_type 'falcon' in"),
-    (dict(hidden_size=32), "expects"),
-    (dict(num_hidden_layers=3), "has no tensor"),
-    (dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}), "RoPE scaling 'yarn'"),
-    (dict(hidden_act="gelu"), "silu only"),
+@pytest.mark.parametrize("kind, change, phrase", [
+    ("llama", dict(model_type="falcon"), "model_type 'falcon' in"),
+    ("llama", dict(hidden_size=32), "the weights in {d}: tensor 'model.embed_tokens.weight' has shape \\(120, 64\\) "
+     "but config.json \\(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=8, "
+     "num_key_value_heads=2, head_dim=8, intermediate_size=96\\) expects \\(120, 32\\)"),
+    ("llama", dict(num_hidden_layers=3), "the weights in {d} has no tensor 'model.layers.2.input_layernorm.weight'"),
+    ("llama", dict(num_hidden_layers=1), "the weights in {d} has tensors a Llama-family causal LM with config.json "
+     "\\(vocab_size=120, .*\\) does not: \\['model.layers.1.*; fix config.json \\(num_hidden_layers, biases, "
+     "tie_word_embeddings\\) to match them$"),
+    ("llama", dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}), "{d}/config.json uses RoPE scaling 'yarn'"),
+    ("llama", dict(rope_parameters={"rope_type": "yarn", "rope_theta": 500.0, "factor": 2.0}), "RoPE scaling 'yarn'"),
+    ("llama", dict(hidden_act="gelu"), "{d}/config.json sets hidden_act='gelu'; qkv's SwiGLU uses silu only"),
+    ("llama", dict(attention_bias=True), "{d}/config.json sets attention_bias=True but mlp_bias=False; qkv biases "
+     "every Linear or none \\(or q/k/v alone, as Qwen2\\)$"),
+    ("qwen2", dict(use_sliding_window=True), "{d}/config.json sets use_sliding_window=true \\(a window on some layers "
+     "only\\), which qkv does not implement; set it to false to load with full attention$"),
 ])
-def test_bad_directories_raise_one_clear_error(transformers, tmp_path, change, phrase):
-    d = _saved(transformers, "llama", tmp_path / "m")
+def test_bad_directories_raise_one_clear_error(transformers, tmp_path, kind, change, phrase):
+    d = _saved(transformers, kind, tmp_path / "m")
     cfg = json.loads((d / "config.json").read_text())
     cfg.update(change)
     cfg.pop("rope_parameters", None) if "rope_scaling" in change else None
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=phrase):
+    with pytest.raises(CheckpointError, match=phrase.replace("{d}", str(d))):
         qkv.load(d)
+
+
+def test_the_config_reader_names_the_file_and_the_types_it_reads(tmp_path):
+    from qkv.interop.hf_llama import config_from_hf, load_llama
+    with pytest.raises(CheckpointError, match="^config.json has model_type='falcon'; load_llama reads "
+                                              "\\['llama', 'mistral', 'qwen2'\\]$"):
+        config_from_hf({"model_type": "falcon"})
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(CheckpointError, match=f"^{tmp_path}/config.json has model_type='gpt2'"):
+        load_llama(tmp_path)
 
 
 def test_eps_and_theta_are_read_not_assumed(transformers, tmp_path):
@@ -157,7 +186,7 @@ def test_eps_and_theta_are_read_not_assumed(transformers, tmp_path):
 def test_a_config_with_only_the_sizes_takes_transformers_defaults(transformers, tmp_path, kind):
     """Keys left out of config.json (older or hand-written files) mean what they mean to transformers."""
     # Llama's num_key_value_heads defaults to the head count; Mistral's (8) and Qwen2's (32) fit no small model
-    d = _saved(transformers, kind, tmp_path / "m", **(dict(num_key_value_heads=4) if kind == "llama" else {}))
+    d = _saved(transformers, kind, tmp_path / "m", **(dict(num_key_value_heads=8) if kind == "llama" else {}))
     sizes = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
              "num_attention_heads") + (() if kind == "llama" else ("num_key_value_heads",))
     cfg = json.loads((d / "config.json").read_text())
@@ -185,5 +214,5 @@ def test_a_transformers_4_config_with_top_level_rope_theta(transformers, tmp_pat
         assert (qkv.load(tmp_path)(ids_BL).logits - hf(ids_BL).logits).abs().max() < 2e-6
     cfg["rope_scaling"] = {"type": "linear", "factor": 2.0}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="RoPE scaling 'linear'"):
+    with pytest.raises(CheckpointError, match="config.json uses RoPE scaling 'linear', which qkv does not"):
         qkv.load(tmp_path)
