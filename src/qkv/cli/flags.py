@@ -56,6 +56,11 @@ def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"replace {what} when it exists (never a file of a checkpoint)")
 
 
+def add_chat_template_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--chat-template", metavar="FILE", type=path_arg, default=None,
+                        help="a Jinja chat template file to use instead of the model's own")
+
+
 def path_arg(text: str) -> str:
     """An argparse ``type`` for a file or folder: refuses the empty string (often a variable never set)."""
     if not text.strip():

@@ -16,7 +16,7 @@ import sys
 
 from ..errors import InputError
 from ..generate import GenerationConfig
-from .flags import add_device_argument, path_arg, positive_int, unescaped, value_parser
+from .flags import add_chat_template_argument, add_device_argument, path_arg, positive_int, unescaped, value_parser
 
 DEFAULTS = GenerationConfig()
 
@@ -48,6 +48,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: Generation
     parser.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
                         help="CPU threads (default: the cores other processes leave idle, see qkv.runtime)")
     add_device_argument(parser, "the model runs")
+    add_chat_template_argument(parser)
     parser.add_argument("--quantized", action="store_true",
                         help="keep a GGUF file's Q8_0/Q4_x weights quantized in memory (other float "
                              "checkpoints: int8 on load)")
@@ -69,15 +70,19 @@ def sampling_config(args: argparse.Namespace, defaults: GenerationConfig = DEFAU
 def load_for_decoding(path: str, args: argparse.Namespace, command: str):
     """``qkv.load`` of a decoder, with the decode thread policy applied first; it must have a tokenizer."""
     from .. import load
+    from ..conversation import read_chat_template
     from ..runtime import inference_device, set_decode_threads
     from ._common import require_family
     require_family(path, command, "decoder")
     device = inference_device(args.device)
+    template = read_chat_template(args.chat_template) if args.chat_template else None   # checked before the load
     set_decode_threads(args.threads)
     model = load(path, device=device, quantized=args.quantized)
     if model.tokenizer is None:
         raise InputError(f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
                          f"add one to generate text")
+    if template is not None:
+        model.tokenizer.chat_template = template
     return model
 
 

@@ -20,7 +20,8 @@ import socket
 from pathlib import Path
 
 from ..serve.config import ServeConfig
-from .flags import add_dataclass_flags, add_device_argument, collect, path_arg, positive_int
+from .flags import (add_chat_template_argument, add_dataclass_flags, add_device_argument, collect, path_arg,
+                    positive_int)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
                    help="CPU threads (default: the cores other processes leave idle, see qkv.runtime)")
     add_device_argument(p, "the model runs")
+    add_chat_template_argument(p)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="log level; 'info' prints one access line per request when it completes (default info)")
 
@@ -43,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from ..serve import require_serve_extra
     from ._common import require_family
 
-    config = ServeConfig(**collect(args, ServeConfig))
+    from ..conversation import read_chat_template
+    config = ServeConfig(**collect(args, ServeConfig)).with_api_key()   # a bad key file: before the load
+    template = read_chat_template(args.chat_template) if args.chat_template else None
     found = require_family(args.model, "serve", "decoder", "encoder", "fine-tuned encoder")
     if args.quantized and found != "decoder":
         raise InputError(f"--quantized keeps a decoder's weights quantized; {args.model} is {article(found)}, "
@@ -56,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if model.tokenizer is None:
         raise InputError(f"{args.model} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
                          f"the server needs one to read and write text")
+    if template is not None:
+        model.tokenizer.chat_template = template
     if config.model_name is None:
         config = dataclasses.replace(config, model_name=Path(args.model).resolve().name)
     from ..serve import create_app

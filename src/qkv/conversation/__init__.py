@@ -2,6 +2,6 @@
 (``session``), and the one-call helpers ``chat`` and ``chat_stream``."""
 
 from .session import ChatSession, chat, chat_stream
-from .template import check_messages, render_chat
+from .template import check_messages, read_chat_template, render_chat
 
-__all__ = ["ChatSession", "chat", "chat_stream", "check_messages", "render_chat"]
+__all__ = ["ChatSession", "chat", "chat_stream", "check_messages", "read_chat_template", "render_chat"]

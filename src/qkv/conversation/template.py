@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from datetime import datetime
 
 from ..errors import InputError
@@ -90,3 +91,21 @@ def render_chat(template: str, messages, add_generation_prompt: bool = True, spe
                                **(specials or {}), **extra)
     except Exception as e:  # TemplateError from raise_exception, or any error the template's code hits
         raise InputError(f"the chat template failed to render: {type(e).__name__}: {e}") from None
+
+
+def read_chat_template(path: str) -> str:
+    """A Jinja chat template from a file (``--chat-template``), checked by rendering a two-turn conversation,
+    to replace the one a model ships (or give it one)."""
+    if not os.path.isfile(path):
+        raise InputError(f"--chat-template {path} does not exist; give a Jinja template file")
+    try:
+        template = open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--chat-template {path}: cannot read it ({type(e).__name__}); give a Jinja template "
+                         f"file") from None
+    text = render_chat(template, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                                  {"role": "user", "content": "Bye"}])
+    if "Bye" not in text:
+        raise InputError(f"--chat-template {path} does not render the messages' content; it is not a chat "
+                         f"template (it should loop over `messages`)")
+    return template

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hmac
 import html
 import logging
 import re
@@ -52,6 +53,7 @@ UNION_TAG = re.compile(r"^(str|int|float|bool|none|(list|dict)\[.*\]|[A-Z]\w*)$"
 
 def create_app(model, config: ServeConfig = ServeConfig()):
     """The FastAPI app serving ``model`` (a decoder, or an encoder for embeddings)."""
+    config = config.with_api_key()
     decoder = getattr(model, "family", None) == "decoder"
     tokenizer = model.tokenizer
     served = config.model_name or "qkv"
@@ -112,7 +114,9 @@ def create_app(model, config: ServeConfig = ServeConfig()):
     def authorized(request: Request) -> None:
         if config.api_key is None:
             return
-        if request.headers.get("authorization", "") != f"Bearer {config.api_key}":
+        scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+        # the scheme is case-insensitive (RFC 7235); the key is compared in constant time
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
             raise APIError(401, "missing or wrong API key; send the header 'Authorization: Bearer KEY'",
                            "authentication_error", code="invalid_api_key")
 
@@ -128,12 +132,12 @@ def create_app(model, config: ServeConfig = ServeConfig()):
         return state["engine"]
 
     # ---- routes --------------------------------------------------------------------------------------
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         alive = not decoder or ("engine" in state and state["engine"].thread.is_alive())
         return JSONResponse({"status": "ok" if alive else "error"}, status_code=200 if alive else 503)
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def chat_page():
         return HTMLResponse(CHAT_PAGE.replace("__MODEL__", html.escape(served, quote=True)))
 
@@ -157,6 +161,9 @@ def create_app(model, config: ServeConfig = ServeConfig()):
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat_completions(req: ChatRequest, request: Request):
         check_model(req.model)
+        if req.tools or req.tool_choice not in (None, "none"):
+            raise APIError(400, "tool calls are not supported by this server; send the request without "
+                                "tools and tool_choice", param="tools" if req.tools else "tool_choice")
         eng = engine()
         ids = chat_prompt_ids(tokenizer, req)
         max_new = budget(len(ids), req.max_completion_tokens or req.max_tokens, model.cfg.max_len,

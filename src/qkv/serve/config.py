@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import ConfigError
 from ..validation import check_fields
+
+API_KEY_VARIABLE = "QKV_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -20,13 +25,33 @@ class ServeConfig:
     max_body_bytes: int = 2 * 1024 * 1024   # larger request bodies get 413
     timeout: float = 600.0               # seconds a request may run before it is cancelled
     shutdown_timeout: float = 30.0       # on SIGTERM, seconds in-flight requests get to finish
-    api_key: str | None = None           # when set, /v1/* requires the header "Authorization: Bearer KEY"
+    api_key: str | None = None           # when set, /v1/* requires the header "Authorization: Bearer KEY" (/, /health
+                                         # and /metrics stay open, for browsers, probes and Prometheus); visible in
+                                         # ps: prefer --api-key-file or the environment variable QKV_API_KEY
+    api_key_file: str | None = None      # a file whose first line is the API key
     cors_origin: str | None = None       # comma-separated origins allowed by CORS (default: CORS off)
 
     def __post_init__(self):
         check_fields(self, {"port": "[0, 65535]", "max_batch": "[1, 1024]", "max_queue": "[1, inf)",
                             "max_tokens_cap": "[1, inf)", "max_body_bytes": "[1024, inf)", "timeout": "(0, inf)",
                             "shutdown_timeout": "[0, inf)"}, ConfigError)
+
+    def with_api_key(self) -> "ServeConfig":
+        """This config with ``api_key`` from --api-key, else --api-key-file's first line, else $QKV_API_KEY."""
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ConfigError("give the API key once: --api-key or --api-key-file, not both")
+        key = self.api_key
+        if self.api_key_file is not None:
+            try:
+                lines = Path(self.api_key_file).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"--api-key-file {self.api_key_file}: cannot read it ({e.__class__.__name__})") from None
+            key = lines[0].strip() if lines else ""
+            if not key:
+                raise ConfigError(f"--api-key-file {self.api_key_file} is empty; write the key on its first line")
+        if key is None:
+            key = os.environ.get(API_KEY_VARIABLE) or None
+        return dataclasses.replace(self, api_key=key, api_key_file=None)
 
     @property
     def cors_origins(self) -> list[str]:

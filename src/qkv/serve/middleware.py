@@ -42,7 +42,10 @@ class AccessLog:
 
 
 class BodyLimit:
-    """Refuse a request body past ``limit`` bytes with 413 (by Content-Length, or while it streams in)."""
+    """Refuse a request body past ``limit`` bytes with 413 (by Content-Length, or while it streams in).
+
+    The body is read here, whole, before the app sees it: a limit raised from inside the app's own read
+    would reach FastAPI's body parser, which answers any exception there with a 400."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -53,19 +56,23 @@ class BodyLimit:
         declared = dict(scope.get("headers", ())).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._refuse(send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
+        messages, seen = [], 0
+        while True:                                  # a chunked body has no Content-Length: count it
             message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":    # the client left
+                break
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge()
-            return message
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(send)
+                return await self._refuse(send)
+            if not message.get("more_body", False):
+                break
+        pending = iter(messages)
+
+        async def replay():
+            message = next(pending, None)
+            return message if message is not None else await receive()   # then disconnects, as before
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send):
         body = json.dumps(APIError(413, f"the request body is larger than this server's limit of {self.limit} "
@@ -74,6 +81,3 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-
-class _TooLarge(Exception):
-    pass

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_N = 16                  # choices per request
 MAX_TOP_LOGPROBS = 20       # OpenAI's limit
@@ -30,6 +30,12 @@ class TextPart(Lenient):
 class Message(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart], None] = None
+
+    @model_validator(mode="after")
+    def _content_unless_assistant(self):
+        if self.content is None and self.role != "assistant":      # (an assistant turn may carry tool calls)
+            raise ValueError(f"a {self.role} message needs content (a string or a list of text parts)")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -52,23 +58,29 @@ class ResponseFormat(Lenient):
     json_schema: JsonSchema | None = None
 
 
+def Count(default, **bounds):
+    """An integer field that takes JSON integers only: OpenAI rejects ``true`` or ``"5"`` for a count,
+    where pydantic's lax mode would read them as 1 and 5."""
+    return Field(default, strict=True, **bounds)
+
+
 class Sampling(Lenient):
     """The fields chat and completions share."""
     model: str | None = None
     temperature: float | None = None                    # OpenAI's default is 1
     top_p: float | None = None
-    n: int = Field(1, ge=1, le=MAX_N)
+    n: int = Count(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Union[str, list[str], None] = None
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Count(None, ge=1)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    seed: int | None = None
+    seed: int | None = Count(None)
     response_format: ResponseFormat | None = None
     # our extras
-    top_k: int | None = None
+    top_k: int | None = Count(None)
     min_p: float | None = None
     repetition_penalty: float | None = None
     ignore_eos: bool = False
@@ -76,14 +88,17 @@ class Sampling(Lenient):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Count(None, ge=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_logprobs: int | None = Count(None, ge=0, le=MAX_TOP_LOGPROBS)
+    # tool calling is not implemented: a request that relies on it is refused (app.py), never ignored
+    tools: list | None = None
+    tool_choice: Union[str, dict, None] = None
 
 
 class CompletionRequest(Sampling):
     prompt: Union[str, list[str]]
-    logprobs: int | None = Field(None, ge=0, le=5)      # completions: the number of alternatives (OpenAI: <= 5)
+    logprobs: int | None = Count(None, ge=0, le=5)      # completions: the number of alternatives (OpenAI: <= 5)
     echo: bool = False
 
 

@@ -1,0 +1,138 @@
+"""What clients and operators send that the server must answer as OpenAI does, or refuse in its envelope:
+tool calls (refused, never ignored), counts that are not JSON integers, a user message without content,
+a chunked body past the limit (413), HEAD requests, the API key from a file or the environment with the
+Bearer scheme in any case, and --chat-template."""
+
+import http.client
+import json
+from urllib.parse import urlsplit
+
+import pytest
+
+from qkv import Tokenizer
+from qkv.cli import main
+from qkv.conversation import render_chat
+from qkv.errors import ConfigError
+from qkv.serve import ServeConfig, create_app
+
+from serving import TEXT, request, running, tiny_gpt
+
+pytest.importorskip("fastapi")
+CHAT = {"messages": [{"role": "user", "content": "the cat"}], "max_tokens": 3, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_gpt(Tokenizer.train_bpe([TEXT], vocab_size=300))
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with running(create_app(model, ServeConfig(model_name="tiny", max_body_bytes=4096))) as url:
+        yield url
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+])
+def test_tool_calls_are_refused_not_ignored(server, extra, param):
+    status, body = request(server, "POST", "/v1/chat/completions", {**CHAT, **extra})
+    assert status == 400 and body["error"]["param"] == param and "tool calls are not supported" in body["error"]["message"]
+
+
+def test_tool_choice_none_is_an_ordinary_request(server):
+    status, body = request(server, "POST", "/v1/chat/completions", {**CHAT, "tool_choice": "none"})
+    assert status == 200 and body["choices"][0]["message"]["content"] is not None
+
+
+@pytest.mark.parametrize("field, value", [("max_tokens", True), ("max_tokens", "3"), ("n", True), ("seed", 1.5),
+                                          ("max_completion_tokens", False), ("top_logprobs", "2")])
+def test_counts_must_be_json_integers(server, field, value):
+    status, body = request(server, "POST", "/v1/chat/completions", {**CHAT, field: value, "logprobs": True})
+    assert status == 400 and body["error"]["param"] == field
+
+
+@pytest.mark.parametrize("role", ["user", "system"])
+def test_a_message_without_content_is_refused(server, role):
+    messages = [{"role": role, "content": None}, {"role": "user", "content": "hi"}]
+    status, body = request(server, "POST", "/v1/chat/completions", {**CHAT, "messages": messages})
+    assert status == 400 and "needs content" in body["error"]["message"]
+
+
+def test_a_chunked_body_past_the_limit_is_413(server):
+    u = urlsplit(server)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    big = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}).encode()
+    conn.request("POST", "/v1/chat/completions", body=iter([big[:1000], big[1000:]]),
+                 headers={"Content-Type": "application/json"}, encode_chunked=True)
+    resp = conn.getresponse()
+    assert resp.status == 413 and json.loads(resp.read())["error"]["code"] == "body_too_large"
+    conn.close()
+    assert request(server, "POST", "/v1/chat/completions", CHAT)[0] == 200    # a small one still passes
+
+
+@pytest.mark.parametrize("path", ["/", "/health"])
+def test_head_answers_as_get_does(server, path):
+    u = urlsplit(server)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.request("HEAD", path)
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.read() == b""
+    conn.close()
+
+
+@pytest.mark.parametrize("source", ["file", "environment"])
+def test_the_api_key_from_a_file_or_the_environment_and_any_case_of_bearer(model, tmp_path, monkeypatch, source):
+    if source == "file":
+        (tmp_path / "key").write_text("s3cret-from-file\n")
+        config, key = ServeConfig(api_key_file=str(tmp_path / "key")), "s3cret-from-file"
+    else:
+        monkeypatch.setenv("QKV_API_KEY", "s3cret-from-env")
+        config, key = ServeConfig(), "s3cret-from-env"
+    with running(create_app(model, config)) as url:
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            assert request(url, "GET", "/v1/models", headers={"Authorization": f"{scheme} {key}"})[0] == 200
+        assert request(url, "GET", "/v1/models", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert request(url, "GET", "/v1/models", headers={"Authorization": f"Basic {key}"})[0] == 401
+        assert request(url, "GET", "/v1/models")[0] == 401
+        assert request(url, "GET", "/health")[0] == 200                      # probes stay open
+
+
+def test_bad_key_sources_are_one_line(tmp_path):
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        ServeConfig(api_key_file=str(tmp_path / "empty")).with_api_key()
+    with pytest.raises(ConfigError, match="not both"):
+        ServeConfig(api_key="a", api_key_file=str(tmp_path / "empty")).with_api_key()
+    with pytest.raises(ConfigError, match="cannot read it"):
+        ServeConfig(api_key_file=str(tmp_path / "missing")).with_api_key()
+
+
+TEMPLATE = ("{%- for m in messages -%}\n"
+            "{{- '<<' + m['role'] + '>>' + m['content'] + '\\n' -}}\n"
+            "{%- endfor -%}\n"
+            "{%- if add_generation_prompt -%}{{- '<<assistant>>' -}}{%- endif -%}\n")
+
+
+def test_chat_template_flag_replaces_the_models(tmp_path, model, capsys):
+    """qkv generate --chat with --chat-template renders the conversation with the file's template (the
+    same text as render_chat), and a file that is not a template is one line before the model loads."""
+    import qkv
+    run = tmp_path / "run"
+    qkv.save(model, run, model.tokenizer)
+    (tmp_path / "t.jinja").write_text(TEMPLATE)
+    args = ["--max-new-tokens", "4", "--temperature", "0", "--threads", "1"]
+    assert main(["generate", str(run), "--chat", "the cat", "--chat-template", str(tmp_path / "t.jinja"), *args]) == 0
+    prompt = render_chat(TEMPLATE, [{"role": "user", "content": "the cat"}])
+    assert prompt == "<<user>>the cat\n<<assistant>>"
+    want = qkv.generate(model, model.tokenizer, prompt, max_new_tokens=4, temperature=0)
+    assert capsys.readouterr().out == want + "\n"
+    (tmp_path / "bad.jinja").write_text("{% for m in messages %}")
+    (tmp_path / "plain.jinja").write_text("hello")
+    for bad, says in (("bad.jinja", "does not parse"), ("plain.jinja", "does not render the messages"),
+                      ("missing.jinja", "does not exist")):
+        assert main(["chat", str(run), "--chat-template", str(tmp_path / bad)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err
