@@ -51,10 +51,11 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_llama_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, pre: str = "gpt2",
-                     template: str = CHATML, specials: dict[str, str] | None = None, add_bos: bool | None = None) -> Path:
+                     template: str = CHATML, specials: dict[str, str] | None = None, add_bos: bool | None = None,
+                     metadata: dict | None = None) -> Path:
     """Write ``hf_model`` (a LlamaForCausalLM) as a GGUF. kinds: {"attn_q": "Q8_0", ...} per tensor-name part;
     everything else F32. specials: more special ids by token, {"eot": "<|im_end|>", "unk": ...};
-    add_bos: tokenizer.ggml.add_bos_token (left out when None)."""
+    add_bos: tokenizer.ggml.add_bos_token (left out when None); metadata: more keys, {key: int or float}."""
     import gguf
     cfg = hf_model.config
     H, G, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -73,6 +74,8 @@ def write_llama_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, 
         w.add_key_length(D)
         w.add_value_length(D)
     w.add_vocab_size(cfg.vocab_size)
+    for key, value in (metadata or {}).items():
+        w.add_uint32(key, value) if isinstance(value, int) else w.add_float32(key, value)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens + [f"[PAD{i}]" for i in range(cfg.vocab_size - len(tokens))])

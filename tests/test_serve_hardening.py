@@ -136,3 +136,36 @@ def test_chat_template_flag_replaces_the_models(tmp_path, model, capsys):
         assert main(["chat", str(run), "--chat-template", str(tmp_path / bad)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and says in err
+
+
+def test_the_models_generation_config_fills_what_a_request_leaves_unset(tmp_path, model):
+    """generation_config.json's sampling (a bad value left out with a warning) is the server's default for
+    unset fields; a request's own value wins."""
+    import qkv
+    from qkv.generate import generate
+    run = tmp_path / "run"
+    qkv.save(model, run, model.tokenizer)
+    (run / "generation_config.json").write_text(json.dumps({"temperature": 0.0, "top_k": 7, "top_p": 9.0,
+                                                            "do_sample": True, "eos_token_id": 0}))
+    with pytest.warns(UserWarning, match="top_p left out"):
+        loaded = qkv.load(run)
+    assert loaded.generation_defaults == {"temperature": 0.0, "top_k": 7}
+    greedy = generate(loaded, loaded.tokenizer, "the cat", max_new_tokens=6, temperature=0)
+    sampled = generate(loaded, loaded.tokenizer, "the cat", max_new_tokens=6, temperature=1.5, seed=5, top_k=7)
+    assert greedy != sampled                                   # the two settings are told apart
+    body = {"prompt": "the cat", "max_tokens": 6}
+    with running(create_app(loaded, ServeConfig(model_name="m"))) as url:
+        assert request(url, "POST", "/v1/completions", body)[1]["choices"][0]["text"] == greedy
+        got = request(url, "POST", "/v1/completions", {**body, "temperature": 1.5, "seed": 5})[1]
+        assert got["choices"][0]["text"] == sampled              # top_k 7 from the file, temperature from the request
+
+
+def test_gguf_sampling_keys_are_the_defaults(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    import qkv
+    from gguf_fixtures import random_llama, write_llama_gguf
+    path = write_llama_gguf(tmp_path / "m.gguf", random_llama(transformers, seed=2),
+                            metadata={"general.sampling.temp": 0.25, "general.sampling.top_k": 11,
+                                      "general.sampling.min_p": 0.125})
+    assert qkv.load(path).generation_defaults == {"temperature": 0.25, "top_k": 11, "min_p": 0.125}

@@ -30,6 +30,7 @@ from .config import ModelConfig, build
 from .errors import CheckpointError, ConfigError
 from .models import MODEL_TYPES
 from .models.encoder import TASKS, Encoder, LabelledEncoder
+from .generation_defaults import from_generation_config
 from .nn.layout import decode_layout
 from .quant import apply_layout, is_quantized, layout_of, quantize_model
 from .rundir import atomic_dir, resolve_dir
@@ -227,6 +228,7 @@ def load(directory: str | Path, device: str | torch.device | None = None, quanti
                               f"{model.cfg.vocab_size}; the tokenizer belongs to another model")
     if quantized and not is_quantized(model):
         quantize_model(model, bits=8)
+    model.generation_defaults = from_generation_config(d)
     model = model.to(device).eval() if device is not None else model.eval()
     return decode_layout(model)              # a loaded model is for inference: fastest CPU decode layout
 

@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from ..serve import create_app
     app = create_app(model, config)
     print(f"qkv serve: {config.model_name} ({found}) on http://{config.host}:{config.port}", flush=True)
+    if found == "decoder":
+        from ..generation_defaults import describe
+        print(f"qkv serve: {describe(getattr(model, 'generation_defaults', {}))}", flush=True)
     import logging
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))

@@ -35,6 +35,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
+from ..generation_defaults import from_gguf
 from ..models.decoder import GPT
 from ..quant import gguf_blocks
 from .gguf_tokenizer import tokenizer_from_gguf
@@ -177,6 +178,7 @@ def load_gguf(path: str | Path, quantized: bool = False) -> GPT:
         from .hf_files import model_from_state
         model = model_from_state(lambda: GPT(cfg), float_state(f, cfg), f"the tensors of {f.path}")
     model.tokenizer = tokenizer_from_gguf(f)
+    model.generation_defaults = from_gguf(f)
     return model.eval()
 
 

@@ -57,6 +57,7 @@ def create_app(model, config: ServeConfig = ServeConfig()):
     decoder = getattr(model, "family", None) == "decoder"
     tokenizer = model.tokenizer
     served = config.model_name or "qkv"
+    sampling_defaults = getattr(model, "generation_defaults", None) or {}
     state = {}
 
     @contextlib.asynccontextmanager
@@ -168,7 +169,8 @@ def create_app(model, config: ServeConfig = ServeConfig()):
         ids = chat_prompt_ids(tokenizer, req)
         max_new = budget(len(ids), req.max_completion_tokens or req.max_tokens, model.cfg.max_len,
                          config.max_tokens_cap, "messages")
-        cfg = generation_config(req, max_new, None if tokenizer.chat_template else DEFAULT_TEMPLATE_STOP)
+        cfg = generation_config(req, max_new, None if tokenizer.chat_template else DEFAULT_TEMPLATE_STOP,
+                                sampling_defaults)
         seqs = sequences(req, ids, cfg, model.cfg.vocab_size, req.logprobs, req.top_logprobs or 0,
                          constraint_factory(req))
         return await respond("chat", eng, request, req, seqs, len(ids))
@@ -184,7 +186,7 @@ def create_app(model, config: ServeConfig = ServeConfig()):
         for ids in prompts:
             max_new = budget(len(ids), req.max_tokens if req.max_tokens is not None else 16, model.cfg.max_len,
                              config.max_tokens_cap, "prompt")
-            cfg = generation_config(req, max_new)
+            cfg = generation_config(req, max_new, defaults=sampling_defaults)
             seqs += sequences(req, ids, cfg, model.cfg.vocab_size, req.logprobs is not None, req.logprobs or 0,
                               constraint_factory(req))
         return await respond("completion", eng, request, req, seqs, sum(len(p) for p in prompts))

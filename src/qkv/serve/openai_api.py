@@ -76,13 +76,17 @@ def budget(prompt_len: int, requested: int | None, context: int, cap: int, param
     return requested
 
 
-def generation_config(req: Sampling, max_new_tokens: int, extra_stop: str | None = None) -> GenerationConfig:
+def generation_config(req: Sampling, max_new_tokens: int, extra_stop: str | None = None,
+                      defaults: dict | None = None) -> GenerationConfig:
+    """The request's sampling; ``defaults`` (the model's own, ``qkv.generation_defaults``) fill the fields it
+    leaves unset."""
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if extra_stop is not None:
         stops.append(extra_stop)
     given = {k: v for k, v in dict(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
                                    presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                                    repetition_penalty=req.repetition_penalty, seed=req.seed).items() if v is not None}
+    given = {**(defaults or {}), **given}
     try:
         return GenerationConfig(max_new_tokens=max_new_tokens, stop=tuple(stops), ignore_eos=req.ignore_eos, **given)
     except InputError as e:
