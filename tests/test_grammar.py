@@ -99,3 +99,53 @@ def test_server_response_format(model):
             "messages": [{"role": "user", "content": "x"}],
             "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "no-such-type"}}}})
         assert status == 400 and reply["error"]["param"] == "response_format"
+
+
+def test_a_run_of_digits_stops_at_the_cap(tok, model):
+    """JSON numbers are unbounded; the mask ends a run of digits at MAX_DIGITS (then only the number's end,
+    a fraction or an exponent may follow), and the run counts across tokens."""
+    from qkv.grammar import MAX_DIGITS
+    c = JsonConstraint(tok, model.cfg.vocab_size, {"type": "object", "properties": {"n": {"type": "number"}},
+                                                   "required": ["n"], "additionalProperties": False})
+    for t in tok.encode('{"n": 1'):
+        c.advance(t)
+    digit_ids = [tok.encode(d)[0] for d in "0123456789"]
+    for _ in range(MAX_DIGITS - 2):
+        assert c.allowed()[digit_ids].all()
+        c.advance(tok.encode("7")[0])
+    assert c.digit_run == MAX_DIGITS - 1 and c.allowed()[digit_ids].all()     # one more digit fits
+    c.advance(tok.encode("7")[0])
+    allowed = c.allowed()
+    assert not allowed[digit_ids].any()
+    texts = {tok.decode([i]) for i in allowed.nonzero().flatten().tolist()}
+    assert {"}", "."} <= {t[:1] for t in texts}
+    c.advance(tok.encode(".")[0])                                       # a fraction starts a new run
+    assert c.digit_run == 0 and c.allowed()[digit_ids].all()
+
+
+def test_greedy_digits_end_in_valid_json(tok, model):
+    """A model that always prefers '7' writes a number of MAX_DIGITS digits and closes the object."""
+    from qkv.grammar import MAX_DIGITS
+    bias_V = torch.zeros(model.cfg.vocab_size)
+    bias_V[tok.encode("7")[0]] = 100.0
+    hook = model.head.register_forward_hook(lambda module, inputs, out: out + bias_V)
+    try:
+        text = generate(model, tok, "x", json_schema={"type": "object", "properties": {"n": {"type": "integer"}},
+                                                      "required": ["n"], "additionalProperties": False},
+                        temperature=0, max_new_tokens=60)
+    finally:
+        hook.remove()
+    assert json.loads(text) == {"n": int("7" * MAX_DIGITS)}
+
+
+def test_cli_json_schema_prints_only_json_and_says_when_it_was_cut(model, tok, tmp_path, capsys):
+    import qkv
+    qkv.save(model, tmp_path / "gpt", tok)
+    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
+    argv = ["generate", str(tmp_path / "gpt"), "--prompt", "the cat", "--json-schema", str(tmp_path / "schema.json"),
+            "--temperature", "1", "--seed", "5", "--threads", "1"]
+    assert main(argv + ["--max-new-tokens", "200"]) == 0
+    jsonschema.validate(json.loads(capsys.readouterr().out), SCHEMA)          # the prompt is not printed
+    assert main(argv + ["--max-new-tokens", "5"]) == 2
+    out = capsys.readouterr()
+    assert out.out.startswith("{") and "cut at --max-new-tokens 5" in out.err and len(out.err.splitlines()) == 1

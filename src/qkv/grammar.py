@@ -13,7 +13,10 @@ cost does not decide; xgrammar's Python package pulls triton and wants a transfo
 outlines-core wants the vocabulary rebuilt as bytes. The masked logits then
 go through the ordinary samplers (``qkv.generate.next_token``), so temperature, top-p and the penalties
 keep their meanings inside the grammar. Whitespace is compact (", " and ": " only): a small model cannot
-wander into endless blank space that the schema allows.
+wander into endless blank space that the schema allows. Nor into endless digits: JSON puts no bound on a
+number's length, and at temperature 0 a small model can keep writing "0" for hundreds of tokens, so a run
+of digits stops at MAX_DIGITS (llama.cpp's JSON grammars cap each part of a number at 16 digits too); the
+cap holds inside strings as well, where such runs are as unlikely to be wanted.
 
     >>> qkv.generate(model, tok, "A person as JSON:", json_schema={"type": "object", "properties": {
     ...     "name": {"type": "string"}}, "required": ["name"]}, temperature=0)     # doctest: +SKIP
@@ -30,6 +33,8 @@ import torch
 from .errors import InputError, require_extra
 
 ANY_OBJECT = {"type": "object"}             # response_format {"type": "json_object"}
+MAX_DIGITS = 16
+DIGITS = "0123456789"
 COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
@@ -53,6 +58,17 @@ def _ll_tokenizer(tokenizer, vocab_size: int):
     ll = llg.LLTokenizer(backend.to_str(), n_vocab=vocab_size, eos_token=stops)
     tokenizer._ll_tokenizer = (vocab_size, ll)
     return ll
+
+
+def _leading_digits(tokenizer, vocab_size: int) -> tuple[list[str], torch.Tensor]:
+    """Each token's text and how many digits it starts with (lead_V), built once per tokenizer."""
+    cached = getattr(tokenizer, "_leading_digits", None)
+    if cached is not None and len(cached[0]) == vocab_size:
+        return cached
+    texts = [tokenizer.decode([i]) if i < tokenizer.vocab_size else "" for i in range(vocab_size)]
+    lead_V = torch.tensor([len(t) - len(t.lstrip(DIGITS)) for t in texts])
+    tokenizer._leading_digits = (texts, lead_V)
+    return texts, lead_V
 
 
 def check_schema(schema) -> dict:
@@ -83,12 +99,16 @@ class JsonConstraint:
             raise InputError(f"the JSON schema cannot be used: {self.matcher.get_error()}")
         self.vocab_size = vocab_size
         self._bits_8 = torch.arange(8, dtype=torch.uint8)
+        self._texts, self._lead_V = _leading_digits(tokenizer, vocab_size)
+        self.digit_run = 0                          # digits at the end of the text so far
 
     def allowed(self) -> torch.Tensor:
         """allowed_V: True for the tokens the grammar accepts next (the bitmask's bit j of byte k is token
         8k + j: little-endian 32-bit words)."""
         bytes_K = torch.frombuffer(bytearray(self.matcher.compute_bitmask()), dtype=torch.uint8)
-        return ((bytes_K[:, None] >> self._bits_8) & 1).flatten()[:self.vocab_size].bool()
+        allowed_V = ((bytes_K[:, None] >> self._bits_8) & 1).flatten()[:self.vocab_size].bool()
+        capped_V = allowed_V & ((self._lead_V == 0) | (self.digit_run + self._lead_V <= MAX_DIGITS))
+        return capped_V if capped_V.any() else allowed_V   # (the grammar may need a digit: it wins)
 
     def mask(self, logits_1V: torch.Tensor) -> torch.Tensor:
         allowed_V = self.allowed().to(logits_1V.device)
@@ -97,6 +117,9 @@ class JsonConstraint:
     def advance(self, token_id: int) -> None:
         if not self.matcher.consume_token(token_id):
             raise InputError(f"token {token_id} breaks the JSON grammar: {self.matcher.get_error()}")
+        text = self._texts[token_id] if token_id < len(self._texts) else ""
+        trailing = len(text) - len(text.rstrip(DIGITS))
+        self.digit_run = self.digit_run + trailing if trailing == len(text) else trailing
 
     @property
     def finished(self) -> bool:

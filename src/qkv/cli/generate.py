@@ -130,13 +130,29 @@ def run(args: argparse.Namespace) -> int:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
                    [{"role": "user", "content": args.chat}]
         pieces, shown = chat_stream(model, messages, cfg), ""
-    else:
-        pieces, shown = stream(model, model.tokenizer, args.prompt, cfg), args.prompt
+    else:                                    # with a schema, stdout is the JSON alone (not the prompt before it)
+        pieces = stream(model, model.tokenizer, args.prompt, cfg)
+        shown = "" if cfg.json_schema is not None else args.prompt
     first = next(pieces, "")                 # validate everything before printing anything
     sys.stdout.write(shown + first)
     sys.stdout.flush()
+    reply = [first]
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
+        reply.append(piece)
     sys.stdout.write("\n")
+    if cfg.json_schema is not None:
+        _check_complete_json("".join(reply), cfg.max_new_tokens)
     return 0
+
+
+def _check_complete_json(text: str, max_new_tokens: int) -> None:
+    """The grammar keeps every prefix valid, so output that does not parse was cut by the token limit:
+    say so (exit 2) rather than hand a consumer half a JSON value with status 0."""
+    import json
+    try:
+        json.loads(text)
+    except ValueError:
+        raise InputError(f"the JSON output was cut at --max-new-tokens {max_new_tokens} before it was complete; "
+                         f"raise --max-new-tokens") from None
