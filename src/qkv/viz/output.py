@@ -9,6 +9,8 @@ sign, not the start of a formula (matplotlib keeps math text on for its own log-
 
 from __future__ import annotations
 
+import math
+import textwrap
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +41,37 @@ def plain(text: str) -> str:
     return text.replace("$", r"\$")
 
 
+FONT_SIZE = 9.0                          # points; png_figure's default, so sizes computed here match the drawing
+
+
+def text_inches(texts: Iterable[str], size: float = FONT_SIZE) -> float:
+    """The width in inches of the widest of ``texts`` at ``size`` points, as the Agg renderer draws them.
+
+    Layouts computed by hand (a grid of hundreds of panels, where constrained layout is slow) size their
+    margins from this instead of guessing from the number of characters: "W" and "i" differ threefold."""
+    require_png()
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+    renderer, font = RendererAgg(1, 1, 72), FontProperties(size=size)
+    widths = [renderer.get_text_width_height_descent(plain(t), font, ismath=False)[0] for t in texts]
+    return max(widths, default=0.0) / 72
+
+
+def wrap(text: str, width: float, size: float = FONT_SIZE) -> str:
+    """``text`` broken into lines that fit ``width`` inches at ``size`` points: a title as long as the path it
+    names wraps (a path with no spaces breaks anywhere) instead of running off the figure's edges."""
+    per_line = max(12, math.floor(width * 72 / (0.62 * size)))     # 0.62 em: DejaVu Sans's widest usual glyphs
+    return "\n".join(textwrap.fill(line, per_line, break_long_words=True, break_on_hyphens=False)
+                     for line in text.splitlines() or [""])
+
+
+def label_step(n: int, room: float, size: float) -> int:
+    """Label every ``label_step``-th of ``n`` ticks along ``room`` inches so labels of ``size`` points do not
+    overlap (1: every tick). A 128-token axis a few inches long keeps its labels legible, one in k."""
+    spacing = 72 * room / max(n, 1)                                # points between neighbouring ticks
+    return max(1, math.ceil(1.15 * size / spacing))
+
+
 @contextmanager
 def png_figure(path: str | Path, width: float, height: float, dpi: int = 110,
                layout: str | None = "constrained") -> Iterator:
@@ -46,7 +79,7 @@ def png_figure(path: str | Path, width: float, height: float, dpi: int = 110,
     matplotlib = require_png()
     from matplotlib.figure import Figure
     path = check_suffix(path, [".png"], "a PNG")
-    with matplotlib.rc_context({"font.size": 9}), warnings.catch_warnings():
+    with matplotlib.rc_context({"font.size": FONT_SIZE}), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from")   # CJK or emoji tokens: boxes
         fig = Figure(figsize=(width, height), layout=layout)
         yield fig
