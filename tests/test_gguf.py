@@ -179,3 +179,44 @@ def test_unsupported_tensor_type_and_tokenizer(files, tmp_path):
     from qkv.interop.gguf_tokenizer import tokenizer_from_gguf
     with pytest.raises(CheckpointError, match="'llama' tokenizer.*byte-level BPE"):
         tokenizer_from_gguf(GGUFFile(tmp_path / "q5.gguf"))
+
+
+def _reader_parity(path):
+    from qkv.interop.gguf import GGUFFile
+    ours, theirs = GGUFFile(path), gguf.GGUFReader(str(path))
+    fields = {k: v.contents() for k, v in theirs.fields.items() if not k.startswith("GGUF.")}
+    assert ours.header.fields == fields
+    assert list(ours.tensors) == [t.name for t in theirs.tensors]
+    for t in theirs.tensors:
+        mine = ours.tensors[t.name]
+        assert (mine.tensor_type, mine.shape, mine.n_bytes, mine.data_offset) == \
+            (t.tensor_type, tuple(int(n) for n in t.shape), t.n_bytes, t.data_offset)
+        assert mine.data.dtype == t.data.dtype and np.array_equal(mine.data, t.data)
+
+
+@pytest.mark.parametrize("name", ["f32", "q8_0", "q4"])
+def test_header_reader_equals_the_gguf_packages(files, name):
+    """qkv's own header reader (fast on a 50,000-token vocabulary) gives GGUFReader's fields and tensors."""
+    _reader_parity(files[0][name] / "m.gguf")
+
+
+def test_header_reader_refuses_bad_headers(files, tmp_path):
+    data = (files[0]["f32"] / "m.gguf").read_bytes()
+    for name, bad in {"version": data[:4] + (7).to_bytes(4, "little") + data[8:],
+                      "header": data[:200], "tensor": data[:-10]}.items():
+        (tmp_path / f"{name}.gguf").write_bytes(bad)
+        with pytest.raises(CheckpointError, match="not a readable GGUF file .*truncated or not GGUF"):
+            qkv.load(tmp_path / f"{name}.gguf")
+
+
+def test_weights_are_views_of_the_map_not_copies(files):
+    """A float32 tensor of the file is a view of its private map (no copy); writing to it changes the
+    model's copy-on-write page, never the file."""
+    from qkv.interop.gguf import GGUFFile
+    path = files[0]["f32"] / "m.gguf"
+    before = path.read_bytes()
+    f = GGUFFile(path)
+    w = f.dequantized("output_norm.weight")
+    assert w.untyped_storage().data_ptr() == f.tensors["output_norm.weight"].data.ctypes.data
+    w.add_(1)
+    assert path.read_bytes() == before

@@ -110,3 +110,17 @@ def test_json_output_from_the_real_model_through_the_server(ours):
         reply = json.loads(shaped.choices[0].message.content)
         jsonschema.validate(reply, schema)
         assert "Paris" in reply["city"]
+
+
+def test_header_reader_equals_the_gguf_packages_on_the_real_file():
+    from test_gguf import _reader_parity
+    _reader_parity(smollm2_path())
+
+
+def test_info_reads_no_weights(monkeypatch, capsys):
+    """`qkv info FILE.gguf` from the metadata: no tensor's data is read, no model built."""
+    from qkv.cli import main
+    from qkv.interop import gguf_reader
+    monkeypatch.setattr(gguf_reader.TensorInfo, "data", property(lambda t: pytest.fail(f"read {t.name}")))
+    assert main(["info", str(smollm2_path())]) == 0
+    assert "134,515,008 parameters" in capsys.readouterr().out

@@ -31,32 +31,28 @@ def run(args) -> int:
     from ..rundir import resolve_dir
 
     kind, model_type = family(args.checkpoint)
+    vision = None
     if is_gguf(args.checkpoint):                  # a GGUF file: its metadata stands in for config.json
-        from ..interop.gguf import GGUFFile
-        d, f = Path(args.checkpoint), GGUFFile(args.checkpoint)
-        types: dict[str, int] = {}
-        for t in f.tensors.values():
-            types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
-        config = {"gguf": {"name": f.get("general.name"), "architecture": f.get("general.architecture"),
-                           "tensor_types": types}}
+        d, (cfg, tok, parameters, config) = Path(args.checkpoint), _gguf_facts(args.checkpoint)
     else:
         d = resolve_dir(args.checkpoint)
         config = read_config(d)
-    model = load(d)
-    tok = model.tokenizer
-    quantized = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear)))
+        model = load(d)
+        cfg, tok, vision = model.cfg, model.tokenizer, getattr(model, "vision", None)
+        quantized = sum(m.in_features * m.out_features for m in model.modules()
+                        if isinstance(m, (Int8Linear, Int4Linear)))
+        parameters = sum(p.numel() for p in model.parameters()) + quantized
     info = {"checkpoint": str(args.checkpoint), "family": kind, "model_type": model_type,
-            "qkv_version": config.get("qkv_version"),
-            "parameters": sum(p.numel() for p in model.parameters()) + quantized,
-            "model": {k: v for k, v in dataclasses.asdict(model.cfg).items() if v is not None},
+            "qkv_version": config.get("qkv_version"), "parameters": parameters,
+            "model": {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None},
             "tokenizer": None if tok is None else {
                 "kind": tok.kind, "vocab_size": tok.vocab_size,
                 "special": {name: tok.backend.id_to_token(i) for name in ("bos", "eos", "pad", "cls", "sep", "mask", "unk")
                             if (i := getattr(tok, f"{name}_id")) is not None}}}
     if tok is not None and tok.chat_template is not None:
         info["tokenizer"]["chat_template"] = True
-    if getattr(model, "vision", None) is not None:          # an image classifier: what it reads and names
-        info["vision"] = {**dataclasses.asdict(model.vision), "classes": len(model.labels)}
+    if vision is not None:                                 # an image classifier: what it reads and names
+        info["vision"] = {**dataclasses.asdict(vision), "classes": len(model.labels)}
     if "quantization" in config:
         layout = config["quantization"]
         info["quantization"] = {kind: sum(v == kind for v in layout.values()) for kind in sorted(set(layout.values()))}
@@ -75,6 +71,20 @@ def run(args) -> int:
         info["evaluation"] = json.loads(report.read_text(encoding="utf-8"))
     print(json.dumps(info, indent=2) if args.json else _text(info))
     return 0
+
+
+def _gguf_facts(path):
+    """(model config, tokenizer, parameter count, the config.json stand-in) of a GGUF file from its
+    metadata and tensor list alone: reading the weights would take most of a second for nothing."""
+    from ..interop.gguf import open_gguf
+    from ..interop.gguf_tokenizer import tokenizer_from_gguf
+    f, cfg = open_gguf(path)
+    types: dict[str, int] = {}
+    for t in f.tensors.values():
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    config = {"gguf": {"name": f.get("general.name"), "architecture": f.get("general.architecture"),
+                       "tensor_types": types}}
+    return cfg, tokenizer_from_gguf(f), sum(t.n_elements for t in f.tensors.values()), config
 
 
 def _metrics(path) -> list[dict]:

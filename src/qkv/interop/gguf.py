@@ -38,6 +38,7 @@ from ..errors import CheckpointError, QkvError
 from ..generation_defaults import from_gguf
 from ..models.decoder import GPT
 from ..quant import gguf_blocks
+from .gguf_reader import Header
 from .gguf_tokenizer import tokenizer_from_gguf
 
 ARCHITECTURES = ("llama",)
@@ -60,15 +61,14 @@ class GGUFFile:
         if not self.path.is_file():
             raise CheckpointError(f"{self.path} does not exist; pass the path of a .gguf file")
         try:
-            self.reader = gguf.GGUFReader(str(self.path))
-            self.tensors = {t.name: t for t in self.reader.tensors}
-        except Exception as e:  # the reader raises ValueError, IndexError, struct errors... for bad bytes
+            self.header = Header(self.path, gguf.GGMLQuantizationType, gguf.GGML_QUANT_SIZES)
+        except Exception as e:  # ValueError, UnicodeDecodeError, struct errors... for bad bytes
             raise CheckpointError(f"{self.path} is not a readable GGUF file ({type(e).__name__}: {e}); it is "
                                   f"truncated or not GGUF: download or convert it again") from None
+        self.tensors = self.header.tensors
 
     def get(self, key: str, default=None):
-        field = self.reader.fields.get(key)
-        return default if field is None else field.contents()
+        return self.header.fields.get(key, default)
 
     def type_name(self, name: str) -> str:
         return self.tensors[name].tensor_type.name
@@ -82,8 +82,8 @@ class GGUFFile:
         dequantization, and several times faster), every other type through the gguf package's own."""
         t = self.tensors[name]
         kind = t.tensor_type.name
-        if kind == "F32":
-            return torch.from_numpy(np.array(t.data, dtype=np.float32))
+        if kind == "F32":                               # a view of the (private) map: no copy
+            return torch.from_numpy(t.data)
         if kind == "Q8_0":
             q_OK, d_OG = gguf_blocks.q8_0(t.data)
             return (q_OK.float().view(q_OK.shape[0], -1, 32) * d_OG[..., None]).view(q_OK.shape)
@@ -165,12 +165,19 @@ def unpermute_rows(rows_O: torch.Tensor | np.ndarray, n_heads: int):
     return per_head.swapaxes(1, 2).reshape(rows_O.shape)
 
 
-def load_gguf(path: str | Path, quantized: bool = False) -> GPT:
-    """A GPT (eval mode) with ``.tokenizer`` from a GGUF file; ``quantized`` keeps Q8_0 / Q4_x weights in
-    int8 / 4-bit modules (``qkv.interop.gguf_quant``) instead of dequantizing every tensor to float32."""
+def open_gguf(path: str | Path) -> tuple[GGUFFile, ModelConfig]:
+    """The file and its model's config, checked against the tensors' types and shapes: metadata only, no
+    weight read (what `qkv info` needs)."""
     f = GGUFFile(path)
     cfg = config_from_gguf(f)
     check_tensors(f, cfg)
+    return f, cfg
+
+
+def load_gguf(path: str | Path, quantized: bool = False) -> GPT:
+    """A GPT (eval mode) with ``.tokenizer`` from a GGUF file; ``quantized`` keeps Q8_0 / Q4_x weights in
+    int8 / 4-bit modules (``qkv.interop.gguf_quant``) instead of dequantizing every tensor to float32."""
+    f, cfg = open_gguf(path)
     if quantized:
         from .gguf_quant import quantized_gpt
         model = quantized_gpt(f, cfg)

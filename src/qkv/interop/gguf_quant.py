@@ -26,6 +26,7 @@ from ..models.decoder import GPT
 from ..quant import Int4Linear, Int8Linear, QuantEmbedding, int4_fits
 from ..quant.gguf_blocks import FOUR_BIT, dequantize_four_bit, four_bit, q8_0
 from .gguf import LAYER_TENSORS, GGUFFile, float_state, unpermute_rows
+from .hf_files import meta_device
 
 ROWS_PER_SLICE = 4096
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -81,7 +82,7 @@ def _linear(f: GGUFFile, parts: list[tuple[str, int | None]]) -> nn.Module:
 
 def quantized_gpt(f: GGUFFile, cfg: ModelConfig) -> GPT:
     """A GPT whose Linear layers hold the file's quantized weights (see the module docstring)."""
-    with torch.device("meta"):                          # no random init: every tensor is replaced below
+    with meta_device():                                 # no random init: every tensor is replaced below
         model = GPT(cfg)
     for i, block in enumerate(model.blocks):
         b = f"blk.{i}."

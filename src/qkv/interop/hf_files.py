@@ -14,6 +14,7 @@ pickled code; shard names must be plain file names in the same directory.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable
 
@@ -93,6 +94,25 @@ def check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int
                               f"{extra[:5]}{' ...' if len(extra) > 5 else ''}; {extra_fix}")
 
 
+class _SkipInit(torch.overrides.TorchFunctionMode):
+    """``nn.init`` calls return their tensor untouched. Under ``meta_device`` there are no values to fill,
+    and torch's meta ``normal_`` is a Python decomposition whose first call imports torch._dynamo: 1.3 s of
+    every load of a model built this way."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def meta_device():
+    """Modules built inside hold meta tensors: shapes only, no memory, no random init."""
+    with torch.device("meta"), _SkipInit():
+        yield
+
+
 def model_from_state(build: Callable[[], nn.Module], sd: dict[str, torch.Tensor], where: str) -> nn.Module:
     """A float32 model from ``build()`` holding ``sd``, without its random init (seconds for a 100M model).
 
@@ -101,7 +121,7 @@ def model_from_state(build: Callable[[], nn.Module], sd: dict[str, torch.Tensor]
     (``rebuild_buffers``, the position tables of ``Stack``) does so; any other is built for real.
     Tied parameters (one Parameter under two names) are tied again after the assignment split them.
     """
-    with torch.device("meta"):
+    with meta_device():
         model = build()
     assign = not any(True for _ in model.buffers()) or hasattr(model, "rebuild_buffers")
     if not assign:

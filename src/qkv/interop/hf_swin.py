@@ -31,7 +31,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
 from ..models.swin import Swin, stage_config
-from .hf_files import check_shapes, model_from_state, read_hf_json, read_weights
+from .hf_files import check_shapes, meta_device, model_from_state, read_hf_json, read_weights
 from .hf_vit import labels_from_hf, mlp_from_hf, vision_from_hf
 
 
@@ -66,7 +66,7 @@ def load_swin(directory: str | os.PathLike) -> Swin:
     labels = labels_from_hf(hf, K, where)
     try:
         stages = [stage_config(cfg, vision, s) for s in range(len(depths))]
-        with torch.device("meta"):                  # the window and merging checks, before the tensors are read
+        with meta_device():                         # the window and merging checks, before the tensors are read
             Swin(cfg, vision, labels)
     except (QkvError, TypeError, IndexError) as e:
         raise CheckpointError(f"{where}: depths and num_heads do not describe a Swin ({e}); fix config.json") from None

@@ -43,12 +43,21 @@ class LearnedPosition(Position):
         return self.table(pos_BL)
 
 
+def _shapes_only() -> bool:
+    """True while a loader builds the model on the meta device to assign its weights: the tables get their
+    shape and no values (computing on meta runs torch's Python meta kernels, whose first call imports
+    torch._dynamo, 1.5 s), and the loader's ``rebuild_buffers()`` computes them for real."""
+    return torch.get_default_device().type == "meta"
+
+
 def sinusoidal_table(max_len: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
     """The paper's table, shape (max_len, d_model): even channels sine, odd channels cosine.
 
     >>> sinusoidal_table(2, 4)[1]        # p = 1: sin(1), cos(1), sin(1/100), cos(1/100)
     tensor([0.8415, 0.5403, 0.0100, 0.9999])
     """
+    if _shapes_only():
+        return torch.empty(max_len, d_model)
     pos_P1 = torch.arange(max_len, dtype=torch.float64)[:, None]
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64)
     angle_PC2 = pos_P1 / base ** (two_i / d_model)
@@ -70,10 +79,14 @@ class SinusoidalPosition(Position):
 class RoPE(Position):
     def __init__(self, max_len: int, head_dim: int, base: float = 10000.0, **_):
         super().__init__()
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-        angle_PD = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq).repeat(1, 2)
-        self.register_buffer("cos_PD", angle_PD.cos().float(), persistent=False)
-        self.register_buffer("sin_PD", angle_PD.sin().float(), persistent=False)
+        if _shapes_only():
+            cos_PD = sin_PD = torch.empty(max_len, head_dim)
+        else:
+            inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+            angle_PD = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq).repeat(1, 2)
+            cos_PD, sin_PD = angle_PD.cos().float(), angle_PD.sin().float()
+        self.register_buffer("cos_PD", cos_PD, persistent=False)
+        self.register_buffer("sin_PD", sin_PD, persistent=False)
 
     def rotary(self, pos_BL):
         return self.cos_PD[pos_BL][:, None], self.sin_PD[pos_BL][:, None]     # each B1LD

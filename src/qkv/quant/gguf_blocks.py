@@ -26,8 +26,10 @@ FOUR_BIT = ("Q4_0", "Q4_1", "Q4_K")
 
 
 def _blocks(raw: np.ndarray, block_bytes: int) -> torch.Tensor:
-    """(O, bytes per row) uint8 -> (O, blocks, b) uint8 tensor (a view of the file where possible)."""
-    rows = torch.from_numpy(np.array(raw))                   # a copy: the file is mapped read-only
+    """(O, bytes per row) uint8 -> (O, blocks, b) uint8 tensor: a view of the file's private (writable) map
+    when the rows are contiguous; a copy when they are not (un-permuted q/k rows) or the array is read-only
+    (torch wants writable memory)."""
+    rows = torch.from_numpy(np.ascontiguousarray(raw) if raw.flags.writeable else np.array(raw))
     return rows.view(rows.shape[0], -1, block_bytes)
 
 
@@ -84,4 +86,5 @@ def dequantize_four_bit(codes_OK: torch.Tensor, scales_OG: torch.Tensor, zeros_O
     """The float weights the codes stand for (for tests and for requantizing tied embeddings)."""
     O, K = codes_OK.shape
     G = scales_OG.shape[1]
-    return ((codes_OK.float().view(O, G, K // G) - 8) * scales_OG[..., None] + zeros_OG[..., None]).view(O, K)
+    w_OGk = codes_OK.float().view(O, G, K // G)       # in place from here: one float32 matrix, not four
+    return w_OGk.sub_(8).mul_(scales_OG[..., None]).add_(zeros_OG[..., None]).view(O, K)
