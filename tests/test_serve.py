@@ -106,8 +106,10 @@ def test_stop_as_a_string_and_as_a_list(model, tok, client, route):
         create = lambda **kw: client.completions.create(model="tiny", prompt=prompt, **kw)          # noqa: E731
         text = lambda r: r.choices[0].text                                                            # noqa: E731
     full = generate(model, tok, prompt, temperature=0, max_new_tokens=20)
-    stop = full[5:8]
-    assert len(stop) == 3
+    stop = full[2:6]
+    assert len(stop) == 4
+    if route == "completions":               # the text before the stop holds some of its characters: a string
+        assert set(stop) & set(full[:full.index(stop)])       # is not a list of one-character stops
     for form in (stop, [stop], ["zzzz", stop]):
         r = create(temperature=0, max_tokens=20, stop=form)
         assert text(r) == full[:full.index(stop)] and r.choices[0].finish_reason == "stop", form
@@ -144,6 +146,123 @@ def test_max_tokens_and_max_completion_tokens(client):
         r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, stop=[],
                                            extra_body={"ignore_eos": True}, **limit)
         assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length", limit
+
+
+@pytest.mark.parametrize("params", [dict(frequency_penalty=2.0), dict(presence_penalty=2.0),
+                                    dict(extra_body={"repetition_penalty": 2.0}),
+                                    dict(temperature=1.0, seed=4, extra_body={"min_p": 0.9}),
+                                    dict(temperature=1.0, seed=4, extra_body={"top_k": 3}),
+                                    dict(temperature=1.0, seed=4, top_p=0.3)])
+def test_each_sampling_field_reaches_the_sampler(model, tok, client, params):
+    """One field at a time (each changes the text here): the reply is qkv.generate's with that field."""
+    params = {"temperature": 0, **params}
+    as_generate = {k: v for k, v in params.items() if k != "extra_body"} | params.get("extra_body", {})
+    r = client.completions.create(model="tiny", prompt="the cat", max_tokens=12, **params)
+    want = generate(model, tok, "the cat", max_new_tokens=12, **as_generate)
+    assert r.choices[0].text == want
+    without = {k: v for k, v in as_generate.items() if k in ("temperature", "seed")}
+    assert want != generate(model, tok, "the cat", max_new_tokens=12, **without)
+
+
+def test_ignore_eos_and_an_eos_forced_by_logit_bias(tok, client):
+    force = {"logit_bias": {str(tok.eos_id): 100}, "max_tokens": 6}
+    r = client.completions.create(model="tiny", prompt="the", **force)
+    assert (r.choices[0].text, r.choices[0].finish_reason, r.usage.completion_tokens) == ("", "stop", 1)
+    r = client.completions.create(model="tiny", prompt="the", extra_body={"ignore_eos": True}, **force)
+    assert (r.choices[0].finish_reason, r.usage.completion_tokens) == ("length", 6)
+
+
+def test_the_budget_at_the_context_boundaries(server, tok):
+    """96 positions: a prompt of 96 is refused, 95 + max_tokens 1 fits, and without max_tokens the reply
+    gets what is left (under the cap of 48)."""
+    x = next(k for k in range(60, 200) if len(tok.encode("x" * k)) == 96)
+    prompt = "x" * x
+    status, reply = request(server[0], "POST", "/v1/completions", {"prompt": prompt, "max_tokens": 1})
+    assert status == 400 and reply["error"]["code"] == "context_length_exceeded"
+    assert reply["error"]["message"] == ("the prompt has 96 tokens but this model's context is 96 tokens; shorten it")
+    messages = [{"role": "user", "content": "x" * 40}]
+    n = len(tok.encode(chat_text(tok, messages)))
+    body = {"messages": messages, "temperature": 0, "ignore_eos": True, "stop": []}
+    status, reply = request(server[0], "POST", "/v1/chat/completions", {**body, "max_tokens": 96 - n})
+    assert status == 200 and reply["usage"]["completion_tokens"] == 96 - n
+    status, reply = request(server[0], "POST", "/v1/chat/completions", {**body, "max_tokens": 97 - n})
+    assert status == 400 and reply["error"]["code"] == "context_length_exceeded"
+    assert reply["error"]["message"] == (f"this model's context is 96 tokens, but the prompt has {n} and max_tokens "
+                                         f"asks for {97 - n} ({97} in all); lower max_tokens to at most {96 - n} "
+                                         f"or shorten the prompt")
+    status, reply = request(server[0], "POST", "/v1/chat/completions", body)
+    assert status == 200 and reply["usage"]["completion_tokens"] == min(48, 96 - n)
+    assert 96 - n < 48
+    status, reply = request(server[0], "POST", "/v1/completions", {"prompt": []})
+    assert reply["error"]["message"] == "prompt is an empty list; give a string or a list of strings"
+
+
+@pytest.mark.parametrize("bias, ok", [({"0": 1}, True), ({"299": -100}, True), ({"5": 100}, True),
+                                      ({"300": 1}, False), ({"-1": 1}, False), ({" 5": 1}, False),
+                                      ({"5-": 1}, False), ({"5": 100.5}, False), ({"5": -100.5}, False)])
+def test_logit_bias_bounds(server, tok, bias, ok):
+    assert tok.vocab_size == 300
+    status, reply = request(server[0], "POST", "/v1/completions", {"prompt": "a", "max_tokens": 1, "logit_bias": bias})
+    assert (status == 200) == ok, reply
+    if not ok:
+        (key, value), = bias.items()
+        want = (f"logit_bias value {value} for token {key} must be between -100 and 100" if abs(value) > 100 else
+                f"logit_bias key {key!r} is not a token id in [0, 300)")
+        assert reply["error"]["message"] == want and reply["error"]["param"] == "logit_bias"
+
+
+def test_response_shapes_are_openais(model, tok, server):
+    """object, id, created, usage and the log-probability fields as OpenAI spells them (raw JSON, which the
+    client would hide)."""
+    url = server[0]
+    status, chat = request(url, "POST", "/v1/chat/completions",
+                           {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0,
+                            "logprobs": True, "top_logprobs": 2})
+    status2, done = request(url, "POST", "/v1/completions", {"prompt": "the cat", "max_tokens": 5, "temperature": 0,
+                                                               "logprobs": 2})
+    assert status == status2 == 200
+    assert chat["object"] == "chat.completion" and done["object"] == "text_completion"
+    assert chat["id"].startswith("chatcmpl-") and done["id"].startswith("cmpl-") and chat["id"] != done["id"]
+    assert abs(chat["created"] - time.time()) < 60
+    ids = tok.encode(chat_text(tok, [{"role": "user", "content": "hi"}]))
+    for entry in chat["choices"][0]["logprobs"]["content"]:
+        with torch.no_grad():
+            want_V = model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)
+        chosen = int(want_V.argmax())
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert entry["token"] == tok.token_text(chosen) and entry["bytes"] == list(entry["token"].encode())
+        assert abs(entry["logprob"] - float(want_V[chosen])) < 1e-4
+        top = want_V.topk(2)
+        assert [(e["token"], round(e["logprob"], 4)) for e in entry["top_logprobs"]] == \
+            [(tok.token_text(int(i)), round(float(v), 4)) for v, i in zip(top.values, top.indices)]
+        ids.append(chosen)
+    lp = done["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == done["usage"]["completion_tokens"] == 5
+    assert "".join(lp["tokens"]) == done["choices"][0]["text"]
+    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(5)]
+    status, raw = request(url, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                                 "max_tokens": 3, "stream": True})
+    chunks = [json.loads(line[6:]) for line in raw.split("\n") if line.startswith("data: {")]
+    assert chunks and all(c["object"] == "chat.completion.chunk" and "usage" not in c for c in chunks)
+    status, raw = request(url, "POST", "/v1/completions", {"prompt": "the", "max_tokens": 3, "stream": True})
+    chunks = [json.loads(line[6:]) for line in raw.split("\n") if line.startswith("data: {")]
+    assert chunks and all(c["object"] == "text_completion" and "usage" not in c for c in chunks)
+
+
+def test_a_model_with_its_own_template_is_served_as_qkv_chat(tok):
+    """The model's template (with bos_token), no default stop string: the reply is qkv.chat's."""
+    template = ("{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{{ eos_token }}{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    own = Tokenizer(Tokenizer.train_bpe([TEXT], vocab_size=300, special_tokens=["<s>", "</s>"]).backend,
+                    {"bos_token": "<s>", "eos_token": "</s>"}, template)
+    model = tiny_gpt(own, pos="rope", seed=2)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the fox"}]
+    with running(create_app(model, ServeConfig(model_name="own", max_tokens_cap=48))) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        r = client.chat.completions.create(model="own", messages=messages, temperature=0, max_tokens=16)
+    assert r.choices[0].message.content == qkv.chat(model, messages, temperature=0, max_new_tokens=16)
+    assert r.usage.prompt_tokens == len(own.encode(render_chat(template, messages, True, own.specials)))
+    assert render_chat(template, messages, True, own.specials).startswith("<s><|system|>")
 
 
 def test_logprobs_are_the_models_own(model, tok, client):
