@@ -71,3 +71,32 @@ def test_a_device_the_machine_lacks_is_one_line_before_loading(tiny_run, capsys,
     assert main([command, str(tiny_run), "--device", device]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err and "--device" in err
+
+
+def test_context_shift_generates_past_the_context(ckpt, capsys):
+    """max_len 32: 100 new tokens only with --context-shift, the same text as the library's."""
+    args = ["generate", str(ckpt), "--prompt", "the", "--max-new-tokens", "100", "--temperature", "0", "--ignore-eos"]
+    assert main(args) == 2
+    assert "--context-shift" in capsys.readouterr().err
+    assert main(args + ["--context-shift"]) == 0
+    model = qkv.load(ckpt)
+    expected = generate(model, model.tokenizer, "the", max_new_tokens=100, temperature=0, ignore_eos=True,
+                        context_shift=True)
+    assert capsys.readouterr().out == "the" + expected + "\n" and len(expected) == 100
+
+
+@pytest.mark.parametrize("command", [["next", "--text", "ab"], ["attention", "--text", "ab", "--format", "html"]])
+def test_next_and_attention_take_threads_and_quantized(ckpt, tmp_path, capsys, command, monkeypatch):
+    """--threads sets torch's threads before the load; --quantized loads int8 modules (the output runs)."""
+    from qkv.quant import Int8Linear
+    loaded = []
+    real_load = qkv.checkpoint.load
+    monkeypatch.setattr(qkv.checkpoint, "load", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1])
+    out = ["--out", str(tmp_path / "a.html")] if command[0] == "attention" else []
+    threads = torch.get_num_threads()
+    try:
+        assert main([command[0], str(ckpt), *command[1:], *out, "--threads", "1", "--quantized"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert any(isinstance(m, Int8Linear) for m in loaded[-1].modules())

@@ -361,6 +361,14 @@ CASES = [
                            "`huggingface-cli download gpt2 --local-dir DIR`"),
     (["chat", "HuggingFaceTB/SmolLM2-135M-Instruct"], "huggingface-cli download HuggingFaceTB/SmolLM2-135M-Instruct"),
     (["chat", "smollm2:135m"], "looks like an Ollama tag: pass the path of the model's .gguf file"),
+    # issue 20: next/attention/eval load as the decoding commands do (--threads, --quantized); past the context
+    (["next", "{gpt}", "--text", "First", "--threads", "0"], "--threads 0 must be a positive integer"),
+    (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.html", "--threads", "-1"],
+     "--threads -1 must be a positive integer"),
+    (["eval", "{gpt}", "--data", "{corpus}", "--threads", "0"], "--threads 0 must be a positive integer"),
+    (["generate", "{gpt}", "--prompt", "First", "--max-new-tokens", "40"],
+     "exceeds the model's context max_len=16; lower max_new_tokens (--max-new-tokens) to at most 11, shorten the "
+     "prompt, or let the window slide past the context (--context-shift"),
 ]
 
 

@@ -31,6 +31,15 @@ def require_family(path: str | Path, command: str, *families: str) -> str:
     return found
 
 
+def load_model(path: str | Path, args, device=None):
+    """``qkv.load`` as the flags of ``flags.add_load_arguments`` ask: the threads set first (``--threads``,
+    else qkv.runtime's count of idle cores), then the checkpoint, ``--quantized`` or not."""
+    from ..checkpoint import load
+    from ..runtime import set_decode_threads
+    set_decode_threads(args.threads)
+    return load(path, device=device, quantized=args.quantized)
+
+
 def require_task_metrics(task: str, feature: str) -> None:
     """The optional packages task ``task`` is scored with, asked for now: a run that trains for an hour
     must not end on a missing seqeval."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .flags import add_overwrite_argument, path_arg, value_parser
+from .flags import add_load_arguments, add_overwrite_argument, path_arg, value_parser
 
 FORMATS = {".png": "png", ".html": "html", ".htm": "html", ".pt": "bertviz", ".json": "bertviz"}
 MAPS = {"self": "self-attention", "encoder": "encoder self-attention", "decoder": "decoder self-attention",
@@ -43,6 +43,7 @@ def add_arguments(p) -> None:
                    help="Swin: which window of each stage, row-major from 0 (default 0)")
     p.add_argument("--stage", type=value_parser(int, "--stage", minimum=0), default=None,
                    help="Swin: the stage a PNG shows (default 0)")
+    add_load_arguments(p)
 
 
 def output_format(out: str, fmt: str | None) -> str:
@@ -61,11 +62,10 @@ def output_format(out: str, fmt: str | None) -> str:
 
 
 def run(args) -> int:
-    from ..checkpoint import load
     from ..errors import InputError, article
     from ..rundir import claim_out_file
     from ..viz.read import attention_maps, encode_inputs, family
-    from ._common import require_family
+    from ._common import load_model, require_family
 
     fmt = output_format(args.out, args.format)
     claim_out_file(args.out, args.overwrite, "--out", reads=(args.model, args.image))
@@ -82,7 +82,7 @@ def run(args) -> int:
         raise InputError("--image is for image classifiers; a text model reads --text TEXT")
     if args.window is not None or args.stage is not None:
         raise InputError("--window and --stage pick a Swin's window and stage; a text model has neither: drop them")
-    model = load(args.model)
+    model = load_model(args.model, args)
     kind = family(model)
     text = args.text
     if kind == "encoder-decoder" and text is None and args.source is not None:
@@ -132,11 +132,11 @@ def _shown(args, maps, chosen) -> str:
 
 
 def _image(args, fmt: str) -> int:
-    from ..checkpoint import load
     from ..data.images import image_to_pixels, normalize, require_pillow
     from ..errors import InputError
     from ..viz.images import image_attention_maps
     from ..viz.maps import check_index
+    from ._common import load_model
 
     if not args.image or args.text or args.source:
         raise InputError("an image classifier reads --image FILE (not --text or --source)")
@@ -145,7 +145,7 @@ def _image(args, fmt: str) -> int:
     if args.truncate:
         raise InputError("--truncate cuts a long text; an image is resized to the model's input instead: drop it")
     require_pillow()                                     # before the model loads
-    model = load(args.model)
+    model = load_model(args.model, args)
     if not hasattr(model, "blocks") and not hasattr(model, "stages"):
         raise InputError(f"{args.model} holds a {type(model).__name__}, which has no attention: use a ViT or Swin")
     swin = hasattr(model, "stages")

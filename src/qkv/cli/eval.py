@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 
-from .flags import path_arg, positive_int, value_parser
+from .flags import add_load_arguments, path_arg, positive_int, value_parser
 
 
 def add_arguments(p) -> None:
@@ -21,16 +21,15 @@ def add_arguments(p) -> None:
                    help="tokens per window, at most the model's context (default 1024)")
     p.add_argument("--bits", type=value_parser(int, "--bits"), default=None,
                    help="quantize the weights on load: 8 (int8 per channel) or 4 (4-bit, groups of 32)")
-    p.add_argument("--quantized", action="store_true", help="a GGUF file: keep its Q8_0/Q4_x blocks quantized")
+    add_load_arguments(p)
 
 
 def run(args) -> int:
-    from ..checkpoint import load
     from ..data.text import read_text
     from ..errors import CheckpointError, InputError
     from ..quant import check_bits, quantize_model
     from ..train.evaluate import perplexity
-    from ._common import require_family
+    from ._common import load_model, require_family
 
     if args.bits is not None:
         check_bits(args.bits)
@@ -38,7 +37,7 @@ def run(args) -> int:
         raise InputError("give --bits (quantize the float weights) or --quantized (keep a GGUF's blocks), not both")
     require_family(args.checkpoint, "eval", "decoder")
     text = read_text(args.data)
-    model = load(args.checkpoint, quantized=args.quantized)
+    model = load_model(args.checkpoint, args)
     if args.bits is not None:
         quantize_model(model, args.bits)
     if model.tokenizer is None:

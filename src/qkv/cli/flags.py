@@ -50,6 +50,15 @@ def add_device_argument(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"cpu (default), cuda or cuda:N: where {what}")
 
 
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` and ``--quantized``: how a command's model loads and runs (``_common.load_model``)."""
+    parser.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
+                        help="CPU threads (default: the cores other processes leave idle, see qkv.runtime)")
+    parser.add_argument("--quantized", action="store_true",
+                        help="keep a GGUF file's Q8_0/Q4_x weights quantized in memory (other float "
+                             "checkpoints: int8 on load)")
+
+
 def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """``--overwrite``, checked by ``qkv.rundir.claim_out_file`` / ``claim_out_dir`` before any work."""
     parser.add_argument("--overwrite", action="store_true",

@@ -16,7 +16,8 @@ import sys
 
 from ..errors import InputError
 from ..generate import GenerationConfig
-from .flags import add_chat_template_argument, add_device_argument, path_arg, positive_int, unescaped, value_parser
+from .flags import (add_chat_template_argument, add_device_argument, add_load_arguments, path_arg, unescaped,
+                    value_parser)
 
 DEFAULTS = GenerationConfig()
 
@@ -35,8 +36,8 @@ FLAGS = {
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: GenerationConfig = DEFAULTS) -> None:
-    """The GenerationConfig flags (shared by `qkv generate` and `qkv chat`), --stop, --ignore-eos, --threads,
-    and --quantized (how the checkpoint loads)."""
+    """The GenerationConfig flags (shared by `qkv generate` and `qkv chat`), --stop, --ignore-eos, and how
+    the model loads and runs (--threads, --quantized, --device, --chat-template)."""
     for flag, (field, kind, help_text) in FLAGS.items():
         parser.add_argument(flag, dest=field, type=value_parser(kind, flag), default=None,
                             metavar=kind.__name__.upper(),
@@ -45,13 +46,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: Generation
                         help="stop before this string (repeatable; \\n and \\t are a newline and a tab, as in "
                              "--stop '\\n\\n'); it is not printed")
     parser.add_argument("--ignore-eos", action="store_true", help="keep generating past the eos token")
-    parser.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
-                        help="CPU threads (default: the cores other processes leave idle, see qkv.runtime)")
+    add_load_arguments(parser)
     add_device_argument(parser, "the model runs")
     add_chat_template_argument(parser)
-    parser.add_argument("--quantized", action="store_true",
-                        help="keep a GGUF file's Q8_0/Q4_x weights quantized in memory (other float "
-                             "checkpoints: int8 on load)")
 
 
 def _default_words(field: str, value) -> str:
@@ -69,15 +66,13 @@ def sampling_config(args: argparse.Namespace, defaults: GenerationConfig = DEFAU
 
 def load_for_decoding(path: str, args: argparse.Namespace, command: str):
     """``qkv.load`` of a decoder, with the decode thread policy applied first; it must have a tokenizer."""
-    from .. import load
     from ..conversation import read_chat_template
-    from ..runtime import inference_device, set_decode_threads
-    from ._common import require_family
+    from ..runtime import inference_device
+    from ._common import load_model, require_family
     require_family(path, command, "decoder")
     device = inference_device(args.device)
     template = read_chat_template(args.chat_template) if args.chat_template else None   # checked before the load
-    set_decode_threads(args.threads)
-    model = load(path, device=device, quantized=args.quantized)
+    model = load_model(path, args, device)
     if model.tokenizer is None:
         raise InputError(f"{path} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
                          f"add one to generate text")
@@ -94,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one chat turn: the message goes through the model's chat template; prints the reply")
     parser.add_argument("--system", metavar="TEXT", default=None, help="with --chat: a system message")
     add_sampling_arguments(parser)
+    parser.add_argument("--context-shift", action="store_true",
+                        help="past the model's context, drop the oldest half of the window and keep going "
+                             "(as llama.cpp's --context-shift; the kept half is recomputed)")
     parser.add_argument("--no-cache", dest="use_cache", action="store_false",
                         help="recompute the whole sequence every step (slow; for comparison)")
     parser.add_argument("--json-schema", metavar="FILE", type=path_arg, default=None,
@@ -124,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give --prompt (plain continuation) or --chat (a chat turn), not both")
     if args.system is not None and args.chat is None:
         raise InputError("--system goes with --chat; add --chat MESSAGE")
-    cfg = sampling_config(args, use_cache=args.use_cache, json_schema=read_schema(args.json_schema))
+    cfg = sampling_config(args, use_cache=args.use_cache, json_schema=read_schema(args.json_schema),
+                          context_shift=args.context_shift)
     model = load_for_decoding(args.directory, args, "generate")
     if args.chat is not None:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + \

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from .flags import add_overwrite_argument, path_arg, positive_int
+from .flags import add_load_arguments, add_overwrite_argument, path_arg, positive_int
 
 
 def add_arguments(p) -> None:
@@ -30,15 +30,15 @@ def add_arguments(p) -> None:
     add_overwrite_argument(p, "--out")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--truncate", action="store_true", help="keep the last max_len tokens of a long text")
+    add_load_arguments(p)
 
 
 def run(args) -> int:
-    from ..checkpoint import load
     from ..errors import InputError
     from ..rundir import claim_out_file
     from ..viz.lens import format_table, next_tokens, plot_next
     from ..viz.output import check_suffix, require_png
-    from ._common import require_family
+    from ._common import load_model, require_family
 
     if args.out is not None:
         check_suffix(args.out, [".png"], "the next-token picture")
@@ -47,7 +47,7 @@ def run(args) -> int:
     elif args.overwrite:
         raise InputError("--overwrite lets --out replace a file; there is no --out: drop --overwrite")
     require_family(args.model, "next", "decoder", "encoder", "encoder-decoder")
-    model = load(args.model)
+    model = load_model(args.model, args)
     result = next_tokens(model, args.text, args.top, args.source, args.truncate, args.lens)
     if args.out is not None:
         plot_next(result, args.out, title=str(args.model))
