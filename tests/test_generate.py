@@ -1,6 +1,7 @@
 """Generation: the decode loop against full recomputation, batching, each processor by hand, stop strings,
 streaming, and every bad input as an InputError that names the fix."""
 
+import dataclasses
 import os
 import re
 
@@ -101,6 +102,44 @@ def test_left_padded_batch_equals_each_prompt_alone(pos, params):
     batch_BN = generate_ids(model, ids_BL, cfg, key_mask_BM=key_mask_BL)
     for b, p in enumerate(prompts):
         assert torch.equal(batch_BN[b], generate_ids(model, p[None], cfg)[0]), f"row {b}"
+
+
+def _window_reference(model, prompt_BL, steps, **sampling):
+    """Greedy decoding by hand, each step a cache-free forward over the window the context-shift rule
+    leaves: past W columns, the newest W // 2 are kept."""
+    W, seq_BT, start = model.cfg.max_len, prompt_BL, 0
+    for _ in range(steps):
+        if seq_BT.shape[1] - start > W:
+            start = seq_BT.shape[1] - W // 2
+        with torch.no_grad():
+            nxt = model(seq_BT[:, start:]).logits[:, -1].argmax(-1, keepdim=True)
+        seq_BT = torch.cat([seq_BT, nxt], dim=1)
+    return seq_BT[:, prompt_BL.shape[1]:]
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope", "alibi"])
+def test_context_shift_equals_recompute_on_the_window(pos):
+    """Past the context (W = 8, 5 + 30 tokens) every step equals the model run without a cache on the
+    window the shift keeps, for every position scheme: the refill starts the window at position 0."""
+    model = tiny_gpt(40, pos=pos, max_len=8)
+    prompt_BL = torch.randint(0, 40, (1, 5), generator=torch.Generator().manual_seed(1))
+    cfg = GenerationConfig(max_new_tokens=30, temperature=0, context_shift=True)
+    new_BN = generate_ids(model, prompt_BL, cfg)
+    assert new_BN.shape == (1, 30)
+    assert torch.equal(new_BN, _window_reference(model, prompt_BL, 30))
+    assert torch.equal(new_BN, generate_ids(model, prompt_BL, dataclasses.replace(cfg, use_cache=False)))
+
+
+@pytest.mark.parametrize("params", [dict(temperature=0.9, top_p=0.9, seed=3), dict(temperature=0, repetition_penalty=1.5)])
+def test_context_shift_cache_equals_recompute_on_a_padded_batch(params):
+    model = tiny_gpt(40, pos="rope", max_len=8)
+    ids_BL = torch.randint(1, 40, (2, 6), generator=torch.Generator().manual_seed(2))
+    key_mask_BL = torch.ones(2, 6, dtype=torch.bool)
+    key_mask_BL[1, :3] = False
+    cfg = GenerationConfig(max_new_tokens=25, context_shift=True, **params)
+    cached = generate_ids(model, ids_BL, cfg, key_mask_BM=key_mask_BL)
+    recomputed = generate_ids(model, ids_BL, dataclasses.replace(cfg, use_cache=False), key_mask_BM=key_mask_BL)
+    assert cached.shape == (2, 25) and torch.equal(cached, recomputed)
 
 
 def test_text_batch_equals_each_prompt_alone(tok):
@@ -380,7 +419,8 @@ def test_bad_inputs_raise_input_error(tok):
     with raises_exactly("the prompt has 40 tokens but the model's context is max_len=32; shorten the prompt"):
         generate(model, tok, "a" * 40)
     with raises_exactly("prompt (10 tokens) + max_new_tokens (30) = 40 exceeds the model's context max_len=32; "
-                        "lower max_new_tokens (--max-new-tokens) to at most 22 or shorten the prompt"):
+                        "lower max_new_tokens (--max-new-tokens) to at most 22, shorten the prompt, or let the "
+                        "window slide past the context (--context-shift, context_shift=True)"):
         generate(model, tok, "a" * 10, max_new_tokens=30)
     with pytest.raises(InputError, match="token ids must lie in"):
         generate_ids(model, torch.tensor([[1, 999]]), GenerationConfig(4))

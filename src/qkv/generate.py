@@ -53,6 +53,8 @@ class GenerationConfig:
     use_cache: bool = True                 # False recomputes the whole sequence each step (for comparison)
     json_schema: dict | None = None        # the text is JSON matching this schema ({"type": "object"}: any
                                            # object); decoding is masked by its grammar (``qkv.grammar``)
+    context_shift: bool = False            # past the model's context, drop the oldest half of the window
+                                           # and go on (llama.cpp's --context-shift); see iter_ids
 
     def __post_init__(self):
         def bad(msg):
@@ -179,10 +181,11 @@ def check_lengths(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig) -> 
     if L > max_len:
         raise InputError(f"the prompt has {L} tokens but the model's context is max_len={max_len}; "
                          f"shorten the prompt")
-    if L + cfg.max_new_tokens > max_len:
+    if L + cfg.max_new_tokens > max_len and not cfg.context_shift:
         raise InputError(f"prompt ({L} tokens) + max_new_tokens ({cfg.max_new_tokens}) = "
                          f"{L + cfg.max_new_tokens} exceeds the model's context max_len={max_len}; lower "
-                         f"max_new_tokens (--max-new-tokens) to at most {max_len - L} or shorten the prompt")
+                         f"max_new_tokens (--max-new-tokens) to at most {max_len - L}, shorten the prompt, or "
+                         f"let the window slide past the context (--context-shift, context_shift=True)")
     model.check_ids(prompt_ids_BL)                            # ids outside the vocabulary
 
 
@@ -203,11 +206,19 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
     them between turns), with room for the rest and the new tokens; only the rest is prefilled.
     constraints: one per row (``qkv.grammar.JsonConstraint``): masks the row's logits until its grammar is
     complete; the loop also ends when every row's is.
+
+    Context shift (``cfg.context_shift``). When the window ``ids[start:M]`` would outgrow the model's
+    context W, its oldest tokens are dropped, keeping the newest W // 2 (llama.cpp drops half as well), and
+    the caches are refilled from the kept tokens in one forward call, at positions 0 .. W // 2 - 1. Every
+    step thus computes exactly what the model computes on its window without a cache (the test holds
+    them equal). llama.cpp instead re-rotates the cached keys to their new positions, which saves the
+    refill but keeps states computed with the dropped tokens in view, and works for RoPE only; a refill
+    works for every position scheme, learned positions included, since no position passes W - 1.
     """
     choose_python_api_threads()
     check_lengths(model, prompt_ids_BL, cfg)
     B, L = prompt_ids_BL.shape
-    T = L + cfg.max_new_tokens
+    T, W = L + cfg.max_new_tokens, model.cfg.max_len
     device = next(model.parameters()).device
     ids_BT = torch.zeros(B, T, dtype=torch.long, device=device)   # the whole sequence, allocated once
     ids_BT[:, :L] = prompt_ids_BL
@@ -222,19 +233,29 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
     stop_on_eos = stops_K is not None and not cfg.ignore_eos
     finished_B = torch.zeros(B, dtype=torch.bool, device=device)
     if caches is None and cfg.use_cache:
-        caches = model.new_caches(B, T)
+        caches = model.new_caches(B, min(T, W))
+    elif caches is not None and cfg.context_shift:
+        raise InputError("context_shift refills the caches iter_ids makes; with caches of your own (a chat's), "
+                         "trim the conversation instead")
     elif caches is not None and (caches[0].length >= L or caches[0].max_len < T):
         raise InputError(f"the KV caches hold {caches[0].length} of the {L} prompt positions with room for "
                          f"{caches[0].max_len}; they must hold fewer than the prompt and have room for {T}")
-    M = L
+    M, start = L, 0                                               # the window: columns start .. M - 1
 
-    def forward(M_from: int) -> torch.Tensor:
-        mask_BM = key_mask_BT[:, :M] if key_mask_BT is not None else None
-        return model(ids_BT[:, M_from:M], caches=caches, key_mask_BM=mask_BM, last_only=True).logits[:, -1]
+    def forward() -> torch.Tensor:
+        """Logits after ``ids[start:M]``, computing only the columns the caches do not hold yet."""
+        nonlocal start
+        if M - start > W:                                        # only with context_shift (check_lengths)
+            start = M - max(1, W // 2)
+            for cache in caches or ():
+                cache.reset()
+        first = start + (caches[0].length if caches else 0)
+        mask_BM = key_mask_BT[:, start:M] if key_mask_BT is not None else None
+        return model(ids_BT[:, first:M], caches=caches, key_mask_BM=mask_BM, last_only=True).logits[:, -1]
 
     if cfg.max_new_tokens == 0:
         return
-    logits_BV = forward(caches[0].length if caches else 0)       # prefill: the (rest of the) prompt in one call
+    logits_BV = forward()                                        # prefill: the (rest of the) prompt in one call
     while True:
         if constraints is not None:
             logits_BV = torch.cat([row_1V if c.finished else c.mask(row_1V)
@@ -254,7 +275,7 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
         if M == T or (stop_on_eos and bool(finished_B.all())) or \
                 (constraints is not None and all(c.finished for c in constraints)):
             return
-        logits_BV = forward(M - 1 if caches is not None else 0)  # decode step: only the new token
+        logits_BV = forward()                                    # decode step: only the new token
 
 
 def generate_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig | None = None,
