@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 setup: $(STAMP)
 
 # torch is pinned first: its CPU wheel is local here; a bare `torch` requirement would pull a CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/qkv/native/kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0

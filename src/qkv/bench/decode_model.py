@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..generate import GenerationConfig, iter_ids
+from .. import native
 from ..quant import Int4Linear, Int8Linear, quantize_model
 from .decode import copy_bandwidth
 
@@ -205,7 +206,8 @@ def run(model_path: str, json_out: bool = False, bits=(32, 8, 4), prompt_len: in
               "threads": results, "prompt_len": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
               "sides": {name: info for name, (_, info) in sides.items()}, "notes": notes,
               "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
-              "cpu": _cpu_name(), "cpu_flags": torch.backends.cpu.get_cpu_capability()}
+              "cpu": _cpu_name(), "cpu_flags": torch.backends.cpu.get_cpu_capability(),
+              "quantized_kernels": native.variant()}
     if json_out:
         print(json.dumps(result))
     else:
@@ -225,7 +227,7 @@ def _cpu_name() -> str:
 
 def _print_table(r: dict) -> None:
     print(f"{r['model']}: prompt {r['prompt_len']} tokens, {r['new_tokens']} new, greedy, batch 1 "
-          f"({r['cpu']}, {r['cpu_flags']}, load {r['load_avg_1m']})")
+          f"({r['cpu']}, {r['cpu_flags']}, quantized kernels {r['quantized_kernels']}, load {r['load_avg_1m']})")
     for t, row in r["threads"].items():
         print(f"  {t} thread(s), copy bandwidth {row['bandwidth_gb_s']} GB/s")
         print(f"    {'side':<20}{'prefill tok/s':>14}{'decode tok/s':>14}{'bound':>9}{'of bound':>10}{'MB/token':>10}")

@@ -56,6 +56,9 @@ def run(args) -> int:
     if "quantization" in config:
         layout = config["quantization"]
         info["quantization"] = {kind: sum(v == kind for v in layout.values()) for kind in sorted(set(layout.values()))}
+    if "quantization" in config or is_gguf(args.checkpoint):   # where its quantized layers compute
+        from .. import native
+        info["quantized_kernels"] = native.variant()
     for key in ("train", "finetune", "labels", "best", "gguf", "precision", "world"):
         if key in config:
             info[key] = config[key]
@@ -126,6 +129,9 @@ def _text(info: dict) -> str:
         g = info["gguf"]
         lines.append(f"  GGUF: {g['name']} ({g['architecture']}); tensors "
                      + ", ".join(f"{n} {k}" for k, n in sorted(g["tensor_types"].items())))
+    if "quantized_kernels" in info:
+        lines.append(f"  quantized layers compute on: {info['quantized_kernels']} kernels "
+                     f"(qkv.native; QKV_KERNELS overrides)")
     if "train" in info:
         t = info["train"]
         what = t.get("task") if t.get("task") != "lm" else f"lm ({t.get('objective')})"

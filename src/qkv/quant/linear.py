@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import native
 from ..errors import ConfigError
 
 SCALE_DTYPE = torch.bfloat16             # the kernels' fast path wants scales in the activations' dtype
@@ -40,6 +41,7 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scales", torch.empty(out_features, dtype=SCALE_DTYPE))
+        self.register_buffer("scales_f32", None, persistent=False)     # qkv.native's scales, made on first use
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
@@ -61,13 +63,21 @@ class Int8Linear(nn.Module):
     def forward(self, x_NK: torch.Tensor) -> torch.Tensor:
         lead = x_NK.shape[:-1]
         x_MK = x_NK.reshape(-1, self.in_features)
-        if x_MK.device.type == "cpu":
+        if native.usable(x_MK):                         # qkv's integer-dot kernels (decode-sized batches)
+            if self.scales_f32 is None:
+                self.scales_f32 = self.scales.float()
+            y_MO = native.q8_matmul(x_MK, self.weight, self.scales_f32)
+        elif x_MK.device.type == "cpu":
             y_MO = torch.ops.aten._weight_int8pack_mm(x_MK.to(SCALE_DTYPE), self.weight, self.scales).float()
         else:                                           # no packed kernel here: the plain product
             y_MO = x_MK.float() @ self.dequantize().t()
         if self.bias is not None:
             y_MO = y_MO + self.bias
         return y_MO.view(*lead, self.out_features)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.scales_f32 = None                          # new scales: the cache is stale
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
@@ -97,6 +107,8 @@ class Int4Linear(nn.Module):
         # the kernel's packed codes and its (G, O, 2) scale-and-zero tensor, built by _pack on first use
         self.register_buffer("packed", None, persistent=False)
         self.register_buffer("scales_zeros", None, persistent=False)
+        self.register_buffer("scales_f32", None, persistent=False)     # qkv.native's scales and code-8 values
+        self.register_buffer("zeros_f32", None, persistent=False)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
@@ -127,7 +139,7 @@ class Int4Linear(nn.Module):
         self.weight = (codes_OK[:, 0::2] | (codes_OK[:, 1::2] << 4)).contiguous()
         self.scales = scales_OG.to(SCALE_DTYPE).contiguous()
         self.zeros = zeros_OG.to(SCALE_DTYPE).contiguous()
-        self.packed = self.scales_zeros = None
+        self.packed = self.scales_zeros = self.scales_f32 = self.zeros_f32 = None
 
     def codes(self) -> torch.Tensor:
         """The integer codes (O, K) in [0, 15]."""
@@ -147,7 +159,11 @@ class Int4Linear(nn.Module):
     def forward(self, x_NK: torch.Tensor) -> torch.Tensor:
         lead = x_NK.shape[:-1]
         x_MK = x_NK.reshape(-1, self.in_features)
-        if x_MK.device.type == "cpu":
+        if native.usable(x_MK):                         # qkv's integer-dot kernels (decode-sized batches)
+            if self.scales_f32 is None:
+                self.scales_f32, self.zeros_f32 = self.scales.float(), self.zeros.float()
+            y_MO = native.q4_matmul(x_MK, self.weight, self.scales_f32, self.zeros_f32, self.group_size)
+        elif x_MK.device.type == "cpu":
             if self.packed is None or self.packed.device != self.weight.device:
                 self._pack()
             y_MO = torch.ops.aten._weight_int4pack_mm_for_cpu(x_MK.to(SCALE_DTYPE), self.packed,
@@ -160,7 +176,7 @@ class Int4Linear(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self.packed = self.scales_zeros = None          # new codes: the cache is stale
+        self.packed = self.scales_zeros = self.scales_f32 = self.zeros_f32 = None   # new codes: the caches are stale
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, 4-bit, "

@@ -1,0 +1,121 @@
+"""qkv's own CPU kernels: integer-dot products of 8-bit activation blocks with the 4-bit and int8 weights of
+``qkv.quant`` (the arithmetic is in kernels.c, with the why).
+
+The library is built by ``pip install`` (setup.py, optional: without a compiler the build is skipped) and
+loaded with ctypes, which releases the GIL during a call. ``variant()`` says which kernels run:
+
+    QKV_KERNELS unset     the best this CPU reports: avx512 (BW/VL/VNNI), else avx2 (+FMA), else scalar
+                          (no better than PyTorch's own choice: ATEN_CPU_CAPABILITY=avx2 gives avx2)
+    QKV_KERNELS=scalar    the reference loops     avx2 / avx512   those SIMD kernels (if the CPU has them)
+    QKV_KERNELS=torch     PyTorch's own packed kernels (as when the library is not built)
+
+Every variant gives the same bits (each block's integer sum is exact, the float steps run in one order),
+so a model's outputs do not depend on which CPU runs it, and a row's output does not depend on its batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+
+VARIANTS = ("scalar", "avx2", "avx512")          # bit i of qkv_supported() is VARIANTS[i]
+OVERRIDE = "QKV_KERNELS"
+BLOCK = 32                                        # activation block (kernels.c)
+MAX_ROWS = 16         # rows (tokens) at or below which a layer uses these kernels: decode steps and the
+                      # server's batches; longer prompts keep PyTorch's kernels, faster from ~8 rows until
+                      # an M-tiled kernel unpacks each weight block once for all rows (bench/README.md)
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The built kernels, or None where ``pip install`` could not build them."""
+    spec = importlib.util.find_spec("qkv.native._kernels")
+    if spec is None or spec.origin is None or not Path(spec.origin).is_file():
+        return None
+    lib = ctypes.CDLL(spec.origin)
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.qkv_q4_linear.argtypes = [i, p, i, p, p, p, i, i, i, p]
+    lib.qkv_q8_linear.argtypes = [i, p, i, p, p, i, i, p]
+    lib.qkv_supported.restype = i
+    return lib
+
+
+def supported() -> tuple[str, ...]:
+    """The variants this CPU runs ("scalar" always, once the library is built)."""
+    lib = library()
+    if lib is None:
+        return ()
+    bits = lib.qkv_supported()
+    return tuple(v for k, v in enumerate(VARIANTS) if bits >> k & 1)
+
+
+TORCH_KINDS = {"DEFAULT": "scalar", "AVX2": "avx2"}      # ATEN_CPU_CAPABILITY caps the default as well
+
+
+@functools.lru_cache(maxsize=None)
+def _chosen(requested: str | None) -> str:
+    runs = supported()
+    if requested in (None, ""):
+        if not runs:
+            return "torch"
+        # a process told to run a weaker kind's kernels (ATEN_CPU_CAPABILITY) runs ours of that kind too,
+        # so the ISA tests (tests/test_cpu_kinds.py) reach every variant on one machine
+        cap = TORCH_KINDS.get(torch.backends.cpu.get_cpu_capability())
+        return cap if cap in runs else runs[-1]
+    if requested == "torch":
+        return "torch"
+    if requested not in VARIANTS:
+        raise ConfigError(f"{OVERRIDE}={requested!r} is not a kernel variant; use one of "
+                          f"{', '.join(VARIANTS + ('torch',))}")
+    if not runs:
+        raise ConfigError(f"{OVERRIDE}={requested}: qkv's kernels are not built (no compiler at install?); "
+                          f"reinstall with gcc present, or unset {OVERRIDE}")
+    if requested not in runs:
+        raise ConfigError(f"{OVERRIDE}={requested}: this CPU runs {', '.join(runs)}; unset {OVERRIDE} or pick one")
+    return requested
+
+
+def variant() -> str:
+    """The kernels quantized layers use now: "avx512", "avx2", "scalar" or "torch"."""
+    return _chosen(os.environ.get(OVERRIDE))
+
+
+def usable(x_MK: torch.Tensor) -> bool:
+    """Whether this product goes through qkv's kernels: CPU floats, a decode-sized batch, whole blocks."""
+    return (x_MK.device.type == "cpu" and x_MK.shape[0] <= MAX_ROWS and x_MK.shape[1] % BLOCK == 0
+            and variant() != "torch")
+
+
+def _call(result: int) -> None:
+    if result != 0:
+        raise MemoryError("qkv's kernels could not allocate the quantized activations")
+
+
+def q4_matmul(x_MK: torch.Tensor, weight_OK2: torch.Tensor, scales_OG: torch.Tensor, zeros_OG: torch.Tensor,
+              group_size: int) -> torch.Tensor:
+    """y_MO = x W^T for Int4Linear's portable form (uint8 nibbles, float32 scales and code-8 values)."""
+    x = x_MK.detach().float().contiguous()
+    M, K = x.shape
+    O = weight_OK2.shape[0]
+    y = torch.empty(M, O, dtype=torch.float32)
+    _call(library().qkv_q4_linear(VARIANTS.index(variant()), x.data_ptr(), M, weight_OK2.data_ptr(),
+                                  scales_OG.data_ptr(), zeros_OG.data_ptr(), O, K, group_size, y.data_ptr()))
+    return y
+
+
+def q8_matmul(x_MK: torch.Tensor, weight_OK: torch.Tensor, scales_O: torch.Tensor) -> torch.Tensor:
+    """y_MO = x W^T for Int8Linear (int8 rows, one float32 scale per row)."""
+    x = x_MK.detach().float().contiguous()
+    M, K = x.shape
+    O = weight_OK.shape[0]
+    y = torch.empty(M, O, dtype=torch.float32)
+    _call(library().qkv_q8_linear(VARIANTS.index(variant()), x.data_ptr(), M, weight_OK.data_ptr(),
+                                  scales_O.data_ptr(), O, K, y.data_ptr()))
+    return y
