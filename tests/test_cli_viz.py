@@ -59,6 +59,9 @@ def test_next_table_lens_png_and_json(run_dir, tmp_path, capsys):
         probs_V = model(torch.tensor([model.tokenizer.encode("First Cit")])).logits[0, -1].softmax(-1)
     assert len(result["top"]) == 10 and result["top"][0]["id"] == int(probs_V.argmax())
     assert result["top"][0]["prob"] == pytest.approx(float(probs_V.max()), abs=1e-6)
+    # issue 20: the JSON carries each token's text; the glyph a space is drawn as is the label's alone
+    assert result["context"] == list("First Cit") and result["labels"][5] == "␣"
+    assert all(c["token"] == model.tokenizer.decode([c["id"]]) for c in result["top"])
 
 
 def test_plot_overlays_runs(run_dir, tmp_path, capsys):

@@ -115,7 +115,7 @@ def test_attention_equals_transformers_bert(transformers, tmp_path):
     for ours_HLM, theirs_1HLM in zip(amap.layers, ref.attentions):
         assert torch.allclose(ours_HLM, theirs_1HLM[0], atol=1e-6)
     result = next_tokens(model, "the car is [MASK].", top=3, lens=True)
-    assert result.reads == "masked token" and result.context[result.position] == "[MASK]"
+    assert result.reads == "masked token" and result.labels[result.position] == "[MASK]"
     probs_V = ref.logits[0, result.position].softmax(-1)
     assert result.top[0].id == int(probs_V.argmax()) and result.top[0].prob == pytest.approx(float(probs_V.max()),
                                                                                               abs=1e-5)
@@ -132,7 +132,7 @@ def test_next_tokens_table_and_lens(gpt, tmp_path):
     assert [c.id for c in result.lens[-1]] == [c.id for c in result.top]     # the last lens row is the model
     assert len(result.lens_top1) == 4 and len(result.lens_top1[0]) == len(result.context)
     table = format_table(result)
-    assert "logit lens" in table and repr(result.top[0].token) in table
+    assert "logit lens" in table and repr(result.top[0].label) in table
     image(plot_next(result, tmp_path / "next.png", title="tiny"))
 
 
@@ -204,7 +204,8 @@ def test_context_length_and_truncation(gpt):
         encode_inputs(gpt, long)
     assert len(encode_inputs(gpt, long, truncate=True).ids) == 24
     result = next_tokens(gpt, long, top=3, truncate=True)             # next keeps the end of the text
-    assert "".join(result.context) == long[-24:].replace(" ", "␣")
+    assert "".join(result.context) == long[-24:]                    # the text itself; labels show ␣
+    assert "".join(result.labels) == long[-24:].replace(" ", "␣")
     with pytest.raises(InputError, match="empty"):
         encode_inputs(gpt, "")
     with pytest.raises(InputError, match="source text is for encoder-decoders"):

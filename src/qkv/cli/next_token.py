@@ -9,13 +9,15 @@
 ``qkv/cli/__init__.py``, whose namespace holds its submodules.)
 
 Prints the table (rank, token, logit, probability); --lens adds the same prediction read off every layer
-through the final norm and the output head; --out writes it as a PNG; --json prints it as JSON.
+through the final norm and the output head; --out writes it as a PNG; --json prints it as JSON (each
+token's text as the tokenizer decodes it, and its label as the table shows it: a space as ␣).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 from .flags import add_load_arguments, add_overwrite_argument, path_arg, positive_int
 
@@ -50,10 +52,10 @@ def run(args) -> int:
     model = load_model(args.model, args)
     result = next_tokens(model, args.text, args.top, args.source, args.truncate, args.lens)
     if args.out is not None:
-        plot_next(result, args.out, title=str(args.model))
+        plot_next(result, args.out, title=Path(args.model).name or str(args.model))   # the run, as attention
     if args.json:
         print(json.dumps(dataclasses.asdict(result), ensure_ascii=False))
     else:
-        print(f"{result.reads} after {len(result.context)} tokens '...{''.join(result.context[-40:])}':")
+        print(f"{result.reads} after {len(result.labels)} tokens '...{''.join(result.labels[-40:])}':")
         print(format_table(result))
     return 0

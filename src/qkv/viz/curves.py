@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
-from .output import plain, png_figure
+from .output import plain, png_figure, text_inches, wrap
 
 X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed_s"}
 X_LABELS = {"step": "optimizer step", "tokens": "training tokens", "time": "seconds of training"}
@@ -66,24 +66,34 @@ def plot_curves(run_dirs: Sequence[str | Path], path: str | Path, x: str = "step
         raise InputError(f"x axis {x!r} is not one of {sorted(X_AXES)}")
     if not run_dirs:
         raise InputError("no run directories given; pass one or more")
-    runs = [(label, read_metrics(d)) for label, d in zip(_labels(run_dirs), run_dirs)]
-    with png_figure(path, 8.0, 4.8) as fig:
+    runs = [(wrap(label, 6.0, 8), read_metrics(d)) for label, d in zip(_labels(run_dirs), run_dirs)]
+    # The legend stands outside the axes, on the right, so it never hides a curve: the figure widens by it
+    # (a run's name longer than 6 inches, a whole path where two runs share a name, wraps).
+    # Each run's best validation loss is in its legend entry (marked on the curve by a star), not printed
+    # beside the point, where the labels of runs that end close together would overlap and run off the edge.
+    legend = text_inches([plain(f"{label} val, best 0.000") for label, _ in runs], 8) + 0.8   # + the line
+    width = 6.5 + legend
+    with png_figure(path, width, 4.8) as fig:
         ax = fig.subplots()
         for i, (label, rows) in enumerate(runs):
             color = f"C{i % 10}"
             xs, ys = _series(rows, X_AXES[x], "train_loss")
             ax.plot(xs, ys, "--", color=color, alpha=0.7, label=plain(f"{label} train"))
             xs, ys = _series(rows, X_AXES[x], "val_loss")
-            ax.plot(xs, ys, "-", color=color, marker="o", markersize=3, label=plain(f"{label} val"))
-            if ys:
-                best = min(range(len(ys)), key=ys.__getitem__)
-                ax.annotate(f"{ys[best]:.3f}", (xs[best], ys[best]), textcoords="offset points",
-                            xytext=(4, -12), color=color, fontsize=8)
+            best = min(range(len(ys)), key=ys.__getitem__, default=None)
+            note = "" if best is None else f", best {ys[best]:.3f}"
+            ax.plot(xs, ys, "-", color=color, marker="o", markersize=3, label=plain(f"{label} val{note}"))
+            if best is not None:
+                ax.plot(xs[best], ys[best], "*", color=color, markersize=11, markeredgecolor="white")
         ax.set_xlabel(X_LABELS[x])
         ax.set_ylabel("cross-entropy loss (nats/token)")
+        if x == "tokens":                                  # 3M, not 3 with "1e6" by the axis' end
+            from matplotlib.ticker import EngFormatter
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         if log_y:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title(plain(title) or "training curves")
+        fig.legend(fontsize=8, loc="outside right upper")
+        ax.set_title(plain(wrap(title or "training curves", width - legend - 1.0, 10)))
     return Path(path)
+

@@ -76,7 +76,8 @@ def _single(amap: AttentionMap, path, layer: int, head: int, title: str) -> Path
         _ticks(ax, "y", amap.queries, side * L / max(L, M), size)
         ax.set_xlabel("key (attended to)")
         ax.set_ylabel("query (attending)")
-        ax.set_title(plain(wrap(_heading(title, amap, f", layer {layer}, head {head}"), width - 0.3)))
+        # The figure's title, not the axes': centred on the figure, a title as wide as it stays on it.
+        fig.suptitle(plain(wrap(_heading(title, amap, f", layer {layer}, head {head}"), width - 0.3, 10)), fontsize=10)
         if max(L, M) <= 16:                              # small enough to print every probability
             for q in range(L):
                 for k in range(M):

@@ -45,7 +45,7 @@ FONT_SIZE = 9.0                          # points; png_figure's default, so size
 
 
 def text_inches(texts: Iterable[str], size: float = FONT_SIZE) -> float:
-    """The width in inches of the widest of ``texts`` at ``size`` points, as the Agg renderer draws them.
+    """The width in inches of the widest line of ``texts`` at ``size`` points, as the Agg renderer draws it.
 
     Layouts computed by hand (a grid of hundreds of panels, where constrained layout is slow) size their
     margins from this instead of guessing from the number of characters: "W" and "i" differ threefold."""
@@ -53,7 +53,8 @@ def text_inches(texts: Iterable[str], size: float = FONT_SIZE) -> float:
     from matplotlib.backends.backend_agg import RendererAgg
     from matplotlib.font_manager import FontProperties
     renderer, font = RendererAgg(1, 1, 72), FontProperties(size=size)
-    widths = [renderer.get_text_width_height_descent(plain(t), font, ismath=False)[0] for t in texts]
+    widths = [renderer.get_text_width_height_descent(plain(line), font, ismath=False)[0]
+              for t in texts for line in t.splitlines()]
     return max(widths, default=0.0) / 72
 
 
