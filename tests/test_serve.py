@@ -199,7 +199,8 @@ def test_the_budget_at_the_context_boundaries(server, tok):
 
 @pytest.mark.parametrize("bias, ok", [({"0": 1}, True), ({"299": -100}, True), ({"5": 100}, True),
                                       ({"300": 1}, False), ({"-1": 1}, False), ({" 5": 1}, False),
-                                      ({"5-": 1}, False), ({"5": 100.5}, False), ({"5": -100.5}, False)])
+                                      ({"5-": 1}, False), ({"X5": 1}, False), ({"5": 100.5}, False),
+                                      ({"5": -100.5}, False)])
 def test_logit_bias_bounds(server, tok, bias, ok):
     assert tok.vocab_size == 300
     status, reply = request(server[0], "POST", "/v1/completions", {"prompt": "a", "max_tokens": 1, "logit_bias": bias})
@@ -340,6 +341,7 @@ def test_bad_requests_get_openai_error_envelopes(server, body, status, phrase, p
     assert got == status, reply
     assert set(reply["error"]) == {"message", "type", "param", "code"}
     assert phrase in reply["error"]["message"] and reply["error"]["param"] == param
+    assert reply["error"]["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
 
 
 def test_a_prompt_past_the_context_says_the_numbers(server, tok):
