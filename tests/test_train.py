@@ -1,5 +1,6 @@
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -52,8 +53,21 @@ def test_metrics_rows_and_loss_goes_down(tmp_path, corpus):
 def test_max_time_stops_the_run(tmp_path, corpus):
     trainer = Trainer(*tiny(tmp_path, corpus, "timed", max_iters=10**6, max_time=1.0))
     last = trainer.fit()
-    assert last["step"] < 10**6 and trainer.elapsed >= 1.0 > trainer.elapsed - 0.5   # stopped on time
+    assert last["step"] < 10**6 and 0.5 < trainer.elapsed <= 1.0 + 0.25   # stopped on time
     assert last["step"] == trainer.step                   # and the last row is the final state
+
+
+def test_max_time_keeps_the_final_evaluation_within_the_budget(tmp_path, corpus, monkeypatch):
+    """Evaluations of 0.4 s every 5 steps: training stops while the last one measured still fits, so the
+    final evaluation and save end within max_time (they used to start at max_time and overrun by 0.4 s)."""
+    trainer = Trainer(*tiny(tmp_path, corpus, "timed", max_iters=10**6, max_time=2.0, eval_interval=5))
+    evaluate = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", lambda: time.sleep(0.4) or evaluate())
+    trainer.fit()
+    assert trainer.eval_s >= 0.4
+    assert 2.0 - 0.4 - 0.3 < trainer.elapsed <= 2.0 + 0.1      # the slack: one training step
+    state = torch.load(tmp_path / "timed" / "trainer_state.pt", weights_only=True)
+    assert state["eval_s"] >= 0.4            # the evaluation measured before the save: a resume keeps it too
 
 
 def test_failed_save_leaves_previous_checkpoint(tmp_path, corpus, monkeypatch):

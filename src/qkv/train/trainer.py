@@ -82,6 +82,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, train_cfg.lr, train_cfg.weight_decay,
                                         (train_cfg.beta1, train_cfg.beta2))
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
+        self.eval_s = 0.0          # the last evaluation's seconds (and its save's): a max_time run keeps them in hand
         self.guard = NonFiniteGuard(train_cfg.max_bad_steps)
         self.saved_step: int | None = None
         self.metrics: list[dict] = []
@@ -126,6 +127,7 @@ class Trainer:
         trainer.load_weights_and_optimizer(run_dir / "model.safetensors", state)
         trainer.step, trainer.elapsed, trainer.tokens = state["step"], state["elapsed_s"], state["tokens"]
         trainer.guard.skipped = state.get("skipped_steps", 0)
+        trainer.eval_s = state.get("eval_s", 0.0)      # saved since evaluations count against max_time
         trainer.saved_step = trainer.step
         torch.set_rng_state(state["torch_rng"])        # rank 0's dropout stream; the others reseed
         trainer.reseed_dropout(trainer.step)
@@ -161,8 +163,14 @@ class Trainer:
         return p
 
     def done(self) -> bool:
+        """The budget is spent: max_iters steps, or too little of max_time left for another evaluation (the
+        last one measured), which the final step is followed by: so the run ends within max_time."""
         cfg = self.train_cfg
-        return self.step >= cfg.max_iters or (cfg.max_time is not None and self.elapsed >= cfg.max_time)
+        return self.step >= cfg.max_iters or (cfg.max_time is not None and self._time_left() <= 0)
+
+    def _time_left(self) -> float:
+        """Seconds of max_time left for training steps, the final evaluation and save set aside."""
+        return self.train_cfg.max_time - self.elapsed - self.eval_s
 
     def spent_budget(self) -> str:
         """Which budget ended the run, and the flag that extends it (for a resume that has nothing to do)."""
@@ -214,7 +222,7 @@ class Trainer:
                 (tmp / BEST_DIR).mkdir()
                 write_model_files(tmp / BEST_DIR, self.model, self.tokenizer,
                                   {**config, "best": {"step": best["step"], "val_loss": best["val_loss"]}}, weights)
-            torch.save({"step": self.step, "elapsed_s": self.elapsed, "tokens": self.tokens,
+            torch.save({"step": self.step, "elapsed_s": self.elapsed, "eval_s": self.eval_s, "tokens": self.tokens,
                         "skipped_steps": self.guard.skipped, "optimizer": optimizer,
                         "optimizer_format": "full" if is_sharded(self.model) else "plain",
                         "torch_rng": torch.get_rng_state(), "data_rng": self.data.generator.get_state()},
@@ -286,6 +294,7 @@ class Trainer:
                 saved = False
                 if self.guard.in_a_row == 0 and (self.step % cfg.eval_interval == 0 or self.done()
                                                  or self.step == stop_at_step):
+                    before = self._agreed_elapsed(clock)
                     last = self._record(loss_sum / max(loss_count, 1), lr, writer, clock)
                     loss_sum, loss_count = 0.0, 0
                     scores = "".join(f" | {k} {v:.4f}" for k, v in last.items() if k.startswith("val_") and k != "val_loss")
@@ -296,6 +305,7 @@ class Trainer:
                         self.save()
                         saved = True
                     self.elapsed = self._agreed_elapsed(clock)     # ... and so do saves
+                    self.eval_s = self.elapsed - before            # agreed by every rank, as elapsed
                 if stopping:
                     if not saved:
                         self.save()
@@ -330,7 +340,7 @@ class Trainer:
             return cfg.max_iters
         if self.done():
             return self.step
-        left = (cfg.max_time - self.elapsed) * self.step / self.elapsed
+        left = self._time_left() * self.step / self.elapsed
         return min(cfg.max_iters, self.step + max(1, int(left)))
 
     def _record(self, train_loss: float, lr: float, writer, clock: float) -> dict:
@@ -364,7 +374,7 @@ class Trainer:
         rate = self.step / max(self.elapsed, 1e-9)
         remaining = (cfg.max_iters - self.step) / max(rate, 1e-9)
         if cfg.max_time:
-            remaining = min(remaining, cfg.max_time - self.elapsed)
+            remaining = min(remaining, self._time_left())
         eta = time.strftime("%M:%S", time.gmtime(max(remaining, 0)))
         unit = getattr(self.data, "unit", "tok")            # what ``tokens`` counts (image batches: images)
         return f"loss {loss:.3f}, {self.tokens / max(self.elapsed, 1e-9):,.0f} {unit}/s, eta {eta}"
