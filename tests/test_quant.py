@@ -6,7 +6,7 @@ import torch
 
 import qkv
 from qkv import GPT, ConfigError, ModelConfig
-from qkv.quant import Int4Linear, Int8Linear, QuantEmbedding, apply_layout, is_quantized, quantize_model
+from qkv.quant import Int4Linear, Int8Linear, QuantEmbedding, apply_layout, check_bits, is_quantized, quantize_model
 
 
 def _linear(O=192, K=128, bias=True):
@@ -96,3 +96,27 @@ def test_bad_bits_group_and_layouts():
         apply_layout(_gpt(), {"blocks.0.norm1": "int8"})
     with pytest.raises(ConfigError, match="unknown quantization 'int3'"):
         apply_layout(_gpt(), {"blocks.0.mlp.up": "int3"})
+
+
+def test_any_module_with_linears_and_the_defaults():
+    """A model without ``cfg`` (or with a ``head`` of its own) is swapped like any other; bits 8 and group 32 by
+    default, and the group size asked for is the one used."""
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    assert quantize_model(plain) == {"0": "int8", "2": "int8"}
+    headed = torch.nn.Module()
+    headed.body, headed.head = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)
+    assert quantize_model(headed, 4) == {"body": "int4/32", "head": "int4/32"}
+    assert quantize_model(_gpt(tie=False), 4, 64)["blocks.0.mlp.up"] == "int4/64"
+    check_bits(8)
+    check_bits(4, 128)
+
+
+def test_layout_errors_name_the_entry():
+    for name, kind in [("blocks.0.nothing", "int8"), ("blocks.0.mlp.up", "int3/32"), ("blocks.0.mlp.up", "int4/x2")]:
+        with pytest.raises(ConfigError, match=f"{name}|{kind}"):
+            apply_layout(_gpt(), {name: kind})
+    model = _gpt()
+    quantize_model(model, 8)
+    with pytest.raises(ConfigError, match="^this model is already quantized; quantize the float checkpoint it came from$"):
+        quantize_model(model, 4)
