@@ -1,6 +1,7 @@
 """attention-cost: time and memory of attention against sequence length, explicit path vs fused path.
 
-The seeds: "the attention matrix grows with n^2". Every query scores every key, so both paths do
+The claim (Vaswani et al., 2017, Table 1: self-attention costs O(n^2 d) per layer): "the attention
+matrix grows with n^2". Every query scores every key, so both paths do
 4 * H * n^2 * D multiply-adds (two matrix products) for n tokens: time grows as n^2 either way. Memory is
 where they differ. The explicit path (``qkv.nn.attention.attend(..., return_probs=True)``, the one that
 returns the probabilities for pictures) materializes the H x n x n score and probability matrices; the

@@ -1,8 +1,10 @@
 """long-range: can a model use a token d positions back? Attention vs an LSTM vs a plain tanh RNN.
 
-The seeds' argument: a recurrent network must carry what token t - d said through d applications of its
-cell, so the signal is diluted into one fixed-size state and the gradient that would teach it shrinks at
-every step (a product of d Jacobians through W_hh); attention looks back d positions in one step.
+The argument, the vanishing gradient of Bengio, Simard & Frasconi (1994) and Hochreiter & Schmidhuber
+(1997) set against the path lengths of Vaswani et al. (2017, sec. 4, "Why Self-Attention"): a recurrent
+network must carry what token t - d said through d applications of its cell, so the signal is diluted
+into one fixed-size state and the gradient that would teach it shrinks at every step (a product of d
+Jacobians through W_hh); attention looks back d positions in one step.
 
 The task (delayed copy): a sequence of random symbols; at every position t >= d the target is the symbol
 at t - d. Nothing else predicts it, so accuracy above chance (1/vocab) means the model reached back d
