@@ -82,3 +82,15 @@ def test_alibi_extrapolates_best(quick):
     assert abs(float(sinusoidal[3, 7] - sinusoidal[10, 14])) < 1e-5 and abs(float(sinusoidal[5, 5]) - 1) < 1e-5
     rope = r["maps"]["rope"]
     assert abs(float(rope[2, 9] - rope[12, 19])) < 1e-5
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_the_question_names_no_unplaceable_source(name):
+    """A report's Question (its module docstring's second paragraph) says what it tests in words a reader
+    can place: never "the seeds'" (the project's own notes, which no reader has)."""
+    import importlib
+    from pathlib import Path
+    question = importlib.import_module(EXPERIMENTS[name]).__doc__.split("\n\n")[1]
+    report = Path(__file__).parents[1] / "docs" / "experiments" / name / "report.md"
+    for text in [question] + ([report.read_text(encoding="utf-8")] if report.is_file() else []):
+        assert "seeds" not in text.lower().replace("--seed", ""), name
