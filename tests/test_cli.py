@@ -68,6 +68,22 @@ def test_eval_prints_loss_and_perplexity(run_dir, corpus):
     assert 0 < loss < 4.5 and ppl == pytest.approx(2.718281828 ** loss, rel=1e-3)
 
 
+def test_eval_shows_progress_only_on_a_terminal(run_dir, corpus, monkeypatch, capsys):
+    """A bar of tokens scored, on stderr, when it is a terminal (as training's); none in a log or a pipe."""
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["eval", str(run_dir), "--data", str(corpus), "--batch-size", "1"]) == 0
+    assert "100%" in terminal.getvalue() and "tok/s" in terminal.getvalue(), terminal.getvalue()
+    monkeypatch.undo()
+    assert main(["eval", str(run_dir), "--data", str(corpus)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "--preset", "tiny", "--max-iters", "many"], "--max-iters expects an integer"),

@@ -42,7 +42,7 @@ def run(args) -> int:
         quantize_model(model, args.bits)
     if model.tokenizer is None:
         raise CheckpointError(f"{args.checkpoint} has no tokenizer files; eval needs one to read text")
-    result = perplexity(model, model.tokenizer.encode(text), args.batch_size, args.window)
+    result = perplexity(model, model.tokenizer.encode(text), args.batch_size, args.window, progress=True)
     ppl = math.exp(result["loss"])
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "data": str(args.data), **result, "perplexity": ppl}))
