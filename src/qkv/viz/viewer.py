@@ -3,7 +3,9 @@
 The page (``viewer.html`` beside this file) holds its data and its code inline: pick the kind of attention
 (encoder self-, decoder self- or cross-attention for an encoder-decoder), a layer and a head (or the mean
 of the heads); hover a query token to see the lines to the keys it attends to, its row of the matrix
-outlined, and the keys shaded by probability. Its Content-Security-Policy forbids every request, so it
+outlined, and the keys shaded by probability. The matrix takes the window's room (a colour scale beside the
+controls, a cell-size slider); a long text scrolls inside its box, its token labels kept in view, rather than
+shrinking cells below legibility. Its Content-Security-Policy forbids every request, so it
 opens from a file, an e-mail attachment or an air-gapped machine alike.
 
 The probabilities travel as little-endian uint16 (p x 65535, a resolution of 1.5e-5) in base64: a third of
