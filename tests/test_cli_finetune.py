@@ -92,6 +92,11 @@ def test_predict_each_family(task_files, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "sst2"), "--text", "the film was great .", "--json"]) == 0
     (record,) = json.loads(capsys.readouterr().out)
     assert record["prediction"] in ("0", "1") and 0.5 <= record["probability"] <= 1.0
+    assert record["name"] == {"0": "negative", "1": "positive"}[record["prediction"]]       # GLUE's meaning
+    config = json.loads((tmp_path / "sst2" / "config.json").read_text())
+    assert config["label_names"] == {"0": "negative", "1": "positive"}                    # stored by the run
+    assert main(["predict", str(tmp_path / "sst2"), "--text", "the film was great ."]) == 0
+    assert capsys.readouterr().out.split("\t")[0] == record["name"]                         # shown as the name
     assert main(["predict", str(tmp_path / "upos"), "--text", "the dog sat ."]) == 0
     pairs = capsys.readouterr().out.split()
     assert [p.split("/")[0] for p in pairs] == ["the", "dog", "sat", "."]

@@ -37,6 +37,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..errors import InputError
+    from ..checkpoint import read_config
     from ..tasks import get_task
     from ..tasks.batches import item_logits
     from ..train.finetune import _max_len, load_finetuned
@@ -65,6 +66,11 @@ def run(args) -> int:
     say_truncated(notes.get("truncated", 0), len(examples), max_len)
     predictions = spec.predict(examples, items, item_logits(model, items, model.tokenizer.pad_id or 0),
                                labels, fcfg)
+    # what the class labels mean: stored by the run, else (a run from before they were) the dataset's own
+    names = read_config(args.checkpoint).get("label_names") or spec.label_meanings(labels or [])
+    for r in predictions if names else ():              # classification records: one label each
+        if r["prediction"] in names:
+            r["name"] = names[r["prediction"]]
     print(json.dumps(predictions, ensure_ascii=False) if args.json else spec.show(predictions))
     return 0
 

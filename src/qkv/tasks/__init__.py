@@ -21,8 +21,8 @@ from .qa import ExtractiveQA
 from .tag import Tagging
 
 TASKS = {
-    "sst2": SentenceClassification("accuracy"),
-    "cola": SentenceClassification("mcc"),
+    "sst2": SentenceClassification("accuracy", {"0": "negative", "1": "positive"}),
+    "cola": SentenceClassification("mcc", {"0": "unacceptable", "1": "acceptable"}),
     "upos": Tagging(read_conllu, "accuracy"),
     "wnut17": Tagging(read_bio, "f1"),
     "squad": ExtractiveQA(),

@@ -10,11 +10,14 @@ Prediction records (one JSON line per sentence, in file order):
     {"text": "a gorgeous film", "label": "1", "prediction": "1", "probability": 0.97}
 
 ``label`` is the gold label (None for new text), ``probability`` the softmax of the predicted class.
+The files number their classes (GLUE's SST-2: 0 negative, 1 positive; CoLA: 0 unacceptable, 1 acceptable);
+``names`` holds what the numbers mean, a fine-tuned run stores them in config.json (``label_names``), and
+`qkv predict` shows the name (records gain ``"name": "positive"``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,6 +33,11 @@ class SentenceClassification:
     layout = "B"
     predictions_file = "predictions.jsonl"
     needs = ()                                   # optional metric packages: none
+    names: dict[str, str] = field(default_factory=dict)   # the dataset's label -> what it means
+
+    def label_meanings(self, labels: list[str]) -> dict[str, str]:
+        """{label: name} for the labels the names cover (a file labelled "pos"/"neg" needs none)."""
+        return {label: self.names[label] for label in labels if label in self.names}
 
     def read_train(self, cfg) -> list[Example]:
         return read_classification(cfg.data)
@@ -70,4 +78,4 @@ class SentenceClassification:
         return scores
 
     def show(self, predictions: list[dict]) -> str:
-        return "\n".join(f"{r['prediction']}\t{r['probability']:.3f}\t{r['text']}" for r in predictions)
+        return "\n".join(f"{r.get('name', r['prediction'])}\t{r['probability']:.3f}\t{r['text']}" for r in predictions)

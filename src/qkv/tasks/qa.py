@@ -49,6 +49,9 @@ class ExtractiveQA:
     def label_names(self, train) -> None:
         return None
 
+    def label_meanings(self, labels) -> dict[str, str]:
+        return {}                                # an answer is a span, not a class
+
     def texts(self, train: list[SquadExample]) -> list[str]:
         return [e.question for e in train] + list(dict.fromkeys(e.context for e in train))
 

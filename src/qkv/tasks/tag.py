@@ -60,6 +60,9 @@ class Tagging:
     def label_names(self, train: list) -> list[str]:
         return list(tag_vocab(train))
 
+    def label_meanings(self, labels: list[str]) -> dict[str, str]:
+        return {}                                # tags (NOUN, B-person) are their own names
+
     def texts(self, train: list) -> list[str]:
         return [" ".join(words) for words, _ in train]
 

@@ -138,8 +138,9 @@ def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> 
                        fcfg.group_by_length)
     paths = {name: str(Path(value).resolve()) for name in ("data", "init", "eval_data", "val_data")
              if (value := getattr(fcfg, name)) is not None}              # resumable from any working directory
+    names = spec.label_meanings(labels)                  # stored, so that predict can show "positive", not "1"
     task = Task(model.cfg, type(model), tokenizer, data, model=model,
-                config={"finetune": {**dataclasses.asdict(fcfg), **paths}})
+                config={"finetune": {**dataclasses.asdict(fcfg), **paths}, **({"label_names": names} if names else {})})
     return task, {"examples": len(train_items), **notes}
 
 
