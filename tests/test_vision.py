@@ -196,6 +196,15 @@ def test_cli_trains_evaluates_and_predicts(tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)[0]["label"] == str(int(labels[55]))
     assert "resized from 56x56 to the model's 28x28" in captured.err and "converted from RGB to L" in captured.err
+    assert "--invert" not in captured.err                                 # light on dark, as trained
+    Image.fromarray(255 - images[55].numpy()).save(tmp_path / "paper.png")   # a dark digit on white paper
+    assert main(["predict", str(out), "--image", str(tmp_path / "paper.png")]) == 0
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "the image is mostly light (median 0.92) but the model learned on dark " \
+        "images (mean 0.13): if it is dark on light, pass --invert" in err
+    assert main(["predict", str(out), "--image", str(tmp_path / "paper.png"), "--invert", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and json.loads(captured.out)[0]["label"] == str(int(labels[55]))
 
 
 def test_bench_vision_times_both_sides(capsys):

@@ -81,7 +81,7 @@ def _images(args) -> int:
     import torch
 
     from ..checkpoint import load
-    from ..data.images import image_to_pixels, normalize, require_pillow
+    from ..data.images import background_note, image_to_pixels, normalize, require_pillow
     from ..errors import InputError
     from ..nn.onednn import use_onednn
 
@@ -97,6 +97,7 @@ def _images(args) -> int:
     records = []
     for path in args.image:
         pixels, note = image_to_pixels(path, v.image_size, v.channels, v.resample, args.invert)
+        note = "; ".join(n for n in (note, background_note(pixels, mean, args.invert)) if n)
         if note:
             print(f"note: {path}: {note}", file=sys.stderr)
         with torch.inference_mode():

@@ -245,4 +245,15 @@ def image_to_pixels(path: str | Path, size: int, channels: int, resample: str = 
     return pixels, "; ".join(notes)
 
 
+def background_note(pixels_1IYX: torch.Tensor, mean: list[float], inverted: bool) -> str:
+    """A note when the image is mostly light but the model learned on dark images (MNIST: light digits on
+    black, mean 0.13): a dark digit on white paper then gets a confident, wrong class with no other sign."""
+    median = float(pixels_1IYX.float().median()) / 255
+    if max(mean) >= 0.3 or median <= 0.5:
+        return ""
+    fix = "drop --invert" if inverted else "pass --invert"
+    return (f"the image is mostly light (median {median:.2f}) but the model learned on dark images (mean "
+            f"{max(mean):.2f}): if it is dark on light, {fix}")
+
+
 RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}       # Pillow's filter numbers (Image.Resampling)
