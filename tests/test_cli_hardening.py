@@ -369,6 +369,15 @@ CASES = [
     (["generate", "{gpt}", "--prompt", "First", "--max-new-tokens", "40"],
      "exceeds the model's context max_len=16; lower max_new_tokens (--max-new-tokens) to at most 11, shorten the "
      "prompt, or let the window slide past the context (--context-shift"),
+    # issue 19/20: --device, --chat-template and the API key's sources, checked before the model loads
+    (["generate", "{gpt}", "--device", "cuda:x"], "--device 'cuda:x' is not a device; use cpu, cuda or cuda:N"),
+    (["chat", "{gpt}", "--device", "mps"], "--device 'mps': qkv runs on cpu or cuda"),
+    (["bench", "train", "--device", "tpu"], "--device 'tpu' is not a device; use cpu, cuda or cuda:N"),
+    (["chat", "{gpt}", "--chat-template", "{plain}"], "does not render the messages' content; it is not a chat "
+                                                      "template"),
+    (["generate", "{gpt}", "--chat", "hi", "--chat-template", "{missing}"], "does not exist; give a Jinja template"),
+    (["serve", "{gpt}", "--api-key-file", "{empty}"], "is empty; write the key on its first line"),
+    (["serve", "{gpt}", "--api-key", "k", "--api-key-file", "{plain}"], "give the API key once"),
 ]
 
 
