@@ -104,11 +104,18 @@ def test_a_run_killed_mid_save_resumes_from_the_previous_checkpoint_exactly(tmp_
 
 
 def test_a_default_run_directory_is_never_replaced(tmp_path, corpus, monkeypatch, capsys):
+    """Named after the data when --data gives it (corpus.txt -> runs/corpus), else after the preset."""
     monkeypatch.chdir(tmp_path)
     args = ["train", *TINY, "--data", str(corpus), "--max-iters", "2"]
     assert main(args) == 0 and main(args) == 0
-    assert "runs/tiny is taken; this run goes to runs/tiny-2" in capsys.readouterr().out
-    assert (tmp_path / "runs" / "tiny").is_dir() and (tmp_path / "runs" / "tiny-2" / "model.safetensors").is_file()
+    assert "runs/corpus is taken; this run goes to runs/corpus-2" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "corpus").is_dir() and (tmp_path / "runs" / "corpus-2" / "model.safetensors").is_file()
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "a.txt").write_text(corpus.read_text())
+    assert main(["train", *TINY, "--data", "books/", "--max-iters", "1"]) == 0
+    assert (tmp_path / "runs" / "books" / "model.safetensors").is_file()
+    assert main(["train", *TINY, "--max-iters", "1"]) == 0                   # the bundled corpus: the preset's
+    assert (tmp_path / "runs" / "tiny" / "model.safetensors").is_file()
 
 
 def test_overwrite_replaces_a_run_whole(tmp_path, corpus):

@@ -1,6 +1,6 @@
 """What several commands share: up-front checks (the checkpoint is of a family the command runs, the
 optional packages the command will need are there) that run before any slow work, so a mistake costs a
-second, not a training run; and the default run directory of a training command. (Where outputs may be
+second, not a training run; and the default run directory of a training command (named after its data). (Where outputs may be
 written is ``qkv.rundir``'s: ``claim_out_dir`` and ``claim_out_file``.)"""
 
 from __future__ import annotations
@@ -57,10 +57,19 @@ def say_truncated(cut: int, total: int, max_len: int) -> None:
 
 
 def default_out_dir(train_cfg: TrainConfig, config_file: str | None, train_overrides: dict) -> TrainConfig:
-    """A run directory nobody named (the preset's runs/NAME) that is taken becomes runs/NAME-2, -3, ...:
-    a new run never replaces an older one unless --out-dir names it (and then only with --overwrite)."""
-    named = "out_dir" in train_overrides or (config_file and "out_dir" in load_config_file(config_file).get("train", {}))
-    if named or train_cfg.overwrite:
+    """The run directory of a run nobody named: after the data it trains on when --data (or the config
+    file) gives some (``--data books/`` -> runs/books), else the preset's runs/NAME. When that is taken it
+    becomes runs/NAME-2, -3, ...: a new run never replaces an older one unless --out-dir names it (and then
+    only with --overwrite)."""
+    from_file = load_config_file(config_file).get("train", {}) if config_file else {}
+    if "out_dir" in train_overrides or "out_dir" in from_file:
+        return train_cfg
+    data = train_overrides.get("data") or from_file.get("data")
+    if data and data != "-":                             # stdin has no name
+        p = Path(data).resolve()
+        train_cfg = dataclasses.replace(train_cfg, out_dir=str(Path(train_cfg.out_dir).parent /
+                                                               (p.name if p.is_dir() else p.stem)))
+    if train_cfg.overwrite:
         return train_cfg
     free = free_dir(train_cfg.out_dir)
     if str(free) != train_cfg.out_dir:
