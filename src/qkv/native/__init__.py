@@ -29,8 +29,10 @@ VARIANTS = ("scalar", "avx2", "avx512")          # bit i of qkv_supported() is V
 OVERRIDE = "QKV_KERNELS"
 BLOCK = 32                                        # activation block (kernels.c)
 MAX_ROWS = 16         # rows (tokens) at or below which a layer uses these kernels: decode steps and the
-                      # server's batches; longer prompts keep PyTorch's kernels, faster from ~8 rows until
-                      # an M-tiled kernel unpacks each weight block once for all rows (bench/README.md)
+                      # server's batches. Each weight block is unpacked once for all rows, but the integer
+                      # work stays per row: from 4 rows on PyTorch's kernels are 1.2-1.3x faster (measured,
+                      # bench/README.md), so longer prompts keep them; up to 16 rows keeps a batch's rows
+                      # bit-identical to the same rows alone.
 
 
 @functools.lru_cache(maxsize=1)
