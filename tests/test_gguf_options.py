@@ -15,9 +15,10 @@ gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 
 KINDS = {"f32": {},
+         "f16": {"blk": "F16", "token_embd": "F16", "output.": "BF16"},
          "q8_0": {"blk": "Q8_0", "token_embd": "Q8_0", "output.": "Q8_0"},
          "q4": {"blk.0": "Q4_0", "blk.1": "Q4_1", "token_embd": "Q8_0", "output.": "Q4_1"}}
-HEAD_MODULE = {"f32": torch.nn.Linear, "q8_0": Int8Linear, "q4": Int4Linear}
+HEAD_MODULE = {"f32": torch.nn.Linear, "f16": torch.nn.Linear, "q8_0": Int8Linear, "q4": Int4Linear}
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +69,16 @@ def test_quantized_untied_head_keeps_the_files_codes(files, name):
     tensors = {t.name: t for t in reader.tensors}
     out, emb = tensors["output.weight"], tensors["token_embd.weight"]
     want_head = torch.from_numpy(np.array(gguf.quants.dequantize(out.data, out.tensor_type), dtype=np.float32))
-    got_head = q.head.weight if name == "f32" else q.head.dequantize()
+    floats = type(q.head) is torch.nn.Linear
+    got_head = q.head.weight if floats else q.head.dequantize()
     # Q8_0 blocks merge into one int8 scale per row (half a step of it at most); Q4_1 keeps the codes, scales in bf16
-    tol = {"f32": 0.0, "q8_0": 0.5 * want_head.abs().amax() / 127, "q4": 2 ** -8 * want_head.abs().max()}[name]
+    tol = {"q8_0": 0.5 * want_head.abs().amax() / 127, "q4": 2 ** -8 * want_head.abs().max()}.get(name, 0.0)
     assert (got_head - want_head).abs().max() <= tol * 1.01
     want_emb = torch.from_numpy(np.array(gguf.quants.dequantize(emb.data, emb.tensor_type), dtype=np.float32))
-    assert torch.equal(q.tok.weight, want_emb)
+    assert torch.equal(q.tok.weight, want_emb) and q.tok.weight.requires_grad == fp.tok.weight.requires_grad
+    for module in q.modules():                          # float layers say their true sizes
+        if type(module) is torch.nn.Linear:
+            assert (module.out_features, module.in_features) == tuple(module.weight.shape) and module.bias is None
     logits_fp, logits_q = fp(_ids()).logits, q(_ids()).logits
     assert (logits_q - logits_fp).abs().max() < 0.03 * logits_fp.abs().max()
     assert (q.head(q.tok.weight[:8]) - fp.head(fp.tok.weight[:8])).abs().max() < 0.03 * fp.head.weight.abs().max()
@@ -101,3 +106,15 @@ def test_special_ids_and_add_bos_come_from_the_file(tmp_path, add_bos):
     eot = tok.encode("<|endoftext|>")
     assert len(eot) == 1 and set(tok.stop_ids) == {tok.eos_id, eot[0]}
     assert tok.prompt_ids("hello") == [tok.bos_id] * add_bos + tok.encode("hello")
+
+
+def test_int8_rows_are_built_a_slice_at_a_time(files, monkeypatch):
+    """No matrix is held whole in float32: with slices of 96 rows the int8 modules are the same, bit for bit."""
+    import qkv.interop.gguf_quant as gguf_quant
+    path = files[0]["q8_0"] / "m.gguf"
+    whole = qkv.load(path, quantized=True)
+    monkeypatch.setattr(gguf_quant, "ROWS_PER_SLICE", 96)
+    sliced = qkv.load(path, quantized=True)
+    assert type(sliced.head) is Int8Linear and sliced.head.weight.shape[0] == 320        # 96 + 96 + 96 + 32
+    for (name, a), (_, b) in zip(whole.state_dict().items(), sliced.state_dict().items()):
+        assert torch.equal(a, b), name
