@@ -47,6 +47,40 @@ MODULES = {
                       "tests/test_translate.py::test_translate_reads_sources_with_the_source_vocabulary",
                       "tests/test_quant.py::test_swap_save_and_load_round_trip"],
     "rundir.py": ["tests/test_rundir.py", "tests/test_checkpoint.py"],
+    # serving: the server through the openai client and raw HTTP; batching and the engine's rows
+    "serve/app.py": ["tests/test_serve.py", "tests/test_grammar.py::test_server_response_format"],
+    "serve/openai_api.py": ["tests/test_serve.py", "tests/test_grammar.py::test_server_response_format"],
+    "serve/schemas.py": ["tests/test_serve.py"],
+    "serve/config.py": ["tests/test_serve.py", "tests/test_serve_batching.py"],
+    "serve/engine.py": ["tests/test_serve_batching.py", "tests/test_serve.py"],
+    "serve/rows.py": ["tests/test_serve_batching.py", "tests/test_serve.py"],
+    "serve/events.py": ["tests/test_serve_batching.py", "tests/test_serve.py"],
+    "serve/metrics.py": ["tests/test_serve.py"],
+    "serve/middleware.py": ["tests/test_serve.py"],
+    # quantization: the modules, the swap, GGUF's blocks
+    "quant/__init__.py": ["tests/test_quant.py"],
+    "quant/linear.py": ["tests/test_quant.py", "tests/test_gguf.py::test_quantized_load_keeps_blocks_and_stays_close",
+                        "tests/test_gguf_options.py::test_quantized_untied_head_keeps_the_files_codes"],
+    "quant/gguf_blocks.py": ["tests/test_gguf.py", "tests/test_gguf_options.py"],
+    # interop: every loader against transformers (and the gguf package) on files made in the test
+    "interop/gguf.py": ["tests/test_gguf.py", "tests/test_gguf_options.py"],
+    "interop/gguf_quant.py": ["tests/test_gguf.py::test_quantized_load_keeps_blocks_and_stays_close",
+                              "tests/test_gguf_options.py"],
+    "interop/gguf_tokenizer.py": ["tests/test_gguf.py::test_tokenizer_and_chat_template_match_transformers",
+                                  "tests/test_gguf.py::test_unsupported_tensor_type_and_tokenizer",
+                                  "tests/test_gguf_options.py::test_special_ids_and_add_bos_come_from_the_file"],
+    "interop/hf_files.py": ["tests/test_hf_llama.py", "tests/test_hf_gpt2.py", "tests/test_hf_bert.py"],
+    "interop/hf_gpt2.py": ["tests/test_hf_gpt2.py"],
+    "interop/hf_bert.py": ["tests/test_hf_bert.py"],
+    "interop/hf_llama.py": ["tests/test_hf_llama.py"],
+    "interop/hf_vit.py": ["tests/test_hf_vision.py"],
+    "interop/hf_swin.py": ["tests/test_hf_vision.py"],
+    # conversation: templates against transformers' apply_chat_template, sessions against fresh chats
+    "conversation/template.py": ["tests/test_conversation.py",
+                                 "tests/test_gguf.py::test_tokenizer_and_chat_template_match_transformers"],
+    "conversation/session.py": ["tests/test_conversation.py",
+                                "tests/test_cli_chat.py::test_chat_loop_turns_reset_and_exit",
+                                "tests/test_cli_chat.py::test_chat_context_overflow_is_one_line_and_the_chat_goes_on"],
 }
 # Where a module's tests would take minutes per mutant, only the fast ones run (`-k` expressions).
 DESELECT = {"translate.py": "not copy_task", "nn/kv_cache.py": "not copy_task"}
