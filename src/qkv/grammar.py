@@ -38,7 +38,8 @@ DIGITS = "0123456789"
 COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
-def _llguidance():
+def require_grammar_engine():
+    """llguidance, or the one-line error naming the serve extra (commands ask before any work)."""
     # not llguidance.torch: importing it sets up torch.compile (seconds)
     return require_extra("llguidance", "serve", "JSON-schema output")
 
@@ -48,7 +49,7 @@ def _ll_tokenizer(tokenizer, vocab_size: int):
     cached = getattr(tokenizer, "_ll_tokenizer", None)
     if cached is not None and cached[0] == vocab_size:
         return cached[1]
-    llg = _llguidance()
+    llg = require_grammar_engine()
     backend = copy.copy(tokenizer.backend)
     backend.no_padding()
     backend.no_truncation()
@@ -88,7 +89,7 @@ class JsonConstraint:
     sampled token, ``finished`` once the JSON value is complete."""
 
     def __init__(self, tokenizer, vocab_size: int, schema: dict | None = None):
-        llg = _llguidance()
+        llg = require_grammar_engine()
         schema = check_schema(ANY_OBJECT if schema is None else schema)
         try:
             grammar = llg.LLMatcher.grammar_from_json_schema(schema, overrides=COMPACT)

@@ -103,8 +103,8 @@ def read_schema(path: str | None) -> dict | None:
     if path is None:
         return None
     from pathlib import Path
-    from ..grammar import _llguidance, check_schema
-    _llguidance()                           # the grammar engine, asked for before the model loads
+    from ..grammar import check_schema, require_grammar_engine
+    require_grammar_engine()                # the grammar engine, asked for before the model loads
     p = Path(path)
     if not p.is_file():
         raise InputError(f"--json-schema {path} is not a file; give a JSON schema file")
