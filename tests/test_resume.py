@@ -150,3 +150,24 @@ def test_threads_follow_the_idle_cores_and_a_resume_keeps_them(tmp_path, corpus,
     Trainer.resume(tmp_path / "run", {"max_iters": 6, "threads": 2}, log=lines.append).fit()
     assert "; 2 threads (--threads)" in lines[0]
     torch.set_num_threads(1)
+
+
+def test_max_iters_alone_continues_a_run_whose_time_budget_is_spent(tmp_path, corpus, monkeypatch):
+    """The README's `qkv train --resume RUN --max-iters N` after `make demo`'s --max-time run: the steps become
+    the budget (said in one line) instead of a refusal; with no flag the spent run is still refused."""
+    first = Trainer(*tiny(tmp_path, "timed", data=str(corpus), max_iters=10**6, max_time=0.3))
+    clock = StepClock(0.0)                   # 0.125 s a step, evaluations and saves free: it stops at step 3
+    clock.trainer = first
+    with monkeypatch.context() as m:
+        m.setattr(trainer_mod, "time", clock)
+        first.fit()
+    assert Trainer.resume(tmp_path / "timed", log=lambda *a: None).done()          # nothing extended
+    said = []
+    step = rows(tmp_path / "timed")[-1]["step"]
+    resumed = Trainer.resume(tmp_path / "timed", {"max_iters": step + 3}, log=said.append)
+    assert resumed.train_cfg.max_time is None and not resumed.done()
+    assert said[-1:] == [f"the run's --max-time 0.3 s is spent: continuing to step {step + 3} on steps alone "
+                    f"(add --max-time SECONDS to keep a time budget)"]
+    assert resumed.fit()["step"] == step + 3
+    both = Trainer.resume(tmp_path / "timed", {"max_iters": step + 9, "max_time": 0.3}, log=lambda *a: None)
+    assert both.train_cfg.max_time == 0.3 and both.done()                      # both given: both kept

@@ -82,7 +82,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, train_cfg.lr, train_cfg.weight_decay,
                                         (train_cfg.beta1, train_cfg.beta2))
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
-        self.eval_s = 0.0          # the last evaluation's seconds (and its save's): a max_time run keeps them in hand
+        self.eval_s = 0.0          # the last evaluation's seconds: a max_time run keeps them in hand for the final one
         self.guard = NonFiniteGuard(train_cfg.max_bad_steps)
         self.saved_step: int | None = None
         self.metrics: list[dict] = []
@@ -135,7 +135,20 @@ class Trainer:
         metrics_path = run_dir / METRICS_FILE
         if metrics_path.is_file():
             trainer.metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+        trainer._steps_replace_a_spent_time_budget(train_overrides or {}, log)
         return trainer
+
+    def _steps_replace_a_spent_time_budget(self, overrides: dict, log) -> None:
+        """`--resume RUN --max-iters N` on a run that stopped on its --max-time: the person asks for steps,
+        and the spent time budget would refuse them all, so N steps become the budget. The learning rate
+        then follows the steps (a warm restart of the cosine); --max-time with --max-iters keeps time too."""
+        cfg = self.train_cfg
+        if "max_iters" not in overrides or "max_time" in overrides or cfg.max_time is None \
+                or self._time_left() > 0 or self.step >= cfg.max_iters:
+            return
+        log(f"the run's --max-time {cfg.max_time:g} s is spent: continuing to step {cfg.max_iters} on steps alone "
+            f"(add --max-time SECONDS to keep a time budget)")
+        self.train_cfg = dataclasses.replace(cfg, max_time=None)
 
     def load_weights_and_optimizer(self, weights: Path, state: dict) -> None:
         saved_sharded = state.get("optimizer_format") == "full"
@@ -292,10 +305,13 @@ class Trainer:
                                            cfg.warmup_iters, self.precision.chosen)
                 self.optimizer.zero_grad(set_to_none=True)
                 saved = False
-                if self.guard.in_a_row == 0 and (self.step % cfg.eval_interval == 0 or self.done()
+                final = self.done()
+                if self.guard.in_a_row == 0 and (self.step % cfg.eval_interval == 0 or final
                                                  or self.step == stop_at_step):
-                    before = self._agreed_elapsed(clock)
+                    started = self._agreed_elapsed(clock)
                     last = self._record(loss_sum / max(loss_count, 1), lr, writer, clock)
+                    if not final:    # the final one keeps the reserve that ended the run: saved with it, a resume agrees
+                        self.eval_s = self.elapsed - started    # _record left elapsed agreed by every rank
                     loss_sum, loss_count = 0.0, 0
                     scores = "".join(f" | {k} {v:.4f}" for k, v in last.items() if k.startswith("val_") and k != "val_loss")
                     bar.write(f"step {self.step:>6} | train_loss {last['train_loss']:.4f} | "
@@ -305,7 +321,6 @@ class Trainer:
                         self.save()
                         saved = True
                     self.elapsed = self._agreed_elapsed(clock)     # ... and so do saves
-                    self.eval_s = self.elapsed - before            # agreed by every rank, as elapsed
                 if stopping:
                     if not saved:
                         self.save()
