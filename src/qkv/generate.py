@@ -32,6 +32,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .errors import InputError
+from .padding import pad_left
 from .runtime import choose_python_api_threads
 from .validation import check_fields
 from .text_stream import TextStream
@@ -305,21 +306,16 @@ def _encode(tokenizer, prompt: str) -> list[int]:
 def _texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig) -> Iterator[tuple[int, str]]:
     """Yield (row, piece) as the rows of a left-padded batch produce text."""
     rows = [_encode(tokenizer, p) for p in prompts]
-    B, L = len(rows), max(len(r) for r in rows)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
-    ids_BL = torch.full((B, L), pad, dtype=torch.long)
-    key_mask_BL = torch.zeros(B, L, dtype=torch.bool)
-    for b, r in enumerate(rows):
-        ids_BL[b, L - len(r):] = torch.tensor(r)
-        key_mask_BL[b, L - len(r):] = True
     device = next(model.parameters()).device
+    ids_BL, key_mask_BL = pad_left(rows, pad, device)
     stop_ids = tokenizer.stop_ids
     streams = [TextStream(tokenizer, cfg.stops) for _ in rows]
     constraints = None
     if cfg.json_schema is not None:
         from .grammar import JsonConstraint
         constraints = [JsonConstraint(tokenizer, model.cfg.vocab_size, cfg.json_schema) for _ in rows]
-    with closing(iter_ids(model, ids_BL.to(device), cfg, key_mask_BL.to(device), stop_ids,
+    with closing(iter_ids(model, ids_BL, cfg, key_mask_BL, stop_ids,
                           constraints=constraints)) as steps:
         for next_B in steps:
             for b, t in enumerate(next_B.tolist()):

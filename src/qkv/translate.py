@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import InputError
+from .padding import pad_right
 from .validation import check_fields, check_positive_int
 from .models.seq2seq import EncoderDecoder
 
@@ -189,12 +190,8 @@ def translate(model: EncoderDecoder, texts: list[str], cfg: SearchConfig = Searc
     outputs: list[str] = [""] * len(texts)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        S = max(len(encoded[i]) for i in rows)
-        src_BS = torch.full((len(rows), S), pad, dtype=torch.long)
-        for b, i in enumerate(rows):
-            src_BS[b, :len(encoded[i])] = torch.tensor(encoded[i])
-        lengths_B = torch.tensor([len(encoded[i]) for i in rows])
-        src_mask_BS = (torch.arange(S)[None] < lengths_B[:, None]).to(device) if int(lengths_B.min()) < S else None
+        src_BS, src_mask_BS = pad_right([encoded[i] for i in rows], pad)
+        src_mask_BS = src_mask_BS.to(device) if not bool(src_mask_BS.all()) else None   # no padding: unmasked
         results = beam_search(model, src_BS.to(device), src_mask_BS, bos, eos, cfg)
         for i, ids in zip(rows, results):
             outputs[i] = tokenizer.decode(ids).strip()

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from ..padding import pad_left
+
 QUESTIONS = ["What is the capital of France?", "Name three primary colors.", "How many legs does a spider have?",
              "What is photosynthesis?", "Give me a synonym for happy.", "Why is the sky blue?",
              "What is 12 times 12?", "Who wrote Romeo and Juliet?", "What is the boiling point of water?",
@@ -109,12 +111,8 @@ def _hf_side(path: str, prompts: list[list[int]], pad_id: int, max_tokens: int):
     else:
         return None                                    # a qkv checkpoint: transformers has no loader for it
     model.eval()
-    L = max(len(x) for x in prompts)
-    ids_BL = torch.full((len(prompts), L), pad_id)
-    mask_BL = torch.zeros(len(prompts), L, dtype=torch.long)
-    for b, x in enumerate(prompts):
-        ids_BL[b, L - len(x):] = torch.tensor(x)
-        mask_BL[b, L - len(x):] = 1
+    ids_BL, key_mask_BL = pad_left(prompts, pad_id)
+    L, mask_BL = ids_BL.shape[1], key_mask_BL.long()          # transformers' attention_mask is 0/1
 
     def run() -> float:
         start = time.perf_counter()

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
+from ..padding import pad_right
 from .text import read_lines
 
 
@@ -70,18 +71,11 @@ def read_summaries(path: str | Path) -> list[tuple[str, list[str]]]:
 def collate_pairs(pairs: list[tuple[list[int], list[int]]], pad_id: int, bos_id: int,
                   eos_id: int) -> dict[str, torch.Tensor]:
     """Pad encoded (source, target) pairs into the keyword arguments of ``EncoderDecoder.forward``."""
-    S = max(len(s) for s, _ in pairs)
+    src_BS, src_mask_BS = pad_right([src for src, _ in pairs], pad_id)
+    forced = [teacher_forcing(tgt, bos_id, eos_id) for _, tgt in pairs]
     L = max(len(t) for _, t in pairs) + 1
-    B = len(pairs)
-    src_BS = torch.full((B, S), pad_id, dtype=torch.long)
-    ids_BL = torch.full((B, L), pad_id, dtype=torch.long)
-    targets_BL = torch.full((B, L), -100, dtype=torch.long)
-    for b, (src, tgt) in enumerate(pairs):
-        inp, labels = teacher_forcing(tgt, bos_id, eos_id)
-        src_BS[b, :len(src)] = torch.tensor(src)
-        ids_BL[b, :len(inp)] = torch.tensor(inp)
-        targets_BL[b, :len(labels)] = torch.tensor(labels)
-    src_mask_BS = torch.arange(S)[None] < torch.tensor([len(s) for s, _ in pairs])[:, None]
+    ids_BL, _ = pad_right([inp for inp, _ in forced], pad_id, length=L)
+    targets_BL, _ = pad_right([labels for _, labels in forced], -100, length=L)
     return {"src_BS": src_BS, "src_mask_BS": src_mask_BS, "ids_BL": ids_BL, "targets_BL": targets_BL}
 
 

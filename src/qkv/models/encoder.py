@@ -41,6 +41,7 @@ from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError, InputError
 from ..nn.masks import build_mask
 from ..nn.norms import make_norm
+from ..padding import pad_right
 from .output import ModelOutput
 from .stack import Stack
 
@@ -282,13 +283,7 @@ TASKS = {"mlm": BERT, "classify": BertClassifier, "tag": BertTagger, "qa": BertQ
 
 def pad_batch(encodings, pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad ``Tokenizer.encode_batch_for_model`` results: (ids_BL, key_mask_BL, types_BL)."""
-    B, L = len(encodings), max((len(e.ids) for e in encodings), default=0)
-    ids_BL = torch.full((B, L), pad_id, dtype=torch.long)
-    key_mask_BL = torch.zeros(B, L, dtype=torch.bool)
-    types_BL = torch.zeros(B, L, dtype=torch.long)
-    for b, e in enumerate(encodings):
-        n = len(e.ids)
-        ids_BL[b, :n] = torch.tensor(e.ids)
-        key_mask_BL[b, :n] = torch.tensor(e.attention_mask, dtype=torch.bool)
-        types_BL[b, :n] = torch.tensor(e.type_ids)
-    return ids_BL.to(device), key_mask_BL.to(device), types_BL.to(device)
+    ids_BL, _ = pad_right([e.ids for e in encodings], pad_id, device=device)
+    attention_BL, _ = pad_right([e.attention_mask for e in encodings], 0, device=device)
+    types_BL, _ = pad_right([e.type_ids for e in encodings], 0, device=device)
+    return ids_BL, attention_BL.bool(), types_BL

@@ -31,6 +31,7 @@ import torch
 
 from ..errors import QkvError
 from ..generate import GenerationConfig, Penalties, next_token
+from ..padding import pad_left
 from ..text_stream import TextStream
 from .rows import BatchRows
 
@@ -258,14 +259,9 @@ class Engine:
 
     def _prefill(self, prompts: list[list[int]]):
         """One forward over left-padded prompts: (their caches, logits_BV of each one's last position)."""
-        B, L = len(prompts), max(len(p) for p in prompts)
-        ids_BL = torch.zeros(B, L, dtype=torch.long, device=self.device)
-        key_mask_BL = torch.zeros(B, L, dtype=torch.bool, device=self.device)
-        for b, p in enumerate(prompts):
-            ids_BL[b, L - len(p):] = torch.tensor(p, device=self.device)
-            key_mask_BL[b, L - len(p):] = True
-        caches = self.model.new_caches(B, L)
-        mask = None if all(len(p) == L for p in prompts) else key_mask_BL
+        ids_BL, key_mask_BL = pad_left(prompts, 0, self.device)
+        caches = self.model.new_caches(*ids_BL.shape)
+        mask = None if bool(key_mask_BL.all()) else key_mask_BL      # equal lengths: the mask-free path
         return caches, self.model(ids_BL, caches=caches, key_mask_BM=mask, last_only=True).logits[:, -1]
 
     def _step(self) -> None:

@@ -28,6 +28,7 @@ from typing import Literal, Sequence
 import torch
 
 from ..errors import DataError
+from ..padding import pad_right
 
 Layout = Literal["B", "BL", "B2"]
 GROUP_WINDOW = 4            # a length-grouped batch is drawn from 4 x batch_size neighbours in length order
@@ -44,20 +45,12 @@ class Item:
 
 def collate(items: Sequence[Item], layout: Layout, pad_id: int, with_labels: bool = True) -> dict:
     """Right-padded model kwargs: ids_BL, key_mask_BL (True on real tokens), types_BL and ``labels``."""
-    B, L = len(items), max(len(it.ids) for it in items)
-    ids_BL = torch.full((B, L), pad_id, dtype=torch.long)
-    types_BL = torch.zeros(B, L, dtype=torch.long)
-    key_mask_BL = torch.zeros(B, L, dtype=torch.bool)
-    for b, it in enumerate(items):
-        ids_BL[b, :len(it.ids)] = torch.tensor(it.ids)
-        types_BL[b, :len(it.ids)] = torch.tensor(it.types)
-        key_mask_BL[b, :len(it.ids)] = True
+    ids_BL, key_mask_BL = pad_right([it.ids for it in items], pad_id)
+    types_BL, _ = pad_right([it.types for it in items], 0)
     batch = {"ids_BL": ids_BL, "key_mask_BL": key_mask_BL, "types_BL": types_BL}
     if with_labels:
         if layout == "BL":
-            labels = torch.full((B, L), -100, dtype=torch.long)
-            for b, it in enumerate(items):
-                labels[b, :len(it.labels)] = torch.tensor(it.labels)
+            labels, _ = pad_right([it.labels for it in items], -100, length=ids_BL.shape[1])
         else:
             labels = torch.tensor([it.labels for it in items], dtype=torch.long)
             labels = labels[:, 0] if layout == "B" else labels
