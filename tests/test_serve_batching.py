@@ -19,7 +19,7 @@ import torch
 
 import qkv
 from qkv import GPT, ModelConfig, Tokenizer
-from qkv.generate import GenerationConfig, _encode, generate
+from qkv.generate import GenerationConfig, encode_prompt, generate
 from qkv.serve import ServeConfig, create_app
 from qkv.serve.engine import Engine, Failure, Finish, Sequence, Token
 
@@ -60,7 +60,7 @@ def test_rows_that_join_and_leave_get_the_tokens_they_get_alone(tok, pos):
                for i in range(len(PROMPTS))]
     engine = Engine(model, max_batch=3, max_queue=16).start()        # fewer rows than requests: joins and leaves
     try:
-        seqs = [Sequence(_encode(tok, p), c) for p, c in zip(PROMPTS, configs)]
+        seqs = [Sequence(encode_prompt(tok, p), c) for p, c in zip(PROMPTS, configs)]
         texts, ends = run_engine(engine, seqs)
     finally:
         engine.stop()
@@ -84,8 +84,9 @@ def test_one_failing_request_fails_alone(tok):
     engine = Engine(model, max_batch=4).start()
     try:
         cfg = GenerationConfig(max_new_tokens=8, temperature=0)
-        seqs = [Sequence(_encode(tok, "the"), cfg), Sequence(_encode(tok, "the"), cfg, constraint=Explodes()),
-                Sequence(_encode(tok, "a cat"), cfg)]
+        seqs = [Sequence(encode_prompt(tok, "the"), cfg),
+                Sequence(encode_prompt(tok, "the"), cfg, constraint=Explodes()),
+                Sequence(encode_prompt(tok, "a cat"), cfg)]
         texts, ends = run_engine(engine, seqs)
         assert isinstance(ends[1], Failure) and "boom" in ends[1].message
         assert texts[0] == generate(model, tok, "the", cfg) and texts[2] == generate(model, tok, "a cat", cfg)

@@ -32,6 +32,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .errors import InputError
+from .grammar import json_constraints
 from .padding import pad_left
 from .runtime import choose_python_api_threads
 from .validation import check_fields
@@ -291,7 +292,8 @@ def generate_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig | Non
 
 # ---- text ----------------------------------------------------------------------------------------------
 
-def _encode(tokenizer, prompt: str) -> list[int]:
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """A text prompt's ids as ``qkv generate`` and the server's completions feed them."""
     if not isinstance(prompt, str):
         raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
     ids = tokenizer.prompt_ids(prompt)            # bos first where the model expects it (Llama)
@@ -305,27 +307,19 @@ def _encode(tokenizer, prompt: str) -> list[int]:
 
 def _texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig) -> Iterator[tuple[int, str]]:
     """Yield (row, piece) as the rows of a left-padded batch produce text."""
-    rows = [_encode(tokenizer, p) for p in prompts]
+    rows = [encode_prompt(tokenizer, p) for p in prompts]
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
     device = next(model.parameters()).device
     ids_BL, key_mask_BL = pad_left(rows, pad, device)
-    stop_ids = tokenizer.stop_ids
+    stop_ids = () if cfg.ignore_eos else tokenizer.stop_ids
     streams = [TextStream(tokenizer, cfg.stops) for _ in rows]
-    constraints = None
-    if cfg.json_schema is not None:
-        from .grammar import JsonConstraint
-        constraints = [JsonConstraint(tokenizer, model.cfg.vocab_size, cfg.json_schema) for _ in rows]
-    with closing(iter_ids(model, ids_BL, cfg, key_mask_BL, stop_ids,
+    make_constraint = json_constraints(tokenizer, model.cfg.vocab_size, cfg.json_schema)
+    constraints = [make_constraint() for _ in rows] if make_constraint else None
+    with closing(iter_ids(model, ids_BL, cfg, key_mask_BL, tokenizer.stop_ids,
                           constraints=constraints)) as steps:
         for next_B in steps:
             for b, t in enumerate(next_B.tolist()):
-                s = streams[b]
-                if t in stop_ids and not cfg.ignore_eos:
-                    piece = s.finish()
-                else:
-                    piece = s.push(t)
-                    if constraints is not None and constraints[b].finished:   # the JSON value is complete
-                        piece += s.finish()
+                piece = streams[b].take(t, stop_ids, constraints[b] if constraints else None)
                 if piece:
                     yield b, piece
             if all(s.done for s in streams):

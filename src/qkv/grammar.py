@@ -84,6 +84,15 @@ def check_schema(schema) -> dict:
     return schema
 
 
+def json_constraints(tokenizer, vocab_size: int, schema: dict | None):
+    """A maker of fresh ``JsonConstraint``s for ``schema``, one per sequence, or None without a schema. The
+    first is built here, so a schema that cannot be compiled fails before any decoding starts."""
+    if schema is None:
+        return None
+    ready = [JsonConstraint(tokenizer, vocab_size, schema)]
+    return lambda: ready.pop() if ready else JsonConstraint(tokenizer, vocab_size, schema)
+
+
 class JsonConstraint:
     """One sequence's position in the grammar of ``schema``: ``mask`` the logits, ``advance`` by the
     sampled token, ``finished`` once the JSON value is complete."""

@@ -35,6 +35,17 @@ class TextStream:
             self.prefix, self.read = self.read, len(self.ids)
         return self._release(final=False)
 
+    def take(self, token_id: int, stop_ids=(), constraint=None) -> str:
+        """The decode loops' one step (``qkv.generate``, a chat turn, the server's rows): a stop id ends the
+        text (it is not part of it); any other token is pushed, and a ``constraint`` (``qkv.grammar``) whose
+        JSON value it completed ends the text too. ``done`` says whether it ended."""
+        if token_id in stop_ids:
+            return self.finish()
+        piece = self.push(token_id)
+        if constraint is not None and constraint.finished:
+            piece += self.finish()
+        return piece
+
     def finish(self) -> str:
         """No more tokens: flush everything left, but not a character the last tokens left incomplete
         (a token limit that falls inside a multi-byte character): its bytes would show as U+FFFD, which

@@ -26,6 +26,7 @@ import torch
 
 from ..errors import InputError
 from ..generate import GenerationConfig, iter_ids, make_config
+from ..grammar import json_constraints
 from ..text_stream import TextStream
 from .template import check_messages, render_chat
 
@@ -106,22 +107,15 @@ class ChatSession:
         stops = self.tokenizer.stop_ids
         stream, reply_ids, text = TextStream(self.tokenizer, cfg.stops), [], ""
         device = next(self.model.parameters()).device
-        constraint = None
-        if cfg.json_schema is not None:
-            from ..grammar import JsonConstraint
-            constraint = JsonConstraint(self.tokenizer, self.model.cfg.vocab_size, cfg.json_schema)
+        make_constraint = json_constraints(self.tokenizer, self.model.cfg.vocab_size, cfg.json_schema)
+        constraint = make_constraint() if make_constraint else None
         steps = iter_ids(self.model, torch.tensor([ids], device=device), cfg, eos_id=stops, caches=self.caches,
                          constraints=[constraint] if constraint is not None else None)
         try:
             for next_B in steps:
                 t = int(next_B[0])
                 reply_ids.append(t)
-                if t in stops and not cfg.ignore_eos:
-                    piece = stream.finish()
-                else:
-                    piece = stream.push(t)
-                    if constraint is not None and constraint.finished:      # the JSON value is complete
-                        piece += stream.finish()
+                piece = stream.take(t, () if cfg.ignore_eos else stops, constraint)
                 text += piece
                 if piece:
                     yield piece

@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from ..errors import InputError, QkvError
-from ..grammar import JsonConstraint
+from ..grammar import ANY_OBJECT, json_constraints
 from .config import ServeConfig
 from .engine import Engine, Finish, Token
 from .events import cancel_on_disconnect, run, sse
@@ -198,12 +198,11 @@ def create_app(model, config: ServeConfig = ServeConfig()):
             return None
         if fmt.type == "json_schema" and (fmt.json_schema is None or not fmt.json_schema.schema_):
             raise APIError(400, "response_format json_schema needs json_schema.schema", param="response_format")
-        schema = fmt.json_schema.schema_ if fmt.type == "json_schema" else None
+        schema = fmt.json_schema.schema_ if fmt.type == "json_schema" else ANY_OBJECT
         try:
-            JsonConstraint(tokenizer, model.cfg.vocab_size, schema)
+            return json_constraints(tokenizer, model.cfg.vocab_size, schema)
         except InputError as e:
             raise APIError(400, str(e), param="response_format") from None
-        return lambda: JsonConstraint(tokenizer, model.cfg.vocab_size, schema)
 
     async def respond(kind, eng, request, req, seqs, prompt_tokens):
         events = run(eng, seqs, config.timeout)

@@ -116,16 +116,11 @@ class _Running:
         if seq.constraint is not None:
             seq.constraint.advance(t)
         self.generated += 1
-        reason = None
-        if t in self.stop_ids:
-            text, reason = self.stream.finish(), "stop"
-        else:
-            text = self.stream.push(t)
-            if self.stream.done or (seq.constraint is not None and seq.constraint.finished):
-                text += self.stream.finish()
-                reason = "stop"
-            elif self.generated >= cfg.max_new_tokens:
-                text, reason = text + self.stream.finish(), "length"
+        text, reason = self.stream.take(t, self.stop_ids, seq.constraint), None
+        if self.stream.done:                      # eos, a stop string, or the JSON value is complete
+            reason = "stop"
+        elif self.generated >= cfg.max_new_tokens:
+            text, reason = text + self.stream.finish(), "length"
         logprob = top = None
         if logprobs_1V is not None:
             logprob = float(logprobs_1V[0, t])

@@ -22,7 +22,7 @@ import uuid
 
 from ..conversation import render_chat
 from ..errors import InputError
-from ..generate import GenerationConfig, _encode
+from ..generate import GenerationConfig, encode_prompt
 from .engine import Sequence, Token
 from .schemas import ChatRequest, CompletionRequest, Sampling
 
@@ -54,7 +54,7 @@ def completion_prompts(tokenizer, req: CompletionRequest) -> list[list[int]]:
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
     if not prompts:
         raise APIError(400, "prompt is an empty list; give a string or a list of strings", param="prompt")
-    return [_encode(tokenizer, p) for p in prompts]
+    return [encode_prompt(tokenizer, p) for p in prompts]
 
 
 def budget(prompt_len: int, requested: int | None, context: int, cap: int, param: str) -> int:
