@@ -348,3 +348,29 @@ def test_load_reads_a_gguf_by_name_or_by_magic_bytes_and_keeps_it_quantized_when
         kept = load(renamed, quantized=True)
         assert is_quantized(kept)                                       # the Q8_0 tensor stays int8
         assert 0 < (kept(ids).logits - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+LOAD_THREADS_PROBE = """
+import os, sys, torch
+os.getloadavg = lambda: (64.0, 0.0, 0.0)                          # every core is busy with other processes
+import qkv
+qkv.save(qkv.GPT(qkv.ModelConfig(vocab_size=20, max_len=16, n_layers=1, d_model=16, n_heads=2)), sys.argv[1])
+if sys.argv[2] == "user":
+    torch.set_num_threads(3)                                     # not torch's default on any machine we run
+qkv.load(sys.argv[1])
+print(torch.get_num_threads())
+"""
+
+
+@pytest.mark.parametrize("who", ["qkv", "user"])
+def test_load_takes_the_idle_cores_unless_the_user_chose(tmp_path, who):
+    """qkv.load in a fresh process follows qkv.runtime (one thread when the cores are busy: a GGUF's
+    dequantization took 12-14 s on two contended threads, 2-3 s on one), unless the program set a count."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", LOAD_THREADS_PROBE, str(tmp_path / "m"), who],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) == (3 if who == "user" else 1)

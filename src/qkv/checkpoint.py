@@ -34,6 +34,7 @@ from .generation_defaults import from_generation_config
 from .nn.layout import decode_layout
 from .quant import apply_layout, is_quantized, layout_of, quantize_model
 from .rundir import atomic_dir, resolve_dir
+from .runtime import choose_python_api_threads
 from .tokenizers import Tokenizer
 
 SRC_TOKENIZER_FILE = "tokenizer_src.json"
@@ -190,7 +191,11 @@ def load(directory: str | Path, device: str | torch.device | None = None, quanti
     quantized: a GGUF file keeps its Q8_0 / Q4_x weights in int8 / 4-bit modules (``qkv.quant``) instead of
     dequantizing them to float32; any other float checkpoint is quantized to int8 on load. A checkpoint
     written by ``qkv quantize`` loads quantized either way.
+
+    The threads are qkv.runtime's choice for the Python API (unless the program chose): dequantizing a
+    GGUF with torch's default two threads while another process held a core took 12-14 s, with one 2-3 s.
     """
+    choose_python_api_threads()
     if is_gguf(directory):
         from .interop.gguf import load_gguf
         model = load_gguf(directory, quantized)

@@ -49,7 +49,7 @@ def decode_threads() -> int:
 
 
 def choose_python_api_threads() -> None:
-    """The Python API's decoding (``qkv.generate``, ``qkv.chat``, ``ChatSession``) gets the CLI's thread
+    """The Python API (``qkv.load``, ``qkv.generate``, ``qkv.chat``, ``ChatSession``) gets the CLI's thread
     policy once per process, unless the user chose a count: torch.set_num_threads called since qkv was
     imported, or OMP_NUM_THREADS / MKL_NUM_THREADS set."""
     global _python_api_threads_chosen
