@@ -115,6 +115,11 @@ def scratch_copy(module: str, tests: list[str], work: Path) -> Path:
         shutil.rmtree(work)
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "src", "tests", "pyproject.toml"],
                            cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    # the compiled kernels (qkv.native, built by pip install, git-ignored): without them the mutants run
+    # PyTorch's kernels only and the default path on this machine goes untested
+    built = subprocess.run(["git", "ls-files", "-coi", "--exclude-standard", "src"],
+                           cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    files += [f for f in built if f.endswith((".so", ".pyd", ".dylib"))]
     for f in files:
         if (ROOT / f).is_file():
             (work / f).parent.mkdir(parents=True, exist_ok=True)

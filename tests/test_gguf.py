@@ -220,3 +220,18 @@ def test_weights_are_views_of_the_map_not_copies(files):
     assert w.untyped_storage().data_ptr() == f.tensors["output_norm.weight"].data.ctypes.data
     w.add_(1)
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_1"])
+def test_block_readers_take_read_only_and_strided_rows(kind):
+    """A read-only array (a file mapped read-only) is copied, rows with a stride (un-permuted q/k) too;
+    the codes are the same as from the plain array (from the mutation survivors of quant/gguf_blocks.py)."""
+    w = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
+    raw = gguf.quants.quantize(w, T[kind])
+    read = gguf_blocks.q8_0 if kind == "Q8_0" else (lambda r: gguf_blocks.four_bit(r, kind))
+    want = read(raw.copy())
+    frozen = raw.copy()
+    frozen.setflags(write=False)
+    strided = np.concatenate([raw, raw], axis=1)[:, : raw.shape[1]]
+    for got in (read(frozen), read(strided)):
+        assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -120,3 +120,60 @@ def test_layout_errors_name_the_entry():
     quantize_model(model, 8)
     with pytest.raises(ConfigError, match="^this model is already quantized; quantize the float checkpoint it came from$"):
         quantize_model(model, 4)
+
+
+# from the mutation survivors of quant/linear.py (bench/mutation.md)
+def test_defaults_shapes_and_the_size_message():
+    from qkv.quant.linear import quantize_linear
+    layer = _linear(bias=False)
+    assert Int4Linear(128, 64).group_size == 32 and Int4Linear(128, 64).bias is None
+    assert Int8Linear(128, 64).bias is None
+    assert Int4Linear.from_float(layer.weight).group_size == 32
+    assert quantize_linear(layer, 4).group_size == 32
+    for q in (Int4Linear.from_float(layer.weight), Int8Linear.from_float(layer.weight)):
+        assert q.bias is None
+    with pytest.raises(ConfigError, match=r"in_features \(100\) divisible by the group size \(32\) and "
+                                          r"out_features \(64\) by 64"):
+        Int4Linear(100, 64)
+    fresh = Int4Linear(128, 192)
+    fresh.load_state_dict({k: v for k, v in Int4Linear.from_float(layer.weight).state_dict().items()})
+    assert fresh.weight.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("kernels", ["torch", None])
+def test_both_kernel_paths_and_their_caches(monkeypatch, kernels):
+    """PyTorch's packed kernels (QKV_KERNELS=torch) and qkv's own (the default where built): both near the
+    dequantized product, their caches not in the state dict, and rebuilt after a load."""
+    if kernels is None:
+        monkeypatch.delenv("QKV_KERNELS", raising=False)
+    else:
+        monkeypatch.setenv("QKV_KERNELS", kernels)
+    layer = _linear()
+    x_MK = torch.randn(3, 128)
+    for q in (Int8Linear.from_float(layer.weight, layer.bias), Int4Linear.from_float(layer.weight, layer.bias)):
+        want = torch.nn.functional.linear(x_MK, q.dequantize(), layer.bias)
+        got = q(x_MK)
+        assert (got - want).abs().max() < 1e-2 * want.abs().max()
+        assert set(q.state_dict()) == ({"weight", "scales", "bias"} if isinstance(q, Int8Linear)
+                                       else {"weight", "scales", "zeros", "bias"})
+        other = type(q).from_float(-layer.weight, layer.bias)       # new codes: the caches must not be reused
+        q.load_state_dict(other.state_dict())
+        assert torch.equal(q(x_MK), other(x_MK))
+        if kernels == "torch":      # the packed kernels read x in bfloat16: x rounded first gives the same bits
+            assert torch.equal(q(x_MK), q(x_MK.bfloat16().float()))
+
+
+def test_int4_codes_are_picked_for_the_stored_scales_and_zeros():
+    """Each group's range sets its scale (bfloat16), and the codes are the nearest for the scales and
+    zeros as stored; weights far from 0 make the rounding of the zeros move codes past 0 and 15."""
+    torch.manual_seed(1)
+    w_OK = 10 + 0.01 * torch.randn(64, 128)
+    q = Int4Linear.from_float(w_OK, group_size=32)
+    w_OGg = w_OK.view(64, 4, 32)
+    lo, hi = w_OGg.amin(-1), w_OGg.amax(-1)
+    assert torch.equal(q.scales, ((hi - lo) / 15).to(torch.bfloat16))
+    assert torch.equal(q.zeros, (lo + 8 * q.scales.float()).to(torch.bfloat16))
+    s, z = q.scales.float()[..., None], q.zeros.float()[..., None]
+    raw = ((w_OGg - z) / s + 8).round()
+    assert (raw < 0).any() and (raw > 15).any()                   # the clamp is needed here
+    assert torch.equal(q.codes(), raw.clamp(0, 15).view(64, 128).int())
