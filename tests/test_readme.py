@@ -37,3 +37,27 @@ def test_snippet_runs_as_written(stand_ins, snippet, capsys):
     exec(compile(snippet, str(README), "exec"), namespace)        # noqa: S102 - our own README
     if "out" in namespace:                                         # every snippet that calls a model
         assert namespace["out"].logits.ndim == 3 and namespace["out"].attentions is not None
+
+
+DEMO_LINES = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"),
+                                                                    flags=re.S)
+              for line in block.splitlines() if line.startswith("qkv ") and " runs/shakespeare-char " in line
+              and not line.startswith("qkv train")]
+
+
+def test_the_readme_runs_commands_on_its_demo_model():
+    assert len(DEMO_LINES) >= 2
+
+
+@pytest.mark.parametrize("line", DEMO_LINES)
+def test_each_demo_command_runs_on_the_demo_models_shape(tmp_path, monkeypatch, line):
+    """Every `qkv ... runs/shakespeare-char` line of the README, on a model of the shape `make demo` trains
+    (the shakespeare-char preset: 4 layers, 1 head): `--head 2` on it was an error."""
+    import shlex
+    from qkv.cli import main
+    from qkv.config import PRESETS
+    chars = Tokenizer.train_char((Path(qkv.__file__).parent / "data" / "shakespeare.txt").read_text(encoding="utf-8"))
+    model = GPT(ModelConfig(vocab_size=chars.vocab_size, **PRESETS["shakespeare-char"]["model"]))
+    qkv.save(model, tmp_path / "runs" / "shakespeare-char", chars)
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(line)[1:]) == 0, line
