@@ -384,6 +384,72 @@ def test_a_token_limit_inside_a_character_leaves_no_half_of_it(bpe, cut):
     assert "".join(stream(model, bpe, "the", max_new_tokens=limit)) == want
 
 
+# ---- logit_bias and log-probabilities (what the server's rows have, in qkv.generate) ---------------------
+def test_logprobs_are_the_log_softmax_of_a_full_recompute(tok):
+    """Each generated token's logprob and its top alternatives, against the model run on the whole
+    sequence so far (no cache), at a temperature where sampling, not argmax, chose the tokens."""
+    model = tiny_gpt(tok.vocab_size, seed=3)
+    out = generate(model, tok, "the fox", max_new_tokens=7, temperature=1.3, seed=11, logprobs=True,
+                   top_logprobs=4)
+    ids = tok.encode("the fox")
+    assert len(out.logprobs) == 7 and tok.decode([t.id for t in out.logprobs]) == out.text
+    for scored in out.logprobs:
+        with torch.no_grad():
+            want_V = model(torch.tensor([ids])).logits[0, -1].double().log_softmax(-1)
+        assert scored.logprob == pytest.approx(float(want_V[scored.id]), abs=1e-5)
+        top_values, top_ids = want_V.topk(4)
+        assert [i for i, _ in scored.top] == top_ids.tolist()
+        assert [v for _, v in scored.top] == pytest.approx(top_values.tolist(), abs=1e-5)
+        ids.append(scored.id)
+    plain = generate(model, tok, "the fox", max_new_tokens=7, temperature=1.3, seed=11)
+    assert plain == out.text                                   # asking for logprobs changes no token
+
+
+def test_logprobs_in_a_batch_equal_each_row_alone_and_skip_the_end_of_turn(tok):
+    model = FakeLM.script(tok.encode("ab") + [tok.eos_id], tok.vocab_size)
+    out = generate(model, tok, ["x", "y"], max_new_tokens=6, temperature=0, logprobs=True)
+    assert [c.text for c in out] == ["ab", "ab"]
+    assert [[t.id for t in c.logprobs] for c in out] == [tok.encode("ab")] * 2     # eos is no part of the text
+    assert all(t.top == () for c in out for t in c.logprobs)
+    real = tiny_gpt(tok.vocab_size, seed=5)
+    batch = generate(real, tok, ["ab", "the long one"], max_new_tokens=5, temperature=0, logprobs=True,
+                     top_logprobs=2)
+    for prompt, row in zip(["ab", "the long one"], batch):
+        alone = generate(real, tok, prompt, max_new_tokens=5, temperature=0, logprobs=True, top_logprobs=2)
+        assert alone.text == row.text and [t.id for t in alone.logprobs] == [t.id for t in row.logprobs]
+        assert [t.logprob for t in alone.logprobs] == pytest.approx([t.logprob for t in row.logprobs], abs=1e-5)
+
+
+def test_logit_bias_forces_and_bans_tokens_but_not_their_logprobs(tok):
+    model = tiny_gpt(tok.vocab_size, seed=2)
+    free = generate(model, tok, "ab", max_new_tokens=6, temperature=0)
+    z = tok.encode("z")[0]
+    forced = generate(model, tok, "ab", max_new_tokens=6, temperature=0, logit_bias={z: 100}, logprobs=True)
+    assert forced.text == "zzzzzz" != free
+    assert all(t.logprob < -0.01 for t in forced.logprobs)     # the model's own opinion, before the bias
+    first = tok.encode(free[0])[0]
+    banned = generate(model, tok, "ab", max_new_tokens=6, temperature=0, logit_bias={first: -100})
+    assert free[0] not in banned and banned != free
+    assert generate(model, tok, "ab", max_new_tokens=6, temperature=0, logit_bias={first: 0.0}) == free
+
+
+@pytest.mark.parametrize("bias", [{-1: 1}, {"5": 1}, {True: 1}, {5: 101}, {5: -100.5}, {5: "1"}, {5: True}])
+def test_bad_logit_bias_is_one_line(bias):
+    with pytest.raises(InputError, match=r"^logit_bias .* keys must be token ids \(integers >= 0\) and values "
+                                         r"numbers between -100 and 100$"):
+        GenerationConfig(logit_bias=bias)
+
+
+def test_logit_bias_and_top_logprobs_are_checked_against_the_model(tok):
+    model = tiny_gpt(tok.vocab_size)
+    with raises_exactly(f"logit_bias names token {tok.vocab_size}, outside the vocabulary [0, {tok.vocab_size})"):
+        generate(model, tok, "ab", max_new_tokens=4, logit_bias={tok.vocab_size: 1})
+    for top, logprobs in ((-1, True), (tok.vocab_size + 1, True), (2, False), (1.5, True)):
+        with raises_exactly(f"top_logprobs={top!r} must be an integer between 0 and the vocabulary size "
+                            f"({tok.vocab_size}), with logprobs=True"):
+            generate(model, tok, "ab", logprobs=logprobs, top_logprobs=top)
+
+
 # ---- every bad input names the fix -------------------------------------------------------------------------
 @pytest.mark.parametrize("params,message", [
     (dict(temperature=-0.1), "temperature=-0.1 must be >= 0 (0 = greedy, 1 = the model's distribution)"),

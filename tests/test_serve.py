@@ -284,6 +284,20 @@ def test_logprobs_are_the_models_own(model, tok, client):
     assert "".join(e.token for e in content) == c.choices[0].message.content
 
 
+def test_logprobs_and_logit_bias_equal_qkv_generates(model, tok, client):
+    """One implementation (qkv.logprobs, GenerationConfig.logit_bias): the server's row and qkv.generate agree."""
+    bias = {tok.encode("o")[0]: 7.5, tok.encode("e")[0]: -100}
+    r = client.completions.create(model="tiny", prompt="the cat", temperature=0.9, seed=3, max_tokens=8,
+                                  logprobs=2, logit_bias={str(k): v for k, v in bias.items()})
+    want = generate(model, tok, "the cat", max_new_tokens=8, temperature=0.9, seed=3, logit_bias=bias,
+                    logprobs=True, top_logprobs=2)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == want.text and lp.tokens == [tok.token_text(t.id) for t in want.logprobs]
+    assert lp.token_logprobs == pytest.approx([t.logprob for t in want.logprobs], abs=1e-5)
+    assert [sorted(top.values()) for top in lp.top_logprobs] == \
+        [pytest.approx(sorted(v for _, v in t.top), abs=1e-5) for t in want.logprobs]
+
+
 def test_logit_bias_forces_a_token(tok, client):
     target = tok.encode(" dog")[0]
     r = client.completions.create(model="tiny", prompt="a", max_tokens=5, temperature=1.0, seed=0,

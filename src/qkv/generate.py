@@ -1,12 +1,14 @@
 """Text generation: logits processors, the KV-cache decode loop, stop strings and streaming.
 
-Legend: B batch, L prompt length, T prompt + new positions, M keys seen so far, V vocab.
+Legend: B batch, L prompt length, T prompt + new positions, M keys seen so far, V vocab, K a few token ids
+(stop ids, biased ids).
 
     prompt_BL ──prefill (one call, last position only)──> logits_BV
-    loop: logits_BV ─> penalties ─> temperature ─> top-k ─> top-p ─> min-p ─> argmax | sample ─> next_B
+    loop: logits_BV ─> logit_bias ─> penalties ─> temperature ─> top-k ─> top-p ─> min-p ─> argmax | sample ─> next_B
           next_B ──decode step (L = 1 over M cached keys)──> logits_BV
 
-Processors are pure functions of ``logits_BV`` applied in that fixed order. The penalties follow two
+Processors are pure functions of ``logits_BV`` applied in that fixed order. logit_bias is OpenAI's (a
+fixed number added to a token's logit: -100 all but bans it, 100 all but forces it). The penalties follow two
 published rules: repetition (Keskar et al., 2019, CTRL) divides a positive logit by ``p`` and multiplies
 a negative one by ``p`` for every token already in the prompt or the output; presence/frequency (OpenAI's
 API) subtract ``presence * (count > 0) + frequency * count`` over the generated tokens only. Temperature
@@ -33,6 +35,7 @@ import torch
 
 from .errors import InputError
 from .grammar import json_constraints
+from .logprobs import Completion, StepLogprobs
 from .padding import pad_left
 from .runtime import choose_python_api_threads
 from .validation import check_fields
@@ -57,6 +60,7 @@ class GenerationConfig:
                                            # object); decoding is masked by its grammar (``qkv.grammar``)
     context_shift: bool = False            # past the model's context, drop the oldest half of the window
                                            # and go on (llama.cpp's --context-shift); see iter_ids
+    logit_bias: dict[int, float] | None = None   # {token id: added to its logit}, each -100..100 (OpenAI's)
 
     def __post_init__(self):
         def bad(msg):
@@ -79,6 +83,11 @@ class GenerationConfig:
                 bad(f"{name}={getattr(self, name)} must be between -2 and 2 (0 = off)")
         if not all(self.stops):
             bad(f"stop={self.stop!r} must be a list of non-empty strings")
+        for token, bias in (self.logit_bias or {}).items():
+            if not _is_int(token) or token < 0 or isinstance(bias, bool) or not isinstance(bias, (int, float)) \
+                    or not -100 <= bias <= 100:
+                bad(f"logit_bias {{{token!r}: {bias!r}}}: keys must be token ids (integers >= 0) and values "
+                    f"numbers between -100 and 100")
 
     @property
     def stops(self) -> tuple[str, ...]:
@@ -87,6 +96,10 @@ class GenerationConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def make_config(config: GenerationConfig | None = None, **params) -> GenerationConfig:
@@ -99,6 +112,14 @@ def make_config(config: GenerationConfig | None = None, **params) -> GenerationC
 
 
 # ---- logits processors: pure functions, applied in this order ---------------------------------------
+def add_logit_bias(logits_BV: torch.Tensor, bias: dict[int, float]) -> torch.Tensor:
+    """OpenAI's logit_bias: each listed token's logit plus its bias (in float32, as the server always did)."""
+    B, device = logits_BV.shape[0], logits_BV.device
+    ids_K = torch.tensor(list(bias), dtype=torch.long, device=device)
+    bias_BK = torch.tensor(list(bias.values()), dtype=torch.float32, device=device).expand(B, -1)
+    return logits_BV.float().index_add(1, ids_K, bias_BK)
+
+
 def repetition_penalty(logits_BV: torch.Tensor, seen_BV: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL: make every token already seen less likely, whatever the sign of its logit."""
     penalized_BV = torch.where(logits_BV > 0, logits_BV / penalty, logits_BV * penalty)
@@ -135,6 +156,8 @@ def min_p_filter(logits_BV: torch.Tensor, min_p: float) -> torch.Tensor:
 def next_token(logits_BV: torch.Tensor, cfg: GenerationConfig, seen_BV=None, counts_BV=None,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """Apply the processors in order, then argmax (temperature 0) or sample. Returns next_B."""
+    if cfg.logit_bias:
+        logits_BV = add_logit_bias(logits_BV, cfg.logit_bias)
     if cfg.repetition_penalty != 1.0:
         logits_BV = repetition_penalty(logits_BV, seen_BV, cfg.repetition_penalty)
     if cfg.presence_penalty or cfg.frequency_penalty:
@@ -189,6 +212,9 @@ def check_lengths(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig) -> 
                          f"max_new_tokens (--max-new-tokens) to at most {max_len - L}, shorten the prompt, or "
                          f"let the window slide past the context (--context-shift, context_shift=True)")
     model.check_ids(prompt_ids_BL)                            # ids outside the vocabulary
+    outside = [t for t in cfg.logit_bias or () if t >= model.cfg.vocab_size]
+    if outside:
+        raise InputError(f"logit_bias names token {outside[0]}, outside the vocabulary [0, {model.cfg.vocab_size})")
 
 
 def _stop_tensor(eos_id: int | Sequence[int] | None, device) -> torch.Tensor | None:
@@ -199,7 +225,8 @@ def _stop_tensor(eos_id: int | Sequence[int] | None, device) -> torch.Tensor | N
 @torch.inference_mode()
 def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
              key_mask_BL: torch.Tensor | None = None, eos_id: int | Sequence[int] | None = None,
-             caches: list | None = None, constraints: list | None = None) -> Iterator[torch.Tensor]:
+             caches: list | None = None, constraints: list | None = None,
+             logprobs: StepLogprobs | None = None) -> Iterator[torch.Tensor]:
     """Yield next_B, one new token per row per step. ``eos_id`` is one id or several (chat models end a
     turn with any of a few); a row that produced one keeps yielding the first; the loop ends when every
     row has, or after ``cfg.max_new_tokens`` steps.
@@ -208,6 +235,7 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
     them between turns), with room for the rest and the new tokens; only the rest is prefilled.
     constraints: one per row (``qkv.grammar.JsonConstraint``): masks the row's logits until its grammar is
     complete; the loop also ends when every row's is.
+    logprobs: before each yield, ``logprobs.last`` is set to each row's TokenLogprob (``qkv.logprobs``).
 
     Context shift (``cfg.context_shift``). When the window ``ids[start:M]`` would outgrow the model's
     context W, its oldest tokens are dropped, keeping the newest W // 2 (llama.cpp drops half as well), and
@@ -259,10 +287,13 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
         return
     logits_BV = forward()                                        # prefill: the (rest of the) prompt in one call
     while True:
+        model_BV = logits_BV                                     # the model's own, for log-probabilities
         if constraints is not None:
             logits_BV = torch.cat([row_1V if c.finished else c.mask(row_1V)
                                    for c, row_1V in zip(constraints, logits_BV.split(1))])
         next_B = next_token(logits_BV, cfg, penalties.seen_BV, penalties.counts_BV, generator)
+        if logprobs is not None:
+            logprobs.record(model_BV, next_B)
         if stop_on_eos:
             next_B = next_B.masked_fill(finished_B, int(stops_K[0]))
             finished_B |= torch.isin(next_B, stops_K)
@@ -305,8 +336,11 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def _texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig) -> Iterator[tuple[int, str]]:
-    """Yield (row, piece) as the rows of a left-padded batch produce text."""
+def _texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig,
+           top_logprobs: int | None = None) -> Iterator[tuple[int, str, object]]:
+    """Yield (row, piece, logprob) for each token of each unfinished row of a left-padded batch: the text it
+    releases (often ''), and with ``top_logprobs`` (0 or more alternatives) its TokenLogprob, else None;
+    None for an end-of-turn id too, which is no part of the text. Then the rows' last pieces."""
     rows = [encode_prompt(tokenizer, p) for p in prompts]
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
     device = next(model.parameters()).device
@@ -315,38 +349,51 @@ def _texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig) -> Itera
     streams = [TextStream(tokenizer, cfg.stops) for _ in rows]
     make_constraint = json_constraints(tokenizer, model.cfg.vocab_size, cfg.json_schema)
     constraints = [make_constraint() for _ in rows] if make_constraint else None
+    recorder = StepLogprobs(top_logprobs) if top_logprobs is not None else None
     with closing(iter_ids(model, ids_BL, cfg, key_mask_BL, tokenizer.stop_ids,
-                          constraints=constraints)) as steps:
+                          constraints=constraints, logprobs=recorder)) as steps:
         for next_B in steps:
             for b, t in enumerate(next_B.tolist()):
+                if streams[b].done:                        # a finished row's later tokens are padding
+                    continue
                 piece = streams[b].take(t, stop_ids, constraints[b] if constraints else None)
-                if piece:
-                    yield b, piece
+                yield b, piece, recorder.last[b] if recorder is not None and t not in stop_ids else None
             if all(s.done for s in streams):
                 return
     for b, s in enumerate(streams):
         piece = s.finish()
         if piece:
-            yield b, piece
+            yield b, piece, None
 
 
 def stream(model, tokenizer, prompt: str, config: GenerationConfig | None = None, **params) -> Iterator[str]:
     """Yield the continuation of ``prompt`` piece by piece as it is produced."""
     cfg = make_config(config, **params)
-    for _, piece in _texts(model, tokenizer, [prompt], cfg):
-        yield piece
+    for _, piece, _ in _texts(model, tokenizer, [prompt], cfg):
+        if piece:
+            yield piece
 
 
-def generate(model, tokenizer, prompt: str | list[str], config: GenerationConfig | None = None,
-             **params) -> str | list[str]:
-    """The continuation of one prompt, or of each prompt in a list (batched, left padded)."""
+def generate(model, tokenizer, prompt: str | list[str], config: GenerationConfig | None = None, *,
+             logprobs: bool = False, top_logprobs: int = 0, **params) -> str | list[str] | Completion | list[Completion]:
+    """The continuation of one prompt, or of each prompt in a list (batched, left padded).
+
+    With ``logprobs=True`` each continuation comes as a ``qkv.logprobs.Completion``: its ``text`` and, per
+    generated token, a ``TokenLogprob`` (the model's log-probability of it, with the ``top_logprobs`` most
+    likely tokens), as the server's ``logprobs`` / ``top_logprobs`` report them."""
     cfg = make_config(config, **params)
     if not isinstance(prompt, (str, list, tuple)):
         raise InputError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+    if not _is_int(top_logprobs) or not 0 <= top_logprobs <= model.cfg.vocab_size or (top_logprobs and not logprobs):
+        raise InputError(f"top_logprobs={top_logprobs!r} must be an integer between 0 and the vocabulary size "
+                         f"({model.cfg.vocab_size}), with logprobs=True")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         return []
-    out = [""] * len(prompts)
-    for b, piece in _texts(model, tokenizer, prompts, cfg):
-        out[b] += piece
+    texts, scores = [""] * len(prompts), [[] for _ in prompts]
+    for b, piece, scored in _texts(model, tokenizer, prompts, cfg, top_logprobs if logprobs else None):
+        texts[b] += piece
+        if scored is not None:
+            scores[b].append(scored)
+    out = [Completion(t, s) for t, s in zip(texts, scores)] if logprobs else texts
     return out[0] if isinstance(prompt, str) else out

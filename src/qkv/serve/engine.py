@@ -31,6 +31,7 @@ import torch
 
 from ..errors import QkvError
 from ..generate import GenerationConfig, Penalties, next_token
+from ..logprobs import token_logprobs
 from ..padding import pad_left
 from ..text_stream import TextStream
 from .rows import BatchRows
@@ -65,14 +66,13 @@ class Failure:
 @dataclass(eq=False)
 class Sequence:
     """One text to generate. ``logprobs``: report each sampled token's log-probability, with the
-    ``top_logprobs`` most likely alternatives; ``logit_bias``: {token id: added logit}; ``constraint``:
-    an object with ``mask(logits_1V)`` and ``advance(token_id)`` (structured output)."""
+    ``top_logprobs`` most likely alternatives (``qkv.logprobs``); ``constraint``: an object with
+    ``mask(logits_1V)`` and ``advance(token_id)`` (structured output). logit_bias is ``cfg.logit_bias``."""
     prompt_ids: list[int]
     cfg: GenerationConfig
     emit: Callable[[object], None] | None = None      # set before submit: where the events go
     logprobs: bool = False
     top_logprobs: int = 0
-    logit_bias: dict[int, float] | None = None
     constraint: object | None = None
     submitted_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
@@ -93,11 +93,6 @@ class _Running:
         self.stream = TextStream(tokenizer, seq.cfg.stops)
         self.penalties = Penalties(seq.cfg, torch.tensor([seq.prompt_ids], device=device), model.cfg.vocab_size)
         self.generator = torch.Generator(device).manual_seed(seq.cfg.seed) if seq.cfg.seed is not None else None
-        self.bias_1V = None
-        if seq.logit_bias:
-            self.bias_1V = torch.zeros(1, model.cfg.vocab_size, device=device)
-            for t, b in seq.logit_bias.items():
-                self.bias_1V[0, t] = b
         self.generated = 0
         self.next_id: int | None = None
         self.done = False
@@ -105,14 +100,12 @@ class _Running:
     def choose(self, logits_1V: torch.Tensor) -> None:
         """Sample this row's next token from its logits, emit it, and note whether the row is done."""
         seq, cfg = self.seq, self.cfg
-        logits_1V = logits_1V.float()
-        logprobs_1V = logits_1V.log_softmax(-1) if seq.logprobs else None     # the model's own distribution
-        if self.bias_1V is not None:
-            logits_1V = logits_1V + self.bias_1V
+        model_1V = logits_1V = logits_1V.float()         # the model's own, for log-probabilities
         if seq.constraint is not None:
             logits_1V = seq.constraint.mask(logits_1V)
-        t = int(next_token(logits_1V, cfg, self.penalties.seen_BV, self.penalties.counts_BV, self.generator)[0])
-        self.penalties.record(torch.tensor([t], device=logits_1V.device))
+        next_1 = next_token(logits_1V, cfg, self.penalties.seen_BV, self.penalties.counts_BV, self.generator)
+        t = int(next_1[0])
+        self.penalties.record(next_1)
         if seq.constraint is not None:
             seq.constraint.advance(t)
         self.generated += 1
@@ -122,11 +115,9 @@ class _Running:
         elif self.generated >= cfg.max_new_tokens:
             text, reason = text + self.stream.finish(), "length"
         logprob = top = None
-        if logprobs_1V is not None:
-            logprob = float(logprobs_1V[0, t])
-            if seq.top_logprobs:
-                values, ids = logprobs_1V[0].topk(seq.top_logprobs)
-                top = list(zip(ids.tolist(), values.tolist()))
+        if seq.logprobs:
+            scored = token_logprobs(model_1V, next_1, seq.top_logprobs)[0]
+            logprob, top = scored.logprob, list(scored.top) if seq.top_logprobs else None
         if seq.first_token_at is None:
             seq.first_token_at = time.monotonic()
         seq.emit(Token(t, text, logprob, top, ends_turn=t in self.stop_ids))

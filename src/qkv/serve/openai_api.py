@@ -10,7 +10,7 @@ with "\\n\\nuser:" added as a stop string. Completions encode the prompt as ``qk
 where the model expects it; an empty prompt starts from eos).
 
 Log-probabilities are the model's own (log-softmax of its logits, before logit_bias, penalties,
-temperature and the filters), as vLLM reports them. ``n`` > 1 with a ``seed``: choice i uses seed + i, so
+temperature and the filters), as vLLM reports them (``qkv.logprobs``, shared with ``qkv.generate``). ``n`` > 1 with a ``seed``: choice i uses seed + i, so
 each choice is reproducible and the choices differ.
 """
 
@@ -114,8 +114,9 @@ def sequences(req: Sampling, prompt_ids: list[int], cfg: GenerationConfig, vocab
     out = []
     for i in range(req.n):
         seeded = dataclasses.replace(cfg, seed=cfg.seed + i) if cfg.seed is not None and i else cfg
+        seeded = dataclasses.replace(seeded, logit_bias=bias) if bias else seeded
         out.append(Sequence(list(prompt_ids), seeded, logprobs=logprobs, top_logprobs=top_logprobs,
-                            logit_bias=bias, constraint=constraint_factory() if constraint_factory else None))
+                            constraint=constraint_factory() if constraint_factory else None))
     return out
 
 
