@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -264,76 +265,95 @@ class Trainer:
         bar = tqdm(total=self._projected_steps(), initial=self.step, dynamic_ncols=True,
                    disable=not cfg.progress or not sys.stderr.isatty() or not self.world.is_main,
                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")   # no terminal: eval lines
-        loss_sum, loss_count = 0.0, 0
-        last = None
         clock = time.perf_counter() - self.elapsed
-        smoothing = {"label_smoothing": cfg.label_smoothing} if cfg.label_smoothing else {}  # encoders: none
-        with StopRequest() as stop:
+        train_losses: list[float] = []              # the steps' losses since the last evaluation
+        last = None
+        with StopRequest() as stop, closing(bar):
             while not self.done():
                 lr = lr_at(self.progress(), self.step, cfg.lr, cfg.warmup_iters, cfg.min_lr_ratio, cfg.schedule)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                step_tokens, step_loss = 0, 0.0
-                for micro in range(cfg.grad_accum):
-                    batch = self.data.batch("train", cfg.batch_size)        # the global batch: every rank draws it
-                    with sync_gradients(model, micro == cfg.grad_accum - 1):
-                        with self.autocast():
-                            loss = model(**self.world.shard(batch), **smoothing).loss
-                        (loss / cfg.grad_accum).backward()
-                    step_loss += loss.item() / cfg.grad_accum
-                    targets = batch["targets_BL"] if "targets_BL" in batch else batch["labels"]   # encoders
-                    step_tokens += int((targets != -100).sum())                  # tokens that were predicted
-                # one small all-reduce: the step's loss, a Ctrl-C on any rank, and one clock for all ranks
-                total_loss, stops, elapsed = self.world.sum([step_loss, float(bool(stop)),
-                                                            time.perf_counter() - clock])
-                step_loss, stopping = total_loss / self.world.size, stops > 0
-                self.elapsed = elapsed / self.world.size
-                grad_norm = self._grad_norm(cfg.grad_clip)
-                if self.guard.check(step_loss, grad_norm):
-                    self.optimizer.step()
-                    self.step += 1
-                    self.tokens += step_tokens
-                    loss_sum, loss_count = loss_sum + step_loss, loss_count + 1
+                step_loss, stopping = self._optimizer_step(model, lr, stop, clock)
+                stepped = self.guard.in_a_row == 0          # False: a non-finite step changed nothing
+                if stepped:
+                    train_losses.append(step_loss)
                     if on_step is not None:
                         on_step(self.step, step_loss)
                     bar.total = self._projected_steps()
                     bar.update(1)
                     bar.set_postfix_str(self._postfix(step_loss), refresh=False)
-                elif self.guard.gave_up:
-                    bar.close()
-                    raise self.guard.error(self.step, step_loss, grad_norm, self.saved_step, self.out_dir, lr,
-                                           cfg.warmup_iters, self.precision.chosen)
-                self.optimizer.zero_grad(set_to_none=True)
                 saved = False
-                final = self.done()
-                if self.guard.in_a_row == 0 and (self.step % cfg.eval_interval == 0 or final
-                                                 or self.step == stop_at_step):
-                    started = self._agreed_elapsed(clock)
-                    last = self._record(loss_sum / max(loss_count, 1), lr, writer, clock)
-                    if not final:    # the final one keeps the reserve that ended the run: saved with it, a resume agrees
-                        self.eval_s = self.elapsed - started    # _record left elapsed agreed by every rank
-                    loss_sum, loss_count = 0.0, 0
-                    scores = "".join(f" | {k} {v:.4f}" for k, v in last.items() if k.startswith("val_") and k != "val_loss")
-                    bar.write(f"step {self.step:>6} | train_loss {last['train_loss']:.4f} | "
-                              f"val_loss {last['val_loss']:.4f}{scores} | {self.elapsed:6.1f}s")
-                    if cfg.save_interval == 0 or self.step % cfg.save_interval == 0 or self.done() \
-                            or self.step == stop_at_step or (cfg.keep_best and self._is_best()):
-                        self.save()
-                        saved = True
-                    self.elapsed = self._agreed_elapsed(clock)     # ... and so do saves
+                if stepped and (self.step % cfg.eval_interval == 0 or self._ends_here(stop_at_step)):
+                    last, saved = self._evaluate_and_save(train_losses, lr, writer, clock, bar, stop_at_step)
+                    train_losses = []
                 if stopping:
                     if not saved:
                         self.save()
-                    bar.close()
                     raise TrainingInterrupted(self.step, self.out_dir)
                 if self.step == stop_at_step:
                     break
-        bar.close()
         if writer is not None:
             writer.close()
         if last is None:                                  # nothing left to do (e.g. resumed at the end)
             last = self.metrics[-1] if self.metrics else self._record(float("nan"), 0.0, None, clock)
         return last
+
+    def _optimizer_step(self, model, lr: float, stop: StopRequest, clock: float) -> tuple[float, bool]:
+        """One optimizer step over ``grad_accum`` micro-batches of the global batch, unless the NaN guard
+        skips it (``self.step`` unchanged; too many in a row raise ``TrainingDiverged``). Returns the step's
+        loss (the mean over the ranks) and whether a Ctrl-C on any rank asks the run to stop after it."""
+        cfg = self.train_cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        smoothing = {"label_smoothing": cfg.label_smoothing} if cfg.label_smoothing else {}  # encoders: none
+        step_tokens, step_loss = 0, 0.0
+        for micro in range(cfg.grad_accum):
+            batch = self.data.batch("train", cfg.batch_size)        # the global batch: every rank draws it
+            with sync_gradients(model, micro == cfg.grad_accum - 1):
+                with self.autocast():
+                    loss = model(**self.world.shard(batch), **smoothing).loss
+                (loss / cfg.grad_accum).backward()
+            step_loss += loss.item() / cfg.grad_accum
+            targets = batch["targets_BL"] if "targets_BL" in batch else batch["labels"]   # encoders
+            step_tokens += int((targets != -100).sum())                  # tokens that were predicted
+        # one small all-reduce: the step's loss, a Ctrl-C on any rank, and one clock for all ranks
+        total_loss, stops, elapsed = self.world.sum([step_loss, float(bool(stop)), time.perf_counter() - clock])
+        step_loss = total_loss / self.world.size
+        self.elapsed = elapsed / self.world.size
+        grad_norm = self._grad_norm(cfg.grad_clip)
+        if self.guard.check(step_loss, grad_norm):
+            self.optimizer.step()
+            self.step += 1
+            self.tokens += step_tokens
+        elif self.guard.gave_up:
+            raise self.guard.error(self.step, step_loss, grad_norm, self.saved_step, self.out_dir, lr,
+                                   cfg.warmup_iters, self.precision.chosen)
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_loss, stops > 0
+
+    def _ends_here(self, stop_at_step: int | None) -> bool:
+        """This fit call ends after the current step: the budget is spent, or ``stop_at_step`` is reached."""
+        return self.done() or self.step == stop_at_step
+
+    def _evaluate_and_save(self, train_losses: list[float], lr: float, writer, clock: float, bar,
+                           stop_at_step: int | None) -> tuple[dict, bool]:
+        """Evaluate (a metrics row and its line), then save when a save is due: every evaluation by default
+        (--save-interval 0), every ``save_interval`` steps, a new best under --keep-best, and the step this
+        fit call ends on. Returns the row and whether the run was saved."""
+        cfg = self.train_cfg
+        final = self.done()
+        started = self._agreed_elapsed(clock)
+        row = self._record(sum(train_losses) / max(len(train_losses), 1), lr, writer, clock)
+        if not final:    # the final one keeps the reserve that ended the run: saved with it, a resume agrees
+            self.eval_s = self.elapsed - started    # _record left elapsed agreed by every rank
+        scores = "".join(f" | {k} {v:.4f}" for k, v in row.items() if k.startswith("val_") and k != "val_loss")
+        bar.write(f"step {self.step:>6} | train_loss {row['train_loss']:.4f} | "
+                  f"val_loss {row['val_loss']:.4f}{scores} | {self.elapsed:6.1f}s")
+        # asked after the evaluation: the time it took may be what spends a --max-time budget
+        due = (cfg.save_interval == 0 or self.step % cfg.save_interval == 0 or self._ends_here(stop_at_step)
+               or (cfg.keep_best and self._is_best()))
+        if due:
+            self.save()
+        self.elapsed = self._agreed_elapsed(clock)     # ... and so do saves
+        return row, due
 
     def _grad_norm(self, clip: float) -> float:
         """The global gradient norm (after DDP's all-reduce; FSDP2 combines its shards), clipped to ``clip``."""
