@@ -55,7 +55,7 @@ MODULES = {
     "serve/engine.py": ["tests/test_serve_batching.py", "tests/test_serve.py"],
     "serve/rows.py": ["tests/test_serve_batching.py", "tests/test_serve.py"],
     "serve/events.py": ["tests/test_serve_batching.py", "tests/test_serve.py"],
-    "serve/metrics.py": ["tests/test_serve.py"],
+    "serve/prometheus.py": ["tests/test_serve.py"],
     "serve/middleware.py": ["tests/test_serve.py"],
     # quantization: the modules, the swap, GGUF's blocks
     "quant/__init__.py": ["tests/test_quant.py"],

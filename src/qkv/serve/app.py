@@ -40,7 +40,7 @@ from ..grammar import ANY_OBJECT, json_constraints
 from .config import ServeConfig
 from .engine import Engine, Finish, Token
 from .events import cancel_on_disconnect, run, sse
-from .metrics import ServerMetrics
+from .prometheus import ServerMetrics
 from .middleware import AccessLog, BodyLimit
 from .openai_api import (APIError, budget, chat_logprobs, chat_prompt_ids, completion_logprobs, completion_prompts,
                          DEFAULT_TEMPLATE_STOP, envelope, generation_config, new_id, sequences, usage)

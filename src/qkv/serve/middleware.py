@@ -8,7 +8,7 @@ import json
 import logging
 import time
 
-from .metrics import ServerMetrics
+from .prometheus import ServerMetrics
 from .openai_api import APIError
 
 access_log = logging.getLogger("qkv.access")
