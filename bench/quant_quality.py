@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/quant_quality.py [--max-tokens N] [--json]
 
-Perplexity (qkv.train.evaluate.perplexity, windows of 512 tokens) on two held-out English texts:
+Perplexity (qkv.perplexity, windows of 512 tokens) on two held-out English texts:
   - tiny shakespeare's last 10% (../shared/data/tinyshakespeare/input.txt, the usual validation split),
   - the abstracts of SciTLDR's test set (../shared/data/scitldr/test.jsonl, scientific prose), the first
     111,540 characters (as long as the shakespeare split),
@@ -35,7 +35,7 @@ import qkv  # noqa: E402
 from qkv.generate import GenerationConfig, generate_ids  # noqa: E402
 from qkv.quant import quantize_model  # noqa: E402
 from qkv.runtime import set_decode_threads  # noqa: E402
-from qkv.train.evaluate import perplexity  # noqa: E402
+from qkv.perplexity import perplexity  # noqa: E402
 from gguf_fixtures import smollm2_path  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

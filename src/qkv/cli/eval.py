@@ -28,7 +28,7 @@ def run(args) -> int:
     from ..data.text import read_text
     from ..errors import CheckpointError, InputError
     from ..quant import check_bits, quantize_model
-    from ..train.evaluate import perplexity
+    from ..perplexity import perplexity
     from ._common import load_model, require_family
 
     if args.bits is not None:

@@ -1,4 +1,9 @@
-"""Loss over a whole token stream, in non-overlapping windows of the model's context."""
+"""A language model's loss and perplexity over a whole token stream, in non-overlapping windows of its
+context (``qkv eval``). Legend: N windows, L tokens per window, V vocab.
+
+Not training's (the trainer's validation loss is ``Trainer.evaluate``), nor a fine-tuned model's task scores
+(accuracy, F1: ``qkv.metrics``, which ``qkv evaluate`` reports).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..errors import DataError
-from ..validation import check_positive_int
+from .errors import DataError
+from .validation import check_positive_int
 
 
 @torch.inference_mode()
