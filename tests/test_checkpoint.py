@@ -307,8 +307,8 @@ def test_from_pretrained_encoder_copies_the_trunk_and_makes_a_new_head(encoder_d
 
 
 @pytest.mark.parametrize("args, error, message", [
-    (("mystery",), ConfigError, "unknown task 'mystery'; choose one of"),
-    (("qa", ["a", "b"]), ConfigError, "task 'qa' takes no labels; pass labels only for 'classify' and 'tag'"),
+    (("mystery",), ConfigError, "unknown head 'mystery'; choose one of"),
+    (("qa", ["a", "b"]), ConfigError, "head 'qa' takes no labels; pass labels only for 'classify' and 'tag'"),
     (("classify", ["only"]), ConfigError, "needs at least 2 distinct string labels"),
 ])
 def test_from_pretrained_encoder_refuses_what_does_not_fit(encoder_dir, args, error, message):

@@ -181,7 +181,7 @@ def test_from_pretrained_encoder_errors(tokenizer, tmp_path):
     with pytest.raises(CheckpointError, match="not an encoder"):
         from_pretrained_encoder(tmp_path / "gpt", "classify", ["a", "b"])
     enc = Encoder(bert_cfg(vocab_size=tokenizer.vocab_size))
-    with pytest.raises(ConfigError, match="unknown task 'sentiment'"):
+    with pytest.raises(ConfigError, match="unknown head 'sentiment'"):
         from_pretrained_encoder(enc, "sentiment", tokenizer=tokenizer)
     with pytest.raises(ConfigError, match="at least 2 distinct string labels"):
         from_pretrained_encoder(enc, "classify", tokenizer=tokenizer)

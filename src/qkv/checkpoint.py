@@ -29,7 +29,7 @@ from . import __version__
 from .config import ModelConfig, build
 from .errors import CheckpointError, ConfigError
 from .models import MODEL_TYPES
-from .models.encoder import TASKS, Encoder, LabelledEncoder
+from .models.encoder import HEADS, Encoder, LabelledEncoder
 from .generation_defaults import from_generation_config
 from .nn.layout import decode_layout
 from .quant import apply_layout, is_quantized, layout_of, quantize_model
@@ -238,15 +238,15 @@ def load(directory: str | Path, device: str | torch.device | None = None, quanti
     return decode_layout(model)              # a loaded model is for inference: fastest CPU decode layout
 
 
-def from_pretrained_encoder(source: str | Path | Encoder, task: str, labels: Sequence[str] | None = None,
+def from_pretrained_encoder(source: str | Path | Encoder, head: str, labels: Sequence[str] | None = None,
                             tokenizer=None) -> Encoder:
-    """A ``TASKS[task]`` model (train mode) with the encoder weights of ``source`` and a new head.
+    """A ``HEADS[head]`` model (train mode) with the encoder weights of ``source`` and a new head.
 
     source: a checkpoint directory (qkv encoder or Hugging Face BERT) or a loaded ``Encoder``.
     labels: the label names, for "classify" and "tag". tokenizer: default, the checkpoint's own.
     """
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    if head not in HEADS:
+        raise ConfigError(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
     if isinstance(source, Encoder):
         encoder = source
     else:
@@ -261,11 +261,11 @@ def from_pretrained_encoder(source: str | Path | Encoder, task: str, labels: Seq
     if tokenizer.vocab_size > encoder.cfg.vocab_size:
         raise CheckpointError(f"the tokenizer has {tokenizer.vocab_size} tokens but the encoder only "
                               f"{encoder.cfg.vocab_size}; use the tokenizer saved with this encoder")
-    cls = TASKS[task]
+    cls = HEADS[head]
     if issubclass(cls, LabelledEncoder):
         model = cls(encoder.cfg, labels if labels is not None else [])
     elif labels is not None:
-        raise ConfigError(f"task {task!r} takes no labels; pass labels only for 'classify' and 'tag'")
+        raise ConfigError(f"head {head!r} takes no labels; pass labels only for 'classify' and 'tag'")
     else:
         model = cls(encoder.cfg)
     trunk = {k: v for k, v in encoder.state_dict().items() if not k.startswith("head.")}

@@ -172,7 +172,7 @@ class Encoder(Stack):
             logits, loss = self.head(h_BLC, labels)
         elif labels is not None:
             raise InputError("a bare encoder has no head to score labels; build a task model with "
-                             "from_pretrained_encoder(directory, task, labels)")
+                             "from_pretrained_encoder(directory, head, labels)")
         return ModelOutput(logits=logits, loss=loss, hidden=h_BLC,
                            attentions=tuple(attentions) if return_attentions else None)
 
@@ -278,7 +278,7 @@ class BertTagger(LabelledEncoder):
     head_class = TaggerHead
 
 
-TASKS = {"mlm": BERT, "classify": BertClassifier, "tag": BertTagger, "qa": BertQA, "embed": Encoder}
+HEADS = {"mlm": BERT, "classify": BertClassifier, "tag": BertTagger, "qa": BertQA, "embed": Encoder}
 
 
 def pad_batch(encodings, pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from .batches import Item
 @dataclass(frozen=True)
 class SentenceClassification:
     metric: str                                  # the headline metric: "accuracy" or "mcc"
-    head = "classify"                            # qkv.models.encoder.TASKS key
+    head = "classify"                            # qkv.models.encoder.HEADS key
     layout = "B"
     predictions_file = "predictions.jsonl"
     needs = ()                                   # optional metric packages: none

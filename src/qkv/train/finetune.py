@@ -28,7 +28,7 @@ from ..checkpoint import from_pretrained_encoder, read_config
 from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError
 from ..models import MODEL_TYPES
-from ..models.encoder import TASKS as ENCODER_TASKS
+from ..models.encoder import HEADS
 from ..models.encoder import Encoder
 from ..nn.onednn import use_onednn
 from ..rundir import write_text_atomic
@@ -91,9 +91,9 @@ def load_finetuned(directory: str | Path, task: str | None = None, data: str | N
         fcfg = finetune_config(directory)               # raises: says to pass --task
     model = load(directory)
     head = get_task(fcfg.task).head
-    if type(model) is not ENCODER_TASKS[head]:
+    if type(model) is not HEADS[head]:
         raise CheckpointError(f"{directory} holds a {model.model_type!r} model but task {fcfg.task!r} needs a "
-                              f"{ENCODER_TASKS[head].model_type!r} one; fine-tune it with `qkv finetune`")
+                              f"{HEADS[head].model_type!r} one; fine-tune it with `qkv finetune`")
     if model.tokenizer is None:
         raise CheckpointError(f"{directory} has no tokenizer files; copy the encoder's tokenizer.json into it")
     return use_onednn(model), fcfg                  # predict and evaluate: inference only
