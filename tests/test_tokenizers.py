@@ -115,3 +115,17 @@ def test_wordpiece_save_reload_and_vocab_txt(wordpiece, tmp_path):
     (bert_dir / "tokenizer_config.json").write_text('{"do_lower_case": false}', encoding="utf-8")
     cased = Tokenizer.from_dir(bert_dir)
     assert cased.encode("The") == [cased.unk_id] and cased.encode("the") == wordpiece.encode("the")
+
+
+def test_a_file_saved_with_padding_encodes_unpadded_as_transformers_does(wordpiece, tmp_path):
+    """sentence-transformers' MiniLM ships tokenizer.json with padding Fixed 128: every text became 128 ids
+    whose [PAD]s fine-tuning read as real tokens (5x the work and other logits). transformers drops it."""
+    from transformers import PreTrainedTokenizerFast
+    backend = type(wordpiece.backend).from_str(wordpiece.backend.to_str())
+    backend.enable_padding(length=24, pad_id=0, pad_token="[PAD]")
+    backend.save(str(tmp_path / "tokenizer.json"))
+    loaded = Tokenizer.from_file(tmp_path / "tokenizer.json")
+    reference = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    for text in WP_CORPUS + ["the cat"]:
+        assert loaded.encode_for_model(text).ids == reference(text)["input_ids"]
+        assert len(loaded.encode_for_model(text).ids) < 24 and loaded.encode(text) == wordpiece.encode(text)

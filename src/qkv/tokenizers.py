@@ -145,9 +145,14 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: str | Path) -> "Tokenizer":
         try:
-            return cls(Backend.from_file(str(path)))
+            backend = Backend.from_file(str(path))
         except Exception as e:  # the library raises plain Exceptions for malformed files
             raise CheckpointError(f"{path} is not a valid tokenizer.json ({e}); re-save the tokenizer") from None
+        # qkv pads batches itself, with a key mask. A file saved with padding on (sentence-transformers'
+        # MiniLM: Fixed 128) would make every text 128 ids whose [PAD]s a batch reads as real tokens: 5x the
+        # work of a fine-tuning step on SST-2, and other logits. transformers drops it too unless asked.
+        backend.no_padding()
+        return cls(backend)
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> "Tokenizer | None":
