@@ -109,6 +109,7 @@ def _write(cfg: Config, report: Report, r: dict) -> None:
             ax.plot([0, T - 1], [(x["intercept"]) * 1e3, (x["intercept"] + x["slope"] * (T - 1)) * 1e3],
                     color=f"C{i}", lw=2, label=f"{name}: {x['slope'] * 1e6:.1f} us more per position")
         ax.set(xlabel="position t", ylabel="ms per token")
+        ax.set_ylim(bottom=0)                  # a fit through a noisy run may dip below 0 ms; time cannot
         ax.legend()
         ax.grid(alpha=0.3)
     report.section("What it shows", "\n".join([

@@ -169,7 +169,10 @@ def _write(cfg: Config, report: Report, r: dict) -> None:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set(xlabel="distance d", ylabel="|d loss_t / d x_(t-d)|")
-        ax.legend()
+        # the line styles in the legend too: the figure is also looked at without its caption
+        ax.plot([], [], "k-", marker="o", label="after training")
+        ax.plot([], [], "k--", marker=".", label="at initialization")
+        ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
     longest = max(ds)
     with png_figure(report.figure("gradient_by_offset.png", f"At initialization: the gradient of the last "

@@ -134,10 +134,11 @@ def _write(cfg: Config, report: Report, r: dict) -> None:
                    f"heads; AdamW lr {cfg.lr} ({cfg.warmup} warm-up steps), batch {cfg.batch_size}, {cfg.steps} "
                    f"steps at context {cfg.train_context}; each evaluation length scores about "
                    f"{cfg.eval_tokens} validation tokens (every position of each window).")
-    titles = {"sinusoidal": "sinusoidal: cos(PE_i, PE_j)", "learned": "learned (trained): cos(P_i, P_j)",
-              "rope": "RoPE: <R_i u, R_j u>, mean over u", "alibi": "ALiBi head 0: -slope |i - j|"}
+    # two lines each: one line of the longest ran into the next panel's colour bar at the width people view
+    titles = {"sinusoidal": "sinusoidal\ncos(PE_i, PE_j)", "learned": "learned (trained)\ncos(P_i, P_j)",
+              "rope": "RoPE\n<R_i u, R_j u>, mean over u", "alibi": "ALiBi head 0\n-slope |i - j|"}
     with png_figure(report.figure("similarity.png", "How alike each scheme makes positions i and j"),
-                    10.0, 2.9) as fig:
+                    11.0, 3.3) as fig:
         axes = fig.subplots(1, 4)
         for ax, scheme in zip(axes, SCHEMES):
             image = ax.imshow(r["maps"][scheme].numpy(), cmap="RdBu_r" if scheme != "alibi" else "Blues_r",
