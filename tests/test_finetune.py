@@ -124,7 +124,7 @@ def trainer_for(task_files, tmp_path, task, name="run", **train):
                    out_dir=str(tmp_path / name), **train)
     model_cfg, train_cfg = resolve("bert-finetune", train=options)
     task, _ = build_finetune_task(fcfg, train_cfg, new_model(fcfg, model_cfg, train_cfg))
-    return Trainer(task.model_cfg, train_cfg, task=task)
+    return Trainer(task.model_cfg, train_cfg, parts=task)
 
 
 # ---- tests ---------------------------------------------------------------------------------------------

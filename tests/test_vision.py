@@ -157,10 +157,10 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
     vision = VisionConfig(patch_size=7, pool="mean")
     whole = _train_cfg(d, tmp_path / "whole")
     task = build_image_task(cfg, vision, whole, dcfg)
-    Trainer(task.model_cfg, whole, task=task).fit()
+    Trainer(task.model_cfg, whole, parts=task).fit()
     part = _train_cfg(d, tmp_path / "part")
     task = build_image_task(cfg, vision, part, dcfg)
-    Trainer(task.model_cfg, part, task=task).fit(stop_at_step=4)
+    Trainer(task.model_cfg, part, parts=task).fit(stop_at_step=4)
     resumed = resume_images(tmp_path / "part")
     assert resumed.step == 4
     resumed.fit()

@@ -102,7 +102,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     task: Literal["lm", "translate", "summarize", "image-classification"] = "lm"
-                                            # what the data is (see qkv.train.tasks; images: qkv.train.images)
+                                            # what the data is (see qkv.train.parts; images: qkv.train.images)
     objective: Literal["causal", "prefix", "mlm", "span"] = "causal"   # task=lm: how text teaches itself
     data: str | None = None                 # lm: text file or folder of .txt files (None -> bundled shakespeare);
                                             # translate: folder of train.<lang>/val.<lang>; summarize: folder of

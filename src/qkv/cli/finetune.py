@@ -118,7 +118,7 @@ def _finetune(args) -> int:
             claim_out_dir(train_cfg.out_dir, train_cfg.overwrite,      # before the tokenizer and model are built
                           reads=(fcfg.init,))
         task, notes = build_finetune_task(fcfg, train_cfg, new_model(fcfg, model_cfg, train_cfg))
-        trainer = Trainer(task.model_cfg, train_cfg, task=task)
+        trainer = Trainer(task.model_cfg, train_cfg, parts=task)
         cut = f" ({notes['truncated']} truncated to the model's positions)" if notes.get("truncated") else ""
         print(f"task {fcfg.task}: {notes['examples']:,} training inputs{cut}; init {fcfg.init or 'none (scratch)'}")
     cfg = trainer.model_cfg

@@ -139,7 +139,7 @@ def _images(args, model_overrides: dict, train_overrides: dict, image_overrides:
         train_cfg = default_out_dir(train_cfg, None, train_overrides)
         claim_out_dir(train_cfg.out_dir, train_cfg.overwrite)       # before the data is read and the model built
         task = build_image_task(model_cfg, vision, train_cfg, dcfg)
-        trainer = Trainer(task.model_cfg, train_cfg, task=task)
+        trainer = Trainer(task.model_cfg, train_cfg, parts=task)
     data, model, split = trainer.data, trainer.model, trainer.task_config["images"]
     sizes = " / ".join(f"{len(data.splits[s]):,} {s}" for s in ("train", "val", "test"))
     first_test = split["test_in_train"] + split["val_images"]

@@ -3,7 +3,7 @@
     --init DIR  (our MLM run or a Hugging Face BERT) ─> encoder weights + its tokenizer ─┐
     --init none (the baseline): WordPiece trained on the task's training text,           ├─> + new head
                                 ModelConfig (the bert-finetune preset) randomly initialized ┘
-        ─> Task(ready model, TaskBatches) ─> Trainer.fit (AdamW, schedule, --max-time, checkpoints,
+        ─> RunParts(ready model, TaskBatches) ─> Trainer.fit (AdamW, schedule, --max-time, checkpoints,
            metrics.jsonl, exact resume) ─> evaluate on the eval file ─> DIR/eval.json + predictions
 
 The task families live in ``qkv.tasks``; this module wires them to the trainer. The run directory's
@@ -36,7 +36,7 @@ from ..tasks import TASKS, get_task
 from ..tasks.batches import TaskBatches, item_logits
 from ..tokenizers import Tokenizer
 from ..validation import check_fields
-from .tasks import Task, fill_vocab, train_tokenizer
+from .parts import RunParts, fill_vocab, train_tokenizer
 from .distributed import is_sharded
 from .trainer import Trainer
 
@@ -121,8 +121,8 @@ def new_model(fcfg: FinetuneConfig, model_cfg: ModelConfig, train_cfg: TrainConf
                                    tokenizer)
 
 
-def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> tuple[Task, dict]:
-    """The trainer's Task around a ready model (``model.tokenizer`` set), and notes on the training data."""
+def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> tuple[RunParts, dict]:
+    """The trainer's RunParts around a ready model (``model.tokenizer`` set), and notes on the training data."""
     spec = get_task(fcfg.task)
     if train_cfg.label_smoothing:
         raise ConfigError("fine-tuning heads score without label smoothing; drop --label-smoothing")
@@ -139,7 +139,7 @@ def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> 
     paths = {name: str(Path(value).resolve()) for name in ("data", "init", "eval_data", "val_data")
              if (value := getattr(fcfg, name)) is not None}              # resumable from any working directory
     names = spec.label_meanings(labels)                  # stored, so that predict can show "positive", not "1"
-    task = Task(model.cfg, type(model), tokenizer, data, model=model,
+    task = RunParts(model.cfg, type(model), tokenizer, data, model=model,
                 config={"finetune": {**dataclasses.asdict(fcfg), **paths}, **({"label_names": names} if names else {})})
     return task, {"examples": len(train_items), **notes}
 
@@ -157,7 +157,7 @@ def resume_finetune(run_dir: str | Path, train_overrides: dict | None = None, lo
         raise CheckpointError(f"{run_dir} has no tokenizer.json; the run cannot be resumed")
     train = build(TrainConfig, {**config.get("train", {}), **(train_overrides or {})}, "the resumed run's options")
     task, _ = build_finetune_task(fcfg, train, model)
-    return Trainer.resume(run_dir, train_overrides, log, task=task)
+    return Trainer.resume(run_dir, train_overrides, log, parts=task)
 
 
 def evaluate(model, fcfg: FinetuneConfig, path: str | None) -> tuple[dict, object]:

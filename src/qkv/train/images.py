@@ -1,4 +1,4 @@
-"""Image classification on the same Trainer as the language models: a Task of image batches and a model.
+"""Image classification on the same Trainer as the language models: RunParts of image batches and a model.
 
     --data DIR (MNIST: IDX test set + CSV training subset) ─> mnist_splits (train / val / test, see
     qkv.data.images) ─> ImageBatches (random shifts on training batches) ─> ViT | Swin | CNN
@@ -25,7 +25,7 @@ from ..data.images import MNIST_LABELS, ImageBatches, ImageDataConfig, mnist_spl
 from ..errors import CheckpointError, ConfigError, MissingExtraError, require_extra
 from ..models import IMAGE_MODELS
 from ..rundir import write_text_atomic
-from .tasks import Task
+from .parts import RunParts
 from .trainer import Trainer
 
 REPORT_FILE, CONFUSION_PNG = "eval.json", "confusion.png"
@@ -39,8 +39,8 @@ def image_model_config(model_cfg: ModelConfig, vision: VisionConfig) -> ModelCon
 
 
 def build_image_task(model_cfg: ModelConfig, vision: VisionConfig, train_cfg: TrainConfig,
-                     dcfg: ImageDataConfig, model=None) -> Task:
-    """The trainer's Task; ``model`` given when resuming (its weights are loaded by the trainer)."""
+                     dcfg: ImageDataConfig, model=None) -> RunParts:
+    """The trainer's RunParts; ``model`` given when resuming (its weights are loaded by the trainer)."""
     if train_cfg.data is None:
         raise ConfigError("task 'image-classification' needs --data DIR (the MNIST folder, ../shared/data/mnist)")
     if train_cfg.label_smoothing:
@@ -55,7 +55,7 @@ def build_image_task(model_cfg: ModelConfig, vision: VisionConfig, train_cfg: Tr
         torch.manual_seed(train_cfg.seed)
         model = IMAGE_MODELS[vision.model](image_model_config(model_cfg, vision), vision, MNIST_LABELS)
     config = {"images": {**dataclasses.asdict(dcfg), "data": str(Path(train_cfg.data).resolve())}}
-    return Task(model.cfg, type(model), None, data, model=model, config=config)
+    return RunParts(model.cfg, type(model), None, data, model=model, config=config)
 
 
 def image_data_config(directory: str | Path) -> ImageDataConfig:
@@ -76,7 +76,7 @@ def resume_images(run_dir: str | Path, train_overrides: dict | None = None) -> T
     model = cls.from_config(cfg, config)
     train = build(TrainConfig, {**config.get("train", {}), **(train_overrides or {})}, "the resumed run's options")
     task = build_image_task(cfg, model.vision, train, image_data_config(run_dir), model)
-    return Trainer.resume(run_dir, train_overrides, task=task)
+    return Trainer.resume(run_dir, train_overrides, parts=task)
 
 
 @torch.inference_mode()

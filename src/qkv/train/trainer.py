@@ -33,7 +33,7 @@ from .guard import NonFiniteGuard
 from .interrupt import StopRequest, TrainingInterrupted
 from .optim import lr_at, make_optimizer
 from .precision import choose_precision
-from .tasks import Task, build_task
+from .parts import RunParts, build_parts
 
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -42,9 +42,10 @@ BEST_DIR = "best"                 # --keep-best: a loadable model directory insi
 
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer: Tokenizer | None = None,
-                 log=print, src_tokenizer: Tokenizer | None = None, task: Task | None = None,
+                 log=print, src_tokenizer: Tokenizer | None = None, parts: RunParts | None = None,
                  resuming: Path | None = None, kept_threads: int | None = None):
-        """``task``: a ready task (fine-tuning); by default one is built from the configs.
+        """``parts``: the run's parts built by its task's owner (fine-tuning, images); by default built from the
+        configs.
         ``resuming``: the run directory being continued (the one place out_dir may already hold a run);
         ``kept_threads``: the thread count it ran with, used unless ``train_cfg.threads`` says otherwise."""
         self.train_cfg, self.log = train_cfg, log
@@ -70,14 +71,14 @@ class Trainer:
             self.out_dir = Path(train_cfg.out_dir)
         # --overwrite: the first save replaces the old run whole instead of keeping its other entries
         self._replacing = resuming is None and self.out_dir.is_dir() and any(self.out_dir.iterdir())
-        task = task or build_task(model_cfg, train_cfg, tokenizer, src_tokenizer)
-        self.task_config = task.config
-        self.model_cfg, self.tokenizer, self.data = task.model_cfg, task.tokenizer, task.data
+        parts = parts or build_parts(model_cfg, train_cfg, tokenizer, src_tokenizer)
+        self.task_config = parts.config
+        self.model_cfg, self.tokenizer, self.data = parts.model_cfg, parts.tokenizer, parts.data
         if self.tokenizer is not None:                 # image tasks have none
             world.same_everywhere(self.tokenizer.backend.to_str(), "tokenizers")
         torch.manual_seed(train_cfg.seed)
-        self.model = task.model if task.model is not None else task.model_cls(self.model_cfg)
-        self.model.src_tokenizer = task.src_tokenizer
+        self.model = parts.model if parts.model is not None else parts.model_cls(self.model_cfg)
+        self.model.src_tokenizer = parts.src_tokenizer
         self.reseed_dropout(0)
         self.parallel_model = parallel(self.model, world, train_cfg.fsdp)    # before the optimizer: FSDP2 shards
         self.optimizer = make_optimizer(self.model, train_cfg.lr, train_cfg.weight_decay,
@@ -96,10 +97,11 @@ class Trainer:
     # ---- resume -------------------------------------------------------------------------------------
     @classmethod
     def resume(cls, run_dir: str | Path, train_overrides: dict | None = None, log=print,
-               task: Task | None = None) -> "Trainer":
+               parts: RunParts | None = None) -> "Trainer":
         """Continue the run in ``run_dir``; ``train_overrides`` may extend the budget (max_iters, max_time),
         move the data (data) or write the continued run elsewhere (out_dir; ``run_dir`` then stays as it is).
-        ``task``: the run's task rebuilt by its owner (fine-tuning); by default from the saved configs."""
+        ``parts``: the run's parts rebuilt by its task's owner (fine-tuning, images); by default from the
+        saved configs."""
         run_dir = Path(run_dir)
         world = World.from_env()
         if world.is_main:
@@ -113,13 +115,13 @@ class Trainer:
         train = {**config.get("train", {}), "out_dir": str(run_dir), "overwrite": False, **(train_overrides or {})}
         train_cfg = build(TrainConfig, train, "the resumed run's options")
         tokenizer = Tokenizer.from_dir(run_dir)
-        if tokenizer is None and task is None:          # a task rebuilt by its owner may have none (images)
+        if tokenizer is None and parts is None:         # parts rebuilt by their owner may have none (images)
             raise CheckpointError(f"{run_dir} has no tokenizer.json; the run cannot be resumed")
         src_path = run_dir / SRC_TOKENIZER_FILE
         src_tokenizer = Tokenizer.from_file(src_path) if src_path.is_file() else None
         # the thread count the run chose, on the same world: another count sums in another order
         same_world = config.get("world", {}).get("processes", 1) == world.size
-        trainer = cls(model_cfg, train_cfg, tokenizer, log, src_tokenizer, task, resuming=run_dir,
+        trainer = cls(model_cfg, train_cfg, tokenizer, log, src_tokenizer, parts, resuming=run_dir,
                       kept_threads=config.get("threads") if same_world else None)
         try:
             state = torch.load(state_path, weights_only=True)

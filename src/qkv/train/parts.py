@@ -1,4 +1,5 @@
-"""What a training run learns from: each task turns ``TrainConfig`` into a tokenizer, batches and a model.
+"""The parts a training run is built from: each task (``TrainConfig.task``) turns the configs into a
+tokenizer, batches and a model, the ``RunParts`` the trainer takes.
 
     task        objective   data                                   model            a batch holds
     lm          causal      text -> LMStream                       GPT              ids, targets
@@ -9,7 +10,8 @@
     summarize   -           DIR/{train,dev}.jsonl -> pairs         EncoderDecoder   src, ids, targets
 
 A batch is the model's keyword arguments, so the trainer calls ``model(**batch)`` for every task.
-Fine-tuning tasks (``qkv.train.finetune``) build their own ``Task`` with a ready model and hand it over.
+Fine-tuning tasks (``qkv.train.finetune``) and image classification (``qkv.train.images``) build their own
+``RunParts`` with a ready model and hand them over.
 Tokenizers are trained on the training split only; a resumed run passes the saved ones back in.
 """
 
@@ -35,7 +37,7 @@ SEQ2SEQ_SPECIALS = ("<pad>", "<bos>", "<eos>")
 
 
 @dataclass
-class Task:
+class RunParts:
     model_cfg: ModelConfig             # with vocab sizes filled in from the tokenizers
     model_cls: type
     tokenizer: Tokenizer               # the (target) tokenizer
@@ -70,8 +72,8 @@ def fill_vocab(model_cfg: ModelConfig, field: str, tokenizer: Tokenizer) -> Mode
     return model_cfg
 
 
-def build_task(model_cfg: ModelConfig, cfg: TrainConfig, tokenizer: Tokenizer | None = None,
-               src_tokenizer: Tokenizer | None = None) -> Task:
+def build_parts(model_cfg: ModelConfig, cfg: TrainConfig, tokenizer: Tokenizer | None = None,
+                src_tokenizer: Tokenizer | None = None) -> RunParts:
     if cfg.task == "lm" and cfg.objective in ("causal", "prefix"):
         return _language_model(model_cfg, cfg, tokenizer)
     if cfg.task == "lm" and cfg.objective == "span":
@@ -81,7 +83,7 @@ def build_task(model_cfg: ModelConfig, cfg: TrainConfig, tokenizer: Tokenizer | 
     return _pairs(model_cfg, cfg, tokenizer, src_tokenizer)
 
 
-def _language_model(model_cfg, cfg, tokenizer) -> Task:
+def _language_model(model_cfg, cfg, tokenizer) -> RunParts:
     prefix = cfg.objective == "prefix"
     if prefix and model_cfg.mask != "prefix":
         raise ConfigError("objective 'prefix' needs the prefix attention mask: add --mask prefix")
@@ -89,7 +91,7 @@ def _language_model(model_cfg, cfg, tokenizer) -> Task:
     tokenizer = tokenizer or train_tokenizer([text], cfg)
     model_cfg = fill_vocab(model_cfg, "vocab_size", tokenizer)
     data = LMStream(tokenizer.encode(text), model_cfg.max_len, cfg.val_fraction, cfg.seed, prefix=prefix)
-    return Task(model_cfg, GPT, tokenizer, data)
+    return RunParts(model_cfg, GPT, tokenizer, data)
 
 
 def _needs_seq2seq_specials(cfg, tokenizer, what: str) -> None:
@@ -99,7 +101,7 @@ def _needs_seq2seq_specials(cfg, tokenizer, what: str) -> None:
                           f"--tokenizer bpe (or char)")
 
 
-def _span_corruption(model_cfg, cfg, tokenizer) -> Task:
+def _span_corruption(model_cfg, cfg, tokenizer) -> RunParts:
     _needs_seq2seq_specials(cfg, tokenizer, "objective 'span'")
     text = read_text(cfg.data)
     _, n_spans = spans_needed(model_cfg.max_len)
@@ -112,10 +114,10 @@ def _span_corruption(model_cfg, cfg, tokenizer) -> Task:
     model_cfg = fill_vocab(model_cfg, "vocab_size", tokenizer)
     data = SpanCorruption(tokenizer.encode(text), model_cfg.max_len, cfg.val_fraction, sentinel_ids,
                           pad, bos, eos, cfg.seed)
-    return Task(model_cfg, EncoderDecoder, tokenizer, data)
+    return RunParts(model_cfg, EncoderDecoder, tokenizer, data)
 
 
-def _masked_lm(model_cfg, cfg, tokenizer) -> Task:
+def _masked_lm(model_cfg, cfg, tokenizer) -> RunParts:
     hint = "or start from --preset bert-mlm"
     if tokenizer is None and cfg.tokenizer != "wordpiece":
         raise ConfigError(f"objective 'mlm' needs BERT's [CLS] [SEP] [MASK] tokens: add --tokenizer wordpiece {hint}")
@@ -135,7 +137,7 @@ def _masked_lm(model_cfg, cfg, tokenizer) -> Task:
     data = MaskedLMStream(tokenizer.encode_batch(lines), model_cfg.max_len, cfg.val_fraction, cfg.seed,
                           **{f"{k}_id": v for k, v in ids.items()}, vocab_size=tokenizer.vocab_size,
                           special_ids=specials)
-    return Task(model_cfg, BERT, tokenizer, data)
+    return RunParts(model_cfg, BERT, tokenizer, data)
 
 
 def read_pair_splits(cfg: TrainConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -158,7 +160,7 @@ def read_pair_splits(cfg: TrainConfig) -> tuple[list[tuple[str, str]], list[tupl
     return train[:-n_val], train[-n_val:]
 
 
-def _pairs(model_cfg, cfg, tokenizer, src_tokenizer) -> Task:
+def _pairs(model_cfg, cfg, tokenizer, src_tokenizer) -> RunParts:
     _needs_seq2seq_specials(cfg, tokenizer, f"task {cfg.task!r}")
     train, val = read_pair_splits(cfg)
     if tokenizer is None:
@@ -177,7 +179,7 @@ def _pairs(model_cfg, cfg, tokenizer, src_tokenizer) -> Task:
     encoded = {name: _encode_pairs(split, src_tokenizer or tokenizer, tokenizer, model_cfg.max_len, truncate, name)
                for name, split in (("train", train), ("val", val))}
     data = PairBatches(encoded["train"], encoded["val"], pad, bos, eos, cfg.seed)
-    return Task(model_cfg, EncoderDecoder, tokenizer, data, src_tokenizer)
+    return RunParts(model_cfg, EncoderDecoder, tokenizer, data, src_tokenizer)
 
 
 def _encode_pairs(pairs, src_tok: Tokenizer, tgt_tok: Tokenizer, max_len: int, truncate: bool, split: str):
