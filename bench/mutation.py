@@ -49,6 +49,9 @@ MODULES = {
     "rundir.py": ["tests/test_rundir.py", "tests/test_checkpoint.py"],
     # serving: the server through the openai client and raw HTTP; batching and the engine's rows
     "serve/app.py": ["tests/test_serve.py", "tests/test_grammar.py::test_server_response_format"],
+    "serve/routes.py": ["tests/test_serve.py", "tests/test_serve_routes.py",
+                        "tests/test_grammar.py::test_server_response_format"],
+    "serve/responses.py": ["tests/test_serve_routes.py", "tests/test_serve.py"],
     "serve/openai_api.py": ["tests/test_serve.py", "tests/test_grammar.py::test_server_response_format"],
     "serve/schemas.py": ["tests/test_serve.py"],
     "serve/config.py": ["tests/test_serve.py", "tests/test_serve_batching.py"],

@@ -111,7 +111,7 @@ def slow(tok):
     model.tokenizer = tok
     app = create_app(model, ServeConfig(model_name="slow", max_batch=1, max_queue=1, max_tokens_cap=1000))
     with running(app) as url:
-        yield url, app.state.shared["engine"]
+        yield url, app.state.engine
 
 
 LONG = {"prompt": "the", "max_tokens": 1000, "ignore_eos": True, "stream": True, "temperature": 0}
@@ -226,4 +226,4 @@ def test_a_request_past_the_timeout_is_cancelled_with_504(tok):
     with running(app) as url:
         status, reply = request(url, "POST", "/v1/completions", {"prompt": "the", "max_tokens": 400, "ignore_eos": True})
         assert status == 504 and "timeout" in reply["error"]["message"]
-        assert wait_until(lambda: app.state.shared["engine"].batch_size == 0, 5)      # its row was freed
+        assert wait_until(lambda: app.state.engine.batch_size == 0, 5)      # its row was freed

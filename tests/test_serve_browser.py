@@ -81,7 +81,7 @@ def test_chat_page_streams_stops_and_shows_probabilities():
         browser.eval("document.getElementById('stop').click()")
         wait_for(browser, "document.getElementById('status').textContent === 'stopped'")
         assert browser.eval(f"{LAST}.dataset.finish") == "stopped"
-        engine = app.state.shared["engine"]
+        engine = app.state.engine
         deadline = time.monotonic() + 10
         while engine.batch_size and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -1,5 +1,6 @@
-"""An OpenAI-compatible HTTP server over one model (``app``), its continuous-batching decode loop
-(``engine``, ``rows``), and OpenAI's request and response shapes (``schemas``, ``openai_api``).
+"""An OpenAI-compatible HTTP server over one model (``app``, its endpoints ``routes``), its continuous-batching
+decode loop (``engine``, ``rows``), and OpenAI's request and response shapes (``schemas``, ``openai_api``,
+``responses``).
 
 The names below load on first use (PEP 562), not with the package: ``qkv serve --help`` reads ``config``
 on a base install, where FastAPI, pydantic and prometheus-client (the serve extra) are missing.
