@@ -1,6 +1,7 @@
 """Multi-head scaled dot-product attention (Vaswani et al., 2017, sec. 3.2) with GQA/MQA and a KV cache.
 
-Legend: B batch, L query length, M key length, C d_model, H query heads, G key/value heads, D head dim.
+Legend: B batch, L query length, M key length, C d_model, H query heads, G key/value heads, D head dim,
+R query heads per key/value head (H / G).
 
     Attention(Q, K, V) = softmax(Q K^T / sqrt(D) + bias) V          per head, then concat heads and W_o
 
@@ -71,15 +72,15 @@ def attend(q_BHLD: torch.Tensor, k_BGMD: torch.Tensor, v_BGMD: torch.Tensor, mas
 
 def _attend_one_query_gqa(q_BHLD, k_BGMD, v_BGMD, mask: AttnMask, dropout_p: float) -> torch.Tensor:
     """A decode step (L = 1) under GQA, without copying the cache H/G times: the H/G query heads that share
-    a key/value head become H/G query rows (K) against that head's keys. The one query is the last
+    a key/value head become H/G query rows (R) against that head's keys. The one query is the last
     position, so causality allows every key; only a window or padding mask (B or 1, 1, 1, M) applies,
     and it broadcasts over the rows."""
     B, H, _, D = q_BHLD.shape
     G = k_BGMD.shape[1]
-    q_BGKD = q_BHLD.reshape(B, G, H // G, D)
-    out_BGKD = F.scaled_dot_product_attention(q_BGKD, k_BGMD, v_BGMD, attn_mask=mask.allowed_B1LM,
+    q_BGRD = q_BHLD.reshape(B, G, H // G, D)
+    out_BGRD = F.scaled_dot_product_attention(q_BGRD, k_BGMD, v_BGMD, attn_mask=mask.allowed_B1LM,
                                               dropout_p=dropout_p)
-    out_BHLD = out_BGKD.reshape(B, H, 1, D)
+    out_BHLD = out_BGRD.reshape(B, H, 1, D)
     return out_BHLD * mask.live_B1L1 if mask.live_B1L1 is not None else out_BHLD
 
 

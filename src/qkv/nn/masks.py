@@ -27,14 +27,14 @@ def allowed_mask(L: int, M: int, kind: str, window: int | None = None,
         allowed_LM = torch.ones(L, M, dtype=torch.bool, device=device)
     else:
         allowed_LM = offset_LM >= 0                             # causal
-        if kind == "prefix":
-            prefix_B11 = torch.as_tensor(prefix_len, device=device).reshape(-1, 1, 1)
-            allowed_LM = allowed_LM | (k_pos_M[None, None, :] < prefix_B11)   # prefix keys seen by all
-            if allowed_LM.shape[0] == 1:
-                allowed_LM = allowed_LM[0]
+    if kind == "prefix":
+        prefix_B11 = torch.as_tensor(prefix_len, device=device).reshape(-1, 1, 1)
+        allowed_BLM = allowed_LM | (k_pos_M[None, None, :] < prefix_B11)     # prefix keys seen by all
+    else:
+        allowed_BLM = allowed_LM[None]
     if window is not None:
-        allowed_LM = allowed_LM & (offset_LM.abs() < window)
-    return allowed_LM
+        allowed_BLM = allowed_BLM & (offset_LM.abs() < window)
+    return allowed_BLM[0] if allowed_BLM.shape[0] == 1 else allowed_BLM
 
 
 @dataclass
