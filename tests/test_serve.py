@@ -298,6 +298,30 @@ def test_logprobs_and_logit_bias_equal_qkv_generates(model, tok, client):
         [pytest.approx(sorted(v for _, v in t.top), abs=1e-5) for t in want.logprobs]
 
 
+def test_a_token_limit_inside_a_character_leaves_no_half_of_it_anywhere(model, tok, server, client):
+    """日 is three byte tokens here; a reply forced to its first byte and cut after one token is empty on every
+    surface (the server plain and streamed, both routes; qkv.chat; a ChatSession), never U+FFFD (issue 20)."""
+    first, *rest = tok.encode("日")
+    assert len(rest) == 2 and "\ufffd" in tok.decode([first])          # a plain decode shows half a character
+    force = dict(max_tokens=1, temperature=0, logit_bias={str(first): 100})
+    r = client.completions.create(model="tiny", prompt="the", **force)
+    assert (r.choices[0].text, r.choices[0].finish_reason, r.usage.completion_tokens) == ("", "length", 1)
+    chunks = list(client.completions.create(model="tiny", prompt="the", stream=True, **force))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == ""
+    messages = [{"role": "user", "content": "the cat"}]
+    c = client.chat.completions.create(model="tiny", messages=messages, **force)
+    assert (c.choices[0].message.content, c.choices[0].finish_reason) == ("", "length")
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, stream=True, **force))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == ""
+    local = dict(max_new_tokens=1, temperature=0, logit_bias={first: 100})
+    templated = Tokenizer(tok.backend, {"eos_token": tok.token_text(tok.eos_id)}, DEFAULT_TEMPLATE)
+    assert qkv.chat(model, messages, tokenizer=templated, **local) == ""
+    session = qkv.ChatSession(model, tokenizer=templated)
+    assert "".join(session.say("the cat", **local)) == "" and session.messages[-1]["content"] == ""
+    plain = dict(local, max_new_tokens=3, logit_bias={first: 100, rest[0]: 0})
+    assert qkv.generate(model, tok, "the", **plain) == ""              # E6 E6 E6: three broken starts, no text
+
+
 def test_logit_bias_forces_a_token(tok, client):
     target = tok.encode(" dog")[0]
     r = client.completions.create(model="tiny", prompt="a", max_tokens=5, temperature=1.0, seed=0,
