@@ -1,16 +1,17 @@
 """Decoding for encoder-decoders: greedy and beam search over a KV cache, and text in, text out.
 
-Legend: B sources, K beams per source, N = B*K decoder rows, S source length, V vocab, T steps so far.
+Legend: B sources (in a beam search: the live ones), A beams per source, N = B*A decoder rows, J candidates
+per source (2A), S source length, V vocab, T tokens so far.
 
 Every search encodes the sources once and projects the cross-attention keys/values once (``Memory``);
 each step then runs one new target token per row against the self-attention cache.
 
-Beam search (as in Wu et al., 2016 and the common toolkits), batched: all B*K beams are rows of one decoder
+Beam search (as in Wu et al., 2016 and the common toolkits), batched: all B*A beams are rows of one decoder
 batch. Each step scores every (beam, next token) pair by the beam's total log-probability, keeps the
-2K best candidates per source, retires those ending in ``<eos>`` among the top K as finished hypotheses
+2A best candidates per source, retires those ending in ``<eos>`` among the top A as finished hypotheses
 (scored ``sum log p / length ** length_penalty``, length = generated tokens including ``<eos>``), and keeps
-the K best others alive; the caches follow their parents with ``KVCache.reorder``. A source is done when it
-has K finished hypotheses (``early_stopping``) or when no live beam can still beat its worst finished one.
+the A best others alive; the caches follow their parents with ``KVCache.reorder``. A source is done when it
+has A finished hypotheses (``early_stopping``) or when no live beam can still beat its worst finished one.
 A beam of 1 is greedy search, and a test holds the two equal.
 """
 
@@ -31,7 +32,7 @@ class SearchConfig:
     beam_size: int = 4                  # 1 = greedy
     max_new_tokens: int | None = None   # None -> up to the model's positions
     length_penalty: float = 1.0         # > 1 favours longer outputs, < 1 shorter, 0 = raw log-probability
-    early_stopping: bool = True         # stop a source at K finished hypotheses
+    early_stopping: bool = True         # stop a source at beam_size finished hypotheses
     use_cache: bool = True              # False recomputes the whole prefix each step (for tests)
 
     def __post_init__(self):
@@ -112,54 +113,55 @@ def beam_search(model: EncoderDecoder, src_BS: torch.Tensor, src_mask_BS: torch.
                 eos: int, cfg: SearchConfig = SearchConfig()) -> list[list[int]]:
     """The best finished hypothesis per source (token ids without <bos>/<eos>).
 
-    Rows of sources that are done leave the batch, so A (the live sources) shrinks as the search goes.
+    Rows of sources that are done leave the batch, so B (the live sources) shrinks as the search goes.
     """
-    B, K = src_BS.shape[0], cfg.beam_size
-    if K == 1:
+    B, A = src_BS.shape[0], cfg.beam_size
+    if A == 1:
         return greedy_search(model, src_BS, src_mask_BS, bos, eos, cfg)
     device, lp = src_BS.device, cfg.length_penalty
     budget = _budget(model, cfg)
-    steps = _Steps(model, model.encode(src_BS, src_mask_BS).repeat(K), B * K, budget, bos, cfg.use_cache)
-    scores_AK = torch.zeros(B, K, device=device)
-    scores_AK[:, 1:] = float("-inf")                   # all beams start equal: keep one until they differ
-    source_A = list(range(B))                          # the source of each live group of K rows
+    steps = _Steps(model, model.encode(src_BS, src_mask_BS).repeat(A), B * A, budget, bos, cfg.use_cache)
+    scores_BA = torch.zeros(B, A, device=device)
+    scores_BA[:, 1:] = float("-inf")                   # all beams start equal: keep one until they differ
+    source_B = list(range(B))                          # the source of each live group of A rows
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
-    rank_1C = torch.arange(2 * K, device=device)[None]
-    beam_1K = torch.arange(K, device=device)[None]
+    rank_1J = torch.arange(2 * A, device=device)[None]
+    beam_1A = torch.arange(A, device=device)[None]
     for t in range(1, budget + 1):
-        A = len(source_A)
+        B = len(source_B)
         logp_NV = steps.logprobs()
         V = logp_NV.shape[-1]
-        total_AC, flat_AC = (scores_AK.reshape(-1, 1) + logp_NV).view(A, K * V).topk(2 * K, dim=1)
-        beam_AC, token_AC = flat_AC // V, flat_AC % V
-        is_eos_AC = token_AC == eos
-        for a, c in (is_eos_AC & (rank_1C < K)).nonzero().tolist():
-            tokens = steps.history_NT[a * K + beam_AC[a, c], 1:].tolist()
-            finished[source_A[a]].append((total_AC[a, c].item() / t ** lp, tokens))
-        # The K best candidates that do not end here stay alive (at most K of the 2K can be <eos>).
-        keep_AK = (is_eos_AC * (2 * K) + rank_1C).argsort(dim=1)[:, :K]
-        scores_AK = total_AC.gather(1, keep_AK)
-        parent_N = (torch.arange(A, device=device)[:, None] * K + beam_AC.gather(1, keep_AK)).reshape(-1)
-        steps.push(token_AC.gather(1, keep_AK).reshape(-1), parent_N)
+        total_BJ, flat_BJ = (scores_BA.reshape(-1, 1) + logp_NV).view(B, A * V).topk(2 * A, dim=1)
+        beam_BJ, token_BJ = flat_BJ // V, flat_BJ % V
+        is_eos_BJ = token_BJ == eos
+        for a, c in (is_eos_BJ & (rank_1J < A)).nonzero().tolist():
+            tokens = steps.history_NT[a * A + beam_BJ[a, c], 1:].tolist()
+            finished[source_B[a]].append((total_BJ[a, c].item() / t ** lp, tokens))
+        # The A best candidates that do not end here stay alive (at most A of the 2A can be <eos>).
+        keep_BA = (is_eos_BJ * (2 * A) + rank_1J).argsort(dim=1)[:, :A]
+        scores_BA = total_BJ.gather(1, keep_BA)
+        parent_N = (torch.arange(B, device=device)[:, None] * A + beam_BJ.gather(1, keep_BA)).reshape(-1)
+        steps.push(token_BJ.gather(1, keep_BA).reshape(-1), parent_N)
         live = []
-        for a, b in enumerate(source_A):
+        for a, b in enumerate(source_B):
             hyps = finished[b]
-            if len(hyps) >= K:
+            if len(hyps) >= A:
                 hyps.sort(key=lambda h: -h[0])
-                del hyps[K:]
-                if cfg.early_stopping or hyps[-1][0] >= scores_AK[a, 0].item() / t ** lp:
-                    continue                           # done: no live beam can beat the K finished
+                del hyps[A:]
+                if cfg.early_stopping or hyps[-1][0] >= scores_BA[a, 0].item() / t ** lp:
+                    continue                           # done: no live beam can beat the A finished
             live.append(a)
-        if len(live) < A:
-            source_A = [source_A[a] for a in live]
+        if len(live) < B:
+            source_B = [source_B[a] for a in live]
             if not live:
                 break
-            live_A = torch.tensor(live, device=device)
-            steps.keep((live_A[:, None] * K + beam_1K).reshape(-1))
-            scores_AK = scores_AK[live_A]
-    for a, b in enumerate(source_A):                   # out of budget: live beams compete as they are
-        for k in range(K):
-            finished[b].append((scores_AK[a, k].item() / budget ** lp, steps.history_NT[a * K + k, 1:].tolist()))
+            live_B = torch.tensor(live, device=device)
+            steps.keep((live_B[:, None] * A + beam_1A).reshape(-1))
+            scores_BA = scores_BA[live_B]
+    for a, b in enumerate(source_B):                   # out of budget: live beams compete as they are
+        for beam in range(A):
+            finished[b].append((scores_BA[a, beam].item() / budget ** lp,
+                                steps.history_NT[a * A + beam, 1:].tolist()))
     return [max(hyps, key=lambda h: h[0])[1] for hyps in finished]
 
 

@@ -1,6 +1,7 @@
 """The trunk every family shares: embeddings, a stack of blocks, a final norm.
 
-Legend: B batch, L length, M key length, C d_model, S source length (encoder output), G key/value heads.
+Legend: B batch, L length, M key length (the cache; = L without one), C d_model, S source length (the
+encoder output: cross-attention's keys), H heads, G key/value heads.
 
     ids_BL ─> token embedding (+ position embedding) (+ segment embedding) (─> norm) ─> dropout
            ─> n x Block(mask; RoPE/ALiBi hooks act inside attention; optional cross-attention)
@@ -100,13 +101,13 @@ class Stack(nn.Module):
             caches: list[KVCache] | None = None, return_attentions: bool = False,
             cross_kvs: list | None = None, cross_mask: AttnMask | None = None):
         """The blocks and the final norm over embedded inputs. Returns (h_BLC, attentions, cross_attentions);
-        the attention lists hold one probs_BHLM per layer when asked (else None entries)."""
+        the attention lists hold one probs_BHLM (cross: probs_BHLS) per layer when asked (else None entries)."""
         rope = self.pos.rotary(pos_BL)
         attentions, cross_attentions = [], []
         for i, block in enumerate(self.blocks):
-            x_BLC, probs_BHLM, cross_BHLM = block(x_BLC, mask, rope, caches[i] if caches else None,
+            x_BLC, probs_BHLM, cross_BHLS = block(x_BLC, mask, rope, caches[i] if caches else None,
                                                   return_attentions, cross_kvs[i] if cross_kvs else None,
                                                   cross_mask)
             attentions.append(probs_BHLM)
-            cross_attentions.append(cross_BHLM)
+            cross_attentions.append(cross_BHLS)
         return self.norm_f(x_BLC), attentions, cross_attentions

@@ -1,6 +1,7 @@
 """One transformer block: attention and feed-forward sublayers, each wrapped in residual + norm.
 
-Legend: B batch, L length, C d_model, H heads, M key length (for cross-attention: the source length).
+Legend: B batch, L length, C d_model, H heads, G key/value heads, D head dim, M key length (self-attention:
+the cache, = L without one), S source length (cross-attention's keys: the encoder output).
 
     pre-norm  (GPT-2, LLaMA):          x = x + Attn(Norm(x));   x = x + FFN(Norm(x))   (+ a final norm)
     post-norm (original paper, BERT):  x = Norm(x + Attn(x));   x = Norm(x + FFN(x))
@@ -46,16 +47,16 @@ class Block(nn.Module):
 
     def forward(self, x_BLC: torch.Tensor, mask: AttnMask, rope=None, cache: KVCache | None = None,
                 return_probs: bool = False, cross_kv=None, cross_mask: AttnMask | None = None):
-        """Returns (x_BLC, self_probs_BHLL or None, cross_probs_BHLM or None).
+        """Returns (x_BLC, probs_BHLM or None, cross_probs_BHLS or None).
 
-        cross_kv: this block's (k_BGMD, v_BGMD) of the encoder output (``self.cross.project_kv(memory)``).
+        cross_kv: this block's (k_BGSD, v_BGSD) of the encoder output (``self.cross.project_kv(memory)``).
         """
         x_BLC, probs_BHLM = self._sublayer(x_BLC, self.norm1,
                                            lambda h: self.attn(h, mask, rope, cache, return_probs))
-        cross_probs_BHLM = None
+        cross_probs_BHLS = None
         if cross_kv is not None:
-            x_BLC, cross_probs_BHLM = self._sublayer(
+            x_BLC, cross_probs_BHLS = self._sublayer(
                 x_BLC, self.norm_cross, lambda h: self.cross(h, cross_mask, return_probs=return_probs,
                                                              kv=cross_kv))
         x_BLC, _ = self._sublayer(x_BLC, self.norm2, lambda h: (self.mlp(h), None))
-        return x_BLC, probs_BHLM, cross_probs_BHLM
+        return x_BLC, probs_BHLM, cross_probs_BHLS
