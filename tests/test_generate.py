@@ -12,7 +12,7 @@ from torch import nn
 from qkv import GPT, ModelConfig, Tokenizer
 from qkv.errors import InputError
 from qkv.bench.decode import weight_bytes_per_token
-from qkv.nn.layout import decode_layout
+from qkv.runtime.layout import decode_layout
 from qkv.text_stream import TextStream
 from qkv.generate import (GenerationConfig, generate, generate_ids, min_p_filter,
                           presence_frequency_penalty, repetition_penalty, stream, top_k_filter, top_p_filter)

@@ -9,7 +9,7 @@ from torch import nn
 
 from qkv import GPT, ModelConfig
 from qkv.models.encoder import BERT, BertClassifier
-from qkv.nn.onednn import OneDNNLinear, onednn_pays, use_onednn
+from qkv.runtime.onednn import OneDNNLinear, onednn_pays, use_onednn
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
 

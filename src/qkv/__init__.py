@@ -8,9 +8,10 @@ from .errors import CheckpointError, ConfigError, DataError, InputError, Missing
 from .models import GPT, ModelOutput
 from .tokenizers import Tokenizer
 from .checkpoint import load, save
+from .runtime.inference import for_inference
 from .generate import GenerationConfig, generate, stream
 from .conversation import ChatSession, chat, chat_stream
 
-__all__ = ["GPT", "Tokenizer", "load", "save", "generate", "stream", "chat", "chat_stream", "ChatSession",
+__all__ = ["GPT", "Tokenizer", "load", "save", "for_inference", "generate", "stream", "chat", "chat_stream", "ChatSession",
            "GenerationConfig", "ModelConfig", "ModelOutput", "TrainConfig", "PRESETS",
            "QkvError", "ConfigError", "InputError", "DataError", "CheckpointError", "MissingExtraError"]

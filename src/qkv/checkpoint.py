@@ -31,7 +31,6 @@ from .errors import CheckpointError, ConfigError
 from .models import MODEL_TYPES
 from .models.encoder import HEADS, Encoder, LabelledEncoder
 from .generation_defaults import from_generation_config
-from .nn.layout import decode_layout
 from .quant import apply_layout, is_quantized, layout_of, quantize_model
 from .rundir import atomic_dir, resolve_dir
 from .runtime import choose_python_api_threads
@@ -185,8 +184,8 @@ def is_gguf(path: str | Path) -> bool:
 
 def load(directory: str | Path, device: str | torch.device | None = None, quantized: bool = False):
     """Load a qkv checkpoint, a supported Hugging Face directory or a GGUF file. Returns the model in eval
-    mode, with ``model.tokenizer`` set (None when there are no tokenizer files), its wide matrices stored in
-    the layout CPU decoding reads fastest (``qkv.nn.layout``; values unchanged, training still works).
+    mode, with ``model.tokenizer`` set (None when there are no tokenizer files), as its files hold it: the
+    speed swaps for running it are ``qkv.for_inference``'s, which every inference command calls after this.
 
     quantized: a GGUF file keeps its Q8_0 / Q4_x weights in int8 / 4-bit modules (``qkv.quant``) instead of
     dequantizing them to float32; any other float checkpoint is quantized to int8 on load. A checkpoint
@@ -234,8 +233,7 @@ def load(directory: str | Path, device: str | torch.device | None = None, quanti
     if quantized and not is_quantized(model):
         quantize_model(model, bits=8)
     model.generation_defaults = from_generation_config(d)
-    model = model.to(device).eval() if device is not None else model.eval()
-    return decode_layout(model)              # a loaded model is for inference: fastest CPU decode layout
+    return model.to(device).eval() if device is not None else model.eval()
 
 
 def from_pretrained_encoder(source: str | Path | Encoder, head: str, labels: Sequence[str] | None = None,

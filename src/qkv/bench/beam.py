@@ -50,7 +50,8 @@ def run(as_json: bool, checkpoint: str | None = None, sentences: int = 64, batch
         torch.set_num_threads(threads)
     if checkpoint:
         from ..checkpoint import load
-        model = load(checkpoint)
+        from ..runtime.inference import for_inference
+        model = for_inference(load(checkpoint))
     else:
         torch.manual_seed(0)
         model = EncoderDecoder(ModelConfig(**PRESETS["multi30k"]["model"], vocab_size=8000)).eval()

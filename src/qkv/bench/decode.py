@@ -15,8 +15,9 @@ with the bandwidth measured here by copying a 256 MiB tensor (bytes read + bytes
 convention) under the same thread setting, once per round, median over rounds. KV-cache reads (< 2% of the weights at these lengths) are
 left out, so the bound is slightly optimistic.
 
-qkv runs as ``qkv generate`` does: eval mode, ``decode_layout`` (wide matrices stored column-major, which
-CPU BLAS streams faster), ``generate_ids``. The ``plain`` side is the same without ``decode_layout``.
+qkv runs as ``qkv generate`` does: ``for_inference`` (eval mode and, for this GPT, ``decode_layout``: wide
+matrices stored column-major, which CPU BLAS streams faster), ``generate_ids``. The ``plain`` side is the
+same in eval mode only.
 Hugging Face runs as a user gets it: ``GPT2LMHeadModel(...).generate`` (eager, SDPA, DynamicCache).
 Rounds alternate who goes first, so load from other processes falls on all sides alike; the figure is
 the median over rounds.
@@ -35,7 +36,7 @@ import torch
 
 from ..config import ModelConfig
 from ..generate import GenerationConfig, generate_ids
-from ..nn.layout import decode_layout
+from ..runtime.inference import for_inference
 from ..models import GPT
 from ..runtime import synchronize
 
@@ -64,7 +65,7 @@ def ours(prompt_BL: torch.Tensor, new_tokens: int, layout: bool, seed: int = 0) 
     torch.manual_seed(seed)
     model = GPT(ModelConfig(**SHAPE)).to(prompt_BL.device).eval()
     if layout:
-        decode_layout(model)
+        for_inference(model)                          # as `qkv generate` runs it
     cfg = GenerationConfig(max_new_tokens=new_tokens, temperature=0)
 
     def run() -> int:

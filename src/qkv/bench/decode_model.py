@@ -32,6 +32,7 @@ import torch
 from ..generate import GenerationConfig, iter_ids
 from .. import native
 from ..quant import Int4Linear, Int8Linear, quantize_model
+from ..runtime.inference import for_inference
 from .decode import copy_bandwidth
 
 PATHS = {32: "fp32", 8: "int8", 4: "4-bit"}
@@ -68,6 +69,7 @@ def _prompt_ids(tokenizer, prompt_len: int) -> list[int]:
 
 
 def _qkv_side(model, ids: list[int], new_tokens: int):
+    model = for_inference(model)                         # as `qkv generate` runs it
     cfg = GenerationConfig(max_new_tokens=new_tokens, temperature=0, ignore_eos=True)
     prompt_BL = torch.tensor([ids])
 

@@ -22,7 +22,7 @@ rest is GELU, SDPA, LayerNorm, residual adds, and the bias broadcast addmm copie
 MKL on both sides (2 AVX2 cores, AMD EPYC Zen 3) qkv / hf was 0.92-1.04x: the same kernels at the same
 speed. The one lever that moved it is the GEMM library: MKL runs AVX2 code on AMD processors, oneDNN
 runs AVX-512 where the processor has it (Zen 4), and there oneDNN's GEMMs are 1.2-1.35x MKL's
-(``qkv.nn.onednn``). Levers tried that did not pay: oneDNN on the AVX2 machine (slower than MKL), MKL
+(``qkv.runtime.onednn``). Levers tried that did not pay: oneDNN on the AVX2 machine (slower than MKL), MKL
 pre-packed weights and column-major weights (within noise), oneDNN pre-packed (reordered) weights
 (within noise of oneDNN on plain weights), torch.compile (no gain: the GEMMs dominate and the input
 checks break the graph).
@@ -41,7 +41,7 @@ import torch
 
 from ..config import ModelConfig
 from ..models.encoder import Encoder
-from ..nn.onednn import OneDNNLinear, use_onednn
+from ..runtime.onednn import OneDNNLinear, use_onednn
 
 SHAPE = dict(vocab_size=30522, max_len=512, n_layers=12, d_model=768, n_heads=12, d_ff=3072, type_vocab_size=2)
 

@@ -147,7 +147,7 @@ def _llama_cpp_side(path: str, prompts: list[list[int]], max_tokens: int, thread
 
 def run(path: str, as_json: bool, clients: int = 16, max_tokens: int = 64, quantized: bool = False,
         threads: int | None = None, rounds: int = 1, hf: bool = True, llama_cpp: bool = True) -> dict:
-    from .. import load
+    from .. import for_inference, load
     from ..conversation import render_chat
     from ..serve import ServeConfig, require_serve_extra
 
@@ -157,7 +157,7 @@ def run(path: str, as_json: bool, clients: int = 16, max_tokens: int = 64, quant
 
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    model = load(path, quantized=quantized)
+    model = for_inference(load(path, quantized=quantized))
     tok = model.tokenizer
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(clients)]
     bodies = [{"messages": [{"role": "user", "content": q}], "max_tokens": max_tokens, "temperature": 0,

@@ -26,7 +26,7 @@ import torch
 
 from ..config import ModelConfig, VisionConfig
 from ..models.vision import ViT
-from ..nn.onednn import OneDNNLinear, use_onednn
+from ..runtime.onednn import OneDNNLinear, use_onednn
 from .encoder import against_hf, machine
 
 SHAPE = dict(n_layers=12, d_model=768, n_heads=12, d_ff=3072, image_size=224, patch_size=16, channels=3, classes=1000)

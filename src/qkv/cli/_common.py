@@ -31,13 +31,29 @@ def require_family(path: str | Path, command: str, *families: str) -> str:
     return found
 
 
-def load_model(path: str | Path, args, device=None):
-    """``qkv.load`` as the flags of ``flags.add_load_arguments`` ask: the threads set first (``--threads``,
-    else qkv.runtime's count of idle cores), then the checkpoint, ``--quantized`` or not."""
+def load_model(path: str | Path, args, device=None, bits: int | None = None):
+    """``qkv.load`` as the flags of ``flags.add_load_arguments`` ask, for a command that runs the model: the
+    threads set first (``--threads``, else qkv.runtime's count of idle cores), then the checkpoint,
+    ``--quantized`` or not, quantized to ``bits`` when given, and last ``for_inference`` (its swaps are
+    made on the modules the model runs with)."""
     from ..checkpoint import load
+    from ..quant import quantize_model
     from ..runtime import set_decode_threads
+    from ..runtime.inference import for_inference
     set_decode_threads(args.threads)
-    return load(path, device=device, quantized=args.quantized)
+    model = load(path, device=device, quantized=args.quantized)
+    if bits is not None:
+        quantize_model(model, bits)
+    return for_inference(model)
+
+
+def report_summary(report: dict, directory) -> str:
+    """The one line `qkv finetune` and `qkv evaluate` end on: the task's scores and where the report is."""
+    scores = " | ".join(f"{k} {report[k]:.4f}" for k in ("accuracy", "mcc", "precision", "recall", "f1",
+                                                         "exact_match") if k in report)
+    cut = f", {report['truncated']} truncated" if report.get("truncated") else ""
+    return (f"{report['task']} on {report['examples']:,} examples{cut}: {scores} | report and predictions in "
+            f"{directory}")
 
 
 def require_task_metrics(task: str, feature: str) -> None:

@@ -30,7 +30,7 @@ def run(args) -> int:
     from ..checkpoint import load
     from ..data.text import read_lines
     from ..errors import CheckpointError, InputError
-    from ..nn.onednn import use_onednn
+    from ..runtime.inference import for_inference
     from ._common import require_family, say_truncated
 
     if any(not t.strip() for t in args.text):
@@ -44,12 +44,12 @@ def run(args) -> int:
     if not texts:
         raise InputError("no sentences to embed; pass --text TEXT (repeatable) or --file FILE")
     require_family(args.checkpoint, "embed", "encoder", "fine-tuned encoder")
-    model = load(args.checkpoint)
+    model = for_inference(load(args.checkpoint))
     if model.tokenizer is None:
         raise CheckpointError(f"{args.checkpoint} has no tokenizer files; qkv embed needs one to read text")
     encodings = model.tokenizer.encode_batch_for_model(texts, max_len=model.cfg.max_len)
     say_truncated(sum(bool(e.overflowing) for e in encodings), len(texts), model.cfg.max_len)
-    emb_NC = use_onednn(model).embed_texts(texts, args.batch_size)
+    emb_NC = model.embed_texts(texts, args.batch_size)
     sim_NN = emb_NC @ emb_NC.T
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "model_type": model.model_type,

@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..data.text import read_text
     from ..errors import CheckpointError, InputError
-    from ..quant import check_bits, quantize_model
+    from ..quant import check_bits
     from ..perplexity import perplexity
     from ._common import load_model, require_family
 
@@ -37,9 +37,7 @@ def run(args) -> int:
         raise InputError("give --bits (quantize the float weights) or --quantized (keep a GGUF's blocks), not both")
     require_family(args.checkpoint, "eval", "decoder")
     text = read_text(args.data)
-    model = load_model(args.checkpoint, args)
-    if args.bits is not None:
-        quantize_model(model, args.bits)
+    model = load_model(args.checkpoint, args, bits=args.bits)
     if model.tokenizer is None:
         raise CheckpointError(f"{args.checkpoint} has no tokenizer files; eval needs one to read text")
     result = perplexity(model, model.tokenizer.encode(text), args.batch_size, args.window, progress=True)

@@ -37,20 +37,21 @@ def run(args) -> int:
 
     from ..rundir import claim_report_dir
     from ..train.finetune import evaluate, load_finetuned, write_outputs
-    from ._common import require_family, require_task_metrics
-    from .finetune import _summary
+    from ._common import report_summary, require_family, require_task_metrics
+    from ..runtime.inference import for_inference
 
     out = claim_report_dir(Path(args.out_dir) if args.out_dir else Path(args.checkpoint) / "evaluate")
     if require_family(args.checkpoint, "evaluate", "fine-tuned encoder", "image classifier") == "image classifier":
         return _images(args, out)
     model, fcfg = load_finetuned(args.checkpoint, args.task, args.data)
+    model = for_inference(model)
     require_task_metrics(fcfg.task, f"qkv evaluate of a {fcfg.task} model")
     if args.batch_size is not None:
         fcfg = dataclasses.replace(fcfg, eval_batch_size=args.batch_size)
     report, predictions = evaluate(model, fcfg, args.data or fcfg.eval_data)
     report["checkpoint"] = str(args.checkpoint)
     write_outputs(out, fcfg, report, predictions)
-    print(_summary(report, out))
+    print(report_summary(report, out))
     return 0
 
 
@@ -58,7 +59,7 @@ def _images(args, out: Path) -> int:
     from ..checkpoint import load, read_config
     from ..data.images import ImageDataConfig, mnist_splits, read_mnist_test
     from ..errors import ConfigError, InputError
-    from ..nn.onednn import use_onednn
+    from ..runtime.inference import for_inference
     from ..train.images import confusion_text, evaluate_images, image_data_config, write_report
 
     if args.task:
@@ -67,7 +68,7 @@ def _images(args, out: Path) -> int:
     if args.data is None and "images" not in config:
         raise InputError(f"{args.checkpoint} was not trained here, so it has no held-out split: pass --data DIR "
                          f"(an MNIST folder; all its test images are scored)")
-    model = use_onednn(load(args.checkpoint))
+    model = for_inference(load(args.checkpoint))
     v = model.vision
     if (v.image_size, v.channels) != (28, 1):
         raise InputError(f"this model takes {v.image_size}x{v.image_size} images with {v.channels} channels; qkv "

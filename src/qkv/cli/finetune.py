@@ -21,7 +21,7 @@ from ..checkpoint import read_config
 from ..config import PRESETS, ModelConfig, TrainConfig, build, resolve
 from ..errors import ConfigError
 from ..rundir import claim_out_dir
-from ._common import default_out_dir, require_family, require_task_metrics
+from ._common import default_out_dir, report_summary, require_family, require_task_metrics
 from .flags import add_dataclass_flags, collect, path_arg
 
 DEFAULT_PRESET = "bert-finetune"
@@ -128,13 +128,5 @@ def _finetune(args) -> int:
     if not trainer.world.is_main:                # rank 0 scores the model and writes the report
         return 0
     report = finish(trainer, finetune_config(trainer.out_dir))
-    print(_summary(report, trainer.out_dir))
+    print(report_summary(report, trainer.out_dir))
     return 0
-
-
-def _summary(report: dict, directory) -> str:
-    scores = " | ".join(f"{k} {report[k]:.4f}" for k in ("accuracy", "mcc", "precision", "recall", "f1",
-                                                         "exact_match") if k in report)
-    cut = f", {report['truncated']} truncated" if report.get("truncated") else ""
-    return (f"{report['task']} on {report['examples']:,} examples{cut}: {scores} | report and predictions in "
-            f"{directory}")

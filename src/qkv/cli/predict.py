@@ -40,7 +40,8 @@ def run(args) -> int:
     from ..checkpoint import read_config
     from ..tasks import get_task
     from ..tasks.batches import item_logits
-    from ..train.finetune import _max_len, load_finetuned
+    from ..runtime.inference import for_inference
+    from ..train.finetune import input_length, load_finetuned
     from ._common import require_family, say_truncated
 
     if require_family(args.checkpoint, "predict", "fine-tuned encoder", "image classifier") == "image classifier":
@@ -48,6 +49,7 @@ def run(args) -> int:
     if args.image or args.invert or args.top is not None:
         raise InputError("a text model reads --text TEXT; --image, --invert and --top are for image classifiers")
     model, fcfg = load_finetuned(args.checkpoint, args.task)
+    model = for_inference(model)
     spec = get_task(fcfg.task)
     if fcfg.task == "squad":
         if not args.question or not args.context or args.text:
@@ -61,7 +63,7 @@ def run(args) -> int:
         raise InputError("an input is empty; give some text (--text, or --question and --context)")
     labels = getattr(model, "labels", None)
     examples = spec.from_input(inputs)
-    max_len = _max_len(fcfg, model)
+    max_len = input_length(fcfg, model)
     items, notes = spec.encode(examples, model.tokenizer, max_len, labels, fcfg)
     say_truncated(notes.get("truncated", 0), len(examples), max_len)
     predictions = spec.predict(examples, items, item_logits(model, items, model.tokenizer.pad_id or 0),
@@ -83,7 +85,7 @@ def _images(args) -> int:
     from ..checkpoint import load
     from ..data.images import background_note, image_to_pixels, normalize, require_pillow
     from ..errors import InputError
-    from ..nn.onednn import use_onednn
+    from ..runtime.inference import for_inference
 
     if not args.image or args.text or args.question or args.context:
         raise InputError("an image classifier reads --image FILE (repeatable); --text/--question/--context are for "
@@ -91,7 +93,7 @@ def _images(args) -> int:
     if args.task:
         raise InputError("--task names a text task; an image classifier's classes are its own: drop --task")
     require_pillow()                                     # before the model loads
-    model = use_onednn(load(args.checkpoint))
+    model = for_inference(load(args.checkpoint))
     v = model.vision
     mean, std = v.mean_std
     records = []

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
     from ..errors import InputError, article
     from ..runtime import inference_device, set_decode_threads
+    from ..runtime.inference import for_inference
     from ..serve import require_serve_extra
     from ._common import require_family
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     check_address(config.host, config.port)             # likewise: uvicorn would find out after the load
     device = inference_device(args.device)
     set_decode_threads(args.threads)
-    model = load(args.model, device=device, quantized=args.quantized)
+    model = for_inference(load(args.model, device=device, quantized=args.quantized))
     if model.tokenizer is None:
         raise InputError(f"{args.model} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
                          f"the server needs one to read and write text")

@@ -48,6 +48,7 @@ def run(args) -> int:
     from ..data.pairs import read_parallel, read_summaries
     from ..data.text import read_lines
     from ..errors import InputError
+    from ..runtime.inference import for_inference
     from ..metrics import bleu, require_metric, rouge
     from ..rundir import claim_out_file, write_text_atomic
     from ..translate import SearchConfig, translate
@@ -86,7 +87,7 @@ def run(args) -> int:
         sources = args.text
     if not sources or not all(s.strip() for s in sources):
         raise InputError("nothing to translate: the input is empty (or a --text is blank)")
-    model = load(args.directory)
+    model = for_inference(load(args.directory))
     start = time.perf_counter()
     outputs = translate(model, sources, cfg, args.batch_size, args.truncate)
     seconds = time.perf_counter() - start

@@ -30,8 +30,8 @@ from ..errors import CheckpointError, ConfigError
 from ..models import MODEL_TYPES
 from ..models.encoder import HEADS
 from ..models.encoder import Encoder
-from ..nn.onednn import use_onednn
 from ..rundir import write_text_atomic
+from ..runtime.inference import for_inference
 from ..tasks import TASKS, get_task
 from ..tasks.batches import TaskBatches, item_logits
 from ..tokenizers import Tokenizer
@@ -96,10 +96,11 @@ def load_finetuned(directory: str | Path, task: str | None = None, data: str | N
                               f"{HEADS[head].model_type!r} one; fine-tune it with `qkv finetune`")
     if model.tokenizer is None:
         raise CheckpointError(f"{directory} has no tokenizer files; copy the encoder's tokenizer.json into it")
-    return use_onednn(model), fcfg                  # predict and evaluate: inference only
+    return model, fcfg
 
 
-def _max_len(fcfg: FinetuneConfig, model) -> int:
+def input_length(fcfg: FinetuneConfig, model) -> int:
+    """The tokens one example is cut to: ``max_seq_len``, else the model's context."""
     if fcfg.max_seq_len is not None and fcfg.max_seq_len > model.cfg.max_len:
         raise ConfigError(f"max_seq_len={fcfg.max_seq_len} exceeds the model's {model.cfg.max_len} positions; "
                           f"lower it")
@@ -130,7 +131,7 @@ def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> 
     if tokenizer.cls_id is None or tokenizer.encode_for_model("a").ids[:1] != [tokenizer.cls_id]:
         raise CheckpointError("the tokenizer does not wrap text in [CLS] ... [SEP]; fine-tune from an encoder "
                               "with a WordPiece tokenizer (qkv train --preset bert-mlm, or a BERT directory)")
-    max_len, labels = _max_len(fcfg, model), getattr(model, "labels", None)
+    max_len, labels = input_length(fcfg, model), getattr(model, "labels", None)
     train_items, notes = spec.encode(spec.read_train(fcfg), tokenizer, max_len, labels, fcfg)
     val = spec.read_eval(fcfg, fcfg.val_data or fcfg.eval_data, labels)
     val_items, _ = spec.encode(val, tokenizer, max_len, labels, fcfg)
@@ -166,7 +167,7 @@ def evaluate(model, fcfg: FinetuneConfig, path: str | None) -> tuple[dict, objec
     labels = getattr(model, "labels", None)
     start = time.perf_counter()
     examples = spec.read_eval(fcfg, path, labels)
-    items, notes = spec.encode(examples, model.tokenizer, _max_len(fcfg, model), labels, fcfg)
+    items, notes = spec.encode(examples, model.tokenizer, input_length(fcfg, model), labels, fcfg)
     logits = item_logits(model, items, model.tokenizer.pad_id or 0, fcfg.eval_batch_size)
     predictions = spec.predict(examples, items, logits, labels, fcfg)
     scores = spec.score(predictions, examples)
@@ -191,7 +192,7 @@ def finish(trainer: Trainer, fcfg: FinetuneConfig) -> dict:
     back on the CPU (the scoring code runs on CPU, and a sharded model would need every rank)."""
     model = trainer.model
     if is_sharded(model) or trainer.world.device.type != "cpu":
-        model, _ = load_finetuned(trainer.out_dir)
+        model = for_inference(load_finetuned(trainer.out_dir)[0])
     report, predictions = evaluate(model, fcfg, fcfg.eval_data)
     report.update(step=trainer.step, train_s=round(trainer.elapsed, 3), init=fcfg.init)
     write_outputs(trainer.out_dir, fcfg, report, predictions)

@@ -1,4 +1,8 @@
-"""How many CPU threads decoding and training use, decided at run time from the machine they run on.
+"""How a model runs on this machine: CPU threads and ``--device`` (here), and ``for_inference``
+(``qkv.runtime.inference``), the one step every inference command takes after loading, with the CPU swaps
+it makes (``layout``: column-major wide matrices; ``onednn``: oneDNN's AVX-512 GEMMs).
+
+How many CPU threads decoding and training use, decided at run time from the machine they run on.
 
 Batch-1 decoding is a long chain of small operations (a few hundred per token), each split across the
 threads with a barrier at its end. A barrier costs little when every thread owns a core; when another
@@ -18,7 +22,7 @@ import os
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 MAX_DECODE_THREADS = 8
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")       # a user's own choice of threads

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .mlp import FFN
+from ..nn.mlp import FFN
 
 
 def _post_op(act: nn.Module) -> tuple[str, str] | None:

@@ -1,0 +1,49 @@
+"""``for_inference``: the one step that readies a loaded model for running, at every inference entry point.
+
+    model = qkv.for_inference(qkv.load("runs/books"))      # what `qkv generate`, `serve`, `embed`, ... do
+
+A loader gives the model as its file holds it (``qkv.load`` never calls this): training, fine-tuning,
+``qkv quantize`` and saving see the plain modules. The commands that run a model (generate, chat, serve,
+next, attention, eval, embed, predict, evaluate, translate, bench decode) call ``for_inference`` once after
+loading. ``qkv.generate`` and ``qkv.chat`` do not: the model passed to them is the caller's, who may still
+be training it, and a swap here may pack weights into a form training would leave stale. In Python, call
+it yourself after ``qkv.load`` (as the README does).
+
+Each entry of ``SWAPS`` takes the model and returns it (in place or replaced), deciding for itself whether
+it applies to this model on this machine: they change speed, never values beyond float rounding. They run
+in order; a new fast path (a fused kernel for one family) is one more function in the list.
+
+    swap                 for                                   why
+    runtime.layout       every model, CPU                      wide matrices column-major: decode's
+                                                               matrix-vector products stream them faster
+    runtime.onednn       models that do not decode token by    AVX-512 GEMMs on AMD (MKL runs AVX2 there);
+                         token (encoders, image classifiers)   ~3x slower than MKL at one row, so not decoders
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .layout import decode_layout
+from .onednn import use_onednn
+
+DECODING_FAMILIES = ("decoder", "encoder-decoder")     # they run one token at a time after the prompt
+
+
+def onednn_unless_decoding(model: nn.Module) -> nn.Module:
+    """oneDNN's Linears for a model that runs whole sequences (bench/README.md: 1.2-1.35x on BERT-base's
+    GEMMs, ~3x slower than MKL at the one row a decode step has)."""
+    return model if getattr(model, "family", None) in DECODING_FAMILIES else use_onednn(model)
+
+
+SWAPS: list[Callable[[nn.Module], nn.Module]] = [decode_layout, onednn_unless_decoding]
+
+
+def for_inference(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with every swap of ``SWAPS`` that applies to it; returns the model."""
+    model = model.eval()
+    for swap in SWAPS:
+        model = swap(model)
+    return model
