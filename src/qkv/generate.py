@@ -1,7 +1,7 @@
 """Text generation: logits processors, the KV-cache decode loop, stop strings and streaming.
 
-Legend: B batch, L prompt length, T prompt + new positions, M keys seen so far, V vocab, K a few token ids
-(stop ids, biased ids).
+Legend: B batch, L prompt length, T prompt + new positions, M keys seen so far, V vocab, E a few chosen token
+ids (stop ids, biased ids).
 
     prompt_BL ──prefill (one call, last position only)──> logits_BV
     loop: logits_BV ─> logit_bias ─> penalties ─> temperature ─> top-k ─> top-p ─> min-p ─> argmax | sample ─> next_B
@@ -115,9 +115,9 @@ def make_config(config: GenerationConfig | None = None, **params) -> GenerationC
 def add_logit_bias(logits_BV: torch.Tensor, bias: dict[int, float]) -> torch.Tensor:
     """OpenAI's logit_bias: each listed token's logit plus its bias (in float32, as the server always did)."""
     B, device = logits_BV.shape[0], logits_BV.device
-    ids_K = torch.tensor(list(bias), dtype=torch.long, device=device)
-    bias_BK = torch.tensor(list(bias.values()), dtype=torch.float32, device=device).expand(B, -1)
-    return logits_BV.float().index_add(1, ids_K, bias_BK)
+    ids_E = torch.tensor(list(bias), dtype=torch.long, device=device)
+    bias_BE = torch.tensor(list(bias.values()), dtype=torch.float32, device=device).expand(B, -1)
+    return logits_BV.float().index_add(1, ids_E, bias_BE)
 
 
 def repetition_penalty(logits_BV: torch.Tensor, seen_BV: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -259,8 +259,8 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
     generator = torch.Generator(device).manual_seed(cfg.seed) if cfg.seed is not None else None
     penalties = Penalties(cfg, ids_BT[:, :L], model.cfg.vocab_size,
                           key_mask_BT[:, :L] if key_mask_BT is not None else None)
-    stops_K = _stop_tensor(eos_id, device)
-    stop_on_eos = stops_K is not None and not cfg.ignore_eos
+    stops_E = _stop_tensor(eos_id, device)
+    stop_on_eos = stops_E is not None and not cfg.ignore_eos
     finished_B = torch.zeros(B, dtype=torch.bool, device=device)
     if caches is None and cfg.use_cache:
         caches = model.new_caches(B, min(T, W))
@@ -295,8 +295,8 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
         if logprobs is not None:
             logprobs.record(model_BV, next_B)
         if stop_on_eos:
-            next_B = next_B.masked_fill(finished_B, int(stops_K[0]))
-            finished_B |= torch.isin(next_B, stops_K)
+            next_B = next_B.masked_fill(finished_B, int(stops_E[0]))
+            finished_B |= torch.isin(next_B, stops_E)
         if constraints is not None:
             for c, t in zip(constraints, next_B.tolist()):
                 if not c.finished:

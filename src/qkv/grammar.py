@@ -1,5 +1,7 @@
 """Structured output: decoding constrained to JSON that matches a schema, one token mask per step.
 
+Legend: V vocab, b bytes of the bitmask (one bit a token, in 32-bit words).
+
     schema ──llguidance──> grammar ──> matcher (per sequence)
     each step:  matcher ──> allowed_V (a bitmask over the whole vocabulary) ──> logits of the rest = -inf
                 sampled token ──> matcher.consume_token; when the grammar is complete the sequence ends
@@ -115,8 +117,8 @@ class JsonConstraint:
     def allowed(self) -> torch.Tensor:
         """allowed_V: True for the tokens the grammar accepts next (the bitmask's bit j of byte k is token
         8k + j: little-endian 32-bit words)."""
-        bytes_K = torch.frombuffer(bytearray(self.matcher.compute_bitmask()), dtype=torch.uint8)
-        allowed_V = ((bytes_K[:, None] >> self._bits_8) & 1).flatten()[:self.vocab_size].bool()
+        bitmask_b = torch.frombuffer(bytearray(self.matcher.compute_bitmask()), dtype=torch.uint8)
+        allowed_V = ((bitmask_b[:, None] >> self._bits_8) & 1).flatten()[:self.vocab_size].bool()
         capped_V = allowed_V & ((self._lead_V == 0) | (self.digit_run + self._lead_V <= MAX_DIGITS))
         return capped_V if capped_V.any() else allowed_V   # (the grammar may need a digit: it wins)
 

@@ -1,7 +1,7 @@
 """Log-probabilities of the sampled tokens, for ``qkv.generate(..., logprobs=True)`` and the server's
 ``logprobs`` / ``top_logprobs``.
 
-Legend: B rows, V vocab, K the alternatives asked for (``top_logprobs``).
+Legend: B rows, V vocab, A the alternatives asked for (``top_logprobs``).
 
 They are the model's own: the log-softmax of its logits, taken before logit_bias, a JSON constraint's
 mask, the penalties, temperature and the filters, as vLLM reports them (OpenAI does not say). So they
@@ -39,8 +39,8 @@ def token_logprobs(logits_BV: torch.Tensor, next_B: torch.Tensor, top: int = 0) 
     logprobs_BV = logits_BV.float().log_softmax(-1)
     chosen_B = logprobs_BV.gather(1, next_B[:, None].to(logprobs_BV.device))[:, 0]
     if top:
-        values_BK, ids_BK = logprobs_BV.topk(top, dim=-1)
-        tops = [tuple(zip(i, v)) for i, v in zip(ids_BK.tolist(), values_BK.tolist())]
+        values_BA, ids_BA = logprobs_BV.topk(top, dim=-1)
+        tops = [tuple(zip(i, v)) for i, v in zip(ids_BA.tolist(), values_BA.tolist())]
     else:
         tops = [()] * len(chosen_B)
     return [TokenLogprob(t, lp, alternatives) for t, lp, alternatives in zip(next_B.tolist(), chosen_B.tolist(), tops)]
