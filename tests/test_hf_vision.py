@@ -103,10 +103,10 @@ def test_swin_logits_equal_transformers_with_shifted_windows(tmp_path):
     # the shifted-window mask matters: without it the hidden states move (the random head's logits are tiny)
     with torch.no_grad():
         masked = model(batch).hidden
-        saved = stage0.allowed_W1TT.clone()
-        stage0.allowed_W1TT.fill_(True)
+        saved = stage0.allowed_W1LL.clone()
+        stage0.allowed_W1LL.fill_(True)
         unmasked = model(batch).hidden
-        stage0.allowed_W1TT.copy_(saved)
+        stage0.allowed_W1LL.copy_(saved)
     assert (unmasked - masked).abs().max() > 1e-2
 
 

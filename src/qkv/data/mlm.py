@@ -1,9 +1,9 @@
 """Masked-language-model batches: BERT's pre-training inputs (Devlin et al., 2019, sec. 3.1 and appendix A.1).
 
-Legend: B batch, L model positions (max_len), N content tokens of one example (L - 3).
+Legend: B batch, L model positions (max_len; an example's content is L - 3 tokens).
 
 The text is one token stream (line breaks remembered), split once like ``LMStream``'s: the first
-(1 - val_fraction) trains, the rest validates. An example is a window of N consecutive tokens cut into
+(1 - val_fraction) trains, the rest validates. An example is a window of L - 3 consecutive tokens cut into
 two consecutive chunks A and B (at a line break inside the window when there is one, else at a random
 point) and wrapped as BERT reads a pair:
 

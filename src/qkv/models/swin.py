@@ -1,12 +1,13 @@
 """Swin Transformer: attention inside shifted windows, patches merged between stages (Liu et al., 2021).
 
 Legend: B batch, Y X patch-grid rows and columns, C d_model of the stage, H heads, K classes,
-W windows (over the whole batch), T tokens per window (w * w), I image channels, 1 a kept singleton dimension.
+W windows (over the whole batch), L tokens (of a window, w * w, in a stage; of the image, Y * X, in
+the model's forward), I image channels, 1 a kept singleton dimension.
 
     pixels_BIYX ─> PatchEmbed (stride-P convolution) ─> norm ─> x_BYXC
       stage s (d_model C * 2^s):  depth x [ (roll the grid by -w/2 on odd blocks: the shift)
-                                            ─> cut into w x w windows: x_WTC (windows become batch rows)
-                                            ─> Block(x_WTC, AttnMask(bias = relative position bias,
+                                            ─> cut into w x w windows: x_WLC (windows become batch rows)
+                                            ─> Block(x_WLC, AttnMask(bias = relative position bias,
                                                                      allowed = the shifted-window mask))
                                             ─> paste the windows back, roll back ]
                                   ─> PatchMerging (not after the last stage): 2x2 neighbours concatenated
@@ -16,10 +17,10 @@ W windows (over the whole batch), T tokens per window (w * w), I image channels,
 The block is the text encoder's ``Block`` unchanged. Everything Swin-specific reaches attention through
 ``AttnMask``, which already carries an additive bias (ALiBi's hook) and a boolean mask:
 - relative position bias: one learned scalar per head for each of the (2w-1)^2 offsets between two
-  patches of a window, read from a table by the offset (bias_1HTT);
+  patches of a window, read from a table by the offset (bias_1HLL);
 - the shifted-window mask: rolling the grid by w/2 makes the windows straddle the old window borders, and
   the windows at the bottom/right edge then hold patches from opposite sides of the image; the mask lets a
-  patch attend only to patches that were neighbours before the roll (allowed_W1TT).
+  patch attend only to patches that were neighbours before the roll (allowed_W1LL).
 Norms, the FFN and the residuals act per token, so running the whole Block on window rows computes what
 Swin's layer does (norm, windowed attention, residual, norm, FFN, residual).
 """
@@ -45,19 +46,19 @@ FIXED_EPS = 1e-5
 
 
 def window_partition(x_BYXC: torch.Tensor, w: int) -> torch.Tensor:
-    """x_WTC: the w x w windows of every image as rows (image-major, windows in row-major order)."""
+    """x_WLC: the w x w windows of every image as rows (image-major, windows in row-major order)."""
     B, Y, X, C = x_BYXC.shape
     return x_BYXC.view(B, Y // w, w, X // w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, C)
 
 
-def window_merge(x_WTC: torch.Tensor, w: int, Y: int, X: int) -> torch.Tensor:
+def window_merge(x_WLC: torch.Tensor, w: int, Y: int, X: int) -> torch.Tensor:
     """The inverse of ``window_partition``: x_BYXC."""
-    C = x_WTC.shape[-1]
-    return x_WTC.view(-1, Y // w, X // w, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, Y, X, C)
+    C = x_WLC.shape[-1]
+    return x_WLC.view(-1, Y // w, X // w, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, Y, X, C)
 
 
 def relative_index(w: int) -> torch.Tensor:
-    """index_TT: which table row holds the bias between patch t and patch u of a window (row-major patches):
+    """index_LL: which table row holds the bias between patch t and patch u of a window (row-major patches):
     (dy + w - 1) * (2w - 1) + (dx + w - 1), with (dy, dx) = position of t - position of u."""
     yx_2T = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)
     offset_TT2 = (yx_2T[:, :, None] - yx_2T[:, None, :]).permute(1, 2, 0) + (w - 1)
@@ -65,15 +66,15 @@ def relative_index(w: int) -> torch.Tensor:
 
 
 def shifted_window_mask(Y: int, X: int, w: int, shift: int) -> torch.Tensor:
-    """allowed_WTT for one image's windows after rolling by -shift: True where both patches come from the
+    """allowed_WLL for one image's windows after rolling by -shift: True where both patches come from the
     same region of the unrolled grid (regions: cut each axis at -w and -shift)."""
     region_YX = torch.zeros(Y, X, dtype=torch.long)
     cuts = (slice(0, -w), slice(-w, -shift), slice(-shift, None))
     for i, ys in enumerate(cuts):
         for j, xs in enumerate(cuts):
             region_YX[ys, xs] = 3 * i + j
-    region_WT = window_partition(region_YX[None, :, :, None], w)[..., 0]
-    return region_WT[:, :, None] == region_WT[:, None, :]
+    region_WL = window_partition(region_YX[None, :, :, None], w)[..., 0]
+    return region_WL[:, :, None] == region_WL[:, None, :]
 
 
 class PatchMerging(nn.Module):
@@ -110,34 +111,34 @@ class SwinStage(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(depth))
         self.rel_bias = nn.ParameterList(nn.Parameter(torch.zeros((2 * window - 1) ** 2, cfg.n_heads))
                                          for _ in range(depth))
-        self.register_buffer("index_TT", relative_index(window), persistent=False)
+        self.register_buffer("index_LL", relative_index(window), persistent=False)
         if shift:
-            self.register_buffer("allowed_W1TT", shifted_window_mask(grid, grid, window, shift)[:, None],
+            self.register_buffer("allowed_W1LL", shifted_window_mask(grid, grid, window, shift)[:, None],
                                  persistent=False)
         self.merge = PatchMerging(cfg) if merge else None
 
     def bias(self, i: int) -> torch.Tensor:
-        """bias_1HTT of block i, from its table."""
-        T = self.window ** 2
-        return self.rel_bias[i][self.index_TT.flatten()].view(T, T, -1).permute(2, 0, 1)[None]
+        """bias_1HLL of block i, from its table."""
+        L = self.window ** 2
+        return self.rel_bias[i][self.index_LL.flatten()].view(L, L, -1).permute(2, 0, 1)[None]
 
     def forward(self, x_BYXC: torch.Tensor, return_attentions: bool = False):
-        """Returns (x_BYXC of the next stage, [probs_WHTT per block or None])."""
+        """Returns (x_BYXC of the next stage, [probs_WHLL per block or None])."""
         B, Y, X, _ = x_BYXC.shape
         w, attentions = self.window, []
         for i, block in enumerate(self.blocks):
             shifted = self.shift if i % 2 else 0
             if shifted:
                 x_BYXC = torch.roll(x_BYXC, shifts=(-shifted, -shifted), dims=(1, 2))
-                allowed = self.allowed_W1TT.repeat(B, 1, 1, 1)                    # the same windows in every image
+                allowed = self.allowed_W1LL.repeat(B, 1, 1, 1)                    # the same windows in every image
                 mask = AttnMask(allowed_B1LM=allowed, bias_1HLM=self.bias(i).to(x_BYXC.dtype))
             else:
                 mask = AttnMask(bias_1HLM=self.bias(i).to(x_BYXC.dtype))
-            x_WTC, probs_WHTT, _ = block(window_partition(x_BYXC, w), mask, return_probs=return_attentions)
-            x_BYXC = window_merge(x_WTC, w, Y, X)
+            x_WLC, probs_WHLL, _ = block(window_partition(x_BYXC, w), mask, return_probs=return_attentions)
+            x_BYXC = window_merge(x_WLC, w, Y, X)
             if shifted:
                 x_BYXC = torch.roll(x_BYXC, shifts=(shifted, shifted), dims=(1, 2))
-            attentions.append(probs_WHTT)
+            attentions.append(probs_WHLL)
         return (self.merge(x_BYXC) if self.merge is not None else x_BYXC), attentions
 
 
@@ -185,13 +186,13 @@ class Swin(ImageClassifier, nn.Module):
 
     def rebuild_buffers(self) -> None:
         for stage in self.stages:
-            stage.index_TT = relative_index(stage.window)
+            stage.index_LL = relative_index(stage.window)
             if stage.shift:
-                stage.allowed_W1TT = shifted_window_mask(stage.grid, stage.grid, stage.window, stage.shift)[:, None]
+                stage.allowed_W1LL = shifted_window_mask(stage.grid, stage.grid, stage.window, stage.shift)[:, None]
 
     def forward(self, pixels_BIYX: torch.Tensor, labels: torch.Tensor | None = None,
                 return_attentions: bool = False):
-        """``attentions``: per block, probs_WHTT over its windows (W = batch x windows per image)."""
+        """``attentions``: per block, probs_WHLL over its windows (W = batch x windows per image)."""
         self.check_pixels(pixels_BIYX)
         x_BLC = self.drop(self.embed_norm(self.patch(pixels_BIYX)))
         g = self.vision.grid

@@ -1,5 +1,7 @@
 """The next token, for real: the top candidates with their logits and probabilities, and the logit lens.
 
+Legend: V vocab, Z the lens' rows (the embeddings, then each block), P the positions shown.
+
     "The capital of France is" ─> model ─> logits_V ─> softmax ─>  " Paris"  12.3  0.82
                                                                     " the"     9.8  0.07  ...
 
@@ -165,8 +167,8 @@ def _bars(ax, result: NextTokens) -> None:
 
 
 def _lens(ax, result: NextTokens, shown: range) -> None:
-    probs_RP = torch.tensor([[row[p].prob for p in shown] for row in result.lens_top1])
-    image = ax.imshow(probs_RP.numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto", origin="lower",
+    probs_ZP = torch.tensor([[row[p].prob for p in shown] for row in result.lens_top1])
+    image = ax.imshow(probs_ZP.numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto", origin="lower",
                       interpolation="nearest")
     for r, row in enumerate(result.lens_top1):
         for x, p in enumerate(shown):
