@@ -313,7 +313,7 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
 
 def generate_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig | None = None,
                  key_mask_BM: torch.Tensor | None = None, eos_id: int | Sequence[int] | None = None) -> torch.Tensor:
-    """New token ids, new_BN (N <= max_new_tokens; the prompt is not included). With ``eos_id`` a row
+    """New token ids, (B, n) with n <= max_new_tokens (the prompt is not included). With ``eos_id`` a row
     that finished holds ``eos_id`` from its eos on, and generation ends early once every row has."""
     steps = list(iter_ids(model, prompt_ids_BL, cfg or GenerationConfig(), key_mask_BM, eos_id))
     if not steps:

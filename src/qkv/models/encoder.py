@@ -1,7 +1,8 @@
 """BERT: a bidirectional encoder, pre-trained by masked language modelling, fine-tuned with small heads
 (Devlin et al., 2019).
 
-Legend: B batch, L length, C d_model, V vocab, K labels (classes or tags), 1 a kept singleton dimension.
+Legend: B batch, L length, M key length (= L), C d_model, H heads, V vocab, K labels (classes or tags),
+N rows (the scored tokens; the sentences embedded), 1 a kept singleton dimension.
 
     ids_BL, types_BL ─> Stack (token + position + segment embeddings ─> norm ─> n x post-norm Block with a
                         bidirectional mask, padding keys hidden by key_mask_BL) ─> h_BLC ─> one head:
@@ -75,9 +76,9 @@ class MaskedLMHead(nn.Module):
         logits_NV = self.project(h_BLC.flatten(0, 1).index_select(0, scored_N))
         return logits_NV, _loss(logits_NV, labels_BL.flatten().index_select(0, scored_N))
 
-    def project(self, h_XC: torch.Tensor) -> torch.Tensor:
-        """Hidden states (any leading dims X) -> vocabulary logits: dense, act, norm, tied decoder."""
-        return self.decoder(self.norm(self.act(self.transform(h_XC))))
+    def project(self, h_NC: torch.Tensor) -> torch.Tensor:
+        """Hidden states (any leading dims N) -> vocabulary logits: dense, act, norm, tied decoder."""
+        return self.decoder(self.norm(self.act(self.transform(h_NC))))
 
 
 class ClassifierHead(nn.Module):

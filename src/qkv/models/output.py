@@ -1,4 +1,7 @@
-"""What a model returns when called on token ids."""
+"""What a model returns when called on token ids.
+
+Legend: B batch, L length, M key length, S source length, C d_model, H heads, V vocab.
+"""
 
 from dataclasses import dataclass
 

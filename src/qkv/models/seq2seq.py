@@ -1,6 +1,7 @@
 """The encoder-decoder Transformer (Vaswani et al., 2017): translation, summarization, span corruption.
 
-Legend: B batch, S source length, L target length, C d_model, V vocab, H heads, G key/value heads.
+Legend: B batch, S source length, L target length, M the target's key length (the cache), C d_model, V vocab,
+H heads, G key/value heads, D head dim.
 
     src_BS ─> encoder Stack (bidirectional self-attention, source padding masked) ─> memory_BSC
                                                                                        │ keys/values,

@@ -1,6 +1,6 @@
 """Swin Transformer: attention inside shifted windows, patches merged between stages (Liu et al., 2021).
 
-Legend: B batch, Y X patch-grid rows and columns, C d_model of the stage, H heads, K classes,
+Legend: B batch, Y X patch-grid rows and columns, C d_model of the stage, H heads, M key length (= L), K classes,
 W windows (over the whole batch), L tokens (of a window, w * w, in a stage; of the image, Y * X, in
 the model's forward), I image channels, 1 a kept singleton dimension.
 
@@ -60,9 +60,9 @@ def window_merge(x_WLC: torch.Tensor, w: int, Y: int, X: int) -> torch.Tensor:
 def relative_index(w: int) -> torch.Tensor:
     """index_LL: which table row holds the bias between patch t and patch u of a window (row-major patches):
     (dy + w - 1) * (2w - 1) + (dx + w - 1), with (dy, dx) = position of t - position of u."""
-    yx_2T = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)
-    offset_TT2 = (yx_2T[:, :, None] - yx_2T[:, None, :]).permute(1, 2, 0) + (w - 1)
-    return offset_TT2[..., 0] * (2 * w - 1) + offset_TT2[..., 1]
+    yx_2L = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)
+    offset_LL2 = (yx_2L[:, :, None] - yx_2L[:, None, :]).permute(1, 2, 0) + (w - 1)
+    return offset_LL2[..., 0] * (2 * w - 1) + offset_LL2[..., 1]
 
 
 def shifted_window_mask(Y: int, X: int, w: int, shift: int) -> torch.Tensor:

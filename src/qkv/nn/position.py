@@ -1,7 +1,7 @@
 """Where a token is: four position schemes behind one set of hooks.
 
 Legend: B batch (or 1 when every row shares positions), L query length, M key length, H heads,
-C channels, D head dim.
+C channels, D head dim, P positions of a table (max_len rows).
 
 A scheme may act at three points, and each class implements the hooks it needs (the rest return None):
     embed(pos_BL)   -> add_BLC      added to token embeddings     learned, sinusoidal

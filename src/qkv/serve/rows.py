@@ -1,6 +1,6 @@
 """The KV cache of a running batch whose rows come and go (continuous batching).
 
-Legend: B rows, G key/value heads, M columns in use, D head dim, 1 a kept singleton dimension.
+Legend: B rows, G key/value heads, M columns in use, D head dim, V vocab, 1 a kept singleton dimension.
 
 Every row's tokens sit RIGHT-aligned in the columns, so each decode step appends one column to all rows
 at once, exactly as a left-padded batch does (``qkv.generate``):

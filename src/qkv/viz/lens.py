@@ -1,6 +1,6 @@
 """The next token, for real: the top candidates with their logits and probabilities, and the logit lens.
 
-Legend: V vocab, Z the lens' rows (the embeddings, then each block), P the positions shown.
+Legend: L length, C d_model, V vocab, Z the lens' rows (the embeddings, then each block), P the positions shown.
 
     "The capital of France is" ─> model ─> logits_V ─> softmax ─>  " Paris"  12.3  0.82
                                                                     " the"     9.8  0.07  ...

@@ -1,6 +1,7 @@
 """What the pictures show, read off a model: the tokens it sees, its attention maps, its residual stream.
 
-Legend: L query length, M key length, S source length, C d_model, H heads.
+Legend: B batch, L query length, M key length, S source length, C d_model, H heads, V vocab, N any leading
+dimensions, Y X an image's rows and columns.
 
 Every model qkv loads is one of three families (each class's ``family``), never told apart by name:
 
@@ -158,7 +159,7 @@ def trunk(model) -> Stack:
     return model.decoder if family(model) == "encoder-decoder" else model
 
 
-def unembed(model, h_XC: torch.Tensor) -> torch.Tensor:
+def unembed(model, h_NC: torch.Tensor) -> torch.Tensor:
     """Hidden states -> vocabulary logits through the model's final norm and output head (the logit lens).
 
     The final norm is an identity for post-norm stacks, whose blocks end in a norm already."""
@@ -167,8 +168,8 @@ def unembed(model, h_XC: torch.Tensor) -> torch.Tensor:
         if not isinstance(model, BERT):
             raise InputError(f"this {type(model).__name__} has no language-model head to read tokens from; "
                              f"use a masked-LM (qkv-bert) checkpoint or a decoder")
-        return model.head.project(stack.norm_f(h_XC))
-    return model.head(stack.norm_f(h_XC))
+        return model.head.project(stack.norm_f(h_NC))
+    return model.head(stack.norm_f(h_NC))
 
 
 @torch.no_grad()
