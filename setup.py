@@ -3,5 +3,8 @@ where no C compiler is found, qkv installs without them and its quantized layers
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("qkv.native._kernels", ["src/qkv/native/kernels.c"], optional=True,
-                             extra_compile_args=["-O3", "-ffp-contract=off"], libraries=["m"])])
+NATIVE = ["kernels.c", "pool.c", "decode.c"]
+
+setup(ext_modules=[Extension("qkv.native._kernels", [f"src/qkv/native/{name}" for name in NATIVE], optional=True,
+                             depends=["src/qkv/native/kernels.h"], extra_compile_args=["-O3", "-ffp-contract=off",
+                             "-pthread"], extra_link_args=["-pthread"], libraries=["m"])])

@@ -43,8 +43,9 @@ def library() -> ctypes.CDLL | None:
         return None
     lib = ctypes.CDLL(spec.origin)
     p, i = ctypes.c_void_p, ctypes.c_int
-    lib.qkv_q4_linear.argtypes = [i, p, i, p, p, p, i, i, i, p]
-    lib.qkv_q8_linear.argtypes = [i, p, i, p, p, i, i, p]
+    lib.qkv_q4_linear.argtypes = [i, p, i, p, p, p, i, i, i, p, i]
+    lib.qkv_q8_linear.argtypes = [i, p, i, p, p, i, i, p, i]
+    lib.qkv_decode.argtypes = [i, p, p, i, p, i]
     lib.qkv_supported.restype = i
     return lib
 
@@ -95,7 +96,15 @@ def usable(x_MK: torch.Tensor) -> bool:
             and variant() != "torch")
 
 
-def _call(result: int) -> None:
+def threads() -> int:
+    """Threads a product splits its output rows over: PyTorch's own count (qkv.runtime's choice, or the
+    user's), so that the kernels never ask for more cores than the rest of the program was given. The
+    pool (pool.c) is not OpenMP: its workers sleep between tokens instead of spinning against PyTorch's."""
+    return torch.get_num_threads()
+
+
+def call(result: int) -> None:
+    """Raise for a kernel's failure code (it could not allocate its scratch memory)."""
     if result != 0:
         raise MemoryError("qkv's kernels could not allocate the quantized activations")
 
@@ -107,8 +116,9 @@ def q4_matmul(x_MK: torch.Tensor, weight_OK2: torch.Tensor, scales_OG: torch.Ten
     M, K = x.shape
     O = weight_OK2.shape[0]
     y = torch.empty(M, O, dtype=torch.float32)
-    _call(library().qkv_q4_linear(VARIANTS.index(variant()), x.data_ptr(), M, weight_OK2.data_ptr(),
-                                  scales_OG.data_ptr(), zeros_OG.data_ptr(), O, K, group_size, y.data_ptr()))
+    call(library().qkv_q4_linear(VARIANTS.index(variant()), x.data_ptr(), M, weight_OK2.data_ptr(),
+                                 scales_OG.data_ptr(), zeros_OG.data_ptr(), O, K, group_size, y.data_ptr(),
+                                 threads()))
     return y
 
 
@@ -118,6 +128,6 @@ def q8_matmul(x_MK: torch.Tensor, weight_OK: torch.Tensor, scales_O: torch.Tenso
     M, K = x.shape
     O = weight_OK.shape[0]
     y = torch.empty(M, O, dtype=torch.float32)
-    _call(library().qkv_q8_linear(VARIANTS.index(variant()), x.data_ptr(), M, weight_OK.data_ptr(),
-                                  scales_O.data_ptr(), O, K, y.data_ptr()))
+    call(library().qkv_q8_linear(VARIANTS.index(variant()), x.data_ptr(), M, weight_OK.data_ptr(),
+                                 scales_O.data_ptr(), O, K, y.data_ptr(), threads()))
     return y

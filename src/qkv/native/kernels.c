@@ -25,12 +25,12 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "kernels.h"
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define QKV_X86 1
 #endif
-
-#define BLOCK 32
 
 /* ---- activation quantization (shared by every variant: it is a small part of the time) ---------------- */
 
@@ -79,23 +79,17 @@ static int32_t q8_block_scalar(const int8_t *w32, const int8_t *qx32) {
  * Every variant adds the same terms into the same sums in the same order (SIMD lanes are the eight sums;
  * the scalar code walks them one by one), so all of them give the same bits. */
 
-enum { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
-
 /* One block's share of a 4-bit dot product: d (s (sum q qx - 8 sum qx) + z sum qx). */
 static inline float q4_step(float d, float s, float z, int32_t dot, int32_t sum_qx) {
     return d * (s * (float)(dot - 8 * sum_qx) + z * (float)sum_qx);
 }
 
-static inline float reduce8(const float *a) {
-    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-}
-
 /* The scalar reference: every block through the integer loops above. */
-static void q4_scalar(const uint8_t *w, const float *s_all, const float *z_all, int O, int K, int g,
-                      const int8_t *qx, const float *d, const int32_t *sums, int M, float *y, float *s_blocks,
-                      float *z_blocks, float *acc) {
+static void q4_scalar(const uint8_t *w, const float *s_all, const float *z_all, int o0, int o1, int K, int g,
+                      const int8_t *qx, const float *d, const int32_t *sums, int M, float *y, int ldy,
+                      float *s_blocks, float *z_blocks, float *acc) {
     const int nb = K / BLOCK, per_group = g / BLOCK, G = K / g;
-    for (int o = 0; o < O; o++) {
+    for (int o = o0; o < o1; o++) {
         const uint8_t *row = w + (int64_t)o * (K / 2);
         for (int b = 0; b < nb; b++) s_blocks[b] = s_all[(int64_t)o * G + b / per_group],
                                      z_blocks[b] = z_all[(int64_t)o * G + b / per_group];
@@ -105,22 +99,22 @@ static void q4_scalar(const uint8_t *w, const float *s_all, const float *z_all, 
             for (int b = 0; b < nb; b++)
                 a[b % 8] += q4_step(d[m * nb + b], s_blocks[b], z_blocks[b],
                                     q4_block_scalar(row + b * 16, qx + (int64_t)m * K + b * BLOCK), sums[m * nb + b]);
-            y[(int64_t)m * O + o] = reduce8(a);
+            y[(int64_t)m * ldy + o] = reduce8(a);
         }
     }
 }
 
-static void q8_scalar(const int8_t *w, const float *scales, int O, int K, const int8_t *qx, const float *d, int M,
-                      float *y, float *acc) {
+static void q8_scalar(const int8_t *w, const float *scales, int o0, int o1, int K, const int8_t *qx, const float *d,
+                      int M, float *y, int ldy, float *acc) {
     const int nb = K / BLOCK;
-    for (int o = 0; o < O; o++) {
+    for (int o = o0; o < o1; o++) {
         const int8_t *row = w + (int64_t)o * K;
         for (int m = 0; m < M; m++) {
             float *a = acc + 8 * m;
             for (int i = 0; i < 8; i++) a[i] = 0.0f;
             for (int b = 0; b < nb; b++)
                 a[b % 8] += d[m * nb + b] * (float)q8_block_scalar(row + b * BLOCK, qx + (int64_t)m * K + b * BLOCK);
-            y[(int64_t)m * O + o] = scales[o] * reduce8(a);
+            y[(int64_t)m * ldy + o] = scales[o] * reduce8(a);
         }
     }
 }
@@ -188,11 +182,11 @@ AVX2_T static inline __m256 q4_steps8(__m256 acc, const float *d, __m256 s, __m2
  * baseline (SSE) code once per row left the upper register state dirty and made the AVX-512 variant 8x
  * slower than AVX2 (measured); now the switch happens once per call. */
 #define SIMD_MATMULS(NAME, TARGET, Q4DOT, Q8DOT)                                                              \
-    TARGET static void q4_##NAME(const uint8_t *w, const float *s_all, const float *z_all, int O, int K, int g, \
-                                 const int8_t *qx, const float *d, const int32_t *sums, int M, float *y,      \
-                                 float *s_blocks, float *z_blocks, float *acc) {                              \
+    TARGET static void q4_##NAME(const uint8_t *w, const float *s_all, const float *z_all, int o0, int o1,     \
+                                 int K, int g, const int8_t *qx, const float *d, const int32_t *sums, int M,  \
+                                 float *y, int ldy, float *s_blocks, float *z_blocks, float *acc) {           \
         const int nb = K / BLOCK, per_group = g / BLOCK, G = K / g;                                           \
-        for (int o = 0; o < O; o++) {                                                                         \
+        for (int o = o0; o < o1; o++) {                                                                       \
             const uint8_t *row = w + (int64_t)o * (K / 2);                                                    \
             const float *sb = s_all + (int64_t)o * G, *zb = z_all + (int64_t)o * G;                           \
             if (per_group > 1) {                        /* groups wider than a block: a scale per block */    \
@@ -219,13 +213,13 @@ AVX2_T static inline __m256 q4_steps8(__m256 acc, const float *d, __m256 s, __m2
                     acc[8 * m + b % 8] += q4_step(d[m * nb + b], sb[b], zb[b],                                \
                                                   hsum(Q4DOT(q, qx + (int64_t)m * K + b * BLOCK)), sums[m * nb + b]); \
             }                                                                                                 \
-            for (int m = 0; m < M; m++) y[(int64_t)m * O + o] = reduce8(acc + 8 * m);                         \
+            for (int m = 0; m < M; m++) y[(int64_t)m * ldy + o] = reduce8(acc + 8 * m);                       \
         }                                                                                                     \
     }                                                                                                         \
-    TARGET static void q8_##NAME(const int8_t *w, const float *scales, int O, int K, const int8_t *qx,          \
-                                 const float *d, int M, float *y, float *acc) {                               \
+    TARGET static void q8_##NAME(const int8_t *w, const float *scales, int o0, int o1, int K, const int8_t *qx,  \
+                                 const float *d, int M, float *y, int ldy, float *acc) {                      \
         const int nb = K / BLOCK;                                                                             \
-        for (int o = 0; o < O; o++) {                                                                         \
+        for (int o = o0; o < o1; o++) {                                                                       \
             const int8_t *row = w + (int64_t)o * K;                                                           \
             for (int i = 0; i < 8 * M; i++) acc[i] = 0.0f;                                                    \
             int b = 0;                                                                                        \
@@ -245,7 +239,7 @@ AVX2_T static inline __m256 q4_steps8(__m256 acc, const float *d, __m256 s, __m2
                 for (int m = 0; m < M; m++)                                                                   \
                     acc[8 * m + b % 8] += d[m * nb + b] * (float)hsum(Q8DOT(q, qx + (int64_t)m * K + b * BLOCK)); \
             }                                                                                                 \
-            for (int m = 0; m < M; m++) y[(int64_t)m * O + o] = scales[o] * reduce8(acc + 8 * m);             \
+            for (int m = 0; m < M; m++) y[(int64_t)m * ldy + o] = scales[o] * reduce8(acc + 8 * m);           \
         }                                                                                                     \
     }
 
@@ -253,44 +247,79 @@ SIMD_MATMULS(avx2, AVX2_T, q4_dot_avx2, q8_dot_avx2)
 SIMD_MATMULS(vnni, VNNI_T, q4_dot_vnni, q8_dot_vnni)
 #endif
 
-/* ---- the entry points: y (M, O) = x (M, K) W^T; quantize the activation rows, then the product ------------
- * Returns 0, or -1 when the scratch memory cannot be had. */
+/* ---- the range products over quantized rows (kernels.h) ------------------------------------------------ */
 
-int qkv_q4_linear(int variant, const float *x, int M, const uint8_t *w, const float *scales, const float *zeros,
-                  int O, int K, int g, float *y) {
-    const int nb = K / BLOCK;
-    int8_t *qx = malloc((size_t)M * K);
-    float *f = malloc(sizeof(float) * ((size_t)M * nb + 2 * (size_t)nb + 8 * (size_t)M));
-    int32_t *sums = malloc(sizeof(int32_t) * (size_t)M * nb);
-    if (!qx || !f || !sums) return free(qx), free(f), free(sums), -1;
-    float *d = f, *s_blocks = d + (size_t)M * nb, *z_blocks = s_blocks + nb, *acc = z_blocks + nb;
-    qkv_quantize_rows(x, M, K, 1, qx, d, sums);
+void qkv_q4_range(int variant, const QActs *a, const uint8_t *w, const float *scales, const float *zeros, int g,
+                  int o0, int o1, float *y, int ldy, float *scratch) {
+    const int K = a->K, nb = K / BLOCK, M = a->M;
+    float *s_blocks = scratch, *z_blocks = s_blocks + nb, *acc = z_blocks + nb;
 #ifdef QKV_X86
-    if (variant == AVX512) q4_vnni(w, scales, zeros, O, K, g, qx, d, sums, M, y, s_blocks, z_blocks, acc);
-    else if (variant == AVX2) q4_avx2(w, scales, zeros, O, K, g, qx, d, sums, M, y, s_blocks, z_blocks, acc);
+    if (variant == AVX512)
+        q4_vnni(w, scales, zeros, o0, o1, K, g, a->qx, a->d, a->sums, M, y, ldy, s_blocks, z_blocks, acc);
+    else if (variant == AVX2)
+        q4_avx2(w, scales, zeros, o0, o1, K, g, a->qx, a->d, a->sums, M, y, ldy, s_blocks, z_blocks, acc);
     else
 #endif
-        q4_scalar(w, scales, zeros, O, K, g, qx, d, sums, M, y, s_blocks, z_blocks, acc);
+        q4_scalar(w, scales, zeros, o0, o1, K, g, a->qx, a->d, a->sums, M, y, ldy, s_blocks, z_blocks, acc);
+}
+
+void qkv_q8_range(int variant, const QActs *a, const int8_t *w, const float *scales, int o0, int o1, float *y,
+                  int ldy, float *scratch) {
+    const int K = a->K, M = a->M;
+#ifdef QKV_X86
+    if (variant == AVX512) q8_vnni(w, scales, o0, o1, K, a->qx, a->d, M, y, ldy, scratch);
+    else if (variant == AVX2) q8_avx2(w, scales, o0, o1, K, a->qx, a->d, M, y, ldy, scratch);
+    else
+#endif
+        q8_scalar(w, scales, o0, o1, K, a->qx, a->d, M, y, ldy, scratch);
+}
+
+/* ---- the entry points: y (M, O) = x (M, K) W^T; quantize the activation rows once, then the output rows
+ * split over ``threads`` (each row's bits do not depend on the split). Returns 0, or -1 when the scratch
+ * memory cannot be had. */
+
+typedef struct {
+    int variant, kind, O, g;
+    const QActs *a;
+    const void *w;
+    const float *scales, *zeros;
+    float *y, *scratch;
+} LinearTask;
+
+static void linear_task(void *arg, int t, int T) {
+    const LinearTask *j = arg;
+    int o0, o1;
+    qkv_share(j->O, t, T, 8, &o0, &o1);
+    float *scratch = j->scratch + (size_t)t * QKV_RANGE_SCRATCH(j->a->K, j->a->M);
+    if (j->kind == 4) qkv_q4_range(j->variant, j->a, j->w, j->scales, j->zeros, j->g, o0, o1, j->y, j->O, scratch);
+    else qkv_q8_range(j->variant, j->a, j->w, j->scales, o0, o1, j->y, j->O, scratch);
+}
+
+static int linear(int variant, int kind, const float *x, int M, const void *w, const float *scales,
+                  const float *zeros, int O, int K, int g, float *y, int threads) {
+    const int nb = K / BLOCK;
+    if (threads < 1) threads = 1;
+    int8_t *qx = malloc((size_t)M * K);
+    float *f = malloc(sizeof(float) * ((size_t)M * nb + (size_t)threads * QKV_RANGE_SCRATCH(K, M)));
+    int32_t *sums = malloc(sizeof(int32_t) * (size_t)M * nb);
+    if (!qx || !f || !sums) return free(qx), free(f), free(sums), -1;
+    QActs a = {qx, f, sums, M, K, kind == 4};
+    qkv_quantize_rows(x, M, K, kind == 4, qx, a.d, sums);
+    LinearTask job = {variant, kind, O, g, &a, w, scales, zeros, y, f + (size_t)M * nb};
+    if (threads == 1) linear_task(&job, 0, 1);
+    else qkv_parallel(linear_task, &job, threads);
     free(qx), free(f), free(sums);
     return 0;
 }
 
-int qkv_q8_linear(int variant, const float *x, int M, const int8_t *w, const float *scales, int O, int K, float *y) {
-    const int nb = K / BLOCK;
-    int8_t *qx = malloc((size_t)M * K);
-    float *f = malloc(sizeof(float) * ((size_t)M * nb + 8 * (size_t)M));
-    int32_t *sums = malloc(sizeof(int32_t) * (size_t)M * nb);
-    if (!qx || !f || !sums) return free(qx), free(f), free(sums), -1;
-    float *d = f, *acc = d + (size_t)M * nb;
-    qkv_quantize_rows(x, M, K, 0, qx, d, sums);
-#ifdef QKV_X86
-    if (variant == AVX512) q8_vnni(w, scales, O, K, qx, d, M, y, acc);
-    else if (variant == AVX2) q8_avx2(w, scales, O, K, qx, d, M, y, acc);
-    else
-#endif
-        q8_scalar(w, scales, O, K, qx, d, M, y, acc);
-    free(qx), free(f), free(sums);
-    return 0;
+int qkv_q4_linear(int variant, const float *x, int M, const uint8_t *w, const float *scales, const float *zeros,
+                  int O, int K, int g, float *y, int threads) {
+    return linear(variant, 4, x, M, w, scales, zeros, O, K, g, y, threads);
+}
+
+int qkv_q8_linear(int variant, const float *x, int M, const int8_t *w, const float *scales, int O, int K, float *y,
+                  int threads) {
+    return linear(variant, 8, x, M, w, scales, NULL, O, K, BLOCK, y, threads);
 }
 
 /* Which variants this CPU runs: bit 0 scalar, bit 1 AVX2+FMA, bit 2 AVX-512 BW/VL/VNNI. */

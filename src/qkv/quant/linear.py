@@ -31,6 +31,17 @@ from ..errors import ConfigError
 SCALE_DTYPE = torch.bfloat16             # the kernels' fast path wants scales in the activations' dtype
 GROUP_SIZES = (32, 64, 128)
 INT4_BLOCK_N = 64                        # output rows a 4-bit layer comes in (see int4_fits)
+_replaced = [0]                          # how many times some layer's codes or scales were replaced
+
+
+def codes_version() -> int:
+    """A number that changes whenever a quantized layer's codes or scales are replaced (``set_codes``,
+    ``load_state_dict``): what caches built from them elsewhere (qkv.native.fused) compare."""
+    return _replaced[0]
+
+
+def _codes_replaced() -> None:
+    _replaced[0] += 1
 
 
 class Int8Linear(nn.Module):
@@ -78,6 +89,7 @@ class Int8Linear(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self.scales_f32 = None                          # new scales: the cache is stale
+        _codes_replaced()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
@@ -140,6 +152,7 @@ class Int4Linear(nn.Module):
         self.scales = scales_OG.to(SCALE_DTYPE).contiguous()
         self.zeros = zeros_OG.to(SCALE_DTYPE).contiguous()
         self.packed = self.scales_zeros = self.scales_f32 = self.zeros_f32 = None
+        _codes_replaced()
 
     def codes(self) -> torch.Tensor:
         """The integer codes (O, K) in [0, 15]."""
@@ -177,6 +190,7 @@ class Int4Linear(nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self.packed = self.scales_zeros = self.scales_f32 = self.zeros_f32 = None   # new codes: the caches are stale
+        _codes_replaced()
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, 4-bit, "

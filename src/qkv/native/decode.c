@@ -1,0 +1,258 @@
+/* The fused decode step of a Llama-family decoder (issue 22): every layer of the stack for B new tokens
+ * (one each, B <= 16 rows of a batch) in one call, the steps of a layer split over the thread pool with a
+ * barrier between them:
+ *
+ *   A  RMSNorm + 8-bit quantization of x (each thread its own copy: cheaper than a barrier), then
+ *      wq and wkv as one product (their output rows split over the threads), biases in the epilogue
+ *   B  RoPE on the new keys and their write into the cache, (row, key head) split; then one attention
+ *      for each (row, query head) over the cache: GQA reads the key head's cache directly, no copies
+ *   C  the heads quantized, wo, and the residual add in its epilogue (x += o W^T + b)
+ *   D  RMSNorm + quantization, gate and up as one product with SwiGLU in its epilogue: silu(g) * u
+ *   E  the hidden row quantized, down, and the residual add
+ *
+ * It computes what nn/block.py's pre-norm Block computes (qkv's readable modules stay the reference and
+ * run everything else: prefill, training, other families); the PyTorch path with qkv.native's products
+ * rounds the activations to 8 bits at the same places, so the two differ by float rounding only.
+ *
+ * Bits: every row's numbers are computed by the same code in the same order whatever the batch, the thread
+ * count or the kernel variant (the products are bit-identical across variants, kernels.c; the float loops
+ * here are shared by all), so a row gives the same bits alone and in a batch. The float loops keep eight
+ * running sums in a fixed order, which the compiler vectorizes without changing a result
+ * (-ffp-contract=off, no -ffast-math). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+typedef struct {
+    int kind;                              /* 4: Int4Linear (qkv's nibbles), 8: Int8Linear */
+    int O, K, g;
+    const void *w;
+    const float *scales, *zeros, *bias;    /* zeros: 4-bit only; bias: NULL for none */
+} QLinear;
+
+typedef struct {
+    const float *norm1, *norm2;            /* RMSNorm weights (C) */
+    float eps1, eps2;
+    QLinear wq, wkv, wo, gate, up, down;   /* wkv: G keys then G values of D, as nn/attention.py */
+} QLayer;
+
+typedef struct {
+    int n_layers, C, H, G, D, F;
+    const float *cos, *sin;                /* RoPE tables (positions, D), channel i paired with i + D/2 */
+    const QLayer *layers;
+} QModel;
+
+typedef struct {
+    float *const *k, *const *v;            /* per layer: the cache (B, G, max_len, D), float32 */
+    int max_len, length;                   /* positions the cache holds before this step */
+    const int32_t *pos;                    /* B: each row's RoPE position */
+    const uint8_t *allowed;                /* B x allowed_ld: the keys each row may see, or NULL for all */
+    int allowed_ld;
+} QStep;
+
+typedef struct {                           /* one thread's scratch */
+    float *normed, *range, *tmp, *scores;
+    QActs a4, a8;
+} Scratch;
+
+typedef struct {
+    int variant, B, kmax;
+    const QModel *model;
+    const QStep *step;
+    float *x, *qkv, *att, *hidden;
+    Scratch *scratch;
+} Job;
+
+static float dot(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
+    for (; i < n; i++) acc[i % 8] += a[i] * b[i];
+    return reduce8(acc);
+}
+
+/* x / sqrt(mean(x^2) + eps) * w for each of M rows */
+static void rms_norm(const float *x, int M, int C, const float *w, float eps, float *y) {
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (size_t)m * C;
+        float inv = 1.0f / sqrtf(dot(xm, xm, C) / (float)C + eps);
+        for (int c = 0; c < C; c++) y[(size_t)m * C + c] = xm[c] * inv * w[c];
+    }
+}
+
+/* 8-bit blocks of x for the kinds of products that will read them (4-bit: permuted, int8: natural) */
+static void quantize_for(Scratch *s, const float *x, int M, int K, const QLinear *a, const QLinear *b) {
+    int need4 = a->kind == 4 || (b && b->kind == 4), need8 = a->kind == 8 || (b && b->kind == 8);
+    if (need4) s->a4.M = M, s->a4.K = K, qkv_quantize_rows(x, M, K, 1, s->a4.qx, s->a4.d, s->a4.sums);
+    if (need8) s->a8.M = M, s->a8.K = K, qkv_quantize_rows(x, M, K, 0, s->a8.qx, s->a8.d, s->a8.sums);
+}
+
+/* rows [o0, o1) of one product into y (row stride ldy, column o - o0), bias added */
+static void product(int variant, Scratch *s, const QLinear *L, int o0, int o1, float *y, int ldy) {
+    if (o1 <= o0) return;
+    if (L->kind == 4)
+        qkv_q4_range(variant, &s->a4, (const uint8_t *)L->w + (size_t)o0 * (L->K / 2), L->scales + (size_t)o0 * (L->K / L->g),
+                     L->zeros + (size_t)o0 * (L->K / L->g), L->g, 0, o1 - o0, y, ldy, s->range);
+    else
+        qkv_q8_range(variant, &s->a8, (const int8_t *)L->w + (size_t)o0 * L->K, L->scales + o0, 0, o1 - o0, y, ldy,
+                     s->range);
+    if (L->bias)
+        for (int m = 0, M = L->kind == 4 ? s->a4.M : s->a8.M; m < M; m++)
+            for (int o = o0; o < o1; o++) y[(size_t)m * ldy + o - o0] += L->bias[o];
+}
+
+/* (q, k) pairs (i, i + D/2) rotated by the position's angle, as nn/position.py's apply_rotary */
+static void rope(const float *x, const float *cos, const float *sin, int D, float *y) {
+    const int half = D / 2;
+    for (int i = 0; i < half; i++) {
+        float a = x[i], b = x[i + half];
+        y[i] = a * cos[i] - b * sin[i];
+        y[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+}
+
+/* A: norm, quantize, q/k/v rows of this thread */
+static void step_qkv(const Job *j, const QLayer *L, Scratch *s, int t, int T) {
+    const int B = j->B, C = j->model->C, Oq = L->wq.O, total = Oq + L->wkv.O;
+    rms_norm(j->x, B, C, L->norm1, L->eps1, s->normed);
+    quantize_for(s, s->normed, B, C, &L->wq, &L->wkv);
+    int o0, o1;
+    qkv_share(total, t, T, 16, &o0, &o1);
+    int q1 = o1 < Oq ? o1 : Oq, k0 = o0 > Oq ? o0 : Oq;
+    product(j->variant, s, &L->wq, o0, q1, j->qkv + o0, total);
+    product(j->variant, s, &L->wkv, k0 - Oq, o1 - Oq, j->qkv + k0, total);
+}
+
+/* B1: the new keys rotated and written to the cache with the values */
+static void step_cache(const Job *j, int layer, int t, int T) {
+    const QModel *md = j->model;
+    const QStep *st = j->step;
+    const int G = md->G, D = md->D, total = (md->H + 2 * G) * D;
+    int i0, i1;
+    qkv_share(j->B * G, t, T, 1, &i0, &i1);
+    for (int i = i0; i < i1; i++) {
+        int b = i / G, g = i % G;
+        const float *k = j->qkv + (size_t)b * total + (md->H + g) * D, *v = k + G * D;
+        size_t at = (((size_t)b * G + g) * st->max_len + st->length) * D;
+        rope(k, md->cos + (size_t)st->pos[b] * D, md->sin + (size_t)st->pos[b] * D, D, st->k[layer] + at);
+        memcpy(st->v[layer] + at, v, sizeof(float) * D);
+    }
+}
+
+/* B2: softmax(q k^T / sqrt(D)) v for each (row, query head) over the length + 1 cached keys */
+static void step_attend(const Job *j, int layer, Scratch *s, int t, int T) {
+    const QModel *md = j->model;
+    const QStep *st = j->step;
+    const int H = md->H, G = md->G, D = md->D, total = (H + 2 * G) * D, M = st->length + 1;
+    const float scale = 1.0f / sqrtf((float)D);
+    float q[512], out[512];                              /* D <= 512 (checked by qkv.native.fused) */
+    int i0, i1;
+    qkv_share(j->B * H, t, T, 1, &i0, &i1);
+    for (int i = i0; i < i1; i++) {
+        int b = i / H, h = i % H, g = h / (H / G);
+        rope(j->qkv + (size_t)b * total + h * D, md->cos + (size_t)st->pos[b] * D, md->sin + (size_t)st->pos[b] * D,
+             D, q);
+        const float *k = st->k[layer] + ((size_t)b * G + g) * st->max_len * D;
+        const float *v = st->v[layer] + ((size_t)b * G + g) * st->max_len * D;
+        const uint8_t *allowed = st->allowed ? st->allowed + (size_t)b * st->allowed_ld : NULL;
+        float top = -INFINITY, sum = 0.0f;
+        for (int m = 0; m < M; m++) {
+            s->scores[m] = allowed && !allowed[m] ? -INFINITY : dot(q, k + (size_t)m * D, D) * scale;
+            top = fmaxf(top, s->scores[m]);
+        }
+        for (int d = 0; d < D; d++) out[d] = 0.0f;
+        for (int m = 0; m < M; m++) {
+            if (s->scores[m] == -INFINITY) continue;
+            float p = expf(s->scores[m] - top);
+            sum += p;
+            for (int d = 0; d < D; d++) out[d] += p * v[(size_t)m * D + d];
+        }
+        float inv = 1.0f / sum;
+        for (int d = 0; d < D; d++) j->att[(size_t)b * H * D + h * D + d] = out[d] * inv;
+    }
+}
+
+/* C and E: quantize the input rows, this thread's output rows of the product, x += them */
+static void step_residual(const Job *j, const QLinear *L, const float *in, Scratch *s, int t, int T) {
+    const int B = j->B, C = j->model->C;
+    quantize_for(s, in, B, L->K, L, NULL);
+    int o0, o1;
+    qkv_share(C, t, T, 16, &o0, &o1);
+    product(j->variant, s, L, o0, o1, s->tmp, o1 - o0);
+    for (int b = 0; b < B; b++)
+        for (int o = o0; o < o1; o++) j->x[(size_t)b * C + o] += s->tmp[(size_t)b * (o1 - o0) + o - o0];
+}
+
+/* D: norm, quantize, gate and up rows of this thread, silu(gate) * up */
+static void step_swiglu(const Job *j, const QLayer *L, Scratch *s, int t, int T) {
+    const int B = j->B, C = j->model->C, F = j->model->F;
+    rms_norm(j->x, B, C, L->norm2, L->eps2, s->normed);
+    quantize_for(s, s->normed, B, C, &L->gate, &L->up);
+    int f0, f1;
+    qkv_share(F, t, T, 16, &f0, &f1);
+    const int n = f1 - f0;
+    float *g = s->tmp, *u = s->tmp + (size_t)B * n;
+    product(j->variant, s, &L->gate, f0, f1, g, n);
+    product(j->variant, s, &L->up, f0, f1, u, n);
+    for (int b = 0; b < B; b++)
+        for (int f = 0; f < n; f++) {
+            float a = g[(size_t)b * n + f];
+            j->hidden[(size_t)b * F + f0 + f] = a / (1.0f + expf(-a)) * u[(size_t)b * n + f];
+        }
+}
+
+static void stack_task(void *arg, int t, int T) {
+    const Job *j = arg;
+    Scratch *s = j->scratch + t;
+    for (int layer = 0; layer < j->model->n_layers; layer++) {
+        const QLayer *L = j->model->layers + layer;
+        step_qkv(j, L, s, t, T);
+        qkv_barrier(T);
+        step_cache(j, layer, t, T);
+        qkv_barrier(T);
+        step_attend(j, layer, s, t, T);
+        qkv_barrier(T);
+        step_residual(j, &L->wo, j->att, s, t, T);
+        qkv_barrier(T);
+        step_swiglu(j, L, s, t, T);
+        qkv_barrier(T);
+        step_residual(j, &L->down, j->hidden, s, t, T);
+        qkv_barrier(T);
+    }
+}
+
+/* x (B, C): the embedded new tokens in, the stack's output (before the final norm) out. The caches gain
+ * position ``length`` (the caller counts it). Returns 0, or -1 when memory cannot be had. */
+int qkv_decode(int variant, const QModel *md, float *x, int B, const QStep *step, int threads) {
+    if (threads < 1) threads = 1;
+    const int H = md->H, G = md->G, D = md->D, F = md->F;
+    int kmax = md->C > H * D ? md->C : H * D;
+    kmax = kmax > F ? kmax : F;
+    const size_t nb = (size_t)kmax / BLOCK, shared = (size_t)B * ((H + 2 * G) * D + H * D + F);
+    const int wide = F > md->C ? F : md->C;                 /* step D's gate and up, or step C's rows */
+    const size_t per = (size_t)B * kmax + QKV_RANGE_SCRATCH(kmax, B) + 2 * (size_t)B * wide + step->max_len
+                       + 4 * B * nb;
+    float *f = malloc(sizeof(float) * (shared + per * threads));
+    int8_t *codes = malloc(2 * (size_t)B * kmax * threads);
+    Scratch *scratch = malloc(sizeof(Scratch) * threads);
+    if (!f || !codes || !scratch) return free(f), free(codes), free(scratch), -1;
+    Job job = {variant, B, kmax, md, step, x, f, f + (size_t)B * (H + 2 * G) * D, NULL, scratch};
+    job.hidden = job.att + (size_t)B * H * D;
+    for (int t = 0; t < threads; t++) {
+        float *p = f + shared + per * t;
+        Scratch *s = scratch + t;
+        s->normed = p, p += (size_t)B * kmax;
+        s->range = p, p += QKV_RANGE_SCRATCH(kmax, B);
+        s->tmp = p, p += 2 * (size_t)B * wide;
+        s->scores = p, p += step->max_len;
+        s->a4 = (QActs){codes + 2 * (size_t)B * kmax * t, p, (int32_t *)(p + B * nb), 0, 0, 1};
+        s->a8 = (QActs){s->a4.qx + (size_t)B * kmax, p + 2 * B * nb, (int32_t *)(p + 3 * B * nb), 0, 0, 0};
+    }
+    if (threads == 1) stack_task(&job, 0, 1);
+    else qkv_parallel(stack_task, &job, threads);
+    free(f), free(codes), free(scratch);
+    return 0;
+}

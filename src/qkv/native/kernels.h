@@ -1,0 +1,50 @@
+/* What kernels.c, pool.c and decode.c share: the products over activation rows quantized once, a range of
+ * output rows at a time (so that threads split the rows and fused steps write into wider buffers), and
+ * the thread pool. */
+#ifndef QKV_KERNELS_H
+#define QKV_KERNELS_H
+#include <stdint.h>
+
+#define BLOCK 32
+enum { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
+
+/* M activation rows of K, quantized to 8 bits per block of 32: codes, the block's step d and sum of codes.
+ * ``permuted``: each block in the 4-bit weights' order (even columns, then odd ones), else natural. */
+typedef struct {
+    int8_t *qx;
+    float *d;
+    int32_t *sums;
+    int M, K, permuted;
+} QActs;
+
+/* floats of scratch one range call needs (per thread): a scale and a code-8 value per block, 8 sums a row */
+#define QKV_RANGE_SCRATCH(K, M) (2 * ((K) / BLOCK) + 8 * (M))
+
+void qkv_quantize_rows(const float *x, int M, int K, int permute, int8_t *qx, float *d, int32_t *sums);
+
+/* y[m * ldy + o] for o in [o0, o1): the 4-bit product (a permuted) and the int8 one (a natural) */
+void qkv_q4_range(int variant, const QActs *a, const uint8_t *w, const float *scales, const float *zeros, int g,
+                  int o0, int o1, float *y, int ldy, float *scratch);
+void qkv_q8_range(int variant, const QActs *a, const int8_t *w, const float *scales, int o0, int o1, float *y,
+                  int ldy, float *scratch);
+
+/* Run fn(arg, t, T) on T threads (this one is t = 0) and return when all are done. */
+typedef void (*qkv_task)(void *arg, int t, int T);
+void qkv_parallel(qkv_task fn, void *arg, int T);
+/* Inside a task: wait until all T threads of this run reach the barrier. */
+void qkv_barrier(int T);
+
+/* The fixed reduction of eight running sums every variant uses (the same bits everywhere). */
+static inline float reduce8(const float *a) {
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+/* [begin, end) of n items for thread t of T, in whole multiples of ``align`` */
+static inline void qkv_share(int n, int t, int T, int align, int *begin, int *end) {
+    int units = (n + align - 1) / align;
+    *begin = (int)((int64_t)units * t / T) * align;
+    *end = (int)((int64_t)units * (t + 1) / T) * align;
+    if (*end > n) *end = n;
+    if (*begin > n) *begin = n;
+}
+#endif
