@@ -19,6 +19,7 @@ import ctypes
 import functools
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,13 +36,21 @@ MAX_ROWS = 16         # rows (tokens) at or below which a layer uses these kerne
                       # bit-identical to the same rows alone.
 
 
+ABI = 2                                           # kernels.h's QKV_ABI: the entry points' arguments
+
+
 @functools.lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
-    """The built kernels, or None where ``pip install`` could not build them."""
+    """The built kernels, or None where ``pip install`` could not build them (or built them from older
+    sources: then a warning says how to rebuild, and the layers run on PyTorch's kernels)."""
     spec = importlib.util.find_spec("qkv.native._kernels")
     if spec is None or spec.origin is None or not Path(spec.origin).is_file():
         return None
     lib = ctypes.CDLL(spec.origin)
+    if not hasattr(lib, "qkv_abi") or lib.qkv_abi() != ABI:
+        warnings.warn(f"{spec.origin} was built from older sources than qkv.native's; rebuild it (pip install "
+                      f"-e . or python setup.py build_ext --inplace). Until then PyTorch's kernels run.")
+        return None
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.qkv_q4_linear.argtypes = [i, p, i, p, p, p, i, i, i, p, i]
     lib.qkv_q8_linear.argtypes = [i, p, i, p, p, i, i, p, i]

@@ -322,6 +322,9 @@ int qkv_q8_linear(int variant, const float *x, int M, const int8_t *w, const flo
     return linear(variant, 8, x, M, w, scales, NULL, O, K, BLOCK, y, threads);
 }
 
+/* The version of these entry points' arguments: qkv.native refuses a build older than its sources. */
+int qkv_abi(void) { return QKV_ABI; }
+
 /* Which variants this CPU runs: bit 0 scalar, bit 1 AVX2+FMA, bit 2 AVX-512 BW/VL/VNNI. */
 int qkv_supported(void) {
     int bits = 1;

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #define BLOCK 32
+#define QKV_ABI 2             /* one more whenever an entry point's arguments change (qkv.native.ABI) */
 enum { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
 
 /* M activation rows of K, quantized to 8 bits per block of 32: codes, the block's step d and sum of codes.
