@@ -30,6 +30,20 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def task_files(tmp_path_factory):
+    """{task: (train file, eval file or None)} plus the tiny MLM encoder under "encoder" (finetune_fixtures)."""
+    from finetune_fixtures import make_task_files
+    return make_task_files(tmp_path_factory.mktemp("tasks"))
+
+
+@pytest.fixture
+def parallel(tmp_path):
+    """A tiny German-English corpus: DIR/{train,val}.{de,en} (parallel_fixtures)."""
+    from parallel_fixtures import write_parallel
+    return write_parallel(tmp_path / "para")
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

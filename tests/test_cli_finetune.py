@@ -12,8 +12,7 @@ import pytest
 from qkv.cli import main
 from qkv.data.squad import read_squad, split_by_article
 from qkv.metrics import squad_em_f1
-# task_files is a fixture: imported, pytest finds it here too
-from test_finetune import TINY_MODEL, TINY_TRAIN, sentiment_rows, task_files, write_sst2  # noqa: F401,F811
+from finetune_fixtures import TINY_MODEL, TINY_TRAIN, sentiment_rows, write_sst2
 
 KEYS = {"sst2": {"accuracy"}, "cola": {"accuracy", "mcc"}, "upos": {"accuracy"},
         "wnut17": {"precision", "recall", "f1"}, "squad": {"exact_match", "f1"}}

@@ -97,8 +97,7 @@ def test_a_resume_whose_world_cannot_split_the_batch_says_what_to_change(tmp_pat
 
 
 # ---- every objective and task under torchrun -------------------------------------------------------------
-from test_finetune import task_files  # noqa: E402,F401  (a fixture: the tiny task files and MLM encoder)
-from test_tasks import DE, EN  # noqa: E402
+from parallel_fixtures import write_parallel  # noqa: E402
 
 TINY = ["--max-iters", "4", "--eval-interval", "2", "--eval-iters", "2", "--batch-size", "4", "--no-progress",
         "--n-layers", "1", "--d-model", "32", "--n-heads", "4", "--warmup-iters", "1"]
@@ -121,11 +120,7 @@ def torchrun(args: list[str]) -> subprocess.CompletedProcess:
 def test_every_objective_trains_under_torchrun(tmp_path, corpus, name):
     data = str(corpus)
     if name == "translate":
-        data = tmp_path / "para"
-        data.mkdir()
-        for split, rows in (("train", slice(0, 40)), ("val", slice(40, 48))):
-            (data / f"{split}.de").write_text("\n".join(DE[rows]) + "\n", encoding="utf-8")
-            (data / f"{split}.en").write_text("\n".join(EN[rows]) + "\n", encoding="utf-8")
+        data = write_parallel(tmp_path / "para")
     done = torchrun([*RUNS[name], *TINY, "--data", str(data), "--out-dir", str(tmp_path / "run")])
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("precision ") == 1 and "2 processes (gloo)" in done.stdout     # rank 0 alone logs

@@ -20,8 +20,6 @@ from qkv.config import resolve
 from qkv.train import trainer as trainer_mod
 from qkv.train.optim import lr_at
 from qkv.train.trainer import Trainer
-# parallel is a fixture (a tiny de-en corpus): imported, pytest finds it here too
-from test_tasks import parallel  # noqa: F401
 
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 8

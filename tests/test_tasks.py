@@ -16,23 +16,11 @@ from qkv.models import GPT, EncoderDecoder
 from qkv.train.optim import lr_at
 from qkv.train.trainer import Trainer
 
+from parallel_fixtures import DE, EN
+
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 8
-DE = ["ein hund läuft", "zwei katzen schlafen", "ein mann liest ein buch", "eine frau singt",
-      "kinder spielen im park", "ein hund schläft", "zwei männer laufen", "eine katze liest"] * 6
-EN = ["a dog runs", "two cats sleep", "a man reads a book", "a woman sings",
-      "children play in the park", "a dog sleeps", "two men run", "a cat reads"] * 6
 SEQ2SEQ = dict(max_len=32, n_layers=2, n_encoder_layers=2, d_model=32, n_heads=4)
-
-
-@pytest.fixture
-def parallel(tmp_path):
-    d = tmp_path / "para"
-    d.mkdir()
-    for split, rows in (("train", slice(0, 40)), ("val", slice(40, 48))):
-        (d / f"{split}.de").write_text("\n".join(DE[rows]) + "\n", encoding="utf-8")
-        (d / f"{split}.en").write_text("\n".join(EN[rows]) + "\n", encoding="utf-8")
-    return d
 
 
 def run_cfg(tmp_path, name, model=None, **train):
