@@ -100,3 +100,26 @@ def test_next_and_attention_take_threads_and_quantized(ckpt, tmp_path, capsys, c
     finally:
         torch.set_num_threads(threads)
     assert any(isinstance(m, Int8Linear) for m in loaded[-1].modules())
+
+
+def test_every_sampling_flag_is_a_generation_config_field():
+    """The flags are generated from GenerationConfig: each one given reaches its field, and --help shows the
+    field's comment with the default that applies (chat's own defaults for qkv chat)."""
+    import argparse
+    import typing
+    from qkv.cli import build_parser
+    from qkv.cli.generate import SAMPLING_FLAGS, sampling_config
+    from qkv.generate import GenerationConfig
+    assert {"max_new_tokens", "temperature", "top_k", "top_p", "seed", "ignore_eos"} <= set(SAMPLING_FLAGS)
+    hints, values, argv = typing.get_type_hints(GenerationConfig), {}, ["generate", "ck"]
+    for name in SAMPLING_FLAGS:                 # a value valid for every field of its type, and no default
+        flag, kind = "--" + name.replace("_", "-"), hints[name]
+        values[name] = True if kind is bool else 3 if int in (kind, *typing.get_args(kind)) else 0.5
+        argv += [flag] if kind is bool else [flag, str(values[name])]
+    cfg = sampling_config(build_parser().parse_args(argv))
+    assert {name: getattr(cfg, name) for name in SAMPLING_FLAGS} == values
+    assert sampling_config(build_parser().parse_args(["generate", "ck"])) == GenerationConfig()
+    chat = next(a for a in build_parser()._subparsers._group_actions[0].choices["chat"]._actions
+                if a.dest == "temperature")
+    assert chat.help.startswith("0 = greedy") and "(default 0.7)" in chat.help
+    assert argparse.SUPPRESS == chat.default                            # not given: the defaults apply

@@ -104,3 +104,17 @@ def test_the_router_asks_for_the_key_in_the_state(tok):
         assert request(url, "GET", "/v1/models")[0] == 401
         status, body = request(url, "GET", "/v1/models", headers={"Authorization": "Bearer k3y"})
     assert status == 200 and body["data"][0]["id"] == "scripted" and body["data"][0]["max_model_len"] == 64
+
+
+def test_every_sampling_number_of_generation_config_is_a_request_field_that_reaches_the_sequence(tok):
+    """The request's sampling fields are read from GenerationConfig: OpenAI's are among them, and each one
+    given in a body is the sequence's (the value is valid for every field, and no field's default)."""
+    from qkv.serve.schemas import SAMPLING_FIELDS
+    assert {"temperature", "top_p", "presence_penalty", "frequency_penalty", "seed"} <= set(SAMPLING_FIELDS)
+    given = {name: 3 if kind is int else 0.5 for name, kind in SAMPLING_FIELDS.items()}
+    engine = ScriptedEngine(tok.eos_id)
+    with running(bare_app(tok, engine)) as url:
+        status, _ = request(url, "POST", "/v1/completions", {"prompt": "the", "max_tokens": 2, **given})
+        bad, body = request(url, "POST", "/v1/completions", {"prompt": "the", "top_k": "3"})
+    assert status == 200 and {name: getattr(engine.submitted[0].cfg, name) for name in given} == given
+    assert bad == 400 and body["error"]["param"] == "top_k"                    # a count takes JSON integers only

@@ -46,7 +46,7 @@ from .text_stream import TextStream
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 64               # new tokens only, the prompt not counted
-    temperature: float = 1.0               # 0 -> greedy
+    temperature: float = 1.0               # 0 = greedy; higher = more random
     top_k: int | None = None               # keep the k most likely tokens; None keeps all
     top_p: float = 1.0                     # nucleus: the smallest set whose probability reaches p; 1 = off
     min_p: float = 0.0                     # drop tokens below min_p * (top probability); 0 = off
@@ -55,7 +55,8 @@ class GenerationConfig:
     frequency_penalty: float = 0.0         # OpenAI, additive per occurrence, output only, -2..2
     stop: tuple[str, ...] | list[str] | str = ()   # strings that end the text (never returned)
     ignore_eos: bool = False               # keep going past the tokenizer's eos token
-    seed: int | None = None                # a private generator: same seed, same text
+    seed: int | None = None                # a private generator: same seed, same text (default: a fresh
+                                           # one each run)
     use_cache: bool = True                 # False recomputes the whole sequence each step (for comparison)
     json_schema: dict | None = None        # the text is JSON matching this schema ({"type": "object"}: any
                                            # object); decoding is masked by its grammar (``qkv.grammar``)

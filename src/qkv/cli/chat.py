@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import typing
 
 from ..errors import InputError
 from ..generate import GenerationConfig, make_config
-from .flags import positive_int
-from .generate import FLAGS, add_sampling_arguments, load_for_decoding, sampling_config
+from .flags import field_parser, positive_int
+from .generate import SAMPLING_FLAGS, add_sampling_arguments, load_for_decoding, sampling_config
 
 DEFAULTS = GenerationConfig(max_new_tokens=512, temperature=0.7, top_p=0.95)   # chat's defaults
 COMMANDS = {
@@ -36,7 +37,9 @@ COMMANDS = {
     "/reset": "start over (the system message stays)",
     "/exit": "quit (also Ctrl-D)",
 }
-SETTINGS = {field: kind for field, kind, _ in FLAGS.values()}     # what /set takes: the sampling flags' fields
+HINTS = typing.get_type_hints(GenerationConfig)
+SETTINGS = {name: field_parser(HINTS[name], name, f"/set {name}")        # what /set takes: the sampling
+            for name in SAMPLING_FLAGS if HINTS[name] is not bool}       # flags that take a number
 BLOCK = '"""'
 
 
@@ -96,11 +99,10 @@ def _set(session, words: list[str]) -> str:
     if len(words) != 2 or words[0] not in SETTINGS:
         raise InputError(f"usage: /set NAME VALUE with NAME one of {', '.join(SETTINGS)}")
     name, text = words
-    kind = SETTINGS[name]
     try:
-        value = None if text.lower() == "none" and name in ("seed", "top_k") else kind(text)
-    except ValueError:
-        raise InputError(f"/set {name} {text}: expected {'an integer' if kind is int else 'a number'}") from None
+        value = SETTINGS[name](text)
+    except argparse.ArgumentTypeError as e:
+        raise InputError(str(e)) from None
     session.config = make_config(session.config, **{name: value})
     return f"{name} {value}"
 

@@ -29,8 +29,9 @@ def value_parser(base: type, flag: str, optional: bool = False, minimum: int | N
         try:
             value = base(text)
         except ValueError:
-            kind = KIND_WORDS.get(base, base.__name__) + (" or none" if optional else "")
-            raise argparse.ArgumentTypeError(f"{flag} expects {kind}, got {text!r}") from None
+            unset = " (or none, to leave it unset)" if optional else ""
+            raise argparse.ArgumentTypeError(f"{flag} expects {KIND_WORDS.get(base, base.__name__)}, got {text!r}"
+                                             f"{unset}") from None
         if minimum is not None and value < minimum:
             words = "a positive integer" if minimum == 1 and base is int else f"{KIND_WORDS.get(base)} >= {minimum}"
             raise argparse.ArgumentTypeError(f"{flag} {text} must be {words}")
@@ -86,20 +87,44 @@ def unescaped(text: str) -> str:
 ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\"}
 
 
-def _parser_for(hint, name: str):
+def list_parser(item: type, flag: str, optional: bool = False):
+    """An argparse ``type`` for a comma-separated list (``--depths 2,2,6``) -> a tuple of ``item``s."""
+    one = value_parser(item, flag)
+
+    def parse(text: str):
+        if optional and text.lower() == "none":
+            return None
+        words = [w.strip() for w in text.split(",")]
+        if not all(words):
+            plural = {int: "integers", float: "numbers"}[item]
+            raise argparse.ArgumentTypeError(f"{flag} expects comma-separated {plural} (e.g. 2,2), got {text!r}")
+        return tuple(one(w) for w in words)
+    parse.__name__ = f"list of {item.__name__}" + (" or none" if optional else "")
+    return parse
+
+
+def field_parser(hint, name: str, flag: str | None = None):
+    """The argparse ``type`` of a dataclass field ``name`` with type ``hint`` (``X | None`` accepts none,
+    ``tuple[X, ...]`` a comma-separated list); its errors name ``flag`` (default ``--name``)."""
     args = typing.get_args(hint)
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
     base = next(a for a in args if a is not type(None)) if optional else hint
-    return value_parser(base, "--" + name.replace("_", "-"), optional)
+    flag = flag or "--" + name.replace("_", "-")
+    if typing.get_origin(base) is tuple:
+        return list_parser(typing.get_args(base)[0], flag, optional)
+    return value_parser(base, flag, optional)
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, shown: dict | None = None) -> None:
-    """One flag per field of ``cls``, described by the field's comment in the class source; ``shown`` are the
-    defaults that apply (a preset's), for the help text."""
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, shown: dict | None = None,
+                        only: tuple[str, ...] | None = None) -> None:
+    """One flag per field of ``cls`` (or per field named in ``only``), described by the field's comment in the
+    class source; ``shown`` are the defaults that apply (a preset's), for the help text."""
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     comments = field_comments(cls)
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
         if hint is bool:
             action = group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
@@ -107,7 +132,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, shown:
         elif typing.get_origin(hint) is Literal:
             action = group.add_argument(flag, dest=f.name, choices=typing.get_args(hint), default=argparse.SUPPRESS)
         else:
-            action = group.add_argument(flag, dest=f.name, type=_parser_for(hint, f.name), default=argparse.SUPPRESS,
+            action = group.add_argument(flag, dest=f.name, type=field_parser(hint, f.name), default=argparse.SUPPRESS,
                                         metavar=f.name.upper())
         action.comment = comments.get(f.name, "")
         if f.default is not dataclasses.MISSING:
@@ -119,9 +144,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, title: str, shown:
 
 def _describe(action: argparse.Action, shown: dict) -> None:
     if action.dest in shown:
-        default = f"default {shown[action.dest]}"
+        default = f"default {_as_typed(shown[action.dest])}"
     elif hasattr(action, "field_default"):
-        default = f"default {action.field_default}"
+        default = f"default {_as_typed(action.field_default)}"
     else:
         default = "required"
     if "(default" in action.comment:                    # the comment says it in words ("default: CORS off")
@@ -129,6 +154,11 @@ def _describe(action: argparse.Action, shown: dict) -> None:
     else:
         text = f"{action.comment} ({default})" if action.comment else f"({default})"
     action.help = text.replace("%", "%%")                # argparse formats help strings with %
+
+
+def _as_typed(value) -> str:
+    """A default as one would type it: a tuple as its comma list (``2,2``)."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) and value else str(value)
 
 
 def show_defaults(parser: argparse.ArgumentParser, shown: dict) -> None:

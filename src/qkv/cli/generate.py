@@ -16,52 +16,36 @@ import sys
 
 from ..errors import InputError
 from ..generate import GenerationConfig
-from .flags import (add_chat_template_argument, add_device_argument, add_load_arguments, path_arg, unescaped,
-                    value_parser)
+from .flags import (add_chat_template_argument, add_dataclass_flags, add_device_argument, add_load_arguments,
+                    path_arg, unescaped)
 
 DEFAULTS = GenerationConfig()
 
-# flag -> (field, type, help). argparse parses the types; GenerationConfig checks the ranges.
-FLAGS = {
-    "--max-new-tokens": ("max_new_tokens", int, "tokens to generate (the prompt not counted)"),
-    "--temperature": ("temperature", float, "0 = greedy; higher = more random"),
-    "--top-k": ("top_k", int, "sample from the k most likely tokens only"),
-    "--top-p": ("top_p", float, "nucleus sampling: the smallest set reaching probability p, in (0, 1]"),
-    "--min-p": ("min_p", float, "drop tokens below min_p x the top probability, in [0, 1]"),
-    "--repetition-penalty": ("repetition_penalty", float, "CTRL penalty over prompt + output, > 0, 1 = off"),
-    "--presence-penalty": ("presence_penalty", float, "OpenAI additive penalty, -2..2, output only"),
-    "--frequency-penalty": ("frequency_penalty", float, "OpenAI per-occurrence penalty, -2..2, output only"),
-    "--seed": ("seed", int, "random seed for reproducible sampling"),
-}
+# GenerationConfig fields that are not one of the generated flags: --stop is repeatable and takes escapes;
+# --no-cache, --json-schema FILE and --context-shift are qkv generate's alone (written in add_arguments);
+# logit_bias (a dict of token ids) is the server's. Every other field is a flag of generate and chat, with
+# its comment as the help: a new sampling parameter in GenerationConfig is a flag with nothing added here.
+NOT_FLAGS = ("stop", "use_cache", "json_schema", "context_shift", "logit_bias")
+SAMPLING_FLAGS = tuple(f.name for f in dataclasses.fields(GenerationConfig) if f.name not in NOT_FLAGS)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: GenerationConfig = DEFAULTS) -> None:
-    """The GenerationConfig flags (shared by `qkv generate` and `qkv chat`), --stop, --ignore-eos, and how
-    the model loads and runs (--threads, --quantized, --device, --chat-template)."""
-    for flag, (field, kind, help_text) in FLAGS.items():
-        parser.add_argument(flag, dest=field, type=value_parser(kind, flag), default=None,
-                            metavar=kind.__name__.upper(),
-                            help=f"{help_text} ({_default_words(field, getattr(defaults, field))})")
+    """The GenerationConfig flags (shared by `qkv generate` and `qkv chat`), --stop, and how the model loads
+    and runs (--threads, --quantized, --device, --chat-template)."""
+    add_dataclass_flags(parser, GenerationConfig, "sampling (GenerationConfig fields)",
+                        shown={name: getattr(defaults, name) for name in SAMPLING_FLAGS}, only=SAMPLING_FLAGS)
     parser.add_argument("--stop", action="append", default=[], metavar="S", type=unescaped,
                         help="stop before this string (repeatable; \\n and \\t are a newline and a tab, as in "
                              "--stop '\\n\\n'); it is not printed")
-    parser.add_argument("--ignore-eos", action="store_true", help="keep generating past the eos token")
     add_load_arguments(parser)
     add_device_argument(parser, "the model runs")
     add_chat_template_argument(parser)
 
 
-def _default_words(field: str, value) -> str:
-    """A default for the help: None means "off" for a filter, a fresh random seed for --seed."""
-    if value is not None:
-        return f"default {value}"
-    return "default: a fresh one each run" if field == "seed" else "default: off"
-
-
 def sampling_config(args: argparse.Namespace, defaults: GenerationConfig = DEFAULTS, **more) -> GenerationConfig:
     """The GenerationConfig the flags describe, on top of ``defaults``."""
-    given = {field: getattr(args, field) for field, _, _ in FLAGS.values() if getattr(args, field) is not None}
-    return dataclasses.replace(defaults, **given, stop=tuple(args.stop), ignore_eos=args.ignore_eos, **more)
+    given = {name: getattr(args, name) for name in SAMPLING_FLAGS if hasattr(args, name)}
+    return dataclasses.replace(defaults, **given, stop=tuple(args.stop), **more)
 
 
 def load_for_decoding(path: str, args: argparse.Namespace, command: str):

@@ -24,7 +24,7 @@ from ..conversation import render_chat
 from ..errors import InputError
 from ..generate import GenerationConfig, encode_prompt
 from .engine import Sequence, Token
-from .schemas import ChatRequest, CompletionRequest, Sampling
+from .schemas import SAMPLING_FIELDS, ChatRequest, CompletionRequest, Sampling
 
 DEFAULT_TEMPLATE = ("{% for m in messages %}{{ m.role }}: {{ m.content }}\n\n{% endfor %}"
                     "{% if add_generation_prompt %}assistant:{% endif %}")
@@ -83,9 +83,7 @@ def generation_config(req: Sampling, max_new_tokens: int, extra_stop: str | None
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if extra_stop is not None:
         stops.append(extra_stop)
-    given = {k: v for k, v in dict(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
-                                   presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-                                   repetition_penalty=req.repetition_penalty, seed=req.seed).items() if v is not None}
+    given = {name: getattr(req, name) for name in SAMPLING_FIELDS if getattr(req, name) is not None}
     given = {**(defaults or {}), **given}
     try:
         return GenerationConfig(max_new_tokens=max_new_tokens, stop=tuple(stops), ignore_eos=req.ignore_eos, **given)

@@ -6,13 +6,22 @@ the field); the sampling ranges are checked once, by ``qkv.generate.GenerationCo
 
 Our extras beyond OpenAI's fields (``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``) go in the
 body as extra fields, e.g. ``client.chat.completions.create(..., extra_body={"top_k": 40})``.
+
+The sampling numbers a request may set (``SAMPLING_FIELDS``: temperature, top_p, top_k, min_p, the three
+penalties, seed) are GenerationConfig's own fields, by the same names and meanings, so they are read from
+it: a number added to GenerationConfig is a request field too. Each defaults to None, "not given", which
+the model's own defaults and then GenerationConfig's fill (``openai_api.generation_config``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from ..generate import GenerationConfig
 
 MAX_N = 16                  # choices per request
 MAX_TOP_LOGPROBS = 20       # OpenAI's limit
@@ -64,26 +73,34 @@ def Count(default, **bounds):
     return Field(default, strict=True, **bounds)
 
 
-class Sampling(Lenient):
-    """The fields chat and completions share."""
+def _number_fields(cls) -> dict[str, type]:
+    """{field: int or float} for the number fields of a dataclass (``int | None`` counts as int)."""
+    hints, out = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        kinds = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
+        if kinds in ([int], [float]):
+            out[f.name] = kinds[0]
+    return out
+
+
+# every GenerationConfig number but max_new_tokens, which a request asks for as max_tokens (OpenAI's name,
+# checked against the context and the cap by openai_api.budget)
+SAMPLING_FIELDS = {name: kind for name, kind in _number_fields(GenerationConfig).items() if name != "max_new_tokens"}
+SamplingNumbers = create_model("SamplingNumbers", __base__=Lenient, **{
+    name: (kind | None, Count(None) if kind is int else None) for name, kind in SAMPLING_FIELDS.items()})
+
+
+class Sampling(SamplingNumbers):
+    """The fields chat and completions share: ``SAMPLING_FIELDS`` (from GenerationConfig), and these."""
     model: str | None = None
-    temperature: float | None = None                    # OpenAI's default is 1
-    top_p: float | None = None
     n: int = Count(1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Union[str, list[str], None] = None
     max_tokens: int | None = Count(None, ge=1)
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    seed: int | None = Count(None)
     response_format: ResponseFormat | None = None
-    # our extras
-    top_k: int | None = Count(None)
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    ignore_eos: bool = False
+    ignore_eos: bool = False                            # our extra
 
 
 class ChatRequest(Sampling):
