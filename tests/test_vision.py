@@ -64,6 +64,33 @@ def test_explicit_attention_path_equals_sdpa_and_a_checkpoint_round_trips(build,
     torch.testing.assert_close(loaded(x).logits, fast)
 
 
+def test_vision_lists_are_tuples_from_flags_lists_and_old_comma_strings(tmp_path):
+    """VisionConfig's lists are tuples: a comma list on the command line, a JSON list in config.json, and the
+    comma string older config.json files hold (such a checkpoint still loads, and computes the same)."""
+    from qkv.cli import build_parser
+    from qkv.cli.flags import collect
+    args = build_parser().parse_args(["train", "--depths", "1,3", "--heads", "2,4", "--image-std", "0.5,0.25,0.5"])
+    assert collect(args, VisionConfig) == {"depths": (1, 3), "heads": (2, 4), "image_std": (0.5, 0.25, 0.5)}
+    assert VisionConfig(depths=[3, 1], image_mean=[0.5]) == VisionConfig(depths="3,1", image_mean="0.5") == \
+        VisionConfig(depths=(3, 1), image_mean=(0.5,))
+    assert VisionConfig(heads="").heads is None and VisionConfig(channels=3).mean_std == ((0.1307,) * 3, (0.3081,) * 3)
+    with pytest.raises(ConfigError, match="depths='2.5' must be positive integers"):
+        VisionConfig(depths="2.5")
+    torch.manual_seed(0)
+    model = Swin(ModelConfig(n_layers=2, d_model=16, n_heads=2, mask="bidirectional"),
+                 VisionConfig(model="swin", patch_size=2, window_size=7, depths=(1, 1), heads=(2, 4),
+                              image_mean=(0.25,), image_std=(0.5,)), LABELS).eval()
+    qkv.save(model, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["vision"]["depths"] == [1, 1] and config["vision"]["image_std"] == [0.5]
+    config["vision"].update(depths="1,1", heads="2,4", image_mean="0.25", image_std="0.5")   # as older runs wrote
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    old = qkv.load(tmp_path / "m")
+    assert old.vision == model.vision
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(old(x).logits, model(x).logits)
+
+
 def test_sincos_2d_positions_depend_on_row_and_column_alone():
     table = sincos_2d_table(4, 16, cls=True)
     assert torch.equal(table[0], torch.zeros(16))                       # [CLS] has no place on the grid

@@ -173,55 +173,71 @@ class VisionConfig:
     patch_size: int = 4                     # pixels per patch side: each patch becomes one token
     pool: Literal["cls", "mean"] = "cls"    # ViT: classify from a [CLS] token, or from the mean of the patch tokens
     window_size: int = 7                    # Swin: attention within window_size x window_size patches
-    depths: str = "2,2"                     # Swin: blocks per stage, comma-separated (each stage after the first
+    depths: tuple[int, ...] = (2, 2)        # Swin: blocks per stage, e.g. 2,2,6 (each stage after the first
                                             # merges 2x2 patches and doubles d_model)
-    heads: str | None = None                # Swin: heads per stage, comma-separated; None -> n_heads, doubling
-    image_mean: str = "0.1307"              # per-channel mean subtracted after scaling pixels to [0, 1] (MNIST's)
-    image_std: str = "0.3081"               # per-channel std divided by, comma-separated for RGB
+    heads: tuple[int, ...] | None = None    # Swin: heads per stage, e.g. 2,4,8; None -> n_heads, doubling
+    image_mean: tuple[float, ...] = (0.1307,)   # per-channel mean subtracted after scaling pixels to [0, 1]
+                                            # (MNIST's): one value, or one per channel
+    image_std: tuple[float, ...] = (0.3081,)    # per-channel std divided by: one value, or one per channel
     resample: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
                                             # how an image of another size is resized (Pillow's filter)
 
     def __post_init__(self):
+        for name in LIST_FIELDS:              # a JSON list, or the comma string older config.json files hold
+            object.__setattr__(self, name, _as_tuple(name, getattr(self, name)))
         check_fields(self, {"image_size": "[1, inf)", "channels": "[1, 4]", "patch_size": "[1, inf)",
                             "window_size": "[1, inf)"})
-        for name in ("depths", "heads", "image_mean", "image_std"):
-            self._numbers(name)
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
         for name in ("image_mean", "image_std"):
-            if len(self._numbers(name)) not in (1, self.channels):
-                raise ConfigError(f"{name}={getattr(self, name)!r} needs 1 or channels={self.channels} values")
-        if any(s <= 0 for s in self._numbers("image_std")):
-            raise ConfigError(f"image_std={self.image_std!r} must be positive")
-        if not self.stage_depths or any(d < 1 or d != int(d) for d in self.stage_depths) or \
-                any(h < 1 or h != int(h) for h in self._numbers("heads")):
-            raise ConfigError(f"depths={self.depths!r} and heads={self.heads!r} must be positive integers, "
-                              f"comma-separated, e.g. depths='2,2'")
-        if self.heads and len(self._numbers("heads")) != len(self.stage_depths):
-            raise ConfigError(f"heads={self.heads!r} needs one value per stage of depths={self.depths!r}")
+            if len(getattr(self, name)) not in (1, self.channels):
+                raise ConfigError(f"{name}={_typed(getattr(self, name))} needs 1 or channels={self.channels} values")
+        if any(s <= 0 for s in self.image_std):
+            raise ConfigError(f"image_std={_typed(self.image_std)} must be positive")
+        if not self.depths or any(d < 1 for d in self.depths) or any(h < 1 for h in self.heads or ()):
+            raise ConfigError(f"depths={_typed(self.depths)} and heads={_typed(self.heads)} must be positive "
+                              f"integers, e.g. depths=2,2")
+        if self.heads and len(self.heads) != len(self.depths):
+            raise ConfigError(f"heads={_typed(self.heads)} needs one value per stage of depths={_typed(self.depths)}")
 
-    def _numbers(self, name: str) -> list[float]:
-        text = getattr(self, name) or ""
-        try:
-            return [float(x) for x in text.split(",")] if text.strip() else []
-        except ValueError:
-            raise ConfigError(f"{name}={text!r} must be comma-separated numbers, e.g. '0.5' or '2,2'") from None
-
-    @property
-    def stage_depths(self) -> list[int]:
-        return [int(d) for d in self._numbers("depths")]
-
-    def stage_heads(self, n_heads: int) -> list[int]:
-        return [int(h) for h in self._numbers("heads")] or [n_heads * 2 ** i for i in range(len(self.stage_depths))]
+    def stage_heads(self, n_heads: int) -> tuple[int, ...]:
+        return self.heads or tuple(n_heads * 2 ** i for i in range(len(self.depths)))
 
     @property
     def grid(self) -> int:                  # patches per image side
         return self.image_size // self.patch_size
 
     @property
-    def mean_std(self) -> tuple[list[float], list[float]]:
-        mean, std = self._numbers("image_mean"), self._numbers("image_std")
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std), one value per channel."""
+        mean, std = self.image_mean, self.image_std
         return mean * (self.channels // len(mean)), std * (self.channels // len(std))
+
+
+LIST_FIELDS = {"depths": int, "heads": int, "image_mean": float, "image_std": float}   # VisionConfig's lists
+
+
+def _as_tuple(name: str, value):
+    """A VisionConfig list as a tuple: from a tuple or list, or from the comma string ("2,2") older
+    config.json files hold; anything else is left for check_fields to name."""
+    if isinstance(value, list):
+        return tuple(value)
+    if not isinstance(value, str):
+        return value
+    try:
+        numbers = [float(x) for x in value.split(",")] if value.strip() else []
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} must be comma-separated numbers, e.g. 0.5 or 2,2") from None
+    if LIST_FIELDS[name] is int:
+        if any(not x.is_integer() for x in numbers):
+            raise ConfigError(f"{name}={value!r} must be positive integers, e.g. depths=2,2")
+        numbers = [int(x) for x in numbers]
+    return tuple(numbers) if numbers or name != "heads" else None
+
+
+def _typed(value) -> str:
+    """A list as one types it (``'2,2'``), for errors."""
+    return repr(",".join(map(str, value))) if isinstance(value, tuple) else repr(value)
 
 
 # A BERT-style encoder (Devlin et al., 2019) at a CPU size: a norm after the embeddings, segment embeddings,
@@ -305,7 +321,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "mnist-swin": {
         "model": dict(n_layers=2, d_model=64, n_heads=2, mlp="gelu", norm="layernorm", norm_placement="pre",
                       mask="bidirectional", dropout=0.0),
-        "vision": dict(model="swin", patch_size=2, window_size=7, depths="2,2"),
+        "vision": dict(model="swin", patch_size=2, window_size=7, depths=(2, 2)),
         "train": dict(task="image-classification", data="../shared/data/mnist", batch_size=128, lr=1e-3,
                       warmup_iters=100, max_iters=100000, max_time=900, weight_decay=0.05, beta2=0.999,
                       eval_interval=200, eval_iters=4, out_dir="runs/mnist-swin"),

@@ -52,7 +52,7 @@ def load_swin(directory: str | os.PathLike) -> Swin:
         raise CheckpointError(f"{d} has no classifier; qkv loads SwinForImageClassification")
     depths, heads = hf.get("depths", [2, 2, 6, 2]), hf.get("num_heads", [3, 6, 12, 24])
     vision = vision_from_hf(d, hf, "swin", window_size=hf.get("window_size", 7),
-                            depths=",".join(map(str, depths)), heads=",".join(map(str, heads)))
+                            depths=tuple(depths), heads=tuple(heads))
     embed_dim = hf.get("embed_dim", 96)
     try:
         cfg = ModelConfig(n_layers=sum(depths), d_model=embed_dim, n_heads=heads[0],

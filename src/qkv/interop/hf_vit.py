@@ -64,8 +64,8 @@ def vision_from_hf(d: Path, hf: dict, model: str, **extra) -> VisionConfig:
                               f"{sorted(RESAMPLE_NAMES)} (nearest, bilinear, bicubic)")
     try:
         return VisionConfig(model=model, image_size=image_size, channels=hf.get("num_channels", 3),
-                            patch_size=hf.get("patch_size", 16), image_mean=",".join(map(str, mean)),
-                            image_std=",".join(map(str, std)), resample=resample, **extra)
+                            patch_size=hf.get("patch_size", 16), image_mean=tuple(mean),
+                            image_std=tuple(std), resample=resample, **extra)
     except (QkvError, TypeError) as e:
         raise CheckpointError(f"{d} describes an image model qkv cannot build ({e}); fix config.json") from None
 

@@ -162,10 +162,10 @@ class Swin(ImageClassifier, nn.Module):
         self.patch = PatchEmbed(vision.channels, vision.patch_size, cfg.d_model)
         self.embed_norm = make_norm(cfg.norm, cfg.d_model, FIXED_EPS)
         self.drop = nn.Dropout(cfg.dropout)
-        n = len(vision.stage_depths)
+        n = len(vision.depths)
         self.stages = nn.ModuleList(
             SwinStage(stage_config(cfg, vision, s), depth, vision.grid // 2 ** s, vision.window_size, s < n - 1)
-            for s, depth in enumerate(vision.stage_depths))
+            for s, depth in enumerate(vision.depths))
         width = cfg.d_model * 2 ** (n - 1)
         self.norm_f = make_norm(cfg.norm, width, cfg.norm_eps)
         self.head = nn.Linear(width, len(labels))
