@@ -290,7 +290,7 @@ CASES = [
     (IMAGES + ["--heads", "2"], "heads='2' needs one value per stage"),
     (IMAGES + ["--depths", "2,,2"], "--depths expects comma-separated integers (e.g. 2,2), got '2,,2'"),
     (IMAGES + ["--image-std", "0.5,x"], "--image-std expects a number, got 'x'"),
-    (IMAGES + ["--image-std", "0.5,0"], "image_std='0.5,0' needs 1 or channels=1 values"),
+    (IMAGES + ["--image-std", "0.5,0"], "image_std='0.5,0.0' needs 1 or channels=1 values"),
     (["generate", "{gpt}", "--top-k", "many"], "--top-k expects an integer, got 'many' (or none, to leave it unset)"),
     (TRAIN + ["--model", "swin"], "--model describe images; add --task image-classification"),
     (["predict", "{vit}", "--image", "{plain}"], "could not be read as an image"),
