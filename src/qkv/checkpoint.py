@@ -182,7 +182,8 @@ def is_gguf(path: str | Path) -> bool:
         return fh.read(4) == b"GGUF"
 
 
-def load(directory: str | Path, device: str | torch.device | None = None, quantized: bool = False):
+def load(directory: str | Path, device: str | torch.device | None = None, quantized: bool = False,
+         adapter: str | Path | None = None):
     """Load a qkv checkpoint, a supported Hugging Face directory or a GGUF file. Returns the model in eval
     mode, with ``model.tokenizer`` set (None when there are no tokenizer files), as its files hold it: the
     speed swaps for running it are ``qkv.for_inference``'s, which every inference command calls after this.
@@ -191,13 +192,15 @@ def load(directory: str | Path, device: str | torch.device | None = None, quanti
     dequantizing them to float32; any other float checkpoint is quantized to int8 on load. A checkpoint
     written by ``qkv quantize`` loads quantized either way.
 
+    adapter: a LoRA adapter directory in PEFT's format (``qkv.adapters``) put on the loaded base (frozen).
+
     The threads are qkv.runtime's choice for the Python API (unless the program chose): dequantizing a
     GGUF with torch's default two threads while another process held a core took 12-14 s, with one 2-3 s.
     """
     choose_python_api_threads()
     if is_gguf(directory):
         from .interop.gguf import load_gguf
-        model = load_gguf(directory, quantized)
+        model = with_adapter(load_gguf(directory, quantized), adapter)
         return model.to(device) if device is not None else model
     if Path(directory).is_file():
         raise CheckpointError(f"{directory} is a file; pass a checkpoint directory or a .gguf file")
@@ -221,6 +224,8 @@ def load(directory: str | Path, device: str | torch.device | None = None, quanti
             except (ConfigError, AttributeError, TypeError) as e:
                 raise CheckpointError(f"{d / 'config.json'} has an invalid quantization layout ({e}); "
                                       f"re-run qkv quantize") from None
+        if "lora" in config:                      # a `qkv finetune --lora` run: its adapters hold weights too
+            add_saved_lora(model, config["lora"])
         load_weights(model, d / "model.safetensors")
         model.tokenizer = Tokenizer.from_dir(d)
         if (d / SRC_TOKENIZER_FILE).is_file():
@@ -233,7 +238,22 @@ def load(directory: str | Path, device: str | torch.device | None = None, quanti
     if quantized and not is_quantized(model):
         quantize_model(model, bits=8)
     model.generation_defaults = from_generation_config(d)
+    model = with_adapter(model, adapter)
     return model.to(device).eval() if device is not None else model.eval()
+
+
+def with_adapter(model, adapter: str | Path | None):
+    """``model`` with the LoRA adapter in ``adapter`` put on (none: unchanged)."""
+    if adapter is None:
+        return model
+    from .adapters import load_adapter
+    return load_adapter(model, adapter)
+
+
+def add_saved_lora(model, saved: dict) -> None:
+    """The adapters a LoRA run's config.json describes, before its weights (which hold theirs) load."""
+    from .adapters import LoRAConfig, add_lora
+    add_lora(model, build(LoRAConfig, {**saved, "targets": tuple(saved.get("targets", ()))}, "config.json 'lora'"))
 
 
 def from_pretrained_encoder(source: str | Path | Encoder, head: str, labels: Sequence[str] | None = None,

@@ -137,8 +137,8 @@ def decoder(directory: str, batch: int, length: int, warmup: int, steps: int, th
     from ..train.trainer import Trainer
     model = load(directory).train()
     if lora is not None:
-        from ..lora import add_lora
-        add_lora(model, **lora)
+        from ..adapters import LoRAConfig, add_lora
+        add_lora(model, LoRAConfig(**lora))
     ids = torch.randint(model.cfg.vocab_size, (batch * (length + 1) * (warmup + steps + 4),),
                         generator=torch.Generator().manual_seed(1))
     data = LMStream(ids, length, 0.1, seed=0)
