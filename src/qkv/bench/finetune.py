@@ -106,7 +106,7 @@ def encoder(init: str, data: str, batch: int, warmup: int, steps: int, threads: 
     fcfg = build(FinetuneConfig, {"task": "sst2", "data": data, "eval_data": data, "init": init})
     train_cfg = _train_cfg(str(work / "encoder"), batch, warmup + steps, threads, precision)
     task, _ = build_finetune_task(fcfg, train_cfg, new_model(fcfg, None, train_cfg))
-    trainer = Trainer(task.model_cfg, train_cfg, task=task, log=lambda line: None)
+    trainer = Trainer(task.model_cfg, train_cfg, parts=task, log=lambda line: None)
     batches = [{"input_ids": b["ids_BL"], "attention_mask": b["key_mask_BL"].long(),
                 "token_type_ids": b["types_BL"], "labels": b["labels"]}
                for b in _draw(trainer.data, warmup + steps, batch)]
@@ -133,7 +133,7 @@ def decoder(directory: str, batch: int, length: int, warmup: int, steps: int, th
 
     from ..checkpoint import load
     from ..data.lm import LMStream
-    from ..train.tasks import Task
+    from ..train.parts import RunParts
     from ..train.trainer import Trainer
     model = load(directory).train()
     if lora is not None:
@@ -143,7 +143,7 @@ def decoder(directory: str, batch: int, length: int, warmup: int, steps: int, th
                         generator=torch.Generator().manual_seed(1))
     data = LMStream(ids, length, 0.1, seed=0)
     train_cfg = _train_cfg(str(work / "decoder"), batch, warmup + steps, threads, precision)
-    trainer = Trainer(model.cfg, train_cfg, task=Task(model.cfg, type(model), None, data, model=model),
+    trainer = Trainer(model.cfg, train_cfg, parts=RunParts(model.cfg, type(model), None, data, model=model),
                       log=lambda line: None)
     batches = [{"input_ids": b["ids_BL"], "labels": b["ids_BL"]} for b in _draw(data, warmup + steps, batch)]
     hf = transformers.LlamaForCausalLM.from_pretrained(directory, attn_implementation="sdpa")
