@@ -19,6 +19,23 @@ def corpus(tmp_path, request):
     return path
 
 
+TINY_MODEL = dict(max_len=16, n_layers=2, d_model=32, n_heads=4)      # every training test's model, 2 x 32
+
+
+@pytest.fixture
+def run_configs(tmp_path, request):
+    """The one factory of training configs: ``run_configs(name, preset="tiny", model=None, **train)`` is the
+    (ModelConfig, TrainConfig) of a run writing to tmp_path/name: ``preset``, then TINY_MODEL, the test
+    module's ``RUN_MODEL`` and ``model``; its ``RUN`` options, then ``train``."""
+    from qkv.config import resolve
+    module_model, module_train = getattr(request.module, "RUN_MODEL", {}), getattr(request.module, "RUN", {})
+
+    def make(name: str, preset: str = "tiny", model: dict | None = None, **train):
+        return resolve(preset, model={**TINY_MODEL, **module_model, **(model or {})},
+                       train={"out_dir": str(tmp_path / name), **module_train, **train})
+    return make
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A real `qkv train` run directory (tiny preset, 64 positions, bundled shakespeare, seconds to train),

@@ -7,6 +7,9 @@ import random
 import torch
 
 from qkv.cli import main
+from qkv.config import resolve
+from qkv.train.finetune import FinetuneConfig, build_finetune_task, new_model
+from qkv.train.trainer import Trainer
 
 POS = ["great", "wonderful", "good", "fine", "lovely"]
 NEG = ["bad", "awful", "dull", "poor", "boring"]
@@ -94,3 +97,18 @@ def make_task_files(d):
             "upos": (write_conllu(d / "train.conllu", 12), write_conllu(d / "test.conllu", 4)),
             "wnut17": (write_bio(d / "train.bio", 12), write_bio(d / "test.bio", 4)),
             "squad": (write_squad(d / "squad.json"), None)}
+
+
+def task_config(task_files, task, **options) -> FinetuneConfig:
+    train, eval_ = task_files[task]
+    extra = {"n_eval_articles": 1, "stride": 8, "max_seq_len": 32} if task == "squad" else {"eval_data": str(eval_)}
+    return FinetuneConfig(task=task, data=str(train), init=str(task_files["encoder"]), **{**extra, **options})
+
+
+def trainer_for(task_files, tmp_path, task, name="run", **train):
+    fcfg = task_config(task_files, task)
+    options = dict(max_iters=8, eval_interval=4, eval_iters=1, batch_size=4, progress=False,
+                   out_dir=str(tmp_path / name), **train)
+    model_cfg, train_cfg = resolve("bert-finetune", train=options)
+    task, _ = build_finetune_task(fcfg, train_cfg, new_model(fcfg, model_cfg, train_cfg))
+    return Trainer(task.model_cfg, train_cfg, parts=task)

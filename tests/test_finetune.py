@@ -1,5 +1,5 @@
 """Fine-tuning on the trainer: every task family's data, labels on first sub-words, truncation counts,
-eval labels never seen in training, squad's article split, exact resume.
+eval labels never seen in training, squad's article split (exact resume: tests/test_resume.py).
 
 The tiny task files (tests/finetune_fixtures.py, conftest's ``task_files``) are written once a session; the
 encoder is a 2-layer MLM run trained for a few steps on their text, so every test takes seconds.
@@ -9,30 +9,12 @@ import pytest
 import torch
 
 from qkv import load
-from qkv.config import resolve
 from qkv.errors import ConfigError, DataError
 from qkv.tasks import TASKS, get_task
 from qkv.tasks.batches import item_logits
-from qkv.train.finetune import (FinetuneConfig, build_finetune_task, evaluate, finetune_config, new_model,
-                                resume_finetune)
-from qkv.train.trainer import Trainer
+from qkv.train.finetune import FinetuneConfig, evaluate
 
-from finetune_fixtures import write_conllu, write_sst2
-
-
-def task_config(task_files, task, **options) -> FinetuneConfig:
-    train, eval_ = task_files[task]
-    extra = {"n_eval_articles": 1, "stride": 8, "max_seq_len": 32} if task == "squad" else {"eval_data": str(eval_)}
-    return FinetuneConfig(task=task, data=str(train), init=str(task_files["encoder"]), **{**extra, **options})
-
-
-def trainer_for(task_files, tmp_path, task, name="run", **train):
-    fcfg = task_config(task_files, task)
-    options = dict(max_iters=8, eval_interval=4, eval_iters=1, batch_size=4, progress=False,
-                   out_dir=str(tmp_path / name), **train)
-    model_cfg, train_cfg = resolve("bert-finetune", train=options)
-    task, _ = build_finetune_task(fcfg, train_cfg, new_model(fcfg, model_cfg, train_cfg))
-    return Trainer(task.model_cfg, train_cfg, parts=task)
+from finetune_fixtures import task_config, trainer_for, write_conllu, write_sst2
 
 
 # ---- tests ---------------------------------------------------------------------------------------------
@@ -97,18 +79,6 @@ def test_squad_holds_out_the_last_articles(task_files):
     train, held_out = spec.read_train(fcfg), spec.read_eval(fcfg, None, None)
     assert {e.title for e in held_out} == {"article 3"} and "article 3" not in {e.title for e in train}
     assert spec.read_eval(fcfg, fcfg.data, None) == held_out          # `qkv evaluate` on the training file
-
-
-@pytest.mark.parametrize("task", ["sst2", "wnut17", "squad"])
-def test_resume_equals_uninterrupted(task_files, tmp_path, task):
-    trainer_for(task_files, tmp_path, task, "straight").fit()
-    trainer_for(task_files, tmp_path, task, "interrupted").fit(stop_at_step=4)
-    resumed = resume_finetune(tmp_path / "interrupted", log=lambda *a: None)
-    assert resumed.step == 4
-    resumed.fit()
-    a, b = load(tmp_path / "straight").state_dict(), load(tmp_path / "interrupted").state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert finetune_config(tmp_path / "interrupted") == task_config(task_files, task)
 
 
 @pytest.mark.parametrize("task", ["upos", "wnut17"])

@@ -1,5 +1,6 @@
 """Masked-LM pre-training: BERT's 15% / 80-10-10 masking by the numbers, specials never masked, loss only on
-selected tokens, the [CLS] A [SEP] B [SEP] layout, loss going down through the Trainer, exact resume."""
+selected tokens, the [CLS] A [SEP] B [SEP] layout, loss going down through the Trainer (exact resume:
+tests/test_resume.py)."""
 
 import json
 
@@ -17,11 +18,9 @@ TEXT = ("the cat sat on the mat .\nthe dog ran to the park .\na bird sang in the
         "the sun rose over the hill .\nthe children played in the garden .\n") * 12
 
 
-def tiny(tmp_path, corpus, name, **train):
-    model = dict(max_len=24, n_layers=2, d_model=32, n_heads=4, dropout=0.1)    # dropout: RNG resumes too
-    options = dict(data=str(corpus), out_dir=str(tmp_path / name), max_iters=12, eval_interval=4,
-                   bpe_vocab_size=60, batch_size=4, eval_iters=2, warmup_iters=2, progress=False)
-    return resolve("bert-mlm", model=model, train={**options, **train})
+RUN_MODEL = dict(max_len=24, dropout=0.1)              # conftest's run_configs: the tiny model, longer
+RUN = dict(max_iters=12, eval_interval=4, bpe_vocab_size=60, batch_size=4, eval_iters=2, warmup_iters=2,
+           progress=False)
 
 
 def test_masking_proportions_on_100k_tokens():
@@ -93,8 +92,8 @@ def test_mlm_needs_an_encoder_config(tmp_path, corpus):
                          train=dict(objective="mlm", data=str(corpus))))
 
 
-def test_loss_goes_down_and_checkpoint_is_a_bert(tmp_path, corpus):
-    trainer = Trainer(*tiny(tmp_path, corpus, "run", max_iters=80, eval_interval=40, lr=3e-3))
+def test_loss_goes_down_and_checkpoint_is_a_bert(tmp_path, run_configs, corpus):
+    trainer = Trainer(*run_configs("run", "bert-mlm", data=str(corpus), max_iters=80, eval_interval=40, lr=3e-3))
     before = trainer.evaluate()
     last = trainer.fit()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -103,19 +102,3 @@ def test_loss_goes_down_and_checkpoint_is_a_bert(tmp_path, corpus):
     model = load(tmp_path / "run")
     assert isinstance(model, BERT) and model.tokenizer.kind == "wordpiece"
     assert last["val_loss"] < before - 0.5
-
-
-def test_resume_equals_uninterrupted(tmp_path, corpus):
-    # One tokenizer for both runs: the tokenizers library breaks WordPiece merge ties in hash order, so two
-    # trainings on the same text may number the vocabulary differently.
-    tokenizer = Trainer(*tiny(tmp_path, corpus, "probe")).tokenizer
-    Trainer(*tiny(tmp_path, corpus, "straight"), tokenizer=tokenizer).fit()
-    Trainer(*tiny(tmp_path, corpus, "interrupted"), tokenizer=tokenizer).fit(stop_at_step=6)
-    resumed = Trainer.resume(tmp_path / "interrupted")
-    assert resumed.step == 6
-    resumed.fit()
-    a, b = load(tmp_path / "straight").state_dict(), load(tmp_path / "interrupted").state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    rows_a = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    rows_b = [json.loads(x) for x in (tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["val_loss"] for r in rows_a] == [r["val_loss"] for r in rows_b if r["step"] != 6]

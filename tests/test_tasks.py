@@ -6,13 +6,11 @@ import pytest
 import sacrebleu
 import torch
 
-from qkv import load
 from qkv.cli import main
-from qkv.config import resolve
 from qkv.data.lm import LMStream
 from qkv.data.span_corruption import corrupt, spans_needed
 from qkv.errors import ConfigError, DataError
-from qkv.models import GPT, EncoderDecoder
+from qkv.models import GPT
 from qkv.train.optim import lr_at
 from qkv.train.trainer import Trainer
 
@@ -23,10 +21,7 @@ TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the 
 SEQ2SEQ = dict(max_len=32, n_layers=2, n_encoder_layers=2, d_model=32, n_heads=4)
 
 
-def run_cfg(tmp_path, name, model=None, **train):
-    options = dict(out_dir=str(tmp_path / name), max_iters=12, eval_interval=6, eval_iters=2, warmup_iters=2)
-    return resolve("tiny", model=model or dict(max_len=16, n_layers=2, d_model=32, n_heads=4),
-                   train={**options, **train})
+RUN = dict(max_iters=12, eval_interval=6, eval_iters=2, warmup_iters=2)   # conftest's run_configs
 
 
 # ---- prefix LM ----------------------------------------------------------------------------------------------
@@ -39,15 +34,14 @@ def test_prefix_batches_hide_the_prefix_from_the_loss():
         assert (row[:p - 1] == -100).all() and (row[p - 1:] != -100).all()   # loss from the first non-prefix token
 
 
-def test_prefix_objective_trains_a_prefix_mask_gpt(tmp_path, corpus):
-    model = dict(max_len=16, n_layers=2, d_model=32, n_heads=4, mask="prefix")
-    trainer = Trainer(*run_cfg(tmp_path, "prefix", model, data=str(corpus), objective="prefix", lr=3e-3,
-                               max_iters=30, eval_interval=15))
+def test_prefix_objective_trains_a_prefix_mask_gpt(tmp_path, run_configs, corpus):
+    trainer = Trainer(*run_configs("prefix", model=dict(mask="prefix"), data=str(corpus), objective="prefix",
+                                   lr=3e-3, max_iters=30, eval_interval=15))
     first = trainer.evaluate()
     last = trainer.fit()
     assert isinstance(trainer.model, GPT) and last["val_loss"] < first - 0.5
     with pytest.raises(ConfigError, match="--mask prefix"):
-        Trainer(*run_cfg(tmp_path, "bad", data=str(corpus), objective="prefix"))
+        Trainer(*run_configs("bad", data=str(corpus), objective="prefix"))
 
 
 # ---- span corruption --------------------------------------------------------------------------------------
@@ -70,25 +64,12 @@ def test_span_corruption_hides_spans_behind_sentinels():
     assert rebuilt == tokens
 
 
-def test_span_objective_trains_an_encoder_decoder_and_resumes_exactly(tmp_path, corpus):
-    cfg = dict(data=str(corpus), objective="span", lr=3e-3)
-    model = dict(SEQ2SEQ, dropout=0.1)
-    Trainer(*run_cfg(tmp_path, "straight", model, **cfg)).fit()
-    Trainer(*run_cfg(tmp_path, "cut", model, **cfg)).fit(stop_at_step=5)
-    resumed = Trainer.resume(tmp_path / "cut")
-    resumed.fit()
-    a, b = load(tmp_path / "straight"), load(tmp_path / "cut")
-    assert isinstance(a, EncoderDecoder)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    assert a.tokenizer.backend.token_to_id("<extra_id_0>") is not None
-
-
 # ---- translation and summarization ------------------------------------------------------------------------
 @pytest.mark.parametrize("joint", [True, False])
-def test_translate_task_learns_and_translates_from_the_cli(tmp_path, parallel, joint, capsys):
-    trainer = Trainer(*run_cfg(tmp_path, "mt", SEQ2SEQ, task="translate", data=str(parallel), src_lang="de",
-                               tgt_lang="en", tokenizer="char", joint_vocab=joint, lr=3e-3, max_iters=240,
-                               eval_interval=120, label_smoothing=0.1, batch_size=16, warmup_iters=20))
+def test_translate_task_learns_and_translates_from_the_cli(tmp_path, run_configs, parallel, joint, capsys):
+    trainer = Trainer(*run_configs("mt", model=SEQ2SEQ, task="translate", data=str(parallel), src_lang="de",
+                                   tgt_lang="en", tokenizer="char", joint_vocab=joint, lr=3e-3, max_iters=240,
+                                   eval_interval=120, label_smoothing=0.1, batch_size=16, warmup_iters=20))
     first = trainer.evaluate()
     last = trainer.fit()
     assert last["val_loss"] < first / 3
@@ -105,7 +86,7 @@ def test_translate_task_learns_and_translates_from_the_cli(tmp_path, parallel, j
     assert metrics["bleu"] == round(expected, 2) and metrics["signature"].startswith("BLEU|nrefs:1")
 
 
-def test_summarize_task_reads_jsonl_and_scores_rouge(tmp_path, capsys):
+def test_summarize_task_reads_jsonl_and_scores_rouge(tmp_path, run_configs, capsys):
     d = tmp_path / "sum"
     d.mkdir()
     docs = [{"source": [f"the {w} sat on the mat .", "it was warm ."], "target": [f"{w} on mat"]}
@@ -113,8 +94,8 @@ def test_summarize_task_reads_jsonl_and_scores_rouge(tmp_path, capsys):
     (d / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in docs), encoding="utf-8")
     dev = [dict(docs[0], target=["cat on mat", "a cat sat"])]
     (d / "dev.jsonl").write_text(json.dumps(dev[0]) + "\n", encoding="utf-8")
-    trainer = Trainer(*run_cfg(tmp_path, "s", dict(SEQ2SEQ, max_len=40), task="summarize", data=str(d),
-                               tokenizer="char", lr=5e-3, max_iters=120, eval_interval=60))
+    trainer = Trainer(*run_configs("s", model=dict(SEQ2SEQ, max_len=40), task="summarize", data=str(d),
+                                   tokenizer="char", lr=5e-3, max_iters=120, eval_interval=60))
     trainer.fit()
     capsys.readouterr()
     assert main(["translate", str(tmp_path / "s"), "--jsonl", str(d / "dev.jsonl"), "--metrics-json",
@@ -131,33 +112,33 @@ def test_inverse_sqrt_schedule_peaks_after_warmup_then_decays():
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------
-def test_parallel_files_of_different_lengths_name_the_line(tmp_path, parallel):
+def test_parallel_files_of_different_lengths_name_the_line(tmp_path, run_configs, parallel):
     (parallel / "train.en").write_text("\n".join(EN[:39]) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match="line 40 has no partner"):
-        Trainer(*run_cfg(tmp_path, "x", SEQ2SEQ, task="translate", data=str(parallel), src_lang="de",
-                         tgt_lang="en", tokenizer="char"))
+        Trainer(*run_configs("x", model=SEQ2SEQ, task="translate", data=str(parallel), src_lang="de",
+                             tgt_lang="en", tokenizer="char"))
 
 
-def test_empty_line_pair_is_named(tmp_path, parallel):
+def test_empty_line_pair_is_named(tmp_path, run_configs, parallel):
     lines = DE[:40]
     lines[6] = "   "
     (parallel / "train.de").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match="line 7 of .*train.de is empty"):
-        Trainer(*run_cfg(tmp_path, "x", SEQ2SEQ, task="translate", data=str(parallel), src_lang="de",
-                         tgt_lang="en", tokenizer="char"))
+        Trainer(*run_configs("x", model=SEQ2SEQ, task="translate", data=str(parallel), src_lang="de",
+                             tgt_lang="en", tokenizer="char"))
 
 
-def test_sentence_longer_than_the_positions_is_named(tmp_path, parallel):
+def test_sentence_longer_than_the_positions_is_named(tmp_path, run_configs, parallel):
     with pytest.raises(DataError, match="pair 5 has 22 source / 25 target .*raise --max-len"):
-        Trainer(*run_cfg(tmp_path, "x", dict(SEQ2SEQ, max_len=23), task="translate", data=str(parallel),
-                         src_lang="de", tgt_lang="en", tokenizer="char"))
+        Trainer(*run_configs("x", model=dict(SEQ2SEQ, max_len=23), task="translate", data=str(parallel),
+                             src_lang="de", tgt_lang="en", tokenizer="char"))
 
 
-def test_translate_needs_languages_and_data(tmp_path, parallel):
+def test_translate_needs_languages_and_data(tmp_path, run_configs, parallel):
     with pytest.raises(ConfigError, match="--src-lang and --tgt-lang"):
-        Trainer(*run_cfg(tmp_path, "x", SEQ2SEQ, task="translate", data=str(parallel), tokenizer="char"))
+        Trainer(*run_configs("x", model=SEQ2SEQ, task="translate", data=str(parallel), tokenizer="char"))
     with pytest.raises(ConfigError, match="--data DIR"):
-        Trainer(*run_cfg(tmp_path, "x", SEQ2SEQ, task="translate", src_lang="de", tgt_lang="en"))
+        Trainer(*run_configs("x", model=SEQ2SEQ, task="translate", src_lang="de", tgt_lang="en"))
 
 
 def test_qkv_train_task_translate_from_the_command_line(tmp_path, parallel, capsys):

@@ -16,27 +16,12 @@ TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the 
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 8
 
 
-def tiny(tmp_path, corpus, name, **train):
-    model = dict(max_len=16, n_layers=2, d_model=32, n_heads=4, dropout=0.1)   # dropout: RNG must resume too
-    options = dict(data=str(corpus), out_dir=str(tmp_path / name), max_iters=12, eval_interval=4)
-    return resolve("tiny", model=model, train={**options, **train})
+RUN_MODEL = dict(dropout=0.1)                          # conftest's run_configs: the tiny model, dropout on
+RUN = dict(max_iters=12, eval_interval=4)
 
 
-def test_resume_equals_uninterrupted(tmp_path, corpus):
-    Trainer(*tiny(tmp_path, corpus, "straight")).fit()
-    Trainer(*tiny(tmp_path, corpus, "interrupted")).fit(stop_at_step=6)
-    resumed = Trainer.resume(tmp_path / "interrupted")
-    assert resumed.step == 6
-    resumed.fit()
-    a, b = load(tmp_path / "straight").state_dict(), load(tmp_path / "interrupted").state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    rows_a = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    rows_b = [json.loads(x) for x in (tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["val_loss"] for r in rows_a] == [r["val_loss"] for r in rows_b if r["step"] != 6]
-
-
-def test_metrics_rows_and_loss_goes_down(tmp_path, corpus):
-    trainer = Trainer(*tiny(tmp_path, corpus, "run", max_iters=40, eval_interval=20, lr=3e-3))
+def test_metrics_rows_and_loss_goes_down(tmp_path, run_configs, corpus):
+    trainer = Trainer(*run_configs("run", data=str(corpus), max_iters=40, eval_interval=20, lr=3e-3))
     start = trainer.evaluate()
     assert abs(start - math.log(trainer.model_cfg.vocab_size)) < 0.3          # an untrained model guesses
     last = trainer.fit()
@@ -50,17 +35,17 @@ def test_metrics_rows_and_loss_goes_down(tmp_path, corpus):
     assert rows[0]["elapsed_s"] < rows[1]["elapsed_s"] and rows[0]["lr"] > rows[1]["lr"]   # cosine decay
 
 
-def test_max_time_stops_the_run(tmp_path, corpus):
-    trainer = Trainer(*tiny(tmp_path, corpus, "timed", max_iters=10**6, max_time=1.0))
+def test_max_time_stops_the_run(tmp_path, run_configs, corpus):
+    trainer = Trainer(*run_configs("timed", data=str(corpus), max_iters=10**6, max_time=1.0))
     last = trainer.fit()
     assert last["step"] < 10**6 and 0.5 < trainer.elapsed <= 1.0 + 0.25   # stopped on time
     assert last["step"] == trainer.step                   # and the last row is the final state
 
 
-def test_max_time_keeps_the_final_evaluation_within_the_budget(tmp_path, corpus, monkeypatch):
+def test_max_time_keeps_the_final_evaluation_within_the_budget(tmp_path, run_configs, corpus, monkeypatch):
     """Evaluations of 0.4 s every 5 steps: training stops while the last one measured still fits, so the
     final evaluation and save end within max_time (they used to start at max_time and overrun by 0.4 s)."""
-    trainer = Trainer(*tiny(tmp_path, corpus, "timed", max_iters=10**6, max_time=2.0, eval_interval=5))
+    trainer = Trainer(*run_configs("timed", data=str(corpus), max_iters=10**6, max_time=2.0, eval_interval=5))
     evaluate = trainer.evaluate
     monkeypatch.setattr(trainer, "evaluate", lambda: time.sleep(0.4) or evaluate())
     trainer.fit()
@@ -70,8 +55,8 @@ def test_max_time_keeps_the_final_evaluation_within_the_budget(tmp_path, corpus,
     assert state["eval_s"] == trainer.eval_s                      # a resume keeps it in hand too
 
 
-def test_failed_save_leaves_previous_checkpoint(tmp_path, corpus, monkeypatch):
-    trainer = Trainer(*tiny(tmp_path, corpus, "run"))
+def test_failed_save_leaves_previous_checkpoint(tmp_path, run_configs, corpus, monkeypatch):
+    trainer = Trainer(*run_configs("run", data=str(corpus)))
     trainer.fit(stop_at_step=4)
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
 
@@ -109,8 +94,8 @@ def test_bad_data_is_named(tmp_path):
         Trainer(*resolve("tiny", train=dict(data=str(empty))))
 
 
-def test_resume_needs_a_run(tmp_path, corpus):
-    Trainer(*tiny(tmp_path, corpus, "run")).fit()
+def test_resume_needs_a_run(tmp_path, run_configs, corpus):
+    Trainer(*run_configs("run", data=str(corpus))).fit()
     (tmp_path / "run" / "trainer_state.pt").unlink()
     with pytest.raises(CheckpointError, match="not a resumable run"):
         Trainer.resume(tmp_path / "run")
@@ -121,20 +106,20 @@ def test_vocab_size_smaller_than_tokenizer_is_rejected(tmp_path, corpus):
         Trainer(*resolve("tiny", model=dict(vocab_size=5), train=dict(data=str(corpus))))
 
 
-def test_bpe_tokenizer_run(tmp_path, corpus):
-    last = Trainer(*tiny(tmp_path, corpus, "bpe", tokenizer="bpe", bpe_vocab_size=300)).fit()
+def test_bpe_tokenizer_run(tmp_path, run_configs, corpus):
+    last = Trainer(*run_configs("bpe", data=str(corpus), tokenizer="bpe", bpe_vocab_size=300)).fit()
     model = load(tmp_path / "bpe")
     assert model.tokenizer.kind == "bpe" and model.cfg.vocab_size == 300 and last["val_loss"] > 0
 
 
-def test_tensorboard_writes_event_files(tmp_path, corpus):
+def test_tensorboard_writes_event_files(tmp_path, run_configs, corpus):
     pytest.importorskip("tensorboard")
-    Trainer(*tiny(tmp_path, corpus, "tb", tensorboard=True, max_iters=4, eval_interval=2)).fit()
+    Trainer(*run_configs("tb", data=str(corpus), tensorboard=True, max_iters=4, eval_interval=2)).fit()
     events = list((tmp_path / "tb-tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
 
 
-def test_bf16_mixed_precision_trains_with_fp32_weights(tmp_path, corpus, monkeypatch):
+def test_bf16_mixed_precision_trains_with_fp32_weights(tmp_path, run_configs, corpus, monkeypatch):
     """precision=bf16 runs the forward under autocast (its matmuls in bf16) and keeps fp32 parameters."""
     seen, linear = [], torch.nn.functional.linear
 
@@ -143,7 +128,7 @@ def test_bf16_mixed_precision_trains_with_fp32_weights(tmp_path, corpus, monkeyp
         seen.append(out.dtype)
         return out
     monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
-    trainer = Trainer(*tiny(tmp_path, corpus, "bf16", precision="bf16", max_iters=30, eval_interval=30, lr=3e-3))
+    trainer = Trainer(*run_configs("bf16", data=str(corpus), precision="bf16", max_iters=30, eval_interval=30, lr=3e-3))
     last = trainer.fit()
     assert torch.bfloat16 in seen
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())

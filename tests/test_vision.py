@@ -1,6 +1,6 @@
 """ViT, Swin and the CNN: built from the shared layers, both attention paths equal, windows and shifts exact,
-MNIST files read and checked, the split never scores a trained image, training resumes exactly, and the
-evaluate / predict commands."""
+MNIST files read and checked, the split never scores a trained image, and the
+evaluate / predict commands (exact resume: tests/test_resume.py)."""
 
 import gzip
 import json
@@ -11,7 +11,7 @@ from PIL import Image
 
 import qkv
 from qkv.cli import main
-from qkv.config import ModelConfig, TrainConfig, VisionConfig
+from qkv.config import ModelConfig, VisionConfig
 from qkv.data.images import (IMAGES_MAGIC, LABELS_MAGIC, ImageDataConfig, mnist_splits, random_shift, read_csv_images,
                              read_idx)
 from qkv.errors import ConfigError, DataError, InputError
@@ -20,8 +20,6 @@ from qkv.models.stack import Stack
 from qkv.models.swin import shifted_window_mask, window_merge, window_partition
 from qkv.models.vision import sincos_2d_table
 from qkv.nn.block import Block
-from qkv.train.images import build_image_task, resume_images
-from qkv.train.trainer import Trainer
 from vision_fixtures import digit_images, idx_bytes, write_mnist
 
 LABELS = [str(d) for d in range(10)]
@@ -172,32 +170,6 @@ def test_random_shift_moves_the_image_and_fills_with_zeros():
 
 
 # ---- training, evaluate, predict ----------------------------------------------------------------------
-def _train_cfg(d, out, **kw):
-    return TrainConfig(task="image-classification", data=str(d), batch_size=8, max_iters=6, eval_interval=3,
-                       eval_iters=1, warmup_iters=1, lr=3e-3, out_dir=str(out), progress=False, **kw)
-
-
-def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
-    d = write_mnist(tmp_path / "mnist")
-    dcfg = ImageDataConfig(test_in_train=20, val_images=10)
-    cfg = ModelConfig(n_layers=1, d_model=16, n_heads=2, mask="bidirectional", dropout=0.1)
-    vision = VisionConfig(patch_size=7, pool="mean")
-    whole = _train_cfg(d, tmp_path / "whole")
-    task = build_image_task(cfg, vision, whole, dcfg)
-    Trainer(task.model_cfg, whole, parts=task).fit()
-    part = _train_cfg(d, tmp_path / "part")
-    task = build_image_task(cfg, vision, part, dcfg)
-    Trainer(task.model_cfg, part, parts=task).fit(stop_at_step=4)
-    resumed = resume_images(tmp_path / "part")
-    assert resumed.step == 4
-    resumed.fit()
-    a, b = qkv.load(tmp_path / "whole"), qkv.load(tmp_path / "part")
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(p, q), name
-    rows = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [3, 4, 6] and all(0 <= r["val_accuracy"] <= 1 for r in rows)
-
-
 def test_cli_trains_evaluates_and_predicts(tmp_path, capsys):
     d = write_mnist(tmp_path / "mnist")
     out = tmp_path / "run"
