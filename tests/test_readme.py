@@ -61,3 +61,16 @@ def test_each_demo_command_runs_on_the_demo_models_shape(tmp_path, monkeypatch, 
     qkv.save(model, tmp_path / "runs" / "shakespeare-char", chars)
     monkeypatch.chdir(tmp_path)
     assert main(shlex.split(line)[1:]) == 0, line
+
+
+def test_the_code_map_names_every_folder_and_module():
+    """"Reading the code" covers the tree: every package folder and module of src/qkv, and the repository's
+    own folders (bench/, tests/, docs/, .ci/)."""
+    root = README.parent
+    block = re.search(r"## Reading the code\n\n```\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    named = set(re.findall(r"[\w.]+/|[\w.]+\.py", block.group(1)))
+    package = root / "src" / "qkv"
+    wanted = {f"{p.name}/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    wanted |= {p.name for p in package.glob("*.py") if p.name != "__main__.py"}
+    wanted |= {f"{name}/" for name in ("bench", "tests", "docs", ".ci") if (root / name).is_dir()}
+    assert wanted - named == set(), f"the README's code map leaves out {sorted(wanted - named)}"
