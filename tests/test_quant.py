@@ -177,3 +177,13 @@ def test_int4_codes_are_picked_for_the_stored_scales_and_zeros():
     raw = ((w_OGg - z) / s + 8).round()
     assert (raw < 0).any() and (raw > 15).any()                   # the clamp is needed here
     assert torch.equal(q.codes(), raw.clamp(0, 15).view(64, 128).int())
+
+
+@pytest.mark.parametrize("make", [lambda w, b: Int4Linear.from_float(w, b, group_size=32), Int8Linear.from_float])
+def test_a_device_without_packed_kernels_takes_the_plain_product(make):
+    """Off the CPU (CUDA; here the meta device, which has no packed kernels either) a quantized layer computes
+    x @ dequantize().T + bias: the shape, dtype and device of that product, from a mutation survivor."""
+    torch.manual_seed(0)
+    layer = make(torch.randn(64, 64), torch.randn(64))
+    y = layer.to("meta")(torch.randn(3, 5, 64, device="meta"))
+    assert (y.shape, y.dtype, y.device.type) == ((3, 5, 64), torch.float32, "meta")
