@@ -39,6 +39,9 @@ def _canonical(key: str) -> str:
     return key.removeprefix("swin.")
 
 
+DEPTHS, HEADS = [2, 2, 6, 2], [3, 6, 12, 24]       # transformers' SwinConfig defaults
+
+
 def load_swin(directory: str | os.PathLike) -> Swin:
     """A Swin (eval mode) from a Hugging Face SwinForImageClassification directory."""
     d = Path(directory)
@@ -50,7 +53,34 @@ def load_swin(directory: str | os.PathLike) -> Swin:
     tensors = {_canonical(k): t for k, t in read_weights(d).items()}
     if "classifier.weight" not in tensors:
         raise CheckpointError(f"{d} has no classifier; qkv loads SwinForImageClassification")
-    depths, heads = hf.get("depths", [2, 2, 6, 2]), hf.get("num_heads", [3, 6, 12, 24])
+    cfg, vision = _configs(d, hf, where)
+    K = tensors["classifier.weight"].shape[0]
+    labels = labels_from_hf(hf, K, where)
+    depths, heads = hf.get("depths", DEPTHS), hf.get("num_heads", HEADS)
+    try:
+        stages = [stage_config(cfg, vision, s) for s in range(len(depths))]
+        with meta_device():                         # the window and merging checks, before the tensors are read
+            Swin(cfg, vision, labels)
+    except (QkvError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{where}: depths and num_heads do not describe a Swin ({e}); fix config.json") from None
+    shapes, sd, wkv = _weight_names(cfg, vision, stages, K)
+    sizes = (f"image_size={vision.image_size}, patch_size={vision.patch_size}, embed_dim={cfg.d_model}, "
+             f"depths={depths}, num_heads={heads}, window_size={vision.window_size}")
+    check_shapes(tensors, shapes, f"the weights in {d}", sizes, what="a SwinForImageClassification",
+                 extra_fix="fix depths in config.json or re-save the model with save_pretrained")
+    state = {ours: tensors[theirs].contiguous() for ours, theirs in sd.items()}
+    state.update({ours: torch.cat([tensors[k], tensors[v]]) for ours, (k, v) in wkv.items()})
+    try:
+        model = model_from_state(lambda: Swin(cfg, vision, labels), state, f"the weights in {d}")
+    except QkvError as e:
+        raise CheckpointError(f"{d}: {e}") from None
+    model.tokenizer = None
+    return model.eval()
+
+
+def _configs(d: Path, hf: dict, where: str):
+    """(ModelConfig, VisionConfig) from config.json (and preprocessor_config.json, as for ViT)."""
+    depths, heads = hf.get("depths", DEPTHS), hf.get("num_heads", HEADS)
     vision = vision_from_hf(d, hf, "swin", window_size=hf.get("window_size", 7),
                             depths=tuple(depths), heads=tuple(heads))
     embed_dim = hf.get("embed_dim", 96)
@@ -62,15 +92,13 @@ def load_swin(directory: str | os.PathLike) -> Swin:
                           dropout=hf.get("hidden_dropout_prob", 0.0))
     except (QkvError, TypeError) as e:
         raise CheckpointError(f"{where} describes an invalid model ({e}); fix config.json") from None
-    K = tensors["classifier.weight"].shape[0]
-    labels = labels_from_hf(hf, K, where)
-    try:
-        stages = [stage_config(cfg, vision, s) for s in range(len(depths))]
-        with meta_device():                         # the window and merging checks, before the tensors are read
-            Swin(cfg, vision, labels)
-    except (QkvError, TypeError, IndexError) as e:
-        raise CheckpointError(f"{where}: depths and num_heads do not describe a Swin ({e}); fix config.json") from None
-    C0, P, I = embed_dim, vision.patch_size, vision.channels
+    return cfg, vision
+
+
+def _weight_names(cfg: ModelConfig, vision, stages: list, K: int) -> tuple[dict, dict, dict]:
+    """The checkpoint's tensors as the table above renames them: (their shapes, our key -> theirs, our fused
+    wkv key -> their (key, value) pair). K: the classes."""
+    C0, P, I = cfg.d_model, vision.patch_size, vision.channels
     shapes = {"embeddings.patch_embeddings.projection.weight": (C0, I, P, P),
               "embeddings.patch_embeddings.projection.bias": (C0,),
               "embeddings.norm.weight": (C0,), "embeddings.norm.bias": (C0,)}
@@ -79,7 +107,7 @@ def load_swin(directory: str | os.PathLike) -> Swin:
           "embed_norm.weight": "embeddings.norm.weight", "embed_norm.bias": "embeddings.norm.bias"}
     wkv = {}
     grid = vision.grid
-    for s, (scfg, depth) in enumerate(zip(stages, depths)):
+    for s, (scfg, depth) in enumerate(zip(stages, vision.depths)):
         C, F, H = scfg.d_model, scfg.ffn_dim, scfg.n_heads
         w = min(vision.window_size, grid)
         for i in range(depth):
@@ -99,25 +127,17 @@ def load_swin(directory: str | os.PathLike) -> Swin:
                 wkv[b + "attn.wkv." + p] = (e + f"attention.self.key.{p}", e + f"attention.self.value.{p}")
             shapes[e + "attention.self.relative_position_bias_table"] = ((2 * w - 1) ** 2, H)
             sd[f"stages.{s}.rel_bias.{i}"] = e + "attention.self.relative_position_bias_table"
-        if s < len(depths) - 1:
+        if s < len(stages) - 1:
             e = f"encoder.layers.{s}.downsample."
-            shapes.update({e + "norm.weight": (4 * C,), e + "norm.bias": (4 * C,), e + "reduction.weight": (2 * C, 4 * C)})
-            sd.update({f"stages.{s}.merge.norm.weight": e + "norm.weight", f"stages.{s}.merge.norm.bias": e + "norm.bias",
+            shapes.update({e + "norm.weight": (4 * C,), e + "norm.bias": (4 * C,),
+                           e + "reduction.weight": (2 * C, 4 * C)})
+            sd.update({f"stages.{s}.merge.norm.weight": e + "norm.weight",
+                       f"stages.{s}.merge.norm.bias": e + "norm.bias",
                        f"stages.{s}.merge.reduce.weight": e + "reduction.weight"})
         grid //= 2
     C = stages[-1].d_model
-    shapes.update({"layernorm.weight": (C,), "layernorm.bias": (C,), "classifier.weight": (K, C), "classifier.bias": (K,)})
-    sd.update({"norm_f.weight": "layernorm.weight", "norm_f.bias": "layernorm.bias", "head.weight": "classifier.weight",
-               "head.bias": "classifier.bias"})
-    sizes = (f"image_size={vision.image_size}, patch_size={P}, embed_dim={C0}, depths={depths}, num_heads={heads}, "
-             f"window_size={vision.window_size}")
-    check_shapes(tensors, shapes, f"the weights in {d}", sizes, what="a SwinForImageClassification",
-                 extra_fix="fix depths in config.json or re-save the model with save_pretrained")
-    state = {ours: tensors[theirs].contiguous() for ours, theirs in sd.items()}
-    state.update({ours: torch.cat([tensors[k], tensors[v]]) for ours, (k, v) in wkv.items()})
-    try:
-        model = model_from_state(lambda: Swin(cfg, vision, labels), state, f"the weights in {d}")
-    except QkvError as e:
-        raise CheckpointError(f"{d}: {e}") from None
-    model.tokenizer = None
-    return model.eval()
+    shapes.update({"layernorm.weight": (C,), "layernorm.bias": (C,), "classifier.weight": (K, C),
+                   "classifier.bias": (K,)})
+    sd.update({"norm_f.weight": "layernorm.weight", "norm_f.bias": "layernorm.bias",
+               "head.weight": "classifier.weight", "head.bias": "classifier.bias"})
+    return shapes, sd, wkv
