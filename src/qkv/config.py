@@ -139,9 +139,10 @@ class TrainConfig:
     keep_best: bool = False                 # also keep the checkpoint with the lowest val_loss, in OUT/best
     compile: bool = False                   # torch.compile the model (helps on CPU for larger models)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-                                            # bf16: mixed precision (autocast), weights and AdamW stay fp32; ~1.9x
-                                            # faster on CPUs with AVX-512 BF16, slower without. auto: bf16 where
-                                            # the CPU (AVX-512 BF16, AMX) or GPU computes it natively, else fp32
+                                            # bf16: mixed precision (autocast), weights and AdamW stay fp32; faster
+                                            # on CPUs with AVX-512 BF16, slower without (bench/README.md). auto:
+                                            # bf16 where the CPU (AVX-512 BF16, AMX) or GPU computes it natively,
+                                            # else fp32
     max_bad_steps: int = 5                  # a step whose loss or gradient norm is not finite is skipped; the run
                                             # stops after this many in a row
     fsdp: bool = False                      # under torchrun on CUDA: shard parameters, gradients and AdamW

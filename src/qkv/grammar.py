@@ -9,9 +9,8 @@ Legend: V vocab, b bytes of the bitmask (one bit a token, in 32-bit words).
 The grammar engine is llguidance (the Rust library behind Guidance and llama.cpp's ``%llguidance``): it
 reads the tokenizer's own ``tokenizers`` JSON, so every token, multi-byte pieces included, is judged by
 the bytes it adds, and it needs neither transformers nor a GPU stack. ``bench/grammar_engines.py`` measures
-the maintained engines on SmolLM2's 49k vocabulary: per token (mask + advance) llguidance 15 us, xgrammar
-10 us, outlines-core 21 us, all under 0.2% of a 135M model's ~10 ms decode step on this CPU, so the
-cost does not decide; xgrammar's Python package pulls triton and wants a transformers tokenizer, and
+the maintained engines on SmolLM2's 49k vocabulary (figures in bench/README.md): each costs a small fraction
+of a 135M model's decode step per token, so the cost does not decide; xgrammar's Python package pulls triton and wants a transformers tokenizer, and
 outlines-core wants the vocabulary rebuilt as bytes. The masked logits then
 go through the ordinary samplers (``qkv.generate.next_token``), so temperature, top-p and the penalties
 keep their meanings inside the grammar. Whitespace is compact (", " and ": " only): a small model cannot

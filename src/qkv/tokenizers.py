@@ -74,8 +74,8 @@ class Tokenizer:
         self.cls_id = next((vocab[n] for n in CLS_NAMES if n in vocab), None)
         self.sep_id = next((vocab[n] for n in SEP_NAMES if n in vocab), None)
         self.mask_id = next((vocab[n] for n in MASK_NAMES if n in vocab), None)
-        # Char vocabularies map one character to one id: a dict lookup is 30x faster than the backend
-        # on a megabyte of text, and a test holds the two equal.
+        # Char vocabularies map one character to one id: a dict lookup is far faster than the backend
+        # (bench/README.md, "Figures behind the code's comments"), and a test holds the two equal.
         # (Only without special tokens: "<eos>" inside text must still become one token.)
         plain_chars = self.kind == "char" and not backend.get_added_tokens_decoder()
         self._char_ids = {t: i for t, i in vocab.items() if len(t) == 1} if plain_chars else None
@@ -149,8 +149,9 @@ class Tokenizer:
         except Exception as e:  # the library raises plain Exceptions for malformed files
             raise CheckpointError(f"{path} is not a valid tokenizer.json ({e}); re-save the tokenizer") from None
         # qkv pads batches itself, with a key mask. A file saved with padding on (sentence-transformers'
-        # MiniLM: Fixed 128) would make every text 128 ids whose [PAD]s a batch reads as real tokens: 5x the
-        # work of a fine-tuning step on SST-2, and other logits. transformers drops it too unless asked.
+        # MiniLM: Fixed 128) would make every text 128 ids whose [PAD]s a batch reads as real tokens: several
+        # times the work of a fine-tuning step on SST-2 (bench/README.md), and other logits. transformers
+        # drops it too unless asked.
         backend.no_padding()
         return cls(backend)
 

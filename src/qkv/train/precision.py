@@ -8,8 +8,7 @@ fp32) pays only where bf16 arithmetic is native:
 
 Elsewhere bf16 is emulated (each product converts to fp32 and back) and runs slower than fp32, so ``auto``
 keeps fp32 there; ``bf16`` forced on such a machine still runs, with a warning that names the slowdown
-as measured (a training step of the bench shape: 4x on an AVX-512 CPU without BF16, 15-35x on an AVX2
-Zen 3; bench/README.md).
+measured on the bench shape (bench/README.md, "--precision auto next to fp32").
 The decision is made once per run, printed first and stored in the run's config.json.
 """
 
