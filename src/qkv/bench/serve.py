@@ -23,6 +23,7 @@ medians are reported.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -145,67 +146,28 @@ def _llama_cpp_side(path: str, prompts: list[list[int]], max_tokens: int, thread
     return run
 
 
+SIDES = ["concurrent", "one_at_a_time", "hf_batched", "llama_cpp_one_at_a_time"]
+
+
 def run(path: str, as_json: bool, clients: int = 16, max_tokens: int = 64, quantized: bool = False,
         threads: int | None = None, rounds: int = 1, hf: bool = True, llama_cpp: bool = True) -> dict:
-    from .. import for_inference, load
-    from ..conversation import render_chat
-    from ..serve import ServeConfig, require_serve_extra
+    from .. import load
+    from ..serve import require_serve_extra
 
     uvicorn = require_serve_extra("qkv bench serve")
-    from ..serve import create_app
-    from ..serve.openai_api import DEFAULT_TEMPLATE
-
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    model = for_inference(load(path, quantized=quantized))
+    model = load(path, quantized=quantized)
     tok = model.tokenizer
-    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(clients)]
-    bodies = [{"messages": [{"role": "user", "content": q}], "max_tokens": max_tokens, "temperature": 0,
-               "ignore_eos": True, "stream": True} for q in questions]
-    prompts = [tok.encode(render_chat(tok.chat_template or DEFAULT_TEMPLATE, [{"role": "user", "content": q}], True,
-                                      tok.specials)) for q in questions]
-    app = create_app(model, ServeConfig(model_name="bench", max_batch=clients, max_queue=4 * clients,
-                                        max_tokens_cap=max_tokens))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    bodies, prompts = _requests(tok, clients, max_tokens)
     hf_run = _hf_side(path, prompts, tok.pad_id if tok.pad_id is not None else tok.eos_id, max_tokens) if hf else None
     llama_run = _llama_cpp_side(path, prompts, max_tokens, threads) if llama_cpp else None
-    sides: dict[str, list] = {"concurrent": [], "one_at_a_time": [], "hf_batched": [], "llama_cpp_one_at_a_time": []}
-    try:
-        _serve_side(port, bodies[:2], concurrent=True)                       # warm up
-        for r in range(rounds):
-            order = ["concurrent", "one_at_a_time", "hf_batched", "llama_cpp_one_at_a_time"]
-            for side in order if r % 2 == 0 else order[::-1]:
-                if side == "hf_batched":
-                    if hf_run is not None:
-                        sides[side].append({"wall_s": hf_run()})
-                elif side == "llama_cpp_one_at_a_time":
-                    if llama_run is not None:
-                        sides[side].append({"wall_s": llama_run()})
-                else:
-                    sides[side].append(_serve_side(port, bodies, concurrent=side == "concurrent"))
-    finally:
-        server.should_exit = True
-        thread.join(30)
-    total = clients * max_tokens
+    with _serving(uvicorn, model, clients, max_tokens) as port:
+        sides = _time_sides(port, bodies, rounds, hf_run, llama_run)
     report = {"bench": "serve", "model": str(path), "quantized": quantized, "clients": clients,
               "max_tokens": max_tokens, "threads": threads, "rounds": rounds, "cpu": platform.processor() or
               platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__}
-    for side, runs in sides.items():
-        if not runs:
-            continue
-        wall = statistics.median(x["wall_s"] for x in runs)
-        figures = {"tokens_per_s": total / wall, "wall_s": wall}
-        if "ttft" in runs[0]:
-            ttft = [v for x in runs for v in x["ttft"]]
-            itl = [v for x in runs for v in x["itl"]]
-            figures.update(ttft_p50_ms=1e3 * _percentile(ttft, 50), ttft_p99_ms=1e3 * _percentile(ttft, 99),
-                           itl_p50_ms=1e3 * _percentile(itl, 50), itl_p99_ms=1e3 * _percentile(itl, 99))
-        report[side] = figures
+    report.update(_figures(sides, clients * max_tokens))
     c = report["concurrent"]["tokens_per_s"]
     report["concurrent_vs_one_at_a_time"] = c / report["one_at_a_time"]["tokens_per_s"]
     if "hf_batched" in report:
@@ -216,18 +178,86 @@ def run(path: str, as_json: bool, clients: int = 16, max_tokens: int = 64, quant
     if as_json:
         print(json.dumps(report))
     else:
-        print(f"{path} ({'quantized' if quantized else 'as stored'}), {clients} clients x {max_tokens} tokens, "
-              f"{threads} threads, median of {rounds} round(s)")
-        print(f"{'side':<24} {'tokens/s':>9} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>8}   (ms)")
-        for side in sides:
-            if side in report:
-                f = report[side]
-                lat = "".join(f" {f[k]:8.0f}" for k in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")) \
-                    if "ttft_p50_ms" in f else ""
-                print(f"{side:<24} {f['tokens_per_s']:9.1f}{lat}")
-        print(f"concurrent / one at a time: {report['concurrent_vs_one_at_a_time']:.2f}x" +
-              (f"; concurrent / transformers batched generate: {report['concurrent_vs_hf_batched']:.2f}x"
-               if "concurrent_vs_hf_batched" in report else "") +
-              (f"; concurrent / llama.cpp one at a time: {report['concurrent_vs_llama_cpp_one_at_a_time']:.2f}x"
-               if "concurrent_vs_llama_cpp_one_at_a_time" in report else ""))
+        _print_table(report)
     return report
+
+
+def _requests(tok, clients: int, max_tokens: int) -> tuple[list[dict], list[list[int]]]:
+    """The clients' request bodies (greedy, exactly max_tokens each) and the same prompts as token ids."""
+    from ..conversation import render_chat
+    from ..serve.openai_api import DEFAULT_TEMPLATE
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(clients)]
+    bodies = [{"messages": [{"role": "user", "content": q}], "max_tokens": max_tokens, "temperature": 0,
+               "ignore_eos": True, "stream": True} for q in questions]
+    prompts = [tok.encode(render_chat(tok.chat_template or DEFAULT_TEMPLATE, [{"role": "user", "content": q}], True,
+                                      tok.specials)) for q in questions]
+    return bodies, prompts
+
+
+@contextlib.contextmanager
+def _serving(uvicorn, model, clients: int, max_tokens: int):
+    """Yield the loopback port of ``qkv serve``'s app over ``model``, run by uvicorn in a thread."""
+    from ..serve import ServeConfig, create_app
+    app = create_app(model, ServeConfig(model_name="bench", max_batch=clients, max_queue=4 * clients,
+                                        max_tokens_cap=max_tokens))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _time_sides(port: int, bodies: list[dict], rounds: int, hf_run, llama_run) -> dict[str, list]:
+    """{side: its runs} over ``rounds``, the sides in alternating order; a side without its callable is left out."""
+    sides: dict[str, list] = {side: [] for side in SIDES}
+    _serve_side(port, bodies[:2], concurrent=True)                       # warm up
+    for r in range(rounds):
+        for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+            if side == "hf_batched":
+                if hf_run is not None:
+                    sides[side].append({"wall_s": hf_run()})
+            elif side == "llama_cpp_one_at_a_time":
+                if llama_run is not None:
+                    sides[side].append({"wall_s": llama_run()})
+            else:
+                sides[side].append(_serve_side(port, bodies, concurrent=side == "concurrent"))
+    return sides
+
+
+def _figures(sides: dict[str, list], total_tokens: int) -> dict[str, dict]:
+    """{side: tokens/s and wall time (medians over rounds), with TTFT and ITL percentiles for the server}."""
+    out = {}
+    for side, runs in sides.items():
+        if not runs:
+            continue
+        wall = statistics.median(x["wall_s"] for x in runs)
+        figures = {"tokens_per_s": total_tokens / wall, "wall_s": wall}
+        if "ttft" in runs[0]:
+            ttft = [v for x in runs for v in x["ttft"]]
+            itl = [v for x in runs for v in x["itl"]]
+            figures.update(ttft_p50_ms=1e3 * _percentile(ttft, 50), ttft_p99_ms=1e3 * _percentile(ttft, 99),
+                           itl_p50_ms=1e3 * _percentile(itl, 50), itl_p99_ms=1e3 * _percentile(itl, 99))
+        out[side] = figures
+    return out
+
+
+def _print_table(report: dict) -> None:
+    print(f"{report['model']} ({'quantized' if report['quantized'] else 'as stored'}), {report['clients']} clients "
+          f"x {report['max_tokens']} tokens, {report['threads']} threads, median of {report['rounds']} round(s)")
+    print(f"{'side':<24} {'tokens/s':>9} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} {'p99':>8}   (ms)")
+    for side in SIDES:
+        if side in report:
+            f = report[side]
+            lat = "".join(f" {f[k]:8.0f}" for k in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms")) \
+                if "ttft_p50_ms" in f else ""
+            print(f"{side:<24} {f['tokens_per_s']:9.1f}{lat}")
+    print(f"concurrent / one at a time: {report['concurrent_vs_one_at_a_time']:.2f}x" +
+          (f"; concurrent / transformers batched generate: {report['concurrent_vs_hf_batched']:.2f}x"
+           if "concurrent_vs_hf_batched" in report else "") +
+          (f"; concurrent / llama.cpp one at a time: {report['concurrent_vs_llama_cpp_one_at_a_time']:.2f}x"
+           if "concurrent_vs_llama_cpp_one_at_a_time" in report else ""))

