@@ -74,6 +74,10 @@ def zoo(tmp_path_factory):
     qkv.save(BERT(bert_cfg), root / "bert", wordpiece)
     pairs = Tokenizer.train_char(TEXT + "ein hund", special_tokens=("<pad>", "<bos>", "<eos>"))
     qkv.save(EncoderDecoder(ModelConfig(vocab_size=pairs.vocab_size, **small)), root / "seq2seq", pairs)
+    from qkv.adapters import LoRAConfig, add_lora, save_adapter      # issue 24: an adapter of another base
+    deeper = BERT(dataclasses.replace(bert_cfg, n_layers=2))
+    add_lora(deeper, LoRAConfig(rank=2, targets=("query",)))
+    save_adapter(deeper, root / "other-adapter")
     finetune = FinetuneConfig(task="sst2", data=str(root / "sst2.tsv"), eval_data=str(root / "sst2.tsv"))
     with atomic_dir(root / "classifier") as tmp:
         write_model_files(tmp, BertClassifier(bert_cfg, ["0", "1"]), wordpiece,
@@ -113,6 +117,7 @@ def paths(zoo) -> dict:
             "mnist": zoo / "mnist", "badidx": zoo / "badidx", "badcsv": zoo / "badcsv", "badlabel": zoo / "badlabel",
             "png": zoo / "digit.png", "wnut": zoo / "wnut.tsv", "tagger": zoo / "tagger", "swin": zoo / "swin",
             "src": zoo / "src.txt", "ref": zoo / "ref.txt", "docs": zoo / "docs.jsonl",
+            "otheradapter": zoo / "other-adapter",
             **{name.replace(".", "_"): zoo / name for name in MINE},
             **{k: zoo / k for k in FAMILIES}, **{k: zoo / k for k in DAMAGED}}
 
@@ -273,6 +278,16 @@ CASES = [
      "the resumed run's batch_size 4 does not split over 3 processes; resume with a world size", {"WORLD_SIZE": "3"}),
     (TRAIN + ["--fsdp"], "--fsdp shards the model over GPUs and needs CUDA"),
     (FINETUNE + ["--init", "{bert}", "--fsdp"], "--fsdp shards the model over GPUs and needs CUDA"),
+    # issue 24: LoRA and adapters
+    (FINETUNE + ["--init", "{bert}", "--lora", "--lora-targets", "qproj"], "LoRA target 'qproj' matches no module"),
+    (FINETUNE + ["--init", "{bert}", "--lora", "--lora-rank", "0"], "lora rank=0 must be a positive integer"),
+    (FINETUNE + ["--init", "{bert}", "--lora-rank", "-2"], "lora rank=-2 must be a positive integer"),
+    (FINETUNE + ["--init", "none", "--lora"], "--lora adapts a pre-trained model; pass --init DIR"),
+    (FINETUNE + ["--init", "{gpt}", "--lora"], "qkv finetune --init needs an encoder"),
+    (["merge-adapter", "{bert}", "{out}/m", "--adapter", "{otheradapter}"], "the adapter was trained on another base"),
+    (["merge-adapter", "{bert}", "{out}/m", "--adapter", "{notes}"], "has no adapter_config.json"),
+    (["merge-adapter", "{bert}", "{out}/m"], "has no LoRA adapters; pass --adapter DIR"),
+    (["merge-adapter", "{bert}", "{bert}/m", "--adapter", "{otheradapter}"], "inside"),
     (TRAIN + ["--max-bad-steps", "0"], "max_bad_steps=0 must be"),
     (TRAIN + ["--precision", "fp16"], "invalid choice: 'fp16'"),
     (["bench", "ddp", "--batch", "3"], "--batch 3 must be even"),
@@ -534,6 +549,7 @@ SENTINELS = {
     "bench decode": ["bench", "decode", "--model", "{missing}"],
     "bench serve": ["bench", "serve", "{missing}"],
     "bench finetune": ["bench", "finetune", "--data", "{missing}"],
+    "merge-adapter": ["merge-adapter", "{missing}", "{out}/m"],
     "bench train": None, "bench encoder": None, "bench ddp": None, "bench vision": None,
     "attention": ["attention", "{missing}", "--text", "a", "--out", "{out}/a.png"],
     "next": ["next", "{missing}", "--text", "a"],

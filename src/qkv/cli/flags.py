@@ -96,8 +96,8 @@ def list_parser(item: type, flag: str, optional: bool = False):
             return None
         words = [w.strip() for w in text.split(",")]
         if not all(words):
-            plural = {int: "integers", float: "numbers"}[item]
-            raise argparse.ArgumentTypeError(f"{flag} expects comma-separated {plural} (e.g. 2,2), got {text!r}")
+            plural, example = {int: ("integers", "2,2"), float: ("numbers", "0.5,0.5"), str: ("names", "a,b")}[item]
+            raise argparse.ArgumentTypeError(f"{flag} expects comma-separated {plural} (e.g. {example}), got {text!r}")
         return tuple(one(w) for w in words)
     parse.__name__ = f"list of {item.__name__}" + (" or none" if optional else "")
     return parse

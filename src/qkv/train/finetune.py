@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from ..adapters import LoRAConfig, add_lora, save_adapter
 from ..checkpoint import from_pretrained_encoder, read_config
 from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError
@@ -42,6 +43,7 @@ from .trainer import Trainer
 
 TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]   # one list of names: the registry's
 REPORT_FILE = "eval.json"
+ADAPTER_DIR = "adapter"                 # a --lora run's adapter in PEFT's format
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,25 @@ class FinetuneConfig:
     eval_batch_size: int = 64                # inputs per forward pass when scoring
     group_by_length: bool = True            # training batches of similar lengths: almost no padding
                                             # (random batches pad SST-2 / EWT to ~3x their tokens)
+    lora: bool = False                      # LoRA: the base frozen, low-rank adapters (and the new head) trained;
+                                            # DIR/adapter is the adapter alone in PEFT's format
+    lora_rank: int = 8                      # the adapters' rank R
+    lora_alpha: float = 16.0                # their delta is scaled by alpha / R
+    lora_dropout: float = 0.05              # dropout on the adapters' input
+    lora_targets: tuple[str, ...] = ()      # module names (PEFT's: q_proj,v_proj / query,value,dense); empty:
+                                            # every attention projection and FFN matrix
 
     def __post_init__(self):
+        if isinstance(self.lora_targets, list):     # config.json holds a JSON list
+            object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         check_fields(self, {"max_seq_len": "[3, inf)", "stride": "[0, inf)", "max_answer_len": "[1, inf)",
                             "n_eval_articles": "[1, inf)", "eval_batch_size": "[1, inf)"})
+        LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout)   # rank <= 0 and the like: said now                  # rank <= 0, a bad alpha or dropout: said now, before any work
+
+    def lora_config(self) -> LoRAConfig | None:
+        if not self.lora:
+            return None
+        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets))
         if self.eval_data is None and self.task != "squad":
             raise ConfigError(f"task {self.task!r} needs --eval-data FILE to score (e.g. the GLUE dev set "
                               f"sst2/test.tsv, cola/in_domain_dev.tsv, en_ewt-ud-test.conllu, "
@@ -114,12 +131,24 @@ def new_model(fcfg: FinetuneConfig, model_cfg: ModelConfig, train_cfg: TrainConf
     labels = spec.label_names(train)
     torch.manual_seed(train_cfg.seed)                    # the new head's init (and a scratch trunk's)
     if fcfg.init is not None:
-        return from_pretrained_encoder(fcfg.init, spec.head, labels)
+        return with_lora(from_pretrained_encoder(fcfg.init, spec.head, labels), fcfg.lora_config())
+    if fcfg.lora:
+        raise ConfigError("--lora adapts a pre-trained model; pass --init DIR (a from-scratch model trains whole)")
     if train_cfg.tokenizer != "wordpiece":
         raise ConfigError("a from-scratch encoder needs BERT's [CLS]/[SEP] template: use --tokenizer wordpiece")
     tokenizer = train_tokenizer(spec.texts(train), train_cfg)
     return from_pretrained_encoder(Encoder(fill_vocab(model_cfg, "vocab_size", tokenizer)), spec.head, labels,
                                    tokenizer)
+
+
+def with_lora(model, cfg: LoRAConfig | None):
+    """``model`` with LoRA adapters (base frozen); a task's new head stays trainable: it starts from nothing."""
+    if cfg is None:
+        return model
+    add_lora(model, cfg)
+    for p in model.head.parameters():
+        p.requires_grad_(True)
+    return model
 
 
 def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> tuple[RunParts, dict]:
@@ -140,8 +169,10 @@ def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> 
     paths = {name: str(Path(value).resolve()) for name in ("data", "init", "eval_data", "val_data")
              if (value := getattr(fcfg, name)) is not None}              # resumable from any working directory
     names = spec.label_meanings(labels)                  # stored, so that predict can show "positive", not "1"
+    lora = fcfg.lora_config()               # config.json's "lora": qkv.load puts the adapters on before the weights
+    extra = {**({"label_names": names} if names else {}), **({"lora": dataclasses.asdict(lora)} if lora else {})}
     task = RunParts(model.cfg, type(model), tokenizer, data, model=model,
-                config={"finetune": {**dataclasses.asdict(fcfg), **paths}, **({"label_names": names} if names else {})})
+                    config={"finetune": {**dataclasses.asdict(fcfg), **paths}, **extra})
     return task, {"examples": len(train_items), **notes}
 
 
@@ -153,6 +184,7 @@ def resume_finetune(run_dir: str | Path, train_overrides: dict | None = None, lo
         raise CheckpointError(f"{run_dir}: model_type {config['model_type']!r} is not a fine-tuning model")
     cfg = build(ModelConfig, config["model"], f"{Path(run_dir) / 'config.json'}")
     model = cls.from_config(cfg, config) if hasattr(cls, "from_config") else cls(cfg)
+    model = with_lora(model, fcfg.lora_config())         # the saved weights hold the adapters too
     model.tokenizer = Tokenizer.from_dir(run_dir)
     if model.tokenizer is None:
         raise CheckpointError(f"{run_dir} has no tokenizer.json; the run cannot be resumed")
@@ -196,4 +228,7 @@ def finish(trainer: Trainer, fcfg: FinetuneConfig) -> dict:
     report, predictions = evaluate(model, fcfg, fcfg.eval_data)
     report.update(step=trainer.step, train_s=round(trainer.elapsed, 3), init=fcfg.init)
     write_outputs(trainer.out_dir, fcfg, report, predictions)
+    if fcfg.lora:                                        # the adapter alone, for PEFT or qkv.load(base, adapter=)
+        save_adapter(trainer.model, Path(trainer.out_dir) / ADAPTER_DIR, base=fcfg.init)
+        report["adapter"] = str(Path(trainer.out_dir) / ADAPTER_DIR)
     return report
