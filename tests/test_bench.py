@@ -124,7 +124,9 @@ def test_bench_finetune_json_on_tiny_models(tmp_path, capsys):
     assert main(["bench", "finetune", "--json", "--encoder", str(bert), "--data", str(sst2), "--decoder",
                  str(llama), "--batch", "4", "--decoder-batch", "2", "--length", "8", "--steps", "2",
                  "--warmup", "1"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1                                  # --json: exactly one line
+    result = json.loads(out[0])
     for side in ("encoder", "decoder"):
         assert len(result[side]["qkv_steps_s"]) == len(result[side]["hf_steps_s"]) == 2
         assert result[side]["ratio"] > 0

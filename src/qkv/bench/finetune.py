@@ -27,7 +27,9 @@ each are untimed. Reported: the median seconds per step of each side and the med
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import statistics
 import tempfile
@@ -62,7 +64,8 @@ def _paired(trainer, hf_step, warmup: int, steps: int) -> dict:
         hf_s.append(time.perf_counter() - t0)
         mark[0] = time.perf_counter()
 
-    trainer.fit(stop_at_step=warmup + steps, on_step=on_step)
+    with contextlib.redirect_stdout(io.StringIO()):    # the trainer's eval line: --json prints one line only
+        trainer.fit(stop_at_step=warmup + steps, on_step=on_step)
     return {"qkv": qkv_s[warmup:], "hf": hf_s[warmup:]}
 
 

@@ -73,16 +73,17 @@ class FinetuneConfig:
             object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         check_fields(self, {"max_seq_len": "[3, inf)", "stride": "[0, inf)", "max_answer_len": "[1, inf)",
                             "n_eval_articles": "[1, inf)", "eval_batch_size": "[1, inf)"})
-        LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout)   # rank <= 0 and the like: said now                  # rank <= 0, a bad alpha or dropout: said now, before any work
-
-    def lora_config(self) -> LoRAConfig | None:
-        if not self.lora:
-            return None
-        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets))
+        LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout)   # rank <= 0 and the like: said now
         if self.eval_data is None and self.task != "squad":
             raise ConfigError(f"task {self.task!r} needs --eval-data FILE to score (e.g. the GLUE dev set "
                               f"sst2/test.tsv, cola/in_domain_dev.tsv, en_ewt-ud-test.conllu, "
                               f"emerging.test.annotated)")
+
+    def lora_config(self) -> LoRAConfig | None:
+        """The adapters a --lora run puts on its model (None: full fine-tuning)."""
+        if not self.lora:
+            return None
+        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, tuple(self.lora_targets))
 
 
 def finetune_config(directory: str | Path) -> FinetuneConfig:
