@@ -1,7 +1,8 @@
 """The server's endpoints as FastAPI routers (vLLM's shape): each handler reads what it serves from
 ``request.app.state``, which ``app.create_app`` fills:
 
-    model, tokenizer     the loaded model (a decoder, or an encoder for embeddings) and its tokenizer
+    model, tokenizer     the loaded model and its tokenizer; decoder: True for a decoder (chat, completions),
+                         False for an encoder (embeddings)
     config               the ServeConfig (api_key resolved); served: the model id clients name
     engine               the decode loop (``engine.Engine``) while the app runs; None for an encoder
     sampling_defaults    the model's own sampling (``qkv.generation_defaults``), under each request's
