@@ -62,6 +62,7 @@ def zoo(tmp_path_factory):
     (root / "notes").mkdir()
     (root / "notes" / "notes.txt").write_text("a person's notes")
     (root / "plain.txt").write_text("a plain file")
+    (root / "noassistant.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')   # issue 24
     (root / "empty.txt").write_text("\n\n")
     (root / "bigconfig.toml").write_text('preset = "tiny"\n[model]\nd_model = "big"\n')
     (root / "out").mkdir()                             # where a test may write on purpose: never snapshotted
@@ -117,7 +118,7 @@ def paths(zoo) -> dict:
             "mnist": zoo / "mnist", "badidx": zoo / "badidx", "badcsv": zoo / "badcsv", "badlabel": zoo / "badlabel",
             "png": zoo / "digit.png", "wnut": zoo / "wnut.tsv", "tagger": zoo / "tagger", "swin": zoo / "swin",
             "src": zoo / "src.txt", "ref": zoo / "ref.txt", "docs": zoo / "docs.jsonl",
-            "otheradapter": zoo / "other-adapter",
+            "otheradapter": zoo / "other-adapter", "noassistant": zoo / "noassistant.jsonl",
             **{name.replace(".", "_"): zoo / name for name in MINE},
             **{k: zoo / k for k in FAMILIES}, **{k: zoo / k for k in DAMAGED}}
 
@@ -287,6 +288,10 @@ CASES = [
     (["merge-adapter", "{bert}", "{out}/m", "--adapter", "{otheradapter}"], "the adapter was trained on another base"),
     (["merge-adapter", "{bert}", "{out}/m", "--adapter", "{notes}"], "has no adapter_config.json"),
     (["merge-adapter", "{bert}", "{out}/m"], "has no LoRA adapters; pass --adapter DIR"),
+    (["finetune", "--task", "chat", "--init", "{gpt}", "--data", "{noassistant}", "--eval-data", "{noassistant}"],
+     "has no assistant turn; the loss is on assistant turns only"),
+    (["finetune", "--task", "chat", "--init", "{bert}", "--data", "{noassistant}", "--eval-data", "{noassistant}"],
+     "needs a decoder"),
     (["merge-adapter", "{bert}", "{bert}/m", "--adapter", "{otheradapter}"], "inside"),
     (TRAIN + ["--max-bad-steps", "0"], "max_bad_steps=0 must be"),
     (TRAIN + ["--precision", "fp16"], "invalid choice: 'fp16'"),

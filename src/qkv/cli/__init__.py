@@ -31,7 +31,8 @@ COMMANDS = {   # name -> (module, one-line help)
     "eval": ("qkv.cli.eval", "a language model's loss and perplexity on a text file (task scores: evaluate)"),
     "bench": ("qkv.cli.bench", "speed benchmarks against transformers in the same run"),
     "embed": ("qkv.cli.embed", "sentence embeddings from an encoder and their cosine similarities"),
-    "finetune": ("qkv.cli.finetune", "fine-tune an encoder on sst2, cola, upos, wnut17 or squad, then score it"),
+    "finetune": ("qkv.cli.finetune", "fine-tune an encoder (sst2, cola, upos, wnut17, squad) or a chat decoder "
+                                     "(chat), whole or with LoRA adapters, then score it"),
     "evaluate": ("qkv.cli.evaluate", "a fine-tuned model's task scores (accuracy, F1, ...) and predictions "
                                      "on an eval file (perplexity: eval)"),
     "predict": ("qkv.cli.predict", "run a fine-tuned encoder on new text: label, tags or answer span"),

@@ -1,9 +1,12 @@
-"""`qkv finetune`: fine-tune an encoder on a task (sst2, cola, upos, wnut17, squad), then score it.
+"""`qkv finetune`: fine-tune an encoder on a task (sst2, cola, upos, wnut17, squad) or a chat decoder on
+conversations (chat), optionally with LoRA adapters (--lora), then score it.
 
     qkv finetune --task sst2 --init runs/bert-mlm --data ../shared/data/sst2/train.tsv \\
                  --eval-data ../shared/data/sst2/test.tsv --max-time 300 --out-dir runs/sst2
     qkv finetune --task squad --init none --data ../shared/data/squad_v1.1_dev/dev-v1.1.json.gz   # baseline
     qkv finetune --resume runs/sst2 --max-time 600                  # continue exactly, with a longer budget
+    qkv finetune --task chat --init SmolLM2.gguf --data chats.jsonl --eval-data held_out.jsonl --lora \
+                 --lora-rank 16 --max-iters 200 --out-dir runs/chat   # loss on assistant turns only
 
 --init is an encoder checkpoint (a `qkv train --preset bert-mlm` run or a Hugging Face BERT directory), or
 none (--scratch) for the baseline: the --preset's model (default bert-finetune) with a WordPiece vocabulary
@@ -110,7 +113,11 @@ def _finetune(args) -> int:
         fcfg = build(FinetuneConfig, task_options)
         require_task_metrics(fcfg.task, f"qkv finetune --task {fcfg.task}")     # scored at the end
         if fcfg.init is not None:
-            require_family(fcfg.init, "finetune --init", "encoder", "fine-tuned encoder")
+            from ..tasks import get_task
+            if get_task(fcfg.task).head is None:             # chat: the decoder itself learns
+                require_family(fcfg.init, f"finetune --task {fcfg.task} --init", "decoder")
+            else:
+                require_family(fcfg.init, "finetune --init", "encoder", "fine-tuned encoder")
         model_cfg, train_cfg = resolve(args.preset or DEFAULT_PRESET, None, model_overrides, train_overrides)
         check_launch(train_cfg.batch_size, train_cfg.fsdp)               # before the rendezvous and any work
         train_cfg = default_out_dir(train_cfg, None, train_overrides)

@@ -6,6 +6,7 @@
     upos     tag       (first piece)   CoNLL-U, the UPOS column                     accuracy over words
     wnut17   tag                       token<TAB>BIO tag                            entity F1 (seqeval)
     squad    qa        (start, end)    SQuAD v1.1 JSON                              F1 (and EM), official rule
+    chat     a decoder (its LM head)   JSONL {"messages": [...]}, chat template     greedy reply exact match
 
 A family turns examples into padded batches for the trainer (``encode`` -> ``batches.Item``), logits back
 into predictions (``predict``), predictions into metrics (``score``, with the optional packages named in
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from ..data.conll import read_bio, read_conllu
 from ..errors import ConfigError
+from .chat import ChatFinetuning
 from .classify import SentenceClassification
 from .qa import ExtractiveQA
 from .tag import Tagging
@@ -26,6 +28,7 @@ TASKS = {
     "upos": Tagging(read_conllu, "accuracy"),
     "wnut17": Tagging(read_bio, "f1"),
     "squad": ExtractiveQA(),
+    "chat": ChatFinetuning(),
 }
 
 

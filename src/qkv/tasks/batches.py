@@ -9,6 +9,7 @@ Every task family turns its examples into ``Item``s: token ids and segment ids a
     "B"     [class id]                               labels_B                (sequence classification)
     "BL"    one id per token, -100 where unscored   labels_BL, padded -100  (tagging)
     "B2"    [start token, end token]                 spans_B2                (extractive QA)
+    "LM"    next-token ids, -100 where unscored      targets_BL, padded -100 (a decoder: chat turns)
 
 which is the shape each head's loss takes (``qkv.models.encoder``). ``TaskBatches`` is the trainer's data
 object: training batches draw items from a private generator (its state is the data position, so resume
@@ -30,7 +31,7 @@ import torch
 from ..errors import DataError
 from ..padding import pad_right
 
-Layout = Literal["B", "BL", "B2"]
+Layout = Literal["B", "BL", "B2", "LM"]
 GROUP_WINDOW = 4            # a length-grouped batch is drawn from 4 x batch_size neighbours in length order
 
 
@@ -44,7 +45,12 @@ class Item:
 
 
 def collate(items: Sequence[Item], layout: Layout, pad_id: int, with_labels: bool = True) -> dict:
-    """Right-padded model kwargs: ids_BL, key_mask_BL (True on real tokens), types_BL and ``labels``."""
+    """Right-padded model kwargs: ids_BL, key_mask_BL (True on real tokens), types_BL and ``labels``; for a
+    decoder ("LM") ids_BL and targets_BL (-100 on padding), the causal mask keeping padding out of sight."""
+    if layout == "LM":
+        ids_BL, _ = pad_right([it.ids for it in items], pad_id)
+        targets_BL, _ = pad_right([it.labels for it in items], -100)
+        return {"ids_BL": ids_BL, "targets_BL": targets_BL} if with_labels else {"ids_BL": ids_BL}
     ids_BL, key_mask_BL = pad_right([it.ids for it in items], pad_id)
     types_BL, _ = pad_right([it.types for it in items], 0)
     batch = {"ids_BL": ids_BL, "key_mask_BL": key_mask_BL, "types_BL": types_BL}

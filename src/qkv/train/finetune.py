@@ -28,7 +28,7 @@ from ..adapters import LoRAConfig, add_lora, save_adapter
 from ..checkpoint import from_pretrained_encoder, read_config
 from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError
-from ..models import MODEL_TYPES
+from ..models import GPT, MODEL_TYPES
 from ..models.encoder import HEADS
 from ..models.encoder import Encoder
 from ..rundir import write_text_atomic
@@ -48,9 +48,9 @@ ADAPTER_DIR = "adapter"                 # a --lora run's adapter in PEFT's forma
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    task: TaskName                          # sst2 | cola | upos | wnut17 | squad
+    task: TaskName                          # sst2 | cola | upos | wnut17 | squad (encoders) | chat (a decoder)
     data: str                               # the training file (squad: a v1.1 JSON, split by article)
-    init: str | None = None                 # encoder checkpoint directory; None -> from scratch
+    init: str | None = None                 # the checkpoint to start from (chat: a decoder); None -> scratch
     eval_data: str | None = None            # scored at the end; squad: None -> the last n_eval_articles
     val_data: str | None = None             # validation loss during training; None -> the eval data
     max_seq_len: int | None = None          # tokens per input; None -> the model's max_len
@@ -109,7 +109,7 @@ def load_finetuned(directory: str | Path, task: str | None = None, data: str | N
         fcfg = finetune_config(directory)               # raises: says to pass --task
     model = load(directory)
     head = get_task(fcfg.task).head
-    if type(model) is not HEADS[head]:
+    if head is not None and type(model) is not HEADS[head]:
         raise CheckpointError(f"{directory} holds a {model.model_type!r} model but task {fcfg.task!r} needs a "
                               f"{HEADS[head].model_type!r} one; fine-tune it with `qkv finetune`")
     if model.tokenizer is None:
@@ -131,6 +131,8 @@ def new_model(fcfg: FinetuneConfig, model_cfg: ModelConfig, train_cfg: TrainConf
     train = spec.read_train(fcfg)
     labels = spec.label_names(train)
     torch.manual_seed(train_cfg.seed)                    # the new head's init (and a scratch trunk's)
+    if spec.head is None:                                # a decoder task: the loaded model learns as it is
+        return with_lora(pretrained_decoder(fcfg), fcfg.lora_config(), new_head=False)
     if fcfg.init is not None:
         return with_lora(from_pretrained_encoder(fcfg.init, spec.head, labels), fcfg.lora_config())
     if fcfg.lora:
@@ -142,12 +144,23 @@ def new_model(fcfg: FinetuneConfig, model_cfg: ModelConfig, train_cfg: TrainConf
                                    tokenizer)
 
 
-def with_lora(model, cfg: LoRAConfig | None):
+def pretrained_decoder(fcfg: FinetuneConfig):
+    """The decoder ``init`` names (a qkv run, a Hugging Face directory, a GGUF: float weights), to train."""
+    from ..checkpoint import load                       # checkpoint imports models: import it when called
+    if fcfg.init is None:
+        raise ConfigError(f"task {fcfg.task!r} fine-tunes a pre-trained decoder: pass --init DIR (a chat model)")
+    model = load(fcfg.init).train()
+    if not isinstance(model, GPT):
+        raise CheckpointError(f"{fcfg.init} holds a {model.model_type!r} model; task {fcfg.task!r} needs a decoder")
+    return model
+
+
+def with_lora(model, cfg: LoRAConfig | None, new_head: bool = True):
     """``model`` with LoRA adapters (base frozen); a task's new head stays trainable: it starts from nothing."""
     if cfg is None:
         return model
     add_lora(model, cfg)
-    for p in model.head.parameters():
+    for p in model.head.parameters() if new_head else ():
         p.requires_grad_(True)
     return model
 
@@ -158,7 +171,7 @@ def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> 
     if train_cfg.label_smoothing:
         raise ConfigError("fine-tuning heads score without label smoothing; drop --label-smoothing")
     tokenizer = model.tokenizer
-    if tokenizer.cls_id is None or tokenizer.encode_for_model("a").ids[:1] != [tokenizer.cls_id]:
+    if spec.head is not None and (tokenizer.cls_id is None or tokenizer.encode_for_model("a").ids[:1] != [tokenizer.cls_id]):
         raise CheckpointError("the tokenizer does not wrap text in [CLS] ... [SEP]; fine-tune from an encoder "
                               "with a WordPiece tokenizer (qkv train --preset bert-mlm, or a BERT directory)")
     max_len, labels = input_length(fcfg, model), getattr(model, "labels", None)
@@ -185,7 +198,7 @@ def resume_finetune(run_dir: str | Path, train_overrides: dict | None = None, lo
         raise CheckpointError(f"{run_dir}: model_type {config['model_type']!r} is not a fine-tuning model")
     cfg = build(ModelConfig, config["model"], f"{Path(run_dir) / 'config.json'}")
     model = cls.from_config(cfg, config) if hasattr(cls, "from_config") else cls(cfg)
-    model = with_lora(model, fcfg.lora_config())         # the saved weights hold the adapters too
+    model = with_lora(model, fcfg.lora_config(), get_task(fcfg.task).head is not None)   # saved with the weights
     model.tokenizer = Tokenizer.from_dir(run_dir)
     if model.tokenizer is None:
         raise CheckpointError(f"{run_dir} has no tokenizer.json; the run cannot be resumed")
@@ -201,13 +214,22 @@ def evaluate(model, fcfg: FinetuneConfig, path: str | None) -> tuple[dict, objec
     start = time.perf_counter()
     examples = spec.read_eval(fcfg, path, labels)
     items, notes = spec.encode(examples, model.tokenizer, input_length(fcfg, model), labels, fcfg)
+    if spec.head is None:                                # a decoder task scores its own replies
+        was_training = model.training
+        try:
+            scores, predictions = spec.evaluate(model.eval(), examples, items, fcfg)
+        finally:
+            model.train(was_training)
+        return _report(fcfg, spec, scores, examples, notes, path, start), predictions
     logits = item_logits(model, items, model.tokenizer.pad_id or 0, fcfg.eval_batch_size)
     predictions = spec.predict(examples, items, logits, labels, fcfg)
-    scores = spec.score(predictions, examples)
-    report = {"task": fcfg.task, "metric": spec.metric, "score": scores[spec.metric], **scores,
-              "examples": len(examples), **notes, "eval_data": str(path or fcfg.data),
-              "eval_s": round(time.perf_counter() - start, 3)}
-    return report, predictions
+    return _report(fcfg, spec, spec.score(predictions, examples), examples, notes, path, start), predictions
+
+
+def _report(fcfg: FinetuneConfig, spec, scores: dict, examples, notes: dict, path, start: float) -> dict:
+    return {"task": fcfg.task, "metric": spec.metric, "score": scores[spec.metric], **scores,
+            "examples": len(examples), **notes, "eval_data": str(path or fcfg.data),
+            "eval_s": round(time.perf_counter() - start, 3)}
 
 
 def write_outputs(directory: str | Path, fcfg: FinetuneConfig, report: dict, predictions) -> None:
