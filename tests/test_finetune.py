@@ -25,7 +25,7 @@ def test_task_names_are_one_list():
         get_task("mnli")
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", [t for t in TASKS if TASKS[t].head is not None])   # encoder heads (chat: its own file)
 def test_batches_have_the_heads_label_shapes(task_files, tmp_path, task):
     trainer = trainer_for(task_files, tmp_path, task)
     batch = trainer.data.batch("train", 4)
