@@ -36,7 +36,7 @@ MAX_ROWS = 16         # rows (tokens) at or below which a layer uses these kerne
                       # bit-identical to the same rows alone.
 
 
-ABI = 2                                           # kernels.h's QKV_ABI: the entry points' arguments
+ABI = 3                                           # kernels.h's QKV_ABI: the entry points' arguments
 
 
 @functools.lru_cache(maxsize=1)

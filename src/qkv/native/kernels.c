@@ -6,16 +6,16 @@
  *   Int8Linear  int8 q (O, K) row-major, one scale s per row:                 w = q s
  *
  * The activation row x is quantized once to 8 bits per block of 32 (d = max|x| / 127, qx = round(x / d)),
- * so that every weight block costs integer multiply-adds and one float step:
+ * so that every weight block costs integer multiply-adds and a float scaling:
  *
- *   sum_k w_k x_k  ~=  sum_blocks  d_b (s (sum q qx - 8 sum qx) + z sum qx)     (4-bit)
- *                  =   s_o sum_blocks d_b sum q qx                              (int8)
+ *   sum_k w_k x_k  ~=  sum_blocks  d_b s_b sum q qx  +  sum_blocks d_b sum(qx) (z_b - 8 s_b)     (4-bit)
+ *                  =   s_o sum_blocks d_b sum q qx                                                (int8)
  *
  * For the 4-bit layout the activation block is stored in the weights' order: its even columns, then its
  * odd ones, so that the low nibbles of 16 weight bytes meet the first half and the high nibbles the second.
  *
- * Each SIMD variant computes a block's integer sum exactly and then the float step in the same order as
- * the scalar reference, so every variant gives the same bits (tests hold them equal): the result does not
+ * Each SIMD variant computes a block's integer lanes exactly and then the float steps in the same order as
+ * the scalar reference (below), so every variant gives the same bits (tests hold them equal): the result does not
  * depend on the CPU, and a row's output does not depend on the other rows of its batch.
  *
  * Variants: scalar (any CPU), AVX2 (+FMA), AVX-512 (BW, VL, VNNI); qkv.native picks one at run time from
@@ -61,70 +61,106 @@ void qkv_quantize_rows(const float *x, int M, int K, int permute, int8_t *qx, fl
                      sums + (int64_t)m * (K / BLOCK));
 }
 
-/* ---- integer block sums: sum q qx over 32 columns ------------------------------------------------------ */
+/* ---- the arithmetic every variant shares ----------------------------------------------------------------
+ * A block's integer products are summed in 8 lanes of 4 columns each (lane j: columns 4j .. 4j+3 of the
+ * block in its stored order), the grouping of one vpdpbusd (or vpmaddubsw + vpmaddwd) on 32 bytes. Each
+ * lane's exact integer becomes a float and is scaled once per block; even blocks go to one set of eight
+ * running sums and odd blocks to another (two chains of additions, so that the next block's addition
+ * does not wait on this one's). For the 4-bit codes the constant part of (q - 8) s + z is a sum over
+ * blocks of its own, c_b (z_b - 8 s_b) with c_b = d_b sum(qx_b), in eight sums by b % 8. A row's result:
+ *
+ *   4-bit  reduce8(even + odd) + reduce8(constant)        int8  s_o reduce8(even + odd)
+ *
+ * The scalar reference walks the same lanes one by one, so every variant gives the same bits. */
 
-static int32_t q4_block_scalar(const uint8_t *w16, const int8_t *qx32) {
-    int32_t sum = 0;
-    for (int j = 0; j < 16; j++) sum += (w16[j] & 15) * qx32[j] + (w16[j] >> 4) * qx32[16 + j];
-    return sum;
+#define LANES 8
+
+/* Scratch for one range call: per-block scales and code-8 values (groups wider than a block), c_b of
+ * every activation row, each row's running sums (even, odd, constant), and one 8-block scale vector. */
+typedef struct {
+    float *s_blocks, *z_blocks, *c, *acc, *ds;
+} RangeScratch;
+
+static RangeScratch range_scratch(float *scratch, int nb, int M) {
+    RangeScratch r = {scratch, scratch + nb, scratch + 2 * nb, scratch + 2 * nb + (size_t)M * nb, NULL};
+    r.ds = r.acc + 24 * (size_t)M;
+    return r;
 }
 
-static int32_t q8_block_scalar(const int8_t *w32, const int8_t *qx32) {
-    int32_t sum = 0;
-    for (int i = 0; i < BLOCK; i++) sum += w32[i] * qx32[i];
-    return sum;
+/* the 4-bit row's per-block scale and code-8 value: the group's, repeated when a group spans blocks */
+static void block_scales(const float *s_row, const float *z_row, int nb, int per_group, RangeScratch *r,
+                         const float **sb, const float **zb) {
+    if (per_group == 1) { *sb = s_row, *zb = z_row; return; }
+    for (int b = 0; b < nb; b++) r->s_blocks[b] = s_row[b / per_group], r->z_blocks[b] = z_row[b / per_group];
+    *sb = r->s_blocks, *zb = r->z_blocks;
 }
 
-/* ---- the float steps: eight running sums per row, block b into sum b % 8, then one fixed reduction -------
- * Every variant adds the same terms into the same sums in the same order (SIMD lanes are the eight sums;
- * the scalar code walks them one by one), so all of them give the same bits. */
-
-/* One block's share of a 4-bit dot product: d (s (sum q qx - 8 sum qx) + z sum qx). */
-static inline float q4_step(float d, float s, float z, int32_t dot, int32_t sum_qx) {
-    return d * (s * (float)(dot - 8 * sum_qx) + z * (float)sum_qx);
+static void activation_constants(const float *d, const int32_t *sums, int M, int nb, float *c) {
+    for (int i = 0; i < M * nb; i++) c[i] = d[i] * (float)sums[i];
 }
 
-/* The scalar reference: every block through the integer loops above. */
+static float finish(const float *acc) {           /* reduce8 of even + odd, lane by lane */
+    float a[LANES];
+    for (int j = 0; j < LANES; j++) a[j] = acc[j] + acc[LANES + j];
+    return reduce8(a);
+}
+
+/* The scalar reference. */
 static void q4_scalar(const uint8_t *w, const float *s_all, const float *z_all, int o0, int o1, int K, int g,
                       const int8_t *qx, const float *d, const int32_t *sums, int M, float *y, int ldy,
-                      float *s_blocks, float *z_blocks, float *acc) {
+                      float *scratch) {
     const int nb = K / BLOCK, per_group = g / BLOCK, G = K / g;
+    RangeScratch r = range_scratch(scratch, nb, M);
+    activation_constants(d, sums, M, nb, r.c);
     for (int o = o0; o < o1; o++) {
         const uint8_t *row = w + (int64_t)o * (K / 2);
-        for (int b = 0; b < nb; b++) s_blocks[b] = s_all[(int64_t)o * G + b / per_group],
-                                     z_blocks[b] = z_all[(int64_t)o * G + b / per_group];
+        const float *sb, *zb;
+        block_scales(s_all + (int64_t)o * G, z_all + (int64_t)o * G, nb, per_group, &r, &sb, &zb);
         for (int m = 0; m < M; m++) {
-            float *a = acc + 8 * m;
-            for (int i = 0; i < 8; i++) a[i] = 0.0f;
-            for (int b = 0; b < nb; b++)
-                a[b % 8] += q4_step(d[m * nb + b], s_blocks[b], z_blocks[b],
-                                    q4_block_scalar(row + b * 16, qx + (int64_t)m * K + b * BLOCK), sums[m * nb + b]);
-            y[(int64_t)m * ldy + o] = reduce8(a);
+            float acc[2 * LANES] = {0}, constant[LANES] = {0};
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *w16 = row + b * 16;
+                const int8_t *x = qx + (int64_t)m * K + b * BLOCK;
+                const float ds = d[m * nb + b] * sb[b];
+                for (int j = 0; j < LANES; j++) {
+                    int32_t lane = 0;
+                    for (int i = 4 * j; i < 4 * j + 4; i++)
+                        lane += (i < 16 ? w16[i] & 15 : w16[i - 16] >> 4) * x[i];
+                    acc[(b % 2) * LANES + j] += (float)lane * ds;
+                }
+                constant[b % LANES] += r.c[m * nb + b] * (zb[b] - sb[b] * 8.0f);
+            }
+            y[(int64_t)m * ldy + o] = finish(acc) + reduce8(constant);
         }
     }
 }
 
 static void q8_scalar(const int8_t *w, const float *scales, int o0, int o1, int K, const int8_t *qx, const float *d,
-                      int M, float *y, int ldy, float *acc) {
+                      int M, float *y, int ldy) {
     const int nb = K / BLOCK;
     for (int o = o0; o < o1; o++) {
         const int8_t *row = w + (int64_t)o * K;
         for (int m = 0; m < M; m++) {
-            float *a = acc + 8 * m;
-            for (int i = 0; i < 8; i++) a[i] = 0.0f;
-            for (int b = 0; b < nb; b++)
-                a[b % 8] += d[m * nb + b] * (float)q8_block_scalar(row + b * BLOCK, qx + (int64_t)m * K + b * BLOCK);
-            y[(int64_t)m * ldy + o] = scales[o] * reduce8(a);
+            float acc[2 * LANES] = {0};
+            for (int b = 0; b < nb; b++) {
+                const int8_t *wb = row + b * BLOCK, *x = qx + (int64_t)m * K + b * BLOCK;
+                for (int j = 0; j < LANES; j++) {
+                    int32_t lane = 0;
+                    for (int i = 4 * j; i < 4 * j + 4; i++) lane += wb[i] * x[i];
+                    acc[(b % 2) * LANES + j] += (float)lane * d[m * nb + b];
+                }
+            }
+            y[(int64_t)m * ldy + o] = scales[o] * finish(acc);
         }
     }
 }
 
 #ifdef QKV_X86
-/* ---- SIMD: a weight block is unpacked once for all M rows of the batch (M-tiled), then each row's integer
- * sums; eight blocks' sums are gathered into one vector (lane i: block b + i) for the float step. */
+/* ---- SIMD: a weight block is unpacked once for all M rows of the batch (M-tiled), eight blocks at a time;
+ * the lanes of one 256-bit register are the eight lanes above. */
 
 #define AVX2_T __attribute__((target("avx2,fma")))
-#define VNNI_T __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define VNNI_T __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))   /* a superset of AVX2_T: its helpers inline */
 
 AVX2_T static inline __m256i q4_unpack(const uint8_t *w16) {      /* 32 codes: low nibbles, then high ones */
     __m128i packed = _mm_loadu_si128((const __m128i *)w16), mask = _mm_set1_epi8(15);
@@ -155,91 +191,92 @@ VNNI_T static inline __m256i q8_dot_vnni(__m256i w, const int8_t *x32) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
 }
 
-/* Eight vectors of partial sums -> one vector whose lane i is the total of v[i] (integers: any order). */
-AVX2_T static inline __m256i sum8(const __m256i *v) {
-    __m256i t0 = _mm256_hadd_epi32(v[0], v[1]), t1 = _mm256_hadd_epi32(v[2], v[3]);
-    __m256i t2 = _mm256_hadd_epi32(v[4], v[5]), t3 = _mm256_hadd_epi32(v[6], v[7]);
-    __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
-    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
-}
-
-AVX2_T static inline int32_t hsum(__m256i v) {
-    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
-    return _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1)));
-}
-
-/* acc += d (s (dots - 8 sums) + z sums), lane by lane, with no fused multiply-add (the scalar order) */
-AVX2_T static inline __m256 q4_steps8(__m256 acc, const float *d, __m256 s, __m256 z, __m256i dots,
-                                      const int32_t *sums) {
-    __m256i sq = _mm256_loadu_si256((const __m256i *)sums);
-    __m256 centered = _mm256_cvtepi32_ps(_mm256_sub_epi32(dots, _mm256_slli_epi32(sq, 3)));
-    __m256 inner = _mm256_add_ps(_mm256_mul_ps(s, centered), _mm256_mul_ps(z, _mm256_cvtepi32_ps(sq)));
-    return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(d), inner));
-}
+/* acc += float(lanes) * ds, no fused multiply-add (the scalar order) */
+#define SCALED_ADD(acc, lanes, ds) _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(ds)))
 
 /* One function per variant holds the whole loop: switching between VEX/EVEX code and the caller's
  * baseline (SSE) code once per row left the upper register state dirty and made the AVX-512 variant 8x
- * slower than AVX2 (measured); now the switch happens once per call. */
+ * slower than AVX2 (measured); now the switch happens once per call. Row by row, the running sums of
+ * one activation row stay in registers (M = 1, a decode step) or in scratch (M > 1). */
 #define SIMD_MATMULS(NAME, TARGET, Q4DOT, Q8DOT)                                                              \
     TARGET static void q4_##NAME(const uint8_t *w, const float *s_all, const float *z_all, int o0, int o1,     \
                                  int K, int g, const int8_t *qx, const float *d, const int32_t *sums, int M,  \
-                                 float *y, int ldy, float *s_blocks, float *z_blocks, float *acc) {           \
+                                 float *y, int ldy, float *scratch) {                                         \
         const int nb = K / BLOCK, per_group = g / BLOCK, G = K / g;                                           \
+        RangeScratch r = range_scratch(scratch, nb, M);                                                       \
+        activation_constants(d, sums, M, nb, r.c);                                                            \
+        const __m256 eight = _mm256_set1_ps(8.0f);                                                            \
         for (int o = o0; o < o1; o++) {                                                                       \
             const uint8_t *row = w + (int64_t)o * (K / 2);                                                    \
-            const float *sb = s_all + (int64_t)o * G, *zb = z_all + (int64_t)o * G;                           \
-            if (per_group > 1) {                        /* groups wider than a block: a scale per block */    \
-                for (int b = 0; b < nb; b++) s_blocks[b] = sb[b / per_group], z_blocks[b] = zb[b / per_group]; \
-                sb = s_blocks, zb = z_blocks;                                                                 \
-            }                                                                                                 \
-            for (int i = 0; i < 8 * M; i++) acc[i] = 0.0f;                                                    \
+            const float *sb, *zb;                                                                             \
+            block_scales(s_all + (int64_t)o * G, z_all + (int64_t)o * G, nb, per_group, &r, &sb, &zb);        \
+            for (int i = 0; i < 24 * M; i++) r.acc[i] = 0.0f;                                                 \
             int b = 0;                                                                                        \
             for (; b + 8 <= nb; b += 8) {                                                                     \
-                __m256i q[8], v[8];                                                                           \
+                __m256i q[8];                                                                                 \
                 for (int i = 0; i < 8; i++) q[i] = q4_unpack(row + (b + i) * 16);                             \
-                __m256 s8 = _mm256_loadu_ps(sb + b), z8 = _mm256_loadu_ps(zb + b);                            \
+                __m256 s8 = _mm256_loadu_ps(sb + b), k8 = _mm256_sub_ps(_mm256_loadu_ps(zb + b),              \
+                                                                        _mm256_mul_ps(s8, eight));            \
                 for (int m = 0; m < M; m++) {                                                                 \
                     const int8_t *x = qx + (int64_t)m * K + b * BLOCK;                                        \
-                    for (int i = 0; i < 8; i++) v[i] = Q4DOT(q[i], x + i * BLOCK);                            \
-                    __m256 a = q4_steps8(_mm256_loadu_ps(acc + 8 * m), d + m * nb + b, s8, z8, sum8(v),       \
-                                         sums + m * nb + b);                                                  \
-                    _mm256_storeu_ps(acc + 8 * m, a);                                                         \
+                    float *acc = r.acc + 24 * m;                                                              \
+                    _mm256_storeu_ps(r.ds, _mm256_mul_ps(_mm256_loadu_ps(d + m * nb + b), s8));               \
+                    __m256 even = _mm256_loadu_ps(acc), odd = _mm256_loadu_ps(acc + 8);                       \
+                    for (int i = 0; i < 8; i += 2) {                                                          \
+                        even = SCALED_ADD(even, Q4DOT(q[i], x + i * BLOCK), r.ds[i]);                         \
+                        odd = SCALED_ADD(odd, Q4DOT(q[i + 1], x + (i + 1) * BLOCK), r.ds[i + 1]);             \
+                    }                                                                                         \
+                    __m256 k = _mm256_add_ps(_mm256_loadu_ps(acc + 16),                                       \
+                                             _mm256_mul_ps(_mm256_loadu_ps(r.c + m * nb + b), k8));          \
+                    _mm256_storeu_ps(acc, even), _mm256_storeu_ps(acc + 8, odd), _mm256_storeu_ps(acc + 16, k); \
                 }                                                                                             \
             }                                                                                                 \
-            for (; b < nb; b++) {              /* the last blocks: a vector dot each, the scalar float step */ \
+            for (; b < nb; b++) {                     /* the last blocks: one at a time, the same lanes */    \
                 __m256i q = q4_unpack(row + b * 16);                                                          \
-                for (int m = 0; m < M; m++)                                                                   \
-                    acc[8 * m + b % 8] += q4_step(d[m * nb + b], sb[b], zb[b],                                \
-                                                  hsum(Q4DOT(q, qx + (int64_t)m * K + b * BLOCK)), sums[m * nb + b]); \
+                for (int m = 0; m < M; m++) {                                                                 \
+                    float *acc = r.acc + 24 * m + (b % 2) * 8;                                                \
+                    __m256 a = SCALED_ADD(_mm256_loadu_ps(acc), Q4DOT(q, qx + (int64_t)m * K + b * BLOCK),    \
+                                          d[m * nb + b] * sb[b]);                                             \
+                    _mm256_storeu_ps(acc, a);                                                                 \
+                    r.acc[24 * m + 16 + b % 8] += r.c[m * nb + b] * (zb[b] - sb[b] * 8.0f);                   \
+                }                                                                                             \
             }                                                                                                 \
-            for (int m = 0; m < M; m++) y[(int64_t)m * ldy + o] = reduce8(acc + 8 * m);                       \
+            for (int m = 0; m < M; m++)                                                                       \
+                y[(int64_t)m * ldy + o] = finish(r.acc + 24 * m) + reduce8(r.acc + 24 * m + 16);              \
         }                                                                                                     \
     }                                                                                                         \
     TARGET static void q8_##NAME(const int8_t *w, const float *scales, int o0, int o1, int K, const int8_t *qx,  \
-                                 const float *d, int M, float *y, int ldy, float *acc) {                      \
+                                 const float *d, int M, float *y, int ldy, float *scratch) {                  \
         const int nb = K / BLOCK;                                                                             \
+        RangeScratch r = range_scratch(scratch, nb, M);                                                       \
         for (int o = o0; o < o1; o++) {                                                                       \
             const int8_t *row = w + (int64_t)o * K;                                                           \
-            for (int i = 0; i < 8 * M; i++) acc[i] = 0.0f;                                                    \
+            for (int i = 0; i < 24 * M; i++) r.acc[i] = 0.0f;                                                 \
             int b = 0;                                                                                        \
             for (; b + 8 <= nb; b += 8) {                                                                     \
-                __m256i q[8], v[8];                                                                           \
+                __m256i q[8];                                                                                 \
                 for (int i = 0; i < 8; i++) q[i] = q8_load(row + (b + i) * BLOCK);                            \
                 for (int m = 0; m < M; m++) {                                                                 \
                     const int8_t *x = qx + (int64_t)m * K + b * BLOCK;                                        \
-                    for (int i = 0; i < 8; i++) v[i] = Q8DOT(q[i], x + i * BLOCK);                            \
-                    __m256 a = _mm256_loadu_ps(acc + 8 * m);                                                  \
-                    a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_loadu_ps(d + m * nb + b), _mm256_cvtepi32_ps(sum8(v)))); \
-                    _mm256_storeu_ps(acc + 8 * m, a);                                                         \
+                    const float *dm = d + m * nb + b;                                                         \
+                    float *acc = r.acc + 24 * m;                                                              \
+                    __m256 even = _mm256_loadu_ps(acc), odd = _mm256_loadu_ps(acc + 8);                       \
+                    for (int i = 0; i < 8; i += 2) {                                                          \
+                        even = SCALED_ADD(even, Q8DOT(q[i], x + i * BLOCK), dm[i]);                           \
+                        odd = SCALED_ADD(odd, Q8DOT(q[i + 1], x + (i + 1) * BLOCK), dm[i + 1]);               \
+                    }                                                                                         \
+                    _mm256_storeu_ps(acc, even), _mm256_storeu_ps(acc + 8, odd);                              \
                 }                                                                                             \
             }                                                                                                 \
             for (; b < nb; b++) {                                                                             \
                 __m256i q = q8_load(row + b * BLOCK);                                                         \
-                for (int m = 0; m < M; m++)                                                                   \
-                    acc[8 * m + b % 8] += d[m * nb + b] * (float)hsum(Q8DOT(q, qx + (int64_t)m * K + b * BLOCK)); \
+                for (int m = 0; m < M; m++) {                                                                 \
+                    float *acc = r.acc + 24 * m + (b % 2) * 8;                                                \
+                    _mm256_storeu_ps(acc, SCALED_ADD(_mm256_loadu_ps(acc),                                    \
+                                                     Q8DOT(q, qx + (int64_t)m * K + b * BLOCK), d[m * nb + b])); \
+                }                                                                                             \
             }                                                                                                 \
-            for (int m = 0; m < M; m++) y[(int64_t)m * ldy + o] = scales[o] * reduce8(acc + 8 * m);           \
+            for (int m = 0; m < M; m++) y[(int64_t)m * ldy + o] = scales[o] * finish(r.acc + 24 * m);         \
         }                                                                                                     \
     }
 
@@ -251,16 +288,13 @@ SIMD_MATMULS(vnni, VNNI_T, q4_dot_vnni, q8_dot_vnni)
 
 void qkv_q4_range(int variant, const QActs *a, const uint8_t *w, const float *scales, const float *zeros, int g,
                   int o0, int o1, float *y, int ldy, float *scratch) {
-    const int K = a->K, nb = K / BLOCK, M = a->M;
-    float *s_blocks = scratch, *z_blocks = s_blocks + nb, *acc = z_blocks + nb;
+    const int K = a->K, M = a->M;
 #ifdef QKV_X86
-    if (variant == AVX512)
-        q4_vnni(w, scales, zeros, o0, o1, K, g, a->qx, a->d, a->sums, M, y, ldy, s_blocks, z_blocks, acc);
-    else if (variant == AVX2)
-        q4_avx2(w, scales, zeros, o0, o1, K, g, a->qx, a->d, a->sums, M, y, ldy, s_blocks, z_blocks, acc);
+    if (variant == AVX512) q4_vnni(w, scales, zeros, o0, o1, K, g, a->qx, a->d, a->sums, M, y, ldy, scratch);
+    else if (variant == AVX2) q4_avx2(w, scales, zeros, o0, o1, K, g, a->qx, a->d, a->sums, M, y, ldy, scratch);
     else
 #endif
-        q4_scalar(w, scales, zeros, o0, o1, K, g, a->qx, a->d, a->sums, M, y, ldy, s_blocks, z_blocks, acc);
+        q4_scalar(w, scales, zeros, o0, o1, K, g, a->qx, a->d, a->sums, M, y, ldy, scratch);
 }
 
 void qkv_q8_range(int variant, const QActs *a, const int8_t *w, const float *scales, int o0, int o1, float *y,
@@ -271,7 +305,7 @@ void qkv_q8_range(int variant, const QActs *a, const int8_t *w, const float *sca
     else if (variant == AVX2) q8_avx2(w, scales, o0, o1, K, a->qx, a->d, M, y, ldy, scratch);
     else
 #endif
-        q8_scalar(w, scales, o0, o1, K, a->qx, a->d, M, y, ldy, scratch);
+        q8_scalar(w, scales, o0, o1, K, a->qx, a->d, M, y, ldy);
 }
 
 /* ---- the entry points: y (M, O) = x (M, K) W^T; quantize the activation rows once, then the output rows

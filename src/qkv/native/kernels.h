@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 #define BLOCK 32
-#define QKV_ABI 2             /* one more whenever an entry point's arguments change (qkv.native.ABI) */
+#define QKV_ABI 3             /* one more whenever an entry point's arguments change (qkv.native.ABI) */
 enum { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
 
 /* M activation rows of K, quantized to 8 bits per block of 32: codes, the block's step d and sum of codes.
@@ -18,8 +18,9 @@ typedef struct {
     int M, K, permuted;
 } QActs;
 
-/* floats of scratch one range call needs (per thread): a scale and a code-8 value per block, 8 sums a row */
-#define QKV_RANGE_SCRATCH(K, M) (2 * ((K) / BLOCK) + 8 * (M))
+/* floats of scratch one range call needs (per thread): a scale and a code-8 value per block, a constant per
+ * block of each row, 24 running sums a row, 8 block scales (kernels.c's RangeScratch) */
+#define QKV_RANGE_SCRATCH(K, M) (2 * ((K) / BLOCK) + (M) * ((K) / BLOCK) + 24 * (M) + 8)
 
 void qkv_quantize_rows(const float *x, int M, int K, int permute, int8_t *qx, float *d, int32_t *sums);
 
