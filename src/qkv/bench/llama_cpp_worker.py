@@ -5,7 +5,8 @@ crashed (segmentation fault in ``llama_decode``, measured with llama-cpp-python 
 So the benchmark starts this file as a script (``python llama_cpp_worker.py``: it never imports qkv, hence
 never torch) and talks to it over pipes: one JSON request per line in, one JSON result per line out.
 
-    {"model": PATH, "ids": [...], "new_tokens": 64, "threads": 1}   -> {"prefill": tok/s, "decode": tok/s}
+    {"model": PATH, "ids": [...], "new_tokens": 64, "threads": 1}   -> {"prefill": tok/s, "decode": tok/s,
+                                                                        "decode_cpu_s": CPU seconds of the decode}
     (optional "n_ctx": the context to allocate, when later requests bring longer prompts)
     {"version": true}                                                -> {"version": "0.3.36"}
 """
@@ -35,11 +36,12 @@ def main() -> None:
         llm.reset()
         t0 = time.perf_counter()
         llm.eval(ids)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         for _ in range(new_tokens - 1):                      # greedy, one eval per token, eos ignored
             llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-        t2 = time.perf_counter()
-        print(json.dumps({"prefill": len(ids) / (t1 - t0), "decode": (new_tokens - 1) / (t2 - t1)}), flush=True)
+        t2, c2 = time.perf_counter(), time.process_time()
+        print(json.dumps({"prefill": len(ids) / (t1 - t0), "decode": (new_tokens - 1) / (t2 - t1),
+                          "decode_cpu_s": c2 - c1}), flush=True)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ MAX_ROWS = 16         # rows (tokens) at or below which a layer uses these kerne
                       # bit-identical to the same rows alone.
 
 
-ABI = 3                                           # kernels.h's QKV_ABI: the entry points' arguments
+ABI = 4                                           # kernels.h's QKV_ABI: the entry points' arguments
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,10 +118,16 @@ def call(result: int) -> None:
         raise MemoryError("qkv's kernels could not allocate the quantized activations")
 
 
+def bf16(t: torch.Tensor) -> torch.Tensor:
+    """Scales as the kernels read them: the layers' own bfloat16 buffers (a no-op for those)."""
+    return t.detach().to(torch.bfloat16).contiguous()
+
+
 def q4_matmul(x_MK: torch.Tensor, weight_OK2: torch.Tensor, scales_OG: torch.Tensor, zeros_OG: torch.Tensor,
               group_size: int) -> torch.Tensor:
-    """y_MO = x W^T for Int4Linear's portable form (uint8 nibbles, float32 scales and code-8 values)."""
+    """y_MO = x W^T for Int4Linear's portable form (uint8 nibbles, bfloat16 scales and code-8 values)."""
     x = x_MK.detach().float().contiguous()
+    scales_OG, zeros_OG = bf16(scales_OG), bf16(zeros_OG)
     M, K = x.shape
     O = weight_OK2.shape[0]
     y = torch.empty(M, O, dtype=torch.float32)
@@ -132,8 +138,9 @@ def q4_matmul(x_MK: torch.Tensor, weight_OK2: torch.Tensor, scales_OG: torch.Ten
 
 
 def q8_matmul(x_MK: torch.Tensor, weight_OK: torch.Tensor, scales_O: torch.Tensor) -> torch.Tensor:
-    """y_MO = x W^T for Int8Linear (int8 rows, one float32 scale per row)."""
+    """y_MO = x W^T for Int8Linear (int8 rows, one bfloat16 scale per row)."""
     x = x_MK.detach().float().contiguous()
+    scales_O = bf16(scales_O)
     M, K = x.shape
     O = weight_OK.shape[0]
     y = torch.empty(M, O, dtype=torch.float32)

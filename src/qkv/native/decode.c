@@ -29,7 +29,8 @@ typedef struct {
     int kind;                              /* 4: Int4Linear (qkv's nibbles), 8: Int8Linear */
     int O, K, g;
     const void *w;
-    const float *scales, *zeros, *bias;    /* zeros: 4-bit only; bias: NULL for none */
+    const bf16 *scales, *zeros;            /* the layer's bfloat16 buffers; zeros: 4-bit only */
+    const float *bias;                     /* NULL for none */
 } QLinear;
 
 typedef struct {

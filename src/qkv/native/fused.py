@@ -25,7 +25,7 @@ import ctypes
 
 import torch
 
-from . import BLOCK, MAX_ROWS, VARIANTS, call, library, threads, variant
+from . import BLOCK, MAX_ROWS, VARIANTS, bf16, call, library, threads, variant
 from ..nn.norms import RMSNorm
 from ..quant.linear import Int4Linear, Int8Linear, codes_version
 
@@ -91,20 +91,12 @@ def is_fused(model) -> bool:
     return isinstance(getattr(model, "__dict__", {}).get("run"), FusedRun)
 
 
-def _f32(module: torch.nn.Module, name: str, source: torch.Tensor) -> torch.Tensor:
-    """The quantized layer's own float32 copy (the cache its native path also uses), made if missing."""
-    if getattr(module, name) is None:
-        setattr(module, name, source.float().contiguous())
-    return getattr(module, name)
-
-
 def _linear(module, keep: list) -> _Linear:
     bias = None if module.bias is None else module.bias.detach().float().contiguous()
-    if isinstance(module, Int4Linear):
-        scales, zeros = _f32(module, "scales_f32", module.scales), _f32(module, "zeros_f32", module.zeros)
-        kind, g = 4, module.group_size
+    if isinstance(module, Int4Linear):                 # the layer's own bfloat16 scales (kernels.h)
+        scales, zeros, kind, g = bf16(module.scales), bf16(module.zeros), 4, module.group_size
     else:
-        scales, zeros, kind, g = _f32(module, "scales_f32", module.scales), None, 8, BLOCK
+        scales, zeros, kind, g = bf16(module.scales), None, 8, BLOCK
     tensors = [module.weight.contiguous(), scales, zeros, bias]
     keep.extend(t for t in tensors if t is not None)
     w, s, z, b = (0 if t is None else t.data_ptr() for t in tensors)

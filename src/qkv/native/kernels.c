@@ -75,7 +75,7 @@ void qkv_quantize_rows(const float *x, int M, int K, int permute, int8_t *qx, fl
 
 #define LANES 8
 
-/* Scratch for one range call: per-block scales and code-8 values (groups wider than a block), c_b of
+/* Scratch for one range call: a row's per-block scales and code-8 values (widened to float32), c_b of
  * every activation row, each row's running sums (even, odd, constant), and one 8-block scale vector. */
 typedef struct {
     float *s_blocks, *z_blocks, *c, *acc, *ds;
@@ -87,12 +87,15 @@ static RangeScratch range_scratch(float *scratch, int nb, int M) {
     return r;
 }
 
-/* the 4-bit row's per-block scale and code-8 value: the group's, repeated when a group spans blocks */
-static void block_scales(const float *s_row, const float *z_row, int nb, int per_group, RangeScratch *r,
-                         const float **sb, const float **zb) {
+/* the 4-bit row's per-block scales and code-8 values: the row's own, or each group's repeated when it spans
+ * blocks (copied into scratch, still bfloat16) */
+static void block_scales(const bf16 *s_row, const bf16 *z_row, int nb, int per_group, RangeScratch *r,
+                         const bf16 **sb, const bf16 **zb) {
     if (per_group == 1) { *sb = s_row, *zb = z_row; return; }
-    for (int b = 0; b < nb; b++) r->s_blocks[b] = s_row[b / per_group], r->z_blocks[b] = z_row[b / per_group];
-    *sb = r->s_blocks, *zb = r->z_blocks;
+    bf16 *s_blocks = (bf16 *)r->s_blocks, *z_blocks = (bf16 *)r->z_blocks;
+    for (int b = 0, group = 0; b < nb; group++)
+        for (int k = 0; k < per_group; k++, b++) s_blocks[b] = s_row[group], z_blocks[b] = z_row[group];
+    *sb = s_blocks, *zb = z_blocks;
 }
 
 static void activation_constants(const float *d, const int32_t *sums, int M, int nb, float *c) {
@@ -106,7 +109,7 @@ static float finish(const float *acc) {           /* reduce8 of even + odd, lane
 }
 
 /* The scalar reference. */
-static void q4_scalar(const uint8_t *w, const float *s_all, const float *z_all, int o0, int o1, int K, int g,
+static void q4_scalar(const uint8_t *w, const bf16 *s_all, const bf16 *z_all, int o0, int o1, int K, int g,
                       const int8_t *qx, const float *d, const int32_t *sums, int M, float *y, int ldy,
                       float *scratch) {
     const int nb = K / BLOCK, per_group = g / BLOCK, G = K / g;
@@ -114,28 +117,28 @@ static void q4_scalar(const uint8_t *w, const float *s_all, const float *z_all, 
     activation_constants(d, sums, M, nb, r.c);
     for (int o = o0; o < o1; o++) {
         const uint8_t *row = w + (int64_t)o * (K / 2);
-        const float *sb, *zb;
+        const bf16 *sb, *zb;
         block_scales(s_all + (int64_t)o * G, z_all + (int64_t)o * G, nb, per_group, &r, &sb, &zb);
         for (int m = 0; m < M; m++) {
             float acc[2 * LANES] = {0}, constant[LANES] = {0};
             for (int b = 0; b < nb; b++) {
                 const uint8_t *w16 = row + b * 16;
                 const int8_t *x = qx + (int64_t)m * K + b * BLOCK;
-                const float ds = d[m * nb + b] * sb[b];
+                const float s = bf16_float(sb[b]), ds = d[m * nb + b] * s;
                 for (int j = 0; j < LANES; j++) {
                     int32_t lane = 0;
                     for (int i = 4 * j; i < 4 * j + 4; i++)
                         lane += (i < 16 ? w16[i] & 15 : w16[i - 16] >> 4) * x[i];
                     acc[(b % 2) * LANES + j] += (float)lane * ds;
                 }
-                constant[b % LANES] += r.c[m * nb + b] * (zb[b] - sb[b] * 8.0f);
+                constant[b % LANES] += r.c[m * nb + b] * (bf16_float(zb[b]) - s * 8.0f);
             }
             y[(int64_t)m * ldy + o] = finish(acc) + reduce8(constant);
         }
     }
 }
 
-static void q8_scalar(const int8_t *w, const float *scales, int o0, int o1, int K, const int8_t *qx, const float *d,
+static void q8_scalar(const int8_t *w, const bf16 *scales, int o0, int o1, int K, const int8_t *qx, const float *d,
                       int M, float *y, int ldy) {
     const int nb = K / BLOCK;
     for (int o = o0; o < o1; o++) {
@@ -150,7 +153,7 @@ static void q8_scalar(const int8_t *w, const float *scales, int o0, int o1, int 
                     acc[(b % 2) * LANES + j] += (float)lane * d[m * nb + b];
                 }
             }
-            y[(int64_t)m * ldy + o] = scales[o] * finish(acc);
+            y[(int64_t)m * ldy + o] = bf16_float(scales[o]) * finish(acc);
         }
     }
 }
@@ -165,6 +168,11 @@ static void q8_scalar(const int8_t *w, const float *scales, int o0, int o1, int 
 AVX2_T static inline __m256i q4_unpack(const uint8_t *w16) {      /* 32 codes: low nibbles, then high ones */
     __m128i packed = _mm_loadu_si128((const __m128i *)w16), mask = _mm_set1_epi8(15);
     return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), mask), _mm_and_si128(packed, mask));
+}
+
+/* eight bfloat16 values widened to float32 (exact: they are float32's top halves) */
+AVX2_T static inline __m256 widen8(const bf16 *h) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)h)), 16));
 }
 
 AVX2_T static inline __m256i q8_load(const int8_t *w32) { return _mm256_loadu_si256((const __m256i *)w32); }
@@ -199,7 +207,7 @@ VNNI_T static inline __m256i q8_dot_vnni(__m256i w, const int8_t *x32) {
  * slower than AVX2 (measured); now the switch happens once per call. Row by row, the running sums of
  * one activation row stay in registers (M = 1, a decode step) or in scratch (M > 1). */
 #define SIMD_MATMULS(NAME, TARGET, Q4DOT, Q8DOT)                                                              \
-    TARGET static void q4_##NAME(const uint8_t *w, const float *s_all, const float *z_all, int o0, int o1,     \
+    TARGET static void q4_##NAME(const uint8_t *w, const bf16 *s_all, const bf16 *z_all, int o0, int o1,     \
                                  int K, int g, const int8_t *qx, const float *d, const int32_t *sums, int M,  \
                                  float *y, int ldy, float *scratch) {                                         \
         const int nb = K / BLOCK, per_group = g / BLOCK, G = K / g;                                           \
@@ -208,15 +216,14 @@ VNNI_T static inline __m256i q8_dot_vnni(__m256i w, const int8_t *x32) {
         const __m256 eight = _mm256_set1_ps(8.0f);                                                            \
         for (int o = o0; o < o1; o++) {                                                                       \
             const uint8_t *row = w + (int64_t)o * (K / 2);                                                    \
-            const float *sb, *zb;                                                                             \
+            const bf16 *sb, *zb;                                                                              \
             block_scales(s_all + (int64_t)o * G, z_all + (int64_t)o * G, nb, per_group, &r, &sb, &zb);        \
             for (int i = 0; i < 24 * M; i++) r.acc[i] = 0.0f;                                                 \
             int b = 0;                                                                                        \
             for (; b + 8 <= nb; b += 8) {                                                                     \
                 __m256i q[8];                                                                                 \
                 for (int i = 0; i < 8; i++) q[i] = q4_unpack(row + (b + i) * 16);                             \
-                __m256 s8 = _mm256_loadu_ps(sb + b), k8 = _mm256_sub_ps(_mm256_loadu_ps(zb + b),              \
-                                                                        _mm256_mul_ps(s8, eight));            \
+                __m256 s8 = widen8(sb + b), k8 = _mm256_sub_ps(widen8(zb + b), _mm256_mul_ps(s8, eight));     \
                 for (int m = 0; m < M; m++) {                                                                 \
                     const int8_t *x = qx + (int64_t)m * K + b * BLOCK;                                        \
                     float *acc = r.acc + 24 * m;                                                              \
@@ -236,16 +243,16 @@ VNNI_T static inline __m256i q8_dot_vnni(__m256i w, const int8_t *x32) {
                 for (int m = 0; m < M; m++) {                                                                 \
                     float *acc = r.acc + 24 * m + (b % 2) * 8;                                                \
                     __m256 a = SCALED_ADD(_mm256_loadu_ps(acc), Q4DOT(q, qx + (int64_t)m * K + b * BLOCK),    \
-                                          d[m * nb + b] * sb[b]);                                             \
+                                          d[m * nb + b] * bf16_float(sb[b]));                                 \
                     _mm256_storeu_ps(acc, a);                                                                 \
-                    r.acc[24 * m + 16 + b % 8] += r.c[m * nb + b] * (zb[b] - sb[b] * 8.0f);                   \
+                    r.acc[24 * m + 16 + b % 8] += r.c[m * nb + b] * (bf16_float(zb[b]) - bf16_float(sb[b]) * 8.0f); \
                 }                                                                                             \
             }                                                                                                 \
             for (int m = 0; m < M; m++)                                                                       \
                 y[(int64_t)m * ldy + o] = finish(r.acc + 24 * m) + reduce8(r.acc + 24 * m + 16);              \
         }                                                                                                     \
     }                                                                                                         \
-    TARGET static void q8_##NAME(const int8_t *w, const float *scales, int o0, int o1, int K, const int8_t *qx,  \
+    TARGET static void q8_##NAME(const int8_t *w, const bf16 *scales, int o0, int o1, int K, const int8_t *qx,  \
                                  const float *d, int M, float *y, int ldy, float *scratch) {                  \
         const int nb = K / BLOCK;                                                                             \
         RangeScratch r = range_scratch(scratch, nb, M);                                                       \
@@ -276,7 +283,7 @@ VNNI_T static inline __m256i q8_dot_vnni(__m256i w, const int8_t *x32) {
                                                      Q8DOT(q, qx + (int64_t)m * K + b * BLOCK), d[m * nb + b])); \
                 }                                                                                             \
             }                                                                                                 \
-            for (int m = 0; m < M; m++) y[(int64_t)m * ldy + o] = scales[o] * finish(r.acc + 24 * m);         \
+            for (int m = 0; m < M; m++) y[(int64_t)m * ldy + o] = bf16_float(scales[o]) * finish(r.acc + 24 * m);         \
         }                                                                                                     \
     }
 
@@ -286,7 +293,7 @@ SIMD_MATMULS(vnni, VNNI_T, q4_dot_vnni, q8_dot_vnni)
 
 /* ---- the range products over quantized rows (kernels.h) ------------------------------------------------ */
 
-void qkv_q4_range(int variant, const QActs *a, const uint8_t *w, const float *scales, const float *zeros, int g,
+void qkv_q4_range(int variant, const QActs *a, const uint8_t *w, const bf16 *scales, const bf16 *zeros, int g,
                   int o0, int o1, float *y, int ldy, float *scratch) {
     const int K = a->K, M = a->M;
 #ifdef QKV_X86
@@ -297,7 +304,7 @@ void qkv_q4_range(int variant, const QActs *a, const uint8_t *w, const float *sc
         q4_scalar(w, scales, zeros, o0, o1, K, g, a->qx, a->d, a->sums, M, y, ldy, scratch);
 }
 
-void qkv_q8_range(int variant, const QActs *a, const int8_t *w, const float *scales, int o0, int o1, float *y,
+void qkv_q8_range(int variant, const QActs *a, const int8_t *w, const bf16 *scales, int o0, int o1, float *y,
                   int ldy, float *scratch) {
     const int K = a->K, M = a->M;
 #ifdef QKV_X86
@@ -316,7 +323,7 @@ typedef struct {
     int variant, kind, O, g;
     const QActs *a;
     const void *w;
-    const float *scales, *zeros;
+    const bf16 *scales, *zeros;
     float *y, *scratch;
 } LinearTask;
 
@@ -329,8 +336,8 @@ static void linear_task(void *arg, int t, int T) {
     else qkv_q8_range(j->variant, j->a, j->w, j->scales, o0, o1, j->y, j->O, scratch);
 }
 
-static int linear(int variant, int kind, const float *x, int M, const void *w, const float *scales,
-                  const float *zeros, int O, int K, int g, float *y, int threads) {
+static int linear(int variant, int kind, const float *x, int M, const void *w, const bf16 *scales,
+                  const bf16 *zeros, int O, int K, int g, float *y, int threads) {
     const int nb = K / BLOCK;
     if (threads < 1) threads = 1;
     int8_t *qx = malloc((size_t)M * K);
@@ -346,12 +353,12 @@ static int linear(int variant, int kind, const float *x, int M, const void *w, c
     return 0;
 }
 
-int qkv_q4_linear(int variant, const float *x, int M, const uint8_t *w, const float *scales, const float *zeros,
+int qkv_q4_linear(int variant, const float *x, int M, const uint8_t *w, const bf16 *scales, const bf16 *zeros,
                   int O, int K, int g, float *y, int threads) {
     return linear(variant, 4, x, M, w, scales, zeros, O, K, g, y, threads);
 }
 
-int qkv_q8_linear(int variant, const float *x, int M, const int8_t *w, const float *scales, int O, int K, float *y,
+int qkv_q8_linear(int variant, const float *x, int M, const int8_t *w, const bf16 *scales, int O, int K, float *y,
                   int threads) {
     return linear(variant, 8, x, M, w, scales, NULL, O, K, BLOCK, y, threads);
 }

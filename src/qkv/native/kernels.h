@@ -6,8 +6,17 @@
 #include <stdint.h>
 
 #define BLOCK 32
-#define QKV_ABI 3             /* one more whenever an entry point's arguments change (qkv.native.ABI) */
+#define QKV_ABI 4             /* one more whenever an entry point's arguments change (qkv.native.ABI) */
 enum { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
+
+/* The layers' scales and code-8 values stay bfloat16 (quant/linear.py's SCALE_DTYPE, the bytes it stores):
+ * 2 bytes a group instead of 4 streamed per token, widened exactly (bfloat16 is float32's top half). */
+typedef uint16_t bf16;
+
+static inline float bf16_float(bf16 v) {
+    union { uint32_t u; float f; } bits = {(uint32_t)v << 16};
+    return bits.f;
+}
 
 /* M activation rows of K, quantized to 8 bits per block of 32: codes, the block's step d and sum of codes.
  * ``permuted``: each block in the 4-bit weights' order (even columns, then odd ones), else natural. */
@@ -25,9 +34,9 @@ typedef struct {
 void qkv_quantize_rows(const float *x, int M, int K, int permute, int8_t *qx, float *d, int32_t *sums);
 
 /* y[m * ldy + o] for o in [o0, o1): the 4-bit product (a permuted) and the int8 one (a natural) */
-void qkv_q4_range(int variant, const QActs *a, const uint8_t *w, const float *scales, const float *zeros, int g,
+void qkv_q4_range(int variant, const QActs *a, const uint8_t *w, const bf16 *scales, const bf16 *zeros, int g,
                   int o0, int o1, float *y, int ldy, float *scratch);
-void qkv_q8_range(int variant, const QActs *a, const int8_t *w, const float *scales, int o0, int o1, float *y,
+void qkv_q8_range(int variant, const QActs *a, const int8_t *w, const bf16 *scales, int o0, int o1, float *y,
                   int ldy, float *scratch);
 
 /* Run fn(arg, t, T) on T threads (this one is t = 0) and return when all are done. */

@@ -52,7 +52,6 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scales", torch.empty(out_features, dtype=SCALE_DTYPE))
-        self.register_buffer("scales_f32", None, persistent=False)     # qkv.native's scales, made on first use
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
@@ -75,9 +74,7 @@ class Int8Linear(nn.Module):
         lead = x_NK.shape[:-1]
         x_MK = x_NK.reshape(-1, self.in_features)
         if native.usable(x_MK):                         # qkv's integer-dot kernels (decode-sized batches)
-            if self.scales_f32 is None:
-                self.scales_f32 = self.scales.float()
-            y_MO = native.q8_matmul(x_MK, self.weight, self.scales_f32)
+            y_MO = native.q8_matmul(x_MK, self.weight, self.scales)
         elif x_MK.device.type == "cpu":
             y_MO = torch.ops.aten._weight_int8pack_mm(x_MK.to(SCALE_DTYPE), self.weight, self.scales).float()
         else:                                           # no packed kernel here: the plain product
@@ -88,7 +85,6 @@ class Int8Linear(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self.scales_f32 = None                          # new scales: the cache is stale
         _codes_replaced()
 
     def extra_repr(self) -> str:
@@ -119,8 +115,6 @@ class Int4Linear(nn.Module):
         # the kernel's packed codes and its (G, O, 2) scale-and-zero tensor, built by _pack on first use
         self.register_buffer("packed", None, persistent=False)
         self.register_buffer("scales_zeros", None, persistent=False)
-        self.register_buffer("scales_f32", None, persistent=False)     # qkv.native's scales and code-8 values
-        self.register_buffer("zeros_f32", None, persistent=False)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
@@ -151,7 +145,7 @@ class Int4Linear(nn.Module):
         self.weight = (codes_OK[:, 0::2] | (codes_OK[:, 1::2] << 4)).contiguous()
         self.scales = scales_OG.to(SCALE_DTYPE).contiguous()
         self.zeros = zeros_OG.to(SCALE_DTYPE).contiguous()
-        self.packed = self.scales_zeros = self.scales_f32 = self.zeros_f32 = None
+        self.packed = self.scales_zeros = None
         _codes_replaced()
 
     def codes(self) -> torch.Tensor:
@@ -173,9 +167,7 @@ class Int4Linear(nn.Module):
         lead = x_NK.shape[:-1]
         x_MK = x_NK.reshape(-1, self.in_features)
         if native.usable(x_MK):                         # qkv's integer-dot kernels (decode-sized batches)
-            if self.scales_f32 is None:
-                self.scales_f32, self.zeros_f32 = self.scales.float(), self.zeros.float()
-            y_MO = native.q4_matmul(x_MK, self.weight, self.scales_f32, self.zeros_f32, self.group_size)
+            y_MO = native.q4_matmul(x_MK, self.weight, self.scales, self.zeros, self.group_size)
         elif x_MK.device.type == "cpu":
             if self.packed is None or self.packed.device != self.weight.device:
                 self._pack()
@@ -189,7 +181,7 @@ class Int4Linear(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self.packed = self.scales_zeros = self.scales_f32 = self.zeros_f32 = None   # new codes: the caches are stale
+        self.packed = self.scales_zeros = None          # new codes: the cache is stale
         _codes_replaced()
 
     def extra_repr(self) -> str:
