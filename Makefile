@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-random mutation bench clean
+.PHONY: setup demo test lint test-random mutation bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The linter CI runs first (.ci/run): pyflakes + pycodestyle at 120 columns, configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The whole suite in one shuffled order across files, to catch a test that depends on another's state.
 # The seed is printed; `make test-random SEED=N` repeats an order.

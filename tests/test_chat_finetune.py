@@ -68,7 +68,8 @@ def tiny_chat_model(tmp_path_factory):
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, rope_theta=1000.0, tie_word_embeddings=False)).save_pretrained(d)
+        num_key_value_heads=2, max_position_embeddings=64, rope_theta=1000.0,
+        tie_word_embeddings=False)).save_pretrained(d)
     tok.save(d / "tokenizer.json")
     return d
 

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import qkv
-from qkv import GPT, ModelConfig, Tokenizer
+from qkv import ModelConfig, Tokenizer
 from qkv.checkpoint import write_model_files
 from qkv.config import VisionConfig
 from qkv.models import ViT
@@ -113,7 +113,8 @@ def zoo(tmp_path_factory):
 
 def paths(zoo) -> dict:
     return {"corpus": zoo / "corpus.txt", "sst2": zoo / "sst2.tsv", "notes": zoo / "notes", "plain": zoo / "plain.txt",
-            "empty": zoo / "empty.txt", "bigconfig": zoo / "bigconfig.toml", "missing": zoo / "no-such-thing", "out": zoo / "out",
+            "empty": zoo / "empty.txt", "bigconfig": zoo / "bigconfig.toml", "missing": zoo / "no-such-thing",
+            "out": zoo / "out",
             "unwritable": "/proc/qkv-cannot-write-here", "int8": zoo / "gpt-int8", "fakegguf": zoo / "fake.gguf",
             "mnist": zoo / "mnist", "badidx": zoo / "badidx", "badcsv": zoo / "badcsv", "badlabel": zoo / "badlabel",
             "png": zoo / "digit.png", "wnut": zoo / "wnut.tsv", "tagger": zoo / "tagger", "swin": zoo / "swin",
@@ -244,7 +245,8 @@ CASES = [
      "layer 2 is out of range: this model has 2 layers, numbered 0 to 1"),
     (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.png", "--head", "4"],
      "head 4 is out of range: this model has 4 heads, numbered 0 to 3"),
-    (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.png", "--layer", "-1"], "--layer -1 must be an integer >= 0"),
+    (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.png", "--layer", "-1"],
+     "--layer -1 must be an integer >= 0"),
     (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.jpg"], "use a file ending in .png (heat-maps)"),
     (["attention", "{gpt}", "--text", "First", "--out", "{notes}"], "use a file ending in .png"),
     (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.png", "--format", "html"], "writes a .html file"),
@@ -256,7 +258,8 @@ CASES = [
     (["attention", "{gpt}", "--text", "", "--out", "{out}/a.png"], "the text is empty"),
     (["attention", "{seq2seq}", "--text", "a", "--out", "{out}/a.png"], "pass it (--source TEXT)"),
     (["attention", "{gpt}", "--text", "a", "--source", "b", "--out", "{out}/a.png"], "is for encoder-decoders"),
-    (["next", "{gpt}", "--text", "First Citizen, hear me"], "context is 16; shorten it or truncate it (--truncate keeps the last 16)"),
+    (["next", "{gpt}", "--text", "First Citizen, hear me"],
+     "context is 16; shorten it or truncate it (--truncate keeps the last 16)"),
     (["next", "{gpt}", "--text", "First", "--top", "0"], "--top 0 must be a positive integer"),
     (["next", "{gpt}", "--text", "First", "--out", "{out}/n.svg"], "use a file ending in .png"),
     (["next", "{bert}", "--text", "a dog"], "put [MASK] in the text"),
@@ -299,7 +302,8 @@ CASES = [
     # issue 13: images (MNIST files, image flags, image checkpoints)
     (IMAGES[:4] + ["{badidx}"] + IMAGES[5:], "t10k-images-idx3-ubyte is not an IDX image file: expected magic number "
                                             "0x00000803 (2051) in its first 4 bytes, found 0x00000801"),
-    (IMAGES[:4] + ["{badcsv}"] + IMAGES[5:], "mnist_5k_train_subset.csv line 2 has 784 values but a 28x28 image needs 785"),
+    (IMAGES[:4] + ["{badcsv}"] + IMAGES[5:],
+     "mnist_5k_train_subset.csv line 2 has 784 values but a 28x28 image needs 785"),
     (IMAGES[:4] + ["{badlabel}"] + IMAGES[5:], "line 1 has label 12, outside the 10 classes 0..9"),
     (IMAGES[:4] + ["{plain}"] + IMAGES[5:], "is not a folder; point it at the MNIST folder"),
     (IMAGES[:4] + ["{notes}"] + IMAGES[5:], "has no t10k-images-idx3-ubyte(.gz)"),
@@ -318,7 +322,8 @@ CASES = [
     (["predict", "{vit}", "--text", "a"], "an image classifier reads --image FILE"),
     (["predict", "{vit}", "--image", "{png}", "--top", "0"], "--top 0 must be a positive integer"),
     (["predict", "{classifier}", "--image", "{png}"], "--image, --invert and --top are for image classifiers"),
-    (["evaluate", "{vit}", "--out-dir", "{out}/ev"], "was not trained here, so it has no held-out split: pass --data DIR"),
+    (["evaluate", "{vit}", "--out-dir", "{out}/ev"],
+     "was not trained here, so it has no held-out split: pass --data DIR"),
     (["evaluate", "{vit}", "--out-dir", "{out}/ev", "--data", "{badidx}"], "expected magic number 0x00000803"),
     (["evaluate", "{vit}", "--task", "sst2", "--out-dir", "{out}/ev"], "drop --task"),
     (["attention", "{gpt}", "--image", "{png}", "--out", "{out}/a.png"], "--image is for image classifiers"),
@@ -350,7 +355,8 @@ CASES = [
     (["translate", "{seq2seq}", "--file", "{src}", "--ref", "{ref}", "--output", "{out}/t.txt", "--metrics-json",
       "{out}/t.txt"], "name the same file"),
     (["translate", "{seq2seq}", "--text", "a", "--overwrite"], "neither is given"),
-    (["quantize", "{gpt}", "{gpt}", "--bits", "8", "--overwrite"], "OUT {gpt} is the checkpoint {gpt} this command reads"),
+    (["quantize", "{gpt}", "{gpt}", "--bits", "8", "--overwrite"],
+     "OUT {gpt} is the checkpoint {gpt} this command reads"),
     (["quantize", "{gpt}", "{gpt}/q", "--bits", "8"], "is inside the checkpoint"),
     (["quantize", "{gpt}", "{notes}/..", "--bits", "8", "--overwrite"], "holds the checkpoint"),
     (FINETUNE + ["--init", "{bert}", "--out-dir", "{bert}", "--overwrite"], "is the checkpoint"),
@@ -429,7 +435,8 @@ def test_every_output_file_flag_is_in_the_table():
     """A new --out FILE must get a person's own file in its way (a CASES row with {mine_*}) and --overwrite."""
     named = OUTPUT_FILES
     found = {(name, a.option_strings[-1]) for name, p in _commands().items() for a in p._actions
-             if a.option_strings and a.metavar in ("FILE", "FILE.png") and a.option_strings[-1] in ("--out", "--output", "--metrics-json")}
+             if a.option_strings and a.metavar in ("FILE", "FILE.png") and a.option_strings[-1] in ("--out", "--output",
+                                                                                                    "--metrics-json")}
     assert found == named, found ^ named
     for command, flag in named:
         rows = [argv for argv, *_ in CASES if argv[0] == command and flag in argv]
@@ -461,7 +468,8 @@ BLOCKED = [
     (["evaluate", "{tagger}", "--out-dir", "{out}/ev"], ("seqeval",), "metrics", "qkv.train.finetune.evaluate"),
     (["translate", "{seq2seq}", "--file", "{src}", "--ref", "{ref}"], ("sacrebleu",), "metrics", "qkv.checkpoint.load"),
     (["translate", "{seq2seq}", "--jsonl", "{docs}"], ("rouge_score",), "metrics", "qkv.checkpoint.load"),
-    (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.png"], ("matplotlib",), "plots", "qkv.checkpoint.load"),
+    (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.png"], ("matplotlib",), "plots",
+     "qkv.checkpoint.load"),
     (["next", "{gpt}", "--text", "First", "--out", "{out}/n.png"], ("matplotlib",), "plots", "qkv.checkpoint.load"),
     (["plot", "{gpt}", "--out", "{out}/c.png"], ("matplotlib",), "plots", "qkv.viz.curves.plot_curves"),
     (["experiment", "kv-cache", "--quick", "--out-dir", "{out}/kv"], ("matplotlib",), "plots", None),
@@ -474,7 +482,8 @@ BLOCKED = [
 ]
 
 
-@pytest.mark.parametrize("argv, modules, extra, work", BLOCKED, ids=[" ".join(b[0][:2]) + f" -{b[1][0]}" for b in BLOCKED])
+@pytest.mark.parametrize("argv, modules, extra, work", BLOCKED,
+                         ids=[" ".join(b[0][:2]) + f" -{b[1][0]}" for b in BLOCKED])
 def test_a_missing_package_is_named_before_the_work(zoo, capsys, monkeypatch, argv, modules, extra, work):
     for name in [m for m in sys.modules if m.partition(".")[0] in modules] + list(modules):
         monkeypatch.setitem(sys.modules, name, None)          # import raises ModuleNotFoundError, as uninstalled

@@ -178,7 +178,8 @@ def test_generate_stop_takes_backslash_escapes_and_a_closed_pipe_is_quiet(tmp_pa
     assert p.returncode == 0, err
     assert "\n" not in out.rstrip("\n")                # the continuation stopped before its first newline
     assert out.startswith("All:")
-    shell = subprocess.run(f"{sys.executable} -m qkv generate {run} --prompt All --max-new-tokens 12 --seed 0 | head -c 2",
+    command = f"{sys.executable} -m qkv generate {run} --prompt All --max-new-tokens 12 --seed 0 | head -c 2"
+    shell = subprocess.run(command,
                            shell=True, capture_output=True, text=True, timeout=120,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert len(shell.stdout) == 2 and shell.stderr == ""

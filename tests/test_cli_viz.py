@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import qkv
-from qkv import GPT, ModelConfig, Tokenizer
+from qkv import ModelConfig, Tokenizer
 from qkv.cli import main
 from qkv.models.seq2seq import EncoderDecoder
 
@@ -85,4 +85,5 @@ def test_an_existing_picture_is_replaced_whole(run_dir, tmp_path):
     argv = ["attention", str(run_dir), "--text", "First", "--out", str(tmp_path / "keep.png")]
     assert main(argv) == 2 and (tmp_path / "keep.png").read_bytes() == b"old picture"
     assert main(argv + ["--overwrite"]) == 0
-    assert (tmp_path / "keep.png").read_bytes()[:4] == b"\x89PNG" and [p.name for p in tmp_path.iterdir()] == ["keep.png"]
+    assert (tmp_path / "keep.png").read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]

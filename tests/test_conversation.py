@@ -7,7 +7,6 @@ The templates are written here after the layouts of ChatML (Qwen2.5), Llama 3, M
 Qwen3, not copied: what matters is that they use the constructs real ones use."""
 
 import pytest
-import torch
 
 import qkv
 from qkv import InputError, Tokenizer
@@ -66,7 +65,8 @@ LLAMA3 = """{{- bos_token }}
 {{- "<|eot_id|>" }}
 
 {%- for message in messages %}
-    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'
+        + message['content'] | trim + '<|eot_id|>' }}
 {%- endfor %}
 {%- if add_generation_prompt %}
     {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
@@ -143,7 +143,8 @@ CONVERSATIONS = [
      {"role": "user", "content": "d"}, {"role": "assistant", "content": "<think>e</think>f"}],
 ]
 TOOLS = [{"type": "function", "function": {"name": "weather", "description": "Météo d'une ville",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}}]
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,8 @@ def test_tools_render_through_tojson_as_transformers(backend):
 
 def test_special_tokens_the_tokenizer_lacks_render_as_nothing(backend):
     """A template that writes bos_token for a tokenizer without one renders "" there, as transformers does."""
-    template = "{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ unk_token }}|{% if bos_token %}bos{% endif %}" + CHATML
+    template = ("{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ unk_token }}|{% if bos_token %}bos{% endif %}"
+                + CHATML)
     theirs = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>")
     for messages in CONVERSATIONS:
         want = theirs.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
@@ -198,7 +200,8 @@ def test_documents_and_extra_variables_reach_the_template(backend):
     for options in (dict(), dict(documents=documents), dict(documents=documents, enable_thinking=False)):
         want = theirs.apply_chat_template(CONVERSATIONS[1], chat_template=template, tokenize=False, **options)
         assert render_chat(template, CONVERSATIONS[1], False, None, **options) == want
-        assert ("<doc>dog: lazy</doc>" in want) == ("documents" in options) and want.startswith("plain") == (not options)
+        assert ("<doc>dog: lazy</doc>" in want) == ("documents" in options)
+        assert want.startswith("plain") == (not options)
         assert ("/no_think" in want) == ("enable_thinking" in options)
 
 
@@ -329,7 +332,8 @@ def test_replies_end_where_qkv_generate_ends_them(backend):
     tok = Tokenizer(backend, ours.specials, CHATML, extra_stop_ids=[stop_id])
     model = tiny_gpt(tok, max_len=256, pos="rope")
     full = _reference(model, asked, temperature=0, max_new_tokens=12, ignore_eos=True)
-    for params in (dict(), dict(ignore_eos=True), dict(stop=[full[3:5]]), dict(stop=["zz", full[6:9]], ignore_eos=True)):
+    for params in (dict(), dict(ignore_eos=True), dict(stop=[full[3:5]]),
+                   dict(stop=["zz", full[6:9]], ignore_eos=True)):
         session = ChatSession(model, system=SYSTEM)
         reply = "".join(session.say("the fox", temperature=0, max_new_tokens=12, **params))
         assert reply == _reference(model, asked, temperature=0, max_new_tokens=12, **params), params
@@ -389,9 +393,9 @@ def test_context_bounds_and_one_line_refusals(backend):
         ChatSession(model).say(5)
     bare = tiny_gpt(model.tokenizer, max_len=64)
     del bare.tokenizer
-    with pytest.raises(InputError, match="^this model has no chat template \\(tokenizer_config.json's chat_template "
-                                         "or the GGUF tokenizer.chat_template\\); use `qkv generate --prompt` for plain "
-                                         "continuation$"):
+    with pytest.raises(InputError, match="^this model has no chat template \\(tokenizer_config.json's "
+                                         "chat_template or the GGUF tokenizer.chat_template\\); use `qkv generate "
+                                         "--prompt` for plain continuation$"):
         ChatSession(bare)
     messages = [{"role": "user", "content": "the fox"}]
     n = len(ChatSession(model).prompt_ids(messages))

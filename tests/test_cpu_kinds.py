@@ -25,8 +25,10 @@ HERE = {"DEFAULT": "default", "AVX2": "avx2", "AVX512": "avx512"}[torch.backends
 RUNNABLE = KINDS[: KINDS.index(HERE) + 1]                   # a process may run this CPU's kind or a weaker one
 
 # Where a CPU feature changes which kernel runs: quantized matmuls and their packing (int4, int8, GGUF
-# blocks, the real Q4_1 model, qkv's own kernels: their default follows the kind), oneDNN's fused Linear, bf16 autocast's choice, the decode weight layout.
-ISA_DEPENDENT = ["tests/test_quant.py", "tests/test_native.py", "tests/test_gguf.py", "tests/test_onednn.py", "tests/test_precision.py",
+# blocks, the real Q4_1 model, qkv's own kernels: their default follows the kind), oneDNN's fused Linear,
+# bf16 autocast's choice, the decode weight layout.
+ISA_DEPENDENT = ["tests/test_quant.py", "tests/test_native.py", "tests/test_gguf.py", "tests/test_onednn.py",
+                 "tests/test_precision.py",
                  "tests/test_generate.py::test_decode_layout_changes_strides_not_results",
                  "tests/test_cli_chat.py::test_quantize_writes_a_checkpoint_that_loads_quantized",
                  "tests/test_smollm2.py::test_quantized_modules_match_the_dequantized_weights"]

@@ -16,7 +16,8 @@ from qkv.train.finetune import FinetuneConfig, build_finetune_task, new_model, r
 from qkv.train.interrupt import TrainingInterrupted
 from qkv.train.trainer import Trainer
 
-LORA = dict(lora=True, lora_rank=3, lora_alpha=5.0, lora_dropout=0.1, lora_targets=("query", "value", "intermediate.dense"))
+LORA = dict(lora=True, lora_rank=3, lora_alpha=5.0, lora_dropout=0.1,
+            lora_targets=("query", "value", "intermediate.dense"))
 
 
 def lora_trainer(task_files, out, **train):

@@ -130,7 +130,8 @@ def test_context_shift_equals_recompute_on_the_window(pos):
     assert torch.equal(new_BN, generate_ids(model, prompt_BL, dataclasses.replace(cfg, use_cache=False)))
 
 
-@pytest.mark.parametrize("params", [dict(temperature=0.9, top_p=0.9, seed=3), dict(temperature=0, repetition_penalty=1.5)])
+@pytest.mark.parametrize("params",
+                         [dict(temperature=0.9, top_p=0.9, seed=3), dict(temperature=0, repetition_penalty=1.5)])
 def test_context_shift_cache_equals_recompute_on_a_padded_batch(params):
     model = tiny_gpt(40, pos="rope", max_len=8)
     ids_BL = torch.randint(1, 40, (2, 6), generator=torch.Generator().manual_seed(2))

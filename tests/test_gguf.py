@@ -92,7 +92,8 @@ def test_tokenizer_and_chat_template_match_transformers(transformers, tmp_path, 
 def _q4_k_bytes(rows: int, blocks: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 256, (rows, blocks, 144), dtype=np.uint8)
-    raw[..., 0:4] = rng.uniform(0.001, 0.1, (rows, blocks, 2)).astype(np.float16).view(np.uint8).reshape(rows, blocks, 4)
+    raw[..., 0:4] = rng.uniform(0.001, 0.1, (rows, blocks, 2)).astype(np.float16).view(np.uint8).reshape(rows, blocks,
+                                                                                                         4)
     return raw.reshape(rows, blocks * 144)
 
 

@@ -71,9 +71,11 @@ def test_build_mask_takes_the_cheapest_form_that_is_exact():
     square = build_mask(5, 5, "causal")
     assert square.is_causal and square.allowed_B1LM is None and square.live_B1L1 is None
     bias_1HLM = torch.randn(1, 2, 1, 5)
-    for step in (build_mask(1, 5, "causal", bias_1HLM=bias_1HLM), build_mask(1, 5, "bidirectional", bias_1HLM=bias_1HLM)):
+    for step in (build_mask(1, 5, "causal", bias_1HLM=bias_1HLM),
+                 build_mask(1, 5, "bidirectional", bias_1HLM=bias_1HLM)):
         assert not step.is_causal and step.allowed_B1LM is None and step.bias_1HLM is bias_1HLM
-    for dense in (build_mask(3, 5, "causal"), build_mask(4, 4, "causal", window=2), build_mask(4, 4, "prefix", prefix_len=2),
+    for dense in (build_mask(3, 5, "causal"), build_mask(4, 4, "causal", window=2),
+                  build_mask(4, 4, "prefix", prefix_len=2),
                   build_mask(4, 4, "bidirectional", window=3)):
         assert not dense.is_causal and dense.allowed_B1LM is not None and dense.live_B1L1 is None
     padded = build_mask(3, 3, "bidirectional", key_mask_BM=torch.tensor([[False, True, True], [True] * 3]))
@@ -260,7 +262,8 @@ def test_a_gqa_decode_step_is_the_reference_with_dead_rows_and_dropout(G):
     mask = build_mask(1, M, "causal", key_mask_BM=key_mask_BM)
     out_BHLD, none = attend(q_BHLD, k_BGMD, v_BGMD, mask)
     explicit_BHLD, probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs=True)
-    ref_BHLD, ref_probs_BHLM = reference_attention(q_BHLD, k_BGMD, v_BGMD, key_mask_BM[:, None, None, :].expand(B, H, 1, M))
+    ref_BHLD, ref_probs_BHLM = reference_attention(q_BHLD, k_BGMD, v_BGMD,
+                                                   key_mask_BM[:, None, None, :].expand(B, H, 1, M))
     assert none is None and probs_BHLM is not None
     torch.testing.assert_close(out_BHLD, ref_BHLD, atol=ATOL, rtol=0)
     torch.testing.assert_close(explicit_BHLD, ref_BHLD, atol=ATOL, rtol=0)
@@ -281,7 +284,8 @@ def test_attention_makes_no_tensor_off_its_inputs_device():
     """On the meta device a stray CPU tensor (a mask built without the device) is an error, so this holds
     every path to building its masks where its inputs are."""
     q_BHLD, k_BGMD = torch.randn(1, 2, 3, 4, device="meta"), torch.randn(1, 2, 3, 4, device="meta")
-    for mask in (build_mask(3, 3, "causal"), build_mask(3, 3, "causal", bias_1HLM=torch.zeros(1, 2, 3, 3, device="meta"))):
+    for mask in (build_mask(3, 3, "causal"),
+                 build_mask(3, 3, "causal", bias_1HLM=torch.zeros(1, 2, 3, 3, device="meta"))):
         for return_probs in (False, True):
             assert attend(q_BHLD, k_BGMD, k_BGMD, mask, return_probs=return_probs)[0].is_meta
 

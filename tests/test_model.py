@@ -167,7 +167,7 @@ def test_gqa_model_equals_mha_model_with_copied_key_value_heads(G):
     weights (not in its activations, as GQA does): the same logits."""
     gqa = model_of(tiny(n_kv_heads=G))
     mha = model_of(tiny(n_kv_heads=None), seed=1)
-    H, D, C = 4, 8, 32
+    H, D = 4, 8
     state = {}
     for key, t in gqa.state_dict().items():
         if key.endswith("wkv.weight") or key.endswith("wkv.bias"):

@@ -118,7 +118,8 @@ def test_layout_errors_name_the_entry():
             apply_layout(_gpt(), {name: kind})
     model = _gpt()
     quantize_model(model, 8)
-    with pytest.raises(ConfigError, match="^this model is already quantized; quantize the float checkpoint it came from$"):
+    with pytest.raises(ConfigError,
+                       match="^this model is already quantized; quantize the float checkpoint it came from$"):
         quantize_model(model, 4)
 
 

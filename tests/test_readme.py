@@ -39,7 +39,8 @@ def test_snippet_runs_as_written(stand_ins, snippet, capsys):
         assert namespace["out"].logits.ndim == 3 and namespace["out"].attentions is not None
 
 
-DEMO_LINES = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"),
+DEMO_LINES = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```",
+                                                                   README.read_text(encoding="utf-8"),
                                                                     flags=re.S)
               for line in block.splitlines() if line.startswith("qkv ") and " runs/shakespeare-char " in line
               and not line.startswith("qkv train")]

@@ -66,7 +66,8 @@ def test_claim_refuses_what_it_must_not_replace(tmp_path, monkeypatch, case, fla
         path = tmp_path / "work" if case == "cwd" else tmp_path
     before = sorted(p.name for p in path.iterdir()) if path.is_dir() else path.read_text()
     with pytest.raises(CheckpointError) as e:                     # --out-dir is the default flag
-        claim_out_dir(path, overwrite=case in ("notes", "cwd", "parent"), **({} if flag == "--out-dir" else {"flag": flag}))
+        claim_out_dir(path, overwrite=case in ("notes", "cwd", "parent"),
+                      **({} if flag == "--out-dir" else {"flag": flag}))
     assert message.format(path=path) in str(e.value)
     assert (sorted(p.name for p in path.iterdir()) if path.is_dir() else path.read_text()) == before
 

@@ -179,4 +179,5 @@ def test_embed_scale_is_the_papers_sqrt_d_model_recipe():
     assert torch.allclose(stack.embed(ids_BL, pos_BL), expected, atol=1e-6)
     assert abs(stack.tok.weight.std().item() - 64 ** -0.5) < 0.02      # unit-scale after the multiplier
     plain = EncoderDecoder(tiny(pos="sinusoidal", d_model=64))
-    assert torch.allclose(plain.decoder.embed(ids_BL, pos_BL), plain.decoder.tok(ids_BL) + plain.decoder.pos.embed(pos_BL))
+    assert torch.allclose(plain.decoder.embed(ids_BL, pos_BL),
+                          plain.decoder.tok(ids_BL) + plain.decoder.pos.embed(pos_BL))

@@ -161,7 +161,8 @@ def test_full_queue_is_429_and_a_disconnect_frees_the_row(slow):
 def test_sixteen_concurrent_streaming_clients_get_their_own_text(tok):
     model = tiny_gpt(tok, max_len=128)
     client_count = 16
-    jobs = [(PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)), 3 + (i * 7) % 30, i % 2 == 0) for i in range(client_count)]
+    jobs = [(PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)), 3 + (i * 7) % 30,
+             i % 2 == 0) for i in range(client_count)]
     want = [generate(model, tok, p, max_new_tokens=n, temperature=0.8 if sampled else 0, seed=i)
             for i, (p, n, sampled) in enumerate(jobs)]
     with running(create_app(model, ServeConfig(model_name="t", max_batch=8, max_queue=32))) as url:
@@ -224,6 +225,7 @@ def test_a_request_past_the_timeout_is_cancelled_with_504(tok):
     model.tokenizer = tok
     app = create_app(model, ServeConfig(model_name="slow", timeout=0.3, max_tokens_cap=500))
     with running(app) as url:
-        status, reply = request(url, "POST", "/v1/completions", {"prompt": "the", "max_tokens": 400, "ignore_eos": True})
+        status, reply = request(url, "POST", "/v1/completions",
+                                {"prompt": "the", "max_tokens": 400, "ignore_eos": True})
         assert status == 504 and "timeout" in reply["error"]["message"]
         assert wait_until(lambda: app.state.engine.batch_size == 0, 5)      # its row was freed

@@ -285,7 +285,8 @@ def test_translate_reads_sources_with_the_source_vocabulary(tmp_path):
     from qkv.tokenizers import Tokenizer
     from qkv.translate import translate
     specials = ("<pad>", "<bos>", "<eos>")
-    src_tok, tgt_tok = Tokenizer.train_char("xyz w", special_tokens=specials), Tokenizer.train_char("abc", special_tokens=specials)
+    src_tok, tgt_tok = Tokenizer.train_char("xyz w", special_tokens=specials), Tokenizer.train_char("abc",
+                                                                                                    special_tokens=specials)
     model = wide_model(V=tgt_tok.vocab_size, seed=2)
     model = EncoderDecoder(ModelConfig(**{**vars(model.cfg), "src_vocab_size": src_tok.vocab_size}))
     model.src_tokenizer = src_tok

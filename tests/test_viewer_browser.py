@@ -101,7 +101,8 @@ def test_encoder_decoder_page_switches_attention_kind(pages):
         assert browser.errors() == []
 
 
-RECT = "(() => {{ const r = document.querySelector({!r}).getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }})()"
+RECT = ("(() => {{ const r = document.querySelector({!r}).getBoundingClientRect(); "
+        "return [r.left, r.top, r.width, r.height]; }})()")
 
 
 def test_viewer_uses_the_window_and_has_a_colour_scale(pages):

@@ -27,7 +27,8 @@ LABELS = [str(d) for d in range(10)]
 
 def vit(pos="learned", pool="cls", **kw):
     vision = VisionConfig(patch_size=7, pool=pool)
-    cfg = ModelConfig(max_len=16 + (pool == "cls"), n_layers=2, d_model=32, n_heads=4, mask="bidirectional", pos=pos, **kw)
+    cfg = ModelConfig(max_len=16 + (pool == "cls"), n_layers=2, d_model=32, n_heads=4, mask="bidirectional", pos=pos,
+                      **kw)
     return ViT(cfg, vision, LABELS)
 
 

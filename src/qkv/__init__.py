@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"   # before the imports: checkpoint.py records it
 
-from . import runtime    # first: it notes torch's thread count before user code can change it
+from . import runtime  # noqa: F401  (first: it notes torch's thread count before user code can change it)
 from .config import PRESETS, ModelConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, InputError, MissingExtraError, QkvError
 from .models import GPT, ModelOutput
@@ -12,6 +12,6 @@ from .runtime.inference import for_inference
 from .generate import GenerationConfig, generate, stream
 from .conversation import ChatSession, chat, chat_stream
 
-__all__ = ["GPT", "Tokenizer", "load", "save", "for_inference", "generate", "stream", "chat", "chat_stream", "ChatSession",
-           "GenerationConfig", "ModelConfig", "ModelOutput", "TrainConfig", "PRESETS",
+__all__ = ["GPT", "Tokenizer", "load", "save", "for_inference", "generate", "stream", "chat", "chat_stream",
+           "ChatSession", "GenerationConfig", "ModelConfig", "ModelOutput", "TrainConfig", "PRESETS",
            "QkvError", "ConfigError", "InputError", "DataError", "CheckpointError", "MissingExtraError"]

@@ -116,7 +116,8 @@ def _not_found(path: Path) -> str:
     for a model hub's name: qkv never downloads (DESIGN.md), so say how to get a local copy."""
     text = str(path)
     if path.exists():
-        return f"{text} is a file, not a checkpoint directory; point at the folder holding config.json (or a .gguf file)"
+        return (f"{text} is a file, not a checkpoint directory; point at the folder holding config.json "
+                f"(or a .gguf file)")
     hub = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?", text) and not Path(path.parts[0]).exists()
     if hub and ":" in text:
         return (f"no checkpoint at {text}; qkv never downloads models, and {text} looks like an Ollama tag: pass "

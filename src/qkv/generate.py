@@ -378,7 +378,8 @@ def stream(model, tokenizer, prompt: str, config: GenerationConfig | None = None
 
 
 def generate(model, tokenizer, prompt: str | list[str], config: GenerationConfig | None = None, *,
-             logprobs: bool = False, top_logprobs: int = 0, **params) -> str | list[str] | Completion | list[Completion]:
+             logprobs: bool = False, top_logprobs: int = 0,
+             **params) -> str | list[str] | Completion | list[Completion]:
     """The continuation of one prompt, or of each prompt in a list (batched, left padded).
 
     With ``logprobs=True`` each continuation comes as a ``qkv.logprobs.Completion``: its ``text`` and, per

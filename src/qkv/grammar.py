@@ -6,18 +6,18 @@ Legend: V vocab, b bytes of the bitmask (one bit a token, in 32-bit words).
     each step:  matcher ──> allowed_V (a bitmask over the whole vocabulary) ──> logits of the rest = -inf
                 sampled token ──> matcher.consume_token; when the grammar is complete the sequence ends
 
-The grammar engine is llguidance (the Rust library behind Guidance and llama.cpp's ``%llguidance``): it
-reads the tokenizer's own ``tokenizers`` JSON, so every token, multi-byte pieces included, is judged by
-the bytes it adds, and it needs neither transformers nor a GPU stack. ``bench/grammar_engines.py`` measures
-the maintained engines on SmolLM2's 49k vocabulary (figures in bench/README.md): each costs a small fraction
-of a 135M model's decode step per token, so the cost does not decide; xgrammar's Python package pulls triton and wants a transformers tokenizer, and
-outlines-core wants the vocabulary rebuilt as bytes. The masked logits then
-go through the ordinary samplers (``qkv.generate.next_token``), so temperature, top-p and the penalties
-keep their meanings inside the grammar. Whitespace is compact (", " and ": " only): a small model cannot
-wander into endless blank space that the schema allows. Nor into endless digits: JSON puts no bound on a
-number's length, and at temperature 0 a small model can keep writing "0" for hundreds of tokens, so a run
-of digits stops at MAX_DIGITS (llama.cpp's JSON grammars cap each part of a number at 16 digits too); the
-cap holds inside strings as well, where such runs are as unlikely to be wanted.
+The grammar engine is llguidance (the Rust library behind Guidance and llama.cpp's ``%llguidance``): it reads
+the tokenizer's own ``tokenizers`` JSON, so every token, multi-byte pieces included, is judged by the bytes it
+adds, and it needs neither transformers nor a GPU stack. ``bench/grammar_engines.py`` measures the maintained
+engines on SmolLM2's 49k vocabulary (figures in bench/README.md): each costs a small fraction of a 135M model's
+decode step per token, so the cost does not decide; xgrammar's Python package pulls triton and wants a
+transformers tokenizer, and outlines-core wants the vocabulary rebuilt as bytes. The masked logits then go
+through the ordinary samplers (``qkv.generate.next_token``), so temperature, top-p and the penalties keep their
+meanings inside the grammar. Whitespace is compact (", " and ": " only): a small model cannot wander into
+endless blank space that the schema allows. Nor into endless digits: JSON puts no bound on a number's length,
+and at temperature 0 a small model can keep writing "0" for hundreds of tokens, so a run of digits stops at
+MAX_DIGITS (llama.cpp's JSON grammars cap each part of a number at 16 digits too); the cap holds inside strings
+as well, where such runs are as unlikely to be wanted.
 
     >>> qkv.generate(model, tok, "A person as JSON:", json_schema={"type": "object", "properties": {
     ...     "name": {"type": "string"}}, "required": ["name"]}, temperature=0)     # doctest: +SKIP

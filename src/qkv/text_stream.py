@@ -1,5 +1,6 @@
 """Token ids in, text out, as it is generated: incremental decoding that never splits a character
-(nor shows half of one when generation stops inside it), and stop strings matched across token boundaries (never returned)."""
+(nor shows half of one when generation stops inside it), and stop strings matched across token boundaries (never
+returned)."""
 
 from __future__ import annotations
 

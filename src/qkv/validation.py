@@ -14,9 +14,9 @@ Python call all get the same one-line error, raised before any work starts:
     Traceback (most recent call last):
     qkv.errors.ConfigError: beta1=2.0 must be in [0, 1)
 
-Types follow the hints: ``int`` refuses bools and floats, ``float`` takes ints but refuses NaN and
-infinities, ``str`` refuses the empty string, ``X | None`` takes None, ``Literal`` takes its values. Ranges are intervals written as in
-mathematics, ``"[1, inf)"``, ``"(0, 1]"``; None always passes the range check (it means "unset").
+Types follow the hints: ``int`` refuses bools and floats, ``float`` takes ints but refuses NaN and infinities,
+``str`` refuses the empty string, ``X | None`` takes None, ``Literal`` takes its values. Ranges are intervals
+written as in mathematics, ``"[1, inf)"``, ``"(0, 1]"``; None always passes the range check (it means "unset").
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ tied model the head reads the whole V x C embedding, while the input lookup read
 
     bound_tokens_per_s = bandwidth / weight bytes read per token
 
-with the bandwidth measured here by copying a 256 MiB tensor (bytes read + bytes written, STREAM's
-convention) under the same thread setting, once per round, median over rounds. KV-cache reads (< 2% of the weights at these lengths) are
-left out, so the bound is slightly optimistic.
+with the bandwidth measured here by copying a 256 MiB tensor (bytes read + bytes written, STREAM's convention)
+under the same thread setting, once per round, median over rounds. KV-cache reads (< 2% of the weights at these
+lengths) are left out, so the bound is slightly optimistic.
 
 qkv runs as ``qkv generate`` does: ``for_inference`` (eval mode and, for this GPT, ``decode_layout``: wide
 matrices stored column-major, which CPU BLAS streams faster), ``generate_ids``. The ``plain`` side is the
@@ -124,7 +124,8 @@ def run(json_out: bool = False, *, prompt_len: int = 32, new_tokens: int = 128, 
     per_round: dict[str, list[float]] = {name: [] for name in sides}
     bandwidths = []
     for r in range(rounds):
-        bandwidths.append(copy_bandwidth(repeats=3, device=device))  # per round: the bound sees the same load as the runs
+        # per round: the bound sees the same load as the runs
+        bandwidths.append(copy_bandwidth(repeats=3, device=device))
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
         for name in order:
             fn = sides[name][0]

@@ -203,7 +203,8 @@ def run(model_path: str, json_out: bool = False, bits=(32, 8, 4), prompt_len: in
     headline = next(n for n in ("qkv_4-bit", "qkv_int8", "qkv_fp32") if n in first)
     result = {"bench": "decode", "model": str(path), "tokens_per_s": first[headline]["decode_tokens_per_s"],
               "headline": f"{headline} decode, {threads[0]} thread(s)",
-              "ratio": round(first[headline]["decode_tokens_per_s"] / first["transformers_fp32"]["decode_tokens_per_s"], 3)
+              "ratio": round(first[headline]["decode_tokens_per_s"]
+                             / first["transformers_fp32"]["decode_tokens_per_s"], 3)
               if "transformers_fp32" in first else None,
               "threads": results, "prompt_len": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
               "sides": {name: info for name, (_, info) in sides.items()}, "notes": notes,

@@ -1,7 +1,7 @@
 """What several commands share: up-front checks (the checkpoint is of a family the command runs, the
-optional packages the command will need are there) that run before any slow work, so a mistake costs a
-second, not a training run; and the default run directory of a training command (named after its data). (Where outputs may be
-written is ``qkv.rundir``'s: ``claim_out_dir`` and ``claim_out_file``.)"""
+optional packages the command will need are there) that run before any slow work, so a mistake costs a second,
+not a training run; and the default run directory of a training command (named after its data). (Where outputs
+may be written is ``qkv.rundir``'s: ``claim_out_dir`` and ``claim_out_file``.)"""
 
 from __future__ import annotations
 

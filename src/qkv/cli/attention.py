@@ -27,10 +27,12 @@ MAPS = {"self": "self-attention", "encoder": "encoder self-attention", "decoder"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", type=path_arg, metavar="PATH", help="a checkpoint qkv loads (qkv run, Hugging Face directory, ...)")
+    p.add_argument("model", type=path_arg, metavar="PATH",
+                   help="a checkpoint qkv loads (qkv run, Hugging Face directory, ...)")
     p.add_argument("--text", help="the text to look at (for an encoder-decoder: the target)")
     p.add_argument("--source", help="encoder-decoder: the source text")
-    p.add_argument("--out", required=True, type=path_arg, metavar="FILE", help="output file: .png, .html, or .pt/.json for bertviz")
+    p.add_argument("--out", required=True, type=path_arg, metavar="FILE",
+                   help="output file: .png, .html, or .pt/.json for bertviz")
     p.add_argument("--format", choices=["png", "html", "bertviz"], help="default: from the --out extension")
     add_overwrite_argument(p, "--out")
     p.add_argument("--layer", type=value_parser(int, "--layer", minimum=0), help="one layer (from 0); default all")
@@ -38,7 +40,8 @@ def add_arguments(p) -> None:
     p.add_argument("--map", choices=list(MAPS), help="which attention the PNG shows (encoder-decoder: "
                                                       "encoder, decoder or cross; default cross)")
     p.add_argument("--truncate", action="store_true", help="keep the first max_len tokens of a long text")
-    p.add_argument("--image", type=path_arg, metavar="FILE", help="an image classifier's input image (instead of --text)")
+    p.add_argument("--image", type=path_arg, metavar="FILE",
+                   help="an image classifier's input image (instead of --text)")
     p.add_argument("--window", type=value_parser(int, "--window", minimum=0), default=None,
                    help="Swin: which window of each stage, row-major from 0 (default 0)")
     p.add_argument("--stage", type=value_parser(int, "--stage", minimum=0), default=None,

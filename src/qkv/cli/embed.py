@@ -17,10 +17,11 @@ from .flags import path_arg, positive_int
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="an encoder checkpoint (qkv-bert* or Hugging Face BERT)")
+    p.add_argument("checkpoint", type=path_arg, metavar="DIR",
+                   help="an encoder checkpoint (qkv-bert* or Hugging Face BERT)")
     p.add_argument("--text", action="append", default=[], metavar="TEXT", help="a sentence; repeat for more")
-    p.add_argument("--file", type=path_arg, metavar="FILE", help="a UTF-8 file with one sentence per line (blank lines skipped; "
-                                                 "- for stdin)")
+    p.add_argument("--file", type=path_arg, metavar="FILE",
+                   help="a UTF-8 file with one sentence per line (blank lines skipped; - for stdin)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=32,
                    help="sentences per forward pass (default 32)")
     p.add_argument("--json", action="store_true", help="print one JSON object: texts, embeddings, similarity")

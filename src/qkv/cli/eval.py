@@ -12,8 +12,10 @@ from .flags import add_load_arguments, path_arg, positive_int, value_parser
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="a decoder: a qkv run directory, a Hugging Face directory or a .gguf file")
-    p.add_argument("--data", required=True, type=path_arg, metavar="FILE", help="text file (or folder of .txt files; - for stdin)")
+    p.add_argument("checkpoint", type=path_arg, metavar="DIR",
+                   help="a decoder: a qkv run directory, a Hugging Face directory or a .gguf file")
+    p.add_argument("--data", required=True, type=path_arg, metavar="FILE",
+                   help="text file (or folder of .txt files; - for stdin)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=8,
                    help="windows per forward pass (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object: tokens, loss, perplexity")

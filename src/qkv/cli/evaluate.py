@@ -24,10 +24,12 @@ from .flags import path_arg, positive_int
 
 def add_arguments(p) -> None:
     p.add_argument("checkpoint", type=path_arg, metavar="DIR", help="a `qkv finetune` run directory")
-    p.add_argument("--data", type=path_arg, metavar="FILE", help="eval file in the task's format (default: the run's eval "
-                                                                 "data); image classifiers: the MNIST folder")
+    p.add_argument("--data", type=path_arg, metavar="FILE",
+                   help="eval file in the task's format (default: the run's eval "
+                        "data); image classifiers: the MNIST folder")
     p.add_argument("--task", choices=list(TASKS), help="the task, for checkpoints saved without one")
-    p.add_argument("--out-dir", type=path_arg, metavar="OUT", help="where eval.json and the predictions go (default DIR/evaluate)")
+    p.add_argument("--out-dir", type=path_arg, metavar="OUT",
+                   help="where eval.json and the predictions go (default DIR/evaluate)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"),
                    help="inputs per forward pass (default: the run's eval batch size; images 256)")
 

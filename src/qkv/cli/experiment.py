@@ -19,8 +19,10 @@ def add_arguments(p) -> None:
     from ..experiments import EXPERIMENTS
     p.add_argument("name", metavar="NAME", help=f"one of {', '.join(EXPERIMENTS)}, or all")
     p.add_argument("--quick", action="store_true", help="a small version that finishes in under a minute")
-    p.add_argument("--out-dir", type=path_arg, metavar="DIR", help="where the report goes (default runs/experiments/NAME)")
-    p.add_argument("--seed", type=value_parser(int, "--seed", minimum=0), help="random seed (default: the experiment's, 0)")
+    p.add_argument("--out-dir", type=path_arg, metavar="DIR",
+                   help="where the report goes (default runs/experiments/NAME)")
+    p.add_argument("--seed", type=value_parser(int, "--seed", minimum=0),
+                   help="random seed (default: the experiment's, 0)")
     p.add_argument("--threads", type=positive_int("--threads"), help="torch threads (default: torch's)")
 
 

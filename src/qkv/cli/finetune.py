@@ -50,7 +50,8 @@ def add_arguments(p) -> None:
     p.add_argument("--preset", help=f"training defaults and the --init none model: one of {', '.join(PRESETS)} "
                                     f"(default {DEFAULT_PRESET})")
     p.add_argument("--scratch", action="store_true", help="train from scratch: the same as --init none")
-    p.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the fine-tuning run in DIR exactly where it stopped")
+    p.add_argument("--resume", type=path_arg, metavar="DIR",
+                   help="continue the fine-tuning run in DIR exactly where it stopped")
     add_dataclass_flags(p, FinetuneConfig, "task (FinetuneConfig fields)")
     preset = PRESETS[DEFAULT_PRESET]
     add_dataclass_flags(p, TrainFlags, f"training (TrainConfig fields; defaults of --preset {DEFAULT_PRESET})",

@@ -67,7 +67,8 @@ def load_for_decoding(path: str, args: argparse.Namespace, command: str):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", type=path_arg, metavar="PATH",
-                        help="a qkv checkpoint, a Hugging Face directory (GPT-2, Llama, Mistral, Qwen2) or a .gguf file")
+                        help="a qkv checkpoint, a Hugging Face directory (GPT-2, Llama, Mistral, Qwen2) "
+                             "or a .gguf file")
     parser.add_argument("--prompt", default="", help="text to continue (default: start from bos/eos)")
     parser.add_argument("--chat", metavar="MESSAGE", default=None,
                         help="one chat turn: the message goes through the model's chat template; prints the reply")

@@ -47,7 +47,8 @@ def run(args) -> int:
             "model": {k: v for k, v in dataclasses.asdict(cfg).items() if v is not None},
             "tokenizer": None if tok is None else {
                 "kind": tok.kind, "vocab_size": tok.vocab_size,
-                "special": {name: tok.backend.id_to_token(i) for name in ("bos", "eos", "pad", "cls", "sep", "mask", "unk")
+                "special": {name: tok.backend.id_to_token(i)
+                            for name in ("bos", "eos", "pad", "cls", "sep", "mask", "unk")
                             if (i := getattr(tok, f"{name}_id")) is not None}}}
     if tok is not None and tok.chat_template is not None:
         info["tokenizer"]["chat_template"] = True
@@ -114,7 +115,8 @@ def _text(info: dict) -> str:
     if "vision" in info:
         v = info["vision"]
         lines[-1] = (f"  architecture: {v['model']}, {cfg.get('n_layers')} layers x d_model {cfg.get('d_model')}, "
-                     f"{cfg.get('n_heads')} heads; {v['image_size']}x{v['image_size']} images, {v['channels']} channel(s), "
+                     f"{cfg.get('n_heads')} heads; {v['image_size']}x{v['image_size']} images, "
+                     f"{v['channels']} channel(s), "
                      f"{v['patch_size']}x{v['patch_size']} patches; {v['classes']} classes; normalized by mean "
                      f"{v['image_mean']}, std {v['image_std']}, resized {v['resample']}")
     tok = info["tokenizer"]

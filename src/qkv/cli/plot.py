@@ -13,7 +13,8 @@ def add_arguments(p) -> None:
     from ..viz.curves import X_AXES
     from .flags import add_overwrite_argument, path_arg
     p.add_argument("runs", nargs="+", type=path_arg, metavar="RUN_DIR", help="run directories holding metrics.jsonl")
-    p.add_argument("--out", default="curves.png", type=path_arg, metavar="FILE.png", help="the PNG to write (default curves.png)")
+    p.add_argument("--out", default="curves.png", type=path_arg, metavar="FILE.png",
+                   help="the PNG to write (default curves.png)")
     add_overwrite_argument(p, "--out")
     p.add_argument("--x", choices=list(X_AXES), default="step", help="the x axis (default step)")
     p.add_argument("--log-y", action="store_true", help="a logarithmic loss axis")

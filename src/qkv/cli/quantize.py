@@ -7,9 +7,10 @@ Every Linear layer becomes ``Int8Linear`` (int8 per output channel) or ``Int4Lin
 inputs, asymmetric), a tied head (the token embedding) int8 (qkv.quant explains why); norms and an untied
 embedding table stay float32. OUT is a qkv checkpoint directory (safetensors weights, config.json with the
 layout, the tokenizer and chat template), written atomically; never PATH itself, a folder inside it or one
-around it (a run quantized in place would keep a trainer_state.pt its weights no longer match). Input: any float checkpoint qkv loads (a qkv
-run, a Hugging Face directory, an F32/F16/BF16 GGUF). A checkpoint that is already quantized is refused: a
-quantized GGUF keeps its own blocks with ``--quantized`` on the decoding commands instead.
+around it (a run quantized in place would keep a trainer_state.pt its weights no longer match). Input: any float
+checkpoint qkv loads (a qkv run, a Hugging Face directory, an F32/F16/BF16 GGUF). A checkpoint that is already
+quantized is refused: a quantized GGUF keeps its own blocks with ``--quantized`` on the decoding commands
+instead.
 """
 
 from __future__ import annotations

@@ -20,8 +20,10 @@ IMAGES = "image-classification"
 
 
 def add_arguments(p) -> None:
+    defaults = ", ".join(f"{v} for " + ("--objective mlm" if k == "mlm" else f"--task {k}")
+                         for k, v in DEFAULT_PRESETS.items())
     p.add_argument("--preset", help=f"named preset: {', '.join(PRESETS)} (default when no --config is given: "
-                                    f"{', '.join(f'{v} for ' + ('--objective mlm' if k == 'mlm' else f'--task {k}') for k, v in DEFAULT_PRESETS.items())})")
+                                    f"{defaults})")
     p.add_argument("--config", type=path_arg, metavar="FILE", help="JSON or TOML file with [model] and [train] tables")
     p.add_argument("--resume", type=path_arg, metavar="DIR", help="continue the run in DIR exactly where it stopped "
                                                   "(training flags such as --max-iters extend it)")
@@ -66,7 +68,8 @@ def _train(args) -> int:
         _check_resumed_task(args.resume, train_overrides)
     if args.resume and "images" in read_config(args.resume):
         return _images(args, model_overrides, train_overrides, image_overrides)
-    if not args.resume and train_overrides.get("task", PRESETS.get(_preset(args) or "", {}).get("train", {}).get("task")) == IMAGES:
+    preset_task = PRESETS.get(_preset(args) or "", {}).get("train", {}).get("task")
+    if not args.resume and train_overrides.get("task", preset_task) == IMAGES:
         return _images(args, model_overrides, train_overrides, image_overrides)
     if image_overrides:
         raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in image_overrides)} describe images; add "

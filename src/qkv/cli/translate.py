@@ -19,13 +19,15 @@ from .flags import add_overwrite_argument, path_arg, positive_int, value_parser
 
 
 def add_arguments(p) -> None:
-    p.add_argument("directory", type=path_arg, metavar="DIR", help="an encoder-decoder checkpoint (qkv train --task translate)")
+    p.add_argument("directory", type=path_arg, metavar="DIR",
+                   help="an encoder-decoder checkpoint (qkv train --task translate)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a source sentence (repeat for several)")
     src.add_argument("--file", type=path_arg, metavar="FILE", help="source sentences, one per line (- for stdin)")
     src.add_argument("--jsonl", type=path_arg, metavar="FILE", help="SciTLDR-style JSON lines: 'source' sentences and "
                                                      "'target' references (scored with ROUGE)")
-    p.add_argument("--ref", type=path_arg, metavar="FILE", help="reference translations for --file, one per line (BLEU)")
+    p.add_argument("--ref", type=path_arg, metavar="FILE",
+                   help="reference translations for --file, one per line (BLEU)")
     p.add_argument("--beam", type=value_parser(int, "--beam"), default=4, help="beam size; 1 = greedy (default 4)")
     p.add_argument("--length-penalty", type=value_parser(float, "--length-penalty"), default=1.0,
                    help="score / length ** penalty (default 1.0)")
@@ -38,7 +40,8 @@ def add_arguments(p) -> None:
     p.add_argument("--output", type=path_arg, metavar="FILE", help="write outputs here instead of stdout")
     p.add_argument("--metrics-json", type=path_arg, metavar="FILE", help="write the scores as JSON")
     add_overwrite_argument(p, "--output and --metrics-json")
-    p.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch threads (default torch's own)")
+    p.add_argument("--threads", type=positive_int("--threads"), default=None,
+                   help="torch threads (default torch's own)")
 
 
 def run(args) -> int:

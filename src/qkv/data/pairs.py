@@ -35,8 +35,8 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> list[tuple[str,
     src_path, tgt_path = Path(src_path), Path(tgt_path)
     src, tgt = read_lines(src_path), read_lines(tgt_path)
     if len(src) != len(tgt):
-        raise DataError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: line {min(len(src), len(tgt)) + 1}"
-                        f" has no partner; parallel files must be aligned line by line")
+        raise DataError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: line "
+                        f"{min(len(src), len(tgt)) + 1} has no partner; parallel files must be aligned line by line")
     for i, (s, t) in enumerate(zip(src, tgt), start=1):
         if not s.strip() or not t.strip():
             side = src_path if not s.strip() else tgt_path

@@ -54,7 +54,8 @@ def run(cfg: Config, report: Report, log=print) -> dict:
                 results[path]["bytes"][n] = peak_bytes(call)
                 results[path]["seconds"][n] = median_seconds(call, cfg.repeats)
         log(f"attention-cost: n={n:<5} explicit {results['explicit']['seconds'][n] * 1e3:8.2f} ms "
-            f"{results['explicit']['bytes'][n] / 2**20:8.1f} MiB | fused {results['fused']['seconds'][n] * 1e3:8.2f} ms "
+            f"{results['explicit']['bytes'][n] / 2**20:8.1f} MiB | "
+            f"fused {results['fused']['seconds'][n] * 1e3:8.2f} ms "
             f"{results['fused']['bytes'][n] / 2**20:8.2f} MiB")
     upper = list(cfg.lengths[len(cfg.lengths) // 2 - 1:])      # the larger lengths, past fixed overheads
     for path in PATHS:
@@ -87,9 +88,10 @@ def _write(cfg: Config, report: Report, r: dict) -> None:
                                                          "allocates vs sequence length (log-log)")):
         with png_figure(report.figure(name, caption), 6.0, 4.0) as fig:
             ax = fig.subplots()
+            exponent = "time_exponent" if key == "seconds" else "memory_exponent"
             for path in PATHS:
                 ax.plot(ns, [r[path][key][n] * scale for n in ns], marker="o",
-                        label=f"{path} (exponent {r[path]['time_exponent' if key == 'seconds' else 'memory_exponent']:.2f})")
+                        label=f"{path} (exponent {r[path][exponent]:.2f})")
             top = r["explicit"][key][ns[-1]] * scale
             ax.plot(ns, [top * (n / ns[-1]) ** 2 for n in ns], "k:", label="n^2")
             if key == "bytes":

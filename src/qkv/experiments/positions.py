@@ -30,7 +30,7 @@ from ..data.text import read_text
 from ..models.decoder import GPT
 from ..nn.position import apply_rotary, make_position
 from ..tokenizers import Tokenizer
-from .fit import mean_loss, train
+from .fit import train
 from .report import Report
 
 TITLE = "Positions: what each scheme encodes, and length extrapolation"

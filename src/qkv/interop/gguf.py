@@ -9,12 +9,13 @@ Architecture ``llama`` (Llama, Mistral, SmolLM, ... as llama.cpp's converter wri
     GGUF metadata ({arch} = llama)           ModelConfig            GGUF tensor            qkv
     {arch}.block_count                       n_layers               token_embd             tok (and the head when tied)
     {arch}.context_length                    max_len                blk.{i}.attn_norm      blocks.{i}.norm1
-    {arch}.embedding_length                  d_model                blk.{i}.attn_q         blocks.{i}.attn.wq    (un-permuted)
-    {arch}.feed_forward_length               d_ff                   blk.{i}.attn_k / _v    blocks.{i}.attn.wkv   (k un-permuted)
+    {arch}.embedding_length                  d_model                blk.{i}.attn_q         blocks.{i}.attn.wq   (1)
+    {arch}.feed_forward_length               d_ff                   blk.{i}.attn_k / _v    blocks.{i}.attn.wkv  (1: k)
     {arch}.attention.head_count(_kv)         n_heads, n_kv_heads    blk.{i}.attn_output    blocks.{i}.attn.wo
     {arch}.attention.key_length              d_head                 blk.{i}.ffn_norm       blocks.{i}.norm2
     {arch}.attention.layer_norm_rms_epsilon  norm_eps               blk.{i}.ffn_gate/up/down  blocks.{i}.mlp.*
     {arch}.rope.freq_base                    pos_base               output_norm / output   norm_f / head
+    (1) un-permuted: the Q/K permutation below
 
 The Q/K permutation. Hugging Face's RoPE rotates channel i with channel i + D/2 of each head; llama.cpp's
 ``llama`` rope rotates neighbours (2i, 2i + 1). Its converter therefore reorders the rows of every head

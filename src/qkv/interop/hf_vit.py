@@ -106,7 +106,8 @@ def load_vit(directory: str | os.PathLike) -> ViT:
     vision = vision_from_hf(d, hf, "vit", pool="cls")
     n_tokens = vision.grid ** 2 + 1
     try:
-        cfg = ModelConfig(max_len=n_tokens, n_layers=hf.get("num_hidden_layers", 12), d_model=hf.get("hidden_size", 768),
+        cfg = ModelConfig(max_len=n_tokens, n_layers=hf.get("num_hidden_layers", 12),
+                          d_model=hf.get("hidden_size", 768),
                           n_heads=hf.get("num_attention_heads", 12), d_ff=hf.get("intermediate_size", 3072),
                           norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-12), norm_placement="pre",
                           mlp=mlp_from_hf(hf, where), pos="learned", mask="bidirectional", bias=True,

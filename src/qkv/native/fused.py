@@ -122,7 +122,8 @@ class FusedRun:
             keep = [model.pos.cos_PD, model.pos.sin_PD]                  # (rebuild_buffers(), a new load)
             layers = (_Layer * len(model.blocks))()
             for layer, block in zip(layers, model.blocks):
-                norms = [block.norm1.weight.detach().float().contiguous(), block.norm2.weight.detach().float().contiguous()]
+                norms = [block.norm1.weight.detach().float().contiguous(),
+                         block.norm2.weight.detach().float().contiguous()]
                 keep.extend(norms)
                 layer.norm1, layer.norm2 = norms[0].data_ptr(), norms[1].data_ptr()
                 layer.eps1, layer.eps2 = block.norm1.eps, block.norm2.eps

@@ -7,8 +7,8 @@ memory bandwidth divided by the bytes of weights: 4 bytes a weight in float32, 1
 with a 32-wide group. The activations stay in floating point ("weight-only"); PyTorch's own CPU kernels
 multiply them with the packed weights without ever writing a float copy of the matrix:
 
-    Int8Linear   W[o, k] = q[o, k] * s[o]                    q in [-127, 127]   torch.ops.aten._weight_int8pack_mm
-    Int4Linear   W[o, k] = (q[o, k] - 8) * s[o, g] + z[o, g]    q in [0, 15]    torch.ops.aten._weight_int4pack_mm_for_cpu
+    Int8Linear   W[o, k] = q[o, k] * s[o]                     q in [-127, 127]   aten._weight_int8pack_mm
+    Int4Linear   W[o, k] = (q[o, k] - 8) * s[o, g] + z[o, g]  q in [0, 15]       aten._weight_int4pack_mm_for_cpu
 
 ``z`` is the weight value of code 8 (the kernel's convention), so GGUF's Q4_0 (w = d (q - 8)) is s = d,
 z = 0 and Q4_1 (w = d q + m) is s = d, z = m + 8 d: those files load code for code. Both kernels are fast

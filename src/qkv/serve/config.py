@@ -45,7 +45,8 @@ class ServeConfig:
             try:
                 lines = Path(self.api_key_file).read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError) as e:
-                raise ConfigError(f"--api-key-file {self.api_key_file}: cannot read it ({e.__class__.__name__})") from None
+                raise ConfigError(f"--api-key-file {self.api_key_file}: cannot read it "
+                                  f"({e.__class__.__name__})") from None
             key = lines[0].strip() if lines else ""
             if not key:
                 raise ConfigError(f"--api-key-file {self.api_key_file} is empty; write the key on its first line")

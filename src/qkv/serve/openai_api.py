@@ -9,9 +9,9 @@ model without one (our own GPT runs) uses ``DEFAULT_TEMPLATE``, documented here:
 with "\\n\\nuser:" added as a stop string. Completions encode the prompt as ``qkv generate`` does (bos first
 where the model expects it; an empty prompt starts from eos).
 
-Log-probabilities are the model's own (log-softmax of its logits, before logit_bias, penalties,
-temperature and the filters), as vLLM reports them (``qkv.logprobs``, shared with ``qkv.generate``). ``n`` > 1 with a ``seed``: choice i uses seed + i, so
-each choice is reproducible and the choices differ.
+Log-probabilities are the model's own (log-softmax of its logits, before logit_bias, penalties, temperature and
+the filters), as vLLM reports them (``qkv.logprobs``, shared with ``qkv.generate``). ``n`` > 1 with a ``seed``:
+choice i uses seed + i, so each choice is reproducible and the choices differ.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def new_id(prefix: str) -> str:
 
 def envelope(kind: str, rid: str, model: str, choices: list, usage: dict | None = None, created: int | None = None,
              chunk: bool = False) -> dict:
-    obj = {"chat": "chat.completion", "completion": "text_completion"}[kind] + (".chunk" if chunk and kind == "chat" else "")
+    obj = {"chat": "chat.completion", "completion": "text_completion"}[kind]
+    obj += ".chunk" if chunk and kind == "chat" else ""
     out = {"id": rid, "object": obj, "created": created or int(time.time()), "model": model, "choices": choices}
     if usage is not None or not chunk:
         out["usage"] = usage

@@ -10,11 +10,12 @@ at once, exactly as a left-padded batch does (``qkv.generate``):
     row 1     b b b b b b b b          (8 tokens: M = the longest row)
     row 2     . . . . . . c c          (2 tokens, joined a moment ago)
 
-A row's tokens stay contiguous, so column distances are token distances (ALiBi) and the model counts
-positions over real tokens only (RoPE, learned): a row computes what it would alone. A new row is
-prefilled in its own cache and copied in; a finished row is dropped. The buffers are rebuilt (and
-the all-padding columns on the left dropped) only when rows join or leave or the columns run out. Requests that arrive together are prefilled together, left-padded (as
-``qkv.generate`` batches prompts): that cache already has this layout, so its rows are copied in as they are.
+A row's tokens stay contiguous, so column distances are token distances (ALiBi) and the model counts positions
+over real tokens only (RoPE, learned): a row computes what it would alone. A new row is prefilled in its own
+cache and copied in; a finished row is dropped. The buffers are rebuilt (and the all-padding columns on the left
+dropped) only when rows join or leave or the columns run out. Requests that arrive together are prefilled
+together, left-padded (as ``qkv.generate`` batches prompts): that cache already has this layout, so its rows are
+copied in as they are.
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@
     squad    qa        (start, end)    SQuAD v1.1 JSON                              F1 (and EM), official rule
     chat     a decoder (its LM head)   JSONL {"messages": [...]}, chat template     greedy reply exact match
 
-A family turns examples into padded batches for the trainer (``encode`` -> ``batches.Item``), logits back
-into predictions (``predict``), predictions into metrics (``score``, with the optional packages named in
-``needs``, asked for before any training), and reads new input for ``qkv predict`` (``from_input``). ``qkv.train.finetune`` runs them; adding a task is one line here.
+A family turns examples into padded batches for the trainer (``encode`` -> ``batches.Item``), logits back into
+predictions (``predict``), predictions into metrics (``score``, with the optional packages named in ``needs``,
+asked for before any training), and reads new input for ``qkv predict`` (``from_input``). ``qkv.train.finetune``
+runs them; adding a task is one line here.
 """
 
 from __future__ import annotations

@@ -104,7 +104,8 @@ def load_finetuned(directory: str | Path, task: str | None = None, data: str | N
         if task is not None and task != fcfg.task:
             raise ConfigError(f"{directory} was fine-tuned for {fcfg.task!r}, not {task!r}; drop --task")
     elif task is not None:
-        fcfg = build(FinetuneConfig, {"task": task, "data": data or "unknown", "eval_data": data or "unknown"}, "--task")
+        fcfg = build(FinetuneConfig, {"task": task, "data": data or "unknown", "eval_data": data or "unknown"},
+                     "--task")
     else:
         fcfg = finetune_config(directory)               # raises: says to pass --task
     model = load(directory)
@@ -171,7 +172,8 @@ def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> 
     if train_cfg.label_smoothing:
         raise ConfigError("fine-tuning heads score without label smoothing; drop --label-smoothing")
     tokenizer = model.tokenizer
-    if spec.head is not None and (tokenizer.cls_id is None or tokenizer.encode_for_model("a").ids[:1] != [tokenizer.cls_id]):
+    if spec.head is not None and (tokenizer.cls_id is None
+                                  or tokenizer.encode_for_model("a").ids[:1] != [tokenizer.cls_id]):
         raise CheckpointError("the tokenizer does not wrap text in [CLS] ... [SEP]; fine-tune from an encoder "
                               "with a WordPiece tokenizer (qkv train --preset bert-mlm, or a BERT directory)")
     max_len, labels = input_length(fcfg, model), getattr(model, "labels", None)

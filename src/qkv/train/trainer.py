@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from contextlib import closing
@@ -28,7 +27,8 @@ from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError, require_extra
 from ..rundir import atomic_dir, claim_out_dir, recover
 from ..tokenizers import Tokenizer
-from .distributed import World, check_launch, dropout_seed, full_state, is_sharded, load_full_state, parallel, sync_gradients
+from .distributed import (World, check_launch, dropout_seed, full_state, is_sharded, load_full_state, parallel,
+                          sync_gradients)
 from .guard import NonFiniteGuard
 from .interrupt import StopRequest, TrainingInterrupted
 from .optim import lr_at, make_optimizer

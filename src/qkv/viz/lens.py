@@ -77,7 +77,8 @@ def next_tokens(model, text: str, top: int = 10, source: str | None = None, trun
     stream = residuals(model, inputs)
     head_logits_LV = unembed(model, stream.hidden[-1])   # the lens at the last layer = the model's logits
     reads = "masked token" if family(model) == "encoder" else "next token"
-    result = NextTokens([tokenizer.decode([i]) for i in inputs.ids], inputs.labels, position, _top(tokenizer, head_logits_LV[position], top), reads)
+    result = NextTokens([tokenizer.decode([i]) for i in inputs.ids], inputs.labels, position,
+                        _top(tokenizer, head_logits_LV[position], top), reads)
     if lens:
         per_row_LV = [unembed(model, h_LC) for h_LC in stream.hidden]
         result.layers = stream.names
