@@ -64,7 +64,8 @@ def main() -> None:
     command = ["qkv", "finetune", "--task", "chat", "--init", gguf, "--data", str(out / "train.jsonl"),
                "--eval-data", str(out / "held_out.jsonl"), "--lora", "--lora-rank", "16", "--lora-alpha", "32",
                "--max-iters", str(args.max_iters), "--batch-size", "16", "--lr", "1e-3", "--warmup-iters", "8",
-               "--eval-interval", str(args.max_iters), "--eval-iters", "2", "--out-dir", str(out / "run"), "--overwrite"]
+               "--eval-interval", str(args.max_iters), "--eval-iters", "2", "--out-dir", str(out / "run"),
+               "--overwrite"]
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "qkv", *command[1:]], check=True)
     train_s = time.perf_counter() - t0
