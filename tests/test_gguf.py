@@ -103,8 +103,8 @@ def test_block_readers_equal_gguf_dequantize(kind):
     raw = _q4_k_bytes(64, 2) if kind == "Q4_K" else gguf.quants.quantize(w, T[kind])
     want = gguf.quants.dequantize(raw, T[kind])
     if kind == "Q8_0":
-        q_OK, d_OG = gguf_blocks.q8_0(raw)
-        got = (q_OK.float().view(64, -1, 32) * d_OG[..., None]).view(64, 512)
+        q_OI, d_OQ = gguf_blocks.q8_0(raw)
+        got = (q_OI.float().view(64, -1, 32) * d_OQ[..., None]).view(64, 512)
     else:
         got = gguf_blocks.dequantize_four_bit(*gguf_blocks.four_bit(raw, kind))
     assert np.array_equal(got.numpy(), want)

@@ -15,33 +15,33 @@ pytestmark = pytest.mark.skipif(native.library() is None, reason="qkv's kernels 
 RUNS = native.supported()
 
 
-def _layers(O, K, g, seed=0):
+def _layers(O, I, g, seed=0):
     torch.manual_seed(seed)
-    w_OK = torch.randn(O, K) * 0.05
-    w_OK[: O // 4] *= 8                                    # rows of another magnitude: scales differ per row
-    return Int4Linear.from_float(w_OK, None, g), Int8Linear.from_float(w_OK)
+    w_OI = torch.randn(O, I) * 0.05
+    w_OI[: O // 4] *= 8                                    # rows of another magnitude: scales differ per row
+    return Int4Linear.from_float(w_OI, None, g), Int8Linear.from_float(w_OI)
 
 
-def _products(x_MK, q4, q8):
-    return (native.q4_matmul(x_MK, q4.weight, q4.scales.float(), q4.zeros.float(), q4.group_size),
-            native.q8_matmul(x_MK, q8.weight, q8.scales.float()))
+def _products(x_NI, q4, q8):
+    return (native.q4_matmul(x_NI, q4.weight, q4.scales.float(), q4.zeros.float(), q4.group_size),
+            native.q8_matmul(x_NI, q8.weight, q8.scales.float()))
 
 
-@pytest.mark.parametrize("O, K, g", [(192, 576, 32), (64, 1536, 64), (128, 256, 128), (64, 96, 32)])
-def test_every_variant_equals_the_scalar_reference_and_the_float64_product(monkeypatch, O, K, g):
-    """K = 576 and 96 leave blocks past the last whole group of eight: the tail path is tested too."""
-    q4, q8 = _layers(O, K, g)
-    x_MK = torch.randn(3, K) * torch.tensor([[1.0], [30.0], [0.01]])     # rows of different ranges
+@pytest.mark.parametrize("O, I, g", [(192, 576, 32), (64, 1536, 64), (128, 256, 128), (64, 96, 32)])
+def test_every_variant_equals_the_scalar_reference_and_the_float64_product(monkeypatch, O, I, g):
+    """I = 576 and 96 leave blocks past the last whole group of eight: the tail path is tested too."""
+    q4, q8 = _layers(O, I, g)
+    x_NI = torch.randn(3, I) * torch.tensor([[1.0], [30.0], [0.01]])     # rows of different ranges
     monkeypatch.setenv(native.OVERRIDE, "scalar")
-    want4, want8 = _products(x_MK, q4, q8)
-    for kind, want, w_OK in (("4-bit", want4, q4.dequantize()), ("int8", want8, q8.dequantize())):
-        exact_MO = x_MK.double() @ w_OK.double().t()
+    want4, want8 = _products(x_NI, q4, q8)
+    for kind, want, w_OI in (("4-bit", want4, q4.dequantize()), ("int8", want8, q8.dequantize())):
+        exact_NO = x_NI.double() @ w_OI.double().t()
         # 8-bit activations: each block's x is off by at most half a step, max|x_block| / 254
-        bound_MO = (x_MK.abs().amax(1, keepdim=True).double() / 254) * w_OK.double().abs().sum(1)
-        assert ((want.double() - exact_MO).abs() <= bound_MO * 1.01 + 1e-6).all(), kind
+        bound_NO = (x_NI.abs().amax(1, keepdim=True).double() / 254) * w_OI.double().abs().sum(1)
+        assert ((want.double() - exact_NO).abs() <= bound_NO * 1.01 + 1e-6).all(), kind
     for variant in RUNS:
         monkeypatch.setenv(native.OVERRIDE, variant)
-        got4, got8 = _products(x_MK, q4, q8)
+        got4, got8 = _products(x_NI, q4, q8)
         assert torch.equal(got4, want4) and torch.equal(got8, want8), variant
 
 
@@ -49,10 +49,10 @@ def test_every_variant_equals_the_scalar_reference_and_the_float64_product(monke
 def test_a_row_gives_the_same_bits_alone_and_in_a_batch(monkeypatch, variant):
     monkeypatch.setenv(native.OVERRIDE, variant)
     q4, q8 = _layers(128, 320, 32, seed=1)
-    x_MK = torch.randn(5, 320)
-    batch4, batch8 = _products(x_MK, q4, q8)
+    x_NI = torch.randn(5, 320)
+    batch4, batch8 = _products(x_NI, q4, q8)
     for m in range(5):
-        alone4, alone8 = _products(x_MK[m:m + 1], q4, q8)
+        alone4, alone8 = _products(x_NI[m:m + 1], q4, q8)
         assert torch.equal(alone4[0], batch4[m]) and torch.equal(alone8[0], batch8[m])
 
 

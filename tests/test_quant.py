@@ -21,13 +21,13 @@ def test_module_equals_its_dequantized_weights_and_is_near_the_float_layer(kind)
     layer = _linear()
     q = Int8Linear.from_float(layer.weight, layer.bias) if kind == "int8" else \
         Int4Linear.from_float(layer.weight, layer.bias, int(kind[5:]))
-    x_NK = torch.randn(3, 5, 128)
-    want = torch.nn.functional.linear(x_NK, q.dequantize(), layer.bias)
+    x_NI = torch.randn(3, 5, 128)
+    want = torch.nn.functional.linear(x_NI, q.dequantize(), layer.bias)
     # the kernels read x in bfloat16 (rounding 2^-9 relative): measured 3e-3 of the largest output
-    assert (q(x_NK) - want).abs().max() < 1e-2 * want.abs().max()
+    assert (q(x_NI) - want).abs().max() < 1e-2 * want.abs().max()
     step = q.scales.float().max() if kind == "int8" else q.scales.float().max()
     assert (q.dequantize() - layer.weight).abs().max() <= 0.5 * step * 1.01    # at most half a step
-    rel = (q(x_NK) - layer(x_NK)).norm() / layer(x_NK).norm()
+    rel = (q(x_NI) - layer(x_NI)).norm() / layer(x_NI).norm()
     assert rel < (0.02 if kind == "int8" else 0.15)                   # measured 0.7% / 7.5-9.6% (g 32-128)
 
 
@@ -150,27 +150,27 @@ def test_both_kernel_paths_and_their_caches(monkeypatch, kernels):
     else:
         monkeypatch.setenv("QKV_KERNELS", kernels)
     layer = _linear()
-    x_MK = torch.randn(3, 128)
+    x_NI = torch.randn(3, 128)
     for q in (Int8Linear.from_float(layer.weight, layer.bias), Int4Linear.from_float(layer.weight, layer.bias)):
-        want = torch.nn.functional.linear(x_MK, q.dequantize(), layer.bias)
-        got = q(x_MK)
+        want = torch.nn.functional.linear(x_NI, q.dequantize(), layer.bias)
+        got = q(x_NI)
         assert (got - want).abs().max() < 1e-2 * want.abs().max()
         assert set(q.state_dict()) == ({"weight", "scales", "bias"} if isinstance(q, Int8Linear)
                                        else {"weight", "scales", "zeros", "bias"})
         other = type(q).from_float(-layer.weight, layer.bias)       # new codes: the caches must not be reused
         q.load_state_dict(other.state_dict())
-        assert torch.equal(q(x_MK), other(x_MK))
+        assert torch.equal(q(x_NI), other(x_NI))
         if kernels == "torch":      # the packed kernels read x in bfloat16: x rounded first gives the same bits
-            assert torch.equal(q(x_MK), q(x_MK.bfloat16().float()))
+            assert torch.equal(q(x_NI), q(x_NI.bfloat16().float()))
 
 
 def test_int4_codes_are_picked_for_the_stored_scales_and_zeros():
     """Each group's range sets its scale (bfloat16), and the codes are the nearest for the scales and
     zeros as stored; weights far from 0 make the rounding of the zeros move codes past 0 and 15."""
     torch.manual_seed(1)
-    w_OK = 10 + 0.01 * torch.randn(64, 128)
-    q = Int4Linear.from_float(w_OK, group_size=32)
-    w_OGg = w_OK.view(64, 4, 32)
+    w_OI = 10 + 0.01 * torch.randn(64, 128)
+    q = Int4Linear.from_float(w_OI, group_size=32)
+    w_OGg = w_OI.view(64, 4, 32)
     lo, hi = w_OGg.amin(-1), w_OGg.amax(-1)
     assert torch.equal(q.scales, ((hi - lo) / 15).to(torch.bfloat16))
     assert torch.equal(q.zeros, (lo + 8 * q.scales.float()).to(torch.bfloat16))

@@ -86,8 +86,8 @@ class GGUFFile:
         if kind == "F32":                               # a view of the (private) map: no copy
             return torch.from_numpy(t.data)
         if kind == "Q8_0":
-            q_OK, d_OG = gguf_blocks.q8_0(t.data)
-            return (q_OK.float().view(q_OK.shape[0], -1, 32) * d_OG[..., None]).view(q_OK.shape)
+            q_OI, d_OQ = gguf_blocks.q8_0(t.data)
+            return (q_OI.float().view(q_OI.shape[0], -1, 32) * d_OQ[..., None]).view(q_OI.shape)
         if kind in gguf_blocks.FOUR_BIT:
             return gguf_blocks.dequantize_four_bit(*gguf_blocks.four_bit(t.data, kind))
         return torch.from_numpy(self.gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False))

@@ -1,6 +1,6 @@
 """A GGUF file's quantized weights loaded straight into ``qkv.quant`` modules (``load_gguf(quantized=True)``).
 
-Legend: O output rows, K input columns, G groups of 32 per row.
+Legend: O output rows, I input columns, Q groups of 32 per row.
 
     file type              module                 how
     Q4_0 / Q4_1 / Q4_K     Int4Linear, g = 32     code for code; the scales rounded to bfloat16
@@ -42,8 +42,8 @@ def _float_rows(f: GGUFFile, name: str, heads: int | None, start: int, stop: int
     raw = _raw_rows(f, name, heads)[start:stop]
     t = f.tensors[name].tensor_type
     if t.name == "Q8_0":                                     # faster than the generic path, same values
-        q_OK, d_OG = q8_0(raw)
-        return (q_OK.float().view(q_OK.shape[0], -1, 32) * d_OG[..., None]).view(q_OK.shape)
+        q_OI, d_OQ = q8_0(raw)
+        return (q_OI.float().view(q_OI.shape[0], -1, 32) * d_OQ[..., None]).view(q_OI.shape)
     if t.name in FOUR_BIT:
         return dequantize_four_bit(*four_bit(raw, t.name))
     if t.name == "F32":

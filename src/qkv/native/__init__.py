@@ -99,9 +99,9 @@ def variant() -> str:
     return _chosen(os.environ.get(OVERRIDE))
 
 
-def usable(x_MK: torch.Tensor) -> bool:
+def usable(x_NI: torch.Tensor) -> bool:
     """Whether this product goes through qkv's kernels: CPU floats, a decode-sized batch, whole blocks."""
-    return (x_MK.device.type == "cpu" and x_MK.shape[0] <= MAX_ROWS and x_MK.shape[1] % BLOCK == 0
+    return (x_NI.device.type == "cpu" and x_NI.shape[0] <= MAX_ROWS and x_NI.shape[1] % BLOCK == 0
             and variant() != "torch")
 
 
@@ -123,27 +123,27 @@ def bf16(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.bfloat16).contiguous()
 
 
-def q4_matmul(x_MK: torch.Tensor, weight_OK2: torch.Tensor, scales_OG: torch.Tensor, zeros_OG: torch.Tensor,
+def q4_matmul(x_NI: torch.Tensor, weight_OI2: torch.Tensor, scales_OQ: torch.Tensor, zeros_OQ: torch.Tensor,
               group_size: int) -> torch.Tensor:
-    """y_MO = x W^T for Int4Linear's portable form (uint8 nibbles, bfloat16 scales and code-8 values)."""
-    x = x_MK.detach().float().contiguous()
-    scales_OG, zeros_OG = bf16(scales_OG), bf16(zeros_OG)
-    M, K = x.shape
-    O = weight_OK2.shape[0]
-    y = torch.empty(M, O, dtype=torch.float32)
-    call(library().qkv_q4_linear(VARIANTS.index(variant()), x.data_ptr(), M, weight_OK2.data_ptr(),
-                                 scales_OG.data_ptr(), zeros_OG.data_ptr(), O, K, group_size, y.data_ptr(),
+    """y_NO = x W^T for Int4Linear's portable form (uint8 nibbles, bfloat16 scales and code-8 values)."""
+    x = x_NI.detach().float().contiguous()
+    scales_OQ, zeros_OQ = bf16(scales_OQ), bf16(zeros_OQ)
+    N, I = x.shape
+    O = weight_OI2.shape[0]
+    y = torch.empty(N, O, dtype=torch.float32)
+    call(library().qkv_q4_linear(VARIANTS.index(variant()), x.data_ptr(), N, weight_OI2.data_ptr(),
+                                 scales_OQ.data_ptr(), zeros_OQ.data_ptr(), O, I, group_size, y.data_ptr(),
                                  threads()))
     return y
 
 
-def q8_matmul(x_MK: torch.Tensor, weight_OK: torch.Tensor, scales_O: torch.Tensor) -> torch.Tensor:
-    """y_MO = x W^T for Int8Linear (int8 rows, one bfloat16 scale per row)."""
-    x = x_MK.detach().float().contiguous()
+def q8_matmul(x_NI: torch.Tensor, weight_OI: torch.Tensor, scales_O: torch.Tensor) -> torch.Tensor:
+    """y_NO = x W^T for Int8Linear (int8 rows, one bfloat16 scale per row)."""
+    x = x_NI.detach().float().contiguous()
     scales_O = bf16(scales_O)
-    M, K = x.shape
-    O = weight_OK.shape[0]
-    y = torch.empty(M, O, dtype=torch.float32)
-    call(library().qkv_q8_linear(VARIANTS.index(variant()), x.data_ptr(), M, weight_OK.data_ptr(),
-                                 scales_O.data_ptr(), O, K, y.data_ptr(), threads()))
+    N, I = x.shape
+    O = weight_OI.shape[0]
+    y = torch.empty(N, O, dtype=torch.float32)
+    call(library().qkv_q8_linear(VARIANTS.index(variant()), x.data_ptr(), N, weight_OI.data_ptr(),
+                                 scales_O.data_ptr(), O, I, y.data_ptr(), threads()))
     return y

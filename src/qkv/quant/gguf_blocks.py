@@ -1,6 +1,7 @@
 """GGUF's quantized blocks read as integer codes and per-group scales, never as a float matrix.
 
-Legend: O rows (output features), K columns (input features), G groups of 32 per row, b bytes per block.
+Legend: O rows (output features), I columns (input features), Q groups of 32 per row, U super-blocks per row
+(Q4_K's 256 weights), b bytes per block.
 
 ggml stores each row as consecutive blocks (the layouts are ggml's, documented in its ``ggml-common.h``):
 
@@ -33,58 +34,58 @@ def _blocks(raw: np.ndarray, block_bytes: int) -> torch.Tensor:
     return rows.view(rows.shape[0], -1, block_bytes)
 
 
-def _f16(blocks_OGb: torch.Tensor, start: int) -> torch.Tensor:
-    """The float16 at byte ``start`` of every block, as float32 (O, G)."""
-    return blocks_OGb[..., start:start + 2].contiguous().view(torch.float16)[..., 0].float()
+def _f16(blocks_OQb: torch.Tensor, start: int) -> torch.Tensor:
+    """The float16 at byte ``start`` of every block, as float32 (O, Q)."""
+    return blocks_OQb[..., start:start + 2].contiguous().view(torch.float16)[..., 0].float()
 
 
-def _nibbles(qs_OGx: torch.Tensor) -> torch.Tensor:
+def _nibbles(qs_OQx: torch.Tensor) -> torch.Tensor:
     """Bytes (..., n) -> codes (..., 2n): the low nibbles first, then the high ones."""
-    return torch.cat([qs_OGx & 15, qs_OGx >> 4], dim=-1)       # uint8 codes
+    return torch.cat([qs_OQx & 15, qs_OQx >> 4], dim=-1)       # uint8 codes
 
 
 def q8_0(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q8_0 rows -> (q_OK int8, d_OG float32): w[o, k] = q[o, k] * d[o, k // 32]."""
-    blocks_OGb = _blocks(raw, 34)
-    O = blocks_OGb.shape[0]
-    return blocks_OGb[..., 2:].contiguous().view(torch.int8).reshape(O, -1), _f16(blocks_OGb, 0)
+    """Q8_0 rows -> (q_OI int8, d_OQ float32): w[o, k] = q[o, k] * d[o, k // 32]."""
+    blocks_OQb = _blocks(raw, 34)
+    O = blocks_OQb.shape[0]
+    return blocks_OQb[..., 2:].contiguous().view(torch.int8).reshape(O, -1), _f16(blocks_OQb, 0)
 
 
 def four_bit(raw: np.ndarray, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Q4_0 / Q4_1 / Q4_K rows -> (codes_OK uint8 in [0, 15], scales_OG, zeros_OG), 32-wide groups, with
+    """Q4_0 / Q4_1 / Q4_K rows -> (codes_OI uint8 in [0, 15], scales_OQ, zeros_OQ), 32-wide groups, with
     w[o, k] = (codes - 8) * scales + zeros (zeros: the weight of code 8)."""
-    blocks_OGb = _blocks(raw, BLOCK_BYTES[kind])
-    O = blocks_OGb.shape[0]
+    blocks_OQb = _blocks(raw, BLOCK_BYTES[kind])
+    O = blocks_OQb.shape[0]
     if kind == "Q4_K":
-        return _q4_k(blocks_OGb)
-    d_OG = _f16(blocks_OGb, 0)
+        return _q4_k(blocks_OQb)
+    d_OQ = _f16(blocks_OQb, 0)
     start = 2 if kind == "Q4_0" else 4
-    codes_OK = _nibbles(blocks_OGb[..., start:]).reshape(O, -1)
-    mins_OG = torch.zeros_like(d_OG) if kind == "Q4_0" else _f16(blocks_OGb, 2)
-    zeros_OG = mins_OG + 8 * d_OG if kind == "Q4_1" else torch.zeros_like(d_OG)
-    return codes_OK, d_OG, zeros_OG
+    codes_OI = _nibbles(blocks_OQb[..., start:]).reshape(O, -1)
+    mins_OQ = torch.zeros_like(d_OQ) if kind == "Q4_0" else _f16(blocks_OQb, 2)
+    zeros_OQ = mins_OQ + 8 * d_OQ if kind == "Q4_1" else torch.zeros_like(d_OQ)
+    return codes_OI, d_OQ, zeros_OQ
 
 
-def _q4_k(blocks_OSb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Q4_K super-blocks (S per row) -> codes and eight groups of 32 per super-block."""
-    O, S, _ = blocks_OSb.shape
-    d_OS1, dmin_OS1 = _f16(blocks_OSb, 0)[..., None], _f16(blocks_OSb, 2)[..., None]
-    packed_OS12 = blocks_OSb[..., 4:16].to(torch.int32)
+def _q4_k(blocks_OUb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_K super-blocks (U per row) -> codes and eight groups of 32 per super-block."""
+    O, U, _ = blocks_OUb.shape
+    d_OU1, dmin_OU1 = _f16(blocks_OUb, 0)[..., None], _f16(blocks_OUb, 2)[..., None]
+    packed_OU12 = blocks_OUb[..., 4:16].to(torch.int32)
     # Sub-blocks 0-3 keep their 6-bit scale and min in the low bits of bytes 0-3 and 4-7; sub-blocks 4-7
     # combine a nibble of bytes 8-11 with the top two bits of bytes 0-3 (scales) and 4-7 (mins).
-    lo, mid, hi = packed_OS12[..., 0:4], packed_OS12[..., 4:8], packed_OS12[..., 8:12]
-    sc_OS8 = torch.cat([lo & 63, (hi & 15) | ((lo >> 6) << 4)], dim=-1).float()
-    m_OS8 = torch.cat([mid & 63, (hi >> 4) | ((mid >> 6) << 4)], dim=-1).float()
-    qs_OS4x32 = blocks_OSb[..., 16:].reshape(O, S, 4, 32)
-    codes_OK = _nibbles(qs_OS4x32).reshape(O, -1)            # per 32 bytes: sub-block 2i, then 2i + 1
-    scales_OS8 = d_OS1 * sc_OS8
-    zeros_OS8 = 8 * scales_OS8 - dmin_OS1 * m_OS8
-    return codes_OK, scales_OS8.reshape(O, -1), zeros_OS8.reshape(O, -1)
+    lo, mid, hi = packed_OU12[..., 0:4], packed_OU12[..., 4:8], packed_OU12[..., 8:12]
+    sc_OU8 = torch.cat([lo & 63, (hi & 15) | ((lo >> 6) << 4)], dim=-1).float()
+    m_OU8 = torch.cat([mid & 63, (hi >> 4) | ((mid >> 6) << 4)], dim=-1).float()
+    qs_OU4x32 = blocks_OUb[..., 16:].reshape(O, U, 4, 32)
+    codes_OI = _nibbles(qs_OU4x32).reshape(O, -1)            # per 32 bytes: sub-block 2i, then 2i + 1
+    scales_OU8 = d_OU1 * sc_OU8
+    zeros_OU8 = 8 * scales_OU8 - dmin_OU1 * m_OU8
+    return codes_OI, scales_OU8.reshape(O, -1), zeros_OU8.reshape(O, -1)
 
 
-def dequantize_four_bit(codes_OK: torch.Tensor, scales_OG: torch.Tensor, zeros_OG: torch.Tensor) -> torch.Tensor:
+def dequantize_four_bit(codes_OI: torch.Tensor, scales_OQ: torch.Tensor, zeros_OQ: torch.Tensor) -> torch.Tensor:
     """The float weights the codes stand for (for tests and for requantizing tied embeddings)."""
-    O, K = codes_OK.shape
-    G = scales_OG.shape[1]
-    w_OGk = codes_OK.float().view(O, G, K // G)       # in place from here: one float32 matrix, not four
-    return w_OGk.sub_(8).mul_(scales_OG[..., None]).add_(zeros_OG[..., None]).view(O, K)
+    O, I = codes_OI.shape
+    Q = scales_OQ.shape[1]
+    w_OQk = codes_OI.float().view(O, Q, I // Q)       # in place from here: one float32 matrix, not four
+    return w_OQk.sub_(8).mul_(scales_OQ[..., None]).add_(zeros_OQ[..., None]).view(O, I)

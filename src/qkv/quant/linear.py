@@ -1,6 +1,7 @@
 """Weight-only quantized Linear layers for CPU decoding: int8 per output channel, 4-bit per group.
 
-Legend: N any leading dimensions (B, L), K input features, O output features, G groups per row (K / g).
+Legend: N rows (a layer's input's leading dimensions, flattened), I input features, O output features,
+Q groups per row (I / g), B L an embedding's ids; x is (..., in_features).
 
 At batch 1 a decode step reads every weight once and does one multiply-add with it, so its speed is the
 memory bandwidth divided by the bytes of weights: 4 bytes a weight in float32, 1 in int8, ~0.56 in 4-bit
@@ -45,7 +46,7 @@ def _codes_replaced() -> None:
 
 
 class Int8Linear(nn.Module):
-    """y = x (q * s)^T + b, q int8 (O, K), s (O,) per output channel."""
+    """y = x (q * s)^T + b, q int8 (O, I), s (O,) per output channel."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
@@ -55,13 +56,13 @@ class Int8Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
-    def from_float(cls, weight_OK: torch.Tensor, bias_O: torch.Tensor | None = None) -> "Int8Linear":
+    def from_float(cls, weight_OI: torch.Tensor, bias_O: torch.Tensor | None = None) -> "Int8Linear":
         """Symmetric per-row quantization: s = max|w| / 127 (rounded to bfloat16 first), q = round(w / s)."""
-        O, K = weight_OK.shape
-        module = cls(K, O, bias_O is not None)
-        w_OK = weight_OK.detach().float().contiguous()      # the kernel needs row-major q (decode_layout)
-        scales_O = (w_OK.abs().amax(dim=1) / 127).clamp(min=1e-12).to(SCALE_DTYPE)
-        module.weight = (w_OK / scales_O.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+        O, I = weight_OI.shape
+        module = cls(I, O, bias_O is not None)
+        w_OI = weight_OI.detach().float().contiguous()      # the kernel needs row-major q (decode_layout)
+        scales_O = (w_OI.abs().amax(dim=1) / 127).clamp(min=1e-12).to(SCALE_DTYPE)
+        module.weight = (w_OI / scales_O.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
         module.scales = scales_O
         if bias_O is not None:
             module.bias = nn.Parameter(bias_O.detach().float().clone())
@@ -70,18 +71,18 @@ class Int8Linear(nn.Module):
     def dequantize(self) -> torch.Tensor:
         return self.weight.float() * self.scales.float()[:, None]
 
-    def forward(self, x_NK: torch.Tensor) -> torch.Tensor:
-        lead = x_NK.shape[:-1]
-        x_MK = x_NK.reshape(-1, self.in_features)
-        if native.usable(x_MK):                         # qkv's integer-dot kernels (decode-sized batches)
-            y_MO = native.q8_matmul(x_MK, self.weight, self.scales)
-        elif x_MK.device.type == "cpu":
-            y_MO = torch.ops.aten._weight_int8pack_mm(x_MK.to(SCALE_DTYPE), self.weight, self.scales).float()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x_NI = x.reshape(-1, self.in_features)
+        if native.usable(x_NI):                         # qkv's integer-dot kernels (decode-sized batches)
+            y_NO = native.q8_matmul(x_NI, self.weight, self.scales)
+        elif x_NI.device.type == "cpu":
+            y_NO = torch.ops.aten._weight_int8pack_mm(x_NI.to(SCALE_DTYPE), self.weight, self.scales).float()
         else:                                           # no packed kernel here: the plain product
-            y_MO = x_MK.float() @ self.dequantize().t()
+            y_NO = x_NI.float() @ self.dequantize().t()
         if self.bias is not None:
-            y_MO = y_MO + self.bias
-        return y_MO.view(*lead, self.out_features)
+            y_NO = y_NO + self.bias
+        return y_NO.view(*lead, self.out_features)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -95,7 +96,7 @@ class Int4Linear(nn.Module):
     """y = x W^T + b with W[o, k] = (q[o, k] - 8) * s[o, k // g] + z[o, k // g], q 4-bit.
 
     The source of truth is a portable form, the same in memory and in the state dict: ``weight`` uint8
-    (O, K/2) with column 2j in the low nibble and 2j+1 in the high one, ``scales`` and ``zeros`` (O, G).
+    (O, I/2) with column 2j in the low nibble and 2j+1 in the high one, ``scales`` and ``zeros`` (O, Q).
     PyTorch's kernel wants its own packing, which differs between its AVX-512, AVX2 and scalar paths
     (64- or 32-row blocks, or none), so that packing is a cache made on first use for the kernels this
     process runs (``ATEN_CPU_CAPABILITY`` picks them) and never read back: a checkpoint written on any CPU
@@ -108,76 +109,76 @@ class Int4Linear(nn.Module):
             raise ConfigError(f"a 4-bit layer needs in_features ({in_features}) divisible by the group size "
                               f"({group_size}) and out_features ({out_features}) by {INT4_BLOCK_N}")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
-        G = in_features // group_size
+        Q = in_features // group_size
         self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
-        self.register_buffer("scales", torch.empty(out_features, G, dtype=SCALE_DTYPE))
-        self.register_buffer("zeros", torch.empty(out_features, G, dtype=SCALE_DTYPE))
-        # the kernel's packed codes and its (G, O, 2) scale-and-zero tensor, built by _pack on first use
+        self.register_buffer("scales", torch.empty(out_features, Q, dtype=SCALE_DTYPE))
+        self.register_buffer("zeros", torch.empty(out_features, Q, dtype=SCALE_DTYPE))
+        # the kernel's packed codes and its (Q, O, 2) scale-and-zero tensor, built by _pack on first use
         self.register_buffer("packed", None, persistent=False)
         self.register_buffer("scales_zeros", None, persistent=False)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
-    def from_codes(cls, codes_OK: torch.Tensor, scales_OG: torch.Tensor, zeros_OG: torch.Tensor,
+    def from_codes(cls, codes_OI: torch.Tensor, scales_OQ: torch.Tensor, zeros_OQ: torch.Tensor,
                    bias_O: torch.Tensor | None = None) -> "Int4Linear":
         """From integer codes in [0, 15] and each group's scale and code-8 value."""
-        O, K = codes_OK.shape
-        module = cls(K, O, K // scales_OG.shape[1], bias_O is not None)
-        module.set_codes(codes_OK, scales_OG, zeros_OG)
+        O, I = codes_OI.shape
+        module = cls(I, O, I // scales_OQ.shape[1], bias_O is not None)
+        module.set_codes(codes_OI, scales_OQ, zeros_OQ)
         if bias_O is not None:
             module.bias = nn.Parameter(bias_O.detach().float().clone())
         return module
 
     @classmethod
-    def from_float(cls, weight_OK: torch.Tensor, bias_O: torch.Tensor | None = None,
+    def from_float(cls, weight_OI: torch.Tensor, bias_O: torch.Tensor | None = None,
                    group_size: int = 32) -> "Int4Linear":
         """Asymmetric min/max quantization per group of ``group_size`` inputs (16 levels span [min, max])."""
-        O, K = weight_OK.shape
-        w_OGg = weight_OK.detach().float().reshape(O, K // group_size, group_size)
-        lo_OG, hi_OG = w_OGg.amin(dim=-1), w_OGg.amax(dim=-1)
-        scales_OG = ((hi_OG - lo_OG) / 15).clamp(min=1e-12).to(SCALE_DTYPE).float()
-        zeros_OG = (lo_OG + 8 * scales_OG).to(SCALE_DTYPE).float()
-        codes_OGg = ((w_OGg - zeros_OG[..., None]) / scales_OG[..., None] + 8).round().clamp(0, 15)
-        return cls.from_codes(codes_OGg.reshape(O, K).int(), scales_OG, zeros_OG, bias_O)
+        O, I = weight_OI.shape
+        w_OQg = weight_OI.detach().float().reshape(O, I // group_size, group_size)
+        lo_OQ, hi_OQ = w_OQg.amin(dim=-1), w_OQg.amax(dim=-1)
+        scales_OQ = ((hi_OQ - lo_OQ) / 15).clamp(min=1e-12).to(SCALE_DTYPE).float()
+        zeros_OQ = (lo_OQ + 8 * scales_OQ).to(SCALE_DTYPE).float()
+        codes_OQg = ((w_OQg - zeros_OQ[..., None]) / scales_OQ[..., None] + 8).round().clamp(0, 15)
+        return cls.from_codes(codes_OQg.reshape(O, I).int(), scales_OQ, zeros_OQ, bias_O)
 
-    def set_codes(self, codes_OK: torch.Tensor, scales_OG: torch.Tensor, zeros_OG: torch.Tensor) -> None:
-        codes_OK = codes_OK.to(torch.uint8)
-        self.weight = (codes_OK[:, 0::2] | (codes_OK[:, 1::2] << 4)).contiguous()
-        self.scales = scales_OG.to(SCALE_DTYPE).contiguous()
-        self.zeros = zeros_OG.to(SCALE_DTYPE).contiguous()
+    def set_codes(self, codes_OI: torch.Tensor, scales_OQ: torch.Tensor, zeros_OQ: torch.Tensor) -> None:
+        codes_OI = codes_OI.to(torch.uint8)
+        self.weight = (codes_OI[:, 0::2] | (codes_OI[:, 1::2] << 4)).contiguous()
+        self.scales = scales_OQ.to(SCALE_DTYPE).contiguous()
+        self.zeros = zeros_OQ.to(SCALE_DTYPE).contiguous()
         self.packed = self.scales_zeros = None
         _codes_replaced()
 
     def codes(self) -> torch.Tensor:
-        """The integer codes (O, K) in [0, 15]."""
-        nibbles_OK2 = self.weight.to(torch.int32)
-        return torch.stack([nibbles_OK2 & 15, nibbles_OK2 >> 4], dim=-1).reshape(self.out_features, -1)
+        """The integer codes (O, I) in [0, 15]."""
+        nibbles_OI2 = self.weight.to(torch.int32)
+        return torch.stack([nibbles_OI2 & 15, nibbles_OI2 >> 4], dim=-1).reshape(self.out_features, -1)
 
     def dequantize(self) -> torch.Tensor:
-        O, K, g = self.out_features, self.in_features, self.group_size
-        scales_OG1, zeros_OG1 = self.scales.float()[..., None], self.zeros.float()[..., None]
-        return ((self.codes().float().view(O, K // g, g) - 8) * scales_OG1 + zeros_OG1).view(O, K)
+        O, I, g = self.out_features, self.in_features, self.group_size
+        scales_OQ1, zeros_OQ1 = self.scales.float()[..., None], self.zeros.float()[..., None]
+        return ((self.codes().float().view(O, I // g, g) - 8) * scales_OQ1 + zeros_OQ1).view(O, I)
 
     def _pack(self) -> None:
         """The kernel's layout for this process's CPU kernels, from the portable codes (one way only)."""
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.codes().contiguous(), 1)
         self.scales_zeros = torch.stack([self.scales.t(), self.zeros.t()], dim=-1).contiguous()
 
-    def forward(self, x_NK: torch.Tensor) -> torch.Tensor:
-        lead = x_NK.shape[:-1]
-        x_MK = x_NK.reshape(-1, self.in_features)
-        if native.usable(x_MK):                         # qkv's integer-dot kernels (decode-sized batches)
-            y_MO = native.q4_matmul(x_MK, self.weight, self.scales, self.zeros, self.group_size)
-        elif x_MK.device.type == "cpu":
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x_NI = x.reshape(-1, self.in_features)
+        if native.usable(x_NI):                         # qkv's integer-dot kernels (decode-sized batches)
+            y_NO = native.q4_matmul(x_NI, self.weight, self.scales, self.zeros, self.group_size)
+        elif x_NI.device.type == "cpu":
             if self.packed is None or self.packed.device != self.weight.device:
                 self._pack()
-            y_MO = torch.ops.aten._weight_int4pack_mm_for_cpu(x_MK.to(SCALE_DTYPE), self.packed,
+            y_NO = torch.ops.aten._weight_int4pack_mm_for_cpu(x_NI.to(SCALE_DTYPE), self.packed,
                                                               self.group_size, self.scales_zeros).float()
         else:                                           # no packed kernel here: the plain product
-            y_MO = x_MK.float() @ self.dequantize().t()
+            y_NO = x_NI.float() @ self.dequantize().t()
         if self.bias is not None:
-            y_MO = y_MO + self.bias
-        return y_MO.view(*lead, self.out_features)
+            y_NO = y_NO + self.bias
+        return y_NO.view(*lead, self.out_features)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -213,7 +214,7 @@ class QuantEmbedding(nn.Module):
 
 def quantize_linear(linear: nn.Module, bits: int, group_size: int = 32) -> nn.Module:
     """The quantized counterpart of one ``nn.Linear`` (int8 where a 4-bit layout does not fit its shape)."""
-    w_OK, bias = linear.weight, linear.bias
-    if bits == 4 and int4_fits(w_OK.shape[1], w_OK.shape[0], group_size):
-        return Int4Linear.from_float(w_OK, bias, group_size)
-    return Int8Linear.from_float(w_OK, bias)
+    w_OI, bias = linear.weight, linear.bias
+    if bits == 4 and int4_fits(w_OI.shape[1], w_OI.shape[0], group_size):
+        return Int4Linear.from_float(w_OI, bias, group_size)
+    return Int8Linear.from_float(w_OI, bias)
