@@ -31,8 +31,8 @@ OVERRIDE = "QKV_KERNELS"
 BLOCK = 32                                        # activation block (kernels.c)
 MAX_ROWS = 16         # rows (tokens) at or below which a layer uses these kernels: decode steps and the
                       # server's batches. Each weight block is unpacked once for all rows, but the integer
-                      # work stays per row: from 4 rows on PyTorch's kernels are 1.2-1.3x faster (measured,
-                      # bench/README.md), so longer prompts keep them; up to 16 rows keeps a batch's rows
+                      # work stays per row: from 4 rows on PyTorch's kernels are faster (bench/README.md,
+                      # qkv.native), so longer prompts keep them; up to 16 rows keeps a batch's rows
                       # bit-identical to the same rows alone.
 
 

@@ -9,8 +9,8 @@ def decode_layout(model):
     At batch 1 every step is a matrix-vector product per weight, limited by how fast memory streams the
     weights. CPU BLAS streams a matrix fastest along its longer contiguous rows: for an ``nn.Linear`` with
     more outputs than inputs (the fused q/k/v, the FFN up projection, and the head, which for a tied model
-    is the token embedding) that means the transpose of PyTorch's (out, in) layout. Measured on GPT-2
-    small (AMD EPYC, MKL, fp32) this makes a decode step 1.25x faster. Values, shapes, parameter
+    is the token embedding) that means the transpose of PyTorch's (out, in) layout, which makes GPT-2
+    small's decode step faster (bench/README.md, "Figures behind the code's comments"). Values, shapes, parameter
     identity and weight tying are unchanged (``load_state_dict`` keeps the layout), so saving and
     training still work, training perhaps slower. No-op off the CPU. Returns ``model``.
     """

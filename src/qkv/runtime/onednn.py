@@ -4,10 +4,9 @@ Legend: N any leading dimensions (B, L, ...), I input features, O output feature
 
 PyTorch runs a float32 ``nn.Linear`` on the CPU with MKL's sgemm. MKL picks its AVX-512 kernels only on
 Intel processors; on AMD's (Zen 4 has AVX-512) it runs AVX2 code, while oneDNN, PyTorch's other CPU
-library, JIT-compiles AVX-512 kernels for any processor that has the instructions. Measured on a 2-core
-AMD EPYC (Zen 4), one thread, 4096 rows: oneDNN did the BERT-base GEMMs at 1.2-1.35x MKL's speed
-(768x768: 75 vs 57 GFLOP/s; 768x3072: 67 vs 53; 3072x768: 84 vs 70). On AVX2-only processors oneDNN was
-slower than MKL, so ``use_onednn`` changes nothing there.
+library, JIT-compiles AVX-512 kernels for any processor that has the instructions. On an AMD EPYC (Zen 4)
+oneDNN ran the BERT-base GEMMs faster than MKL (bench/README.md, ``qkv bench encoder``, per GEMM shape); on
+AVX2-only processors it was slower than MKL, so ``use_onednn`` changes nothing there.
 
 The arithmetic is the same float32 products and sums (results differ from MKL's by rounding only,
 ~1e-6), so this is a speed switch, not an approximation. It is for inference: with autograd recording
