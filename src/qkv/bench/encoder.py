@@ -19,10 +19,10 @@ Reported: the median and the best round of each side and the median over rounds 
 
 What bounds it: ~80% of a forward is the same six GEMMs per layer on both sides (97% of the FLOPs); the
 rest is GELU, SDPA, LayerNorm, residual adds, and the bias broadcast addmm copies into its output. With
-MKL on both sides (2 AVX2 cores, AMD EPYC Zen 3) qkv / hf was 0.92-1.04x: the same kernels at the same
-speed. The one lever that moved it is the GEMM library: MKL runs AVX2 code on AMD processors, oneDNN
-runs AVX-512 where the processor has it (Zen 4), and there oneDNN's GEMMs are 1.2-1.35x MKL's
-(``qkv.runtime.onednn``). Levers tried that did not pay: oneDNN on the AVX2 machine (slower than MKL), MKL
+MKL on both sides (2 AVX2 cores, AMD EPYC Zen 3) qkv and hf ran at the same speed: the same kernels. The one
+lever that moved it is the GEMM library: MKL runs AVX2 code on AMD processors, oneDNN runs AVX-512 where the
+processor has it (Zen 4), and there oneDNN's GEMMs are faster than MKL's (``qkv.runtime.onednn``; the figures
+are bench/README.md's). Levers tried that did not pay: oneDNN on the AVX2 machine (slower than MKL), MKL
 pre-packed weights and column-major weights (within noise), oneDNN pre-packed (reordered) weights
 (within noise of oneDNN on plain weights), torch.compile (no gain: the GEMMs dominate and the input
 checks break the graph).

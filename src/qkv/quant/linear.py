@@ -13,7 +13,7 @@ multiply them with the packed weights without ever writing a float copy of the m
 
 ``z`` is the weight value of code 8 (the kernel's convention), so GGUF's Q4_0 (w = d (q - 8)) is s = d,
 z = 0 and Q4_1 (w = d q + m) is s = d, z = m + 8 d: those files load code for code. Both kernels are fast
-only for bfloat16 activations (float32 ones take a scalar reference path, over 20x slower: bench/README.md),
+only for bfloat16 activations (float32 ones take a scalar reference path, far slower: bench/README.md),
 so x is rounded to bfloat16 on the way in, the scales are stored in bfloat16, and the
 output comes back as float32. Quantizing rounds the scales to bfloat16 first and then picks the codes for
 those scales, so the rounding of a scale costs nothing; GGUF scales (float16) lose 3 bits (<= 0.2%).

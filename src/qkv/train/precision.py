@@ -70,7 +70,7 @@ def native_bf16(device: str) -> tuple[bool, str]:
 
 def choose_precision(requested: str, device: str) -> Precision:
     """fp32 and bf16 are taken as given; auto becomes bf16 exactly where bf16 is native.
-    Forcing bf16 on emulated hardware carries a warning (it trains, 4-35x slower than fp32), never fails."""
+    Forcing bf16 on emulated hardware carries a warning (it trains, several times slower than fp32), never fails."""
     native, hardware = native_bf16(device)
     if requested == "auto":
         return Precision("auto", "bf16" if native else "fp32", hardware)
