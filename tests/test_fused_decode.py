@@ -186,3 +186,17 @@ def test_the_real_model_chooses_the_next_token_as_the_blocks_do(monkeypatch):
     got = _decode(use_fused_decode(model), ids_BL, 8)[0].argmax(-1)
     assert is_fused(model)
     assert (got == want).float().mean() >= 0.9 and (got == float_choice).float().mean() >= 0.9
+
+
+def test_for_inference_fuses_a_saved_quantized_checkpoint_as_qkv_quantize_writes_it(monkeypatch, tmp_path):
+    """qkv quantize's files hold the layouts the kernels read (4-bit groups, int8 rows): a Hugging Face or
+    qkv checkpoint quantized and saved decodes through the fused step once loaded, with the same bits as
+    before saving; a float model is left on the blocks."""
+    monkeypatch.setenv(native.OVERRIDE, RUNS[-1])
+    model = _llama(bits=4)
+    ids_BL = torch.randint(0, 96, (1, 12), generator=torch.Generator().manual_seed(8))
+    want = _decode(use_fused_decode(copy.deepcopy(model)), ids_BL, 3)[0]
+    qkv.save(model, tmp_path / "q4")
+    loaded = qkv.for_inference(qkv.load(tmp_path / "q4"))
+    assert is_fused(loaded) and torch.equal(_decode(loaded, ids_BL, 3)[0], want)
+    assert not is_fused(qkv.for_inference(GPT(model.cfg)))

@@ -36,7 +36,6 @@ import torch
 from .errors import InputError
 from .grammar import json_constraints
 from .logprobs import Completion, StepLogprobs
-from .native.fused import use_fused_decode
 from .padding import pad_left
 from .runtime import choose_python_api_threads
 from .validation import check_fields
@@ -248,7 +247,6 @@ def iter_ids(model, prompt_ids_BL: torch.Tensor, cfg: GenerationConfig,
     works for every position scheme, learned positions included, since no position passes W - 1.
     """
     choose_python_api_threads()
-    use_fused_decode(model)                  # a quantized Llama-family model's decode steps in one native call
     check_lengths(model, prompt_ids_BL, cfg)
     B, L = prompt_ids_BL.shape
     T, W = L + cfg.max_new_tokens, model.cfg.max_len

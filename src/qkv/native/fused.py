@@ -3,7 +3,7 @@ quantized (qkv.quant) runs each decode step's whole stack in one native call.
 
 Legend: B batch rows (one new token each), L new tokens, C d_model, M key positions, G key/value heads.
 
-    use_fused_decode(model)      # after loading; qkv.generate, chat and the server call it for you
+    use_fused_decode(model)      # after loading; qkv.for_inference (every inference command) does it
 
 What changes is one attribute of that model object: ``model.run`` (the block loop of models/stack.py)
 becomes a ``FusedRun``, which takes a step only when decode.c computes exactly what the blocks would

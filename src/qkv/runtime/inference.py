@@ -18,6 +18,8 @@ in order; a new fast path (a fused kernel for one family) is one more function i
                                                                matrix-vector products stream them faster
     runtime.onednn       models that do not decode token by    AVX-512 GEMMs on AMD (MKL runs AVX2 there);
                          token (encoders, image classifiers)   ~3x slower than MKL at one row, so not decoders
+    native.fused         quantized Llama-family decoders,      a decode step's whole stack in one native call
+                         qkv.native built                      (qkv/native/fused.py; bench/README.md)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..native.fused import use_fused_decode
 from .layout import decode_layout
 from .onednn import use_onednn
 
@@ -38,7 +41,7 @@ def onednn_unless_decoding(model: nn.Module) -> nn.Module:
     return model if getattr(model, "family", None) in DECODING_FAMILIES else use_onednn(model)
 
 
-SWAPS: list[Callable[[nn.Module], nn.Module]] = [decode_layout, onednn_unless_decoding]
+SWAPS: list[Callable[[nn.Module], nn.Module]] = [decode_layout, onednn_unless_decoding, use_fused_decode]
 
 
 def for_inference(model: nn.Module) -> nn.Module:

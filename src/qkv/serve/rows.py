@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import torch
 
-from ..native.fused import use_fused_decode
 from ..nn.kv_cache import KVCache
 
 HEADROOM = 64          # free columns allocated past the longest row, so most steps reallocate nothing
@@ -30,7 +29,7 @@ HEADROOM = 64          # free columns allocated past the longest row, so most st
 
 class BatchRows:
     def __init__(self, model):
-        self.model = use_fused_decode(model)    # a quantized Llama-family model: the batch's steps in one call
+        self.model = model
         self.max_len = model.cfg.max_len
         self.lengths: list[int] = []            # real tokens cached per row
         self.caches: list[KVCache] | None = None
