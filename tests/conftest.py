@@ -19,7 +19,7 @@ def corpus(tmp_path, request):
     return path
 
 
-TINY_MODEL = dict(max_len=16, n_layers=2, d_model=32, n_heads=4)      # every training test's model, 2 x 32
+from tiny_models import TINY_MODEL  # noqa: E402  (every training test's model: 2 x 32, 16 positions)
 
 
 @pytest.fixture

@@ -5,18 +5,17 @@ import contextlib
 import threading
 import time
 
-import torch
 
-from qkv import GPT, ModelConfig
+from qkv import GPT
+
+from tiny_models import tiny_model
 
 TEXT = "the quick brown fox jumps over the lazy dog. a cat sat on the mat; the dog ran. " * 20
 
 
 def tiny_gpt(tok, max_len=96, seed=0, **kw):
     """A random GPT (2 layers x 32, 4 heads unless ``kw`` says otherwise) that carries ``tok``."""
-    torch.manual_seed(seed)
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, max_len=max_len, **{
-        "n_layers": 2, "d_model": 32, "n_heads": 4, **kw})).eval()
+    model = tiny_model(GPT, tok.vocab_size, seed, max_len=max_len, **kw)
     model.tokenizer = tok
     return model
 

@@ -18,6 +18,8 @@ from qkv.generate import (GenerationConfig, generate, generate_ids, min_p_filter
                           presence_frequency_penalty, repetition_penalty, stream, top_k_filter, top_p_filter)
 from qkv.models.output import ModelOutput
 
+from tiny_models import tiny_model
+
 TEXT = "abcdefghijklmnopqrstuvwxyz .,\n"
 NEG = float("-inf")
 
@@ -28,9 +30,7 @@ def tok():
 
 
 def tiny_gpt(vocab_size, seed=0, **kw):
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=vocab_size, max_len=32, n_layers=2, d_model=32, n_heads=4)
-    return GPT(ModelConfig(**{**cfg, **kw})).eval()
+    return tiny_model(GPT, vocab_size, seed, **{"max_len": 32, **kw})
 
 
 class FakeLM(nn.Module):

@@ -12,6 +12,8 @@ import torch
 from qkv import GPT, ModelConfig
 from qkv.errors import ConfigError, InputError
 
+from tiny_models import tiny_config
+
 V, ATOL = 50, 1e-5
 POS = ["learned", "sinusoidal", "rope", "alibi"]
 NORMS = [("layernorm", "pre"), ("rmsnorm", "pre"), ("layernorm", "post"), ("rmsnorm", "post")]
@@ -20,8 +22,7 @@ MLPS = ["relu", "gelu", "swiglu"]
 
 
 def tiny(**overrides) -> ModelConfig:
-    fields = dict(vocab_size=V, max_len=24, n_layers=2, d_model=32, n_heads=4)
-    return ModelConfig(**(fields | overrides))
+    return tiny_config(V, **{"max_len": 24, **overrides})
 
 
 def model_of(cfg: ModelConfig, seed: int = 0) -> GPT:

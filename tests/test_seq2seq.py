@@ -13,12 +13,13 @@ import qkv
 from qkv import ModelConfig
 from qkv.models import EncoderDecoder
 
+from tiny_models import tiny_config
+
 V = 40
 
 
 def tiny(**overrides) -> ModelConfig:
-    fields = dict(vocab_size=V, max_len=32, n_layers=2, n_encoder_layers=3, d_model=32, n_heads=4)
-    return ModelConfig(**(fields | overrides))
+    return tiny_config(V, **{"max_len": 32, "n_encoder_layers": 3, **overrides})
 
 
 def model_of(cfg: ModelConfig, seed: int = 0) -> EncoderDecoder:

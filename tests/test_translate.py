@@ -16,13 +16,13 @@ from qkv.models import EncoderDecoder
 from qkv.train.optim import make_optimizer
 from qkv.translate import SearchConfig, beam_search, greedy_search
 
+from tiny_models import tiny_model
+
 PAD, BOS, EOS = 0, 1, 2
 
 
-def tiny_model(V: int = 12, seed: int = 0, **overrides) -> EncoderDecoder:
-    torch.manual_seed(seed)
-    fields = dict(vocab_size=V, max_len=16, n_layers=2, d_model=32, n_heads=4) | overrides
-    return EncoderDecoder(ModelConfig(**fields)).eval()
+def tiny_seq2seq(V: int = 12, seed: int = 0, **overrides) -> EncoderDecoder:
+    return tiny_model(EncoderDecoder, V, seed, **overrides)
 
 
 def sources(B: int, S: int, V: int = 12, seed: int = 0) -> torch.Tensor:
@@ -48,7 +48,7 @@ def test_collate_pads_and_masks():
 
 @pytest.mark.parametrize("beam", [1, 3])
 def test_cached_decoding_equals_uncached(beam):
-    model = tiny_model()
+    model = tiny_seq2seq()
     src_BS = sources(3, 6)
     cached = beam_search(model, src_BS, None, BOS, EOS, SearchConfig(beam_size=beam, max_new_tokens=8))
     plain = beam_search(model, src_BS, None, BOS, EOS, SearchConfig(beam_size=beam, max_new_tokens=8,
@@ -57,7 +57,7 @@ def test_cached_decoding_equals_uncached(beam):
 
 
 def test_beam_of_one_is_greedy_and_greedy_is_argmax():
-    model = tiny_model(seed=1)
+    model = tiny_seq2seq(seed=1)
     src_BS = sources(2, 5, seed=1)
     cfg = SearchConfig(beam_size=1, max_new_tokens=6)
     out = greedy_search(model, src_BS, None, BOS, EOS, cfg)
@@ -71,7 +71,7 @@ def test_beam_of_one_is_greedy_and_greedy_is_argmax():
 
 def wide_model(V: int, seed: int) -> EncoderDecoder:
     """Weights wide enough that distributions are peaked and depend on the source (answers differ)."""
-    model = tiny_model(V=V, seed=seed)
+    model = tiny_seq2seq(V=V, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -183,7 +183,7 @@ def test_batched_beam_search_equals_a_plain_reference(K, early_stopping, lp):
 
 
 def test_batched_beams_equal_one_source_at_a_time():
-    model = tiny_model(seed=4)
+    model = tiny_seq2seq(seed=4)
     src_BS = sources(3, 6, seed=4)
     src_BS[1, 4:] = PAD
     mask_BS = src_BS != PAD
@@ -244,7 +244,7 @@ def saved(tmp_path):
     from qkv import save
     from qkv.tokenizers import Tokenizer
     tok = Tokenizer.train_char("abc de", special_tokens=("<pad>", "<bos>", "<eos>"))
-    model = tiny_model(V=tok.vocab_size)
+    model = tiny_seq2seq(V=tok.vocab_size)
     save(model, tmp_path / "m", tok)
     return tmp_path / "m"
 
@@ -256,7 +256,7 @@ def test_translate_batches_by_length_and_returns_the_input_order(tmp_path):
     from qkv.tokenizers import Tokenizer
     from qkv.translate import _budget, translate
     tok = Tokenizer.train_char("abcde fgh", special_tokens=("<pad>", "<bos>", "<eos>"))
-    model = tiny_model(V=tok.vocab_size, seed=5)
+    model = tiny_seq2seq(V=tok.vocab_size, seed=5)
     with torch.no_grad():                                  # wide weights: outputs that differ between sources
         for p in model.parameters():
             if p.dim() >= 2:
@@ -315,7 +315,7 @@ def test_vocabulary_without_bos_eos_pad_is_an_error(tmp_path, capsys):
     from qkv.cli import main
     from qkv.tokenizers import Tokenizer
     tok = Tokenizer.train_char("abc de")                   # no special tokens at all
-    save(tiny_model(V=tok.vocab_size), tmp_path / "m", tok)
+    save(tiny_seq2seq(V=tok.vocab_size), tmp_path / "m", tok)
     assert main(["translate", str(tmp_path / "m"), "--text", "abc"]) == 2
     assert "no <bos>, <eos>, <pad> token" in capsys.readouterr().err
 
