@@ -180,7 +180,8 @@ CASES = [
     (["embed", "{seq2seq}", "--text", "a"], "use `qkv translate`"),
     (["train", "--resume", "{classifier}"], "continue it with `qkv finetune --resume"),
     (["finetune", "--resume", "{gpt}"], "continue it with `qkv train --resume"),
-    (FINETUNE + ["--init", "{gpt}"], "qkv finetune --init needs an encoder"),
+    (["finetune", "--task", "wnut17", "--data", "{wnut}", "--eval-data", "{wnut}", "--init", "{gpt}"],
+     "qkv finetune --init needs an encoder"),            # issue 24: sst2/cola take a decoder (last-token pooling)
     # 3. numbers out of range, from flags and from config files
     (TRAIN + ["--beta1", "2"], "beta1=2.0 must be in [0, 1)"),
     (TRAIN + ["--threads", "-3"], "threads=-3 must be in [1, 1024]"),
@@ -287,7 +288,7 @@ CASES = [
     (FINETUNE + ["--init", "{bert}", "--lora", "--lora-rank", "0"], "lora rank=0 must be a positive integer"),
     (FINETUNE + ["--init", "{bert}", "--lora-rank", "-2"], "lora rank=-2 must be a positive integer"),
     (FINETUNE + ["--init", "none", "--lora"], "--lora adapts a pre-trained model; pass --init DIR"),
-    (FINETUNE + ["--init", "{gpt}", "--lora"], "qkv finetune --init needs an encoder"),
+    (FINETUNE + ["--init", "{gpt}", "--lora"], "LoRA needs a Llama-layout decoder (SwiGLU FFN"),
     (["merge-adapter", "{bert}", "{out}/m", "--adapter", "{otheradapter}"], "the adapter was trained on another base"),
     (["merge-adapter", "{bert}", "{out}/m", "--adapter", "{notes}"], "has no adapter_config.json"),
     (["merge-adapter", "{bert}", "{out}/m"], "has no LoRA adapters; pass --adapter DIR"),
@@ -648,7 +649,7 @@ CHECKPOINT_COMMANDS = {   # argv with {ck}, and the families it runs
     "evaluate": (["evaluate", "{ck}", "--out-dir", "{out}/evaluate"], {"fine-tuned encoder", "image classifier"}),
     "info": (["info", "{ck}"], set(FAMILIES.values())),
     "finetune": (["finetune", "--task", "sst2", "--init", "{ck}", "--data", "{missing}", "--eval-data", "{sst2}"],
-                 {"encoder", "fine-tuned encoder"}),
+                 {"encoder", "fine-tuned encoder", "decoder"}),      # issue 24: a decoder classifies too
     "train --resume": (["train", "--resume", "{ck}"], {"decoder"}),
     "bench beam": (["bench", "beam", "--checkpoint", "{ck}"], {"encoder-decoder"}),
     "bench serve": (["bench", "serve", "{ck}", "--clients", "1", "--max-tokens", "1", "--no-hf"], {"decoder"}),

@@ -117,6 +117,8 @@ def _finetune(args) -> int:
             from ..tasks import get_task
             if get_task(fcfg.task).head is None:             # chat: the decoder itself learns
                 require_family(fcfg.init, f"finetune --task {fcfg.task} --init", "decoder")
+            elif get_task(fcfg.task).head == "classify":      # an encoder's [CLS] or a decoder's last token
+                require_family(fcfg.init, "finetune --init", "encoder", "fine-tuned encoder", "decoder")
             else:
                 require_family(fcfg.init, "finetune --init", "encoder", "fine-tuned encoder")
         model_cfg, train_cfg = resolve(args.preset or DEFAULT_PRESET, None, model_overrides, train_overrides)

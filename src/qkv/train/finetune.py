@@ -25,10 +25,10 @@ from typing import Literal
 import torch
 
 from ..adapters import LoRAConfig, add_lora, save_adapter
-from ..checkpoint import from_pretrained_encoder, read_config
+from ..checkpoint import family, from_pretrained_encoder, read_config
 from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError
-from ..models import GPT, MODEL_TYPES
+from ..models import GPT, MODEL_TYPES, GPTClassifier
 from ..models.encoder import HEADS
 from ..models.encoder import Encoder
 from ..rundir import write_text_atomic
@@ -110,7 +110,7 @@ def load_finetuned(directory: str | Path, task: str | None = None, data: str | N
         fcfg = finetune_config(directory)               # raises: says to pass --task
     model = load(directory)
     head = get_task(fcfg.task).head
-    if head is not None and type(model) is not HEADS[head]:
+    if head is not None and type(model) is not HEADS[head] and not (head == "classify" and isinstance(model, GPTClassifier)):
         raise CheckpointError(f"{directory} holds a {model.model_type!r} model but task {fcfg.task!r} needs a "
                               f"{HEADS[head].model_type!r} one; fine-tune it with `qkv finetune`")
     if model.tokenizer is None:
@@ -127,13 +127,19 @@ def input_length(fcfg: FinetuneConfig, model) -> int:
 
 
 def new_model(fcfg: FinetuneConfig, model_cfg: ModelConfig, train_cfg: TrainConfig):
-    """The model a new run starts from: ``init``'s encoder (or a fresh one) with a new head."""
+    """The model a new run starts from: ``init``'s encoder (or a fresh one) with a new head; a decoder with a
+    classifier on its last token (sst2, cola), or the decoder itself (chat)."""
     spec = get_task(fcfg.task)
+    from_decoder = spec.head is None or (spec.head == "classify" and fcfg.init is not None
+                                         and family(fcfg.init)[0] == "decoder")
+    decoder = pretrained_decoder(fcfg) if from_decoder else None      # a damaged checkpoint: said first
     train = spec.read_train(fcfg)
     labels = spec.label_names(train)
     torch.manual_seed(train_cfg.seed)                    # the new head's init (and a scratch trunk's)
     if spec.head is None:                                # a decoder task: the loaded model learns as it is
-        return with_lora(pretrained_decoder(fcfg), fcfg.lora_config(), new_head=False)
+        return with_lora(decoder, fcfg.lora_config(), new_head=False)
+    if decoder is not None:          # a decoder classifies from its last token (transformers' *ForSequenceClassification)
+        return with_lora(GPTClassifier.from_decoder(decoder, labels), fcfg.lora_config())
     if fcfg.init is not None:
         return with_lora(from_pretrained_encoder(fcfg.init, spec.head, labels), fcfg.lora_config())
     if fcfg.lora:
@@ -172,8 +178,8 @@ def build_finetune_task(fcfg: FinetuneConfig, train_cfg: TrainConfig, model) -> 
     if train_cfg.label_smoothing:
         raise ConfigError("fine-tuning heads score without label smoothing; drop --label-smoothing")
     tokenizer = model.tokenizer
-    if spec.head is not None and (tokenizer.cls_id is None
-                                  or tokenizer.encode_for_model("a").ids[:1] != [tokenizer.cls_id]):
+    if spec.head is not None and not isinstance(model, GPT) and (
+            tokenizer.cls_id is None or tokenizer.encode_for_model("a").ids[:1] != [tokenizer.cls_id]):
         raise CheckpointError("the tokenizer does not wrap text in [CLS] ... [SEP]; fine-tune from an encoder "
                               "with a WordPiece tokenizer (qkv train --preset bert-mlm, or a BERT directory)")
     max_len, labels = input_length(fcfg, model), getattr(model, "labels", None)
