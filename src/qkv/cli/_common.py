@@ -18,7 +18,7 @@ from ..rundir import free_dir
 USES = {"decoder": "`qkv generate` or `qkv eval`",
         "encoder": "`qkv embed`, or `qkv finetune --init DIR` to train a task head on it",
         "fine-tuned encoder": "`qkv predict` or `qkv evaluate`",
-        "fine-tuned decoder": "`qkv evaluate`",
+        "fine-tuned decoder": "`qkv.load` in Python (its scores are the run's eval.json)",
         "encoder-decoder": "`qkv translate`",
         "image classifier": "`qkv predict --image` or `qkv evaluate`"}
 

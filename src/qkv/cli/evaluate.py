@@ -43,7 +43,7 @@ def run(args) -> int:
     from ..runtime.inference import for_inference
 
     out = claim_report_dir(Path(args.out_dir) if args.out_dir else Path(args.checkpoint) / "evaluate")
-    if require_family(args.checkpoint, "evaluate", "fine-tuned encoder", "fine-tuned decoder", "image classifier") == "image classifier":
+    if require_family(args.checkpoint, "evaluate", "fine-tuned encoder", "image classifier") == "image classifier":
         return _images(args, out)
     model, fcfg = load_finetuned(args.checkpoint, args.task, args.data)
     model = for_inference(model)

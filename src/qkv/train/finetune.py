@@ -110,7 +110,8 @@ def load_finetuned(directory: str | Path, task: str | None = None, data: str | N
         fcfg = finetune_config(directory)               # raises: says to pass --task
     model = load(directory)
     head = get_task(fcfg.task).head
-    if head is not None and type(model) is not HEADS[head] and not (head == "classify" and isinstance(model, GPTClassifier)):
+    decoder_classifier = head == "classify" and isinstance(model, GPTClassifier)
+    if head is not None and type(model) is not HEADS[head] and not decoder_classifier:
         raise CheckpointError(f"{directory} holds a {model.model_type!r} model but task {fcfg.task!r} needs a "
                               f"{HEADS[head].model_type!r} one; fine-tune it with `qkv finetune`")
     if model.tokenizer is None:
@@ -138,7 +139,7 @@ def new_model(fcfg: FinetuneConfig, model_cfg: ModelConfig, train_cfg: TrainConf
     torch.manual_seed(train_cfg.seed)                    # the new head's init (and a scratch trunk's)
     if spec.head is None:                                # a decoder task: the loaded model learns as it is
         return with_lora(decoder, fcfg.lora_config(), new_head=False)
-    if decoder is not None:          # a decoder classifies from its last token (transformers' *ForSequenceClassification)
+    if decoder is not None:          # it classifies from its last token (transformers' *ForSequenceClassification)
         return with_lora(GPTClassifier.from_decoder(decoder, labels), fcfg.lora_config())
     if fcfg.init is not None:
         return with_lora(from_pretrained_encoder(fcfg.init, spec.head, labels), fcfg.lora_config())
