@@ -68,7 +68,7 @@ def similarity_maps(cfg: Config, learned_table_PC: torch.Tensor) -> dict[str, to
     u_N11D = torch.randn(256, 1, 1, model_cfg.head_dim, generator=torch.Generator().manual_seed(cfg.seed))
     u_N11D = u_N11D / u_N11D.norm(dim=-1, keepdim=True)
     rotated_N1PD = apply_rotary(u_N11D.expand(-1, 1, P, -1), cos_11PD, sin_11PD)
-    rope_PP = torch.einsum("NHPD,NHQD->PQ", rotated_N1PD, rotated_N1PD) / len(u_N11D)
+    rope_PP = torch.einsum("NHPD,NHpD->Pp", rotated_N1PD, rotated_N1PD) / len(u_N11D)
     alibi_PP = make_position(_replace(model_cfg, pos="alibi")).bias(P, P)[0, 0]
     cosine = lambda x_PC: F.normalize(x_PC, dim=-1) @ F.normalize(x_PC, dim=-1).T       # noqa: E731
     return {"sinusoidal": cosine(sinusoidal_PC), "learned": cosine(learned_table_PC[:P]), "rope": rope_PP,

@@ -4,7 +4,7 @@
            labelled by grid row and column (r2c5).
     Swin   one map per stage that has window ``window`` (row-major over the stage's windows; later stages have
            fewer, so a high number shows the first stages only): its w*w
-           patches attending to each other, one probs_HTT per block. On the shifted blocks (odd ones) the
+           patches attending to each other, one probs_HLL per block. On the shifted blocks (odd ones) the
            window lies over the grid rolled by w/2, so its patches are others than on the plain blocks;
            labels give the position inside the window (y,x), and the masked pairs (patches from opposite
            sides of the image) show as zeros.
