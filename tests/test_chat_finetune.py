@@ -93,3 +93,35 @@ def test_a_row_without_an_assistant_turn_is_refused(tmp_path):
     bad = write_chats(tmp_path / "bad.jsonl", 3, 1, assistant=False)
     with pytest.raises(DataError, match="line 1 of .* has no assistant turn"):
         read_conversations(bad)
+
+
+def test_qlora_chat_run_keeps_the_int8_base_and_resumes_exactly(tiny_chat_model, tmp_path):
+    import qkv
+    train, held_out = write_chats(tmp_path / "train.jsonl", 32, 3), write_chats(tmp_path / "eval.jsonl", 2, 4)
+    args = ["finetune", "--task", "chat", "--init", str(tiny_chat_model), "--data", str(train), "--eval-data",
+            str(held_out), "--lora", "--quantized", "--lora-rank", "4", "--lora-dropout", "0", "--eval-iters", "1",
+            "--batch-size", "8", "--lr", "1e-2", "--precision", "fp32"]
+    assert main(args + ["--max-iters", "6", "--eval-interval", "3", "--out-dir", str(tmp_path / "straight")]) == 0
+    straight = qkv.load(tmp_path / "straight")
+    base = qkv.load(tiny_chat_model, quantized=True)
+    int8 = {k: v for k, v in base.state_dict().items() if v.dtype == torch.int8}
+    assert int8 and all(torch.equal(straight.state_dict()[k], v) for k, v in int8.items())   # the base is frozen
+    assert any(v.abs().sum() > 0 for k, v in straight.state_dict().items() if ".lora.B." in k)
+    from qkv.train.finetune import resume_finetune
+    from qkv.config import resolve, build
+    from qkv.train.finetune import FinetuneConfig, build_finetune_task, new_model
+    from qkv.train.trainer import Trainer
+    fcfg = build(FinetuneConfig, {"task": "chat", "data": str(train), "eval_data": str(held_out),
+                                  "init": str(tiny_chat_model), "lora": True, "quantized": True, "lora_rank": 4,
+                                  "lora_dropout": 0.0})
+    _, train_cfg = resolve("bert-finetune", train=dict(max_iters=6, eval_interval=3, eval_iters=1, batch_size=8,
+                                                      lr=1e-2, precision="fp32", progress=False,
+                                                      out_dir=str(tmp_path / "parts")))
+    parts, _ = build_finetune_task(fcfg, train_cfg, new_model(fcfg, None, train_cfg))
+    Trainer(parts.model_cfg, train_cfg, parts=parts, log=lambda *a: None).fit(stop_at_step=3)
+    resumed = resume_finetune(tmp_path / "parts", log=lambda *a: None)
+    assert resumed.step == 3
+    resumed.fit()
+    a = qkv.load(tmp_path / "parts").state_dict()
+    b = straight.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

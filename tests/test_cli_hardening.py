@@ -288,6 +288,7 @@ CASES = [
     (FINETUNE + ["--init", "{bert}", "--lora", "--lora-rank", "0"], "lora rank=0 must be a positive integer"),
     (FINETUNE + ["--init", "{bert}", "--lora-rank", "-2"], "lora rank=-2 must be a positive integer"),
     (FINETUNE + ["--init", "none", "--lora"], "--lora adapts a pre-trained model; pass --init DIR"),
+    (FINETUNE + ["--init", "{bert}", "--lora", "--quantized"], "use it with --task chat --lora"),
     (FINETUNE + ["--init", "{gpt}", "--lora"], "LoRA needs a Llama-layout decoder (SwiGLU FFN"),
     (["merge-adapter", "{bert}", "{out}/m", "--adapter", "{otheradapter}"], "the adapter was trained on another base"),
     (["merge-adapter", "{bert}", "{out}/m", "--adapter", "{notes}"], "has no adapter_config.json"),

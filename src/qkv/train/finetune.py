@@ -30,6 +30,7 @@ from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError
 from ..models import GPT, MODEL_TYPES, GPTClassifier
 from ..models.encoder import HEADS
+from ..quant import apply_layout
 from ..models.encoder import Encoder
 from ..rundir import write_text_atomic
 from ..runtime.inference import for_inference
@@ -67,6 +68,8 @@ class FinetuneConfig:
     lora_dropout: float = 0.05              # dropout on the adapters' input
     lora_targets: tuple[str, ...] = ()      # module names (PEFT's: q_proj,v_proj / query,value,dense); empty:
                                             # every attention projection and FFN matrix
+    quantized: bool = False                 # QLoRA (task chat, with --lora): the base frozen in int8 / 4-bit (a
+                                            # GGUF keeps its blocks, a float base becomes int8), adapters in float
 
     def __post_init__(self):
         if isinstance(self.lora_targets, list):     # config.json holds a JSON list
@@ -74,6 +77,9 @@ class FinetuneConfig:
         check_fields(self, {"max_seq_len": "[3, inf)", "stride": "[0, inf)", "max_answer_len": "[1, inf)",
                             "n_eval_articles": "[1, inf)", "eval_batch_size": "[1, inf)"})
         LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout)   # rank <= 0 and the like: said now
+        if self.quantized and not (self.lora and self.task == "chat"):
+            raise ConfigError("--quantized trains LoRA adapters on a frozen int8 / 4-bit decoder (QLoRA): use it with "
+                              "--task chat --lora")
         if self.eval_data is None and self.task != "squad":
             raise ConfigError(f"task {self.task!r} needs --eval-data FILE to score (e.g. the GLUE dev set "
                               f"sst2/test.tsv, cola/in_domain_dev.tsv, en_ewt-ud-test.conllu, "
@@ -157,7 +163,7 @@ def pretrained_decoder(fcfg: FinetuneConfig):
     from ..checkpoint import load                       # checkpoint imports models: import it when called
     if fcfg.init is None:
         raise ConfigError(f"task {fcfg.task!r} fine-tunes a pre-trained decoder: pass --init DIR (a chat model)")
-    model = load(fcfg.init).train()
+    model = load(fcfg.init, quantized=fcfg.quantized).train()
     if not isinstance(model, GPT):
         raise CheckpointError(f"{fcfg.init} holds a {model.model_type!r} model; task {fcfg.task!r} needs a decoder")
     return model
@@ -207,6 +213,8 @@ def resume_finetune(run_dir: str | Path, train_overrides: dict | None = None, lo
         raise CheckpointError(f"{run_dir}: model_type {config['model_type']!r} is not a fine-tuning model")
     cfg = build(ModelConfig, config["model"], f"{Path(run_dir) / 'config.json'}")
     model = cls.from_config(cfg, config) if hasattr(cls, "from_config") else cls(cfg)
+    if "quantization" in config:                         # a QLoRA run: its int8 / 4-bit modules first
+        apply_layout(model, config["quantization"])
     model = with_lora(model, fcfg.lora_config(), get_task(fcfg.task).head is not None)   # saved with the weights
     model.tokenizer = Tokenizer.from_dir(run_dir)
     if model.tokenizer is None:
