@@ -130,3 +130,8 @@ def test_bench_finetune_json_on_tiny_models(tmp_path, capsys):
     for side in ("encoder", "decoder"):
         assert len(result[side]["qkv_steps_s"]) == len(result[side]["hf_steps_s"]) == 2
         assert result[side]["ratio"] > 0
+    pytest.importorskip("peft")
+    assert main(["bench", "finetune", "--json", "--only", "decoder", "--decoder", str(llama), "--lora", "3",
+                 "--decoder-batch", "2", "--length", "8", "--steps", "1", "--warmup", "1"]) == 0
+    lora = json.loads(capsys.readouterr().out.strip())["decoder"]
+    assert lora["lora"]["rank"] == 3 and 0 < lora["trainable_params"] < 5000     # adapters only

@@ -44,6 +44,7 @@ SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, 
                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
                      rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
 LR, WEIGHT_DECAY = 5e-5, 0.01
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")   # --lora: all
 
 
 def minilm_dir() -> str | None:
@@ -141,7 +142,7 @@ def decoder(directory: str, batch: int, length: int, warmup: int, steps: int, th
     model = load(directory).train()
     if lora is not None:
         from ..adapters import LoRAConfig, add_lora
-        add_lora(model, LoRAConfig(**lora))
+        add_lora(model, LoRAConfig(rank=lora["rank"], alpha=lora["alpha"], targets=tuple(lora["targets"])))
     ids = torch.randint(model.cfg.vocab_size, (batch * (length + 1) * (warmup + steps + 4),),
                         generator=torch.Generator().manual_seed(1))
     data = LMStream(ids, length, 0.1, seed=0)

@@ -172,6 +172,9 @@ def _add_finetune(sub) -> None:
         finetune.add_argument(flag, type=positive_int(flag), default=None, help=help_text)
     finetune.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                           help="qkv's precision (default fp32, as transformers runs)")
+    finetune.add_argument("--lora", type=positive_int("--lora"), default=None, metavar="RANK",
+                          help="the decoder side with LoRA adapters of this rank on every attention and FFN matrix "
+                               "(qkv.adapters vs peft.get_peft_model; default: full fine-tuning)")
 
 
 def _add_beam(sub) -> None:
@@ -282,5 +285,6 @@ def _finetune(args) -> None:
         raise ConfigError("--decoder-layers shapes the default random decoder; --decoder DIR has its own: drop one")
     options = {k: getattr(args, k) for k in ("batch", "decoder_batch", "length", "steps", "warmup", "threads",
                                              "decoder_layers") if getattr(args, k) is not None}
+    lora = None if args.lora is None else dict(rank=args.lora, alpha=2.0 * args.lora, targets=finetune.LLAMA_TARGETS)
     finetune.run(args.json, encoder_dir=encoder, data=args.data, decoder_dir=args.decoder,
-                 precision=args.precision, sides=sides, **options)
+                 precision=args.precision, sides=sides, lora=lora, **options)
