@@ -282,9 +282,9 @@ class Trainer:
                     bar.total = self._projected_steps()
                     bar.update(1)
                     bar.set_postfix_str(self._postfix(step_loss), refresh=False)
-                saved = False
-                if stepped and (self.step % cfg.eval_interval == 0 or self._ends_here(stop_at_step)):
-                    last, saved = self._evaluate_and_save(train_losses, lr, writer, clock, bar, stop_at_step)
+                saved, ends_here = False, self.done() or self.step == stop_at_step     # this fit call's last step
+                if stepped and (self.step % cfg.eval_interval == 0 or ends_here):
+                    last, saved = self._evaluate_and_save(train_losses, lr, writer, clock, bar, ends_here)
                     train_losses = []
                 if stopping:
                     if not saved:
@@ -331,15 +331,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss, stops > 0
 
-    def _ends_here(self, stop_at_step: int | None) -> bool:
-        """This fit call ends after the current step: the budget is spent, or ``stop_at_step`` is reached."""
-        return self.done() or self.step == stop_at_step
-
     def _evaluate_and_save(self, train_losses: list[float], lr: float, writer, clock: float, bar,
-                           stop_at_step: int | None) -> tuple[dict, bool]:
-        """Evaluate (a metrics row and its line), then save when a save is due: every evaluation by default
-        (--save-interval 0), every ``save_interval`` steps, a new best under --keep-best, and the step this
-        fit call ends on. Returns the row and whether the run was saved."""
+                           ends_here: bool) -> tuple[dict, bool]:
+        """Evaluate (a metrics row and its line), then save when a save is due: on the step this fit call ends
+        on (``ends_here``, or the evaluation spent a --max-time budget), at every evaluation by default
+        (--save-interval 0), every ``save_interval`` steps, and at a new best under --keep-best. Returns the
+        row and whether the run was saved."""
         cfg = self.train_cfg
         final = self.done()
         started = self._agreed_elapsed(clock)
@@ -349,8 +346,8 @@ class Trainer:
         scores = "".join(f" | {k} {v:.4f}" for k, v in row.items() if k.startswith("val_") and k != "val_loss")
         bar.write(f"step {self.step:>6} | train_loss {row['train_loss']:.4f} | "
                   f"val_loss {row['val_loss']:.4f}{scores} | {self.elapsed:6.1f}s")
-        # asked after the evaluation: the time it took may be what spends a --max-time budget
-        due = (cfg.save_interval == 0 or self.step % cfg.save_interval == 0 or self._ends_here(stop_at_step)
+        ends_here = ends_here or self.done()           # the evaluation's own time may spend a --max-time budget
+        due = (ends_here or cfg.save_interval == 0 or self.step % cfg.save_interval == 0
                or (cfg.keep_best and self._is_best()))
         if due:
             self.save()
