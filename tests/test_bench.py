@@ -135,3 +135,15 @@ def test_bench_finetune_json_on_tiny_models(tmp_path, capsys):
                  "--decoder-batch", "2", "--length", "8", "--steps", "1", "--warmup", "1"]) == 0
     lora = json.loads(capsys.readouterr().out.strip())["decoder"]
     assert lora["lora"]["rank"] == 3 and 0 < lora["trainable_params"] < 5000     # adapters only
+
+
+def test_bench_decode_counts_the_cache_a_step_reads():
+    """The bound's cache bytes: a prompt's worth of keys and values is what a preallocated cache holds."""
+    from qkv import GPT, ModelConfig
+    from qkv.bench.decode_model import cache_bytes
+    cfg = ModelConfig(vocab_size=50, max_len=40, n_layers=3, d_model=48, n_heads=4, n_kv_heads=2)
+    caches = GPT(cfg).new_caches(1, 24)
+    held = sum(c.k_BGMD.numel() * c.k_BGMD.element_size() + c.v_BGMD.numel() * c.v_BGMD.element_size()
+               for c in caches)
+    assert cache_bytes(cfg, 24, 0, 4) == held
+    assert cache_bytes(cfg, 20, 8, 2) == held // 2                 # mean length 20 + 8 / 2, float16

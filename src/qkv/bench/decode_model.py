@@ -12,10 +12,11 @@ per token). llama-cpp-python is optional (``pip install 'qkv[bench]'``, a few mi
 it that column is skipped and the result says so. Rounds alternate the order of the sides, so load from
 other processes falls on all of them alike; figures are medians over rounds.
 
-The bound: at batch 1 every weight is read once per new token, so decode cannot beat
-``bandwidth / weight bytes per token`` (bandwidth measured by a 256 MiB copy at the same thread count).
-Each side's bytes are its own: 4 per float32 weight, 1 per int8 weight (+ scales), 0.5 per 4-bit weight
-(+ scales and zeros), the GGUF file's tensor bytes for llama.cpp.
+The bound: at batch 1 every weight is read once per new token, and so is the KV cache, so decode cannot
+beat ``bandwidth / (weight bytes + cache bytes) per token`` (bandwidth measured by a 256 MiB copy at the
+same thread count). Each side's bytes are its own: 4 per float32 weight, 1 per int8 weight (+ scales), 0.5
+per 4-bit weight (+ scales and zeros), the GGUF file's tensor bytes for llama.cpp; the cache at its mean
+length over the decode, float32 for qkv and transformers, float16 for llama.cpp (its default).
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def weight_bytes(model) -> int:
                 seen.add(id(t))
                 total += t.numel() * t.element_size()
     return total
+
+
+def cache_bytes(cfg, prompt_len: int, new_tokens: int, element_size: int) -> int:
+    """Bytes of keys and values a decode step reads, at the mean cache length over ``new_tokens`` steps."""
+    mean_length = prompt_len + new_tokens / 2
+    return int(cfg.n_layers * 2 * cfg.kv_heads * cfg.head_dim * element_size * mean_length)
 
 
 def _prompt_ids(tokenizer, prompt_len: int) -> list[int]:
@@ -193,10 +200,11 @@ def run(model_path: str, json_out: bool = False, bits=(32, 8, 4), prompt_len: in
         for name, (_, info) in these.items():
             prefill = statistics.median(p for p, _ in per[name])
             decode = statistics.median(d for _, d in per[name])
-            bound = bandwidth / info["weight_bytes"]
+            cache = cache_bytes(base.cfg, len(ids), new_tokens, 2 if name == "llama_cpp" else 4)
+            bound = bandwidth / (info["weight_bytes"] + cache)
             row[name] = dict(prefill_tokens_per_s=round(prefill, 1), decode_tokens_per_s=round(decode, 2),
                              bound_tokens_per_s=round(bound, 1), fraction_of_bound=round(decode / bound, 3),
-                             weight_mb=round(info["weight_bytes"] / 1e6, 1),
+                             weight_mb=round(info["weight_bytes"] / 1e6, 1), cache_mb=round(cache / 1e6, 1),
                              rounds=[[round(p, 1), round(d, 2)] for p, d in per[name]])
         results[str(t)] = dict(sides=row, bandwidth_gb_s=round(bandwidth / 1e9, 2))
     first = results[str(threads[0])]["sides"]
@@ -233,9 +241,11 @@ def _print_table(r: dict) -> None:
           f"({r['cpu']}, {r['cpu_flags']}, quantized kernels {r['quantized_kernels']}, load {r['load_avg_1m']})")
     for t, row in r["threads"].items():
         print(f"  {t} thread(s), copy bandwidth {row['bandwidth_gb_s']} GB/s")
-        print(f"    {'side':<20}{'prefill tok/s':>14}{'decode tok/s':>14}{'bound':>9}{'of bound':>10}{'MB/token':>10}")
+        print(f"    {'side':<20}{'prefill tok/s':>14}{'decode tok/s':>14}{'bound':>9}{'of bound':>10}"
+              f"{'MB/token':>10}{'of it cache':>12}")
         for name, s in row["sides"].items():
             print(f"    {name:<20}{s['prefill_tokens_per_s']:>14.1f}{s['decode_tokens_per_s']:>14.2f}"
-                  f"{s['bound_tokens_per_s']:>9.1f}{s['fraction_of_bound']:>10.0%}{s['weight_mb']:>10.1f}")
+                  f"{s['bound_tokens_per_s']:>9.1f}{s['fraction_of_bound']:>10.0%}"
+                  f"{s['weight_mb'] + s['cache_mb']:>10.1f}{s['cache_mb']:>12.1f}")
     for note in r["notes"]:
         print(f"  note: {note}")
