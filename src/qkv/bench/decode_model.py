@@ -32,6 +32,7 @@ import torch
 
 from ..generate import GenerationConfig, iter_ids
 from .. import native
+from ..native.fused import is_fused
 from ..quant import Int4Linear, Int8Linear, quantize_model
 from ..runtime.inference import for_inference
 from .decode import copy_bandwidth
@@ -171,7 +172,7 @@ def run(model_path: str, json_out: bool = False, bits=(32, 8, 4), prompt_len: in
             quantize_model(model, b)
         sides[f"qkv_{PATHS[b]}"] = (_qkv_side(model, ids, new_tokens), dict(
             model=f"qkv {PATHS[b]}" + (" (the file's blocks)" if b == 4 and is_gguf(path) else ""),
-            weight_bytes=weight_bytes(model)))
+            weight_bytes=weight_bytes(model), fused_decode=is_fused(model)))   # for_inference's swap took it
     if hf:
         try:
             sides["transformers_fp32"] = _hf_side(path, ids, new_tokens)
