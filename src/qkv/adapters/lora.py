@@ -58,7 +58,7 @@ class LoRADelta(nn.Module):
 
     def __init__(self, in_features: int, parts: list[tuple[str, int, int]], cfg: LoRAConfig):
         super().__init__()
-        self.parts, self.scale, self.out_features = parts, cfg.scale, parts[-1][2] if parts else 0
+        self.parts, self.scale = parts, cfg.scale
         self.A = nn.ParameterDict({key(name): nn.Parameter(torch.empty(cfg.rank, in_features))
                                    for name, _, _ in parts})
         self.B = nn.ParameterDict({key(name): nn.Parameter(torch.zeros(stop - start, cfg.rank))
