@@ -10,6 +10,7 @@ a value across a rounding boundary now and then: one step of 1/127 of the block'
 bound is that of 8-bit activations (measured: 1-3% of the largest logit on these small models)."""
 
 import copy
+import queue
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,44 @@ def test_for_inference_fuses_a_saved_quantized_checkpoint_as_qkv_quantize_writes
     loaded = qkv.for_inference(qkv.load(tmp_path / "q4"))
     assert is_fused(loaded) and torch.equal(_decode(loaded, ids_BL, 3)[0], want)
     assert not is_fused(qkv.for_inference(GPT(model.cfg)))
+
+
+def test_the_servers_batched_rows_take_the_fused_step_and_get_the_tokens_they_get_alone(monkeypatch):
+    """Rows of different lengths join and leave the engine's batch (left padding, per-row positions) and
+    each writes the greedy reply it writes alone, all through the fused step."""
+    from qkv import Tokenizer
+    from qkv.generate import GenerationConfig, encode_prompt, generate
+    from qkv.serve.engine import Engine, Finish, Sequence, Token
+    from serving import TEXT, tiny_gpt
+    monkeypatch.setenv(native.OVERRIDE, RUNS[-1])
+    tok = Tokenizer.train_bpe([TEXT], vocab_size=300)
+    model = tiny_gpt(tok, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, d_ff=192, norm="rmsnorm", mlp="swiglu",
+                     pos="rope", bias=False)
+    quantize_model(model, bits=4)
+    model = qkv.for_inference(model)
+    assert is_fused(model)
+    steps = []
+    real = native.fused.call
+    monkeypatch.setattr(native.fused, "call", lambda result: steps.append(result) or real(result))
+    prompts = ["the", "the quick brown fox", "a cat sat on the mat; the dog", "dog", "over the lazy"]
+    configs = [GenerationConfig(max_new_tokens=3 + 4 * (i % 3), temperature=0, ignore_eos=True) for i in range(5)]
+    engine = Engine(model, max_batch=3, max_queue=16).start()
+    inbox, texts, ends = queue.Queue(), [""] * 5, [None] * 5
+    try:
+        seqs = [Sequence(encode_prompt(tok, p), c) for p, c in zip(prompts, configs)]
+        for i, s in enumerate(seqs):
+            s.emit = lambda ev, i=i: inbox.put((i, ev))
+        engine.submit(seqs)
+        while any(e is None for e in ends):
+            i, ev = inbox.get(timeout=60)
+            if isinstance(ev, Token):
+                texts[i] += ev.text
+            else:
+                ends[i] = ev
+    finally:
+        engine.stop()
+    batched = len(steps)
+    assert batched > 0 and all(isinstance(e, Finish) for e in ends)
+    for p, c, text in zip(prompts, configs, texts):
+        assert text == generate(model, tok, p, c), p
+    assert len(steps) > batched                                        # alone: the fused step too
