@@ -106,8 +106,8 @@ def _finetune(args) -> int:
                               "directory), or --init none / --scratch for the from-scratch baseline")
         for name in ("task", "data"):
             if name not in task_options:
-                raise ConfigError(f"--{name} is required (tasks: sst2, cola, upos, wnut17, squad; --data is the "
-                                  f"training file)")
+                from ..tasks import TASKS                    # one list of names: a new task shows up here too
+                raise ConfigError(f"--{name} is required (tasks: {', '.join(TASKS)}; --data is the training file)")
         if task_options["init"] is not None and model_overrides:
             raise ConfigError(f"model flags {sorted(model_overrides)} describe the --init none model; an encoder "
                               f"from --init keeps its own architecture")
