@@ -242,3 +242,24 @@ def test_the_servers_batched_rows_take_the_fused_step_and_get_the_tokens_they_ge
     for p, c, text in zip(prompts, configs, texts):
         assert text == generate(model, tok, p, c), p
     assert len(steps) > batched                                        # alone: the fused step too
+
+
+@pytest.mark.parametrize("kinds", [{"blk": "Q8_0", "token_embd": "Q8_0"},
+                                   {"blk.0": "Q4_0", "blk.1": "Q4_1", "token_embd": "Q8_0"}])
+def test_a_ggufs_q8_0_q4_0_q4_1_blocks_decode_fused_near_transformers(monkeypatch, tmp_path, kinds):
+    """A GGUF's own blocks (Q8_0 as int8 rows, Q4_0 / Q4_1 code for code) loaded quantized take the fused
+    step; each step's logits are near transformers' float model of the same file (its dequantization)."""
+    transformers = pytest.importorskip("transformers")
+    from gguf_fixtures import random_llama, write_llama_gguf
+    monkeypatch.setenv(native.OVERRIDE, RUNS[-1])
+    write_llama_gguf(tmp_path / "m.gguf", random_llama(transformers), kinds)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    ours = qkv.for_inference(qkv.load(tmp_path / "m.gguf", quantized=True))
+    assert is_fused(ours)
+    ids_BL = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(9))
+    got, _ = _decode(ours, ids_BL, 6)
+    with torch.no_grad():
+        want = theirs(ids_BL).logits[:, 6:]
+    scale = want.abs().max()
+    assert (got - want).abs().max() < 0.05 * scale and (got - want).abs().mean() < 0.01 * scale
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
