@@ -11,6 +11,7 @@ bound is that of 8-bit activations (measured: 1-3% of the largest logit on these
 
 import copy
 import queue
+import threading
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,26 @@ def test_a_ggufs_q8_0_q4_0_q4_1_blocks_decode_fused_near_transformers(monkeypatc
     scale = want.abs().max()
     assert (got - want).abs().max() < 0.05 * scale and (got - want).abs().mean() < 0.01 * scale
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+
+
+def test_two_python_threads_decoding_at_once_get_their_own_bits(monkeypatch):
+    """ctypes releases the GIL: a second caller finding the pool busy runs on its own thread (pool.c), and
+    neither result changes."""
+    monkeypatch.setenv(native.OVERRIDE, RUNS[-1])
+    _, fused = _fused_pair(bits=4)
+    other = copy.deepcopy(fused)
+    ids_BL = torch.randint(0, 96, (2, 30), generator=torch.Generator().manual_seed(10))
+    want = _decode(fused, ids_BL, 2)[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = {}
+        runners = [threading.Thread(target=lambda m=m, k=k: got.__setitem__(k, _decode(m, ids_BL, 2)[0]))
+                   for k, m in enumerate((fused, other))]
+        for r in runners:
+            r.start()
+        for r in runners:
+            r.join(timeout=120)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got[0], want) and torch.equal(got[1], want)
