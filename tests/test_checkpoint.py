@@ -6,9 +6,17 @@ import torch
 
 import qkv
 from qkv import GPT, ModelConfig, Tokenizer, load, save
-from qkv.checkpoint import family, write_model_files
+from qkv.checkpoint import write_model_files
+from qkv.family import Family
+from qkv.interop import is_gguf
+from qkv.loading import family_of, model_type_of
 from qkv.rundir import atomic_dir, recover, resolve_dir
-from qkv.errors import CheckpointError, ConfigError
+from qkv.errors import CheckpointError, ConfigError, InputError
+
+
+def family(path):
+    """(family, model_type) of a checkpoint, read from its config.json (or a GGUF file's name or magic)."""
+    return family_of(path), model_type_of(path)
 
 
 @pytest.fixture
@@ -114,6 +122,20 @@ def test_family_reads_only_the_config(tmp_path):
     (tmp_path / "untyped" / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match="has no 'model_type'"):
         family(tmp_path / "untyped")
+
+
+def test_family_of_a_model_is_its_class_s_and_a_checkpoint_s_the_same(tmp_path):
+    from qkv.models import BERT, BertTagger, EncoderDecoder
+    cfg = ModelConfig(vocab_size=16, max_len=8, n_layers=1, d_model=8, n_heads=2)
+    for model, fam in ((GPT(cfg), Family.DECODER), (EncoderDecoder(cfg), Family.ENCODER_DECODER),
+                       (BERT(dataclasses.replace(cfg, mask="bidirectional")), Family.ENCODER),
+                       (BertTagger(dataclasses.replace(cfg, mask="bidirectional"), ["O", "B-X"]),
+                        Family.FINETUNED_ENCODER)):
+        save(model, tmp_path / model.model_type)
+        assert family_of(model) is fam and family_of(tmp_path / model.model_type) is fam
+        assert f"a {fam} model" == f"a {fam.value} model" and fam == fam.value          # the CLI's words
+    with pytest.raises(InputError, match="Linear is not a qkv model"):
+        family_of(torch.nn.Linear(2, 2))
 
 
 def test_a_model_saved_without_tokenizer_loads_without_one(tmp_path):
@@ -250,7 +272,6 @@ def test_resume_recovers_a_swap_cut_between_the_two_renames(tmp_path):
 
 # ---- GGUF detection, quantized loads and encoders to fine-tune (the branches qkv.load dispatches on) ----------
 def test_gguf_is_told_by_its_name_or_its_magic_bytes(tmp_path):
-    from qkv.checkpoint import is_gguf
     (tmp_path / "renamed.bin").write_bytes(b"GGUF" + b"\x00" * 12)    # llama.cpp's magic, any name
     (tmp_path / "plain.bin").write_bytes(b"GGUG" + b"\x00" * 12)
     (tmp_path / "folder.gguf").mkdir()
@@ -294,7 +315,7 @@ def encoder_dir(tmp_path):
 
 
 def test_from_pretrained_encoder_copies_the_trunk_and_makes_a_new_head(encoder_dir):
-    from qkv.checkpoint import from_pretrained_encoder
+    from qkv.train.pretrained import from_pretrained_encoder
     from qkv.models import BertClassifier, BertQA
     source = load(encoder_dir)
     model = from_pretrained_encoder(encoder_dir, "classify", ["neg", "pos"])
@@ -312,13 +333,13 @@ def test_from_pretrained_encoder_copies_the_trunk_and_makes_a_new_head(encoder_d
     (("classify", ["only"]), ConfigError, "needs at least 2 distinct string labels"),
 ])
 def test_from_pretrained_encoder_refuses_what_does_not_fit(encoder_dir, args, error, message):
-    from qkv.checkpoint import from_pretrained_encoder
+    from qkv.train.pretrained import from_pretrained_encoder
     with pytest.raises(error, match=message):
         from_pretrained_encoder(encoder_dir, *args)
 
 
 def test_from_pretrained_encoder_needs_an_encoder_and_its_tokenizer(encoder_dir, saved, tmp_path):
-    from qkv.checkpoint import from_pretrained_encoder
+    from qkv.train.pretrained import from_pretrained_encoder
     _, gpt = saved
     with pytest.raises(CheckpointError, match=r"holds a 'qkv-gpt' model, not an encoder; fine-tune from"):
         from_pretrained_encoder(gpt, "classify", ["a", "b"])
@@ -374,3 +395,23 @@ def test_load_takes_the_idle_cores_unless_the_user_chose(tmp_path, who):
                           capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout) == (3 if who == "user" else 1)
+
+
+def test_model_from_state_builds_without_init_casts_and_ties_again():
+    """The one way every loader builds a model: the tensors given (cast to each module's dtype), the tied
+    head the embedding itself again, no random init spent (a model whose init ran would differ)."""
+    from qkv.weights import model_from_state, tied_aliases
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, max_len=16, n_layers=2, d_model=16, n_heads=2, pos="rope", tie_embeddings=True)
+    source = GPT(cfg)
+    state = {k: v.to(torch.bfloat16) for k, v in source.state_dict().items() if k not in tied_aliases(source)}
+    assert "head.weight" not in state                         # saved once, as safetensors needs it
+    model = model_from_state(lambda: GPT(cfg), state, "the test's tensors")
+    assert model.head.weight is model.tok.weight and tied_aliases(model) == {"head.weight": "tok.weight"}
+    for name, p in model.state_dict().items():
+        assert p.dtype == torch.float32 and not p.is_meta, name
+        if name in state:
+            assert torch.equal(p, state[name].float()), name
+    assert torch.equal(model.pos.cos_PD, source.pos.cos_PD)   # buffers rebuilt, not left on the meta device
+    with pytest.raises(CheckpointError, match="the test's tensors do not fit the model"):
+        model_from_state(lambda: GPT(cfg), {**state, "extra.weight": torch.zeros(1)}, "the test's tensors")

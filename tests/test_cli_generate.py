@@ -67,7 +67,7 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
                                           ("cuda", "sees no CUDA GPU")])
 def test_a_device_the_machine_lacks_is_one_line_before_loading(tiny_run, capsys, monkeypatch, command, device, says):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)          # as on a CPU-only machine
-    monkeypatch.setattr("qkv.checkpoint.load", lambda *a, **k: pytest.fail("loaded before checking --device"))
+    monkeypatch.setattr("qkv.loading.load", lambda *a, **k: pytest.fail("loaded before checking --device"))
     assert main([command, str(tiny_run), "--device", device]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err and "--device" in err
@@ -90,8 +90,8 @@ def test_next_and_attention_take_threads_and_quantized(ckpt, tmp_path, capsys, c
     """--threads sets torch's threads before the load; --quantized loads int8 modules (the output runs)."""
     from qkv.quant import Int8Linear
     loaded = []
-    real_load = qkv.checkpoint.load
-    monkeypatch.setattr(qkv.checkpoint, "load", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1])
+    real_load = qkv.loading.load
+    monkeypatch.setattr(qkv.loading, "load", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1])
     out = ["--out", str(tmp_path / "a.html")] if command[0] == "attention" else []
     threads = torch.get_num_threads()
     try:

@@ -468,18 +468,18 @@ BLOCKED = [
     (FINETUNE[:2] + ["wnut17", "--init", "{bert}", "--data", "{wnut}", "--eval-data", "{wnut}", "--max-iters", "1",
                      "--out-dir", "{out}/ft"], ("seqeval",), "metrics", "qkv.train.finetune.build_finetune_task"),
     (["evaluate", "{tagger}", "--out-dir", "{out}/ev"], ("seqeval",), "metrics", "qkv.train.finetune.evaluate"),
-    (["translate", "{seq2seq}", "--file", "{src}", "--ref", "{ref}"], ("sacrebleu",), "metrics", "qkv.checkpoint.load"),
-    (["translate", "{seq2seq}", "--jsonl", "{docs}"], ("rouge_score",), "metrics", "qkv.checkpoint.load"),
+    (["translate", "{seq2seq}", "--file", "{src}", "--ref", "{ref}"], ("sacrebleu",), "metrics", "qkv.loading.load"),
+    (["translate", "{seq2seq}", "--jsonl", "{docs}"], ("rouge_score",), "metrics", "qkv.loading.load"),
     (["attention", "{gpt}", "--text", "First", "--out", "{out}/a.png"], ("matplotlib",), "plots",
-     "qkv.checkpoint.load"),
-    (["next", "{gpt}", "--text", "First", "--out", "{out}/n.png"], ("matplotlib",), "plots", "qkv.checkpoint.load"),
+     "qkv.loading.load"),
+    (["next", "{gpt}", "--text", "First", "--out", "{out}/n.png"], ("matplotlib",), "plots", "qkv.loading.load"),
     (["plot", "{gpt}", "--out", "{out}/c.png"], ("matplotlib",), "plots", "qkv.viz.curves.plot_curves"),
     (["experiment", "kv-cache", "--quick", "--out-dir", "{out}/kv"], ("matplotlib",), "plots", None),
-    (["predict", "{vit}", "--image", "{png}"], ("PIL",), "vision", "qkv.checkpoint.load"),
-    (["attention", "{vit}", "--image", "{png}", "--out", "{out}/a.html"], ("PIL",), "vision", "qkv.checkpoint.load"),
-    (["serve", "{gpt}"], ("fastapi", "uvicorn"), "serve", "qkv.checkpoint.load"),
+    (["predict", "{vit}", "--image", "{png}"], ("PIL",), "vision", "qkv.loading.load"),
+    (["attention", "{vit}", "--image", "{png}", "--out", "{out}/a.html"], ("PIL",), "vision", "qkv.loading.load"),
+    (["serve", "{gpt}"], ("fastapi", "uvicorn"), "serve", "qkv.loading.load"),
     (["generate", "{gpt}", "--prompt", "a", "--json-schema", "{mine_json}"], ("llguidance",), "serve",
-     "qkv.checkpoint.load"),
+     "qkv.loading.load"),
     (["info", "{fakegguf}"], ("gguf",), "gguf", None),
 ]
 
@@ -500,7 +500,7 @@ def test_a_missing_package_is_named_before_the_work(zoo, capsys, monkeypatch, ar
 
 
 def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(zoo, capsys, monkeypatch):
-    monkeypatch.setattr(qkv.checkpoint, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr(qkv.loading, "load", lambda *a, **k: pytest.fail("loaded the model"))
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

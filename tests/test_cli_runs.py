@@ -237,8 +237,8 @@ def test_help_shows_the_defaults_of_the_preset_that_would_run(capsys):
 
 
 def test_a_bug_is_one_line_with_a_way_to_see_more(monkeypatch, capsys):
-    import qkv.checkpoint
-    monkeypatch.setattr(qkv.checkpoint, "family", lambda path: 1 / 0)
+    import qkv.loading
+    monkeypatch.setattr(qkv.loading, "family_of", lambda path: 1 / 0)
     assert main(["info", "anything"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("qkv info: internal error: ZeroDivisionError") and "QKV_DEBUG=1" in err

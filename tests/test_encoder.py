@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 import qkv
 from qkv import CheckpointError, ConfigError, InputError, ModelConfig, Tokenizer
-from qkv.checkpoint import from_pretrained_encoder
+from qkv.train.pretrained import from_pretrained_encoder
 from qkv.models import BERT, GPT, BertClassifier, BertQA, BertTagger, Encoder
 
 CORPUS = ["the cat sat on the mat", "a dog is sleeping in the sun", "cats and dogs play chess"]

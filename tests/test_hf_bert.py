@@ -12,7 +12,7 @@ import torch
 
 import qkv
 from qkv import CheckpointError
-from qkv.checkpoint import from_pretrained_encoder
+from qkv.train.pretrained import from_pretrained_encoder
 from qkv.models import BERT, Encoder
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "on", "mat", "is",

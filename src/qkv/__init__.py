@@ -1,13 +1,14 @@
 """qkv: a from-scratch transformer library you can read top to bottom and use for real work."""
 
-__version__ = "0.1.0"   # before the imports: checkpoint.py records it
+from .version import __version__
 
 from . import runtime  # noqa: F401  (first: it notes torch's thread count before user code can change it)
 from .config import PRESETS, ModelConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, InputError, MissingExtraError, QkvError
 from .models import GPT, ModelOutput
 from .tokenizers import Tokenizer
-from .checkpoint import load, save
+from .checkpoint import save
+from .loading import load
 from .runtime.inference import for_inference
 from .generate import GenerationConfig, generate, stream
 from .conversation import ChatSession, chat, chat_stream

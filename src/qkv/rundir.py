@@ -27,6 +27,7 @@ Two rules keep a person's files safe:
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import tempfile
@@ -106,6 +107,19 @@ def recover(target: str | Path) -> None:
         for entry in target.parent.iterdir():       # killed while a save was being written
             if entry.name.startswith(_temp_prefix(target)) and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
+
+
+def read_json(path: Path, missing: str) -> dict:
+    """The JSON object in ``path``; ``missing`` is the error message (with its fix) when the file is absent."""
+    if not path.is_file():
+        raise CheckpointError(missing)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is corrupt, fix or re-save it") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object; fix or re-save it")
+    return data
 
 
 def resolve_dir(target: str | Path) -> Path:

@@ -49,7 +49,7 @@ def run(as_json: bool, checkpoint: str | None = None, sentences: int = 64, batch
     if threads:
         torch.set_num_threads(threads)
     if checkpoint:
-        from ..checkpoint import load
+        from ..loading import load
         from ..runtime.inference import for_inference
         model = for_inference(load(checkpoint))
     else:

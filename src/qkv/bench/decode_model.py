@@ -155,7 +155,8 @@ def _llama_cpp_side(path: Path, ids: list[int], new_tokens: int, threads: int):
 def run(model_path: str, json_out: bool = False, bits=(32, 8, 4), prompt_len: int = 512, new_tokens: int = 64,
         rounds: int = 3, threads=(1, 2), hf: bool = True, llama_cpp: bool = True) -> dict:
     """Measure every side at every thread count; print a table or one JSON line; return the result."""
-    from ..checkpoint import is_gguf, load
+    from ..interop import is_gguf
+    from ..loading import load
     path = Path(model_path)
     base = load(path)
     ids = _prompt_ids(base.tokenizer, prompt_len)

@@ -9,23 +9,24 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ..checkpoint import family
 from ..config import TrainConfig, load_config_file
 from ..errors import CheckpointError, article
+from ..family import Family
 from ..rundir import free_dir
 
 # what a person can run on each family instead
-USES = {"decoder": "`qkv generate` or `qkv eval`",
-        "encoder": "`qkv embed`, or `qkv finetune --init DIR` to train a task head on it",
-        "fine-tuned encoder": "`qkv predict` or `qkv evaluate`",
-        "fine-tuned decoder": "`qkv.load` in Python (its scores are the run's eval.json)",
-        "encoder-decoder": "`qkv translate`",
-        "image classifier": "`qkv predict --image` or `qkv evaluate`"}
+USES = {Family.DECODER: "`qkv generate` or `qkv eval`",
+        Family.ENCODER: "`qkv embed`, or `qkv finetune --init DIR` to train a task head on it",
+        Family.FINETUNED_ENCODER: "`qkv predict` or `qkv evaluate`",
+        Family.FINETUNED_DECODER: "`qkv.load` in Python (its scores are the run's eval.json)",
+        Family.ENCODER_DECODER: "`qkv translate`",
+        Family.IMAGE_CLASSIFIER: "`qkv predict --image` or `qkv evaluate`"}
 
 
-def require_family(path: str | Path, command: str, *families: str) -> str:
+def require_family(path: str | Path, command: str, *families: Family) -> Family:
     """The checkpoint's family, or a one-line error naming the command that fits it."""
-    found, model_type = family(path)
+    from ..loading import family_of, model_type_of
+    found, model_type = family_of(path), model_type_of(path)
     if found not in families:
         raise CheckpointError(f"{path} holds {article(found)} model ({model_type}); qkv {command} needs "
                               f"{' or '.join(article(f) for f in families)}: use {USES[found]} for this one")
@@ -37,7 +38,7 @@ def load_model(path: str | Path, args, device=None, bits: int | None = None):
     threads set first (``--threads``, else qkv.runtime's count of idle cores), then the checkpoint,
     ``--quantized`` or not, quantized to ``bits`` when given, and last ``for_inference`` (its swaps are
     made on the modules the model runs with)."""
-    from ..checkpoint import load
+    from ..loading import load
     from ..quant import quantize_model
     from ..runtime import set_decode_threads
     from ..runtime.inference import for_inference

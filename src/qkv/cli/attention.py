@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..family import Family
 from .flags import add_load_arguments, add_overwrite_argument, path_arg, value_parser
 
 FORMATS = {".png": "png", ".html": "html", ".htm": "html", ".pt": "bertviz", ".json": "bertviz"}
@@ -67,7 +68,7 @@ def output_format(out: str, fmt: str | None) -> str:
 def run(args) -> int:
     from ..errors import InputError, article
     from ..rundir import claim_out_file
-    from ..viz.read import attention_maps, encode_inputs, family
+    from ..viz.read import attention_maps, encode_inputs, stack_family
     from ._common import load_model, require_family
 
     fmt = output_format(args.out, args.format)
@@ -78,17 +79,16 @@ def run(args) -> int:
     if fmt == "png":
         from ..viz.output import require_png
         require_png("qkv attention --out FILE.png")      # before the model loads and runs
-    if require_family(args.model, "attention", "decoder", "encoder", "fine-tuned encoder", "encoder-decoder",
-                      "image classifier") == "image classifier":
+    if require_family(args.model, "attention", *Family) == Family.IMAGE_CLASSIFIER:
         return _image(args, fmt)
     if args.image:
         raise InputError("--image is for image classifiers; a text model reads --text TEXT")
     if args.window is not None or args.stage is not None:
         raise InputError("--window and --stage pick a Swin's window and stage; a text model has neither: drop them")
     model = load_model(args.model, args)
-    kind = family(model)
+    kind = stack_family(model)
     text = args.text
-    if kind == "encoder-decoder" and text is None and args.source is not None:
+    if kind == Family.ENCODER_DECODER and text is None and args.source is not None:
         from ..translate import SearchConfig, translate
         text = translate(model, [args.source], SearchConfig(beam_size=1))[0]
     if text is None:
@@ -97,7 +97,7 @@ def run(args) -> int:
     title = f"{Path(args.model).name} ({kind})"
     chosen = None
     if fmt == "png":
-        wanted = MAPS[args.map or ("cross" if kind == "encoder-decoder" else "self")]
+        wanted = MAPS[args.map or ("cross" if kind == Family.ENCODER_DECODER else "self")]
         chosen = next((m for m in maps if m.name == wanted), None)
         if chosen is None:
             names = [k for k, v in MAPS.items() if any(m.name == v for m in maps)]

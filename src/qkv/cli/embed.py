@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+from ..family import Family
 from .flags import path_arg, positive_int
 
 
@@ -28,7 +29,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoint import load
+    from ..loading import load
     from ..data.text import read_lines
     from ..errors import CheckpointError, InputError
     from ..runtime.inference import for_inference
@@ -44,7 +45,7 @@ def run(args) -> int:
         texts += lines
     if not texts:
         raise InputError("no sentences to embed; pass --text TEXT (repeatable) or --file FILE")
-    require_family(args.checkpoint, "embed", "encoder", "fine-tuned encoder")
+    require_family(args.checkpoint, "embed", Family.ENCODER, Family.FINETUNED_ENCODER)
     model = for_inference(load(args.checkpoint))
     if model.tokenizer is None:
         raise CheckpointError(f"{args.checkpoint} has no tokenizer files; qkv embed needs one to read text")

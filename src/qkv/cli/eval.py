@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+from ..family import Family
 from .flags import add_load_arguments, path_arg, positive_int, value_parser
 
 
@@ -37,7 +38,7 @@ def run(args) -> int:
         check_bits(args.bits)
     if args.bits is not None and args.quantized:
         raise InputError("give --bits (quantize the float weights) or --quantized (keep a GGUF's blocks), not both")
-    require_family(args.checkpoint, "eval", "decoder")
+    require_family(args.checkpoint, "eval", Family.DECODER)
     text = read_text(args.data)
     model = load_model(args.checkpoint, args, bits=args.bits)
     if model.tokenizer is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..family import Family
 from ..tasks import TASKS
 from .flags import path_arg, positive_int
 
@@ -43,7 +44,8 @@ def run(args) -> int:
     from ..runtime.inference import for_inference
 
     out = claim_report_dir(Path(args.out_dir) if args.out_dir else Path(args.checkpoint) / "evaluate")
-    if require_family(args.checkpoint, "evaluate", "fine-tuned encoder", "image classifier") == "image classifier":
+    found = require_family(args.checkpoint, "evaluate", Family.FINETUNED_ENCODER, Family.IMAGE_CLASSIFIER)
+    if found == Family.IMAGE_CLASSIFIER:
         return _images(args, out)
     model, fcfg = load_finetuned(args.checkpoint, args.task, args.data)
     model = for_inference(model)
@@ -58,7 +60,8 @@ def run(args) -> int:
 
 
 def _images(args, out: Path) -> int:
-    from ..checkpoint import load, read_config
+    from ..checkpoint import read_config
+    from ..loading import load
     from ..data.images import ImageDataConfig, mnist_splits, read_mnist_test
     from ..errors import ConfigError, InputError
     from ..runtime.inference import for_inference

@@ -23,6 +23,7 @@ import typing
 from ..checkpoint import read_config
 from ..config import PRESETS, ModelConfig, TrainConfig, build, resolve
 from ..errors import ConfigError
+from ..family import Family
 from ..rundir import claim_out_dir
 from ._common import default_out_dir, report_summary, require_family, require_task_metrics
 from .flags import add_dataclass_flags, collect, path_arg
@@ -116,11 +117,11 @@ def _finetune(args) -> int:
         if fcfg.init is not None:
             from ..tasks import get_task
             if get_task(fcfg.task).head is None:             # chat: the decoder itself learns
-                require_family(fcfg.init, f"finetune --task {fcfg.task} --init", "decoder")
+                require_family(fcfg.init, f"finetune --task {fcfg.task} --init", Family.DECODER)
             elif get_task(fcfg.task).head == "classify":      # an encoder's [CLS] or a decoder's last token
-                require_family(fcfg.init, "finetune --init", "encoder", "fine-tuned encoder", "decoder")
+                require_family(fcfg.init, "finetune --init", Family.ENCODER, Family.FINETUNED_ENCODER, Family.DECODER)
             else:
-                require_family(fcfg.init, "finetune --init", "encoder", "fine-tuned encoder")
+                require_family(fcfg.init, "finetune --init", Family.ENCODER, Family.FINETUNED_ENCODER)
         model_cfg, train_cfg = resolve(args.preset or DEFAULT_PRESET, None, model_overrides, train_overrides)
         check_launch(train_cfg.batch_size, train_cfg.fsdp)               # before the rendezvous and any work
         train_cfg = default_out_dir(train_cfg, None, train_overrides)

@@ -26,11 +26,13 @@ def run(args) -> int:
     from pathlib import Path
 
     from .. import load
-    from ..checkpoint import family, is_gguf, read_config
+    from ..checkpoint import read_config
+    from ..interop import is_gguf
+    from ..loading import family_of, model_type_of
     from ..quant import Int4Linear, Int8Linear
     from ..rundir import resolve_dir
 
-    kind, model_type = family(args.checkpoint)
+    kind, model_type = family_of(args.checkpoint), model_type_of(args.checkpoint)
     vision = None
     if is_gguf(args.checkpoint):                  # a GGUF file: its metadata stands in for config.json
         d, (cfg, tok, parameters, config) = Path(args.checkpoint), _gguf_facts(args.checkpoint)

@@ -19,6 +19,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..family import Family
 from .flags import add_load_arguments, add_overwrite_argument, path_arg, positive_int
 
 
@@ -48,7 +49,7 @@ def run(args) -> int:
         require_png("qkv next --out")                    # before the model loads and runs
     elif args.overwrite:
         raise InputError("--overwrite lets --out replace a file; there is no --out: drop --overwrite")
-    require_family(args.model, "next", "decoder", "encoder", "encoder-decoder")
+    require_family(args.model, "next", Family.DECODER, Family.ENCODER, Family.ENCODER_DECODER)
     model = load_model(args.model, args)
     result = next_tokens(model, args.text, args.top, args.source, args.truncate, args.lens)
     if args.out is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 
+from ..family import Family
 from ..tasks import TASKS
 
 from .flags import path_arg, positive_int
@@ -44,7 +45,8 @@ def run(args) -> int:
     from ..train.finetune import input_length, load_finetuned
     from ._common import require_family, say_truncated
 
-    if require_family(args.checkpoint, "predict", "fine-tuned encoder", "image classifier") == "image classifier":
+    found = require_family(args.checkpoint, "predict", Family.FINETUNED_ENCODER, Family.IMAGE_CLASSIFIER)
+    if found == Family.IMAGE_CLASSIFIER:
         return _images(args)
     if args.image or args.invert or args.top is not None:
         raise InputError("a text model reads --text TEXT; --image, --invert and --top are for image classifiers")
@@ -82,7 +84,7 @@ def _images(args) -> int:
 
     import torch
 
-    from ..checkpoint import load
+    from ..loading import load
     from ..data.images import background_note, image_to_pixels, normalize, require_pillow
     from ..errors import InputError
     from ..runtime.inference import for_inference

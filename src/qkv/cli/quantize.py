@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import CheckpointError
+from ..family import Family
 from .flags import path_arg, value_parser
 
 
@@ -31,13 +32,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import is_gguf, load, save
+    from ..checkpoint import save
+    from ..interop import is_gguf
+    from ..loading import load
     from ..quant import check_bits, is_quantized, layout_of, quantize_model
     from ..rundir import claim_out_dir
     from ._common import require_family
 
     check_bits(args.bits, args.group_size)
-    require_family(args.model, "quantize", "decoder")
+    require_family(args.model, "quantize", Family.DECODER)
     claim_out_dir(args.out, overwrite=args.overwrite, flag="OUT", reads=(args.model,))
     if is_gguf(args.model):
         from ..interop.gguf import GGUFFile

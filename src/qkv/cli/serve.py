@@ -19,6 +19,7 @@ import errno
 import socket
 from pathlib import Path
 
+from ..family import Family
 from ..serve.config import ServeConfig
 from .flags import (add_chat_template_argument, add_dataclass_flags, add_device_argument, collect, path_arg,
                     positive_int)
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load
+    from ..loading import load
     from ..errors import InputError, article
     from ..runtime import inference_device, set_decode_threads
     from ..runtime.inference import for_inference
@@ -49,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from ..conversation import read_chat_template
     config = ServeConfig(**collect(args, ServeConfig)).with_api_key()   # a bad key file: before the load
     template = read_chat_template(args.chat_template) if args.chat_template else None
-    found = require_family(args.model, "serve", "decoder", "encoder", "fine-tuned encoder")
-    if args.quantized and found != "decoder":
+    found = require_family(args.model, "serve", Family.DECODER, Family.ENCODER, Family.FINETUNED_ENCODER)
+    if args.quantized and found != Family.DECODER:
         raise InputError(f"--quantized keeps a decoder's weights quantized; {args.model} is {article(found)}, "
                          f"served in float: drop --quantized")
     uvicorn = require_serve_extra("qkv serve")          # before the model loads (seconds for a large one)
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..serve import create_app
     app = create_app(model, config)
     print(f"qkv serve: {config.model_name} ({found}) on http://{config.host}:{config.port}", flush=True)
-    if found == "decoder":
+    if found == Family.DECODER:
         from ..generation_defaults import describe
         print(f"qkv serve: {describe(getattr(model, 'generation_defaults', {}))}", flush=True)
     import logging

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..family import Family
 from .flags import add_overwrite_argument, path_arg, positive_int, value_parser
 
 
@@ -47,7 +48,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import torch
 
-    from ..checkpoint import load
+    from ..loading import load
     from ..data.pairs import read_parallel, read_summaries
     from ..data.text import read_lines
     from ..errors import InputError
@@ -74,7 +75,7 @@ def run(args) -> int:
         claim_out_file(path, args.overwrite, flag, reads=inputs)
     if args.ref or args.jsonl:                        # scored at the end: the package is asked for now
         require_metric("rouge" if args.jsonl else "bleu", f"qkv translate {'--jsonl' if args.jsonl else '--ref'}")
-    require_family(args.directory, "translate", "encoder-decoder")
+    require_family(args.directory, "translate", Family.ENCODER_DECODER)
     if args.threads:
         torch.set_num_threads(args.threads)
     references = None

@@ -36,11 +36,8 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
-from ..generation_defaults import from_gguf
-from ..models.decoder import GPT
 from ..quant import gguf_blocks
 from .gguf_reader import Header
-from .gguf_tokenizer import tokenizer_from_gguf
 
 ARCHITECTURES = ("llama",)
 TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
@@ -175,19 +172,15 @@ def open_gguf(path: str | Path) -> tuple[GGUFFile, ModelConfig]:
     return f, cfg
 
 
-def load_gguf(path: str | Path, quantized: bool = False) -> GPT:
-    """A GPT (eval mode) with ``.tokenizer`` from a GGUF file; ``quantized`` keeps Q8_0 / Q4_x weights in
-    int8 / 4-bit modules (``qkv.interop.gguf_quant``) instead of dequantizing every tensor to float32."""
-    f, cfg = open_gguf(path)
-    if quantized:
-        from .gguf_quant import quantized_gpt
-        model = quantized_gpt(f, cfg)
-    else:
-        from .hf_files import model_from_state
-        model = model_from_state(lambda: GPT(cfg), float_state(f, cfg), f"the tensors of {f.path}")
-    model.tokenizer = tokenizer_from_gguf(f)
-    model.generation_defaults = from_gguf(f)
-    return model.eval()
+def is_gguf(path: str | Path) -> bool:
+    """A .gguf name, or a file that starts with GGUF's magic."""
+    p = Path(path)
+    if p.suffix == ".gguf":
+        return True
+    if not p.is_file():
+        return False
+    with open(p, "rb") as fh:
+        return fh.read(4) == b"GGUF"
 
 
 def float_state(f: GGUFFile, cfg: ModelConfig, names=None) -> dict[str, torch.Tensor]:

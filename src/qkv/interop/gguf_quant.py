@@ -25,8 +25,8 @@ from ..config import ModelConfig
 from ..models.decoder import GPT
 from ..quant import Int4Linear, Int8Linear, QuantEmbedding, int4_fits
 from ..quant.gguf_blocks import FOUR_BIT, dequantize_four_bit, four_bit, q8_0
+from ..weights import meta_device
 from .gguf import LAYER_TENSORS, GGUFFile, float_state, unpermute_rows
-from .hf_files import meta_device
 
 ROWS_PER_SLICE = 4096
 FLOAT_TYPES = ("F32", "F16", "BF16")

@@ -37,7 +37,8 @@ from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
 from ..models.encoder import BERT, Encoder
 from ..tokenizers import Tokenizer
-from .hf_files import check_shapes, model_from_state, read_hf_json, read_weights
+from ..weights import model_from_state
+from .hf_files import check_shapes, read_hf_json, read_weights
 
 # HF hidden_act -> our mlp (the MLM transform uses the same activation).
 ACTIVATIONS_IN = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh",

@@ -14,16 +14,13 @@ pickled code; shard names must be plain file names in the same directory.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
-from ..checkpoint import read_json, tied_aliases
 from ..errors import CheckpointError
+from ..rundir import read_json
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -92,53 +89,3 @@ def check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int
     if extra:
         raise CheckpointError(f"{where} has tensors {what} with config.json ({sizes}) does not: "
                               f"{extra[:5]}{' ...' if len(extra) > 5 else ''}; {extra_fix}")
-
-
-class _SkipInit(torch.overrides.TorchFunctionMode):
-    """``nn.init`` calls return their tensor untouched. Under ``meta_device`` there are no values to fill,
-    and torch's meta ``normal_`` is a Python decomposition whose first call imports torch._dynamo: 1.3 s of
-    every load of a model built this way."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if getattr(func, "__module__", None) == "torch.nn.init":
-            return args[0] if args else kwargs["tensor"]
-        return func(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def meta_device():
-    """Modules built inside hold meta tensors: shapes only, no memory, no random init."""
-    with torch.device("meta"), _SkipInit():
-        yield
-
-
-def model_from_state(build: Callable[[], nn.Module], sd: dict[str, torch.Tensor], where: str) -> nn.Module:
-    """A float32 model from ``build()`` holding ``sd``, without its random init (seconds for a 100M model).
-
-    Parameters start on the meta device (no memory, no init) and the loaded tensors are assigned in place
-    of them. Buffers are computed at construction rather than loaded: a model that can recompute them
-    (``rebuild_buffers``, the position tables of ``Stack``) does so; any other is built for real.
-    Tied parameters (one Parameter under two names) are tied again after the assignment split them.
-    """
-    with meta_device():
-        model = build()
-    assign = not any(True for _ in model.buffers()) or hasattr(model, "rebuild_buffers")
-    if not assign:
-        model = build()
-    aliases = tied_aliases(model)
-    sd = dict(sd)
-    for alias, canonical in aliases.items():
-        if canonical in sd:
-            sd.setdefault(alias, sd[canonical])
-    try:
-        model.load_state_dict(sd, strict=True, assign=assign)
-    except RuntimeError as e:   # the shape checks make this unreachable; keep the error readable regardless
-        raise CheckpointError(f"{where} do not fit the model ({e}); re-save the checkpoint") from None
-    if assign:                  # assign made one Parameter per name: point each alias at the canonical one
-        for alias, canonical in aliases.items():
-            *path, name = alias.split(".")
-            setattr(model.get_submodule(".".join(path)), name, model.get_parameter(canonical))
-        if any(b.is_meta for b in model.buffers()):
-            model.rebuild_buffers()
-    return model.float()

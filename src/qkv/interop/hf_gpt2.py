@@ -37,7 +37,8 @@ from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
 from ..models.decoder import GPT
 from ..tokenizers import Tokenizer
-from .hf_files import check_shapes, model_from_state, read_hf_json, read_weights
+from ..weights import model_from_state
+from .hf_files import check_shapes, read_hf_json, read_weights
 
 # HF activation_function -> our mlp. gelu_new, gelu_fast and both gelu_*_tanh are the same tanh formula.
 ACTIVATIONS_IN = {"gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -196,7 +197,7 @@ def load_gpt2(directory: str | os.PathLike) -> GPT:
 
 
 def gpt_from_state(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str) -> GPT:
-    """A float32 GPT holding ``sd``, built without its random init (see ``hf_files.model_from_state``)."""
+    """A float32 GPT holding ``sd``, built without its random init (see ``qkv.weights.model_from_state``)."""
     return model_from_state(lambda: GPT(cfg), sd, where)
 
 

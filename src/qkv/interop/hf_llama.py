@@ -38,7 +38,8 @@ from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
 from ..models.decoder import GPT
 from ..tokenizers import Tokenizer
-from .hf_files import check_shapes, model_from_state, read_hf_json, read_weights
+from ..weights import model_from_state
+from .hf_files import check_shapes, read_hf_json, read_weights
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 MAX_POSITIONS = {"llama": 2048, "mistral": 4096 * 32, "qwen2": 32768}   # each config class's default

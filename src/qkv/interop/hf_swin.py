@@ -31,7 +31,8 @@ import torch
 from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
 from ..models.swin import Swin, stage_config
-from .hf_files import check_shapes, meta_device, model_from_state, read_hf_json, read_weights
+from ..weights import meta_device, model_from_state
+from .hf_files import check_shapes, read_hf_json, read_weights
 from .hf_vit import labels_from_hf, mlp_from_hf, vision_from_hf
 
 

@@ -33,7 +33,8 @@ from ..config import ModelConfig, VisionConfig
 from ..errors import CheckpointError, QkvError
 from ..models.vision import ViT
 from .hf_bert import ACTIVATIONS_IN
-from .hf_files import check_shapes, model_from_state, read_hf_json, read_weights
+from ..weights import model_from_state
+from .hf_files import check_shapes, read_hf_json, read_weights
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 RESAMPLE_NAMES = {0: "nearest", 2: "bilinear", 3: "bicubic"}        # PIL's numbers, as the processor saves them

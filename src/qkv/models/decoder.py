@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
+from ..family import Family
 from ..nn.kv_cache import KVCache
 from ..nn.masks import build_mask
 from .output import ModelOutput
@@ -25,7 +26,7 @@ from .stack import Stack
 class GPT(Stack):
     """A causal ``Stack`` with a language-model head (tied to the token embedding by default)."""
     model_type = "qkv-gpt"
-    family = "decoder"
+    family = Family.DECODER
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

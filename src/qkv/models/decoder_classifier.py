@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError
+from ..family import Family
 from .decoder import GPT
 from .output import ModelOutput
 
@@ -30,7 +31,7 @@ from .output import ModelOutput
 class GPTClassifier(GPT):
     """A decoder whose head predicts one of ``labels`` from the last real token (logits_BK)."""
     model_type = "qkv-gpt-classify"
-    family = "fine-tuned decoder"
+    family = Family.FINETUNED_DECODER
 
     def __init__(self, cfg: ModelConfig, labels: Sequence[str]):
         labels = list(labels)

@@ -21,7 +21,7 @@ Padding: rows are padded on the right and ``key_mask_BL`` is True for real token
 in every row, so a padded row computes exactly what the unpadded sequence would (a test holds this).
 Without padding (no mask, or an all-True one) attention takes SDPA's unmasked fast path.
 
-Fine-tuning starts from a pre-trained encoder: ``qkv.checkpoint.from_pretrained_encoder(dir, "classify",
+Fine-tuning starts from a pre-trained encoder: ``qkv.train.pretrained.from_pretrained_encoder(dir, "classify",
 labels)`` keeps the encoder weights of any encoder checkpoint (qkv or Hugging Face BERT) and initializes a
 new head (it reads checkpoints, so it lives with the loaders).
 
@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, ConfigError, InputError
+from ..family import Family
 from ..nn.masks import build_mask
 from ..nn.norms import make_norm
 from ..padding import pad_right
@@ -135,7 +136,7 @@ class MeanPool(nn.Module):
 class Encoder(Stack):
     """A bidirectional ``Stack`` with segment embeddings; bare, it returns hidden states (``.hidden``)."""
     model_type = "qkv-bert-encoder"
-    family = "encoder"
+    family = Family.ENCODER
 
     def __init__(self, cfg: ModelConfig, head: nn.Module | None = None):
         if cfg.mask != "bidirectional":
@@ -228,7 +229,7 @@ class BERT(Encoder):
 class BertQA(Encoder):
     """Extractive QA: ``.start_logits`` / ``.end_logits`` (B, L) over the tokens; labels are spans_B2."""
     model_type = "qkv-bert-qa"
-    family = "fine-tuned encoder"          # a task head: predict and evaluate, not embed
+    family = Family.FINETUNED_ENCODER          # a task head: predict and evaluate, not embed
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, SpanHead(cfg))
@@ -243,7 +244,7 @@ class LabelledEncoder(Encoder):
     """An encoder whose head predicts one of ``labels`` (names kept in config.json, so load rebuilds it)."""
     head_class: type = nn.Module
     min_labels = 1
-    family = "fine-tuned encoder"
+    family = Family.FINETUNED_ENCODER
 
     def __init__(self, cfg: ModelConfig, labels: Sequence[str]):
         labels = list(labels)

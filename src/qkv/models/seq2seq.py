@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
+from ..family import Family
 from ..nn.kv_cache import KVCache
 from ..nn.masks import AttnMask, build_mask
 from .output import ModelOutput
@@ -54,7 +55,7 @@ class Memory:
 
 class EncoderDecoder(nn.Module):
     model_type = "qkv-seq2seq"
-    family = "encoder-decoder"
+    family = Family.ENCODER_DECODER
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

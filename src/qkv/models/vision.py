@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from ..config import ModelConfig, VisionConfig, build
 from ..errors import CheckpointError, ConfigError, InputError
+from ..family import Family
 from ..nn.masks import build_mask
 from ..nn.position import Position, sinusoidal_table
 from .output import ModelOutput
@@ -37,7 +38,7 @@ from .stack import Stack
 
 class ImageClassifier:
     """Mixin for image models: ``labels`` and ``vision`` saved in config.json, input checks, the loss."""
-    family = "image classifier"
+    family = Family.IMAGE_CLASSIFIER
 
     @classmethod
     def check_labels(cls, labels: Sequence[str] | None) -> list[str]:

@@ -28,17 +28,17 @@ from typing import Callable
 
 from torch import nn
 
+from ..family import Family
 from ..native.fused import use_fused_decode
 from .layout import decode_layout
 from .onednn import use_onednn
-
-DECODING_FAMILIES = ("decoder", "encoder-decoder")     # they run one token at a time after the prompt
 
 
 def onednn_unless_decoding(model: nn.Module) -> nn.Module:
     """oneDNN's Linears for a model that runs whole sequences (bench/README.md: 1.2-1.35x on BERT-base's
     GEMMs, ~3x slower than MKL at the one row a decode step has)."""
-    return model if getattr(model, "family", None) in DECODING_FAMILIES else use_onednn(model)
+    family = getattr(model, "family", None)
+    return model if family is not None and Family(family).decodes else use_onednn(model)
 
 
 SWAPS: list[Callable[[nn.Module], nn.Module]] = [decode_layout, onednn_unless_decoding, use_fused_decode]

@@ -25,9 +25,11 @@ from typing import Literal
 import torch
 
 from ..adapters import LoRAConfig, add_lora, save_adapter
-from ..checkpoint import family, from_pretrained_encoder, read_config
+from ..checkpoint import read_config
 from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError
+from ..family import Family
+from ..loading import family_of
 from ..models import GPT, MODEL_TYPES, GPTClassifier
 from ..models.encoder import HEADS
 from ..quant import apply_layout
@@ -39,6 +41,7 @@ from ..tasks.batches import TaskBatches, item_logits
 from ..tokenizers import Tokenizer
 from ..validation import check_fields
 from .parts import RunParts, fill_vocab, train_tokenizer
+from .pretrained import from_pretrained_encoder
 from .distributed import is_sharded
 from .trainer import Trainer
 
@@ -103,7 +106,7 @@ def finetune_config(directory: str | Path) -> FinetuneConfig:
 
 def load_finetuned(directory: str | Path, task: str | None = None, data: str | None = None):
     """(model, FinetuneConfig) of a fine-tuned checkpoint; ``task`` names it for models saved without one."""
-    from ..checkpoint import load                       # checkpoint imports models: import it when called
+    from ..loading import load
     config = read_config(directory)
     if "finetune" in config:
         fcfg = finetune_config(directory)
@@ -138,7 +141,7 @@ def new_model(fcfg: FinetuneConfig, model_cfg: ModelConfig, train_cfg: TrainConf
     classifier on its last token (sst2, cola), or the decoder itself (chat)."""
     spec = get_task(fcfg.task)
     from_decoder = spec.head is None or (spec.head == "classify" and fcfg.init is not None
-                                         and family(fcfg.init)[0] == "decoder")
+                                         and family_of(fcfg.init) == Family.DECODER)
     decoder = pretrained_decoder(fcfg) if from_decoder else None      # a damaged checkpoint: said first
     train = spec.read_train(fcfg)
     labels = spec.label_names(train)

@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import SRC_TOKENIZER_FILE, load_weights, read_config, tied_aliases, write_model_files
+from ..checkpoint import SRC_TOKENIZER_FILE, load_weights, read_config, write_model_files
 from ..config import ModelConfig, TrainConfig, build
 from ..errors import CheckpointError, ConfigError, require_extra
 from ..rundir import atomic_dir, claim_out_dir, recover
 from ..tokenizers import Tokenizer
+from ..weights import with_aliases
 from .distributed import (World, check_launch, dropout_seed, full_state, is_sharded, load_full_state, parallel,
                           sync_gradients)
 from .guard import NonFiniteGuard
@@ -165,9 +166,7 @@ class Trainer:
         if not is_sharded(self.model):
             raise ConfigError("this run was saved with --fsdp; resume it with --fsdp")
         from safetensors.torch import load_file
-        weights_state = load_file(str(weights))
-        for alias, canonical in tied_aliases(self.model).items():
-            weights_state.setdefault(alias, weights_state[canonical])
+        weights_state = with_aliases(self.model, load_file(str(weights)))
         load_full_state(self.model, weights_state, self.optimizer, state["optimizer"])
 
     # ---- pieces -------------------------------------------------------------------------------------

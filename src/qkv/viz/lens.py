@@ -23,7 +23,8 @@ import torch
 
 from ..errors import InputError
 from .output import plain, png_figure, text_inches, wrap
-from .read import Inputs, encode_inputs, family, residuals, token_label, tokenizer_of, unembed
+from ..family import Family
+from .read import Inputs, encode_inputs, residuals, stack_family, token_label, tokenizer_of, unembed
 
 
 @dataclass
@@ -55,7 +56,7 @@ def _top(tokenizer, logits_V: torch.Tensor, k: int) -> list[Candidate]:
 
 
 def _position(model, inputs: Inputs) -> int:
-    if family(model) != "encoder":
+    if stack_family(model) != Family.ENCODER:
         return len(inputs.ids) - 1
     mask_id = tokenizer_of(model).mask_id
     if mask_id is None or mask_id not in inputs.ids:
@@ -71,12 +72,12 @@ def next_tokens(model, text: str, top: int = 10, source: str | None = None, trun
     if top < 1:
         raise InputError(f"top={top} must be a positive number of tokens")
     tokenizer = tokenizer_of(model)
-    keep_end = family(model) != "encoder"        # the newest context predicts the next token
+    keep_end = stack_family(model) != Family.ENCODER        # the newest context predicts the next token
     inputs = encode_inputs(model, text, source, truncate, keep_end)
     position = _position(model, inputs)
     stream = residuals(model, inputs)
     head_logits_LV = unembed(model, stream.hidden[-1])   # the lens at the last layer = the model's logits
-    reads = "masked token" if family(model) == "encoder" else "next token"
+    reads = "masked token" if stack_family(model) == Family.ENCODER else "next token"
     result = NextTokens([tokenizer.decode([i]) for i in inputs.ids], inputs.labels, position,
                         _top(tokenizer, head_logits_LV[position], top), reads)
     if lens:

@@ -23,16 +23,18 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
+from ..family import Family
 from ..models.encoder import BERT
 from ..models.stack import Stack
 
 
-def family(model) -> str:
-    """"decoder", "encoder" or "encoder-decoder" (a fine-tuned encoder is an encoder with a task head)."""
-    kind = getattr(model, "family", None)
-    if kind == "fine-tuned encoder":
-        return "encoder"
-    if kind in ("decoder", "encoder", "encoder-decoder"):
+def stack_family(model) -> Family:
+    """The stack a picture reads: decoder, encoder or encoder-decoder (a fine-tuned encoder is an encoder with
+    a task head; an image classifier has pictures of its own, ``qkv.viz.images``)."""
+    kind = getattr(model, "family", None)           # the class's Family (qkv.loading.family_of reads the same)
+    if kind == Family.FINETUNED_ENCODER:
+        return Family.ENCODER
+    if kind in (Family.DECODER, Family.ENCODER, Family.ENCODER_DECODER):
         return kind
     raise InputError(f"{type(model).__name__} is not a transformer qkv can look inside; load a decoder, "
                      f"encoder or encoder-decoder checkpoint")
@@ -82,13 +84,13 @@ def encode_inputs(model, text: str, source: str | None = None, truncate: bool = 
 
     truncate: cut an over-long text to the context, keeping its end (``keep_end``) or its start.
     """
-    kind, tokenizer = family(model), tokenizer_of(model)
+    kind, tokenizer = stack_family(model), tokenizer_of(model)
     max_len = model.cfg.max_len
-    if kind != "encoder-decoder" and source is not None:
+    if kind != Family.ENCODER_DECODER and source is not None:
         raise InputError(f"a source text is for encoder-decoders; this is a {kind}")
-    if kind == "decoder":
+    if kind == Family.DECODER:
         ids = _fit(tokenizer.encode(text), max_len, truncate, keep_end, "text")
-    elif kind == "encoder":
+    elif kind == Family.ENCODER:
         tokenizer.encode(text)              # unseen characters: the tokenizer's own error
         ids = tokenizer.encode_for_model(text).ids
         if len(ids) > max_len and truncate and not keep_end:
@@ -131,9 +133,9 @@ def _device(model) -> torch.device:
 @torch.no_grad()
 def attention_maps(model, inputs: Inputs) -> list[AttentionMap]:
     """Run the model once on ``inputs`` and return every kind of attention it has."""
-    kind, device = family(model), _device(model)
+    kind, device = stack_family(model), _device(model)
     ids_BL = torch.tensor([inputs.ids], device=device)
-    if kind == "encoder-decoder":
+    if kind == Family.ENCODER_DECODER:
         src_BS = torch.tensor([inputs.src_ids], device=device)
         out = model(src_BS, ids_BL, return_attentions=True)
         found = [("encoder self-attention", inputs.src_labels, inputs.src_labels, out.encoder_attentions),
@@ -156,7 +158,7 @@ class Residuals:
 
 def trunk(model) -> Stack:
     """The stack whose residual stream predicts tokens: the decoder's, or the encoder's itself."""
-    return model.decoder if family(model) == "encoder-decoder" else model
+    return model.decoder if stack_family(model) == Family.ENCODER_DECODER else model
 
 
 def unembed(model, h_NC: torch.Tensor) -> torch.Tensor:
@@ -164,7 +166,7 @@ def unembed(model, h_NC: torch.Tensor) -> torch.Tensor:
 
     The final norm is an identity for post-norm stacks, whose blocks end in a norm already."""
     stack = trunk(model)
-    if family(model) == "encoder":
+    if stack_family(model) == Family.ENCODER:
         if not isinstance(model, BERT):
             raise InputError(f"this {type(model).__name__} has no language-model head to read tokens from; "
                              f"use a masked-LM (qkv-bert) checkpoint or a decoder")
@@ -181,7 +183,7 @@ def residuals(model, inputs: Inputs) -> Residuals:
     hooks += [b.register_forward_hook(lambda m, args, out: rows.append(out[0][0])) for b in stack.blocks]
     try:
         ids_BL = torch.tensor([inputs.ids], device=device)
-        if family(model) == "encoder-decoder":
+        if stack_family(model) == Family.ENCODER_DECODER:
             out = model(torch.tensor([inputs.src_ids], device=device), ids_BL)
         else:
             out = model(ids_BL)
