@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..validation import check_fields
+from .names import select_parts
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,6 @@ def add_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     """Freeze ``model`` and put adapters on the modules ``cfg.targets`` name. Returns the Hugging Face names
     of the adapted parts (the targets' full names). A name that matches nothing is an error naming those
     there are. New heads a fine-tuning task adds stay trainable (``trainable_head``)."""
-    from .peft_format import select_parts
     chosen = select_parts(model, cfg.targets)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -30,71 +30,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from .lora import LoRAConfig, adapt, adapted, key, pass_gradients_through_quantized
+from .names import all_parts, layout
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
-LAYOUTS = {
-    "llama": ("model.layers", {"attn.wq": ("self_attn.q_proj",), "attn.wkv": ("self_attn.k_proj", "self_attn.v_proj"),
-                               "attn.wo": ("self_attn.o_proj",), "mlp.gate": ("mlp.gate_proj",),
-                               "mlp.up": ("mlp.up_proj",), "mlp.down": ("mlp.down_proj",)}),
-    "bert": ("encoder.layer", {"attn.wq": ("attention.self.query",),
-                               "attn.wkv": ("attention.self.key", "attention.self.value"),
-                               "attn.wo": ("attention.output.dense",), "mlp.up": ("intermediate.dense",),
-                               "mlp.down": ("output.dense",)}),
-}
 KEY = re.compile(r"^(?:.*\.)?(model\.layers|encoder\.layer)\.(\d+)\.(.+)\.lora_([AB])(?:\.default)?\.weight$")
-
-
-def layout(model) -> str:
-    from ..models.encoder import Encoder            # layers/models only when called: adapters sit above them
-    if isinstance(model, Encoder):
-        return "bert"
-    if getattr(model.cfg, "mlp", None) == "swiglu" and hasattr(model, "blocks"):
-        return "llama"
-    raise ConfigError(f"LoRA needs a Llama-layout decoder (SwiGLU FFN: Llama, Mistral, Qwen2, SmolLM2) or a BERT "
-                      f"encoder; this {getattr(model, 'model_type', type(model).__name__)} model ("
-                      f"{getattr(model.cfg, 'mlp', '?')} FFN) has no PEFT module names")
-
-
-def all_parts(model) -> dict[str, list[tuple[str, int, int]]]:
-    """{qkv module: [(Hugging Face module, first row, end row), ...]} for every adaptable part of ``model``."""
-    prefix, table = LAYOUTS[layout(model)]
-    out = {}
-    for i in range(len(model.blocks)):
-        for suffix, names in table.items():
-            name = f"blocks.{i}.{suffix}"
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                continue
-            rows = module.out_features // len(names)
-            out[name] = [(f"{prefix}.{i}.{hf}", j * rows, (j + 1) * rows) for j, hf in enumerate(names)]
-    return out
-
-
-def _short(full: str) -> str:
-    """"model.layers.3.self_attn.q_proj" -> "self_attn.q_proj": the name a target is matched against."""
-    return full.split(".", 3)[-1]
-
-
-def select_parts(model, targets: tuple[str, ...]) -> dict[str, list[tuple[str, int, int]]]:
-    """The parts ``targets`` name (all of them when empty); a target that selects nothing is an error."""
-    parts = all_parts(model)
-    if not targets:
-        return parts
-    names = sorted({_short(full) for ps in parts.values() for full, _, _ in ps})
-    for target in targets:
-        if not any(n == target or n.endswith("." + target) for n in names):
-            short = sorted({n.rsplit(".", 1)[-1] for n in names} | set(names))
-            raise ConfigError(f"LoRA target {target!r} matches no module of this {layout(model)}-layout model; "
-                              f"choose from {', '.join(short)}")
-    chosen = {}
-    for module, ps in parts.items():
-        kept = [p for p in ps if any(_short(p[0]) == t or _short(p[0]).endswith("." + t) for t in targets)]
-        if kept:
-            chosen[module] = kept
-    return chosen
 
 
 def save_adapter(model, directory: str | Path, base: str | None = None) -> Path:

@@ -135,7 +135,7 @@ def decoder(directory: str, batch: int, length: int, warmup: int, steps: int, th
             work: Path, lora: dict | None = None) -> dict:
     import transformers
 
-    from ..checkpoint import load
+    from ..loading import load
     from ..data.lm import LMStream
     from ..train.parts import RunParts
     from ..train.trainer import Trainer

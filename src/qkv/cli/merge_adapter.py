@@ -28,7 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..adapters import merge_lora
     from ..adapters.lora import adapted
-    from ..checkpoint import is_gguf, load, read_config, write_model_files
+    from ..checkpoint import read_config, write_model_files
+    from ..interop import is_gguf
+    from ..loading import load
     from ..errors import ConfigError
     from ..rundir import atomic_dir, claim_out_dir
 
