@@ -163,7 +163,7 @@ def new_model(fcfg: FinetuneConfig, model_cfg: ModelConfig, train_cfg: TrainConf
 
 def pretrained_decoder(fcfg: FinetuneConfig):
     """The decoder ``init`` names (a qkv run, a Hugging Face directory, a GGUF: float weights), to train."""
-    from ..checkpoint import load                       # checkpoint imports models: import it when called
+    from ..loading import load
     if fcfg.init is None:
         raise ConfigError(f"task {fcfg.task!r} fine-tunes a pre-trained decoder: pass --init DIR (a chat model)")
     model = load(fcfg.init, quantized=fcfg.quantized).train()
