@@ -65,8 +65,8 @@ def load(directory: str | Path, device: str | torch.device | None = None, quanti
 
     adapter: a LoRA adapter directory in PEFT's format (``qkv.adapters``) put on the loaded base (frozen).
 
-    The threads are qkv.runtime's choice for the Python API (unless the program chose): dequantizing a
-    GGUF with torch's default two threads while another process held a core took 12-14 s, with one 2-3 s.
+    The threads are qkv.runtime's choice for the Python API (unless the program chose): torch's default of
+    one per core stalls whenever another process holds a core (bench/README.md, "qkv.load's threads").
     """
     choose_python_api_threads()
     if is_gguf(directory):

@@ -17,7 +17,7 @@ in order; a new fast path (a fused kernel for one family) is one more function i
     runtime.layout       every model, CPU                      wide matrices column-major: decode's
                                                                matrix-vector products stream them faster
     runtime.onednn       models that do not decode token by    AVX-512 GEMMs on AMD (MKL runs AVX2 there);
-                         token (encoders, image classifiers)   ~3x slower than MKL at one row, so not decoders
+                         token (encoders, image classifiers)   slower than MKL at one row: not decoders
     native.fused         quantized Llama-family decoders,      a decode step's whole stack in one native call
                          qkv.native built                      (qkv/native/fused.py; bench/README.md)
 """
@@ -35,8 +35,8 @@ from .onednn import use_onednn
 
 
 def onednn_unless_decoding(model: nn.Module) -> nn.Module:
-    """oneDNN's Linears for a model that runs whole sequences (bench/README.md: 1.2-1.35x on BERT-base's
-    GEMMs, ~3x slower than MKL at the one row a decode step has)."""
+    """oneDNN's Linears for a model that runs whole sequences: faster than MKL on BERT-base's GEMMs, slower at
+    the one row a decode step has (bench/README.md has both figures)."""
     family = getattr(model, "family", None)
     return model if family is not None and Family(family).decodes else use_onednn(model)
 
