@@ -84,3 +84,27 @@ def test_cli_lora_run_writes_a_peft_adapter_that_loads_on_the_base(task_files, t
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, tuned(ids).logits, atol=1e-5, rtol=1e-5)
     assert main(["evaluate", str(merged), "--data", str(eval_file), "--out-dir", str(tmp_path / "ev")]) == 0
+
+
+def test_for_inference_keeps_the_adapters_effect(task_files, tmp_path):
+    """The inference swaps (oneDNN Linears, the fused decode step) replace or bypass Linears: adapters on float
+    layers are folded in first, so `qkv predict RUN` computes what the run trained."""
+    import copy
+    from qkv.adapters.lora import adapted
+    lora_trainer(task_files, tmp_path / "run").fit()
+    ids = torch.tensor([[2, 7, 9, 11, 3], [2, 8, 5, 3, 0]])
+    mask = ids != 0
+    run = qkv.load(tmp_path / "run").eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, module in adapted(run):                       # a delta large enough to see in the logits
+            for b in module.lora.B.values():
+                b.copy_(torch.randn(b.shape, generator=g))
+        hooked = run(ids, key_mask_BL=mask).hidden
+        plain = copy.deepcopy(run)
+        for _, module in adapted(plain):
+            module.lora.scale = 0.0
+        assert (plain(ids, key_mask_BL=mask).hidden - hooked).abs().max() > 1e-2
+        ready = qkv.for_inference(run)
+        assert not adapted(ready)
+        torch.testing.assert_close(ready(ids, key_mask_BL=mask).hidden, hooked, atol=1e-4, rtol=1e-4)

@@ -136,3 +136,14 @@ def test_bad_targets_rank_and_another_base(tmp_path):
         load_adapter(qkv.load(base), tmp_path)
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 2 and config["peft_type"] == "LORA"
+
+
+def test_for_inference_leaves_a_quantized_base_s_adapters_hooked(tmp_path):
+    model = qkv.load(llama_dir(tmp_path / "base"), quantized=True)
+    add_lora(model, LoRAConfig(rank=2, alpha=4.0, targets=("q_proj", "down_proj")))
+    randomize(model)
+    with torch.no_grad():
+        before = model.eval()(IDS).logits
+        ready = qkv.for_inference(model)
+        assert adapted(ready)                                  # int8 codes cannot absorb them: still hooks
+        torch.testing.assert_close(ready(IDS).logits, before)

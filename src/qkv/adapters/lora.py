@@ -157,9 +157,19 @@ def merge_lora(model: nn.Module) -> nn.Module:
         if not isinstance(module, nn.Linear):
             raise ConfigError(f"{name} is quantized: an adapter cannot be folded into int8/4-bit codes; merge on "
                               f"the float base, then quantize")
-        module.weight += module.lora.weight_delta(module.out_features).to(module.weight.dtype)
-        module._lora_handle.remove()
-        del module.lora, module._lora_handle
+    fold_for_inference(model)
     if hasattr(model, "lora_config"):
         del model.lora_config
     return model
+
+
+def fold_for_inference(model: nn.Module) -> bool:
+    """Fold the adapters on float layers into their weights (inference swaps replace or bypass Linears, and
+    would drop a hook); True when none is left. Adapters on quantized layers stay: False."""
+    with torch.no_grad():
+        for _, module in adapted(model):
+            if isinstance(module, nn.Linear):
+                module.weight += module.lora.weight_delta(module.out_features).to(module.weight.dtype)
+                module._lora_handle.remove()
+                del module.lora, module._lora_handle
+    return not adapted(model)

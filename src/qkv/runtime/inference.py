@@ -9,6 +9,9 @@ loading. ``qkv.generate`` and ``qkv.chat`` do not: the model passed to them is t
 be training it, and a swap here may pack weights into a form training would leave stale. In Python, call
 it yourself after ``qkv.load`` (as the README does).
 
+LoRA adapters (``qkv.adapters``) are folded into float weights first, since a swap replaces or bypasses
+the Linears they hook; a quantized base keeps its adapters and skips the swaps.
+
 Each entry of ``SWAPS`` takes the model and returns it (in place or replaced), deciding for itself whether
 it applies to this model on this machine: they change speed, never values beyond float rounding. They run
 in order; a new fast path (a fused kernel for one family) is one more function in the list.
@@ -28,6 +31,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..adapters.lora import fold_for_inference
 from ..family import Family
 from ..native.fused import use_fused_decode
 from .layout import decode_layout
@@ -47,6 +51,8 @@ SWAPS: list[Callable[[nn.Module], nn.Module]] = [decode_layout, onednn_unless_de
 def for_inference(model: nn.Module) -> nn.Module:
     """``model`` in eval mode with every swap of ``SWAPS`` that applies to it; returns the model."""
     model = model.eval()
+    if not fold_for_inference(model):        # LoRA on a quantized base: the swaps would bypass its hooks
+        return model
     for swap in SWAPS:
         model = swap(model)
     return model
