@@ -1,6 +1,6 @@
 """qkv: a from-scratch transformer library you can read top to bottom and use for real work."""
 
-from .version import __version__
+from .version import __version__ as __version__  # re-exported: qkv.__version__
 
 from . import runtime  # noqa: F401  (first: it notes torch's thread count before user code can change it)
 from .config import PRESETS, ModelConfig, TrainConfig

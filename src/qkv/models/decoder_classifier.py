@@ -2,7 +2,7 @@
 transformers' ``LlamaForSequenceClassification`` (and every ``*ForSequenceClassification`` of a causal LM)
 does (Radford et al., 2018, sec. 3.3: the last token's state feeds the classifier).
 
-Legend: B batch, L length, C d_model, K labels.
+Legend: B batch, L length, M key length (= L: no cache), C d_model, K labels.
 
     ids_BL ─> GPT's trunk (causal) ─> h_BLC ─> score (C -> K, no bias) ─> logits_BLK ─> at each row's last
     real token ─> logits_BK
