@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..family import Family
 from .flags import add_device_argument, path_arg, positive_int
 
 # qkv bench decode's defaults: (with --model, the synthetic GPT-2), as qkv.bench.decode_model.run and
@@ -209,14 +210,14 @@ def run(args) -> int:
         from ..bench import beam
         if args.checkpoint:
             from ._common import require_family
-            require_family(args.checkpoint, "bench beam --checkpoint", "encoder-decoder")
+            require_family(args.checkpoint, "bench beam --checkpoint", Family.ENCODER_DECODER)
         options = {k: getattr(args, k) for k in ("checkpoint", "sentences", "batch", "beam", "rounds",
                                                  "max_new_tokens", "threads") if getattr(args, k) is not None}
         beam.run(args.json, **options)
     elif args.bench == "serve":
         from ..bench import serve
         from ._common import require_family
-        require_family(args.model, "bench serve", "decoder")
+        require_family(args.model, "bench serve", Family.DECODER)
         serve.run(args.model, args.json, clients=args.clients, max_tokens=args.max_tokens, quantized=args.quantized,
                   threads=args.threads, rounds=args.rounds, hf=args.hf, llama_cpp=args.llama_cpp)
     elif args.bench == "encoder":
@@ -248,7 +249,7 @@ def _decode(args) -> None:
         if args.device != "cpu":
             raise InputError("--device applies to the synthetic GPT-2 benchmark; with --model the benchmark "
                              "compares CPU paths (fp32, int8, 4-bit, llama.cpp): leave --device out")
-        require_family(args.model, "bench decode --model", "decoder")
+        require_family(args.model, "bench decode --model", Family.DECODER)
         decode_model.run(args.model, args.json, bits=tuple(args.bits or (32, 8, 4)),
                          threads=tuple(args.threads or (1, 2)), hf=args.hf, llama_cpp=args.llama_cpp is not False,
                          **{k: sizes.get(k, with_model) for k, (with_model, _) in DECODE_DEFAULTS.items()})

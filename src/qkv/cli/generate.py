@@ -15,6 +15,7 @@ import dataclasses
 import sys
 
 from ..errors import InputError
+from ..family import Family
 from ..generate import GenerationConfig
 from .flags import (add_chat_template_argument, add_dataclass_flags, add_device_argument, add_load_arguments,
                     path_arg, unescaped)
@@ -53,7 +54,7 @@ def load_for_decoding(path: str, args: argparse.Namespace, command: str):
     from ..conversation import read_chat_template
     from ..runtime import inference_device
     from ._common import load_model, require_family
-    require_family(path, command, "decoder")
+    require_family(path, command, Family.DECODER)
     device = inference_device(args.device)
     template = read_chat_template(args.chat_template) if args.chat_template else None   # checked before the load
     model = load_model(path, args, device)

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import QkvError
+from ..family import Family
 from .config import ServeConfig
 from .engine import Engine
 from .prometheus import ServerMetrics
@@ -49,7 +50,7 @@ def create_app(model, config: ServeConfig = ServeConfig()) -> FastAPI:
     state = app.state
     state.config = config = config.with_api_key()
     state.model, state.tokenizer, state.served = model, model.tokenizer, config.model_name or "qkv"
-    state.decoder = getattr(model, "family", None) == "decoder"
+    state.decoder = getattr(model, "family", None) == Family.DECODER
     state.sampling_defaults = getattr(model, "generation_defaults", None) or {}
     state.engine, state.embed_lock = None, threading.Lock()
     state.metrics = ServerMetrics(lambda: state.engine)

@@ -30,6 +30,7 @@ import torch
 
 from ..conversation import check_messages, render_chat
 from ..errors import DataError, InputError
+from ..family import Family
 from .batches import Item, collate
 
 
@@ -88,7 +89,7 @@ def encode_conversation(tokenizer, template: str, messages: list[dict], max_len:
 @dataclass(frozen=True)
 class ChatFinetuning:
     metric = "exact_match"
-    family = "decoder"                           # fine-tunes the loaded decoder itself: no new head
+    family = Family.DECODER                      # fine-tunes the loaded decoder itself: no new head
     head = None
     layout = "LM"
     predictions_file = "predictions.jsonl"
