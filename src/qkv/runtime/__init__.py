@@ -11,9 +11,9 @@ shared with other jobs, two threads decoded SmolLM2 slower than one (bench/READM
 as the issue observed for llama.cpp. So the default is: as many threads as there are cores left idle by
 other processes (the 1-minute load average), at least 1 and at most 8 (beyond that a 135M-1B model's
 matrices are too small to split usefully). ``--threads`` overrides it. Training follows the same rule
-without the cap (its larger matrices split well; measured on 2 shared cores: 23 steps in 15 s with torch's
-default two threads against 132 with one), and a resumed run keeps the count its first part used, so that
-the resume stays bit for bit.
+without the cap (its larger matrices split well, though on cores other jobs share torch's default two
+threads trained far slower than one: bench/README.md), and a resumed run keeps the count its first part
+used, so that the resume stays bit for bit.
 """
 
 from __future__ import annotations
