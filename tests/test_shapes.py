@@ -1,5 +1,5 @@
 """The shape legend (qkv.shapes) is the one every tensor name uses: each suffix letter in the package is one
-of its letters, and every nn/ and models/ file lists the letters it uses at its top."""
+of its letters, and every nn/ and models/ file (and any other file with a legend) lists the letters it uses."""
 
 import re
 from pathlib import Path
@@ -39,9 +39,14 @@ def test_every_suffix_letter_is_in_the_legend(path):
     assert not unknown, f"{path.name} uses shape letters {sorted(unknown)} that qkv.shapes does not define"
 
 
-@pytest.mark.parametrize("path", sorted([*PACKAGE.glob("nn/*.py"), *PACKAGE.glob("models/*.py")]),
+LAYERS_AND_MODELS = [*PACKAGE.glob("nn/*.py"), *PACKAGE.glob("models/*.py")]
+WITH_A_LEGEND = [p for p in PACKAGE.rglob("*.py") if LEGEND_LINE.search(p.read_text())]
+
+
+@pytest.mark.parametrize("path", sorted(set(LAYERS_AND_MODELS) | set(WITH_A_LEGEND)),
                          ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_layer_and_model_files_list_the_letters_they_use(path):
+    """nn/ and models/ files must have a legend; any other file that has one lists every letter it uses."""
     source = path.read_text()
     missing = letters_used(source) - letters_listed(source)
     assert not missing, f"{path.name}'s legend does not list {sorted(missing)}"

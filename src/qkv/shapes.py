@@ -29,7 +29,8 @@ where a query may attend, as SDPA's boolean mask is.
 Lower-case letters are sizes a file names itself (``b`` bytes, ``g`` weights per group).
 
 Every file in ``nn/`` and ``models/`` lists the letters it uses at its top, with what they hold there;
-other files may, and a test (tests/test_shapes.py) holds every suffix in the package to these letters.
+other files may, and then list them all. A test (tests/test_shapes.py) holds every suffix in the package
+to these letters and every legend to the letters its file uses.
 """
 
 LEGEND = {

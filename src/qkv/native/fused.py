@@ -1,7 +1,8 @@
 """The fused decode step (decode.c) as a swap made for inference: a Llama-family decoder whose layers are
 quantized (qkv.quant) runs each decode step's whole stack in one native call.
 
-Legend: B batch rows (one new token each), L new tokens, C d_model, M key positions, G key/value heads.
+Legend: B batch rows (one new token each), L new tokens, C d_model, M key positions, H query heads, G key/value
+heads, D head dim, P positions of the RoPE table.
 
     use_fused_decode(model)      # after loading; qkv.for_inference (every inference command) does it
 
