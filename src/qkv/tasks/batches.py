@@ -16,7 +16,7 @@ object: training batches draw items from a private generator (its state is the d
 is exact); validation batches are the first items of the validation split, in order.
 
 Grouping by length: a batch is padded to its longest item, and 32 sentences drawn at random from SST-2
-or UD EWT pad to ~3x their real tokens. With ``group_by_length`` a training batch is drawn from a window
+or UD EWT pad to several times their real tokens (bench/README.md). With ``group_by_length`` a training batch is drawn from a window
 of ``GROUP_WINDOW`` batches' worth of neighbours in the items sorted by length (ties in a seeded random
 order; the window wraps around), which pads very little, and every item is still equally likely.
 """

@@ -63,7 +63,7 @@ class FinetuneConfig:
     n_eval_articles: int = 10               # squad without eval_data: articles held out for evaluation
     eval_batch_size: int = 64                # inputs per forward pass when scoring
     group_by_length: bool = True            # training batches of similar lengths: almost no padding
-                                            # (random batches pad SST-2 / EWT to ~3x their tokens)
+                                            # (random batches pad SST-2 / EWT to several times their tokens)
     lora: bool = False                      # LoRA: the base frozen, low-rank adapters (and the new head) trained;
                                             # DIR/adapter is the adapter alone in PEFT's format
     lora_rank: int = 8                      # the adapters' rank R
