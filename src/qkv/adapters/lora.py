@@ -64,7 +64,7 @@ class LoRADelta(nn.Module):
                                    for name, _, _ in parts})
         self.B = nn.ParameterDict({key(name): nn.Parameter(torch.zeros(stop - start, cfg.rank))
                                    for name, start, stop in parts})
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout else nn.Identity()     # p=0 would still copy x
         for a_RI in self.A.values():
             nn.init.kaiming_uniform_(a_RI, a=math.sqrt(5))        # nn.Linear's init, as PEFT's
 
