@@ -15,10 +15,10 @@ which is the shape each head's loss takes (``qkv.models.encoder``). ``TaskBatche
 object: training batches draw items from a private generator (its state is the data position, so resume
 is exact); validation batches are the first items of the validation split, in order.
 
-Grouping by length: a batch is padded to its longest item, and 32 sentences drawn at random from SST-2
-or UD EWT pad to several times their real tokens (bench/README.md). With ``group_by_length`` a training batch is drawn from a window
-of ``GROUP_WINDOW`` batches' worth of neighbours in the items sorted by length (ties in a seeded random
-order; the window wraps around), which pads very little, and every item is still equally likely.
+Grouping by length: a batch is padded to its longest item, and 32 sentences drawn at random from SST-2 or UD EWT
+pad to several times their real tokens (bench/README.md). With ``group_by_length`` a training batch is drawn
+from a window of ``GROUP_WINDOW`` batches' worth of neighbours in the items sorted by length (ties in a seeded
+random order; the window wraps around), which pads very little, and every item is still equally likely.
 """
 
 from __future__ import annotations
