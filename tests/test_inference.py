@@ -104,3 +104,19 @@ def test_commands_that_do_not_run_the_model_leave_it_plain(checkpoints, swaps_se
     paths = {"gpt": checkpoints / "gpt", "out": tmp_path}
     assert main([a.format(**paths) for a in command]) == 0
     assert swaps_seen == []
+
+
+@pytest.mark.parametrize("model,family", [("gpt", "decoder"), ("bert", "encoder")])
+def test_the_server_takes_the_step_for_its_embeddings_too(checkpoints, swaps_seen, monkeypatch, model, family):
+    """`qkv serve` readies what it serves (an encoder's /v1/embeddings get oneDNN where it pays), up to the
+    point where uvicorn would start serving."""
+    import socket
+
+    import uvicorn
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(options["port"]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["serve", str(checkpoints / model), "--port", str(port)]) == 0
+    assert served == [port] and swaps_seen == [family]
