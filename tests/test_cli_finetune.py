@@ -60,6 +60,10 @@ def test_finetune_writes_report_and_predictions(task_files, tmp_path, task, caps
         assert report[key] == pytest.approx(value, abs=1e-12)
     assert (out / "metrics.jsonl").is_file() and (out / "trainer_state.pt").is_file()
     assert task in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0                          # what ran, not the pre-training defaults
+    described = capsys.readouterr().out
+    assert f"fine-tuned: task {task} from " in described and "bundled corpus" not in described
+    assert "task lm" not in described
 
     assert main(["evaluate", str(out)]) == 0                      # the run's own eval data, read from config
     again = json.loads((out / "evaluate" / "eval.json").read_text())

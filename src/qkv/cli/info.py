@@ -139,8 +139,11 @@ def _text(info: dict) -> str:
     if "train" in info:
         t = info["train"]
         what = t.get("task") if t.get("task") != "lm" else f"lm ({t.get('objective')})"
+        # a fine-tuning run keeps TrainConfig for its optimizer and budget only: its task and data are on the
+        # "fine-tuned:" line (the config's pre-training defaults, "lm on the bundled corpus", are not what ran)
+        made = "" if "finetune" in info else f", task {what} on {t.get('data') or 'the bundled corpus'}"
         budget = f"max_iters {t.get('max_iters')}" + (f", max_time {t['max_time']:g} s" if t.get("max_time") else "")
-        lines.append(f"  made by: qkv {info.get('qkv_version')}, task {what} on {t.get('data') or 'the bundled corpus'}"
+        lines.append(f"  made by: qkv {info.get('qkv_version')}{made}"
                      f"; {budget}; lr {t.get('lr')}, batch {t.get('batch_size')}, {_precision(info)}, "
                      f"seed {t.get('seed')}{_processes(info)}")
     if "finetune" in info:
