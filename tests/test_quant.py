@@ -1,6 +1,8 @@
 """Weight-only quantization: the modules against their own dequantized weights and the float layer, the
 module swap, and a quantized checkpoint that loads back bit for bit."""
 
+import os
+
 import pytest
 import torch
 
@@ -188,3 +190,28 @@ def test_a_device_without_packed_kernels_takes_the_plain_product(make):
     layer = make(torch.randn(64, 64), torch.randn(64))
     y = layer.to("meta")(torch.randn(3, 5, 64, device="meta"))
     assert (y.shape, y.dtype, y.device.type) == ((3, 5, 64), torch.float32, "meta")
+
+
+@pytest.mark.parametrize("in_features", [8, 24, 40, 56])
+def test_int8_layers_of_any_width_run_under_every_cpu_kind(in_features, tmp_path):
+    """PyTorch's AVX-512 int8 kernel crashes (SIGSEGV) on rows whose length is not a multiple of 16: such a
+    layer (and `qkv eval --bits 8` on a model with d_ff 40) must compute, and alike under every kind."""
+    import subprocess
+    import sys
+    script = ("import sys, torch\nfrom qkv.quant.linear import Int8Linear\ntorch.manual_seed(0)\n"
+              f"layer = Int8Linear.from_float(torch.randn(16, {in_features}), torch.randn(16))\n"
+              f"x = torch.randn(4, {in_features})\n"
+              "torch.save((layer(x), x @ layer.dequantize().t() + layer.bias), sys.argv[1])\n")
+    kinds = {"DEFAULT": ["default"], "AVX2": ["default", "avx2"], "AVX512": ["default", "avx2", "avx512"]}
+    outputs = []
+    for kind in kinds[torch.backends.cpu.get_cpu_capability()]:
+        for kernels in ("torch", "default"):
+            env = {**os.environ, "ATEN_CPU_CAPABILITY": kind}
+            env.pop("QKV_KERNELS", None) if kernels == "default" else env.update(QKV_KERNELS=kernels)
+            out = tmp_path / f"{kind}-{kernels}.pt"
+            done = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True)
+            assert done.returncode == 0, f"{kind}/{kernels}: exit {done.returncode}\n{done.stderr[-2000:]}"
+            y, plain = torch.load(out)
+            assert torch.allclose(y, plain, atol=1e-4), (kind, kernels)
+            outputs.append(y)
+    assert all(torch.allclose(outputs[0], y, atol=1e-5) for y in outputs)     # float matmuls: rounding apart

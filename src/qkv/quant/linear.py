@@ -30,6 +30,10 @@ from .. import native
 from ..errors import ConfigError
 
 SCALE_DTYPE = torch.bfloat16             # the kernels' fast path wants scales in the activations' dtype
+# PyTorch's AVX-512 _weight_int8pack_mm reads past a row whose length is not a multiple of 16 and crashes the
+# process (K = 8, 24, 40, 56 under ATEN_CPU_CAPABILITY=avx512; its AVX2 and scalar kernels do not). Such layers
+# take the plain product on every CPU, so that one CPU kind never computes differently from another.
+INT8_KERNEL_MULTIPLE = 16
 GROUP_SIZES = (32, 64, 128)
 INT4_BLOCK_N = 64                        # output rows a 4-bit layer comes in (see int4_fits)
 _replaced = [0]                          # how many times some layer's codes or scales were replaced
@@ -76,9 +80,9 @@ class Int8Linear(nn.Module):
         x_NI = x.reshape(-1, self.in_features)
         if native.usable(x_NI):                         # qkv's integer-dot kernels (decode-sized batches)
             y_NO = native.q8_matmul(x_NI, self.weight, self.scales)
-        elif x_NI.device.type == "cpu":
+        elif x_NI.device.type == "cpu" and self.in_features % INT8_KERNEL_MULTIPLE == 0:
             y_NO = torch.ops.aten._weight_int8pack_mm(x_NI.to(SCALE_DTYPE), self.weight, self.scales).float()
-        else:                                           # no packed kernel here: the plain product
+        else:                                           # no packed kernel for this device or width
             y_NO = x_NI.float() @ self.dequantize().t()
         if self.bias is not None:
             y_NO = y_NO + self.bias
