@@ -56,6 +56,26 @@ def test_a_row_gives_the_same_bits_alone_and_in_a_batch(monkeypatch, variant):
         assert torch.equal(alone4[0], batch4[m]) and torch.equal(alone8[0], batch8[m])
 
 
+def test_only_big_products_split_over_threads_and_a_split_keeps_the_bits(monkeypatch):
+    q4, q8 = _layers(128, 320, 32, seed=3)
+    x_NI = torch.randn(3, 320)
+    monkeypatch.setenv(native.OVERRIDE, RUNS[-1])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert native.product_threads(1536, 576) == 1                   # a layer of SmolLM2: the calling thread
+        assert native.product_threads(49152, 576) == 2                  # its head: PyTorch's thread count
+        torch.set_num_threads(1)
+        alone4, alone8 = _products(x_NI, q4, q8)
+        monkeypatch.setattr(native, "SPLIT_WEIGHTS", 0)                 # every product split over the pool
+        for t in (2, 3):
+            torch.set_num_threads(t)
+            got4, got8 = _products(x_NI, q4, q8)
+            assert torch.equal(got4, alone4) and torch.equal(got8, alone8), t
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_layers_use_the_kernels_for_decode_batches_and_torch_beyond(monkeypatch):
     q4, q8 = _layers(128, 256, 32)
     calls = []

@@ -36,6 +36,9 @@ MAX_ROWS = 16         # rows (tokens) at or below which a layer uses these kerne
                       # bit-identical to the same rows alone.
 
 
+SPLIT_WEIGHTS = 8 << 20   # weights from which a layer's product is split over threads (product_threads)
+
+
 ABI = 4                                           # kernels.h's QKV_ABI: the entry points' arguments
 
 
@@ -112,6 +115,16 @@ def threads() -> int:
     return torch.get_num_threads()
 
 
+def product_threads(O: int, I: int) -> int:
+    """Threads one layer's product takes when PyTorch ops run between products (the blocks, not the fused
+    step): a product of fewer than ``SPLIT_WEIGHTS`` weights runs on the calling thread alone. Handing
+    a small product to the pool right after an OpenMP region makes the two kinds of waiting threads take
+    turns on the same cores, which costs far more than the product (bench/README.md, "qkv's own kernels":
+    SmolLM2's blocks at 2 threads); a big one (a 49k-word head, a 7B model's layers) still splits. The
+    bits are the same for every thread count, so this changes speed only."""
+    return threads() if O * I >= SPLIT_WEIGHTS else 1
+
+
 def call(result: int) -> None:
     """Raise for a kernel's failure code (it could not allocate its scratch memory)."""
     if result != 0:
@@ -133,7 +146,7 @@ def q4_matmul(x_NI: torch.Tensor, weight_OI2: torch.Tensor, scales_OQ: torch.Ten
     y = torch.empty(N, O, dtype=torch.float32)
     call(library().qkv_q4_linear(VARIANTS.index(variant()), x.data_ptr(), N, weight_OI2.data_ptr(),
                                  scales_OQ.data_ptr(), zeros_OQ.data_ptr(), O, I, group_size, y.data_ptr(),
-                                 threads()))
+                                 product_threads(O, I)))
     return y
 
 
@@ -145,5 +158,5 @@ def q8_matmul(x_NI: torch.Tensor, weight_OI: torch.Tensor, scales_O: torch.Tenso
     O = weight_OI.shape[0]
     y = torch.empty(N, O, dtype=torch.float32)
     call(library().qkv_q8_linear(VARIANTS.index(variant()), x.data_ptr(), N, weight_OI.data_ptr(),
-                                 scales_O.data_ptr(), O, I, y.data_ptr(), threads()))
+                                 scales_O.data_ptr(), O, I, y.data_ptr(), product_threads(O, I)))
     return y
