@@ -27,6 +27,17 @@ def cli(*args):
                           timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": ""})
 
 
+def test_a_command_imports_its_own_module_and_no_other_commands():
+    """Start-up: the parser lists every command but builds (imports) only the one on the line."""
+    code = ("import sys, io, contextlib; from qkv.cli import COMMANDS, main\n"
+            "with contextlib.redirect_stdout(io.StringIO()): main(sys.argv[1:])\n"
+            "print(' '.join(n for n, (m, _) in COMMANDS.items() if m in sys.modules))")
+    for argv, imported in ((["info", "--help"], "info"), (["--help"], ""), (["trian"], "")):
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        assert proc.stdout.strip() == imported, (argv, proc.stdout, proc.stderr[-2000:])
+    assert "invalid choice: 'trian'" in proc.stderr and "'train'" in proc.stderr
+
+
 def test_train_prints_val_loss_last_and_writes_run(tmp_path, corpus, capsys):
     run_dir = tmp_path / "run"
     assert main(["train", "--preset", "tiny", "--data", str(corpus), "--out-dir", str(run_dir),

@@ -52,13 +52,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-@functools.lru_cache(maxsize=1)
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line, built once per process (every command module imported)."""
+@functools.lru_cache(maxsize=None)
+def build_parser(commands: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentParser:
+    """The command line, built once per process. Every command is listed (``qkv --help``, "did you mean");
+    only those in ``commands`` get their flags, so a run imports its own command's module and no other's
+    (``main`` asks for the one named on the line; the default, every command, is what tests sweep)."""
     parser = Parser(prog="qkv", description="qkv: a readable, fast transformer library.")
     parser.add_argument("--version", action="version", version=f"qkv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
+        if name not in commands:
+            sub.add_parser(name, help=help_text, description=help_text)
+            continue
         mod = importlib.import_module(module)
         preset_help = getattr(mod, "help_defaults", None)      # commands whose defaults come from a preset
         p = sub.add_parser(name, help=help_text, description=help_text, add_help=preset_help is None)
@@ -69,11 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_named(argv: list[str]) -> tuple[str, ...]:
+    """The command a command line runs (its first word that is not a flag), or none (``qkv --help``)."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return (word,) if word in COMMANDS else ()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Every failure is one line on stderr and a status: 2 for bad input (``QkvError``,
     a bad flag), 130 for Ctrl-C, 141 for a closed pipe (as Unix tools), 1 for a qkv bug (its traceback only
     with QKV_DEBUG=1)."""
-    parser = build_parser()
+    parser = build_parser(command_named(sys.argv[1:] if argv is None else argv))
     try:
         args, unknown = parser.parse_known_args(argv)
     except SystemExit as e:          # a bad flag (status 2) or --help (0): a status, like every other error
