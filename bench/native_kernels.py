@@ -3,7 +3,7 @@ quantized): batch-1 greedy decode after a 128-token prompt, at each thread count
 the same run, the sides alternating round by round (who goes first alternates too) so that load from other
 processes falls on all alike; and the greedy text of qkv's sides.
 
-    .venv/bin/python bench/native_kernels.py [--threads 1 2] [--rounds 5] [--new-tokens 32]
+    .venv/bin/python bench/native_kernels.py [--threads 1 2] [--rounds 5] [--new-tokens 32] [--model F.gguf]
 
 Sides (qkv's in this process, llama.cpp in a worker process: qkv.bench.llama_cpp_worker says why):
     torch          QKV_KERNELS=torch: the blocks on PyTorch's packed kernels (bf16 activations)
@@ -87,13 +87,16 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--variants", action="store_true", help="also the fused step on every other kernel variant")
     p.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false")
+    p.add_argument("--model", type=Path, default=None, help="another GGUF (default: the SmolLM2 Q4_1 file); "
+                   "bench/requantize_gguf.py makes a Q8_0 copy with llama.cpp's own quantizer")
     args = p.parse_args()
+    path = args.model or smollm2()
     torch.set_num_threads(1)
-    model = qkv.load(smollm2(), quantized=True)
+    model = qkv.load(path, quantized=True)
     tok = model.tokenizer
     prompt = tok.encode((ROOT / "src/qkv/data/shakespeare.txt").read_text(encoding="utf-8")[:4000])[:128]
     best = native.variant()
-    result = {"bench": "native_kernels", "model": smollm2().name, "prompt": len(prompt), "new_tokens": args.new_tokens,
+    result = {"bench": "native_kernels", "model": path.name, "prompt": len(prompt), "new_tokens": args.new_tokens,
               "rounds": args.rounds, "kernels": best, "cpu": cpu_name(), "torch": torch.__version__, "by_threads": {}}
     llama_version = None
     for t in args.threads:
@@ -107,7 +110,7 @@ def main() -> None:
                 if v != best:
                     sides[f"fused_{v}"] = qkv_side(model, prompt, args.new_tokens, v, True, t, t)
         if args.llama_cpp and importlib.util.find_spec("llama_cpp") is not None:
-            sides["llama_cpp"], llama_version = llama_cpp_side(smollm2(), prompt, args.new_tokens, t)
+            sides["llama_cpp"], llama_version = llama_cpp_side(path, prompt, args.new_tokens, t)
         for run in sides.values():                          # warm up: first calls, the worker's engine
             run()
         wall: dict[str, list[float]] = {s: [] for s in sides}
