@@ -45,6 +45,72 @@ def bpe_vocab(size: int = 300):
     return tokens, merges, types
 
 
+def byte_level_metadata(n_vocab: int, pre: str = "gpt2") -> dict:
+    """The tokenizer.ggml.* values of ``bpe_vocab`` padded to ``n_vocab`` pieces, as write_llama_gguf takes them:
+    bos <|im_start|>, eos <|im_end|>, pad <|endoftext|> (every special id off its usual place)."""
+    tokens, merges, types = bpe_vocab()
+    return {"model": "gpt2", "pre": pre, "tokens": tokens + [f"[PAD{i}]" for i in range(n_vocab - len(tokens))],
+            "token_type": types + [4] * (n_vocab - len(tokens)), "merges": merges,
+            "ids": {"bos": tokens.index("<|im_start|>"), "eos": tokens.index("<|im_end|>"),
+                    "pad": tokens.index("<|endoftext|>")}}
+
+
+# SentencePiece fixtures: tiny shakespeare plus lines whose rarer characters fall outside the pieces
+# (character_coverage < 1), so byte fallback is exercised on accents, CJK and emoji.
+UNICODE_LINES = ["naïve café, déjà vu: 日本語のテキスト 🙂", "Ünïcödé ⚡ 123456789", "Größe über straße, ça va ?",
+                 "東京 は 日本 の 首都 です", "emoji 🙂🙂 and ⚡⚡ twice"]
+
+
+def train_sentencepiece(model_type: str, vocab_size: int, add_dummy_prefix: bool = True, **options) -> bytes:
+    """A serialized SentencePiece model trained here, Llama-style (identity normalization, spaces kept, digits
+    split, byte fallback, a user-defined <think>), with unk/bos/eos/pad at 0/1/2/3 unless ``options`` say."""
+    import io
+    import sentencepiece as spm
+    from qkv.data import BUNDLED_CORPUS           # tiny shakespeare (../shared/data's), shipped with qkv
+    text = BUNDLED_CORPUS.read_text(encoding="utf-8")[:150_000]
+    buf = io.BytesIO()
+    settings = dict(model_type=model_type, vocab_size=vocab_size, byte_fallback=True, add_dummy_prefix=add_dummy_prefix,
+                    user_defined_symbols=["<think>"], normalization_rule_name="identity",
+                    remove_extra_whitespaces=False, split_digits=True, character_coverage=0.9995,
+                    unk_id=0, bos_id=1, eos_id=2, pad_id=3, minloglevel=2, num_threads=1)
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text.splitlines() + UNICODE_LINES * 8),
+                                   model_writer=buf, **{**settings, **options})
+    return buf.getvalue()
+
+
+def sentencepiece_metadata(model: bytes) -> dict:
+    """What llama.cpp's converter writes for a SentencePiece tokenizer.model: every piece with its score and
+    type (the model's own piece types, which use GGUF's numbering), the special ids, add_space_prefix."""
+    from sentencepiece import sentencepiece_model_pb2
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model)
+    spec = proto.trainer_spec
+    ids = {"bos": spec.bos_id, "eos": spec.eos_id, "unk": spec.unk_id, "pad": spec.pad_id}
+    return {"model": "llama", "pre": "default", "tokens": [p.piece for p in proto.pieces],
+            "scores": [p.score for p in proto.pieces], "token_type": [p.type for p in proto.pieces],
+            "ids": {k: i for k, i in ids.items() if i >= 0},
+            "add_space_prefix": proto.normalizer_spec.add_dummy_prefix}
+
+
+def _write_vocab(w, vocab: dict, specials: dict[str, str] | None, add_bos: bool | None) -> None:
+    w.add_tokenizer_model(vocab["model"])
+    w.add_tokenizer_pre(vocab["pre"])
+    w.add_token_list(vocab["tokens"])
+    w.add_token_types(vocab["token_type"])
+    if "merges" in vocab:
+        w.add_token_merges(vocab["merges"])
+    if "scores" in vocab:
+        w.add_token_scores(vocab["scores"])
+    for key, i in {**vocab["ids"], **{k: vocab["tokens"].index(t) for k, t in (specials or {}).items()}}.items():
+        getattr(w, f"add_{key}_token_id")(i)
+    if "add_space_prefix" in vocab:
+        w.add_add_space_prefix(vocab["add_space_prefix"])
+    if "add_eos" in vocab:
+        w.add_add_eos_token(vocab["add_eos"])
+    if add_bos is not None:
+        w.add_add_bos_token(add_bos)
+
+
 def permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's converter: per head, rows [first half ; second half] -> interleaved rotary pairs."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -52,14 +118,14 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def write_llama_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, pre: str = "gpt2",
                      template: str = CHATML, specials: dict[str, str] | None = None, add_bos: bool | None = None,
-                     metadata: dict | None = None) -> Path:
+                     metadata: dict | None = None, vocab: dict | None = None) -> Path:
     """Write ``hf_model`` (a LlamaForCausalLM) as a GGUF. kinds: {"attn_q": "Q8_0", ...} per tensor-name part;
     everything else F32. specials: more special ids by token, {"eot": "<|im_end|>", "unk": ...};
-    add_bos: tokenizer.ggml.add_bos_token (left out when None); metadata: more keys, {key: int or float}."""
+    add_bos: tokenizer.ggml.add_bos_token (left out when None); metadata: more keys, {key: int or float};
+    vocab: the tokenizer.ggml.* values (``byte_level_metadata(n, pre)`` when None, ``sentencepiece_metadata``)."""
     import gguf
     cfg = hf_model.config
     H, G, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    tokens, merges, types = bpe_vocab()
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
@@ -76,18 +142,7 @@ def write_llama_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, 
     w.add_vocab_size(cfg.vocab_size)
     for key, value in (metadata or {}).items():
         w.add_uint32(key, value) if isinstance(value, int) else w.add_float32(key, value)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens + [f"[PAD{i}]" for i in range(cfg.vocab_size - len(tokens))])
-    w.add_token_types(types + [4] * (cfg.vocab_size - len(tokens)))
-    w.add_token_merges(merges)
-    w.add_bos_token_id(tokens.index("<|im_start|>"))
-    w.add_eos_token_id(tokens.index("<|im_end|>"))
-    w.add_pad_token_id(tokens.index("<|endoftext|>"))
-    for key, token in (specials or {}).items():
-        getattr(w, f"add_{key}_token_id")(tokens.index(token))
-    if add_bos is not None:
-        w.add_add_bos_token(add_bos)
+    _write_vocab(w, vocab or byte_level_metadata(cfg.vocab_size, pre), specials, add_bos)
     w.add_chat_template(template)
     sd = {k: v.detach().float().numpy() for k, v in hf_model.state_dict().items()}
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",

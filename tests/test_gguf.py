@@ -161,7 +161,7 @@ def test_unsupported_tensor_type_and_tokenizer(files, tmp_path):
         if field.name.startswith(("llama.", "tokenizer.")) and field.name != "tokenizer.ggml.model":
             w.add_key_value(field.name, field.contents(), field.types[0],
                             field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
-    w.add_tokenizer_model("llama")                             # and a SentencePiece vocabulary
+    w.add_tokenizer_model("bert")                              # and a WordPiece vocabulary
     for t in reader.tensors:
         data = np.array(t.data)
         if t.name == "blk.0.ffn_up.weight":
@@ -178,7 +178,7 @@ def test_unsupported_tensor_type_and_tokenizer(files, tmp_path):
         qkv.load(tmp_path / "q5.gguf")
     from qkv.interop.gguf import GGUFFile
     from qkv.interop.gguf_tokenizer import tokenizer_from_gguf
-    with pytest.raises(CheckpointError, match="'llama' tokenizer.*byte-level BPE"):
+    with pytest.raises(CheckpointError, match="'bert' tokenizer.*byte-level BPE \\('gpt2'\\) and SentencePiece"):
         tokenizer_from_gguf(GGUFFile(tmp_path / "q5.gguf"))
 
 

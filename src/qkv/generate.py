@@ -347,7 +347,7 @@ def _texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig,
     device = next(model.parameters()).device
     ids_BL, key_mask_BL = pad_left(rows, pad, device)
     stop_ids = () if cfg.ignore_eos else tokenizer.stop_ids
-    streams = [TextStream(tokenizer, cfg.stops) for _ in rows]
+    streams = [TextStream(tokenizer, cfg.stops, context=row[-1:]) for row in rows]   # the space after the prompt
     make_constraint = json_constraints(tokenizer, model.cfg.vocab_size, cfg.json_schema)
     constraints = [make_constraint() for _ in rows] if make_constraint else None
     recorder = StepLogprobs(top_logprobs) if top_logprobs is not None else None

@@ -12,12 +12,17 @@ class TextStream:
     text of ids[prefix:read] is new; it is released only when it does not end in U+FFFD, i.e. when the
     last token did not stop in the middle of a UTF-8 character. Released text then waits in ``pending``
     while its end could still be the start of a stop string.
+
+    ``context``: the ids the text continues (a prompt's last token), decoded only to learn where the new text
+    starts. A SentencePiece decoder drops the space in front of the first piece ("▁the" alone is "the"), so a
+    continuation decoded on its own would lose the space after "First Citizen:"; after its context it keeps it.
     """
 
-    def __init__(self, tokenizer, stops: tuple[str, ...] = ()):
+    def __init__(self, tokenizer, stops: tuple[str, ...] = (), context: list[int] = ()):
         self.tokenizer, self.stops = tokenizer, stops
-        self.ids: list[int] = []
-        self.prefix = self.read = 0
+        self.ids: list[int] = list(context)
+        self.prefix = 0
+        self.read = len(self.ids)
         self.pending = ""
         self.done = False                                         # a stop string was seen, or finish()
 

@@ -55,15 +55,18 @@ SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")    # tokeniz
 
 class Tokenizer:
     def __init__(self, backend: Backend, specials: dict[str, str] | None = None, chat_template: str | None = None,
-                 add_bos: bool = False, extra_stop_ids: Iterable[int] = ()):
+                 add_bos: bool = False, extra_stop_ids: Iterable[int] = (), add_eos: bool = False):
         """specials: {"bos_token": "<s>", ...} as tokenizer_config.json names them (they win over the guesses);
         chat_template: the Jinja template of ``qkv.chat``; add_bos: prompts start with bos (Llama's rule);
-        extra_stop_ids: ids besides eos that end a reply (generation_config.json's eos_token_id list)."""
+        extra_stop_ids: ids besides eos that end a reply (generation_config.json's eos_token_id list);
+        add_eos: prompts end with eos (a few embedding models' rule)."""
         self.backend = backend
-        self.kind = KINDS.get(type(backend.model), "bpe")
+        # a BPE behind SentencePiece's "▁" spaces (a GGUF's 'llama' vocabulary, Llama 2's tokenizer.json)
+        sentencepiece = isinstance(backend.pre_tokenizer, pre_tokenizers.Metaspace)
+        self.kind = "sentencepiece" if sentencepiece else KINDS.get(type(backend.model), "bpe")
         vocab = backend.get_vocab(with_added_tokens=True)
         self.specials = {k: v for k, v in (specials or {}).items() if k in SPECIAL_KEYS and v in vocab}
-        self.chat_template, self.add_bos = chat_template, add_bos
+        self.chat_template, self.add_bos, self.add_eos = chat_template, add_bos, add_eos
         self.eos_id = next((vocab[n] for n in EOS_NAMES if n in vocab), None)
         self.pad_id = next((vocab[n] for n in PAD_NAMES if n in vocab), None)
         self.bos_id = next((vocab[n] for n in BOS_NAMES if n in vocab), None)
@@ -165,7 +168,7 @@ class Tokenizer:
             tok = cls.from_file(d / "tokenizer.json")
             tok = cls(tok.backend, {k: _token_name(options.get(k)) for k in SPECIAL_KEYS},
                       _chat_template(d, options), bool(options.get("add_bos_token", False)),
-                      _generation_eos_ids(d / "generation_config.json"))
+                      _generation_eos_ids(d / "generation_config.json"), bool(options.get("add_eos_token", False)))
             normalizer = tok.backend.normalizer
             # transformers lets tokenizer_config.json's do_lower_case override the saved normalizer; so do we
             if isinstance(normalizer, normalizers.BertNormalizer) and "do_lower_case" in options \
@@ -200,6 +203,8 @@ class Tokenizer:
             config["chat_template"] = self.chat_template
         if self.add_bos:
             config["add_bos_token"] = True
+        if self.add_eos:
+            config["add_eos_token"] = True
         if config:
             (Path(path).parent / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n",
                                                                      encoding="utf-8")
@@ -213,9 +218,11 @@ class Tokenizer:
         return ((self.eos_id,) if self.eos_id is not None else ()) + self.extra_stop_ids
 
     def prompt_ids(self, text: str) -> list[int]:
-        """``encode(text)``, after bos when this tokenizer's models expect it (``add_bos``)."""
+        """``encode(text)``, after bos and before eos when this tokenizer's models expect them (``add_bos``,
+        ``add_eos``)."""
         ids = self.encode(text)
-        return [self.bos_id] + ids if self.add_bos and self.bos_id is not None else ids
+        ids = [self.bos_id] + ids if self.add_bos and self.bos_id is not None else ids
+        return ids + [self.eos_id] if self.add_eos and self.eos_id is not None else ids
 
     # ---- use ----------------------------------------------------------------------------------------
     @property

@@ -1,0 +1,216 @@
+"""GGUF files with a SentencePiece vocabulary (``tokenizer.ggml.model = llama``): SentencePiece models trained
+here (unigram and BPE, byte fallback, a user-defined piece, odd vocabulary sizes and special ids), written as
+llama.cpp's converter writes them beside random llama weights; ids, decoding, streaming and logits against
+transformers' GGUF reader, and against SentencePiece itself where transformers ignores the file's flags."""
+
+import pytest
+import torch
+
+import qkv
+from qkv import CheckpointError
+from qkv.cli import main
+from qkv.text_stream import TextStream
+
+from gguf_fixtures import random_llama, sentencepiece_metadata, train_sentencepiece, write_llama_gguf
+
+gguf = pytest.importorskip("gguf")
+spm = pytest.importorskip("sentencepiece")
+PLAIN = ["First Citizen:\nBefore we proceed any further, hear me speak.", "Hello world", "  leading and trailing  ",
+         " one leading space", "a\n\nb\tc\t\tend\n", "12345 678.9", "x  y   z    ", "▁already marked", "\n", "", " ",
+         "日本語のテキスト 東京 🙂 ⚡⚡ 𝕏",
+         "naïve café, déjà vu; Größe über",
+         "Ω≈ç√∫ ﬁ ＡＢ",
+         "emoji 🙂🙂 and ⚡⚡ twice"]
+SPECIAL = ["<s>hi</s> <think>x</s>", "<unk> and <pad> inside<think>", "</s>\n<s> again"]
+# name: (model_type, vocab size, add_dummy_prefix, more trainer options, add_bos, add_eos)
+FILES = {"unigram": ("unigram", 777, True, {}, None, None),
+         "bpe": ("bpe", 1000, True, {"unk_id": 3, "bos_id": 0, "eos_id": 1, "pad_id": 2}, False, True),
+         "bpe-no-prefix": ("bpe", 650, False, {"pad_id": -1}, True, None)}
+
+
+@pytest.fixture(scope="module")
+def transformers():
+    return pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def files(transformers, tmp_path_factory):
+    """{name: (directory holding m.gguf, SentencePieceProcessor of the model it was made from)}."""
+    out = {}
+    for name, (kind, size, prefix, options, add_bos, add_eos) in FILES.items():
+        model = train_sentencepiece(kind, size, prefix, **options)
+        vocab = sentencepiece_metadata(model)
+        if add_eos is not None:
+            vocab["add_eos"] = add_eos
+        d = tmp_path_factory.mktemp(name)
+        write_llama_gguf(d / "m.gguf", random_llama(transformers, vocab=size, seed=len(out)), add_bos=add_bos,
+                         vocab=vocab, template=LLAMA2_CHAT)
+        out[name] = d, spm.SentencePieceProcessor(model_proto=model)
+    return out
+
+
+LLAMA2_CHAT = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
+               "' [/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
+def _theirs(transformers, d):
+    return transformers.AutoTokenizer.from_pretrained(d, gguf_file="m.gguf")
+
+
+@pytest.mark.parametrize("name", ["unigram", "bpe"])
+def test_ids_and_text_match_transformers(transformers, files, name):
+    d, _ = files[name]
+    theirs, ours = _theirs(transformers, d), qkv.load(d / "m.gguf").tokenizer
+    assert ours.kind == "sentencepiece" and ours.vocab_size == len(theirs)
+    assert (ours.bos_id, ours.eos_id, ours.pad_id, ours.unk_id) == \
+        (theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id, theirs.unk_token_id)
+    for text in PLAIN + SPECIAL:
+        ids = theirs(text, add_special_tokens=False).input_ids
+        assert ours.encode(text) == ids, (text, theirs.convert_ids_to_tokens(ids))
+        assert ours.prompt_ids(text) == theirs(text).input_ids, text          # add_bos / add_eos as the file says
+        assert ours.decode(ids) == theirs.decode(ids)
+        if theirs.decode(ids) == text:                 # transformers' own round trip drops a leading space
+            assert ours.decode(ours.encode(text)) == text
+    byte_pieces = [t for t in theirs.convert_ids_to_tokens(ours.encode(PLAIN[11])) if t.startswith("<0x")]
+    assert len(byte_pieces) >= 4                        # the fixture does exercise byte fallback
+
+
+@pytest.mark.parametrize("name", ["bpe", "bpe-no-prefix"])
+def test_sentencepiece_bpe_ids_are_sentencepieces(files, name):
+    """A SentencePiece BPE's scores are its merge order: the ids are the model's own. Without the prefix
+    space (add_space_prefix false, which transformers' reader ignores) on every text; with it, on texts
+    that do not start with a space (there qkv follows transformers, see gguf_sentencepiece)."""
+    d, sp = files[name]
+    ours = qkv.load(d / "m.gguf").tokenizer
+    prefix = FILES[name][2]
+    for text in PLAIN:
+        if not (prefix and text[:1] in (" ", "▁")):
+            assert ours.encode(text) == sp.encode(text), text
+            assert ours.decode(ours.encode(text)) == sp.decode(sp.encode(text))
+
+
+def test_unigram_segmentation_is_the_greedy_one(transformers, files):
+    """A unigram file is tokenized by best-scoring merges, not SentencePiece's most probable segmentation:
+    the same pieces, other ids on some words (as llama.cpp and transformers do)."""
+    d, sp = files["unigram"]
+    ours = qkv.load(d / "m.gguf").tokenizer
+    differ = [t for t in PLAIN if t[:1] not in ("", " ", "▁") and ours.encode(t) != sp.encode(t)]
+    assert differ and all(ours.decode(ours.encode(t)) == sp.decode(sp.encode(t)) for t in differ)
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_logits_match_transformers(transformers, files, name):
+    d, _ = files[name]
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file="m.gguf").eval()
+    ours = qkv.load(d / "m.gguf")
+    ids = torch.tensor([ours.tokenizer.prompt_ids(PLAIN[0] + " " + PLAIN[11])])
+    with torch.no_grad():
+        want = theirs(ids).logits
+    assert (ours(ids).logits - want).abs().max() < 2e-5
+
+
+def test_streaming_holds_back_byte_pieces(files):
+    """Byte-fallback pieces stream as whole characters: nothing shown is U+FFFD, a character's first bytes
+    show nothing, and the pieces add up to the decoded text."""
+    ours = qkv.load(files["unigram"][0] / "m.gguf").tokenizer
+    for text in PLAIN + SPECIAL:
+        stream = TextStream(ours)
+        pieces = [stream.push(i) for i in ours.encode(text)]
+        assert "".join(pieces) + stream.finish() == ours.decode(ours.encode(text))
+        assert not any("\ufffd" in p for p in pieces)
+    ids = ours.encode("𝕏")                              # no piece: four byte pieces
+    stream = TextStream(ours)
+    assert [stream.push(i) for i in ids][:-1] == [""] * (len(ids) - 1) and len(ids) >= 4
+
+
+@pytest.mark.parametrize("name", ["unigram", "bpe"])
+def test_generate_prints_what_transformers_decodes(transformers, files, name, capsys):
+    """`qkv generate` on a SentencePiece file: the continuation keeps the space its first piece carries."""
+    d, _ = files[name]
+    prompt = "First Citizen:"
+    assert main(["generate", str(d / "m.gguf"), "--prompt", prompt, "--max-new-tokens", "16", "--temperature", "0",
+                 "--ignore-eos", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file="m.gguf").eval()
+    tok = _theirs(transformers, d)
+    ids = tok(prompt).input_ids                         # bos (and eos where the file says so), as qkv feeds
+    new = []
+    with torch.no_grad():                               # greedy, eos included (--ignore-eos)
+        for _ in range(16):
+            new.append(int(theirs(torch.tensor([ids + new])).logits[0, -1].argmax()))
+    want = tok.decode(tok(prompt, add_special_tokens=False).input_ids + new)
+    assert printed == want.rstrip("\ufffd") + "\n"
+
+
+def test_chat_decodes_the_reply(transformers, files):
+    """qkv.chat's reply is the reply tokens' text, as transformers decodes them (the first piece's space,
+    the template's, is not part of it)."""
+    d, _ = files["bpe-no-prefix"]
+    model = qkv.load(d / "m.gguf")
+    messages = [{"role": "user", "content": "Größe über 🙂?"}]
+    reply = qkv.chat(model, messages, max_new_tokens=12, temperature=0, ignore_eos=True)
+    tok = _theirs(transformers, d)
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file="m.gguf").eval()
+    new = []
+    with torch.no_grad():
+        for _ in range(12):
+            new.append(int(theirs(torch.tensor([list(ids) + new])).logits[0, -1].argmax()))
+    assert reply == tok.decode(new).rstrip("\ufffd")
+
+
+def _damaged(src, dst, **changes):
+    """A copy of the GGUF ``src`` with some tokenizer.ggml.* values replaced (None removes one)."""
+    reader = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(dst), "llama")
+    for field in reader.fields.values():
+        key = field.name
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        short = key.removeprefix("tokenizer.ggml.")
+        value, kind = field.contents(), field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        if short in changes:
+            if changes[short] is None:
+                continue
+            value = changes[short]
+        w.add_key_value(key, value, kind, sub)
+    for t in reader.tensors:
+        w.add_tensor(t.name, t.data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
+
+
+@pytest.mark.parametrize("change,phrase", [
+    ({"model": "bert"}, "'bert' tokenizer .*qkv rebuilds byte-level BPE \\('gpt2'\\) and SentencePiece \\('llama'\\)"),
+    ({"model": "t5"}, "'t5' tokenizer"), ({"model": "rwkv"}, "'rwkv' tokenizer"),
+    ({"scores": [0.0] * 10}, "tokenizer.ggml.scores has 10 entries for 777 tokens; the file is damaged"),
+    ({"scores": None}, "without tokenizer.ggml.scores"),
+    ({"token_type": [1] * 776}, "tokenizer.ggml.token_type has 776 entries"),
+    ({"tokens": None}, "has no tokenizer.ggml.tokens"),
+])
+def test_damaged_vocabularies_are_one_clear_error(files, tmp_path, change, phrase):
+    bad = _damaged(files["unigram"][0] / "m.gguf", tmp_path / "bad.gguf", **change)
+    with pytest.raises(CheckpointError, match=phrase):
+        qkv.load(bad)
+
+
+def test_misspelt_byte_piece_and_bad_type(files, tmp_path):
+    src = files["unigram"][0] / "m.gguf"
+    tokens = list(gguf.GGUFReader(str(src)).fields["tokenizer.ggml.tokens"].contents())
+    types = list(gguf.GGUFReader(str(src)).fields["tokenizer.ggml.token_type"].contents())
+    at = tokens.index("<0x41>")
+    with pytest.raises(CheckpointError, match="byte token '<0x4g>' is not spelled <0xNN>"):
+        qkv.load(_damaged(src, tmp_path / "a.gguf", tokens=tokens[:at] + ["<0x4g>"] + tokens[at + 1:]))
+    with pytest.raises(CheckpointError, match="token 7 has type 9"):
+        qkv.load(_damaged(src, tmp_path / "b.gguf", token_type=types[:7] + [9] + types[8:]))
+
+
+def test_command_line_refuses_a_damaged_vocabulary_in_one_line(files, tmp_path, capsys):
+    bad = _damaged(files["unigram"][0] / "m.gguf", tmp_path / "bad.gguf", scores=[0.0] * 3)
+    assert main(["generate", str(bad), "--prompt", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer.ggml.scores has 3 entries" in err and "Traceback" not in err and err.count("\n") == 1
