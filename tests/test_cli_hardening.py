@@ -91,6 +91,11 @@ def zoo(tmp_path_factory):
     qkv.quant.quantize_model(quantized, 8)
     qkv.save(quantized, root / "gpt-int8", quantized.tokenizer)
     (root / "fake.gguf").write_text("not a GGUF file")
+    import transformers                                # issue 23: GGUF vocabularies qkv refuses
+    from gguf_fixtures import random_llama, sentencepiece_metadata, train_sentencepiece, write_llama_gguf
+    vocab, llama = sentencepiece_metadata(train_sentencepiece("bpe", 400)), random_llama(transformers, vocab=400)
+    write_llama_gguf(root / "badvocab.gguf", llama, vocab={**vocab, "scores": vocab["scores"][:-5]})
+    write_llama_gguf(root / "bertvocab.gguf", llama, vocab={**vocab, "model": "bert"})
     mnist = write_mnist(root / "mnist")                 # issue 13: MNIST-format folders, good and damaged, and a ViT
     for name, file, text in (("badidx", "t10k-images-idx3-ubyte", b"\x00\x00\x08\x01" + b"\x00" * 12),
                              ("badcsv", "mnist_5k_train_subset.csv", b"0," * 784 + b"1\n" + b"0," * 783 + b"1\n"),
@@ -116,6 +121,7 @@ def paths(zoo) -> dict:
             "empty": zoo / "empty.txt", "bigconfig": zoo / "bigconfig.toml", "missing": zoo / "no-such-thing",
             "out": zoo / "out",
             "unwritable": "/proc/qkv-cannot-write-here", "int8": zoo / "gpt-int8", "fakegguf": zoo / "fake.gguf",
+            "badvocab": zoo / "badvocab.gguf", "bertvocab": zoo / "bertvocab.gguf",
             "mnist": zoo / "mnist", "badidx": zoo / "badidx", "badcsv": zoo / "badcsv", "badlabel": zoo / "badlabel",
             "png": zoo / "digit.png", "wnut": zoo / "wnut.tsv", "tagger": zoo / "tagger", "swin": zoo / "swin",
             "src": zoo / "src.txt", "ref": zoo / "ref.txt", "docs": zoo / "docs.jsonl",
@@ -221,6 +227,12 @@ CASES = [
     (["chat", "{fakegguf}"], "not a readable GGUF file"),
     (["generate", "{fakegguf}", "--prompt", "a"], "not a readable GGUF file"),
     (["eval", "{fakegguf}", "--data", "{corpus}"], "not a readable GGUF file"),
+    # issue 23: a GGUF's vocabulary damaged, or of a kind qkv does not rebuild
+    (["generate", "{badvocab}", "--prompt", "a"], "tokenizer.ggml.scores has 395 entries for 400 tokens"),
+    (["chat", "{badvocab}"], "the file is damaged: convert the model again"),
+    (["info", "{badvocab}"], "tokenizer.ggml.scores has 395 entries"),
+    (["eval", "{bertvocab}", "--data", "{corpus}"], "'bert' tokenizer (tokenizer.ggml.model); qkv rebuilds"),
+    (["serve", "{bertvocab}"], "SentencePiece ('llama') vocabularies only"),
     (["generate", "{gpt}", "--chat", "hi"], "has no chat template"),
     (["generate", "{gpt}", "--chat", "hi", "--prompt", "a"], "not both"),
     (["generate", "{gpt}", "--system", "be brief"], "--system goes with --chat"),
