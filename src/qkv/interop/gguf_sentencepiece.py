@@ -7,13 +7,13 @@ piece's score is minus its merge rank). llama.cpp's converter writes both the sa
 score each, and a type each, but no merges and no normalizer. Neither llama.cpp nor transformers runs a
 unigram search on such a file. Both build each word up from characters, always joining the adjacent pair
 whose joined piece scores highest. That is a BPE whose merge list is "every way to cut a piece into two
-pieces of the vocabulary, best score first":
+pieces of the vocabulary, best score first". With these pieces besides the single characters:
 
-    piece   score        merges (rank)            "Hello" -> ▁ H e l l o
-    ▁He     -3.1         ▁H e  (0: score -2.0)            -> ▁H e l l o   (▁H e wins)
-    ▁H      -2.0         l l   (1: score -2.5)            -> ▁H e ll o
-    ll      -2.5         ▁H e  ...
-                         ▁ He  (only if both halves are pieces)
+    piece  score      merge (rank)         "abc" -> "▁abc" -> ▁ a b c
+    ▁a     -1.0       ▁ + a   (0)                           ▁a b c     rank 0 is the best joined score
+    ▁ab    -2.0       ▁a + b  (1)                           ▁ab c      ▁ab and bc tie: the longer left half
+    bc     -2.0       b + c   (2)                                       first (transformers' order)
+    ab     -3.0       a + b   (3)
 
 so a unigram file tokenizes a little differently from the SentencePiece model it came from (the pieces
 are the same; the segmentation is the greedy one). For a SentencePiece BPE the scores are its merge order,
@@ -25,10 +25,11 @@ Around the model:
          ─> BPE with byte fallback: a character no piece covers becomes its UTF-8 bytes <0xE6> <0x97> <0xA5>
     ids  ─> "▁" -> " ", byte pieces -> bytes -> UTF-8, the prefix space taken off again
 
-The prefix goes in front of the text only (not after a special token inside it, which llama.cpp does), and
-not when the text already starts with a space: transformers' Llama tokenizers (``legacy=False``) do both,
-and qkv gives their ids. Without the prefix (``add_space_prefix`` false), qkv's ids are SentencePiece's;
-transformers' GGUF reader ignores that flag.
+The prefix goes in front of the whole text only, not after each special token inside it, and not when the
+text already starts with a space (" hi" -> ▁hi, which decodes to "hi", where SentencePiece and llama.cpp
+write ▁▁hi; llama.cpp also prefixes the text after a special token). That is what transformers' Llama tokenizers do
+(``legacy=False``, their GGUF reader included), and qkv gives their ids. A file whose ``add_space_prefix`` is
+false gets no prefix at all, as in SentencePiece and llama.cpp; transformers' GGUF reader ignores that flag.
 
 Token types (llama.cpp's numbering, which is SentencePiece's): 1 normal, 2 unknown, 3 control (<s>, </s>:
 special tokens, matched whole in text), 4 user-defined (matched whole, not special), 5 unused, 6 byte

@@ -34,7 +34,8 @@ from ..tokenizers import Tokenizer
 from .gguf_sentencepiece import CONTROL, UNKNOWN, USER_DEFINED, sentencepiece_backend
 
 # Split rules by ``tokenizer.ggml.pre``: the regexes llama.cpp applies before byte-level BPE, which are the
-# ones in the models' own tokenizer.json.
+# ones in the models' own tokenizer.json. Only tags whose rule a test checks (tests/test_gguf_pretokenizers.py:
+# transformers' split, or the family's tokenizer.json); another tag is refused rather than guessed.
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -43,13 +44,15 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 # Qwen3.5: combining marks (\p{M}) stay inside words
 QWEN35_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Mistral's tekken and OpenAI's o200k (GPT-4o) cut words at case changes: "CamelCase" -> "Camel", "Case"
+# Mistral's tekken and OpenAI's o200k (GPT-4o) end a word where small letters give way to a capital:
+# "HTTPServerError CamelCase" -> "HTTPServer", "Error", " Camel", "Case"
 _UPPER, _LOWER, _LEAD = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]", r"[^\r\n\p{L}\p{N}]?"
 _REST = r" ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 
 def _cased_words(suffix: str) -> str:
-    """Two alternatives: a word in its lower-case run ("Camel", "case"), or an upper-case run ("HTTP")."""
+    """Two alternatives: capitals (maybe none) then small letters ("Camel", "HTTPServer"), or capitals then
+    small letters (maybe none: "UPPER"); ``suffix`` follows either."""
     return f"{_LEAD}{_UPPER}*{_LOWER}+{suffix}|{_LEAD}{_UPPER}+{_LOWER}*{suffix}"
 
 
@@ -60,6 +63,7 @@ SPLITS = {
     **dict.fromkeys(["default", "gpt2", "gpt-2", "phi-2", "mpt", "olmo", "jais"], [GPT2_SPLIT]),
     **dict.fromkeys(["llama3", "llama-v3", "llama-bpe", "dbrx", "smaug-bpe", "falcon3", "falcon-h1", "pixtral",
                      "midm-2.0", "lfm2", "jina-v5-nano"], [LLAMA3_SPLIT]),
+    # stablelm2 as llama.cpp has it (Arcade100k); transformers' reader gives it GPT-2's rule
     **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "stablelm2", "kormo", "f2llmv2", "megrez"], [QWEN2_SPLIT]),
     "qwen35": [QWEN35_SPLIT], "tekken": [TEKKEN_SPLIT],
     **dict.fromkeys(["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"], [GPT4O_SPLIT]),
