@@ -3,6 +3,8 @@ here (unigram and BPE, byte fallback, a user-defined piece, odd vocabulary sizes
 llama.cpp's converter writes them beside random llama weights; ids, decoding, streaming and logits against
 transformers' GGUF reader, and against SentencePiece itself where transformers ignores the file's flags."""
 
+import io
+
 import pytest
 import torch
 
@@ -157,6 +159,42 @@ def test_chat_decodes_the_reply(transformers, files):
         for _ in range(12):
             new.append(int(theirs(torch.tensor([list(ids) + new])).logits[0, -1].argmax()))
     assert reply == tok.decode(new).rstrip("\ufffd")
+
+
+def test_without_byte_pieces_a_missing_character_is_unk(transformers, tmp_path):
+    """A vocabulary trained without byte fallback: a character no piece covers is <unk>, as SentencePiece has
+    it. (transformers' reader drops it without a word, "𝕏y" -> "▁y": qkv differs on purpose.)"""
+    model = train_sentencepiece("bpe", 500, byte_fallback=False)
+    write_llama_gguf(tmp_path / "m.gguf", random_llama(transformers, vocab=500), vocab=sentencepiece_metadata(model))
+    sp, ours = spm.SentencePieceProcessor(model_proto=model), qkv.load(tmp_path / "m.gguf").tokenizer
+    for text in PLAIN:
+        if text[:1] not in (" ", "▁"):
+            assert ours.encode(text) == sp.encode(text), text
+    assert ours.encode("𝕏y") == [sp.piece_to_id("▁"), ours.unk_id, sp.piece_to_id("y")]
+    assert _theirs(transformers, tmp_path)("𝕏y", add_special_tokens=False).input_ids == [sp.piece_to_id("▁y")]
+
+
+def test_saved_and_read_back_it_is_the_same_tokenizer(files, tmp_path):
+    """A run fine-tuned from a GGUF keeps its tokenizer as tokenizer.json + tokenizer_config.json."""
+    ours = qkv.load(files["bpe"][0] / "m.gguf").tokenizer
+    ours.save(tmp_path / "tokenizer.json")
+    back = qkv.Tokenizer.from_dir(tmp_path)
+    assert (back.kind, back.add_bos, back.add_eos, back.bos_id, back.eos_id) == ("sentencepiece", False, True, 0, 1)
+    for text in PLAIN + SPECIAL:
+        assert back.prompt_ids(text) == ours.prompt_ids(text) and back.decode(ours.encode(text)) == \
+            ours.decode(ours.encode(text))
+
+
+def test_chat_command_streams_the_reply(files, monkeypatch, capsys):
+    d, _ = files["unigram"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("Größe 🙂 𝕏?\n/exit\n"))
+    assert main(["chat", str(d / "m.gguf"), "--max-new-tokens", "12", "--temperature", "0", "--ignore-eos",
+                 "--threads", "1"]) == 0
+    want = qkv.chat(qkv.load(d / "m.gguf"), [{"role": "user", "content": "Größe 🙂 𝕏?"}], max_new_tokens=12,
+                    temperature=0, ignore_eos=True)
+    assert capsys.readouterr().out == want + "\n"
+    assert main(["info", str(d / "m.gguf")]) == 0
+    assert "sentencepiece" in capsys.readouterr().out
 
 
 def _damaged(src, dst, **changes):
