@@ -268,3 +268,18 @@ def test_merge_ties_follow_transformers(transformers, tmp_path, order):
         assert ours.encode(text) == theirs(text, add_special_tokens=False).input_ids, text
     xyz = ["xy", "z"] if order[0] == "xy" else ["x", "yz"]
     assert theirs.convert_ids_to_tokens(ours.encode("abc xyz")) == ["▁ab", "c", "▁", *xyz]
+
+
+def test_server_completion_is_qkv_generates_text(files):
+    """/v1/completions continues the prompt as `qkv generate` does, the first piece's space kept."""
+    pytest.importorskip("fastapi")
+    from qkv.serve import ServeConfig, create_app
+    from serving import request, running
+    model = qkv.load(files["unigram"][0] / "m.gguf")
+    want = qkv.generate(model, model.tokenizer, "First Citizen:", max_new_tokens=12, temperature=0, ignore_eos=True)
+    with running(create_app(model, ServeConfig(model_name="m"))) as url:
+        status, reply = request(url, "POST", "/v1/completions", {"model": "m", "prompt": "First Citizen:",
+                                                                 "max_tokens": 12, "temperature": 0,
+                                                                 "ignore_eos": True})
+    assert status == 200 and reply["choices"][0]["text"] == want
+    assert want[:1] == " "                              # the case that needs the prompt's last token

@@ -67,13 +67,15 @@ class Failure:
 class Sequence:
     """One text to generate. ``logprobs``: report each sampled token's log-probability, with the
     ``top_logprobs`` most likely alternatives (``qkv.logprobs``); ``constraint``: an object with
-    ``mask(logits_1V)`` and ``advance(token_id)`` (structured output). logit_bias is ``cfg.logit_bias``."""
+    ``mask(logits_1V)`` and ``advance(token_id)`` (structured output). logit_bias is ``cfg.logit_bias``.
+    ``context``: ids the text continues (a completion's last prompt token; ``qkv.text_stream.TextStream``)."""
     prompt_ids: list[int]
     cfg: GenerationConfig
     emit: Callable[[object], None] | None = None      # set before submit: where the events go
     logprobs: bool = False
     top_logprobs: int = 0
     constraint: object | None = None
+    context: list[int] = field(default_factory=list)
     submitted_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     cancelled: bool = False
@@ -90,7 +92,7 @@ class _Running:
         self.seq, self.cfg = seq, seq.cfg
         tokenizer = model.tokenizer
         self.stop_ids = () if seq.cfg.ignore_eos else tokenizer.stop_ids
-        self.stream = TextStream(tokenizer, seq.cfg.stops)
+        self.stream = TextStream(tokenizer, seq.cfg.stops, context=seq.context)
         self.penalties = Penalties(seq.cfg, torch.tensor([seq.prompt_ids], device=device), model.cfg.vocab_size)
         self.generator = torch.Generator(device).manual_seed(seq.cfg.seed) if seq.cfg.seed is not None else None
         self.generated = 0

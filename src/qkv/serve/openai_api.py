@@ -106,15 +106,17 @@ def logit_bias(req: Sampling, vocab_size: int) -> dict[int, float] | None:
 
 
 def sequences(req: Sampling, prompt_ids: list[int], cfg: GenerationConfig, vocab_size: int, logprobs: bool,
-              top_logprobs: int, constraint_factory=None) -> list[Sequence]:
-    """``req.n`` sequences of one prompt; choice i samples with seed + i."""
+              top_logprobs: int, constraint_factory=None, continues: bool = False) -> list[Sequence]:
+    """``req.n`` sequences of one prompt; choice i samples with seed + i. ``continues``: the text goes on from
+    the prompt (a completion, not a chat reply), so it keeps the space a SentencePiece piece puts first."""
     bias = logit_bias(req, vocab_size)
     out = []
     for i in range(req.n):
         seeded = dataclasses.replace(cfg, seed=cfg.seed + i) if cfg.seed is not None and i else cfg
         seeded = dataclasses.replace(seeded, logit_bias=bias) if bias else seeded
         out.append(Sequence(list(prompt_ids), seeded, logprobs=logprobs, top_logprobs=top_logprobs,
-                            constraint=constraint_factory() if constraint_factory else None))
+                            constraint=constraint_factory() if constraint_factory else None,
+                            context=list(prompt_ids[-1:]) if continues else []))
     return out
 
 

@@ -114,7 +114,7 @@ async def completions(req: CompletionRequest, request: Request):
                          state.config.max_tokens_cap, "prompt")
         gen = generation_config(req, max_new, defaults=state.sampling_defaults)
         seqs += sequences(req, ids, gen, cfg.vocab_size, req.logprobs is not None, req.logprobs or 0,
-                          constraint_factory(state, req))
+                          constraint_factory(state, req), continues=True)
     return await respond(Answer.new("completion", state.served, state.tokenizer), eng, request, req, seqs,
                          sum(len(p) for p in prompts), state.config.timeout)
 
