@@ -18,6 +18,8 @@ wordpiece: BERT's tokenizer (Devlin et al., 2019; Wu et al., 2016), trained here
 
           single:  [CLS] a b [SEP]              type ids 0 0 0 0
           pair:    [CLS] a b [SEP] c d [SEP]    type ids 0 0 0 0 1 1 1
+sentencepiece: a BPE over SentencePiece pieces ("▁" for a space, <0xNN> byte pieces), as Llama 2's
+      tokenizer.json and a GGUF's 'llama' vocabulary (``qkv.interop.gguf_sentencepiece``) have it.
 
 ``encode`` never adds special tokens (language modelling wants the bare text); ``encode_for_model`` adds
 them, and returns the backend ``Encoding`` with ids, type ids, attention mask, word ids and offsets.
