@@ -254,20 +254,34 @@ def test_command_line_refuses_a_damaged_vocabulary_in_one_line(files, tmp_path, 
     assert "tokenizer.ggml.scores has 3 entries" in err and "Traceback" not in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("order", [("xy", "yz"), ("yz", "xy")])
-def test_merge_ties_follow_transformers(transformers, tmp_path, order):
-    """Equal scores: "▁a" + "b" (a longer left half) goes before "b" + "c"; "xy" and "yz", of equal halves,
-    in the order the file lists them. Trained vocabularies rarely tie, so this one is written by hand."""
+def _hand_written(transformers, tmp_path, order=("xy", "yz"), merges=None):
+    """A vocabulary written by hand (trained ones rarely tie): its GGUF, then (ours, transformers')."""
     tokens = ["<unk>", "<s>", "</s>", "▁", "a", "b", "c", "x", "y", "z", "▁a", "▁ab", "bc", "ab", *order]
     scores = [0, 0, 0, -9, -9, -9, -9, -9, -9, -9, -1, -2, -2, -3, -4, -4]
     vocab = {"model": "llama", "pre": "default", "tokens": tokens, "scores": [float(s) for s in scores],
              "token_type": [2, 3, 3] + [1] * (len(tokens) - 3), "ids": {"unk": 0, "bos": 1, "eos": 2}}
+    if merges is not None:
+        vocab["merges"] = merges
     write_llama_gguf(tmp_path / "m.gguf", random_llama(transformers, vocab=len(tokens)), vocab=vocab)
-    theirs, ours = _theirs(transformers, tmp_path), qkv.load(tmp_path / "m.gguf").tokenizer
+    return qkv.load(tmp_path / "m.gguf").tokenizer, _theirs(transformers, tmp_path)
+
+
+@pytest.mark.parametrize("order", [("xy", "yz"), ("yz", "xy")])
+def test_merge_ties_follow_transformers(transformers, tmp_path, order):
+    """Equal scores: "▁a" + "b" (a longer left half) goes before "b" + "c"; "xy" and "yz", of equal halves,
+    in the order the file lists them."""
+    ours, theirs = _hand_written(transformers, tmp_path, order)
     for text in ["abc", "xyz", "abc xyz abcxyz"]:
         assert ours.encode(text) == theirs(text, add_special_tokens=False).input_ids, text
     xyz = ["xy", "z"] if order[0] == "xy" else ["x", "yz"]
     assert theirs.convert_ids_to_tokens(ours.encode("abc xyz")) == ["▁ab", "c", "▁", *xyz]
+
+
+def test_a_files_own_merges_win_over_its_scores(transformers, tmp_path):
+    ours, theirs = _hand_written(transformers, tmp_path, merges=["b c", "▁ a", "y z", "x y", "a b", "▁a b"])
+    for text in ["abc", "xyz", "abc xyz abcxyz"]:
+        assert ours.encode(text) == theirs(text, add_special_tokens=False).input_ids, text
+    assert theirs.convert_ids_to_tokens(ours.encode("abc xyz")) == ["▁a", "bc", "▁", "x", "yz"]
 
 
 def test_server_completion_is_qkv_generates_text(files):

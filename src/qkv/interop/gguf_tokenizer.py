@@ -10,7 +10,7 @@ A GGUF has no tokenizer.json: it stores the pieces and their types as metadata (
       ("Ġthe" = " the")                                                 <0x00>..<0xFF> for raw bytes
     merges: the BPE's merge list, in rank order                      scores: a float per piece, no merges
     tokenizer.ggml.pre: a tag naming the regex that splits           add_space_prefix: "▁" in front of the text
-      text into words first (the table below)
+      text into words first (``SPLITS`` below)
     bytes -> alphabet (ByteLevel), then BPE within each word         the whole text one word; BPE with merges
                                                                        derived from the scores, byte fallback
     decoder: alphabet -> bytes -> UTF-8                              decoder: "▁" -> " ", <0xNN> -> bytes
@@ -82,9 +82,14 @@ def _pre_tokenizer(tag: str | None, where) -> pre_tokenizers.PreTokenizer:
     return pre_tokenizers.Sequence(steps + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
+def _merges(f) -> list[tuple[str, str]] | None:
+    """tokenizer.ggml.merges ("Ġ t" strings, best first) as pairs; None when the file has none."""
+    merges = f.get("tokenizer.ggml.merges")
+    return None if merges is None else [tuple(m.split(" ", 1)) for m in merges]
+
+
 def _byte_level_backend(f, tokens: list[str]) -> Backend:
-    merges = [tuple(m.split(" ", 1)) for m in f.get("tokenizer.ggml.merges", [])]
-    backend = Backend(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+    backend = Backend(models.BPE({t: i for i, t in enumerate(tokens)}, _merges(f) or []))
     backend.pre_tokenizer = _pre_tokenizer(f.get("tokenizer.ggml.pre"), f.path)
     backend.decoder = decoders.ByteLevel()
     return backend
@@ -119,9 +124,7 @@ def tokenizer_from_gguf(f) -> Tokenizer | None:
     else:
         unk = ids["unknown"] if ids["unknown"] is not None else next(
             (i for i, k in enumerate(types) if k == UNKNOWN), None)
-        merges = f.get("tokenizer.ggml.merges")
-        backend = sentencepiece_backend(tokens, f.get("tokenizer.ggml.scores"), types,
-                                        None if merges is None else [tuple(m.split(" ", 1)) for m in merges],
+        backend = sentencepiece_backend(tokens, f.get("tokenizer.ggml.scores"), types, _merges(f),
                                         None if unk is None else tokens[unk],
                                         bool(f.get("tokenizer.ggml.add_space_prefix", True)), f.path)
     named = {ids[key] for key in ("bos", "eos", "padding", "unknown") if ids[key] is not None}
