@@ -297,3 +297,14 @@ def test_server_completion_is_qkv_generates_text(files):
                                                                  "ignore_eos": True})
     assert status == 200 and reply["choices"][0]["text"] == want
     assert want[:1] == " "                              # the case that needs the prompt's last token
+
+
+def test_an_empty_prompt_starts_a_text(files):
+    """After bos alone (an empty prompt) the text starts afresh: no space in front, as transformers decodes."""
+    model = qkv.load(files["unigram"][0] / "m.gguf")
+    tok = model.tokenizer
+    text = qkv.generate(model, tok, "", max_new_tokens=8, temperature=0, ignore_eos=True)
+    ids = torch.tensor([[tok.bos_id]])
+    for _ in range(8):
+        ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], dim=1)
+    assert text == tok.decode(ids[0, 1:].tolist()).rstrip("\ufffd")

@@ -39,7 +39,7 @@ from .logprobs import Completion, StepLogprobs
 from .padding import pad_left
 from .runtime import choose_python_api_threads
 from .validation import check_fields
-from .text_stream import TextStream
+from .text_stream import TextStream, continuation_context
 
 
 @dataclass(frozen=True)
@@ -347,7 +347,7 @@ def _texts(model, tokenizer, prompts: list[str], cfg: GenerationConfig,
     device = next(model.parameters()).device
     ids_BL, key_mask_BL = pad_left(rows, pad, device)
     stop_ids = () if cfg.ignore_eos else tokenizer.stop_ids
-    streams = [TextStream(tokenizer, cfg.stops, context=row[-1:]) for row in rows]   # the space after the prompt
+    streams = [TextStream(tokenizer, cfg.stops, continuation_context(tokenizer, row)) for row in rows]
     make_constraint = json_constraints(tokenizer, model.cfg.vocab_size, cfg.json_schema)
     constraints = [make_constraint() for _ in rows] if make_constraint else None
     recorder = StepLogprobs(top_logprobs) if top_logprobs is not None else None

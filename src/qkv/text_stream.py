@@ -5,6 +5,13 @@ returned)."""
 from __future__ import annotations
 
 
+def continuation_context(tokenizer, prompt_ids: list[int]) -> list[int]:
+    """The ``context`` of a text that continues a prompt: its last token, unless that is bos or eos (an empty
+    prompt), after which a text starts afresh."""
+    last = list(prompt_ids[-1:])
+    return [] if last and last[0] in (tokenizer.bos_id, tokenizer.eos_id) else last
+
+
 class TextStream:
     """Token ids in, text pieces out: incremental decoding plus stop strings.
 

@@ -106,9 +106,9 @@ def logit_bias(req: Sampling, vocab_size: int) -> dict[int, float] | None:
 
 
 def sequences(req: Sampling, prompt_ids: list[int], cfg: GenerationConfig, vocab_size: int, logprobs: bool,
-              top_logprobs: int, constraint_factory=None, continues: bool = False) -> list[Sequence]:
-    """``req.n`` sequences of one prompt; choice i samples with seed + i. ``continues``: the text goes on from
-    the prompt (a completion, not a chat reply), so it keeps the space a SentencePiece piece puts first."""
+              top_logprobs: int, constraint_factory=None, context: list[int] = ()) -> list[Sequence]:
+    """``req.n`` sequences of one prompt; choice i samples with seed + i. ``context``: where the text goes on
+    from (a completion's, ``continuation_context``; a chat reply has none)."""
     bias = logit_bias(req, vocab_size)
     out = []
     for i in range(req.n):
@@ -116,7 +116,7 @@ def sequences(req: Sampling, prompt_ids: list[int], cfg: GenerationConfig, vocab
         seeded = dataclasses.replace(seeded, logit_bias=bias) if bias else seeded
         out.append(Sequence(list(prompt_ids), seeded, logprobs=logprobs, top_logprobs=top_logprobs,
                             constraint=constraint_factory() if constraint_factory else None,
-                            context=list(prompt_ids[-1:]) if continues else []))
+                            context=list(context)))
     return out
 
 

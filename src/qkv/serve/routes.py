@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import InputError
 from ..grammar import ANY_OBJECT, json_constraints
+from ..text_stream import continuation_context
 from .engine import Engine
 from .openai_api import (APIError, budget, chat_prompt_ids, completion_prompts, DEFAULT_TEMPLATE_STOP,
                          generation_config, sequences)
@@ -114,7 +115,7 @@ async def completions(req: CompletionRequest, request: Request):
                          state.config.max_tokens_cap, "prompt")
         gen = generation_config(req, max_new, defaults=state.sampling_defaults)
         seqs += sequences(req, ids, gen, cfg.vocab_size, req.logprobs is not None, req.logprobs or 0,
-                          constraint_factory(state, req), continues=True)
+                          constraint_factory(state, req), continuation_context(state.tokenizer, ids))
     return await respond(Answer.new("completion", state.served, state.tokenizer), eng, request, req, seqs,
                          sum(len(p) for p in prompts), state.config.timeout)
 
