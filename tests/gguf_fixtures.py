@@ -92,6 +92,24 @@ def sentencepiece_metadata(model: bytes) -> dict:
             "add_space_prefix": proto.normalizer_spec.add_dummy_prefix}
 
 
+# Texts the SentencePiece tests encode: spaces leading, trailing and repeated, tabs, newlines, digits, a
+# literal "▁", accents, CJK, emoji and a character no fixture has a piece for (byte fallback); and special
+# and user-defined pieces inside text.
+SP_PLAIN = ["First Citizen:\nBefore we proceed any further, hear me speak.", "Hello world", "  leading and trailing  ",
+            " one leading space", "a\n\nb\tc\t\tend\n", "12345 678.9", "x  y   z    ", "▁already marked", "\n", "",
+            " ",
+            "日本語のテキスト 東京 🙂 ⚡⚡ 𝕏",
+            "naïve café, déjà vu; Größe über",
+            "Ω≈ç√∫ ﬁ ＡＢ",
+            "emoji 🙂🙂 and ⚡⚡ twice"]
+SP_SPECIAL = ["<s>hi</s> <think>x</s>", "<unk> and <pad> inside<think>", "</s>\n<s> again"]
+# name: (model_type, vocab size, add_dummy_prefix, more trainer options, add_bos, add_eos); every setting off
+# its default somewhere (vocabulary sizes not powers of two, special ids moved, no pad, no prefix space)
+SENTENCEPIECE_FILES = {"unigram": ("unigram", 777, True, {}, None, None),
+                       "bpe": ("bpe", 1000, True, {"unk_id": 3, "bos_id": 0, "eos_id": 1, "pad_id": 2}, False, True),
+                       "bpe-no-prefix": ("bpe", 650, False, {"pad_id": -1}, True, None)}
+
+
 def _write_vocab(w, vocab: dict, specials: dict[str, str] | None, add_bos: bool | None) -> None:
     w.add_tokenizer_model(vocab["model"])
     w.add_tokenizer_pre(vocab["pre"])
@@ -184,6 +202,27 @@ def random_llama(transformers, vocab: int = 320, tie: bool = True, seed: int = 0
         tie_word_embeddings=tie, initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None),
         **options})
     return transformers.LlamaForCausalLM(cfg).eval()
+
+
+LLAMA2_CHAT = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
+               "' [/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
+def write_sentencepiece_files(transformers, root: Path) -> dict:
+    """{name: (directory holding m.gguf, the SentencePieceProcessor of the model it was made from)} for each
+    of SENTENCEPIECE_FILES, with random llama weights and a Llama-2-style chat template."""
+    import sentencepiece as spm
+    out = {}
+    for name, (kind, size, prefix, options, add_bos, add_eos) in SENTENCEPIECE_FILES.items():
+        model = train_sentencepiece(kind, size, prefix, **options)
+        vocab = sentencepiece_metadata(model)
+        if add_eos is not None:
+            vocab["add_eos"] = add_eos
+        (root / name).mkdir()
+        write_llama_gguf(root / name / "m.gguf", random_llama(transformers, vocab=size, seed=len(out)),
+                         add_bos=add_bos, vocab=vocab, template=LLAMA2_CHAT)
+        out[name] = root / name, spm.SentencePieceProcessor(model_proto=model)
+    return out
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

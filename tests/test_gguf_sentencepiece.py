@@ -1,9 +1,9 @@
 """GGUF files with a SentencePiece vocabulary (``tokenizer.ggml.model = llama``): SentencePiece models trained
 here (unigram and BPE, byte fallback, a user-defined piece, odd vocabulary sizes and special ids), written as
-llama.cpp's converter writes them beside random llama weights; ids, decoding, streaming and logits against
-transformers' GGUF reader, and against SentencePiece itself where transformers ignores the file's flags."""
+llama.cpp's converter writes them beside random llama weights (gguf_fixtures); ids, decoding and logits
+against transformers' GGUF reader, and against SentencePiece itself where transformers ignores the file's
+flags; damaged vocabularies. Generating, chatting and streaming text: test_gguf_sentencepiece_text.py."""
 
-import io
 
 import pytest
 import torch
@@ -11,25 +11,12 @@ import torch
 import qkv
 from qkv import CheckpointError
 from qkv.cli import main
-from qkv.text_stream import TextStream
 
-from gguf_fixtures import random_llama, sentencepiece_metadata, train_sentencepiece, write_llama_gguf
+from gguf_fixtures import (SENTENCEPIECE_FILES as FILES, SP_PLAIN as PLAIN, SP_SPECIAL as SPECIAL, random_llama,
+                           sentencepiece_metadata, train_sentencepiece, write_llama_gguf, write_sentencepiece_files)
 
 gguf = pytest.importorskip("gguf")
 spm = pytest.importorskip("sentencepiece")
-PLAIN = ["First Citizen:\nBefore we proceed any further, hear me speak.", "Hello world", "  leading and trailing  ",
-         " one leading space", "a\n\nb\tc\t\tend\n", "12345 678.9", "x  y   z    ", "▁already marked", "\n", "", " ",
-         "日本語のテキスト 東京 🙂 ⚡⚡ 𝕏",
-         "naïve café, déjà vu; Größe über",
-         "Ω≈ç√∫ ﬁ ＡＢ",
-         "emoji 🙂🙂 and ⚡⚡ twice"]
-SPECIAL = ["<s>hi</s> <think>x</s>", "<unk> and <pad> inside<think>", "</s>\n<s> again"]
-# name: (model_type, vocab size, add_dummy_prefix, more trainer options, add_bos, add_eos)
-FILES = {"unigram": ("unigram", 777, True, {}, None, None),
-         "bpe": ("bpe", 1000, True, {"unk_id": 3, "bos_id": 0, "eos_id": 1, "pad_id": 2}, False, True),
-         "bpe-no-prefix": ("bpe", 650, False, {"pad_id": -1}, True, None)}
-
-
 @pytest.fixture(scope="module")
 def transformers():
     return pytest.importorskip("transformers")
@@ -37,22 +24,7 @@ def transformers():
 
 @pytest.fixture(scope="module")
 def files(transformers, tmp_path_factory):
-    """{name: (directory holding m.gguf, SentencePieceProcessor of the model it was made from)}."""
-    out = {}
-    for name, (kind, size, prefix, options, add_bos, add_eos) in FILES.items():
-        model = train_sentencepiece(kind, size, prefix, **options)
-        vocab = sentencepiece_metadata(model)
-        if add_eos is not None:
-            vocab["add_eos"] = add_eos
-        d = tmp_path_factory.mktemp(name)
-        write_llama_gguf(d / "m.gguf", random_llama(transformers, vocab=size, seed=len(out)), add_bos=add_bos,
-                         vocab=vocab, template=LLAMA2_CHAT)
-        out[name] = d, spm.SentencePieceProcessor(model_proto=model)
-    return out
-
-
-LLAMA2_CHAT = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
-               "' [/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}")
+    return write_sentencepiece_files(transformers, tmp_path_factory.mktemp("sp"))
 
 
 def _theirs(transformers, d):
@@ -111,56 +83,6 @@ def test_logits_match_transformers(transformers, files, name):
     assert (ours(ids).logits - want).abs().max() < 2e-5
 
 
-def test_streaming_holds_back_byte_pieces(files):
-    """Byte-fallback pieces stream as whole characters: nothing shown is U+FFFD, a character's first bytes
-    show nothing, and the pieces add up to the decoded text."""
-    ours = qkv.load(files["unigram"][0] / "m.gguf").tokenizer
-    for text in PLAIN + SPECIAL:
-        stream = TextStream(ours)
-        pieces = [stream.push(i) for i in ours.encode(text)]
-        assert "".join(pieces) + stream.finish() == ours.decode(ours.encode(text))
-        assert not any("\ufffd" in p for p in pieces)
-    ids = ours.encode("𝕏")                              # no piece: four byte pieces
-    stream = TextStream(ours)
-    assert [stream.push(i) for i in ids][:-1] == [""] * (len(ids) - 1) and len(ids) >= 4
-
-
-@pytest.mark.parametrize("name", ["unigram", "bpe"])
-def test_generate_prints_what_transformers_decodes(transformers, files, name, capsys):
-    """`qkv generate` on a SentencePiece file: the continuation keeps the space its first piece carries."""
-    d, _ = files[name]
-    prompt = "First Citizen:"
-    assert main(["generate", str(d / "m.gguf"), "--prompt", prompt, "--max-new-tokens", "16", "--temperature", "0",
-                 "--ignore-eos", "--threads", "1"]) == 0
-    printed = capsys.readouterr().out
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file="m.gguf").eval()
-    tok = _theirs(transformers, d)
-    ids = tok(prompt).input_ids                         # bos (and eos where the file says so), as qkv feeds
-    new = []
-    with torch.no_grad():                               # greedy, eos included (--ignore-eos)
-        for _ in range(16):
-            new.append(int(theirs(torch.tensor([ids + new])).logits[0, -1].argmax()))
-    want = tok.decode(tok(prompt, add_special_tokens=False).input_ids + new)
-    assert printed == want.rstrip("\ufffd") + "\n"
-
-
-def test_chat_decodes_the_reply(transformers, files):
-    """qkv.chat's reply is the reply tokens' text, as transformers decodes them (the first piece's space,
-    the template's, is not part of it)."""
-    d, _ = files["bpe-no-prefix"]
-    model = qkv.load(d / "m.gguf")
-    messages = [{"role": "user", "content": "Größe über 🙂?"}]
-    reply = qkv.chat(model, messages, max_new_tokens=12, temperature=0, ignore_eos=True)
-    tok = _theirs(transformers, d)
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file="m.gguf").eval()
-    new = []
-    with torch.no_grad():
-        for _ in range(12):
-            new.append(int(theirs(torch.tensor([list(ids) + new])).logits[0, -1].argmax()))
-    assert reply == tok.decode(new).rstrip("\ufffd")
-
-
 def test_without_byte_pieces_a_missing_character_is_unk(transformers, tmp_path):
     """A vocabulary trained without byte fallback: a character no piece covers is <unk>, as SentencePiece has
     it. (transformers' reader drops it without a word, "𝕏y" -> "▁y": qkv differs on purpose.)"""
@@ -183,18 +105,6 @@ def test_saved_and_read_back_it_is_the_same_tokenizer(files, tmp_path):
     for text in PLAIN + SPECIAL:
         assert back.prompt_ids(text) == ours.prompt_ids(text) and back.decode(ours.encode(text)) == \
             ours.decode(ours.encode(text))
-
-
-def test_chat_command_streams_the_reply(files, monkeypatch, capsys):
-    d, _ = files["unigram"]
-    monkeypatch.setattr("sys.stdin", io.StringIO("Größe 🙂 𝕏?\n/exit\n"))
-    assert main(["chat", str(d / "m.gguf"), "--max-new-tokens", "12", "--temperature", "0", "--ignore-eos",
-                 "--threads", "1"]) == 0
-    want = qkv.chat(qkv.load(d / "m.gguf"), [{"role": "user", "content": "Größe 🙂 𝕏?"}], max_new_tokens=12,
-                    temperature=0, ignore_eos=True)
-    assert capsys.readouterr().out == want + "\n"
-    assert main(["info", str(d / "m.gguf")]) == 0
-    assert "sentencepiece" in capsys.readouterr().out
 
 
 def _damaged(src, dst, **changes):
@@ -284,27 +194,3 @@ def test_a_files_own_merges_win_over_its_scores(transformers, tmp_path):
     assert theirs.convert_ids_to_tokens(ours.encode("abc xyz")) == ["▁a", "bc", "▁", "x", "yz"]
 
 
-def test_server_completion_is_qkv_generates_text(files):
-    """/v1/completions continues the prompt as `qkv generate` does, the first piece's space kept."""
-    pytest.importorskip("fastapi")
-    from qkv.serve import ServeConfig, create_app
-    from serving import request, running
-    model = qkv.load(files["unigram"][0] / "m.gguf")
-    want = qkv.generate(model, model.tokenizer, "First Citizen:", max_new_tokens=12, temperature=0, ignore_eos=True)
-    with running(create_app(model, ServeConfig(model_name="m"))) as url:
-        status, reply = request(url, "POST", "/v1/completions", {"model": "m", "prompt": "First Citizen:",
-                                                                 "max_tokens": 12, "temperature": 0,
-                                                                 "ignore_eos": True})
-    assert status == 200 and reply["choices"][0]["text"] == want
-    assert want[:1] == " "                              # the case that needs the prompt's last token
-
-
-def test_an_empty_prompt_starts_a_text(files):
-    """After bos alone (an empty prompt) the text starts afresh: no space in front, as transformers decodes."""
-    model = qkv.load(files["unigram"][0] / "m.gguf")
-    tok = model.tokenizer
-    text = qkv.generate(model, tok, "", max_new_tokens=8, temperature=0, ignore_eos=True)
-    ids = torch.tensor([[tok.bos_id]])
-    for _ in range(8):
-        ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], dim=1)
-    assert text == tok.decode(ids[0, 1:].tolist()).rstrip("\ufffd")
