@@ -240,7 +240,8 @@ def test_both_paths_drop_attention_as_torch_does():
 
 
 def test_attention_module_options_reach_the_computation(monkeypatch):
-    """bias=False builds no biases; probabilities only when asked; dropout only in training mode."""
+    """bias=False builds no biases; probabilities only when asked; dropout only in training mode; the score
+    scale and soft-cap reach ``attend``."""
     attn = Attention(32, 4, 2, bias=False, dropout=0.3)
     assert [m.bias for m in (attn.wq, attn.wkv, attn.wo)] == [None, None, None]
     x_BLC, mask = torch.randn(1, 3, 32), build_mask(3, 3, "causal")
@@ -249,7 +250,8 @@ def test_attention_module_options_reach_the_computation(monkeypatch):
     monkeypatch.setattr("qkv.nn.attention.attend", lambda *a, **k: seen.append(a[5:] or k) or attend(*a, **k))
     attn.train()(x_BLC, mask)
     attn.eval()(x_BLC, mask)
-    assert seen == [(0.3,), (0.0,)]
+    Attention(32, 4, 2, scale=0.5, softcap=3.0).eval()(x_BLC, mask)
+    assert seen == [(0.3, None, None), (0.0, None, None), (0.0, 0.5, 3.0)]
 
 
 @pytest.mark.parametrize("G", [2, 1], ids=["gqa", "mqa"])

@@ -31,11 +31,13 @@ class ModelConfig:
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
                                             # LayerNorm (Ba et al.) or RMSNorm (Zhang & Sennrich; Llama)
     norm_eps: float = 1e-5                  # added to the variance inside every norm
-    norm_placement: Literal["pre", "post"] = "pre"
+    norm_offset: float = 0.0                # RMSNorm scales by (norm_offset + w): Gemma's 1.0 stores w around 0
+    norm_placement: Literal["pre", "post", "sandwich"] = "pre"
                                             # pre: x + f(norm(x)) (GPT-2, Llama); post: norm(x + f(x)) (the 2017
-                                            # paper, BERT)
-    mlp: Literal["relu", "gelu", "gelu_tanh", "swiglu"] = "gelu"
-                                            # the feed-forward sublayer's activation (swiglu: gated, three matrices)
+                                            # paper, BERT); sandwich: x + norm'(f(norm(x))) (Gemma 2/3)
+    mlp: Literal["relu", "gelu", "gelu_tanh", "swiglu", "geglu"] = "gelu"
+                                            # the feed-forward sublayer's activation (swiglu, geglu: gated by SiLU or
+                                            # GELU-tanh, three matrices)
     pos: Literal["learned", "sinusoidal", "rope", "alibi"] = "learned"
                                             # how positions enter: added embeddings (learned, sinusoidal), rotated
                                             # q/k (rope), score bias (alibi)
@@ -44,9 +46,18 @@ class ModelConfig:
                                             # which keys a query sees: the past (causal), all (bidirectional), or a
                                             # prefix + the past
     window: int | None = None               # sliding-window width; None = full attention
+    global_every: int | None = None         # with a window: every N-th layer (the N-th, 2N-th, ...) sees every key
+                                            # and the others the window (Gemma 2: 2, Gemma 3: 6); None: all windowed
+    pos_base_local: float | None = None     # RoPE base of the windowed layers (Gemma 3: 10000); None: pos_base
+    attn_scale: float | None = None         # attention scores are q.k x attn_scale; None: 1/sqrt(head_dim)
+                                            # (Gemma: query_pre_attn_scalar^-0.5)
+    attn_softcap: float | None = None       # scores become c * tanh(scores / c) before the mask (Gemma 2: 50)
+    logit_softcap: float | None = None      # output logits become c * tanh(logits / c) (Gemma 2: 30)
     bias: bool = True                       # biases in Linear layers (GPT-2: yes, LLaMA: no)
     qkv_bias: bool | None = None            # biases on the q/k/v projections alone; None -> as ``bias``
                                             # (Qwen2: q/k/v biased, every other Linear not)
+    qk_norm: bool = False                   # a norm (``norm``, over D) on each head's queries and keys before RoPE:
+                                            # keeps attention logits bounded (Qwen3, Gemma 3)
     tie_embeddings: bool = True             # output head shares the token embedding matrix
     dropout: float = 0.0                    # dropout rate on embeddings, attention probabilities and residual
                                             # branches
@@ -63,7 +74,10 @@ class ModelConfig:
                             "d_model": "[1, inf)", "n_heads": "[1, inf)", "n_kv_heads": "[1, inf)",
                             "d_head": "[1, inf)", "d_ff": "[1, inf)", "norm_eps": "(0, inf)", "pos_base": "(1, inf)",
                             "window": "[1, inf)", "dropout": "[0, 1)", "type_vocab_size": "[0, inf)",
-                            "n_encoder_layers": "[1, inf)", "src_vocab_size": "[1, inf)"})
+                            "n_encoder_layers": "[1, inf)", "src_vocab_size": "[1, inf)", "global_every": "[1, inf)",
+                            "pos_base_local": "(1, inf)", "attn_scale": "(0, inf)", "attn_softcap": "(0, inf)",
+                            "logit_softcap": "(0, inf)"})
+        self._check_gemma_axes()
         if self.d_head is None and self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} "
                               f"(or set d_head, the per-head width)")
@@ -73,6 +87,23 @@ class ModelConfig:
             raise ConfigError(f"RoPE needs an even head_dim, got {self.head_dim}; change d_model, n_heads or d_head")
         if self.pos == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+
+    def _check_gemma_axes(self) -> None:
+        if self.norm_offset and self.norm != "rmsnorm":
+            raise ConfigError(f"norm_offset={self.norm_offset} scales RMSNorm only; set norm='rmsnorm' or "
+                              f"norm_offset=0")
+        if self.global_every is not None and self.window is None:
+            raise ConfigError(f"global_every={self.global_every} picks the layers that skip the window, but "
+                              f"window is None; set window or leave global_every unset")
+        if self.pos_base_local is not None and (self.pos != "rope" or self.window is None):
+            raise ConfigError(f"pos_base_local={self.pos_base_local} is the RoPE base of windowed layers; it needs "
+                              f"pos='rope' and a window")
+
+    def layer_window(self, i: int) -> int | None:
+        """The window of layer i (None: it sees every key)."""
+        if self.window is None or (self.global_every is not None and (i + 1) % self.global_every == 0):
+            return None
+        return self.window
 
     @property
     def kv_heads(self) -> int:              # G
@@ -94,7 +125,7 @@ class ModelConfig:
     def ffn_dim(self) -> int:               # F
         if self.d_ff is not None:
             return self.d_ff
-        if self.mlp == "swiglu":            # three matrices instead of two: keep the parameter count of 4*C
+        if self.mlp in ("swiglu", "geglu"):   # three matrices instead of two: keep the parameter count of 4*C
             return 64 * ((8 * self.d_model // 3 + 63) // 64)
         return 4 * self.d_model
 

@@ -3,7 +3,7 @@
 Legend: B batch, L query length, M key length, C d_model, V vocab, H heads.
 
     ids_BL ─> Stack (embeddings, n_layers x Block with a causal mask, final norm) ─> h_BLC
-           ─> head (tied to the token embedding) ─> logits_BLV
+           ─> head (tied to the token embedding) ─> logits_BLV   (─> c * tanh(logits / c): ``logit_softcap``)
 
 With ``caches`` (one ``KVCache`` per layer) a call processes only the new tokens: the first call is the
 prefill, each later call a decode step of L = 1 over M cached positions.
@@ -35,6 +35,13 @@ class GPT(Stack):
             self.head.weight = self.tok.weight
         self.init_weights()
 
+    def logits(self, h_BLC: torch.Tensor) -> torch.Tensor:
+        """The head over final hidden states, soft-capped when ``cfg.logit_softcap`` is set (Gemma 2): the
+        logits then lie smoothly within (-c, c)."""
+        logits_BLV = self.head(h_BLC)
+        cap = self.cfg.logit_softcap
+        return logits_BLV if cap is None else cap * torch.tanh(logits_BLV / cap)
+
     def forward(self, ids_BL: torch.Tensor, targets_BL: torch.Tensor | None = None,
                 caches: list[KVCache] | None = None, key_mask_BM: torch.Tensor | None = None,
                 prefix_len: int | torch.Tensor = 0, return_attentions: bool = False,
@@ -53,12 +60,16 @@ class GPT(Stack):
         else:
             pos_BL = torch.arange(start, M, device=ids_BL.device)[None]
         x_BLC = self.embed(ids_BL, pos_BL)
-        mask = build_mask(L, M, self.cfg.mask, self.cfg.window, prefix_len, key_mask_BM,
-                          self.pos.bias(L, M), ids_BL.device)
-        h_BLC, attentions, _ = self.run(x_BLC, mask, pos_BL, caches, return_attentions)
+        cfg, bias_1HLM = self.cfg, self.pos.bias(L, M)
+        # Under global_every some layers see every key (mask) and the others the window (local_mask).
+        mask = build_mask(L, M, cfg.mask, None if cfg.global_every else cfg.window, prefix_len, key_mask_BM,
+                          bias_1HLM, ids_BL.device)
+        local_mask = build_mask(L, M, cfg.mask, cfg.window, prefix_len, key_mask_BM, bias_1HLM, ids_BL.device) \
+            if cfg.global_every else None
+        h_BLC, attentions, _ = self.run(x_BLC, mask, pos_BL, caches, return_attentions, local_mask=local_mask)
         if last_only:
             h_BLC = h_BLC[:, -1:]
-        logits_BLV = self.head(h_BLC)
+        logits_BLV = self.logits(h_BLC)
         loss = None
         if targets_BL is not None:
             loss = F.cross_entropy(logits_BLV.flatten(0, 1), targets_BL.flatten(), ignore_index=-100,

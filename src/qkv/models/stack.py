@@ -7,6 +7,12 @@ encoder output: cross-attention's keys), H heads, G key/value heads.
            ─> n x Block(mask; RoPE/ALiBi hooks act inside attention; optional cross-attention)
            ─> final norm (pre-norm only) ─> h_BLC
 
+Layers may differ in what they see (``cfg.layer_window(i)``): with ``global_every`` N the windowed layers
+take ``local_mask`` (and RoPE of base ``pos_base_local`` when set), every N-th layer the full ``mask``:
+
+    Gemma 2 (N = 2):  layer 0 window, 1 global, 2 window, 3 global, ...
+    Gemma 3 (N = 6):  layers 0-4 window (local RoPE base), 5 global, 6-10 window, 11 global, ...
+
 GPT is a causal stack with a head, BERT a bidirectional stack with segment embeddings and heads, the
 encoder-decoder a bidirectional stack feeding a causal stack with cross-attention: one class, different
 masks (the x-transformers idea). The state-dict names (tok, pos, blocks.i, norm_f) are the same for all.
@@ -37,15 +43,18 @@ class Stack(nn.Module):
         if tokens:
             self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = make_position(cfg)
+        self.pos_local = make_position(cfg, cfg.pos_base_local) if cfg.pos_base_local is not None else None
+        self.local_layers = [cfg.layer_window(i) is not None for i in range(n_layers or cfg.n_layers)]
         if cfg.type_vocab_size:
             self.types = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
-        self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.embed_norm else nn.Identity()
+        self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_offset) if cfg.embed_norm \
+            else nn.Identity()
         self.embed_multiplier = math.sqrt(cfg.d_model) if cfg.embed_scale else 1.0
         self.drop = make_dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(n_layers or cfg.n_layers))
         # Pre-norm leaves the residual stream unnormalized, so a final norm closes the stack.
-        self.norm_f = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if cfg.norm_placement == "pre" \
-            else nn.Identity()
+        self.norm_f = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.norm_offset) \
+            if cfg.norm_placement != "post" else nn.Identity()
 
     def init_weights(self) -> None:
         """GPT-2's init: N(0, 0.02), zero biases, and the projections that write into the residual
@@ -65,6 +74,8 @@ class Stack(nn.Module):
         """Recompute the buffers made at construction (the position tables), e.g. after building on the
         meta device and assigning loaded weights."""
         self.pos = make_position(self.cfg)
+        if self.cfg.pos_base_local is not None:
+            self.pos_local = make_position(self.cfg, self.cfg.pos_base_local)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -99,13 +110,20 @@ class Stack(nn.Module):
 
     def run(self, x_BLC: torch.Tensor, mask: AttnMask, pos_BL: torch.Tensor,
             caches: list[KVCache] | None = None, return_attentions: bool = False,
-            cross_kvs: list | None = None, cross_mask: AttnMask | None = None):
+            cross_kvs: list | None = None, cross_mask: AttnMask | None = None, local_mask: AttnMask | None = None):
         """The blocks and the final norm over embedded inputs. Returns (h_BLC, attentions, cross_attentions);
-        the attention lists hold one probs_BHLM (cross: probs_BHLS) per layer when asked (else None entries)."""
+        the attention lists hold one probs_BHLM (cross: probs_BHLS) per layer when asked (else None entries).
+
+        local_mask: the windowed layers' mask when only some layers are windowed (``cfg.global_every``);
+        None: every layer takes ``mask``."""
         rope = self.pos.rotary(pos_BL)
+        rope_local = self.pos_local.rotary(pos_BL) if self.pos_local is not None else rope
+        local_mask = mask if local_mask is None else local_mask
         attentions, cross_attentions = [], []
         for i, block in enumerate(self.blocks):
-            x_BLC, probs_BHLM, cross_BHLS = block(x_BLC, mask, rope, caches[i] if caches else None,
+            local = self.local_layers[i]
+            x_BLC, probs_BHLM, cross_BHLS = block(x_BLC, local_mask if local else mask, rope_local if local else rope,
+                                                  caches[i] if caches else None,
                                                   return_attentions, cross_kvs[i] if cross_kvs else None,
                                                   cross_mask)
             attentions.append(probs_BHLM)

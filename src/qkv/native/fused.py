@@ -31,6 +31,9 @@ from ..nn.norms import RMSNorm
 from ..quant.linear import Int4Linear, Int8Linear, codes_version
 
 MAX_HEAD_DIM = 512                         # decode.c's per-head buffers
+# ModelConfig axes that act inside the blocks and that decode.c does not compute, at the value it assumes:
+# a model with any other value keeps the PyTorch blocks (the embedding and the head stay PyTorch's anyway).
+PLAIN_AXES = {"qk_norm": False, "norm_offset": 0.0, "attn_scale": None, "attn_softcap": None}
 _p, _i, _f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 
 
@@ -67,6 +70,9 @@ def unfusable(model) -> str | None:
     if (cfg.norm, cfg.norm_placement, cfg.mlp, cfg.pos, cfg.mask, cfg.window) != \
             ("rmsnorm", "pre", "swiglu", "rope", "causal", None) or not hasattr(model.pos, "cos_PD"):
         return "not a Llama-family decoder (pre-norm RMSNorm, SwiGLU, RoPE, causal, no window)"
+    other = [f"{k}={getattr(cfg, k, v)!r}" for k, v in PLAIN_AXES.items() if getattr(cfg, k, v) != v]
+    if other:
+        return f"decode.c does not compute {', '.join(other)}"
     if cfg.head_dim % 2 or cfg.head_dim > MAX_HEAD_DIM:
         return f"head_dim {cfg.head_dim} is odd or over {MAX_HEAD_DIM}"
     for block in blocks:
@@ -155,10 +161,11 @@ class FusedRun:
         return allowed is None or (allowed.dim() == 4 and allowed.shape[1:] == (1, 1, M))
 
     def __call__(self, x_BLC: torch.Tensor, mask, pos_BL: torch.Tensor, caches=None, return_attentions: bool = False,
-                 cross_kvs=None, cross_mask=None):
+                 cross_kvs=None, cross_mask=None, local_mask=None):
         model = self.model
-        if not self.takes(x_BLC, mask, caches, return_attentions, cross_kvs):
-            return type(model).run(model, x_BLC, mask, pos_BL, caches, return_attentions, cross_kvs, cross_mask)
+        if local_mask is not None or not self.takes(x_BLC, mask, caches, return_attentions, cross_kvs):
+            return type(model).run(model, x_BLC, mask, pos_BL, caches, return_attentions, cross_kvs, cross_mask,
+                                   local_mask)
         B, _, C = x_BLC.shape
         desc = self._descriptors()
         x_BC = x_BLC.detach().float().reshape(B, C).clone()

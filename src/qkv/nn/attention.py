@@ -5,8 +5,8 @@ R query heads per key/value head (H / G).
 
     Attention(Q, K, V) = softmax(Q K^T / sqrt(D) + bias) V          per head, then concat heads and W_o
 
-        x_BLC ──wq──> q_BHLD ─┐ (rotate: RoPE)
-        x_BLC ──wkv─> k_BGMD ─┤ (rotate, then append to the cache)      cross-attention: keys/values
+        x_BLC ──wq──> q_BHLD ─┐ (q_norm; rotate: RoPE)
+        x_BLC ──wkv─> k_BGMD ─┤ (k_norm; rotate, then append to the cache)  cross-attention: keys/values
                       v_BGMD ─┤                                          come from ``project_kv(memory)``
                               └─> softmax(masked scores) @ v ──> out_BLHD ──wo──> out_BLC
 
@@ -18,9 +18,15 @@ Grouped-query attention (Ainslie et al., 2023): G key/value heads each serve H/G
 (G = H is multi-head, G = 1 is multi-query attention). Two paths compute the same thing:
 the explicit path spells out the math and returns the probabilities (for pictures and teaching);
 the fast path calls ``F.scaled_dot_product_attention``. A test holds them equal.
+
+Variants, each one ``ModelConfig`` field: a norm over each head's q and k before RoPE (``qk_norm``: Qwen3,
+Gemma 3; Dehghani et al., 2023), another score scale than 1/sqrt(D) (``attn_scale``: Gemma's
+query_pre_attn_scalar), and soft-capped scores c * tanh(s / c) (``attn_softcap``: Gemma 2), which keep
+logits within (-c, c) smoothly; the capped scores run the explicit path (SDPA cannot cap, see ``attend``).
 """
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -33,19 +39,27 @@ from .dropout import make_dropout
 
 
 def attend(q_BHLD: torch.Tensor, k_BGMD: torch.Tensor, v_BGMD: torch.Tensor, mask: AttnMask,
-           return_probs: bool = False, dropout_p: float = 0.0):
-    """softmax(q k^T / sqrt(D) + bias, masked) v. Returns (out_BHLD, probs_BHLM or None)."""
+           return_probs: bool = False, dropout_p: float = 0.0, scale: float | None = None,
+           softcap: float | None = None):
+    """softmax(q k^T x scale + bias, masked) v, scale = 1/sqrt(D) unless given; with ``softcap`` c the scores
+    become c * tanh(scores / c) before the bias and mask (Gemma 2). Returns (out_BHLD, probs_BHLM or None)."""
     B, H, L, D = q_BHLD.shape
     G, M = k_BGMD.shape[1], k_BGMD.shape[2]
-    if G != H and L == 1 and mask.bias_1HLM is None and not return_probs:
-        return _attend_one_query_gqa(q_BHLD, k_BGMD, v_BGMD, mask, dropout_p), None
+    # SDPA computes softmax(q.k * scale + mask): the cap is a function of each score itself, which no additive
+    # mask can express, so capped attention takes the explicit path (the same arithmetic, spelled out).
+    explicit = return_probs or softcap is not None
+    if G != H and L == 1 and mask.bias_1HLM is None and not explicit:
+        return _attend_one_query_gqa(q_BHLD, k_BGMD, v_BGMD, mask, dropout_p, scale), None
     if G != H:                                    # each key/value head serves H // G query heads
         k_BHMD = k_BGMD.repeat_interleave(H // G, dim=1)
         v_BHMD = v_BGMD.repeat_interleave(H // G, dim=1)
     else:
         k_BHMD, v_BHMD = k_BGMD, v_BGMD
-    if return_probs:
-        scores_BHLM = torch.einsum("BHLD,BHMD->BHLM", q_BHLD, k_BHMD) / math.sqrt(D)
+    if explicit:
+        scores_BHLM = torch.einsum("BHLD,BHMD->BHLM", q_BHLD, k_BHMD)
+        scores_BHLM = scores_BHLM / math.sqrt(D) if scale is None else scores_BHLM * scale
+        if softcap is not None:
+            scores_BHLM = softcap * torch.tanh(scores_BHLM / softcap)
         if mask.bias_1HLM is not None:
             scores_BHLM = scores_BHLM + mask.bias_1HLM
         allowed_B1LM = mask.dense_allowed(L, M, q_BHLD.device)
@@ -55,7 +69,8 @@ def attend(q_BHLD: torch.Tensor, k_BGMD: torch.Tensor, v_BGMD: torch.Tensor, mas
         if mask.live_B1L1 is not None:
             probs_BHLM = probs_BHLM * mask.live_B1L1
         dropped_BHLM = F.dropout(probs_BHLM, dropout_p) if dropout_p > 0 else probs_BHLM
-        return torch.einsum("BHLM,BHMD->BHLD", dropped_BHLM, v_BHMD), probs_BHLM
+        out_BHLD = torch.einsum("BHLM,BHMD->BHLD", dropped_BHLM, v_BHMD)
+        return out_BHLD, (probs_BHLM if return_probs else None)
     if mask.bias_1HLM is not None:                # SDPA takes an additive float mask for ALiBi
         allowed_B1LM = mask.dense_allowed(L, M, q_BHLD.device)
         sdpa_mask = mask.bias_1HLM if allowed_B1LM is None else \
@@ -64,13 +79,14 @@ def attend(q_BHLD: torch.Tensor, k_BGMD: torch.Tensor, v_BGMD: torch.Tensor, mas
     else:
         sdpa_mask, is_causal = mask.allowed_B1LM, mask.is_causal
     out_BHLD = F.scaled_dot_product_attention(q_BHLD, k_BHMD, v_BHMD, attn_mask=sdpa_mask,
-                                              dropout_p=dropout_p, is_causal=is_causal)
+                                              dropout_p=dropout_p, is_causal=is_causal, scale=scale)
     if mask.live_B1L1 is not None:
         out_BHLD = out_BHLD * mask.live_B1L1
     return out_BHLD, None
 
 
-def _attend_one_query_gqa(q_BHLD, k_BGMD, v_BGMD, mask: AttnMask, dropout_p: float) -> torch.Tensor:
+def _attend_one_query_gqa(q_BHLD, k_BGMD, v_BGMD, mask: AttnMask, dropout_p: float,
+                          scale: float | None = None) -> torch.Tensor:
     """A decode step (L = 1) under GQA, without copying the cache H/G times: the H/G query heads that share
     a key/value head become H/G query rows (R) against that head's keys. The one query is the last
     position, so causality allows every key; only a window or padding mask (B or 1, 1, 1, M) applies,
@@ -79,16 +95,19 @@ def _attend_one_query_gqa(q_BHLD, k_BGMD, v_BGMD, mask: AttnMask, dropout_p: flo
     G = k_BGMD.shape[1]
     q_BGRD = q_BHLD.reshape(B, G, H // G, D)
     out_BGRD = F.scaled_dot_product_attention(q_BGRD, k_BGMD, v_BGMD, attn_mask=mask.allowed_B1LM,
-                                              dropout_p=dropout_p)
+                                              dropout_p=dropout_p, scale=scale)
     out_BHLD = out_BGRD.reshape(B, H, 1, D)
     return out_BHLD * mask.live_B1L1 if mask.live_B1L1 is not None else out_BHLD
 
 
 class Attention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool = True, dropout: float = 0.0,
-                 head_dim: int | None = None, qkv_bias: bool | None = None):
+                 head_dim: int | None = None, qkv_bias: bool | None = None,
+                 qk_norm: Callable[[int], nn.Module] | None = None, scale: float | None = None,
+                 softcap: float | None = None):
         """head_dim: D (default d_model // n_heads); qkv_bias: biases on wq/wkv (default ``bias``, which
-        then covers wo alone when they differ, as in Qwen2)."""
+        then covers wo alone when they differ, as in Qwen2); qk_norm: makes the norm (of width D) applied to
+        each head's queries and keys before RoPE (Qwen3, Gemma 3), None for none; scale, softcap: ``attend``'s."""
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = head_dim or d_model // n_heads
@@ -96,7 +115,9 @@ class Attention(nn.Module):
         self.wq = nn.Linear(d_model, n_heads * self.head_dim, bias=qkv_bias)
         self.wkv = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=qkv_bias)   # keys and values fused
         self.wo = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
-        self.dropout = dropout
+        self.q_norm = qk_norm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = qk_norm(self.head_dim) if qk_norm else nn.Identity()
+        self.dropout, self.scale, self.softcap = dropout, scale, softcap
         self.resid_drop = make_dropout(dropout)
 
     def project_kv(self, source_BMC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +125,7 @@ class Attention(nn.Module):
         B, M, _ = source_BMC.shape
         kv_BM2GD = self.wkv(source_BMC).view(B, M, 2, self.n_kv_heads, self.head_dim)
         k_BGMD, v_BGMD = kv_BM2GD.permute(2, 0, 3, 1, 4).unbind(0)
-        return k_BGMD, v_BGMD
+        return self.k_norm(k_BGMD), v_BGMD
 
     def forward(self, x_BLC: torch.Tensor, mask: AttnMask, rope=None, cache: KVCache | None = None,
                 return_probs: bool = False, kv: tuple[torch.Tensor, torch.Tensor] | None = None):
@@ -115,7 +136,7 @@ class Attention(nn.Module):
         """
         B, L, _ = x_BLC.shape
         H, D = self.n_heads, self.head_dim
-        q_BHLD = self.wq(x_BLC).view(B, L, H, D).transpose(1, 2)
+        q_BHLD = self.q_norm(self.wq(x_BLC).view(B, L, H, D)).transpose(1, 2)
         if kv is not None:                   # cross-attention: keys/values precomputed, never rotated or cached
             k_BGMD, v_BGMD = kv
         else:
@@ -127,6 +148,6 @@ class Attention(nn.Module):
             if cache is not None:
                 k_BGMD, v_BGMD = cache.append(k_BGMD, v_BGMD)
         p = self.dropout if self.training else 0.0
-        out_BHLD, probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs, p)
+        out_BHLD, probs_BHLM = attend(q_BHLD, k_BGMD, v_BGMD, mask, return_probs, p, self.scale, self.softcap)
         out_BLC = self.wo(out_BHLD.transpose(1, 2).reshape(B, L, H * D))
         return self.resid_drop(out_BLC), probs_BHLM

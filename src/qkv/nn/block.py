@@ -5,6 +5,10 @@ the cache, = L without one), S source length (cross-attention's keys: the encode
 
     pre-norm  (GPT-2, LLaMA):          x = x + Attn(Norm(x));   x = x + FFN(Norm(x))   (+ a final norm)
     post-norm (original paper, BERT):  x = Norm(x + Attn(x));   x = Norm(x + FFN(x))
+    sandwich  (Gemma 2/3):             x = x + Norm'(Attn(Norm(x)));   x = x + Norm'(FFN(Norm(x)))   (+ final)
+
+The sandwich's second norm (``post_norm1``, ``post_norm2``; CogView's "sandwich-LN", Ding et al., 2021)
+bounds what each sublayer adds to the residual stream; in pre-norm blocks it is an identity.
 
 The same block serves encoders (bidirectional mask) and decoders (causal mask). A decoder block of the
 encoder-decoder (Vaswani et al., 2017, sec. 3.1) adds a third sublayer between the two, cross-attention:
@@ -26,22 +30,27 @@ from .norms import make_norm
 class Block(nn.Module):
     def __init__(self, cfg, cross: bool = False):
         super().__init__()
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout, cfg.head_dim,
-                              cfg.has_qkv_bias)
-        self.norm1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        norm = lambda dim: make_norm(cfg.norm, dim, cfg.norm_eps, cfg.norm_offset)   # noqa: E731
+        sandwich = cfg.norm_placement == "sandwich"
+        attention = lambda: Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout,  # noqa: E731
+                                      cfg.head_dim, cfg.has_qkv_bias, norm if cfg.qk_norm else None,
+                                      cfg.attn_scale, cfg.attn_softcap)
+        self.attn = attention()
+        self.norm1 = norm(cfg.d_model)
+        self.post_norm1 = norm(cfg.d_model) if sandwich else nn.Identity()
         if cross:
-            self.cross = Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout, cfg.head_dim,
-                                   cfg.has_qkv_bias)
-            self.norm_cross = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+            self.cross = attention()
+            self.norm_cross = norm(cfg.d_model)
         self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.ffn_dim, cfg.bias, cfg.dropout)
-        self.norm2 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.pre_norm = cfg.norm_placement == "pre"
+        self.norm2 = norm(cfg.d_model)
+        self.post_norm2 = norm(cfg.d_model) if sandwich else nn.Identity()
+        self.pre_norm = cfg.norm_placement != "post"
 
-    def _sublayer(self, x_BLC, norm, fn):
+    def _sublayer(self, x_BLC, norm, fn, post_norm=None):
         """Residual + norm around ``fn``, in the block's placement. Returns (x_BLC, probs)."""
         if self.pre_norm:
             h_BLC, probs = fn(norm(x_BLC))
-            return x_BLC + h_BLC, probs
+            return x_BLC + (post_norm(h_BLC) if post_norm is not None else h_BLC), probs
         h_BLC, probs = fn(x_BLC)
         return norm(x_BLC + h_BLC), probs
 
@@ -52,11 +61,11 @@ class Block(nn.Module):
         cross_kv: this block's (k_BGSD, v_BGSD) of the encoder output (``self.cross.project_kv(memory)``).
         """
         x_BLC, probs_BHLM = self._sublayer(x_BLC, self.norm1,
-                                           lambda h: self.attn(h, mask, rope, cache, return_probs))
+                                           lambda h: self.attn(h, mask, rope, cache, return_probs), self.post_norm1)
         cross_probs_BHLS = None
         if cross_kv is not None:
             x_BLC, cross_probs_BHLS = self._sublayer(
                 x_BLC, self.norm_cross, lambda h: self.cross(h, cross_mask, return_probs=return_probs,
                                                              kv=cross_kv))
-        x_BLC, _ = self._sublayer(x_BLC, self.norm2, lambda h: (self.mlp(h), None))
+        x_BLC, _ = self._sublayer(x_BLC, self.norm2, lambda h: (self.mlp(h), None), self.post_norm2)
         return x_BLC, probs_BHLM, cross_probs_BHLS

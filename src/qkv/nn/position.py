@@ -128,7 +128,8 @@ class ALiBi(Position):
 POSITIONS = {"learned": LearnedPosition, "sinusoidal": SinusoidalPosition, "rope": RoPE, "alibi": ALiBi}
 
 
-def make_position(cfg) -> Position:
-    """The one place a position name becomes a module."""
+def make_position(cfg, base: float | None = None) -> Position:
+    """The one place a position name becomes a module (``base``: another than ``cfg.pos_base``, as the
+    windowed layers of Gemma 3 use)."""
     return POSITIONS[cfg.pos](max_len=cfg.max_len, d_model=cfg.d_model, head_dim=cfg.head_dim,
-                              n_heads=cfg.n_heads, base=cfg.pos_base)
+                              n_heads=cfg.n_heads, base=cfg.pos_base if base is None else base)

@@ -171,7 +171,7 @@ def unembed(model, h_NC: torch.Tensor) -> torch.Tensor:
             raise InputError(f"this {type(model).__name__} has no language-model head to read tokens from; "
                              f"use a masked-LM (qkv-bert) checkpoint or a decoder")
         return model.head.project(stack.norm_f(h_NC))
-    return model.head(stack.norm_f(h_NC))
+    return model.logits(stack.norm_f(h_NC)) if hasattr(model, "logits") else model.head(stack.norm_f(h_NC))
 
 
 @torch.no_grad()
