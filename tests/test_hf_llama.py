@@ -1,4 +1,4 @@
-"""Hugging Face Llama / Qwen2 / Mistral directories: parity with transformers on tiny random models.
+"""Hugging Face Llama / Qwen2 / Mistral / Qwen3 / Phi-3 directories: parity with transformers on tiny random models.
 
 Every checkpoint is made and saved by transformers inside the test; the logits of the two libraries on
 the same ids must agree to float32 rounding (measured ~2e-7 at these sizes; the bound is 2e-6), and
@@ -33,12 +33,16 @@ def _hf_model(transformers, kind: str, **extra):
     common.update(extra)
     config_cls, model_cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
                              "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
-                             "mistral": ("MistralConfig", "MistralForCausalLM")}[kind]
+                             "mistral": ("MistralConfig", "MistralForCausalLM"),
+                             "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+                             "phi3": ("Phi3Config", "Phi3ForCausalLM")}[kind]
     model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**common)).eval()
-    with torch.no_grad():                     # transformers initializes biases to zero: make them count
-        for name, p in model.named_parameters():
+    with torch.no_grad():                     # transformers initializes biases to zero and norms to one:
+        for name, p in model.named_parameters():      # make them count
             if name.endswith("bias"):
                 p.normal_(std=0.5)
+            if name.endswith("norm.weight") and kind in ("qwen3", "phi3"):
+                p.normal_(1.0, 0.3)
     return model
 
 
@@ -48,6 +52,10 @@ CASES = {   # name -> (model type, config overrides)
     "llama-biases": ("llama", dict(attention_bias=True, mlp_bias=True)),
     "qwen2-qkv-bias": ("qwen2", {}),
     "mistral-window": ("mistral", dict(sliding_window=5)),                            # shorter than 24 ids
+    "qwen3-qk-norm-head_dim": ("qwen3", dict(head_dim=24)),
+    "qwen3-tied": ("qwen3", dict(head_dim=16, tie_word_embeddings=True)),
+    "phi3-fused": ("phi3", {}),
+    "phi3-window": ("phi3", dict(sliding_window=5)),
 }
 
 
@@ -150,6 +158,13 @@ def test_tokenizer_and_chat_template_from_the_directory(transformers, tmp_path):
      "every Linear or none \\(or q/k/v alone, as Qwen2\\)$"),
     ("qwen2", dict(use_sliding_window=True), "{d}/config.json sets use_sliding_window=true \\(a window on some layers "
      "only\\), which qkv does not implement; set it to false to load with full attention$"),
+    ("qwen3", dict(use_sliding_window=True), "{d}/config.json sets use_sliding_window=true"),
+    ("qwen3", dict(attention_bias=True), "{d}/config.json sets attention_bias=true \\(q/k/v/o biased, the MLP not\\)"),
+    ("phi3", dict(rope_parameters={"rope_type": "longrope", "rope_theta": 500.0, "short_factor": [1.0] * 4,
+                                   "long_factor": [1.0] * 4}), "{d}/config.json uses RoPE scaling 'longrope'"),
+    ("phi3", dict(rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}),
+     "{d}/config.json rotates a part \\(0.5\\) of each head \\(partial_rotary_factor\\); qkv's RoPE rotates every"),
+    ("phi3", dict(model_type="phi3small"), "model_type 'phi3small' in .* is not supported; qkv loads "),
 ])
 def test_bad_directories_raise_one_clear_error(transformers, tmp_path, kind, change, phrase):
     d = _saved(transformers, kind, tmp_path / "m")
@@ -164,7 +179,7 @@ def test_bad_directories_raise_one_clear_error(transformers, tmp_path, kind, cha
 def test_the_config_reader_names_the_file_and_the_types_it_reads(tmp_path):
     from qkv.interop.hf_llama import config_from_hf, load_llama
     with pytest.raises(CheckpointError, match="^config.json has model_type='falcon'; load_llama reads "
-                                              "\\['llama', 'mistral', 'qwen2'\\]$"):
+                                              "\\['llama', 'mistral', 'qwen2', 'qwen3', 'phi3'\\]$"):
         config_from_hf({"model_type": "falcon"})
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(CheckpointError, match=f"^{tmp_path}/config.json has model_type='gpt2'"):
@@ -182,7 +197,8 @@ def test_eps_and_theta_are_read_not_assumed(transformers, tmp_path):
         assert (qkv.load(d)(ids_BL).logits - want).abs().max() > 1e-3, change
 
 
-@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2"])
+# phi3 is left out: its default pad id, 32000, fits no small vocabulary
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "qwen3"])
 def test_a_config_with_only_the_sizes_takes_transformers_defaults(transformers, tmp_path, kind):
     """Keys left out of config.json (older or hand-written files) mean what they mean to transformers."""
     # Llama's num_key_value_heads defaults to the head count; Mistral's (8) and Qwen2's (32) fit no small model

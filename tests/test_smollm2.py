@@ -78,11 +78,11 @@ def test_quantized_modules_match_the_dequantized_weights(ours):
     of the activations (x is rounded to bfloat16 for the kernels) of the float32 layers."""
     f = GGUFFile(smollm2_path())
     x_NK = torch.randn(4, 576, generator=torch.Generator().manual_seed(0))
-    up = _linear(f, [("blk.3.ffn_up.weight", None)])
+    up = _linear(f, [("blk.3.ffn_up.weight", None, None)])
     assert isinstance(up, Int4Linear)
     want = ours.blocks[3].mlp.up(x_NK)
     assert (up(x_NK) - want).abs().max() < 0.02 * want.abs().max()       # measured 0.5%
-    head = _int8(f, [("token_embd.weight", None)])
+    head = _int8(f, [("token_embd.weight", None, None)])
     assert isinstance(head, Int8Linear)
     want = ours.head(x_NK)
     assert (head(x_NK) - want).abs().max() < 0.02 * want.abs().max()     # measured 0.6%

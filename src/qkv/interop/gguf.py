@@ -4,9 +4,11 @@ an ordinary qkv ``GPT``, read with the ``gguf`` package (optional extra ``gguf``
     model = qkv.load("SmolLM2-135M-Instruct.Q4_1.gguf")                    # float32 weights
     model = qkv.load("SmolLM2-135M-Instruct.Q4_1.gguf", quantized=True)    # 4-bit / int8 modules (qkv.quant)
 
-Architecture ``llama`` (Llama, Mistral, SmolLM, ... as llama.cpp's converter writes them):
+Architectures ``llama`` (Llama, Mistral, SmolLM, ...), ``qwen2``, ``qwen3``, ``phi3`` as llama.cpp's
+converter writes them. Their shared keys and tensors (what each architecture adds is
+``gguf_archs``'s table):
 
-    GGUF metadata ({arch} = llama)           ModelConfig            GGUF tensor            qkv
+    GGUF metadata           ModelConfig            GGUF tensor            qkv
     {arch}.block_count                       n_layers               token_embd             tok (and the head when tied)
     {arch}.context_length                    max_len                blk.{i}.attn_norm      blocks.{i}.norm1
     {arch}.embedding_length                  d_model                blk.{i}.attn_q         blocks.{i}.attn.wq   (1)
@@ -37,12 +39,10 @@ import torch
 from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
 from ..quant import gguf_blocks
+from .gguf_archs import ARCHITECTURES, SCALING_TENSORS, layer_shapes, layer_sources
 from .gguf_reader import Header
 
-ARCHITECTURES = ("llama",)
 TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
-LAYER_TENSORS = {"attn_norm": "norm1", "ffn_norm": "norm2", "attn_q": "attn.wq", "attn_output": "attn.wo",
-                 "ffn_gate": "mlp.gate", "ffn_up": "mlp.up", "ffn_down": "mlp.down"}
 
 
 class GGUFFile:
@@ -68,6 +68,10 @@ class GGUFFile:
     def get(self, key: str, default=None):
         return self.header.fields.get(key, default)
 
+    @property
+    def arch(self) -> str:
+        return self.get("general.architecture")
+
     def type_name(self, name: str) -> str:
         return self.tensors[name].tensor_type.name
 
@@ -91,14 +95,14 @@ class GGUFFile:
 
 
 def config_from_gguf(f: GGUFFile) -> ModelConfig:
-    arch = f.get("general.architecture")
+    arch = f.arch
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{f.path} holds a GGUF of architecture {arch!r}, which qkv does not read; "
                               f"supported: {list(ARCHITECTURES)}")
     if f.get(f"{arch}.expert_count", 0):
         raise CheckpointError(f"{f.path} is a mixture-of-experts model, which qkv does not implement")
     scaling = f.get(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", None) or "rope_freqs.weight" in f.tensors:
+    if scaling not in ("none", None) or any(name in f.tensors for name in SCALING_TENSORS):
         raise CheckpointError(f"{f.path} uses RoPE scaling ({scaling}), which qkv does not implement")
     d_model, n_heads = f.get(f"{arch}.embedding_length"), f.get(f"{arch}.attention.head_count")
     head_dim = f.get(f"{arch}.attention.key_length") or (d_model // n_heads if d_model and n_heads else None)
@@ -106,44 +110,42 @@ def config_from_gguf(f: GGUFFile) -> ModelConfig:
     if rotary != head_dim:
         raise CheckpointError(f"{f.path} rotates {rotary} of {head_dim} channels per head; qkv's RoPE rotates all")
     if "token_embd.weight" not in f.tensors:
-        raise CheckpointError(f"{f.path} has no token_embd.weight; it is not a complete llama model file")
+        raise CheckpointError(f"{f.path} has no token_embd.weight; it is not a complete {arch} model file")
     vocab = f.get(f"{arch}.vocab_size") or int(f.tensors["token_embd.weight"].shape[1])
+    fields = dict(
+        vocab_size=vocab, max_len=f.get(f"{arch}.context_length", 2048), n_layers=f.get(f"{arch}.block_count"),
+        d_model=d_model, n_heads=n_heads, n_kv_heads=f.get(f"{arch}.attention.head_count_kv", n_heads),
+        d_head=head_dim if head_dim * n_heads != d_model else None, d_ff=f.get(f"{arch}.feed_forward_length"),
+        norm="rmsnorm", norm_eps=float(f.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        norm_placement="pre", mlp="swiglu", pos="rope", pos_base=float(f.get(f"{arch}.rope.freq_base", 10000.0)),
+        mask="causal", bias=False, tie_embeddings="output.weight" not in f.tensors, dropout=0.0)
     try:
-        return ModelConfig(
-            vocab_size=vocab, max_len=f.get(f"{arch}.context_length", 2048), n_layers=f.get(f"{arch}.block_count"),
-            d_model=d_model, n_heads=n_heads, n_kv_heads=f.get(f"{arch}.attention.head_count_kv", n_heads),
-            d_head=head_dim if head_dim * n_heads != d_model else None, d_ff=f.get(f"{arch}.feed_forward_length"),
-            norm="rmsnorm", norm_eps=float(f.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-            norm_placement="pre", mlp="swiglu", pos="rope", pos_base=float(f.get(f"{arch}.rope.freq_base", 10000.0)),
-            mask="causal", bias=False, tie_embeddings="output.weight" not in f.tensors, dropout=0.0)
+        return ModelConfig(**{**fields, **ARCHITECTURES[arch](lambda key: f.get(f"{arch}.{key}"))})
     except (QkvError, TypeError) as e:
         raise CheckpointError(f"{f.path} has missing or invalid hyper-parameters ({e}); the file is damaged") \
             from None
 
 
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a llama GGUF for ``cfg``, as (out, in) rows x columns."""
-    V, C, F, D = cfg.vocab_size, cfg.d_model, cfg.ffn_dim, cfg.head_dim
+def expected_shapes(cfg: ModelConfig, arch: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a GGUF of ``arch`` for ``cfg``, as (out, in) rows x columns."""
+    V, C = cfg.vocab_size, cfg.d_model
     shapes = {"token_embd.weight": (V, C), "output_norm.weight": (C,)}
+    layer = layer_shapes(cfg, arch)
     for i in range(cfg.n_layers):
-        b = f"blk.{i}."
-        shapes.update({b + "attn_norm.weight": (C,), b + "ffn_norm.weight": (C,),
-                       b + "attn_q.weight": (cfg.n_heads * D, C), b + "attn_k.weight": (cfg.kv_heads * D, C),
-                       b + "attn_v.weight": (cfg.kv_heads * D, C), b + "attn_output.weight": (C, cfg.n_heads * D),
-                       b + "ffn_gate.weight": (F, C), b + "ffn_up.weight": (F, C), b + "ffn_down.weight": (C, F)})
+        shapes.update({f"blk.{i}.{name}": shape for name, shape in layer.items()})
     if not cfg.tie_embeddings:
         shapes["output.weight"] = (V, C)
     return shapes
 
 
 def check_tensors(f: GGUFFile, cfg: ModelConfig) -> None:
-    expected = expected_shapes(cfg)
+    expected = expected_shapes(cfg, f.arch)
     for name, t in f.tensors.items():
         if t.tensor_type.name not in TENSOR_TYPES:
             raise CheckpointError(f"{f.path}: tensor {name} has type {t.tensor_type.name}, which qkv does not "
                                   f"read; supported: {list(TENSOR_TYPES)} (re-quantize the model to one of them)")
         if name not in expected:
-            raise CheckpointError(f"{f.path} has a tensor {name!r} that a llama model of its metadata does not")
+            raise CheckpointError(f"{f.path} has a tensor {name!r} that a {f.arch} model of its metadata does not")
         shape = tuple(int(n) for n in reversed(t.shape))             # ggml lists (in, out)
         if shape != expected[name]:
             raise CheckpointError(f"{f.path}: tensor {name} has shape {shape} but the metadata implies "
@@ -185,17 +187,16 @@ def is_gguf(path: str | Path) -> bool:
 
 def float_state(f: GGUFFile, cfg: ModelConfig, names=None) -> dict[str, torch.Tensor]:
     """qkv's float32 state dict from the file (``names``: only these qkv keys, e.g. the norms)."""
-    def get(name, heads=None):
-        w = f.dequantized(name)
-        return unpermute_rows(w, heads) if heads else w
-    sd = {"tok.weight": lambda: get("token_embd.weight"), "norm_f.weight": lambda: get("output_norm.weight")}
+    def get(sources):
+        parts = []
+        for name, heads, rows in sources:
+            w = f.dequantized(name)
+            w = unpermute_rows(w, heads) if heads else w
+            parts.append(w[rows] if rows is not None else w)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    sd = {"tok.weight": [("token_embd.weight", None, None)], "norm_f.weight": [("output_norm.weight", None, None)]}
     if not cfg.tie_embeddings:                          # a tied head is tok.weight itself
-        sd["head.weight"] = lambda: get("output.weight")
+        sd["head.weight"] = [("output.weight", None, None)]
     for i in range(cfg.n_layers):
-        b, q = f"blk.{i}.", f"blocks.{i}."
-        for theirs, ours in LAYER_TENSORS.items():
-            heads = cfg.n_heads if theirs == "attn_q" else None
-            sd[q + ours + ".weight"] = lambda n=b + theirs + ".weight", h=heads: get(n, h)
-        sd[q + "attn.wkv.weight"] = lambda b=b: torch.cat([get(b + "attn_k.weight", cfg.kv_heads),
-                                                          get(b + "attn_v.weight")])
-    return {k: make() for k, make in sd.items() if names is None or k in names}
+        sd.update(layer_sources(cfg, f.arch, i))
+    return {k: get(sources) for k, sources in sd.items() if names is None or k in names}
