@@ -37,7 +37,8 @@ def model_type_of(path: str | Path) -> str:
     d = resolve_dir(path)
     model_type = checkpoint.read_config(d)["model_type"]
     if model_type not in LOADERS:
-        raise CheckpointError(f"model_type {model_type!r} in {d / 'config.json'} is not supported; qkv loads "
+        what = f" ({interop.REFUSED[model_type]})" if model_type in interop.REFUSED else ""
+        raise CheckpointError(f"model_type {model_type!r} in {d / 'config.json'} is not supported{what}; qkv loads "
                               f"{sorted(checkpoint.LOADERS) + sorted(interop.LOADERS)}")
     return model_type
 

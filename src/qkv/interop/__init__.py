@@ -9,6 +9,7 @@ from ..models import GPT, Encoder, Swin, ViT
 from .gguf import is_gguf
 from .gguf_model import load_gguf
 from .hf_bert import load_bert
+from .hf_gemma import MODEL_TYPES as GEMMA_TYPES, REFUSED, load_gemma
 from .hf_gpt2 import load_gpt2, save_gpt2
 from .hf_llama import MODEL_TYPES as LLAMA_TYPES, load_llama
 from .hf_swin import load_swin
@@ -16,7 +17,7 @@ from .hf_vit import load_vit
 
 # Hugging Face config.json "model_type" -> (its loader, the class of the model it gives: the family)
 LOADERS = {"gpt2": (load_gpt2, GPT), "bert": (load_bert, Encoder), "vit": (load_vit, ViT), "swin": (load_swin, Swin),
-           **{t: (load_llama, GPT) for t in LLAMA_TYPES}}
+           **{t: (load_llama, GPT) for t in LLAMA_TYPES}, **{t: (load_gemma, GPT) for t in GEMMA_TYPES}}
 
-__all__ = ["LOADERS", "is_gguf", "load_gguf", "load_bert", "load_gpt2", "load_llama", "load_swin", "load_vit",
-           "save_gpt2"]
+__all__ = ["LOADERS", "REFUSED", "is_gguf", "load_gguf", "load_bert", "load_gemma", "load_gpt2", "load_llama",
+           "load_swin", "load_vit", "save_gpt2"]

@@ -4,8 +4,8 @@ an ordinary qkv ``GPT``, read with the ``gguf`` package (optional extra ``gguf``
     model = qkv.load("SmolLM2-135M-Instruct.Q4_1.gguf")                    # float32 weights
     model = qkv.load("SmolLM2-135M-Instruct.Q4_1.gguf", quantized=True)    # 4-bit / int8 modules (qkv.quant)
 
-Architectures ``llama`` (Llama, Mistral, SmolLM, ...), ``qwen2``, ``qwen3``, ``phi3`` as llama.cpp's
-converter writes them. Their shared keys and tensors (what each architecture adds is
+Architectures ``llama`` (Llama, Mistral, SmolLM, ...), ``qwen2``, ``qwen3``, ``phi3``, ``gemma2``, ``gemma3`` as
+llama.cpp's converter writes them. Their shared keys and tensors (what each architecture adds is
 ``gguf_archs``'s table):
 
     GGUF metadata           ModelConfig            GGUF tensor            qkv
@@ -39,7 +39,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import CheckpointError, QkvError
 from ..quant import gguf_blocks
-from .gguf_archs import ARCHITECTURES, SCALING_TENSORS, layer_shapes, layer_sources
+from .gguf_archs import ARCHITECTURES, NORM_SHIFTED, SCALING_TENSORS, layer_shapes, layer_sources
 from .gguf_reader import Header
 
 TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
@@ -192,6 +192,8 @@ def float_state(f: GGUFFile, cfg: ModelConfig, names=None) -> dict[str, torch.Te
         for name, heads, rows in sources:
             w = f.dequantized(name)
             w = unpermute_rows(w, heads) if heads else w
+            if f.arch in NORM_SHIFTED and name.endswith("norm.weight"):
+                w = w - 1.0                             # stored as 1 + w (gguf_archs, note 3)
             parts.append(w[rows] if rows is not None else w)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
     sd = {"tok.weight": [("token_embd.weight", None, None)], "norm_f.weight": [("output_norm.weight", None, None)]}
