@@ -204,7 +204,7 @@ def load_decoder(directory: str | os.PathLike, read_config) -> GPT:
     sizes = (f"vocab_size={cfg.vocab_size}, hidden_size={cfg.d_model}, num_hidden_layers={cfg.n_layers}, "
              f"num_attention_heads={cfg.n_heads}, num_key_value_heads={cfg.kv_heads}, head_dim={cfg.head_dim}, "
              f"intermediate_size={cfg.ffn_dim}")
-    fused = hf_config.get("model_type") == "phi3"
+    fused = hf_config.get("model_type") == "phi3"      # a tensor layout, not a model axis: no config field
     check_shapes(hf, hf_shapes(cfg, fused), where, sizes, what="a Llama-family causal LM",
                  extra_fix="fix config.json (num_hidden_layers, biases, tie_word_embeddings) to match them")
     model = model_from_state(lambda: GPT(cfg), state_from_hf(unfuse(hf, cfg) if fused else hf, cfg), where)
