@@ -423,6 +423,17 @@ CASES = [
     (["generate", "{gpt}", "--chat", "hi", "--chat-template", "{missing}"], "does not exist; give a Jinja template"),
     (["serve", "{gpt}", "--api-key-file", "{empty}"], "is empty; write the key on its first line"),
     (["serve", "{gpt}", "--api-key", "k", "--api-key-file", "{plain}"], "give the API key once"),
+    # issue 23: export (the zoo's gpt is GPT-2-shaped, its bert pre-norm: no BERT class holds it)
+    (["export", "{gpt}", "{int8}"], "OUT {int8} already holds a checkpoint; pass --overwrite"),
+    (["export", "{gpt}", "{notes}"], "not a qkv run (notes.txt"),
+    (["export", "{gpt}", "{gpt}/hf"], "is inside the checkpoint"),
+    (["export", "{gpt}", "{gpt}", "--overwrite"], "is the checkpoint"),
+    (["export", "{gpt}", "{out}/hf", "--type", "f16"], "a Hugging Face export is float32: drop --type"),
+    (["export", "{gpt}", "{out}/m.gguf", "--type", "q5_k"], "invalid choice: 'q5_k'"),
+    (["export", "{gpt}", "{out}/m", "--merge"], "has none: drop --merge"),
+    (["export", "{int8}", "{out}/q"], "holds quantized weights (int8 from qkv quantize)"),
+    (["export", "{bert}", "{out}/b"], "no transformers encoder class (BERT) holds this model's norm_placement='pre'"),
+    (["export", "{seq2seq}", "{out}/s"], "use `qkv translate`"),
 ]
 
 
@@ -578,6 +589,7 @@ SENTINELS = {
     "bench serve": ["bench", "serve", "{missing}"],
     "bench finetune": ["bench", "finetune", "--data", "{missing}"],
     "merge-adapter": ["merge-adapter", "{missing}", "{out}/m"],
+    "export": ["export", "{missing}", "{out}/e"],
     "bench train": None, "bench encoder": None, "bench ddp": None, "bench vision": None,
     "attention": ["attention", "{missing}", "--text", "a", "--out", "{out}/a.png"],
     "next": ["next", "{missing}", "--text", "a"],
@@ -655,6 +667,7 @@ CHECKPOINT_COMMANDS = {   # argv with {ck}, and the families it runs
     "chat": (["chat", "{ck}"], {"decoder"}),
     "serve": (["serve", "{ck}"], {"decoder", "encoder", "fine-tuned encoder"}),
     "quantize": (["quantize", "{ck}", "{out}/q", "--bits", "8"], {"decoder"}),
+    "export": (["export", "{ck}", "{out}/e"], {"decoder", "encoder", "fine-tuned encoder"}),
     "eval": (["eval", "{ck}", "--data", "{corpus}"], {"decoder"}),
     "translate": (["translate", "{ck}", "--text", "a"], {"encoder-decoder"}),
     "embed": (["embed", "{ck}", "--text", "a"], {"encoder", "fine-tuned encoder"}),

@@ -27,6 +27,7 @@ COMMANDS = {   # name -> (module, one-line help)
     "serve": ("qkv.cli.serve", "an OpenAI-compatible HTTP server: chat, completions, embeddings, streaming"),
     "quantize": ("qkv.cli.quantize", "write an int8 or 4-bit weight-only quantized checkpoint"),
     "merge-adapter": ("qkv.cli.merge_adapter", "fold LoRA adapters (a --lora run's or PEFT's) into the weights"),
+    "export": ("qkv.cli.export", "write a checkpoint as a Hugging Face directory or a GGUF file (llama.cpp)"),
     "translate": ("qkv.cli.translate", "translate or summarize with an encoder-decoder; BLEU/ROUGE with references"),
     "eval": ("qkv.cli.eval", "a language model's loss and perplexity on a text file (task scores: evaluate)"),
     "bench": ("qkv.cli.bench", "speed benchmarks against transformers in the same run"),
