@@ -21,12 +21,9 @@ from qkv.interop.export_hf import hf_class, write_hf_files
 from qkv.models import BERT, BertClassifier, BertQA, BertTagger, Encoder
 from qkv.rundir import atomic_dir
 
+from export_fixtures import TEXT, TEXTS, chat_bpe, wide
+
 transformers = pytest.importorskip("transformers")
-CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-TEXT = "The quick brown fox, naïve café 12345!\n\tJumps over the lazy dog. " * 20
-TEXTS = ["The quick brown fox", " naïve café 12345!\n\tover", "<|im_start|>user\nhé<|im_end|>\n"]
 ROPE_RMS = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False)
 DECODERS = {   # name: (axes, the class transformers gives)
     "gpt2": (dict(mlp="gelu_tanh", norm_eps=1e-3, tie_embeddings=False), "GPT2LMHeadModel"),
@@ -45,18 +42,7 @@ QKV_READS = ("gpt2", "llama", "qwen2", "mistral")          # the classes qkv.loa
 
 @pytest.fixture(scope="module")
 def bpe():
-    tok = Tokenizer.train_bpe([TEXT], vocab_size=300, special_tokens=SPECIALS)
-    return Tokenizer(tok.backend, {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
-                                   "pad_token": "<|endoftext|>"}, CHATML, add_bos=True,
-                     extra_stop_ids=[tok.backend.token_to_id("<|endoftext|>")])
-
-
-def wide(model, seed=0):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model.eval()
+    return chat_bpe()
 
 
 def _ids(vocab, n=20):

@@ -99,7 +99,7 @@ def check_gguf_llama(cfg: ModelConfig) -> None:
         if getattr(cfg, axis) != want:
             needs = (f"GGUF llama is a pre-norm causal RoPE + RMSNorm + SwiGLU decoder with no biases over the whole "
                      f"context, {axis}={want!r}")
-            if axis in ("pos", "norm") and decoder_arch(cfg) == "gpt2":
+            if axis in ("pos", "norm") and DECODER_SHAPES.get((cfg.pos, cfg.norm)) == "gpt2":
                 needs += "; GGUF arch gpt2 would hold it, but qkv.load does not read gpt2 GGUFs back"
             raise _refuse(what, axis, getattr(cfg, axis), needs, GGUF_FIX)
     if cfg.has_qkv_bias:
