@@ -85,25 +85,33 @@ def test_the_tokenizer_and_chat_template_read_back(tmp_path, bpe):
     assert render_chat(back.chat_template, messages) == render_chat(bpe.chat_template, messages)
     assert (back.bos_id, back.eos_id, back.pad_id, back.stop_ids) == (bpe.bos_id, bpe.eos_id, bpe.pad_id, bpe.stop_ids)
     f = GGUFFile(tmp_path / "m.gguf")
-    assert f.get("tokenizer.ggml.pre") == "gpt2" and f.get("tokenizer.ggml.token_type")[bpe.eos_id] == 3
+    assert f.get("tokenizer.ggml.pre") == "gpt-2" and f.get("tokenizer.ggml.token_type")[bpe.eos_id] == 3
 
 
-def test_an_ascii_char_tokenizer_is_exact_and_a_wider_one_refused(tmp_path):
-    chars = Tokenizer.train_char("First Citizen:\nBefore we proceed any further, hear me speak.\n\t$&!",
-                                 special_tokens=("<eos>",))
-    write_gguf(tmp_path / "m.gguf", llama(chars.vocab_size), "f32", chars)
-    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
-    back = qkv.load(tmp_path / "m.gguf").tokenizer
-    for text in ("First Citizen:\nhear me  speak!<eos>", "\t$& we\n\n"):
-        assert theirs(text, add_special_tokens=False).input_ids == chars.encode(text) == back.encode(text)
-        assert back.decode(chars.encode(text)) == text
+def test_char_tokenizers_are_refused_with_the_reason(tmp_path):
+    """An ASCII char vocabulary would be exact as a merge-free byte-level BPE (built here as the GGUF reader
+    builds one: GPT-2's split, the byte alphabet); llama.cpp refuses a GGUF without merges, so it is refused."""
+    from tokenizers import Regex, decoders, models
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import pre_tokenizers as pre
+    from qkv.interop.gguf_tokenizer import GPT2_SPLIT
+    chars = Tokenizer.train_char("First Citizen:\nBefore we proceed any further, hear me speak.\n\t$&!")
+    byte_level = pre.ByteLevel(add_prefix_space=False, use_regex=False)
+    pieces = {byte_level.pre_tokenize_str(t)[0][0]: i for t, i in chars.backend.get_vocab().items()}
+    bpe = Backend(models.BPE(pieces, []))
+    bpe.pre_tokenizer = pre.Sequence([pre.Split(Regex(GPT2_SPLIT), behavior="isolated"), byte_level])
+    bpe.decoder = decoders.ByteLevel()
+    for text in ("First Citizen:\nhear me  speak!", "\t$& we\n\n"):
+        assert bpe.encode(text).ids == chars.encode(text) and bpe.decode(chars.encode(text)) == text
+    with pytest.raises(CheckpointError, match="llama.cpp refuses a GGUF without tokenizer.ggml.merges"):
+        write_gguf(tmp_path / "m.gguf", llama(chars.vocab_size), "f32", chars)
     wider = Tokenizer.train_char("naïve café")
     with pytest.raises(CheckpointError, match="the character 'é' is 2 bytes in UTF-8"):
         write_gguf(tmp_path / "w.gguf", llama(wider.vocab_size), "f32", wider)
     wordpiece = Tokenizer.train_wordpiece([TEXT], vocab_size=90)
     with pytest.raises(CheckpointError, match="GGUF cannot hold this tokenizer exactly"):
         gguf_vocab(wordpiece, wordpiece.vocab_size)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]          # no temp file left by a refusal
+    assert not any(tmp_path.iterdir())                               # no temp file left by a refusal
 
 
 @pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "smollm"])

@@ -106,10 +106,7 @@ def _tokenizer(w, tokenizer, vocab_size: int) -> None:
     w.add_tokenizer_pre(vocab.pre)
     w.add_token_list(vocab.tokens)
     w.add_token_types(vocab.types)
-    if vocab.merges:
-        w.add_token_merges(vocab.merges)
-    else:       # the gguf writer refuses an empty list; without merges, transformers rebuilds them from scores
-        w.add_token_scores([0.0] * len(vocab.tokens))
+    w.add_token_merges(vocab.merges)
     for key, i in (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id), ("pad", tokenizer.pad_id),
                    ("unk", tokenizer.unk_id), ("eot", (tokenizer.extra_stop_ids or (None,))[0])):
         if i is not None:

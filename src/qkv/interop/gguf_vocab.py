@@ -4,16 +4,18 @@ GGUF's ``gpt2`` tokenizer model is byte-level BPE: pieces written in GPT-2's byt
 printable character: space -> Ġ, newline -> Ċ), merges, and a ``tokenizer.ggml.pre`` tag naming the rule
 that splits text before the bytes are merged (``gguf_tokenizer.SPLITS``, llama.cpp's table). What qkv holds:
 
-    qkv tokenizer                          GGUF                                               exact?
-    byte-level BPE (qkv's, GPT-2's)        pieces + merges, pre = the tag whose rule it has    yes
-    char-level, every character ASCII      each character as its byte's piece, no merges       yes (1)
-    char-level with a non-ASCII character  -                                                  refused (2)
-    WordPiece (BERT)                       -                                                  refused
+    qkv tokenizer                      GGUF                                                   exact?
+    byte-level BPE (qkv's, GPT-2's)    pieces + merges, pre = the tag whose rule it has        yes
+    char-level, every character ASCII  each character as its byte's piece and no merges (1)   refused (2)
+    char-level, a non-ASCII character  -                                                      refused (3)
+    WordPiece (BERT)                   -                                                      refused
 
     (1) An ASCII character is one byte, so byte-level BPE with no merges splits text into exactly the
-        characters the char tokenizer would; the split rule cannot join anything, and decoding maps each
-        byte back. (Text with a character the vocabulary lacks: qkv's char tokenizer raises, GGUF's drops it.)
-    (2) 'é' is two bytes (Ã ©); GGUF would need both bytes as pieces and a merge, ids qkv's model lacks.
+        characters the char tokenizer would: qkv's GGUF reader and transformers' gave the same ids (a test
+        builds that BPE). (2) But llama.cpp refuses a gpt2 vocabulary without ``tokenizer.ggml.merges``
+        ("cannot find tokenizer merges", llama-cpp-python 0.3.36), and the gguf writer cannot write an
+        empty list; a merge that never fires would need an id of its own. A GGUF llama.cpp cannot open is
+        not written. (3) 'é' is two bytes (Ã ©): GGUF would need both as pieces and a merge, ids the model lacks.
 
 Token types: 1 normal, 3 control (special tokens: <eos>, <|im_start|>), 4 user-defined (other added tokens),
 5 unused (ids past the tokenizer's vocabulary, up to the model's vocab_size).
@@ -24,14 +26,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from tokenizers import pre_tokenizers
-
 from ..errors import CheckpointError
 from ..tokenizers import Tokenizer
 from .gguf_tokenizer import CONTROL, GPT2_SPLIT, SPLITS, USER_DEFINED
 
 NORMAL, UNUSED = 1, 5
-PREFERRED_TAGS = ("gpt2", "llama-bpe", "qwen2", "smollm")     # the names llama.cpp's converter writes
+PREFERRED_TAGS = ("gpt-2", "llama-bpe", "qwen2", "smollm")    # names llama.cpp knows (not "gpt2")
 
 
 @dataclass
@@ -86,14 +86,13 @@ def gguf_vocab(tokenizer: Tokenizer, vocab_size: int) -> Vocab:
         raise _refuse(f"it normalizes text first ({state['normalizer'].get('type')}), which GGUF's BPE does not")
     tokens, types = _types(tokenizer, vocab_size)
     if model["type"] == "WordLevel" and tokenizer.kind == "char":
-        for i, token in enumerate(tokens):
-            if types[i] == NORMAL:
-                if len(token) != 1 or ord(token) > 127:
-                    raise _refuse(f"the character {token!r} is {len(token.encode())} bytes in UTF-8, and byte-level "
-                                  f"BPE would need its bytes as pieces and a merge, ids this model does not have")
-                tokens[i] = _byte_char(ord(token))
-        merges, pre = [], "gpt2"
-    elif model["type"] == "BPE":
+        wide = next((t for i, t in enumerate(tokens) if types[i] == NORMAL and (len(t) != 1 or ord(t) > 127)), None)
+        if wide is not None:
+            raise _refuse(f"the character {wide!r} is {len(wide.encode())} bytes in UTF-8, and byte-level BPE would "
+                          f"need its bytes as pieces and a merge, ids this model does not have")
+        raise _refuse("a char-level vocabulary is byte-level BPE with no merges, and llama.cpp refuses a GGUF "
+                      "without tokenizer.ggml.merges (train with --tokenizer bpe for a GGUF)")
+    if model["type"] == "BPE":
         for option in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
             if model.get(option):
                 raise _refuse(f"its BPE sets {option}={model[option]!r}")
@@ -105,8 +104,3 @@ def gguf_vocab(tokenizer: Tokenizer, vocab_size: int) -> Vocab:
         raise _refuse(f"it is a {tokenizer.kind} tokenizer ({model['type']}), and GGUF's gpt2 model is byte-level BPE")
     tokens = [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
     return Vocab(tokens, types, merges, pre)
-
-
-def _byte_char(byte: int) -> str:
-    """The printable character GPT-2's byte-level alphabet writes for ``byte``."""
-    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(chr(byte))[0][0]
