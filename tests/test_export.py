@@ -63,6 +63,22 @@ def test_decoder_logits_match_transformers(tmp_path, bpe, name):
         assert (qkv.load(tmp_path)(ids).logits - model(ids).logits).abs().max() < 1e-6   # the loader's inverse
 
 
+@pytest.mark.parametrize("name", ["gpt2", "neox", "llama-gqa", "qwen2-mqa"])
+def test_a_decoder_classifier_is_the_familys_sequence_classifier(tmp_path, bpe, name):
+    from qkv.models import GPTClassifier
+    axes, want = DECODERS[name]
+    cfg = ModelConfig(vocab_size=bpe.vocab_size, max_len=32, n_layers=2, d_model=32, n_heads=4, **axes)
+    model = wide(GPTClassifier(cfg, ["neg", "pos", "mixed"]))
+    assert write_hf_files(tmp_path, model, bpe) == want.replace("LMHeadModel", "ForSequenceClassification") \
+        .replace("ForCausalLM", "ForSequenceClassification")
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    ids = _ids(bpe.vocab_size)
+    ids[ids == bpe.pad_id] += 1                                     # no pad inside a text: its last token scores
+    with torch.no_grad():
+        assert (theirs(ids).logits - model(ids).logits).abs().max() < 1e-5
+    assert [theirs.config.id2label[i] for i in range(3)] == model.labels
+
+
 def test_tokenizer_files_give_qkv_ids_and_chat_template(tmp_path, bpe):
     model = wide(GPT(ModelConfig(vocab_size=bpe.vocab_size, max_len=64, n_layers=1, d_model=16, n_heads=2, **ROPE_RMS)))
     write_hf_files(tmp_path, model, bpe)

@@ -25,7 +25,7 @@ from ..family import Family
 from .flags import path_arg
 
 TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
-HF_FAMILIES = (Family.DECODER, Family.ENCODER, Family.FINETUNED_ENCODER)
+HF_FAMILIES = (Family.DECODER, Family.FINETUNED_DECODER, Family.ENCODER, Family.FINETUNED_ENCODER)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

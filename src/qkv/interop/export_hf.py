@@ -2,7 +2,8 @@
 
     OUT/config.json              the class ``export_axes`` picks for the model's axes (GPT2LMHeadModel,
                                  GPTNeoXForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM,
-                                 BertModel / BertForMaskedLM / ...ForSequenceClassification / ...)
+                                 their ...ForSequenceClassification for a decoder classifier, BertModel /
+                                 BertForMaskedLM / ...ForSequenceClassification / ...)
     OUT/model.safetensors        the tensors under that class's names (``export_hf_decoder``, ``export_hf_bert``)
     OUT/tokenizer.json           the tokenizer, as qkv stores it (char-level, byte-level BPE or WordPiece)
     OUT/tokenizer_config.json    PreTrainedTokenizerFast, its special tokens, context, chat template, add_bos
@@ -37,7 +38,7 @@ def hf_class(model) -> str:
     if isinstance(model, Encoder):
         check_encoder(model.cfg)
         return export_hf_bert.bert_class(model)[0]
-    return export_hf_decoder.CLASSES[decoder_arch(model.cfg)]
+    return export_hf_decoder.hf_class(model, decoder_arch(model.cfg))
 
 
 def _ids(tokenizer: Tokenizer | None) -> dict:
@@ -52,7 +53,7 @@ def write_hf_files(directory: Path, model, tokenizer: Tokenizer | None = None) -
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if isinstance(model, GPT):
         arch = decoder_arch(model.cfg)
-        config, tensors = export_hf_decoder.config_json(model.cfg, arch, _ids(tokenizer)), \
+        config, tensors = export_hf_decoder.config_json(model, arch, _ids(tokenizer)), \
             export_hf_decoder.state_dict(model, arch)
     else:
         config, tensors = export_hf_bert.config_json(model, _ids(tokenizer)), export_hf_bert.state_dict(model)
@@ -60,7 +61,7 @@ def write_hf_files(directory: Path, model, tokenizer: Tokenizer | None = None) -
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         write_tokenizer_files(directory, tokenizer, model.cfg.max_len)
-    if isinstance(model, GPT):
+    if type(model) is GPT:                             # a decoder that generates (not a classifier)
         _write_json(directory / "generation_config.json",
                     generation_config(tokenizer, getattr(model, "generation_defaults", None) or {}))
     return name

@@ -13,10 +13,13 @@ test holds every pair to a round trip; GPT-NeoX has no qkv loader, so transforme
     blocks.{i}.mlp.gate/up/down ...mlp.gate_proj / up_proj / down_proj     layers.{i}.mlp.dense_h_to_4h / _4h_to_h
     norm_f                      model.norm                                 final_layer_norm
     head.weight                 lm_head (absent when tied)                 lm_head (always written)
+    head.weight (GPTClassifier) score                                      score          (K, C), no bias
 
     (1) GPT-NeoX fuses q, k and v per head: rows [q_0 ; k_0 ; v_0 ; q_1 ; k_1 ; v_1 ; ...], D rows each, so
         its attention can split the product into heads first and then into q, k, v.
 
+A ``GPTClassifier`` (a decoder fine-tuned to classify from its last real token) is the family's
+``*ForSequenceClassification``: the same trunk, ``score`` for the head, the labels in ``id2label``.
 GPT-2 is ``hf_gpt2.config_to_hf`` / ``state_to_hf`` themselves. A bias the class has and qkv's model lacks is
 written as zeros (``with_zero_biases``): GPT-2 biases every Linear, GPT-NeoX its MLP, Llama all or none.
 Positions: each family uses Hugging Face's rotate-half RoPE, which is qkv's, so q/k rows go unchanged.
@@ -31,6 +34,7 @@ import torch
 
 from ..config import ModelConfig
 from ..models.decoder import GPT
+from ..models.decoder_classifier import GPTClassifier
 from . import hf_gpt2
 
 CLASSES = {"gpt2": "GPT2LMHeadModel", "gpt_neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
@@ -41,6 +45,9 @@ LLAMA_LAYER = {"norm1": "input_layernorm", "norm2": "post_attention_layernorm", 
 NEOX_LAYER = {"norm1": "input_layernorm", "norm2": "post_attention_layernorm", "attn.wo": "attention.dense",
               "mlp.up": "mlp.dense_h_to_4h", "mlp.down": "mlp.dense_4h_to_h"}
 NEOX_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+CLASSIFIERS = {arch: name.replace("LMHeadModel", "ForSequenceClassification").replace("ForCausalLM",
+                                                                                     "ForSequenceClassification")
+               for arch, name in CLASSES.items()}
 ATTENTION, MLP = ("attn.wq", "attn.wkv", "attn.wo"), ("mlp.gate", "mlp.up", "mlp.down")
 
 
@@ -62,8 +69,20 @@ def with_zero_biases(sd: dict[str, torch.Tensor], n_layers: int, linears: tuple[
     return out
 
 
-def config_json(cfg: ModelConfig, arch: str, ids: dict) -> dict:
-    """The config.json of ``arch`` for ``cfg``; ``ids``: bos/eos/pad token ids (None where unknown)."""
+def hf_class(model: GPT, arch: str) -> str:
+    return (CLASSIFIERS if isinstance(model, GPTClassifier) else CLASSES)[arch]
+
+
+def config_json(model: GPT, arch: str, ids: dict) -> dict:
+    """The config.json of ``arch`` for ``model``; ``ids``: bos/eos/pad token ids (None where unknown)."""
+    config = {**_config_json(model.cfg, arch, ids), "architectures": [hf_class(model, arch)]}
+    if isinstance(model, GPTClassifier):
+        config.update(id2label={str(i): label for i, label in enumerate(model.labels)},
+                      label2id={label: i for i, label in enumerate(model.labels)})
+    return config
+
+
+def _config_json(cfg: ModelConfig, arch: str, ids: dict) -> dict:
     if arch == "gpt2":
         return {**hf_gpt2.config_to_hf(dataclasses.replace(cfg, bias=True, qkv_bias=None)), **ids}
     rope = {"rope_type": "default", "rope_theta": cfg.pos_base}
@@ -130,8 +149,9 @@ def state_dict(model: GPT, arch: str) -> dict[str, torch.Tensor]:
     cfg = model.cfg
     sd = with_zero_biases({k: t.detach() for k, t in model.state_dict().items()}, cfg.n_layers,
                           biased_linears(cfg, arch))
+    classifier = isinstance(model, GPTClassifier)
     if arch == "gpt2":     # hf_gpt2 reads a model; this one holds the zero biases GPT-2 needs
-        full = dataclasses.replace(cfg, bias=True, qkv_bias=None)
+        full = dataclasses.replace(cfg, bias=True, qkv_bias=None, tie_embeddings=cfg.tie_embeddings or classifier)
         hf = hf_gpt2.state_to_hf(types.SimpleNamespace(state_dict=lambda: sd, cfg=full))
     elif arch == "gpt_neox":
         hf = _neox_state(sd, cfg)
@@ -139,4 +159,7 @@ def state_dict(model: GPT, arch: str) -> dict[str, torch.Tensor]:
         hf = _llama_state(sd, cfg)
         if not cfg.tie_embeddings:
             hf["lm_head.weight"] = sd["head.weight"]
+    if classifier:         # the head is the classifier's, not the vocabulary's
+        hf.pop("lm_head.weight", None)
+        hf["score.weight"] = sd["head.weight"]
     return {k: t.float().cpu().contiguous().clone() for k, t in hf.items()}
