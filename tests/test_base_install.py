@@ -135,6 +135,7 @@ CORE = {   # name: argv, what stdout holds
     "chat": (["chat", "run", "--max-new-tokens", "4", "--seed", "0"], ""),
     "quantize": (["quantize", "run", "q8", "--bits", "8"], "wrote q8"),
     "generate quantized": (["generate", "q8", "--prompt", "the", "--max-new-tokens", "4"], "the"),
+    "export": (["export", "run", "hf"], "wrote hf: GPT2LMHeadModel"),
     "evaluate images": (["evaluate", "img"], "eval.json in img/evaluate"),
 }
 NEEDS_EXTRA = {   # name: argv, the extra its one error line names
@@ -149,6 +150,7 @@ NEEDS_EXTRA = {   # name: argv, the extra its one error line names
                      "--tensorboard"], "tensorboard"),
     "image file": (["predict", "img", "--image", "x.png"], "vision"),
     "gguf": (["info", "m.gguf"], "gguf"),
+    "export gguf": (["export", "run", "run.gguf"], "gguf"),
 }
 
 

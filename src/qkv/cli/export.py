@@ -109,7 +109,6 @@ def load_for_export(path: str, merge: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..rundir import atomic_dir
     fmt = args.format or ("gguf" if str(args.out).endswith(".gguf") else "hf")
     _checks(args, fmt)
     model = load_for_export(args.model, args.merge)
@@ -120,9 +119,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}: GGUF llama, {tensors} tensors (llama.cpp, qkv.load, or transformers' "
               f"from_pretrained(dir, gguf_file=name) read it)")
         return 0
-    from ..interop.export_hf import hf_class, write_hf_files
-    hf_class(model)                                    # refused by name before any file is made
-    with atomic_dir(args.out, carry_over=False) as tmp:
-        name = write_hf_files(tmp, model)
+    from ..interop.export_hf import save_hf
+    name = save_hf(model, args.out)
     print(f"wrote {args.out}: {name} (transformers' AutoModel classes read it)")
     return 0

@@ -15,7 +15,9 @@
 T is the ``--type``: F32 and F16 store the floats; Q8_0, Q4_0 and Q4_1 store blocks of 32 weights along each
 row, made by the ``gguf`` package's ``gguf.quants.quantize`` (the reference implementation of ggml's
 formats; ``qkv.quant.gguf_blocks`` reads them back, tested equal to gguf's own dequantization). A matrix
-whose rows are not a multiple of 32 long stays F16, as llama.cpp's converter leaves it. Each weight is then
+whose rows are not a multiple of 32 long stays F16, as llama.cpp's converter leaves it. With Q4_0 / Q4_1 the
+token embedding and an untied head are Q8_0, as in llama.cpp's own Q4 files: at 4 bits the vocabulary
+matrix alone moved SmolLM2's logits by up to 6 (bench/README.md). Each weight is then
 off by at most half a block's step (Q8_0: max|w| / 127 / 2 per block; Q4_x: a 16th of the block's range).
 
 Metadata: the hyper-parameters ``gguf.config_from_gguf`` reads, the tokenizer (``gguf_vocab``), special ids,
@@ -69,11 +71,14 @@ def gguf_tensors(model: GPT) -> dict[str, np.ndarray]:
 
 
 def tensor_type(name: str, t: np.ndarray, kind: str) -> str:
-    """The GGUF type of one tensor for ``--type kind``: norms F32; rows that do not fill blocks F16."""
+    """The GGUF type of one tensor for ``--type kind``: norms F32; rows that do not fill blocks F16; with 4-bit
+    types the embedding (and an untied head) Q8_0, as llama.cpp's own Q4 files keep them."""
     if t.ndim == 1:
         return "F32"
     if TYPES[kind].startswith("Q") and t.shape[1] % BLOCK:
         return "F16"
+    if TYPES[kind].startswith("Q4") and name in ("token_embd.weight", "output.weight"):
+        return "Q8_0"
     return TYPES[kind]
 
 

@@ -24,8 +24,10 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer as Backend
 from tokenizers import processors
 
+from ..errors import CheckpointError
 from ..models.decoder import GPT
 from ..models.encoder import Encoder
+from ..rundir import atomic_dir
 from ..tokenizers import Tokenizer
 from . import export_hf_bert, export_hf_decoder
 from .export_axes import check_encoder, decoder_arch
@@ -39,6 +41,25 @@ def hf_class(model) -> str:
         check_encoder(model.cfg)
         return export_hf_bert.bert_class(model)[0]
     return export_hf_decoder.hf_class(model, decoder_arch(model.cfg))
+
+
+def save_hf(model, directory: str | Path, tokenizer: Tokenizer | None = None) -> str:
+    """Write ``model`` as a Hugging Face directory at ``directory``, atomically; returns the class name.
+
+    An earlier model directory there (one with a config.json) or an empty one is replaced whole; a folder of
+    other files is refused (``qkv export`` applies ``qkv.rundir``'s stricter rules first).
+
+    >>> save_hf(qkv.load("runs/books"), "runs/books-hf")                 # doctest: +SKIP
+    'GPT2LMHeadModel'
+    """
+    target = Path(directory)
+    if target.exists() and not ((target / "config.json").is_file() or (target.is_dir() and not any(target.iterdir()))):
+        raise CheckpointError(f"{target} exists and is not a model directory, and saving replaces it as a whole; "
+                              f"choose a new or empty directory")
+    hf_class(model)                                    # refused by name before any file is made
+    with atomic_dir(target, carry_over=False) as tmp:
+        name = write_hf_files(tmp, model, tokenizer)
+    return name
 
 
 def _ids(tokenizer: Tokenizer | None) -> dict:
