@@ -221,3 +221,21 @@ def test_overwrite_replaces_an_earlier_export_whole(tmp_path, bpe, capsys):
     assert main(["export", str(tmp_path / "run"), str(out), "--overwrite"]) == 0
     assert (out / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]            # no temp directory left
+
+
+def test_smollm2_from_its_gguf_exports_as_llama_with_transformers_logits(tmp_path):
+    """A real model: SmolLM2-135M-Instruct's Q4_1 GGUF (dequantized by qkv.load) as LlamaForCausalLM."""
+    from gguf_fixtures import smollm2_path
+    pytest.importorskip("gguf")
+    model = qkv.load(smollm2_path())
+    from qkv.interop.export_hf import save_hf
+    assert save_hf(model, tmp_path / "hf") == "LlamaForCausalLM"
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == render_chat(model.tokenizer.chat_template, messages, specials=model.tokenizer.specials)
+    ids_BL = torch.tensor([model.tokenizer.encode(text)])
+    assert tok(text, add_special_tokens=False).input_ids == ids_BL[0].tolist()
+    with torch.no_grad():
+        assert (theirs(ids_BL).logits - model(ids_BL).logits).abs().max() < 1e-3        # measured 6.3e-5
