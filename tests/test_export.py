@@ -143,6 +143,14 @@ REFUSED = [   # axes no transformers class has, and the words the one line must 
     (dict(embed_scale=True), "embed_scale=True"), (dict(pos="rope", mlp="swiglu"), "mlp='swiglu'"),
     (dict(ROPE_RMS, mlp="gelu"), "mlp='gelu'"), (dict(n_kv_heads=2), "n_kv_heads=2"), (dict(window=4), "window=4"),
     (dict(ROPE_RMS, window=4, qkv_bias=True), "window=4"), (dict(pos="learned", norm="rmsnorm"), "norm='rmsnorm'"),
+    # Qwen3's and Gemma's axes, on an otherwise Llama-shaped model: refused, never written without them
+    (dict(ROPE_RMS, qk_norm=True), "qk_norm=True"),
+    (dict(ROPE_RMS, norm_offset=1.0), "norm_offset=1.0"),
+    (dict(ROPE_RMS, window=4, global_every=2), "global_every=2"),
+    (dict(ROPE_RMS, window=4, pos_base_local=500.0), "pos_base_local=500.0"),
+    (dict(ROPE_RMS, attn_scale=0.3), "attn_scale=0.3"),
+    (dict(ROPE_RMS, attn_softcap=20.0), "attn_softcap=20.0"),
+    (dict(ROPE_RMS, logit_softcap=15.0), "logit_softcap=15.0"),
 ]
 
 

@@ -10,7 +10,8 @@ Export picks the class whose fixed axes the model has, and otherwise names the f
     Qwen2ForCausalLM       rope       rmsnorm     swiglu               biases on q/k/v only (qkv_bias=True)
     MistralForCausalLM     rope       rmsnorm     swiglu               window = W, no biases
 
-    every decoder: mask causal, norm_placement pre, no embed_scale / embed_norm / segment embeddings
+    every decoder: mask causal, norm_placement pre, no embed_scale / embed_norm / segment embeddings, and
+    none of the Qwen3 / Gemma axes (qk_norm, norm_offset, global_every, pos_base_local, attn_scale, soft-caps)
     encoder (BERT):        learned    layernorm   gelu, gelu_tanh, relu  post-norm, embed_norm, bidirectional
 
 A bias the class has and the qkv model lacks is written as zeros, which computes the same thing (GPT-2 and
@@ -25,11 +26,15 @@ from __future__ import annotations
 from ..config import ModelConfig
 from ..errors import CheckpointError
 
+# The axes Qwen3 and Gemma brought (qkv.interop.hf_gemma, hf_llama's qwen3): off in every class export writes
+# today, so a model that uses one is refused by name rather than written without it.
+LATER_AXES_OFF = {"qk_norm": False, "norm_offset": 0.0, "global_every": None, "pos_base_local": None,
+                  "attn_scale": None, "attn_softcap": None, "logit_softcap": None}
 # Axes every Hugging Face decoder class fixes: name -> the value it needs.
 DECODER_FIXED = {"mask": "causal", "norm_placement": "pre", "embed_scale": False, "embed_norm": False,
-                 "type_vocab_size": 0}
+                 "type_vocab_size": 0, **LATER_AXES_OFF}
 ENCODER_FIXED = {"mask": "bidirectional", "norm_placement": "post", "pos": "learned", "norm": "layernorm",
-                 "embed_scale": False, "embed_norm": True, "window": None, "d_head": None}
+                 "embed_scale": False, "embed_norm": True, "window": None, "d_head": None, **LATER_AXES_OFF}
 PLAIN_ACTIVATIONS = ("gelu", "gelu_tanh", "relu")          # GPT-2's, GPT-NeoX's and BERT's choices
 # (pos, norm) -> the decoder family that has them
 DECODER_SHAPES = {("learned", "layernorm"): "gpt2", ("rope", "layernorm"): "gpt_neox",

@@ -1,6 +1,6 @@
 """A qkv decoder written as a GGUF file of architecture ``llama``: the inverse of ``gguf`` / ``gguf_model``.
 
-    qkv                          GGUF tensor (``gguf.LAYER_TENSORS`` read the other way)   type (--type)
+    qkv                          GGUF tensor (``gguf_archs.layer_sources`` read the other way)   type (--type)
     tok.weight                   token_embd.weight                                        T
     blocks.{i}.norm1 / norm2     blk.{i}.attn_norm / ffn_norm                             F32 (1-D)
     blocks.{i}.attn.wq           blk.{i}.attn_q        rows permuted (1)                   T
@@ -37,13 +37,15 @@ from ..errors import CheckpointError
 from ..generation_defaults import GGUF_KEYS
 from ..models.decoder import GPT
 from .export_axes import check_gguf_llama
-from .gguf import LAYER_TENSORS
+from .gguf_archs import layer_shapes, layer_sources
 from .gguf_vocab import gguf_vocab
 
 TYPES = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1"}
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0",
               "q4_1": "MOSTLY_Q4_1"}
 BLOCK = 32
+
+ARCH = "llama"                          # the one GGUF architecture written (export_axes.check_gguf_llama)
 
 
 def permute_rows(rows_O: np.ndarray, n_heads: int) -> np.ndarray:
@@ -53,18 +55,21 @@ def permute_rows(rows_O: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def gguf_tensors(model: GPT) -> dict[str, np.ndarray]:
-    """Every tensor of the file as float32 (out, in) arrays, under llama.cpp's names, q/k rows permuted."""
+    """Every tensor of the file as float32 (out, in) arrays, under llama.cpp's names, q/k rows permuted: the
+    reader's own table (``gguf_archs.layer_sources``: which GGUF tensors' rows stack into each qkv weight) read
+    the other way, so that writer and reader cannot drift apart."""
     cfg = model.cfg
     sd = {k: t.detach().float().cpu().numpy() for k, t in model.state_dict().items()}
-    ours_to_theirs = {ours: theirs for theirs, ours in LAYER_TENSORS.items()}
+    shapes = layer_shapes(cfg, ARCH)
     out = {"token_embd.weight": sd["tok.weight"], "output_norm.weight": sd["norm_f.weight"]}
     for i in range(cfg.n_layers):
-        b, q = f"blk.{i}.", f"blocks.{i}."
-        for ours, theirs in ours_to_theirs.items():
-            w = sd[q + ours + ".weight"]
-            out[b + theirs + ".weight"] = permute_rows(w, cfg.n_heads) if theirs == "attn_q" else w
-        k, v = np.split(sd[q + "attn.wkv.weight"], 2)
-        out[b + "attn_k.weight"], out[b + "attn_v.weight"] = permute_rows(k, cfg.kv_heads), v
+        for ours, sources in layer_sources(cfg, ARCH, i).items():
+            start = 0
+            for name, heads, _ in sources:                  # llama has no fused tensors: no row slices
+                rows = shapes[name.split(".", 2)[2]][0]     # blk.{i}.attn_k.weight -> attn_k.weight
+                piece = sd[ours][start:start + rows]
+                start += rows
+                out[name] = permute_rows(piece, heads) if heads else piece
     if not cfg.tie_embeddings:                  # tied: llama.cpp reads token_embd for the head
         out["output.weight"] = sd["head.weight"]
     return {name: np.ascontiguousarray(t, dtype=np.float32) for name, t in out.items()}
@@ -138,7 +143,7 @@ def write_gguf(path: str | Path, model: GPT, kind: str = "f32", tokenizer=None) 
     os.close(fd)
     counts: dict[str, int] = {}
     try:
-        w = gguf.GGUFWriter(tmp, "llama")
+        w = gguf.GGUFWriter(tmp, ARCH)
         _metadata(w, model, path.stem, kind, gguf)
         if tokenizer is not None:
             _tokenizer(w, tokenizer, model.cfg.vocab_size)
