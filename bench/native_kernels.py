@@ -10,6 +10,7 @@ Sides (qkv's in this process, llama.cpp in a worker process: qkv.bench.llama_cpp
     blocks         the blocks (PyTorch modules), each Linear on qkv.native's products
     fused          the fused decode step (qkv.native.fused): the stack in one native call per token
     fused_omp1     (2+ threads) the same with PyTorch held to one thread: the pool alone uses the cores
+    blocks_split_all  (2+ threads) the blocks with every product split over the pool (SPLIT_WEIGHTS = 0)
     <variant>      with --variants: the fused step on each other kernel variant this CPU runs
     llama_cpp      llama-cpp-python's Llama.eval on the same file (when installed), same threads
 
@@ -50,12 +51,15 @@ def cpu_name() -> str:
     return platform.processor()
 
 
-def qkv_side(model, prompt: list[int], new_tokens: int, kernels: str, fuse: bool, threads: int, omp: int):
-    """A function timing one decode of ``new_tokens`` on qkv: (wall tok/s, CPU tok/s)."""
+def qkv_side(model, prompt: list[int], new_tokens: int, kernels: str, fuse: bool, threads: int, omp: int,
+             split: int = native.SPLIT_WEIGHTS):
+    """A function timing one decode of ``new_tokens`` on qkv: (wall tok/s, CPU tok/s). ``split``: the
+    weights from which a product splits over the pool (0: every product, as before the split rule)."""
     cfg = GenerationConfig(max_new_tokens=new_tokens + 1, temperature=0, ignore_eos=True)
 
     def run() -> tuple[float, float]:
         os.environ[native.OVERRIDE] = kernels
+        native.SPLIT_WEIGHTS = split
         torch.set_num_threads(omp)
         native.threads = fused.threads = lambda: threads   # the pool's count apart from PyTorch's (fused_omp1)
         if fuse:
@@ -105,6 +109,7 @@ def main() -> None:
                  "fused": qkv_side(model, prompt, args.new_tokens, best, True, t, t)}
         if t > 1:
             sides["fused_omp1"] = qkv_side(model, prompt, args.new_tokens, best, True, t, 1)
+            sides["blocks_split_all"] = qkv_side(model, prompt, args.new_tokens, best, False, t, t, split=0)
         if args.variants:
             for v in native.supported():
                 if v != best:
