@@ -56,7 +56,7 @@ def test_each_demo_command_runs_on_the_demo_models_shape(tmp_path, monkeypatch, 
     (the shakespeare-char preset: 4 layers, 1 head): `--head 2` on it was an error."""
     import shlex
     from qkv.cli import main
-    from qkv.config import PRESETS
+    from qkv.presets import PRESETS
     chars = Tokenizer.train_char((Path(qkv.__file__).parent / "data" / "shakespeare.txt").read_text(encoding="utf-8"))
     model = GPT(ModelConfig(vocab_size=chars.vocab_size, **PRESETS["shakespeare-char"]["model"]))
     qkv.save(model, tmp_path / "runs" / "shakespeare-char", chars)

@@ -3,7 +3,8 @@
 from .version import __version__ as __version__  # re-exported: qkv.__version__
 
 from . import runtime  # noqa: F401  (first: it notes torch's thread count before user code can change it)
-from .config import PRESETS, ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig
+from .presets import PRESETS
 from .errors import CheckpointError, ConfigError, DataError, InputError, MissingExtraError, QkvError
 from .models import GPT, ModelOutput
 from .tokenizers import Tokenizer

@@ -21,7 +21,8 @@ import dataclasses
 import typing
 
 from ..checkpoint import read_config
-from ..config import PRESETS, ModelConfig, TrainConfig, build, resolve
+from ..config import ModelConfig, TrainConfig, build, resolve
+from ..presets import PRESETS
 from ..errors import ConfigError
 from ..family import Family
 from ..rundir import claim_out_dir

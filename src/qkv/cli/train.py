@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 
 from ..checkpoint import read_config
-from ..config import PRESETS, ModelConfig, TrainConfig, VisionConfig, build, load_config_file, resolve
+from ..config import ModelConfig, TrainConfig, VisionConfig, build, load_config_file, resolve
+from ..presets import PRESETS
 from ..data.images import ImageDataConfig
 from ..errors import ConfigError, article
 from ._common import default_out_dir
