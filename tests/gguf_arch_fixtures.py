@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gguf_fixtures import CHATML, bpe_vocab, permute
+from gguf_fixtures import CHATML, bpe_vocab, permute, write_vocab
 
 ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
         "gemma2": "gemma2", "gemma3_text": "gemma3"}
@@ -79,9 +79,11 @@ def gguf_names(cfg, arch: str) -> dict[str, str]:
     return names
 
 
-def write_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, name: str | None = None) -> Path:
+def write_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, name: str | None = None,
+               vocab: dict | None = None) -> Path:
     """Write ``hf_model`` (any architecture of ``ARCH``) as a GGUF. kinds: {"blk": "Q8_0", ...}, the tensor type by
-    a prefix or ``part.`` of the tensor name (vectors stay F32); name: general.name."""
+    a prefix or ``part.`` of the tensor name (vectors stay F32); name: general.name; vocab: a vocabulary as
+    ``gguf_fixtures.sentencepiece_metadata`` gives it (default: a byte-level BPE with ChatML)."""
     import gguf
     cfg = hf_model.config
     arch = ARCH[cfg.model_type]
@@ -89,7 +91,10 @@ def write_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, name: 
     if name:
         w.add_name(name)
     _metadata(w, cfg, arch)
-    _tokenizer(w, cfg.vocab_size)
+    if vocab is None:
+        _tokenizer(w, cfg.vocab_size)
+    else:
+        write_vocab(w, vocab, None, vocab.get("add_bos"))
     sd = {k: v.detach().float().numpy() for k, v in hf_model.state_dict().items()}
     for hf_name, gguf_name in gguf_names(cfg, arch).items():
         if hf_name not in sd or (hf_name == "lm_head.weight" and cfg.tie_word_embeddings):

@@ -110,7 +110,7 @@ SENTENCEPIECE_FILES = {"unigram": ("unigram", 777, True, {}, None, None),
                        "bpe-no-prefix": ("bpe", 650, False, {"pad_id": -1}, True, None)}
 
 
-def _write_vocab(w, vocab: dict, specials: dict[str, str] | None, add_bos: bool | None) -> None:
+def write_vocab(w, vocab: dict, specials: dict[str, str] | None, add_bos: bool | None) -> None:
     w.add_tokenizer_model(vocab["model"])
     w.add_tokenizer_pre(vocab["pre"])
     w.add_token_list(vocab["tokens"])
@@ -160,7 +160,7 @@ def write_llama_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, 
     w.add_vocab_size(cfg.vocab_size)
     for key, value in (metadata or {}).items():
         w.add_uint32(key, value) if isinstance(value, int) else w.add_float32(key, value)
-    _write_vocab(w, vocab or byte_level_metadata(cfg.vocab_size, pre), specials, add_bos)
+    write_vocab(w, vocab or byte_level_metadata(cfg.vocab_size, pre), specials, add_bos)
     w.add_chat_template(template)
     sd = {k: v.detach().float().numpy() for k, v in hf_model.state_dict().items()}
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",

@@ -90,7 +90,7 @@ def _gguf_facts(path):
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
     config = {"gguf": {"name": f.get("general.name"), "architecture": f.get("general.architecture"),
                        "tensor_types": types}}
-    return cfg, tokenizer_from_gguf(f), sum(t.n_elements for t in f.tensors.values()), config
+    return cfg, tokenizer_from_gguf(f, f.arch), sum(t.n_elements for t in f.tensors.values()), config
 
 
 def _metrics(path) -> list[dict]:

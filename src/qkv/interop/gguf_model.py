@@ -23,6 +23,6 @@ def load_gguf(path: str | Path, quantized: bool = False) -> GPT:
         model = quantized_gpt(f, cfg)
     else:
         model = model_from_state(lambda: GPT(cfg), float_state(f, cfg), f"the tensors of {f.path}")
-    model.tokenizer = tokenizer_from_gguf(f)
+    model.tokenizer = tokenizer_from_gguf(f, f.arch)
     model.generation_defaults = from_gguf(f)
     return model.eval()

@@ -31,6 +31,20 @@ write ▁▁hi; llama.cpp also prefixes the text after a special token). That is
 (``legacy=False``, their GGUF reader included), and qkv gives their ids. A file whose ``add_space_prefix`` is
 false gets no prefix at all, as in SentencePiece and llama.cpp; transformers' GGUF reader ignores that flag.
 
+The architecture (``general.architecture``, passed in by whoever opened the file) changes three things,
+as transformers' GGUF reader does (``integrations/gguf/gguf_tokenizer_mapping.py``, its builders by arch):
+
+    gemma2, gemma3   no prefix space ever (normalizer " " -> "▁", no Metaspace), decoder without the strip;
+                     a piece of only spaces ("  ", as llama.cpp's converter stores Gemma's) is spelled "▁▁";
+                     merges ranked by the pieces' order in the file, not their scores
+    phi3             the prefix comes from a normalizer ("▁" prepended to every piece of text, the text
+                     after each special token included), so " hi" -> ▁▁hi where Llama gives ▁hi
+    others           the Llama rule above
+
+llama.cpp differs for Phi-3 on text after a special token only when SentencePiece would not prefix it; it
+also honours ``add_space_prefix``, which transformers ignores: qkv follows transformers for these three
+architectures (and keeps Gemma's "no prefix" whatever the flag says).
+
 Token types (llama.cpp's numbering, which is SentencePiece's): 1 normal, 2 unknown, 3 control (<s>, </s>:
 special tokens, matched whole in text), 4 user-defined (matched whole, not special), 5 unused, 6 byte
 (<0x00>..<0xFF>, exactly that spelling).
@@ -41,13 +55,22 @@ from __future__ import annotations
 import re
 
 from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, models, pre_tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from ..errors import CheckpointError
 
 SPACE = "\u2581"                                  # "▁", SentencePiece's visible space
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")
+GEMMA = ("gemma2", "gemma3")                      # architectures with Gemma's rule (see the docstring)
+
+
+def spelled_for(arch: str, tokens: list[str], scores) -> tuple[list[str], list[float] | None]:
+    """The pieces and scores the BPE is built from: Gemma's space runs as "▁" runs, ranked by file order."""
+    if arch not in GEMMA:
+        return tokens, scores
+    tokens = [SPACE * len(t) if " " in t and not t.strip() else t for t in tokens]
+    return tokens, None if scores is None else [-float(i) for i in range(len(tokens))]
 
 
 def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
@@ -88,19 +111,29 @@ def check_vocabulary(tokens: list[str], scores, types: list[int], where) -> None
 
 
 def sentencepiece_backend(tokens: list[str], scores, types: list[int], merges: list[tuple[str, str]] | None,
-                          unk: str | None, space_prefix: bool, where) -> Backend:
+                          unk: str | None, space_prefix: bool, where, arch: str = "llama") -> Backend:
     """The ``tokenizers`` object of a checked SentencePiece vocabulary (special tokens are added by the caller).
 
     merges: the file's own, where it has them (rare); otherwise derived from the scores. unk: the piece a
-    character becomes when it has no piece and no byte pieces cover it.
+    character becomes when it has no piece and no byte pieces cover it. arch: the file's architecture
+    (``GEMMA``, phi3 or another; the module docstring says what each changes).
     """
     check_vocabulary(tokens, scores, types, where)
     vocab = {t: i for i, t in enumerate(tokens)}
     backend = Backend(models.BPE(vocab, merges if merges is not None else merges_from_scores(tokens, scores),
                                  unk_token=unk, fuse_unk=True, byte_fallback=True))
     # split=False: the text stays one word, so merges may join across spaces ("▁▁", "▁de▁la" are pieces)
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, split=False,
-                                                     prepend_scheme="first" if space_prefix else "never")
     steps = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if arch in GEMMA:                             # GemmaTokenizer's own pipeline (its Split finds no " " left)
+        backend.normalizer = normalizers.Replace(" ", SPACE)
+        backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+        backend.decoder = decoders.Sequence(steps)
+        return backend
+    if arch == "phi3":
+        backend.normalizer = normalizers.Sequence(([normalizers.Prepend(SPACE)] if space_prefix else [])
+                                                  + [normalizers.Replace(" ", SPACE)])
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, split=False,
+                                                         prepend_scheme="first" if space_prefix else "never")
     backend.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if space_prefix else []))
     return backend

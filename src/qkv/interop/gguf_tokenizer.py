@@ -31,7 +31,7 @@ from tokenizers import Tokenizer as Backend
 
 from ..errors import CheckpointError
 from ..tokenizers import Tokenizer
-from .gguf_sentencepiece import CONTROL, UNKNOWN, USER_DEFINED, sentencepiece_backend
+from .gguf_sentencepiece import CONTROL, UNKNOWN, USER_DEFINED, sentencepiece_backend, spelled_for
 
 # Split rules by ``tokenizer.ggml.pre``: the regexes llama.cpp applies before byte-level BPE, which are the
 # ones in the models' own tokenizer.json. Only tags whose rule a test checks (tests/test_gguf_pretokenizers.py:
@@ -104,8 +104,12 @@ def _special_ids(f, n_tokens: int) -> dict[str, int | None]:
     return ids
 
 
-def tokenizer_from_gguf(f) -> Tokenizer | None:
-    """``qkv.Tokenizer`` from a ``GGUFFile``'s metadata; None when the file carries no vocabulary."""
+def tokenizer_from_gguf(f, arch: str | None = None) -> Tokenizer | None:
+    """``qkv.Tokenizer`` from a ``GGUFFile``'s metadata; None when the file carries no vocabulary.
+
+    arch: the architecture whose SentencePiece rule applies (gguf_sentencepiece); None: the file's own
+    ``general.architecture``."""
+    arch = arch or f.arch or "llama"
     kind = f.get("tokenizer.ggml.model")
     if kind is None:
         return None
@@ -116,7 +120,7 @@ def tokenizer_from_gguf(f) -> Tokenizer | None:
     if tokens is None:
         raise CheckpointError(f"{f.path} names a {kind!r} tokenizer but has no tokenizer.ggml.tokens; the file is "
                               f"damaged: convert the model again")
-    tokens = list(tokens)
+    tokens, original = list(tokens), list(tokens)
     types = list(f.get("tokenizer.ggml.token_type", [1] * len(tokens)))
     ids = _special_ids(f, len(tokens))
     if kind == "gpt2":
@@ -124,14 +128,16 @@ def tokenizer_from_gguf(f) -> Tokenizer | None:
     else:
         unk = ids["unknown"] if ids["unknown"] is not None else next(
             (i for i, k in enumerate(types) if k == UNKNOWN), None)
-        backend = sentencepiece_backend(tokens, f.get("tokenizer.ggml.scores"), types, _merges(f),
-                                        None if unk is None else tokens[unk],
-                                        bool(f.get("tokenizer.ggml.add_space_prefix", True)), f.path)
+        tokens, scores = spelled_for(arch, tokens, f.get("tokenizer.ggml.scores"))
+        backend = sentencepiece_backend(tokens, scores, types, _merges(f), None if unk is None else tokens[unk],
+                                        bool(f.get("tokenizer.ggml.add_space_prefix", True)), f.path, arch)
     named = {ids[key] for key in ("bos", "eos", "padding", "unknown") if ids[key] is not None}
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                 for i, (t, k) in enumerate(zip(tokens, types)) if k == CONTROL or i in named])
+    # a user-defined piece respelled for Gemma ("  " -> "▁▁") stays a vocabulary piece, as in transformers
     backend.add_tokens([AddedToken(t, special=False, normalized=False)
-                        for i, (t, k) in enumerate(zip(tokens, types)) if k == USER_DEFINED and i not in named])
+                        for i, (t, k) in enumerate(zip(tokens, types))
+                        if k == USER_DEFINED and i not in named and t == original[i]])
     names = {"bos_token": "bos", "eos_token": "eos", "pad_token": "padding", "unk_token": "unknown"}
     specials = {name: tokens[ids[key]] for name, key in names.items() if ids[key] is not None}
     # llama.cpp (and transformers) start a SentencePiece prompt with bos unless the file says otherwise
