@@ -41,9 +41,9 @@ as transformers' GGUF reader does (``integrations/gguf/gguf_tokenizer_mapping.py
                      after each special token included), so " hi" -> ▁▁hi where Llama gives ▁hi
     others           the Llama rule above
 
-llama.cpp differs for Phi-3 on text after a special token only when SentencePiece would not prefix it; it
-also honours ``add_space_prefix``, which transformers ignores: qkv follows transformers for these three
-architectures (and keeps Gemma's "no prefix" whatever the flag says).
+llama.cpp has no such per-architecture rule (it prefixes by ``add_space_prefix``, which transformers' reader
+ignores), so on some texts (Phi-3's " hi", a Gemma file whose flag says true) its ids differ from these: qkv
+follows transformers for these three architectures, and keeps Gemma's "no prefix" whatever the flag says.
 
 Token types (llama.cpp's numbering, which is SentencePiece's): 1 normal, 2 unknown, 3 control (<s>, </s>:
 special tokens, matched whole in text), 4 user-defined (matched whole, not special), 5 unused, 6 byte
