@@ -78,3 +78,20 @@ def pytest_sessionfinish(session, exitstatus):
         reporter.write_line(f"CI=true: {len(skipped)} skipped test(s) fail the run; add the missing "
                             f"dependency to the dev extra in pyproject.toml", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def transformers():
+    """transformers, the reference most parity tests hold qkv to (skipped only where it is truly absent)."""
+    tf = pytest.importorskip("transformers")
+    tf.logging.set_verbosity_error()
+    return tf
+
+
+@pytest.fixture(scope="session")
+def sp_files(transformers, tmp_path_factory):
+    """SentencePiece models trained here, each written into a GGUF with random weights (gguf_fixtures)."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("sentencepiece")
+    from gguf_fixtures import write_sentencepiece_files
+    return write_sentencepiece_files(transformers, tmp_path_factory.mktemp("sp"))

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from gguf_fixtures import CHATML, bpe_vocab, permute, write_vocab
+from gguf_fixtures import CHATML, add_tensor, bpe_vocab, finish, permute, write_vocab
 
 ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
         "gemma2": "gemma2", "gemma3_text": "gemma3"}
@@ -106,19 +105,8 @@ def write_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, name: 
             t = permute(t, cfg.num_key_value_heads)
         if arch.startswith("gemma") and gguf_name.endswith("norm.weight"):
             t = t + 1                                        # the converter stores Gemma's (1 + w)
-        kind = next((k for part, k in (kinds or {}).items() if f"{part}." in gguf_name or gguf_name.startswith(part)),
-                    "F32")
-        if kind == "F32" or t.ndim == 1:
-            w.add_tensor(gguf_name, np.ascontiguousarray(t, dtype=np.float32))
-        elif kind == "F16":
-            w.add_tensor(gguf_name, np.ascontiguousarray(t, dtype=np.float16))
-        else:
-            qtype = gguf.GGMLQuantizationType[kind]
-            w.add_tensor(gguf_name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        add_tensor(w, gguf_name, t, kinds)
+    finish(w)
     return path
 
 

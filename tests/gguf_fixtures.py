@@ -179,17 +179,29 @@ def write_llama_gguf(path: Path, hf_model, kinds: dict[str, str] | None = None, 
             t = permute(t, H)
         if ".attn_k." in name:
             t = permute(t, G)
-        kind = next((k for part, k in (kinds or {}).items() if f"{part}." in name or name.startswith(part)), "F32")
-        if kind == "F32" or t.ndim == 1:
-            w.add_tensor(name, np.ascontiguousarray(t, dtype=np.float32))
-        else:
-            qtype = gguf.GGMLQuantizationType[kind]
-            w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+        add_tensor(w, name, t, kinds)
+    finish(w)
+    return path
+
+
+def add_tensor(w, name: str, t: np.ndarray, kinds: dict[str, str] | None) -> None:
+    """One tensor in the type ``kinds`` gives the first name part it matches (F32 otherwise; 1-D always)."""
+    kind = next((k for part, k in (kinds or {}).items() if f"{part}." in name or name.startswith(part)), "F32")
+    if kind == "F32" or t.ndim == 1:
+        w.add_tensor(name, np.ascontiguousarray(t, dtype=np.float32))
+    elif kind == "F16":
+        w.add_tensor(name, np.ascontiguousarray(t, dtype=np.float16))
+    else:
+        import gguf
+        qtype = gguf.GGMLQuantizationType[kind]
+        w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+
+
+def finish(w) -> None:
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
 
 
 def random_llama(transformers, vocab: int = 320, tie: bool = True, seed: int = 0, **options):

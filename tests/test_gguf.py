@@ -28,11 +28,6 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def transformers():
-    return pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
 def files(transformers, tmp_path_factory):
     """{name: (directory, hf model)}: an F32 file, and files whose matrices are Q8_0 / Q4_0 / Q4_1."""
     d = tmp_path_factory.mktemp("gguf")

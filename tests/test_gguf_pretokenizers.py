@@ -23,11 +23,6 @@ AS_QWEN2 = {"stablelm2"}
 
 
 @pytest.fixture(scope="module")
-def transformers():
-    return pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
 def hf(transformers):
     return random_llama(transformers)
 

@@ -13,27 +13,17 @@ from qkv import CheckpointError
 from qkv.cli import main
 
 from gguf_fixtures import (SENTENCEPIECE_FILES as FILES, SP_PLAIN as PLAIN, SP_SPECIAL as SPECIAL, random_llama,
-                           sentencepiece_metadata, train_sentencepiece, write_llama_gguf, write_sentencepiece_files)
+                           sentencepiece_metadata, train_sentencepiece, write_llama_gguf)
 
 gguf = pytest.importorskip("gguf")
 spm = pytest.importorskip("sentencepiece")
-@pytest.fixture(scope="module")
-def transformers():
-    return pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
-def files(transformers, tmp_path_factory):
-    return write_sentencepiece_files(transformers, tmp_path_factory.mktemp("sp"))
-
-
 def _theirs(transformers, d):
     return transformers.AutoTokenizer.from_pretrained(d, gguf_file="m.gguf")
 
 
 @pytest.mark.parametrize("name", ["unigram", "bpe"])
-def test_ids_and_text_match_transformers(transformers, files, name):
-    d, _ = files[name]
+def test_ids_and_text_match_transformers(transformers, sp_files, name):
+    d, _ = sp_files[name]
     theirs, ours = _theirs(transformers, d), qkv.load(d / "m.gguf").tokenizer
     assert ours.kind == "sentencepiece" and ours.vocab_size == len(theirs)
     assert (ours.bos_id, ours.eos_id, ours.pad_id, ours.unk_id) == \
@@ -50,11 +40,11 @@ def test_ids_and_text_match_transformers(transformers, files, name):
 
 
 @pytest.mark.parametrize("name", ["bpe", "bpe-no-prefix"])
-def test_sentencepiece_bpe_ids_are_sentencepieces(files, name):
+def test_sentencepiece_bpe_ids_are_sentencepieces(sp_files, name):
     """A SentencePiece BPE's scores are its merge order: the ids are the model's own. Without the prefix
     space (add_space_prefix false, which transformers' reader ignores) on every text; with it, on texts
     that do not start with a space (there qkv follows transformers, see gguf_sentencepiece)."""
-    d, sp = files[name]
+    d, sp = sp_files[name]
     ours = qkv.load(d / "m.gguf").tokenizer
     prefix = FILES[name][2]
     for text in PLAIN:
@@ -63,18 +53,18 @@ def test_sentencepiece_bpe_ids_are_sentencepieces(files, name):
             assert ours.decode(ours.encode(text)) == sp.decode(sp.encode(text))
 
 
-def test_unigram_segmentation_is_the_greedy_one(transformers, files):
+def test_unigram_segmentation_is_the_greedy_one(transformers, sp_files):
     """A unigram file is tokenized by best-scoring merges, not SentencePiece's most probable segmentation:
     the same pieces, other ids on some words (as llama.cpp and transformers do)."""
-    d, sp = files["unigram"]
+    d, sp = sp_files["unigram"]
     ours = qkv.load(d / "m.gguf").tokenizer
     differ = [t for t in PLAIN if t[:1] not in ("", " ", "▁") and ours.encode(t) != sp.encode(t)]
     assert differ and all(ours.decode(ours.encode(t)) == sp.decode(sp.encode(t)) for t in differ)
 
 
 @pytest.mark.parametrize("name", list(FILES))
-def test_logits_match_transformers(transformers, files, name):
-    d, _ = files[name]
+def test_logits_match_transformers(transformers, sp_files, name):
+    d, _ = sp_files[name]
     theirs = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file="m.gguf").eval()
     ours = qkv.load(d / "m.gguf")
     ids = torch.tensor([ours.tokenizer.prompt_ids(PLAIN[0] + " " + PLAIN[11])])
@@ -96,9 +86,9 @@ def test_without_byte_pieces_a_missing_character_is_unk(transformers, tmp_path):
     assert _theirs(transformers, tmp_path)("𝕏y", add_special_tokens=False).input_ids == [sp.piece_to_id("▁y")]
 
 
-def test_saved_and_read_back_it_is_the_same_tokenizer(files, tmp_path):
+def test_saved_and_read_back_it_is_the_same_tokenizer(sp_files, tmp_path):
     """A run fine-tuned from a GGUF keeps its tokenizer as tokenizer.json + tokenizer_config.json."""
-    ours = qkv.load(files["bpe"][0] / "m.gguf").tokenizer
+    ours = qkv.load(sp_files["bpe"][0] / "m.gguf").tokenizer
     ours.save(tmp_path / "tokenizer.json")
     back = qkv.Tokenizer.from_dir(tmp_path)
     assert (back.kind, back.add_bos, back.add_eos, back.bos_id, back.eos_id) == ("sentencepiece", False, True, 0, 1)
@@ -140,14 +130,14 @@ def _damaged(src, dst, **changes):
     ({"token_type": [1] * 776}, "tokenizer.ggml.token_type has 776 entries"),
     ({"tokens": None}, "has no tokenizer.ggml.tokens"),
 ])
-def test_damaged_vocabularies_are_one_clear_error(files, tmp_path, change, phrase):
-    bad = _damaged(files["unigram"][0] / "m.gguf", tmp_path / "bad.gguf", **change)
+def test_damaged_vocabularies_are_one_clear_error(sp_files, tmp_path, change, phrase):
+    bad = _damaged(sp_files["unigram"][0] / "m.gguf", tmp_path / "bad.gguf", **change)
     with pytest.raises(CheckpointError, match=phrase):
         qkv.load(bad)
 
 
-def test_misspelt_byte_piece_and_bad_type(files, tmp_path):
-    src = files["unigram"][0] / "m.gguf"
+def test_misspelt_byte_piece_and_bad_type(sp_files, tmp_path):
+    src = sp_files["unigram"][0] / "m.gguf"
     tokens = list(gguf.GGUFReader(str(src)).fields["tokenizer.ggml.tokens"].contents())
     types = list(gguf.GGUFReader(str(src)).fields["tokenizer.ggml.token_type"].contents())
     at = tokens.index("<0x41>")
@@ -157,8 +147,8 @@ def test_misspelt_byte_piece_and_bad_type(files, tmp_path):
         qkv.load(_damaged(src, tmp_path / "b.gguf", token_type=types[:7] + [9] + types[8:]))
 
 
-def test_command_line_refuses_a_damaged_vocabulary_in_one_line(files, tmp_path, capsys):
-    bad = _damaged(files["unigram"][0] / "m.gguf", tmp_path / "bad.gguf", scores=[0.0] * 3)
+def test_command_line_refuses_a_damaged_vocabulary_in_one_line(sp_files, tmp_path, capsys):
+    bad = _damaged(sp_files["unigram"][0] / "m.gguf", tmp_path / "bad.gguf", scores=[0.0] * 3)
     assert main(["generate", str(bad), "--prompt", "a"]) == 2
     err = capsys.readouterr().err
     assert "tokenizer.ggml.scores has 3 entries" in err and "Traceback" not in err and err.count("\n") == 1

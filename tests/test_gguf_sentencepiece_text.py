@@ -10,20 +10,10 @@ import qkv
 from qkv.cli import main
 from qkv.text_stream import TextStream
 
-from gguf_fixtures import SP_PLAIN as PLAIN, SP_SPECIAL as SPECIAL, write_sentencepiece_files
+from gguf_fixtures import SP_PLAIN as PLAIN, SP_SPECIAL as SPECIAL
 
 pytest.importorskip("gguf")
 pytest.importorskip("sentencepiece")
-
-
-@pytest.fixture(scope="module")
-def transformers():
-    return pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
-def files(transformers, tmp_path_factory):
-    return write_sentencepiece_files(transformers, tmp_path_factory.mktemp("sp"))
 
 
 def _theirs(transformers, d):
@@ -39,10 +29,10 @@ def _greedy(model, ids: list[int], n: int) -> list[int]:
     return new
 
 
-def test_streaming_holds_back_byte_pieces(files):
+def test_streaming_holds_back_byte_pieces(sp_files):
     """Byte-fallback pieces stream as whole characters: nothing shown is U+FFFD, a character's first bytes
     show nothing, and the pieces add up to the decoded text."""
-    ours = qkv.load(files["unigram"][0] / "m.gguf").tokenizer
+    ours = qkv.load(sp_files["unigram"][0] / "m.gguf").tokenizer
     for text in PLAIN + SPECIAL:
         stream = TextStream(ours)
         pieces = [stream.push(i) for i in ours.encode(text)]
@@ -54,9 +44,9 @@ def test_streaming_holds_back_byte_pieces(files):
 
 
 @pytest.mark.parametrize("name", ["unigram", "bpe"])
-def test_generate_prints_what_transformers_decodes(transformers, files, name, capsys):
+def test_generate_prints_what_transformers_decodes(transformers, sp_files, name, capsys):
     """`qkv generate` on a SentencePiece file: the continuation keeps the space its first piece carries."""
-    d, _ = files[name]
+    d, _ = sp_files[name]
     prompt = "First Citizen:"
     assert main(["generate", str(d / "m.gguf"), "--prompt", prompt, "--max-new-tokens", "16", "--temperature", "0",
                  "--ignore-eos", "--threads", "1"]) == 0
@@ -68,10 +58,10 @@ def test_generate_prints_what_transformers_decodes(transformers, files, name, ca
     assert printed == want.rstrip("\ufffd") + "\n"
 
 
-def test_chat_decodes_the_reply(transformers, files):
+def test_chat_decodes_the_reply(transformers, sp_files):
     """qkv.chat's reply is the reply tokens' text, as transformers decodes them (the first piece's space,
     the template's, is not part of it)."""
-    d, _ = files["bpe-no-prefix"]
+    d, _ = sp_files["bpe-no-prefix"]
     model = qkv.load(d / "m.gguf")
     messages = [{"role": "user", "content": "Größe über 🙂?"}]
     reply = qkv.chat(model, messages, max_new_tokens=12, temperature=0, ignore_eos=True)
@@ -81,8 +71,8 @@ def test_chat_decodes_the_reply(transformers, files):
     assert reply == tok.decode(_greedy(theirs, ids, 12)).rstrip("\ufffd")
 
 
-def test_chat_command_streams_the_reply(files, monkeypatch, capsys):
-    d, _ = files["unigram"]
+def test_chat_command_streams_the_reply(sp_files, monkeypatch, capsys):
+    d, _ = sp_files["unigram"]
     monkeypatch.setattr("sys.stdin", io.StringIO("Größe 🙂 𝕏?\n/exit\n"))
     assert main(["chat", str(d / "m.gguf"), "--max-new-tokens", "12", "--temperature", "0", "--ignore-eos",
                  "--threads", "1"]) == 0
@@ -93,12 +83,12 @@ def test_chat_command_streams_the_reply(files, monkeypatch, capsys):
     assert "sentencepiece" in capsys.readouterr().out
 
 
-def test_server_completion_is_qkv_generates_text(files):
+def test_server_completion_is_qkv_generates_text(sp_files):
     """/v1/completions continues the prompt as `qkv generate` does, the first piece's space kept."""
     pytest.importorskip("fastapi")
     from qkv.serve import ServeConfig, create_app
     from serving import request, running
-    model = qkv.load(files["unigram"][0] / "m.gguf")
+    model = qkv.load(sp_files["unigram"][0] / "m.gguf")
     want = qkv.generate(model, model.tokenizer, "First Citizen:", max_new_tokens=12, temperature=0, ignore_eos=True)
     with running(create_app(model, ServeConfig(model_name="m"))) as url:
         status, reply = request(url, "POST", "/v1/completions", {"model": "m", "prompt": "First Citizen:",
@@ -108,9 +98,9 @@ def test_server_completion_is_qkv_generates_text(files):
     assert want[:1] == " "                              # the case that needs the prompt's last token
 
 
-def test_an_empty_prompt_starts_a_text(transformers, files):
+def test_an_empty_prompt_starts_a_text(transformers, sp_files):
     """After bos alone (an empty prompt) the text starts afresh: no space in front, as transformers decodes."""
-    d, _ = files["unigram"]
+    d, _ = sp_files["unigram"]
     model = qkv.load(d / "m.gguf")
     text = qkv.generate(model, model.tokenizer, "", max_new_tokens=8, temperature=0, ignore_eos=True)
     new = _greedy(model, [model.tokenizer.bos_id], 8)

@@ -23,13 +23,6 @@ TEXTS = ["Hello world!", "The cat sat on the mat.", "Naïve CAFÉ owners playing
 PAIRS = [("The cat", "sat on the mat"), ("hello", "Naïve world!"), ("dogs playing", "unknownword ?")]
 
 
-@pytest.fixture(scope="module")
-def transformers():
-    tf = pytest.importorskip("transformers")
-    tf.logging.set_verbosity_error()
-    return tf
-
-
 def hf_config(transformers, **overrides):
     # A wide init (0.2, not BERT's 0.02): at 0.02 attention is nearly uniform (max probability 0.087 for 12
     # keys) and a wrong scale or head split would move hidden states by less than the tolerance; at 0.2 the

@@ -22,11 +22,6 @@ CORPUS = ["the quick brown fox jumps over the lazy dog; hello world, hello there
 
 
 @pytest.fixture(scope="module")
-def transformers():
-    return pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
 def hf_model(transformers):
     torch.manual_seed(0)
     # A wide init spreads the logits, so greedy decoding has no near-ties for float noise to flip.

@@ -19,11 +19,6 @@ from qkv.generate import GenerationConfig, generate_ids
 V = 120
 
 
-@pytest.fixture(scope="module")
-def transformers():
-    return pytest.importorskip("transformers")
-
-
 def _hf_model(transformers, kind: str, **extra):
     torch.manual_seed(0)
     common = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,

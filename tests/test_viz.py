@@ -26,13 +26,6 @@ CHARS = "abcdefghijklmnopqrstuvwxyz .,$\n"
 
 
 @pytest.fixture(scope="module")
-def transformers():
-    tf = pytest.importorskip("transformers")
-    tf.logging.set_verbosity_error()
-    return tf
-
-
-@pytest.fixture(scope="module")
 def gpt():
     tok = Tokenizer.train_char(CHARS, special_tokens=["<eos>"])
     torch.manual_seed(0)
