@@ -13,7 +13,11 @@ tests, so one module takes minutes, not hours. Not part of CI: it is slow.
 Two things mutmut does not do by itself, added here:
 - it leaves decorated functions alone; functions decorated only with ``torch.inference_mode()`` or
   ``torch.no_grad()`` (the decode loops and the beam search) are mutated too, the decorator kept;
-- tests that start a fresh ``python`` (kill -9 during a save) import the mutated copy (PYTHONPATH).
+- tests that start a fresh ``python`` (kill -9 during a save, ``qkv serve`` stopped by SIGTERM) import the
+  mutated copy (PYTHONPATH), and what such a process calls counts as covered by the test that started it;
+- a test's calls are recorded after its teardown, not before: mutmut picks the tests to run against a mutant
+  from which tests called its function, and a server's shutdown (``Engine.stop``, the engine thread's last
+  events, uvicorn's exit) runs when a fixture is torn down, which mutmut would credit to the next test.
 """
 
 from __future__ import annotations
@@ -48,18 +52,19 @@ MODULES = {
                       "tests/test_quant.py::test_swap_save_and_load_round_trip"],
     "rundir.py": ["tests/test_rundir.py", "tests/test_checkpoint.py"],
     # serving: the server through the openai client and raw HTTP; batching and the engine's rows
-    "serve/app.py": ["tests/test_serve.py", "tests/test_grammar.py::test_server_response_format"],
-    "serve/routes.py": ["tests/test_serve.py", "tests/test_serve_routes.py",
+    "serve/app.py": ["tests/test_serve.py", "tests/test_serve_hardening.py", "tests/test_serve_routes.py",
+                     "tests/test_serve_batching.py", "tests/test_grammar.py::test_server_response_format"],
+    "serve/routes.py": ["tests/test_serve.py", "tests/test_serve_routes.py", "tests/test_serve_hardening.py",
                         "tests/test_grammar.py::test_server_response_format"],
-    "serve/responses.py": ["tests/test_serve_routes.py", "tests/test_serve.py"],
+    "serve/responses.py": ["tests/test_serve_routes.py", "tests/test_serve.py", "tests/test_serve_hardening.py"],
     "serve/openai_api.py": ["tests/test_serve.py", "tests/test_grammar.py::test_server_response_format"],
-    "serve/schemas.py": ["tests/test_serve.py"],
-    "serve/config.py": ["tests/test_serve.py", "tests/test_serve_batching.py"],
-    "serve/engine.py": ["tests/test_serve_batching.py", "tests/test_serve.py"],
+    "serve/schemas.py": ["tests/test_serve.py", "tests/test_serve_hardening.py", "tests/test_serve_routes.py"],
+    "serve/config.py": ["tests/test_serve.py", "tests/test_serve_batching.py", "tests/test_serve_hardening.py"],
+    "serve/engine.py": ["tests/test_serve_batching.py", "tests/test_serve.py", "tests/test_serve_hardening.py"],
     "serve/rows.py": ["tests/test_serve_batching.py", "tests/test_serve.py"],
-    "serve/events.py": ["tests/test_serve_batching.py", "tests/test_serve.py"],
-    "serve/prometheus.py": ["tests/test_serve.py"],
-    "serve/middleware.py": ["tests/test_serve.py"],
+    "serve/events.py": ["tests/test_serve_batching.py", "tests/test_serve.py", "tests/test_serve_routes.py"],
+    "serve/prometheus.py": ["tests/test_serve.py", "tests/test_serve_batching.py"],
+    "serve/middleware.py": ["tests/test_serve.py", "tests/test_serve_hardening.py"],
     # quantization: the modules, the swap, GGUF's blocks
     "quant/__init__.py": ["tests/test_quant.py"],
     "quant/linear.py": ["tests/test_quant.py", "tests/test_gguf.py::test_quantized_load_keeps_blocks_and_stays_close",
@@ -72,7 +77,8 @@ MODULES = {
     "interop/gguf_tokenizer.py": ["tests/test_gguf.py::test_tokenizer_and_chat_template_match_transformers",
                                   "tests/test_gguf.py::test_unsupported_tensor_type_and_tokenizer",
                                   "tests/test_gguf_options.py::test_special_ids_and_add_bos_come_from_the_file"],
-    "interop/hf_files.py": ["tests/test_hf_llama.py", "tests/test_hf_gpt2.py", "tests/test_hf_bert.py"],
+    "interop/hf_files.py": ["tests/test_hf_llama.py", "tests/test_hf_gpt2.py", "tests/test_hf_bert.py",
+                            "tests/test_hf_vision.py"],
     "interop/hf_gpt2.py": ["tests/test_hf_gpt2.py"],
     "interop/hf_bert.py": ["tests/test_hf_bert.py"],
     "interop/hf_llama.py": ["tests/test_hf_llama.py"],
@@ -89,11 +95,15 @@ MODULES = {
 DESELECT = {"translate.py": "not copy_task", "nn/kv_cache.py": "not copy_task"}
 
 PATCH = r'''
+import os
 import sys
+from pathlib import Path
+
 import libcst as cst
 from mutmut.mutation import file_mutation
 
 GRAD_MODES = ("torch.inference_mode()", "torch.no_grad()")
+HITS = Path(os.environ["QKV_MUTATION_HITS"])
 original = file_mutation.MutationVisitor._skip_node_and_children
 
 
@@ -106,10 +116,63 @@ def skip(self, node):
 
 
 file_mutation.MutationVisitor._skip_node_and_children = skip
-from mutmut.__main__ import cli
+
+from mutmut.runners import harness  # noqa: E402
+from mutmut.state import state  # noqa: E402
+
+execute_pytest = harness.PytestRunner.execute_pytest
+
+
+def after_teardown(record, hits):
+    """``record`` (mutmut's per-test bookkeeping of trampoline hits) run after the test's teardown, with the
+    hits of the fresh Pythons the test started (files in ``hits``) added."""
+    import pytest
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(item, nextitem):
+        yield
+        for f in sorted(hits.glob("*.txt")):
+            state()._stats.update(f.read_text().split())
+            f.unlink()
+        record(item, nextitem)
+    return pytest_runtest_teardown
+
+
+def execute(self, params, **kwargs):
+    for plugin in kwargs.get("plugins") or ():
+        record = getattr(plugin, "pytest_runtest_teardown", None)
+        if record is not None and not hasattr(record, "pytest_impl"):
+            plugin.pytest_runtest_teardown = after_teardown(record, HITS)
+    return execute_pytest(self, params, **kwargs)
+
+
+harness.PytestRunner.execute_pytest = execute
+from mutmut.__main__ import cli  # noqa: E402
 sys.argv = ["mutmut", *sys.argv[1:]]
 cli()
 '''
+
+
+# Imported by every fresh Python a test starts (it is on their PYTHONPATH): while mutmut collects which tests
+# call which functions, the functions such a process calls are written to QKV_MUTATION_HITS/<pid>.txt as they
+# are first called (a server killed by a signal runs no atexit), and credited to the test that started it.
+SITECUSTOMIZE = """
+import os
+
+if os.environ.get("MUTANT_UNDER_TEST") == "stats" and os.environ.get("QKV_MUTATION_HITS"):
+    import mutmut.mutation.trampoline as _trampoline
+
+    _seen = set()
+    _path = os.path.join(os.environ["QKV_MUTATION_HITS"], str(os.getpid()) + ".txt")
+
+    def _record(name, caller=None):
+        if name not in _seen:
+            _seen.add(name)
+            with open(_path, "a") as f:
+                f.write(name + "\\n")
+
+    _trampoline.record_trampoline_hit = _record
+"""
 
 
 def scratch_copy(module: str, tests: list[str], work: Path) -> Path:
@@ -154,7 +217,10 @@ def run_module(module: str, workers: int, work_root: Path, collect_only: bool = 
         scratch_copy(module, MODULES[module], work)
         # Made before Python starts: a PYTHONPATH entry missing at start-up is never searched again.
         (work / "mutants" / "src").mkdir(parents=True)
-        env = {**os.environ, "PYTHONPATH": str(work / "mutants" / "src"), "CI": ""}
+        (work / "mutants" / "src" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        (work / "hits").mkdir()
+        env = {**os.environ, "PYTHONPATH": str(work / "mutants" / "src"), "CI": "",
+               "QKV_MUTATION_HITS": str(work / "hits")}
         env.pop("PYTEST_ADDOPTS", None)
         with open(log, "w") as out:
             subprocess.run([sys.executable, "-c", PATCH, "run", "--max-children", str(workers)], cwd=work,
