@@ -175,7 +175,7 @@ if os.environ.get("MUTANT_UNDER_TEST") == "stats" and os.environ.get("QKV_MUTATI
 """
 
 
-def scratch_copy(module: str, tests: list[str], work: Path) -> Path:
+def scratch_copy(module: str, tests: list[str], work: Path, timeout_multiplier: float = 15.0) -> Path:
     """The repository's files (as in the work tree) in ``work``, with a mutmut config for one module."""
     if work.exists():
         shutil.rmtree(work)
@@ -198,6 +198,7 @@ def scratch_copy(module: str, tests: list[str], work: Path) -> Path:
     (work / "setup.cfg").write_text(f"""[mutmut]
 source_paths = src
 only_mutate = src/qkv/{module}
+timeout_multiplier = {timeout_multiplier}
 pytest_add_cli_args_test_selection =
     {selection}
 pytest_add_cli_args =
@@ -209,12 +210,13 @@ pytest_add_cli_args =
     return work
 
 
-def run_module(module: str, workers: int, work_root: Path, collect_only: bool = False) -> dict:
+def run_module(module: str, workers: int, work_root: Path, collect_only: bool = False,
+               timeout_multiplier: float = 15.0) -> dict:
     """Mutate ``module`` and test every mutant (or, with ``collect_only``, read a finished run's results)."""
     work = work_root / module.replace("/", "_").removesuffix(".py")
     log = work / "mutmut.log"
     if not collect_only:
-        scratch_copy(module, MODULES[module], work)
+        scratch_copy(module, MODULES[module], work, timeout_multiplier)
         # Made before Python starts: a PYTHONPATH entry missing at start-up is never searched again.
         (work / "mutants" / "src").mkdir(parents=True)
         (work / "mutants" / "src" / "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -236,6 +238,7 @@ def run_module(module: str, workers: int, work_root: Path, collect_only: bool = 
     killed = sum(s in ("killed", "timeout", "segfault") for s in status.values())
     survivors = sorted(name for name, s in status.items() if s not in ("killed", "timeout", "segfault"))
     return {"module": module, "mutants": len(status), "killed": killed,
+            "timeouts": sum(s == "timeout" for s in status.values()),
             "score": round(killed / max(len(status), 1), 4), "survivors": {n: status[n] for n in survivors},
             "work": str(work)}
 
@@ -247,6 +250,10 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(ROOT / ".mutation"), help="scratch folder (one copy per module)")
     p.add_argument("--json", default=str(ROOT / ".mutation" / "results.json"), help="write the scores here")
     p.add_argument("--collect", action="store_true", help="only read the results of runs already in --work")
+    p.add_argument("--timeout-multiplier", type=float, default=15.0,
+                   help="a mutant times out (and counts as killed) after this many times its tests' clean run "
+                        "time, plus a second; mutmut's default 15 makes each mutant that hangs a server's tests "
+                        "wait minutes")
     args = p.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -254,11 +261,13 @@ def main(argv=None) -> int:
     results_path = Path(args.json)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for module in args.modules:
-        r = run_module(module, args.workers, Path(args.work), collect_only=args.collect)
+        r = run_module(module, args.workers, Path(args.work), collect_only=args.collect,
+                       timeout_multiplier=args.timeout_multiplier)
         results[module] = r
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1) + "\n")
-        print(f"{module:18} {r['killed']:4d} / {r['mutants']:4d} killed = {100 * r['score']:5.1f}%", flush=True)
+        print(f"{module:18} {r['killed']:4d} / {r['mutants']:4d} killed = {100 * r['score']:5.1f}% "
+              f"({r['timeouts']} by timeout)", flush=True)
     print(f"survivors: `mutmut show NAME` in {args.work}/<module>; scores in {results_path}")
     return 0
 
