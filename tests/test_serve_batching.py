@@ -24,6 +24,7 @@ from qkv.serve import ServeConfig, create_app
 from qkv.serve.engine import Engine, Failure, Finish, Sequence, Token
 
 from serving import TEXT, request, running, tiny_gpt
+from tiny_models import tiny_model
 
 openai = pytest.importorskip("openai")
 
@@ -229,3 +230,194 @@ def test_a_request_past_the_timeout_is_cancelled_with_504(tok):
                                 {"prompt": "the", "max_tokens": 400, "ignore_eos": True})
         assert status == 504 and "timeout" in reply["error"]["message"]
         assert wait_until(lambda: app.state.engine.batch_size == 0, 5)      # its row was freed
+
+
+class ExplodesLater(Explodes):
+    """A constraint that fails at its ``at``-th token: in a decode step, after the row has joined the batch."""
+
+    def __init__(self, at=3):
+        self.calls, self.at = 0, at
+
+    def mask(self, logits_1V):
+        self.calls += 1
+        if self.calls == self.at:
+            raise RuntimeError("boom")
+        return logits_1V
+
+
+class FailingStep(GPT):
+    """A model whose batched decode steps (one new token per row, ``fail`` of them) raise."""
+    fail = 0
+
+    def forward(self, ids_BL, *args, **kwargs):
+        if ids_BL.shape[1] == 1 and FailingStep.fail:
+            FailingStep.fail -= 1
+            raise RuntimeError("the step broke")
+        return super().forward(ids_BL, *args, **kwargs)
+
+
+class RowsThatBreakOnce:
+    """Wraps an engine's BatchRows; its first ``keep`` (a row leaving) raises, outside any one request."""
+
+    def __init__(self, rows):
+        self.rows, self.broke = rows, False
+
+    def __getattr__(self, name):
+        return getattr(self.rows, name)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def keep(self, rows):
+        if not self.broke:
+            self.broke = True
+            raise RuntimeError("the rows broke")
+        self.rows.keep(rows)
+
+
+CFG8 = GenerationConfig(max_new_tokens=8, temperature=0, ignore_eos=True)
+
+
+def run_until_idle(engine, seqs, timeout=20):
+    """Submit; every event of each sequence, collected until the engine has no row and no waiting sequence
+    (so that events a failed row might still send are seen)."""
+    inbox = queue.Queue()
+    for i, s in enumerate(seqs):
+        s.emit = lambda ev, i=i: inbox.put((i, ev))
+    engine.submit(seqs)
+    events = [[] for _ in seqs]
+    while not all(e and not isinstance(e[-1], Token) for e in events):
+        i, ev = inbox.get(timeout=timeout)
+        events[i].append(ev)
+    assert wait_until(lambda: engine.batch_size == 0 and engine.queue_length == 0)
+    time.sleep(0.1)
+    while not inbox.empty():
+        i, ev = inbox.get()
+        events[i].append(ev)
+    return events
+
+
+def text_and_ends(events):
+    """(the text, the non-Token events) of one sequence's events."""
+    return "".join(e.text for e in events if isinstance(e, Token)), [e for e in events if not isinstance(e, Token)]
+
+
+def test_a_row_that_fails_in_a_decode_step_fails_alone_and_leaves(tok, caplog):
+    model = tiny_gpt(tok)
+    engine = Engine(model, max_batch=4).start()
+    try:
+        seqs = [Sequence(encode_prompt(tok, "the"), CFG8),
+                Sequence(encode_prompt(tok, "the"), CFG8, constraint=ExplodesLater(at=3)),
+                Sequence(encode_prompt(tok, "a cat"), CFG8)]
+        (t0, e0), (t1, e1), (t2, e2) = map(text_and_ends, run_until_idle(engine, seqs))
+        assert e1 == [Failure("RuntimeError: boom")]             # the failed row sent nothing after it
+        assert t0 == generate(model, tok, "the", CFG8) and t2 == generate(model, tok, "a cat", CFG8)
+        assert e0 == e2 == [Finish("length", 8)] and engine.thread.is_alive()
+    finally:
+        engine.stop()
+    assert "request failed while sampling" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_failing_decode_step_fails_its_batch_and_the_loop_goes_on(tok, caplog):
+    model = tiny_model(FailingStep, tok.vocab_size, max_len=96)
+    model.tokenizer = tok
+    engine = Engine(model, max_batch=4).start()
+    try:
+        FailingStep.fail = 1
+        events = run_until_idle(engine, [Sequence(encode_prompt(tok, p), CFG8) for p in ("the", "a cat")])
+        assert [text_and_ends(e)[1] for e in events] == [[Failure("RuntimeError: the step broke")]] * 2
+        texts, ends = run_engine(engine, [Sequence(encode_prompt(tok, "the"), CFG8)], 20)    # served again
+        assert texts == [generate(model, tok, "the", CFG8)] and isinstance(ends[0], Finish)
+    finally:
+        FailingStep.fail = 0
+        engine.stop()
+    assert "a batched decode step failed" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_failure_outside_any_request_fails_the_batch_and_the_loop_goes_on(tok, caplog):
+    model = tiny_gpt(tok)
+    engine = Engine(model, max_batch=4)
+    engine.rows = RowsThatBreakOnce(engine.rows)
+    engine.start()
+    try:
+        seqs = [Sequence(encode_prompt(tok, "the"), GenerationConfig(max_new_tokens=2, temperature=0,
+                                                                      ignore_eos=True)),
+                Sequence(encode_prompt(tok, "a cat"), CFG8)]
+        texts, ends = run_engine(engine, seqs, timeout=20)        # the first leaves: the rows break
+        assert isinstance(ends[0], Finish) and ends[1].message == "RuntimeError: the rows broke"
+        assert engine.batch_size == 0
+        texts, ends = run_engine(engine, [Sequence(encode_prompt(tok, "a cat"), CFG8)], 20)
+        assert texts == [generate(model, tok, "a cat", CFG8)] and isinstance(ends[0], Finish)
+    finally:
+        engine.stop()
+    assert "the decode loop failed" in [r.getMessage() for r in caplog.records]
+
+
+def test_stop_fails_the_running_and_the_waiting_sequences(tok):
+    torch.manual_seed(0)
+    model = SlowGPT(ModelConfig(vocab_size=tok.vocab_size, max_len=512, n_layers=1, d_model=32, n_heads=4)).eval()
+    model.tokenizer = tok
+    engine = Engine(model, max_batch=1).start()
+    inbox = queue.Queue()
+    seqs = [Sequence(encode_prompt(tok, "the"), GenerationConfig(max_new_tokens=400, ignore_eos=True),
+                     emit=lambda ev, i=i: inbox.put((i, ev))) for i in range(2)]
+    engine.submit(seqs)
+    assert wait_until(lambda: engine.batch_size == 1 and engine.queue_length == 1)
+    engine.stop()
+    assert not engine.thread.is_alive()
+    ends = {}
+    while not inbox.empty():
+        i, ev = inbox.get()
+        if not isinstance(ev, Token):
+            ends[i] = ev
+    assert ends == {0: Failure("the server is shutting down"), 1: Failure("the server is shutting down")}
+
+
+def test_events_carry_logprobs_only_when_asked_and_the_callbacks_count_tokens_once(tok):
+    model = tiny_gpt(tok)
+    engine = Engine(model, max_batch=4)
+    rates, firsts = [], []
+    engine.on_tokens, engine.on_first_token = rates.append, firsts.append
+    engine.start()
+    tokens, ends = {0: [], 1: [], 2: [], 3: []}, {}
+    inbox = queue.Queue()
+    started = time.monotonic()
+    eos = GenerationConfig(max_new_tokens=8, temperature=0, logit_bias={tok.eos_id: 100.0})
+    seqs = [Sequence(encode_prompt(tok, "the"), CFG8), Sequence(encode_prompt(tok, "the"), CFG8, logprobs=True),
+            Sequence(encode_prompt(tok, "the"), CFG8, logprobs=True, top_logprobs=2),
+            Sequence(encode_prompt(tok, "the"), eos)]
+    for i, s in enumerate(seqs):
+        s.emit = lambda ev, i=i: inbox.put((i, ev))
+    try:
+        engine.submit(seqs)
+        while len(ends) < 4:
+            i, ev = inbox.get(timeout=20)
+            if isinstance(ev, Token):
+                tokens[i].append(ev)
+            else:
+                ends[i] = ev
+    finally:
+        engine.stop()
+    elapsed = time.monotonic() - started
+    assert all(t.logprob is None and t.top is None for t in tokens[0])
+    assert all(t.logprob is not None and t.top is None for t in tokens[1])
+    assert all(len(t.top) == 2 for t in tokens[2])
+    assert not any(t.ends_turn for i in range(3) for t in tokens[i])
+    assert [(t.id, t.ends_turn) for t in tokens[3]] == [(tok.eos_id, True)] and ends[3] == Finish("stop", 1)
+    assert sum(rates) == engine.tokens_generated == 3 * 8 + 1                # one call per sampled token
+    assert len(firsts) == 4 and all(0 <= s <= elapsed for s in firsts)     # one time to first token each
+
+
+def test_the_engines_defaults_are_the_servers(tok):
+    engine = Engine(tiny_gpt(tok))
+    assert (engine.max_batch, engine.max_queue) == (ServeConfig().max_batch, ServeConfig().max_queue)
+
+
+def test_an_engine_never_keeps_the_process_alive(tmp_path):
+    """The decode loop is a daemon thread: a process that exits without stop() (a crash in the server around
+    it) exits; it does not wait for the loop forever."""
+    script = ("from qkv import GPT, ModelConfig\nfrom qkv.serve.engine import Engine\n"
+              "Engine(GPT(ModelConfig(vocab_size=10, max_len=8, n_layers=1, d_model=8, n_heads=2))).start()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
