@@ -421,3 +421,25 @@ def test_an_engine_never_keeps_the_process_alive(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-c", script], env=env, timeout=60, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
+
+
+def test_a_request_that_fails_before_or_during_prefill_fails_alone(tok, caplog):
+    """An id past the vocabulary fails a sequence where it is first read: in its repetition penalty's history
+    (before the prefill), or in the batched prefill (which is then retried one prompt at a time)."""
+    model = tiny_gpt(tok)
+    engine = Engine(model, max_batch=4).start()
+    bad = [encode_prompt(tok, "the")[0], tok.vocab_size + 5]
+    try:
+        seqs = [Sequence(encode_prompt(tok, "the"), CFG8),
+                Sequence(bad, GenerationConfig(max_new_tokens=8, temperature=0, repetition_penalty=1.2)),
+                Sequence(bad, CFG8),
+                Sequence(encode_prompt(tok, "a cat sat"), CFG8)]
+        (t0, e0), (_, e1), (_, e2), (t3, e3) = map(text_and_ends, run_until_idle(engine, seqs))
+        assert t0 == generate(model, tok, "the", CFG8) and t3 == generate(model, tok, "a cat sat", CFG8)
+        assert e0 == e3 == [Finish("length", 8)]
+        assert [len(e1), len(e2)] == [1, 1] and e1[0].message.startswith("RuntimeError: ")
+        assert e2[0].message.startswith("InputError: token ids must lie in")
+    finally:
+        engine.stop()
+    logged = [r.getMessage() for r in caplog.records]
+    assert "request failed before prefill" in logged and "request failed during prefill" in logged
