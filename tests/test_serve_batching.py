@@ -443,3 +443,20 @@ def test_a_request_that_fails_before_or_during_prefill_fails_alone(tok, caplog):
         engine.stop()
     logged = [r.getMessage() for r in caplog.records]
     assert "request failed before prefill" in logged and "request failed during prefill" in logged
+
+
+def test_a_receiver_that_is_gone_does_not_stop_the_loop(tok, caplog):
+    model = tiny_gpt(tok)
+    engine = Engine(model, max_batch=4).start()
+    gone = Sequence(encode_prompt(tok, "the"), CFG8, constraint=Explodes())
+
+    def refuse(ev):
+        raise ConnectionError("the client went away")
+    gone.emit = refuse                          # its Failure cannot be delivered
+    try:
+        engine.submit([gone])
+        texts, ends = run_engine(engine, [Sequence(encode_prompt(tok, "a cat"), CFG8)], timeout=20)
+        assert texts == [generate(model, tok, "a cat", CFG8)] and ends == [Finish("length", 8)]
+    finally:
+        engine.stop()
+    assert "could not deliver an event" in [r.getMessage() for r in caplog.records]
