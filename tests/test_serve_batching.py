@@ -257,10 +257,18 @@ class FailingStep(GPT):
 
 
 class RowsThatBreakOnce:
-    """Wraps an engine's BatchRows; its first ``keep`` (a row leaving) raises, outside any one request."""
+    """Wraps an engine's BatchRows; its first ``keep`` (a row leaving), or with ``on="add"`` its first ``add``
+    (rows joining), raises, outside any one request."""
 
-    def __init__(self, rows):
-        self.rows, self.broke = rows, False
+    def __init__(self, rows, on="keep"):
+        self.rows, self.broke = rows, on != "keep"
+        self.add_broke = on != "add"
+
+    def add(self, *args):
+        if not self.add_broke:
+            self.add_broke = True
+            raise RuntimeError("the rows broke")
+        self.rows.add(*args)
 
     def __getattr__(self, name):
         return getattr(self.rows, name)
@@ -351,6 +359,20 @@ def test_a_failure_outside_any_request_fails_the_batch_and_the_loop_goes_on(tok,
     finally:
         engine.stop()
     assert "the decode loop failed" in [r.getMessage() for r in caplog.records]
+
+
+def test_rows_that_cannot_join_the_batch_fail_and_the_loop_goes_on(tok):
+    model = tiny_gpt(tok)
+    engine = Engine(model, max_batch=4)
+    engine.rows = RowsThatBreakOnce(engine.rows, on="add")
+    engine.start()
+    try:
+        events = run_until_idle(engine, [Sequence(encode_prompt(tok, p), CFG8) for p in ("the", "a cat")])
+        assert [text_and_ends(e)[1] for e in events] == [[Failure("RuntimeError: the rows broke")]] * 2
+        texts, ends = run_engine(engine, [Sequence(encode_prompt(tok, "a cat"), CFG8)], 20)
+        assert texts == [generate(model, tok, "a cat", CFG8)] and ends == [Finish("length", 8)]
+    finally:
+        engine.stop()
 
 
 def test_stop_fails_the_running_and_the_waiting_sequences(tok):

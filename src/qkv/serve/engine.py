@@ -242,8 +242,10 @@ class Engine:
                 self._count(row)
                 if not row.done:
                     joined.append(b)
-            self.rows.add(caches, [len(r.seq.prompt_ids) for r in group], joined)
+            # running first: should adding the rows fail, the loop fails them with the batch (else their
+            # clients would wait for an event that never comes)
             self.running += [group[b] for b in joined]
+            self.rows.add(caches, [len(r.seq.prompt_ids) for r in group], joined)
 
     def _prefill(self, prompts: list[list[int]]):
         """One forward over left-padded prompts: (their caches, logits_BV of each one's last position)."""
