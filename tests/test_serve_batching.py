@@ -4,6 +4,7 @@ row; one failing request fails alone; 16 concurrent streaming clients all get th
 a stream finish. Tiny random models; bounded in count and time."""
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -54,7 +55,7 @@ PROMPTS = ["the", "the quick brown fox", "a cat sat on the mat; the dog", "dog",
 
 
 @pytest.mark.parametrize("pos", ["learned", "rope", "alibi"])
-def test_rows_that_join_and_leave_get_the_tokens_they_get_alone(tok, pos):
+def test_rows_that_join_and_leave_get_the_tokens_they_get_alone(tok, pos, caplog):
     model = tiny_gpt(tok, pos=pos, n_kv_heads=2)
     configs = [GenerationConfig(max_new_tokens=4 + 5 * (i % 4), temperature=0 if i % 2 else 0.9, seed=i,
                                 top_p=0.95, repetition_penalty=1.0 + 0.1 * (i % 3), ignore_eos=i % 3 == 0)
@@ -68,6 +69,7 @@ def test_rows_that_join_and_leave_get_the_tokens_they_get_alone(tok, pos):
     for p, c, text, end in zip(PROMPTS, configs, texts, ends):
         assert text == generate(model, tok, p, c), (p, c)
         assert isinstance(end, Finish)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []   # nothing failed quietly
 
 
 class Explodes:
