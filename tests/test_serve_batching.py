@@ -22,7 +22,7 @@ import qkv
 from qkv import GPT, ModelConfig, Tokenizer
 from qkv.generate import GenerationConfig, encode_prompt, generate
 from qkv.serve import ServeConfig, create_app
-from qkv.serve.engine import Engine, Failure, Finish, Sequence, Token
+from qkv.serve.engine import Engine, Failure, Finish, QueueFull, Sequence, Token
 
 from serving import TEXT, request, running, tiny_gpt
 from tiny_models import tiny_model
@@ -484,3 +484,39 @@ def test_a_receiver_that_is_gone_does_not_stop_the_loop(tok, caplog):
     finally:
         engine.stop()
     assert "could not deliver an event" in [r.getMessage() for r in caplog.records]
+
+
+def test_submit_checks_emit_the_queue_bound_and_shutdown(tok):
+    engine = Engine(tiny_gpt(tok), max_batch=1, max_queue=2)          # not started: the queue does not drain
+
+    def seq():
+        return Sequence(encode_prompt(tok, "the"), CFG8, emit=lambda ev: None)
+    with pytest.raises(ValueError, match=r"^set seq.emit \(where its events go\) before submitting it$"):
+        engine.submit([Sequence(encode_prompt(tok, "the"), CFG8)])
+    engine.submit([seq(), seq()])                                       # exactly max_queue fit
+    with pytest.raises(QueueFull, match="^2 sequences are waiting and the queue holds 2; retry later$"):
+        engine.submit([seq()])
+    engine.stop()
+    with pytest.raises(QueueFull, match="^the server is shutting down$"):
+        engine.submit([seq()])
+
+
+class WidestBatch(GPT):
+    """Notes the most rows any forward was given."""
+    widest = 0
+
+    def forward(self, ids_BL, *args, **kwargs):
+        WidestBatch.widest = max(WidestBatch.widest, ids_BL.shape[0])
+        return super().forward(ids_BL, *args, **kwargs)
+
+
+def test_the_batch_never_holds_more_than_max_batch_rows(tok):
+    model = tiny_model(WidestBatch, tok.vocab_size, max_len=96)
+    model.tokenizer = tok
+    engine = Engine(model, max_batch=2).start()
+    try:
+        texts, ends = run_engine(engine, [Sequence(encode_prompt(tok, p), CFG8) for p in PROMPTS], timeout=20)
+    finally:
+        engine.stop()
+    assert WidestBatch.widest == 2 and ends == [Finish("length", 8)] * len(PROMPTS)
+    assert texts == [generate(model, tok, p, CFG8) for p in PROMPTS]
