@@ -52,6 +52,34 @@ def test_models_and_health(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     assert client.models.retrieve("tiny").id == "tiny"
     assert request(server[0], "GET", "/health") == (200, {"status": "ok"})
+    card = request(server[0], "GET", "/v1/models/tiny")[1]       # OpenAI's Model object, field by field
+    required = {name for name, f in openai.types.Model.model_fields.items() if f.is_required()}
+    assert required <= set(card) and isinstance(card["created"], int)
+    assert (card["object"], card["owned_by"]) == ("model", "qkv")
+
+
+def test_response_format_text_is_plain_and_json_object_is_an_object(model, tok, client):
+    messages = [{"role": "user", "content": "the fox"}]
+    want = generate(model, tok, chat_text(tok, messages), temperature=0, max_new_tokens=12,
+                    stop=DEFAULT_TEMPLATE_STOP)
+    r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=12,
+                                       response_format={"type": "text"})
+    assert r.choices[0].message.content == want
+    r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=40,
+                                       response_format={"type": "json_object"})
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    else:                                    # cut by max_tokens: an unfinished object, never anything else
+        assert r.choices[0].message.content.lstrip().startswith("{")
+
+
+@pytest.mark.parametrize("json_schema", [None, {"name": "p"}, {"name": "p", "schema": {}}])
+def test_response_format_json_schema_needs_a_schema(server, json_schema):
+    fmt = {"type": "json_schema"} if json_schema is None else {"type": "json_schema", "json_schema": json_schema}
+    status, body = request(server[0], "POST", "/v1/chat/completions",
+                           {"messages": [{"role": "user", "content": "hi"}], "response_format": fmt})
+    assert status == 400 and body["error"]["param"] == "response_format"
+    assert body["error"]["message"] == "response_format json_schema needs json_schema.schema"
 
 
 def test_chat_is_the_greedy_reply_of_the_rendered_template(model, tok, client):
@@ -446,6 +474,9 @@ def test_embeddings_are_the_vectors_of_qkv_embed(tmp_path):
         floats = client.embeddings.create(model="bert", input=texts[0], encoding_format="float")
         assert torch.allclose(torch.tensor(floats.data[0].embedding), want[0], atol=1e-6)
         assert got.usage.prompt_tokens == sum(len(e.ids) for e in wordpiece.encode_batch_for_model(texts))
+        long = " ".join(texts * 10)                                      # past the context: counted as read
+        n = client.embeddings.create(model="bert", input=long).usage.prompt_tokens
+        assert n == min(len(wordpiece.encode_batch_for_model([long])[0].ids), 32) == 32
         status, reply = request(url, "POST", "/v1/chat/completions", CHAT)
         assert status == 400 and "answers /v1/embeddings only" in reply["error"]["message"]
         status, reply = request(url, "POST", "/v1/embeddings", {"input": [[1, 2, 3]]})
