@@ -73,6 +73,19 @@ def test_response_format_text_is_plain_and_json_object_is_an_object(model, tok, 
         assert r.choices[0].message.content.lstrip().startswith("{")
 
 
+def test_a_schema_the_grammar_refuses_is_a_400_with_its_message(model, tok, server):
+    from qkv.errors import InputError
+    from qkv.grammar import json_constraints
+    bad = {"type": "no-such-type"}
+    with pytest.raises(InputError) as refused:
+        json_constraints(tok, model.cfg.vocab_size, bad)
+    status, body = request(server[0], "POST", "/v1/chat/completions",
+                           {"messages": [{"role": "user", "content": "hi"}],
+                            "response_format": {"type": "json_schema", "json_schema": {"schema": bad}}})
+    assert status == 400 and body["error"]["message"] == str(refused.value)
+    assert body["error"]["param"] == "response_format"
+
+
 @pytest.mark.parametrize("json_schema", [None, {"name": "p"}, {"name": "p", "schema": {}}])
 def test_response_format_json_schema_needs_a_schema(server, json_schema):
     fmt = {"type": "json_schema"} if json_schema is None else {"type": "json_schema", "json_schema": json_schema}
