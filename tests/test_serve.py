@@ -492,6 +492,7 @@ def test_embeddings_are_the_vectors_of_qkv_embed(tmp_path):
         assert n == min(len(wordpiece.encode_batch_for_model([long])[0].ids), 32) == 32
         status, reply = request(url, "POST", "/v1/chat/completions", CHAT)
         assert status == 400 and "answers /v1/embeddings only" in reply["error"]["message"]
+        assert reply["error"]["param"] == "model"
         status, reply = request(url, "POST", "/v1/embeddings", {"input": [[1, 2, 3]]})
         assert status == 400 and "token ids are not accepted" in reply["error"]["message"]
 

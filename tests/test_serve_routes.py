@@ -101,9 +101,22 @@ def test_a_full_queue_is_429_before_any_stream_begins(tok, stream):
 
 def test_the_router_asks_for_the_key_in_the_state(tok):
     with running(bare_app(tok, ScriptedEngine(tok.eos_id), api_key="k3y")) as url:
-        assert request(url, "GET", "/v1/models")[0] == 401
+        refused, error = request(url, "GET", "/v1/models")
         status, body = request(url, "GET", "/v1/models", headers={"Authorization": "Bearer k3y"})
+        spaced = request(url, "GET", "/v1/models", headers={"Authorization": "Bearer  k3y "})[0]
+    assert refused == 401 and error["error"]["type"] == "authentication_error"
+    assert error["error"]["code"] == "invalid_api_key" and "'Authorization: Bearer KEY'" in error["error"]["message"]
     assert status == 200 and body["data"][0]["id"] == "scripted" and body["data"][0]["max_model_len"] == 64
+    assert spaced == 200                                         # spaces around the key are not part of it
+
+
+@pytest.mark.parametrize("path, body", [("/v1/models/other", None),
+                                        ("/v1/completions", {"model": "other", "prompt": "the"})])
+def test_another_models_name_is_openais_404(tok, path, body):
+    with running(bare_app(tok, ScriptedEngine(tok.eos_id))) as url:
+        status, reply = request(url, "POST" if body else "GET", path, body)
+    assert status == 404 and reply["error"]["type"] == "not_found_error"
+    assert (reply["error"]["param"], reply["error"]["code"]) == ("model", "model_not_found")
 
 
 def test_every_sampling_number_of_generation_config_is_a_request_field_that_reaches_the_sequence(tok):
