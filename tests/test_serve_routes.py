@@ -105,7 +105,8 @@ def test_the_router_asks_for_the_key_in_the_state(tok):
         status, body = request(url, "GET", "/v1/models", headers={"Authorization": "Bearer k3y"})
         spaced = request(url, "GET", "/v1/models", headers={"Authorization": "Bearer  k3y "})[0]
     assert refused == 401 and error["error"]["type"] == "authentication_error"
-    assert error["error"]["code"] == "invalid_api_key" and "'Authorization: Bearer KEY'" in error["error"]["message"]
+    assert error["error"]["code"] == "invalid_api_key"
+    assert error["error"]["message"].startswith("missing or wrong API key")
     assert status == 200 and body["data"][0]["id"] == "scripted" and body["data"][0]["max_model_len"] == 64
     assert spaced == 200                                         # spaces around the key are not part of it
 
