@@ -58,3 +58,19 @@ def request(base: str, method: str, path: str, body: bytes | dict | None = None,
         return resp.status, json.loads(text)
     except ValueError:
         return resp.status, text
+
+
+def assert_openai_shape(body: dict, cls) -> None:
+    """``body`` (raw JSON) is what the openai package's type ``cls`` describes: it validates (required fields,
+    literal values such as "object") and no object in it has a key the type lacks (a misspelt optional field
+    would otherwise read as one left out)."""
+    import pydantic
+
+    def walk(obj):
+        assert not obj.model_extra, f"{type(obj).__name__} has keys OpenAI's type lacks: {sorted(obj.model_extra)}"
+        for name in type(obj).model_fields:
+            value = getattr(obj, name)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, pydantic.BaseModel):
+                    walk(item)
+    walk(cls.model_validate(body))

@@ -2,8 +2,11 @@
 library never sends: every reply is checked against ``qkv.generate`` / the model's own logits on the same
 prompt (tiny random models; seconds in all)."""
 
+import base64
 import json
 import time
+
+import numpy as np
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ from qkv.serve import ServeConfig, create_app
 from qkv.serve.openai_api import DEFAULT_TEMPLATE, DEFAULT_TEMPLATE_STOP
 from qkv.conversation import render_chat
 
-from serving import TEXT, request, running, tiny_gpt
+from serving import TEXT, assert_openai_shape, request, running, tiny_gpt
 
 openai = pytest.importorskip("openai")
 
@@ -282,13 +285,20 @@ def test_response_shapes_are_openais(model, tok, server):
     assert len(lp["tokens"]) == done["usage"]["completion_tokens"] == 5
     assert "".join(lp["tokens"]) == done["choices"][0]["text"]
     assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(5)]
+    assert_openai_shape(chat, openai.types.chat.ChatCompletion)
+    assert_openai_shape(done, openai.types.Completion)
     status, raw = request(url, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
-                                                                 "max_tokens": 3, "stream": True})
+                                                                 "max_tokens": 3, "stream": True, "logprobs": True})
     chunks = [json.loads(line[6:]) for line in raw.split("\n") if line.startswith("data: {")]
     assert chunks and all(c["object"] == "chat.completion.chunk" and "usage" not in c for c in chunks)
+    for c in chunks:
+        assert_openai_shape(c, openai.types.chat.ChatCompletionChunk)
     status, raw = request(url, "POST", "/v1/completions", {"prompt": "the", "max_tokens": 3, "stream": True})
     chunks = [json.loads(line[6:]) for line in raw.split("\n") if line.startswith("data: {")]
     assert chunks and all(c["object"] == "text_completion" and "usage" not in c for c in chunks)
+    for c in chunks:        # the stream's null finish_reason (as OpenAI streams it) is outside Completion's literals
+        final = [{**choice, "finish_reason": choice["finish_reason"] or "stop"} for choice in c["choices"]]
+        assert_openai_shape({**c, "choices": final}, openai.types.Completion)
 
 
 def test_a_model_with_its_own_template_is_served_as_qkv_chat(tok):
@@ -487,6 +497,14 @@ def test_embeddings_are_the_vectors_of_qkv_embed(tmp_path):
         floats = client.embeddings.create(model="bert", input=texts[0], encoding_format="float")
         assert torch.allclose(torch.tensor(floats.data[0].embedding), want[0], atol=1e-6)
         assert got.usage.prompt_tokens == sum(len(e.ids) for e in wordpiece.encode_batch_for_model(texts))
+        for fmt in ("float", "base64"):
+            status, raw = request(url, "POST", "/v1/embeddings", {"input": texts, "encoding_format": fmt})
+            assert status == 200 and raw["model"] == "bert"
+            if fmt == "base64":                  # little-endian float32 bytes, which the client decodes itself
+                raw["data"] = [{**d, "embedding": np.frombuffer(base64.b64decode(d["embedding"]), "<f4").tolist()}
+                               for d in raw["data"]]
+            assert_openai_shape(raw, openai.types.CreateEmbeddingResponse)
+            assert torch.allclose(torch.tensor([d["embedding"] for d in raw["data"]]), want, atol=1e-6)
         long = " ".join(texts * 10)                                      # past the context: counted as read
         n = client.embeddings.create(model="bert", input=long).usage.prompt_tokens
         assert n == min(len(wordpiece.encode_batch_for_model([long])[0].ids), 32) == 32

@@ -17,7 +17,9 @@ from qkv.serve.app import EXCEPTION_HANDLERS  # noqa: E402
 from qkv.serve.engine import Finish, QueueFull, Token  # noqa: E402
 from qkv.serve.routes import v1  # noqa: E402
 
-from serving import TEXT, request, running  # noqa: E402
+from serving import TEXT, assert_openai_shape, request, running  # noqa: E402
+
+openai = pytest.importorskip("openai")
 
 PIECES = ["the", " cat", " sat"]
 
@@ -89,7 +91,21 @@ def test_a_stream_is_role_pieces_finish_usage_then_done(tok):
         [{"role": "assistant", "content": ""}] + [{"content": p} for p in PIECES] + [{}]
     assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * (len(PIECES) + 1) + ["stop"]
     assert all(c["usage"] is None and c["object"] == "chat.completion.chunk" for c in chunks[:-1])
+    assert all(c["choices"][0]["logprobs"] is None for c in chunks[:-1])              # none asked for
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == len(PIECES) + 1
+
+
+def test_a_streams_logprobs_are_the_replys_and_the_end_of_turn_has_none(tok):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "logprobs": True, "top_logprobs": 1}
+    with running(bare_app(tok, ScriptedEngine(tok.eos_id))) as url:
+        _, whole = request(url, "POST", "/v1/chat/completions", body)
+        _, raw = request(url, "POST", "/v1/chat/completions", {**body, "stream": True})
+    chunks = [json.loads(line[6:]) for line in raw.split("\n") if line.startswith("data: {")]
+    streamed = [e for c in chunks for choice in c["choices"] if choice["logprobs"]
+                for e in choice["logprobs"]["content"]]
+    assert streamed == whole["choices"][0]["logprobs"]["content"] and len(streamed) == len(PIECES)
+    for c in chunks:
+        assert_openai_shape(c, openai.types.chat.ChatCompletionChunk)
 
 
 @pytest.mark.parametrize("stream", [False, True])
