@@ -87,6 +87,8 @@ def test_mlm_logits_match_bert_for_masked_lm(hf_dirs):
 @pytest.mark.parametrize("options", [
     dict(layer_norm_eps=1e-3, type_vocab_size=3, hidden_act="gelu_new", tie_word_embeddings=False),
     dict(layer_norm_eps=1e-2, hidden_act="relu", max_position_embeddings=24),
+    # heads and FFN width off ModelConfig's own defaults (4 heads), so a loader that drops either is wrong
+    dict(num_attention_heads=8, intermediate_size=48, hidden_act="gelu"),
 ])
 def test_options_off_the_defaults_match_transformers(transformers, tmp_path, options):
     """eps, the type vocabulary, the activation and an untied decoder are read from config.json."""
