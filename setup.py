@@ -3,7 +3,7 @@ where no C compiler is found, qkv installs without them and its quantized layers
 
 from setuptools import Extension, setup
 
-NATIVE = ["kernels.c", "pool.c", "decode.c"]
+NATIVE = ["kernels.c", "half.c", "pool.c", "decode.c"]
 
 setup(ext_modules=[Extension("qkv.native._kernels", [f"src/qkv/native/{name}" for name in NATIVE], optional=True,
                              depends=["src/qkv/native/kernels.h"], extra_compile_args=["-O3", "-ffp-contract=off",

@@ -194,3 +194,35 @@ def test_a_reply_stopped_inside_a_forward_leaves_a_consistent_cache(model_file):
     reply = "".join(session.say("again"))
     fresh = qkv.chat(model, session.messages[:-1], max_new_tokens=8, temperature=0)
     assert reply == fresh
+
+
+def test_kv_cache_dtype_float16_reaches_the_caches_of_generate_chat_and_serve(model_file, monkeypatch, capsys):
+    """--kv-cache-dtype: each command's caches store float16 and it prints what the library prints with a
+    float16 cache; the default stays float32."""
+    import uvicorn
+
+    from qkv.nn.kv_cache import KVCache
+    made = []
+    real_init = KVCache.__init__
+
+    def recording(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append(self.k_BGMD.dtype)
+    monkeypatch.setattr(KVCache, "__init__", recording)
+    args = ["--max-new-tokens", "10", "--temperature", "0", "--threads", "1", "--quantized"]
+    assert main(["generate", str(model_file), "--prompt", "hello", *args, "--kv-cache-dtype", "float16"]) == 0
+    assert made and set(made) == {torch.float16}
+    model = qkv.for_inference(qkv.load(model_file, quantized=True))
+    model.cache_dtype = torch.float16
+    want = qkv.generate(model, model.tokenizer, "hello", max_new_tokens=10, temperature=0)
+    assert capsys.readouterr().out == "hello" + want + "\n"
+    made.clear()
+    status, out, _ = _chat(monkeypatch, capsys, [str(model_file), *args, "--kv-cache-dtype", "float16"], ["hi"])
+    assert status == 0 and made and set(made) == {torch.float16}
+    made.clear()
+    assert main(["generate", str(model_file), "--prompt", "hello", *args]) == 0
+    assert set(made) == {torch.float32}
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(app))
+    assert main(["serve", str(model_file), "--port", "0", "--kv-cache-dtype", "float16"]) == 0
+    assert served and served[0].state.model.cache_dtype == torch.float16

@@ -111,6 +111,45 @@ def test_a_row_gives_the_same_bits_alone_and_in_a_batch(monkeypatch, variant):
         assert torch.equal(alone[0], batch[b])
 
 
+def _counting_calls(monkeypatch) -> list:
+    """The results of every fused step's native call from now on (each call still runs)."""
+    calls = []
+    real = native.fused.call
+    monkeypatch.setattr(native.fused, "call", lambda result: (calls.append(result), real(result)))
+    return calls
+
+
+@pytest.mark.parametrize("variant", RUNS)
+def test_a_float16_cache_is_written_rounded_and_decodes_as_the_blocks_do(monkeypatch, variant):
+    """--kv-cache-dtype float16: the fused step writes and reads float16 caches; its logits agree with the
+    blocks on the same float16 caches (and stay near the float32 cache's); a row's bits are the same alone
+    and in a batch; every variant and thread count gives the same bits."""
+    monkeypatch.setenv(native.OVERRIDE, variant)
+    plain, fused = _fused_pair(bits=4, n_kv_heads=2)
+    ids_BL = torch.randint(0, 96, (3, 20), generator=torch.Generator().manual_seed(9))
+    wide, _ = _decode(fused, ids_BL, 6)
+    plain.cache_dtype = fused.cache_dtype = torch.float16
+    calls = _counting_calls(monkeypatch)
+    got, got_caches = _decode(fused, ids_BL, 6)
+    assert len(calls) == 14 and all(c.k_BGMD.dtype == c.v_BGMD.dtype == torch.float16 for c in got_caches)
+    want, want_caches = _decode(plain, ids_BL, 6)
+    scale = want.abs().max()
+    assert (got - want).abs().max() < 0.05 * scale and (got - want).abs().mean() < 0.01 * scale
+    assert (got - wide).abs().max() < 0.05 * scale and not torch.equal(got, wide)     # rounded: not float32
+    for g, w in zip(got_caches, want_caches):
+        assert (g.k_BGMD.float() - w.k_BGMD.float()).abs().max() < 0.05 * w.k_BGMD.float().abs().max()
+    batch, _ = _decode(fused, ids_BL, 1)           # a prefill of one token: every later step is fused
+    assert torch.equal(_decode(fused, ids_BL[1:2], 1)[0][0], batch[1])
+    threads = torch.get_num_threads()
+    try:
+        for other in RUNS:
+            monkeypatch.setenv(native.OVERRIDE, other)
+            torch.set_num_threads(2)
+            assert torch.equal(_decode(fused, ids_BL, 6)[0], got)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_left_padded_rows_decode_as_the_blocks_do(monkeypatch):
     """The server's batches: rows of different lengths, left padding, per-row positions."""
     monkeypatch.setenv(native.OVERRIDE, RUNS[-1])

@@ -145,3 +145,28 @@ def test_the_real_model_decodes_the_same_text_on_every_variant(monkeypatch):
         replies.add(qkv.generate(model, model.tokenizer, "The capital of France is", max_new_tokens=12,
                                  temperature=0))
     assert len(replies) == 1 and "Paris" in replies.pop()
+
+
+@pytest.mark.parametrize("variant", RUNS)
+def test_float16_rows_convert_as_torch_does_in_every_variant(variant):
+    """half.c (the fused step's float16 KV cache): every float16 bit pattern widens to torch's float32, and
+    float32 values narrow to torch's .half() (nearest, ties to even): the halfway points between halves,
+    subnormals, the overflow edge at 65520, infinities, signed zeros, NaN, and random bit patterns."""
+    lib, v = native.library(), native.VARIANTS.index(variant)
+    every_half = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    wide = torch.empty(every_half.numel(), dtype=torch.float32)
+    lib.qkv_half_to_float(v, every_half.data_ptr(), wide.data_ptr(), wide.numel())
+    want = every_half.float()
+    assert torch.equal(wide.isnan(), want.isnan()) and torch.equal(wide[~want.isnan()], want[~want.isnan()])
+    finite = every_half[every_half.isfinite()].float().sort().values
+    halfway = (finite[1:].double() + finite[:-1].double()) / 2           # exactly representable in float32
+    edges = torch.tensor([0.0, -0.0, 65504.0, 65519.996, 65520.0, 1e30, float("inf"), float("-inf"), 2.0 ** -25,
+                          2.0 ** -24 * 1.5, 6.1e-5, float("nan")])
+    randoms = torch.randint(-2 ** 31, 2 ** 31 - 1, (100_000,), generator=torch.Generator().manual_seed(5),
+                            dtype=torch.int64).to(torch.int32).view(torch.float32)
+    x = torch.cat([halfway.float(), finite, edges, randoms]).contiguous()
+    narrow = torch.empty(x.numel(), dtype=torch.float16)
+    lib.qkv_float_to_half(v, x.data_ptr(), narrow.data_ptr(), x.numel())
+    want = x.half()
+    assert torch.equal(narrow.isnan(), want.isnan())
+    assert torch.equal(narrow[~want.isnan()].view(torch.int16), want[~want.isnan()].view(torch.int16))

@@ -16,7 +16,8 @@ The bound: at batch 1 every weight is read once per new token, and so is the KV 
 beat ``bandwidth / (weight bytes + cache bytes) per token`` (bandwidth measured by a 256 MiB copy at the
 same thread count). Each side's bytes are its own: 4 per float32 weight, 1 per int8 weight (+ scales), 0.5
 per 4-bit weight (+ scales and zeros), the GGUF file's tensor bytes for llama.cpp; the cache at its mean
-length over the decode, float32 for qkv and transformers, float16 for llama.cpp (its default).
+length over the decode, float32 for transformers, float16 for llama.cpp (its default), and for qkv what
+``cache_dtype`` (``--kv-cache-dtype``) says: float32 unless asked.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 from ..generate import GenerationConfig, iter_ids
 from .. import native
 from ..native.fused import is_fused
+from ..nn.kv_cache import CACHE_DTYPES
 from ..quant import Int4Linear, Int8Linear, quantize_model
 from ..runtime.inference import for_inference
 from .decode import copy_bandwidth
@@ -153,7 +155,7 @@ def _llama_cpp_side(path: Path, ids: list[int], new_tokens: int, threads: int):
 
 
 def run(model_path: str, json_out: bool = False, bits=(32, 8, 4), prompt_len: int = 512, new_tokens: int = 64,
-        rounds: int = 3, threads=(1, 2), hf: bool = True, llama_cpp: bool = True) -> dict:
+        rounds: int = 3, threads=(1, 2), hf: bool = True, llama_cpp: bool = True, cache_dtype: str = "float32") -> dict:
     """Measure every side at every thread count; print a table or one JSON line; return the result."""
     from ..interop import is_gguf
     from ..loading import load
@@ -171,6 +173,7 @@ def run(model_path: str, json_out: bool = False, bits=(32, 8, 4), prompt_len: in
         else:
             model = load(path)
             quantize_model(model, b)
+        model.cache_dtype = CACHE_DTYPES[cache_dtype]
         sides[f"qkv_{PATHS[b]}"] = (_qkv_side(model, ids, new_tokens), dict(
             model=f"qkv {PATHS[b]}" + (" (the file's blocks)" if b == 4 and is_gguf(path) else ""),
             weight_bytes=weight_bytes(model), fused_decode=is_fused(model)))   # for_inference's swap took it
@@ -202,7 +205,8 @@ def run(model_path: str, json_out: bool = False, bits=(32, 8, 4), prompt_len: in
         for name, (_, info) in these.items():
             prefill = statistics.median(p for p, _ in per[name])
             decode = statistics.median(d for _, d in per[name])
-            cache = cache_bytes(base.cfg, len(ids), new_tokens, 2 if name == "llama_cpp" else 4)
+            element = {"llama_cpp": 2, "transformers_fp32": 4}.get(name, CACHE_DTYPES[cache_dtype].itemsize)
+            cache = cache_bytes(base.cfg, len(ids), new_tokens, element)
             bound = bandwidth / (info["weight_bytes"] + cache)
             row[name] = dict(prefill_tokens_per_s=round(prefill, 1), decode_tokens_per_s=round(decode, 2),
                              bound_tokens_per_s=round(bound, 1), fraction_of_bound=round(decode / bound, 3),
@@ -217,6 +221,7 @@ def run(model_path: str, json_out: bool = False, bits=(32, 8, 4), prompt_len: in
                              / first["transformers_fp32"]["decode_tokens_per_s"], 3)
               if "transformers_fp32" in first else None,
               "threads": results, "prompt_len": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
+              "kv_cache_dtype": cache_dtype,
               "sides": {name: info for name, (_, info) in sides.items()}, "notes": notes,
               "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__,
               "cpu": _cpu_name(), "cpu_flags": torch.backends.cpu.get_cpu_capability(),
@@ -239,7 +244,8 @@ def _cpu_name() -> str:
 
 
 def _print_table(r: dict) -> None:
-    print(f"{r['model']}: prompt {r['prompt_len']} tokens, {r['new_tokens']} new, greedy, batch 1 "
+    print(f"{r['model']}: prompt {r['prompt_len']} tokens, {r['new_tokens']} new, greedy, batch 1, qkv's KV "
+          f"cache {r['kv_cache_dtype']} "
           f"({r['cpu']}, {r['cpu_flags']}, quantized kernels {r['quantized_kernels']}, load {r['load_avg_1m']})")
     for t, row in r["threads"].items():
         print(f"  {t} thread(s), copy bandwidth {row['bandwidth_gb_s']} GB/s")

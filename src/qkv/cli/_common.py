@@ -46,7 +46,16 @@ def load_model(path: str | Path, args, device=None, bits: int | None = None):
     model = load(path, device=device, quantized=args.quantized)
     if bits is not None:
         quantize_model(model, bits)
-    return for_inference(model)
+    return set_cache_dtype(for_inference(model), args)
+
+
+def set_cache_dtype(model, args):
+    """The model with ``--kv-cache-dtype`` (``flags.add_kv_cache_argument``) applied when the command has it."""
+    from ..nn.kv_cache import CACHE_DTYPES
+    name = getattr(args, "kv_cache_dtype", None)
+    if name is not None:
+        model.cache_dtype = CACHE_DTYPES[name]
+    return model
 
 
 def report_summary(report: dict, directory) -> str:

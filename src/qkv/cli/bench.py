@@ -96,6 +96,8 @@ def _add_decode(sub) -> None:
     add_device_argument(decode, "the synthetic GPT-2 benchmark runs (not with --model)")
     decode.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false", default=None,
                         help="with --model: skip llama.cpp")
+    decode.add_argument("--kv-cache-dtype", choices=("float32", "float16"), default=None,
+                        help="with --model: what qkv's KV caches store (default float32; llama.cpp's is float16)")
 
 
 def _add_encoder(sub) -> None:
@@ -252,10 +254,11 @@ def _decode(args) -> None:
         require_family(args.model, "bench decode --model", Family.DECODER)
         decode_model.run(args.model, args.json, bits=tuple(args.bits or (32, 8, 4)),
                          threads=tuple(args.threads or (1, 2)), hf=args.hf, llama_cpp=args.llama_cpp is not False,
+                         cache_dtype=args.kv_cache_dtype or "float32",
                          **{k: sizes.get(k, with_model) for k, (with_model, _) in DECODE_DEFAULTS.items()})
         return
-    only_with_model = [flag for flag, value in (("--bits", args.bits), ("--no-llama-cpp", args.llama_cpp))
-                       if value is not None]
+    only_with_model = [flag for flag, value in (("--bits", args.bits), ("--no-llama-cpp", args.llama_cpp),
+                                                ("--kv-cache-dtype", args.kv_cache_dtype)) if value is not None]
     if only_with_model:
         raise InputError(f"{' and '.join(only_with_model)} choose what qkv bench decode --model compares; the "
                          f"synthetic GPT-2 benchmark has no such side: add --model PATH or drop them")

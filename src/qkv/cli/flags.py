@@ -60,6 +60,13 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
                              "checkpoints: int8 on load)")
 
 
+def add_kv_cache_argument(parser: argparse.ArgumentParser) -> None:
+    """``--kv-cache-dtype``: what a decoder's KV caches store (``_common.set_cache_dtype``)."""
+    parser.add_argument("--kv-cache-dtype", choices=["float32", "float16"], default=None,
+                        help="store the KV cache's keys and values in this dtype (default: the model's); "
+                             "float16 halves the bytes a token reads at long contexts")
+
+
 def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
     """``--overwrite``, checked by ``qkv.rundir.claim_out_file`` / ``claim_out_dir`` before any work."""
     parser.add_argument("--overwrite", action="store_true",

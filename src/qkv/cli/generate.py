@@ -17,8 +17,8 @@ import sys
 from ..errors import InputError
 from ..family import Family
 from ..generate import GenerationConfig
-from .flags import (add_chat_template_argument, add_dataclass_flags, add_device_argument, add_load_arguments,
-                    path_arg, unescaped)
+from .flags import (add_chat_template_argument, add_dataclass_flags, add_device_argument, add_kv_cache_argument,
+                    add_load_arguments, path_arg, unescaped)
 
 DEFAULTS = GenerationConfig()
 
@@ -32,13 +32,14 @@ SAMPLING_FLAGS = tuple(f.name for f in dataclasses.fields(GenerationConfig) if f
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, defaults: GenerationConfig = DEFAULTS) -> None:
     """The GenerationConfig flags (shared by `qkv generate` and `qkv chat`), --stop, and how the model loads
-    and runs (--threads, --quantized, --device, --chat-template)."""
+    and runs (--threads, --quantized, --kv-cache-dtype, --device, --chat-template)."""
     add_dataclass_flags(parser, GenerationConfig, "sampling (GenerationConfig fields)",
                         shown={name: getattr(defaults, name) for name in SAMPLING_FLAGS}, only=SAMPLING_FLAGS)
     parser.add_argument("--stop", action="append", default=[], metavar="S", type=unescaped,
                         help="stop before this string (repeatable; \\n and \\t are a newline and a tab, as in "
                              "--stop '\\n\\n'); it is not printed")
     add_load_arguments(parser)
+    add_kv_cache_argument(parser)
     add_device_argument(parser, "the model runs")
     add_chat_template_argument(parser)
 

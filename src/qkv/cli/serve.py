@@ -21,8 +21,8 @@ from pathlib import Path
 
 from ..family import Family
 from ..serve.config import ServeConfig
-from .flags import (add_chat_template_argument, add_dataclass_flags, add_device_argument, collect, path_arg,
-                    positive_int)
+from .flags import (add_chat_template_argument, add_dataclass_flags, add_device_argument, add_kv_cache_argument,
+                    collect, path_arg, positive_int)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "int8 on load)")
     p.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
                    help="CPU threads (default: the cores other processes leave idle, see qkv.runtime)")
+    add_kv_cache_argument(p)
     add_device_argument(p, "the model runs")
     add_chat_template_argument(p)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime import inference_device, set_decode_threads
     from ..runtime.inference import for_inference
     from ..serve import require_serve_extra
-    from ._common import require_family
+    from ._common import require_family, set_cache_dtype
 
     from ..conversation import read_chat_template
     config = ServeConfig(**collect(args, ServeConfig)).with_api_key()   # a bad key file: before the load
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     check_address(config.host, config.port)             # likewise: uvicorn would find out after the load
     device = inference_device(args.device)
     set_decode_threads(args.threads)
-    model = for_inference(load(args.model, device=device, quantized=args.quantized))
+    model = set_cache_dtype(for_inference(load(args.model, device=device, quantized=args.quantized)), args)
     if model.tokenizer is None:
         raise InputError(f"{args.model} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); "
                          f"the server needs one to read and write text")

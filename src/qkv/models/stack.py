@@ -80,11 +80,16 @@ class Stack(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # The dtype new_caches stores keys and values in; None: the model's own. An inference setting, not part
+    # of the checkpoint: `--kv-cache float16` sets it on the loaded model (qkv.nn.kv_cache says why).
+    cache_dtype: torch.dtype | None = None
+
     def new_caches(self, batch: int, max_len: int | None = None) -> list[KVCache]:
-        """One preallocated self-attention cache per layer, on the model's device and dtype."""
+        """One preallocated self-attention cache per layer, on the model's device, in ``cache_dtype`` (else
+        the model's dtype)."""
         p = next(p for p in self.parameters() if p.is_floating_point())   # tok may hold int8 codes (qkv.quant)
         return [KVCache(batch, self.cfg.kv_heads, max_len or self.cfg.max_len, self.cfg.head_dim,
-                        dtype=p.dtype, device=p.device) for _ in self.blocks]
+                        dtype=self.cache_dtype or p.dtype, device=p.device) for _ in self.blocks]
 
     def check_ids(self, ids_BL: torch.Tensor, start: int = 0) -> None:
         """Raise a clear error for ids outside the vocabulary or a sequence past the positions."""

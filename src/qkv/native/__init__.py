@@ -39,7 +39,7 @@ MAX_ROWS = 16         # rows (tokens) at or below which a layer uses these kerne
 SPLIT_WEIGHTS = 8 << 20   # weights from which a layer's product is split over threads (product_threads)
 
 
-ABI = 4                                           # kernels.h's QKV_ABI: the entry points' arguments
+ABI = 5                                           # kernels.h's QKV_ABI: the entry points' arguments
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,6 +58,7 @@ def library() -> ctypes.CDLL | None:
     lib.qkv_q4_linear.argtypes = [i, p, i, p, p, p, i, i, i, p, i]
     lib.qkv_q8_linear.argtypes = [i, p, i, p, p, i, i, p, i]
     lib.qkv_decode.argtypes = [i, p, p, i, p, i]
+    lib.qkv_half_to_float.argtypes = lib.qkv_float_to_half.argtypes = [i, p, p, i]     # half.c
     lib.qkv_supported.restype = i
     return lib
 

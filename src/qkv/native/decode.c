@@ -6,6 +6,7 @@
  *      wq and wkv as one product (their output rows split over the threads), biases in the epilogue
  *   B  RoPE on the new keys and their write into the cache, (row, key head) split; then one attention
  *      for each (row, query head) over the cache: GQA reads the key head's cache directly, no copies
+ *      (a float16 cache: each key and value row widened to float32 as it is read)
  *   C  the heads quantized, wo, and the residual add in its epilogue (x += o W^T + b)
  *   D  RMSNorm + quantization, gate and up as one product with SwiGLU in its epilogue: silu(g) * u
  *   E  the hidden row quantized, down, and the residual add
@@ -46,7 +47,8 @@ typedef struct {
 } QModel;
 
 typedef struct {
-    float *const *k, *const *v;            /* per layer: the cache (B, G, max_len, D), float32 */
+    void *const *k, *const *v;             /* per layer: the cache (B, G, max_len, D), float32 or float16 */
+    int half;                              /* 1: the cache holds float16 (rounded when written, half.c) */
     int max_len, length;                   /* positions the cache holds before this step */
     const int32_t *pos;                    /* B: each row's RoPE position */
     const uint8_t *allowed;                /* B x allowed_ld: the keys each row may see, or NULL for all */
@@ -138,9 +140,24 @@ static void step_cache(const Job *j, int layer, int t, int T) {
         int b = i / G, g = i % G;
         const float *k = j->qkv + (size_t)b * total + (md->H + g) * D, *v = k + G * D;
         size_t at = (((size_t)b * G + g) * st->max_len + st->length) * D;
-        rope(k, md->cos + (size_t)st->pos[b] * D, md->sin + (size_t)st->pos[b] * D, D, st->k[layer] + at);
-        memcpy(st->v[layer] + at, v, sizeof(float) * D);
+        if (st->half) {
+            float rotated[512];                          /* D <= 512 (checked by qkv.native.fused) */
+            rope(k, md->cos + (size_t)st->pos[b] * D, md->sin + (size_t)st->pos[b] * D, D, rotated);
+            qkv_float_to_half(j->variant, rotated, (uint16_t *)st->k[layer] + at, D);
+            qkv_float_to_half(j->variant, v, (uint16_t *)st->v[layer] + at, D);
+        } else {
+            rope(k, md->cos + (size_t)st->pos[b] * D, md->sin + (size_t)st->pos[b] * D, D, (float *)st->k[layer] + at);
+            memcpy((float *)st->v[layer] + at, v, sizeof(float) * D);
+        }
     }
+}
+
+/* one cached key or value row (D floats from element ``at``) as float32: in place, or widened into ``row`` */
+static const float *cached(const Job *j, const void *cache, size_t at, float *row) {
+    const int D = j->model->D;
+    if (!j->step->half) return (const float *)cache + at;
+    qkv_half_to_float(j->variant, (const uint16_t *)cache + at, row, D);
+    return row;
 }
 
 /* B2: softmax(q k^T / sqrt(D)) v for each (row, query head) over the length + 1 cached keys */
@@ -149,27 +166,28 @@ static void step_attend(const Job *j, int layer, Scratch *s, int t, int T) {
     const QStep *st = j->step;
     const int H = md->H, G = md->G, D = md->D, total = (H + 2 * G) * D, M = st->length + 1;
     const float scale = 1.0f / sqrtf((float)D);
-    float q[512], out[512];                              /* D <= 512 (checked by qkv.native.fused) */
+    float q[512], out[512], row[512];                    /* D <= 512 (checked by qkv.native.fused) */
     int i0, i1;
     qkv_share(j->B * H, t, T, 1, &i0, &i1);
     for (int i = i0; i < i1; i++) {
         int b = i / H, h = i % H, g = h / (H / G);
         rope(j->qkv + (size_t)b * total + h * D, md->cos + (size_t)st->pos[b] * D, md->sin + (size_t)st->pos[b] * D,
              D, q);
-        const float *k = st->k[layer] + ((size_t)b * G + g) * st->max_len * D;
-        const float *v = st->v[layer] + ((size_t)b * G + g) * st->max_len * D;
+        const size_t head = ((size_t)b * G + g) * st->max_len * D;
         const uint8_t *allowed = st->allowed ? st->allowed + (size_t)b * st->allowed_ld : NULL;
         float top = -INFINITY, sum = 0.0f;
         for (int m = 0; m < M; m++) {
-            s->scores[m] = allowed && !allowed[m] ? -INFINITY : dot(q, k + (size_t)m * D, D) * scale;
+            s->scores[m] = allowed && !allowed[m] ? -INFINITY
+                                                  : dot(q, cached(j, st->k[layer], head + (size_t)m * D, row), D) * scale;
             top = fmaxf(top, s->scores[m]);
         }
         for (int d = 0; d < D; d++) out[d] = 0.0f;
         for (int m = 0; m < M; m++) {
             if (s->scores[m] == -INFINITY) continue;
             float p = expf(s->scores[m] - top);
+            const float *v = cached(j, st->v[layer], head + (size_t)m * D, row);
             sum += p;
-            for (int d = 0; d < D; d++) out[d] += p * v[(size_t)m * D + d];
+            for (int d = 0; d < D; d++) out[d] += p * v[d];
         }
         float inv = 1.0f / sum;
         for (int d = 0; d < D; d++) j->att[(size_t)b * H * D + h * D + d] = out[d] * inv;

@@ -31,6 +31,7 @@ from ..nn.norms import RMSNorm
 from ..quant.linear import Int4Linear, Int8Linear, codes_version
 
 MAX_HEAD_DIM = 512                         # decode.c's per-head buffers
+CACHE_DTYPES = (torch.float32, torch.float16)      # what decode.c reads a KV cache in (QStep.half)
 # ModelConfig axes that act inside the blocks and that decode.c does not compute, at the value it assumes:
 # a model with any other value keeps the PyTorch blocks (the embedding and the head stay PyTorch's anyway).
 PLAIN_AXES = {"qk_norm": False, "norm_offset": 0.0, "attn_scale": None, "attn_softcap": None}
@@ -52,7 +53,8 @@ class _Model(ctypes.Structure):
 
 
 class _Step(ctypes.Structure):
-    _fields_ = [("k", ctypes.POINTER(_p)), ("v", ctypes.POINTER(_p)), ("max_len", _i), ("length", _i), ("pos", _p),
+    _fields_ = [("k", ctypes.POINTER(_p)), ("v", ctypes.POINTER(_p)), ("half", _i), ("max_len", _i), ("length", _i),
+                ("pos", _p),
                 ("allowed", _p), ("allowed_ld", _i)]
 
 
@@ -153,7 +155,8 @@ class FusedRun:
             return False
         first = caches[0]
         M = first.length + 1
-        if M > first.max_len or any(c.length != first.length or c.k_BGMD.dtype != torch.float32 or
+        if M > first.max_len or any(c.length != first.length or c.k_BGMD.dtype not in CACHE_DTYPES or
+                                    c.k_BGMD.dtype != first.k_BGMD.dtype or c.v_BGMD.dtype != c.k_BGMD.dtype or
                                     c.k_BGMD.shape[0] != B or not c.k_BGMD.is_contiguous() or
                                     not c.v_BGMD.is_contiguous() for c in caches):
             return False
@@ -176,7 +179,8 @@ class FusedRun:
             allowed_BM = mask.allowed_B1LM.reshape(-1, M).expand(B, M).contiguous().view(torch.uint8)
         n = len(caches)
         step = _Step((_p * n)(*(c.k_BGMD.data_ptr() for c in caches)), (_p * n)(*(c.v_BGMD.data_ptr() for c in caches)),
-                     caches[0].max_len, length, pos_B.data_ptr(), 0 if allowed_BM is None else allowed_BM.data_ptr(), M)
+                     int(caches[0].k_BGMD.dtype == torch.float16), caches[0].max_len, length, pos_B.data_ptr(),
+                     0 if allowed_BM is None else allowed_BM.data_ptr(), M)
         call(library().qkv_decode(VARIANTS.index(variant()), ctypes.byref(desc), x_BC.data_ptr(), B,
                                   ctypes.byref(step), threads()))
         for cache in caches:

@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 #define BLOCK 32
-#define QKV_ABI 4             /* one more whenever an entry point's arguments change (qkv.native.ABI) */
+#define QKV_ABI 5             /* one more whenever an entry point's arguments change (qkv.native.ABI) */
 enum { SCALAR = 0, AVX2 = 1, AVX512 = 2 };
 
 /* The layers' scales and code-8 values stay bfloat16 (quant/linear.py's SCALE_DTYPE, the bytes it stores):
@@ -38,6 +38,10 @@ void qkv_q4_range(int variant, const QActs *a, const uint8_t *w, const bf16 *sca
                   int o0, int o1, float *y, int ldy, float *scratch);
 void qkv_q8_range(int variant, const QActs *a, const int8_t *w, const bf16 *scales, int o0, int o1, float *y,
                   int ldy, float *scratch);
+
+/* float16 rows (half.c): widened exactly, narrowed to nearest even; the same bits in every variant */
+void qkv_half_to_float(int variant, const uint16_t *h, float *f, int n);
+void qkv_float_to_half(int variant, const float *f, uint16_t *h, int n);
 
 /* Run fn(arg, t, T) on T threads (this one is t = 0) and return when all are done. */
 typedef void (*qkv_task)(void *arg, int t, int T);

@@ -4,11 +4,20 @@ Legend: B batch, G key/value heads, M cache length (filled prefix), D head dim, 
 
 Decoding one token at a time recomputes nothing: each step appends its keys and values and attends over
 the filled prefix. Buffers are allocated once for ``max_len`` positions, so the loop never reallocates.
+
+The buffers may hold a narrower dtype than the model computes in (``dtype=torch.float16`` under a float32
+model: ``qkv generate --kv-cache float16``): half the bytes a decode step reads at long contexts, where the
+cache outweighs the weights. Keys and values are rounded once, when written; ``append`` hands them back in
+the dtype they came in, so attention computes as before on the rounded values (and a row's tokens stay the
+same alone or in a batch: every row's keys are rounded alike).
 """
 
 import torch
 
 from ..errors import InputError
+
+# `--kv-cache-dtype` (generate, chat, serve, bench decode): what a loaded decoder's caches store
+CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 class KVCache:
@@ -33,7 +42,7 @@ class KVCache:
         self.k_BGMD[:, :, self.length:end] = k_BGLD
         self.v_BGMD[:, :, self.length:end] = v_BGLD
         self.length = end
-        return self.k_BGMD[:, :, :end], self.v_BGMD[:, :, :end]
+        return self.k_BGMD[:, :, :end].to(k_BGLD.dtype), self.v_BGMD[:, :, :end].to(v_BGLD.dtype)
 
     def reorder(self, index_B: torch.Tensor) -> None:
         """Keep row ``index_B[b]`` as row b (beam search: each surviving beam takes its parent's past)."""
