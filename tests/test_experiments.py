@@ -66,9 +66,14 @@ def test_attention_memory_grows_as_n_squared_only_on_the_explicit_path(quick):
 def test_kv_cache_keeps_decode_time_flat(quick):
     r, _, _ = quick("kv-cache")
     cached, plain = r["with cache"]["seconds"], r["without cache"]["seconds"]
-    # about 3x each alone on 2 cores, 2-3x when other processes share them: 2x leaves room for the load
-    assert statistics.median(plain[-16:]) > 2 * statistics.median(plain[:16])     # re-reading the prefix
-    assert statistics.median(plain[-16:]) > 2 * statistics.median(cached[-16:])
+    # the work: the cached call runs the new position alone, the other the whole prefix again
+    T = len(plain)
+    assert r["with cache"]["token_passes"] == [1] * T
+    assert r["without cache"]["token_passes"] == list(range(1, T + 1))
+    # the time follows it (about 3x each on an idle Zen 4, 1.9x on a Zen 3 where a call's fixed cost weighs
+    # more at this size; 1.25x leaves room for load from other processes: the figures are the report's)
+    assert statistics.median(plain[-16:]) > 1.25 * statistics.median(plain[:16])     # re-reading the prefix
+    assert statistics.median(plain[-16:]) > 1.25 * statistics.median(cached[-16:])
     # (not the totals: a sum of wall times takes every stall of a shared machine; the medians do not)
     assert r["without cache"]["total"] == pytest.approx(sum(plain))
     assert r["with cache"]["total"] == pytest.approx(sum(cached))

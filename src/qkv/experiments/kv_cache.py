@@ -43,19 +43,24 @@ QUICK = Config(n_layers=2, d_model=128, n_heads=4, vocab_size=512, positions=128
 
 
 @torch.inference_mode()
-def decode_times(model: GPT, ids_1T: torch.Tensor, cached: bool) -> list[float]:
-    """Seconds of the call that yields the logits after each position 0..T-1."""
+def decode_times(model: GPT, ids_1T: torch.Tensor, cached: bool) -> tuple[list[float], list[int]]:
+    """Seconds of the call that yields the logits after each position 0..T-1, and the token positions that
+    call ran through the layers (counted at the first block: the work the time reflects)."""
     T = ids_1T.shape[1]
     caches = model.new_caches(1, T) if cached else None
-    times = []
-    for t in range(T):
-        start = time.perf_counter()
-        if cached:
-            model(ids_1T[:, t:t + 1], caches=caches, last_only=True)
-        else:
-            model(ids_1T[:, :t + 1], last_only=True)
-        times.append(time.perf_counter() - start)
-    return times
+    times, passes = [], []
+    hook = model.blocks[0].register_forward_pre_hook(lambda _, args: passes.append(args[0].shape[1]))
+    try:
+        for t in range(T):
+            start = time.perf_counter()
+            if cached:
+                model(ids_1T[:, t:t + 1], caches=caches, last_only=True)
+            else:
+                model(ids_1T[:, :t + 1], last_only=True)
+            times.append(time.perf_counter() - start)
+    finally:
+        hook.remove()
+    return times, passes
 
 
 def _line(xs: list[int], ys: list[float]) -> tuple[float, float]:
@@ -74,10 +79,10 @@ def run(cfg: Config, report: Report, log=print) -> dict:
     results = {}
     for name, cached in (("with cache", True), ("without cache", False)):
         runs = [decode_times(model, ids_1T, cached) for _ in range(cfg.repeats)]
-        per_position = [statistics.median(r[t] for r in runs) for t in range(cfg.positions)]
+        per_position = [statistics.median(r[t] for r, _ in runs) for t in range(cfg.positions)]
         slope, intercept = _line(list(range(cfg.positions)), per_position)
         results[name] = {"seconds": per_position, "total": sum(per_position), "slope": slope,
-                         "intercept": intercept}
+                         "intercept": intercept, "token_passes": runs[0][1]}
         log(f"kv-cache: {name:<14} {sum(per_position):7.2f} s for {cfg.positions} tokens, "
             f"{slope * 1e6:8.2f} us more per position")
     results["params"] = model.num_params()
@@ -118,7 +123,8 @@ def _write(cfg: Config, report: Report, r: dict) -> None:
         f"small next to the weights at this length, and within the timing noise).",
         f"- At position {T - 1}: {plain['seconds'][-1] * 1e3:.1f} ms without vs {cache['seconds'][-1] * 1e3:.1f} ms "
         f"with the cache; all {T} tokens: {plain['total']:.2f} s vs {cache['total']:.2f} s "
-        f"({plain['total'] / cache['total']:.1f}x).",
+        f"({plain['total'] / cache['total']:.1f}x), for {sum(plain['token_passes']):,} token passes through the "
+        f"layers against {sum(cache['token_passes']):,}.",
         f"- The cache pays for it in memory: keys and values, 2 x {cfg.n_layers} layers x {T} positions x "
         f"{cfg.d_model} floats = {2 * cfg.n_layers * T * cfg.d_model * 4 / 2**20:.1f} MiB per sequence here, "
         f"growing linearly with the context.",
