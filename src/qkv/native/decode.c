@@ -68,7 +68,7 @@ typedef struct {
     Scratch *scratch;
 } Job;
 
-static float dot(const float *a, const float *b, int n) {
+static inline __attribute__((always_inline)) float dot(const float *a, const float *b, int n) {
     float acc[8] = {0};
     int i = 0;
     for (; i + 8 <= n; i += 8)
@@ -152,46 +152,120 @@ static void step_cache(const Job *j, int layer, int t, int T) {
     }
 }
 
+/* A float16 cache row widened to float32 (exact, so every way gives the same bits): by half.c's entry point
+ * in the baseline build, inline with F16C in the AVX2 one (a call per cached row cost more than the row). */
+typedef void (*Widen)(int variant, const uint16_t *h, float *f, int n);
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+__attribute__((target("avx2,f16c"))) static inline void widen_f16c(int variant, const uint16_t *h, float *f, int n) {
+    (void)variant;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+    if (i < n) qkv_half_to_float(SCALAR, h + i, f + i, n - i);
+}
+#endif
+
 /* one cached key or value row (D floats from element ``at``) as float32: in place, or widened into ``row`` */
-static const float *cached(const Job *j, const void *cache, size_t at, float *row) {
+static inline __attribute__((always_inline)) const float *cached(const Job *j, Widen widen, const void *cache,
+                                                                 size_t at, float *row) {
     const int D = j->model->D;
     if (!j->step->half) return (const float *)cache + at;
-    qkv_half_to_float(j->variant, (const uint16_t *)cache + at, row, D);
+    widen(j->variant, (const uint16_t *)cache + at, row, D);
     return row;
 }
 
-/* B2: softmax(q k^T / sqrt(D)) v for each (row, query head) over the length + 1 cached keys */
-static void step_attend(const Job *j, int layer, Scratch *s, int t, int T) {
+/* e^x for x <= 0 (a score minus the largest), the same operations in every build: 2^n by the exponent bits
+ * times a degree-6 polynomial on r = x - n ln 2, |r| <= ln 2 / 2 (within 2 ulps of expf). Branch-free, so
+ * the compiler vectorizes the loop calling it, and the bits do not depend on the vector width (each value
+ * is computed alone, no fused multiply-adds: -ffp-contract=off). */
+static inline __attribute__((always_inline)) float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;                          /* below: e^x < 2^-125, as good as 0 next to 1 */
+    const float shift = 12582912.0f;                      /* 1.5 * 2^23: adding it rounds to an integer */
+    float n = (x * 1.44269504f + shift) - shift;
+    float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;   /* ln 2 in two parts: r exact enough */
+    float poly = 1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f + r * (0.0416666679f + r * (0.00833333377f
+                 + r * 0.00138888892f)))));
+    union { int32_t i; float f; } scale = {((int32_t)n + 127) << 23};
+    return poly * scale.f;
+}
+
+/* softmax(q k^T / sqrt(D)) v for the (row, query head) pairs [i0, i1), written into j->att. Consecutive
+ * heads that share a key/value head (GQA) go together, up to GROUP_RUN at a time: each cached key and value
+ * row is read once for all of them (at long contexts the cache, not the arithmetic, bounds this step). The
+ * loops keep every sum in eight running sums in a fixed order (a score: over d; the softmax denominator: over
+ * keys; the output: key by key), so a head's bits do not depend on which heads go with it, and each build of
+ * this body (below) gives the same bits: wider vectors only make it faster. */
+#define GROUP_RUN 4
+static inline __attribute__((always_inline)) void attend_heads(const Job *j, int layer, Scratch *s, int i0, int i1,
+                                                                Widen widen) {
     const QModel *md = j->model;
     const QStep *st = j->step;
-    const int H = md->H, G = md->G, D = md->D, total = (H + 2 * G) * D, M = st->length + 1;
+    const int H = md->H, G = md->G, D = md->D, total = (H + 2 * G) * D, M = st->length + 1, per = H / G;
     const float scale = 1.0f / sqrtf((float)D);
-    float q[512], out[512], row[512];                    /* D <= 512 (checked by qkv.native.fused) */
-    int i0, i1;
-    qkv_share(j->B * H, t, T, 1, &i0, &i1);
-    for (int i = i0; i < i1; i++) {
-        int b = i / H, h = i % H, g = h / (H / G);
-        rope(j->qkv + (size_t)b * total + h * D, md->cos + (size_t)st->pos[b] * D, md->sin + (size_t)st->pos[b] * D,
-             D, q);
+    float q[GROUP_RUN][512], out[GROUP_RUN][512], row[512];    /* D <= 512 (checked by qkv.native.fused) */
+    for (int i = i0; i < i1;) {
+        const int b = i / H, h0 = i % H, g = h0 / per;
+        int R = per - h0 % per;                               /* the heads left in this group ... */
+        R = R < i1 - i ? R : i1 - i;                          /* ... and in this thread's share */
+        R = R < GROUP_RUN ? R : GROUP_RUN;
+        const float *cos = md->cos + (size_t)st->pos[b] * D, *sin = md->sin + (size_t)st->pos[b] * D;
+        for (int r = 0; r < R; r++) rope(j->qkv + (size_t)b * total + (h0 + r) * D, cos, sin, D, q[r]);
         const size_t head = ((size_t)b * G + g) * st->max_len * D;
         const uint8_t *allowed = st->allowed ? st->allowed + (size_t)b * st->allowed_ld : NULL;
-        float top = -INFINITY, sum = 0.0f;
+        float *p[GROUP_RUN], top[GROUP_RUN], sums[GROUP_RUN][8] = {{0}};
+        for (int r = 0; r < R; r++) p[r] = s->scores + (size_t)r * st->max_len, top[r] = -INFINITY;
         for (int m = 0; m < M; m++) {
-            s->scores[m] = allowed && !allowed[m] ? -INFINITY
-                                                  : dot(q, cached(j, st->k[layer], head + (size_t)m * D, row), D) * scale;
-            top = fmaxf(top, s->scores[m]);
+            if (allowed && !allowed[m]) {
+                for (int r = 0; r < R; r++) p[r][m] = -INFINITY;
+                continue;
+            }
+            const float *k = cached(j, widen, st->k[layer], head + (size_t)m * D, row);
+            for (int r = 0; r < R; r++) {
+                p[r][m] = dot(q[r], k, D) * scale;
+                top[r] = p[r][m] > top[r] ? p[r][m] : top[r];     /* not fmaxf: a library call per key */
+            }
         }
-        for (int d = 0; d < D; d++) out[d] = 0.0f;
+        for (int r = 0; r < R; r++) {
+            for (int m = 0; m < M; m++) {
+                p[r][m] = p[r][m] == -INFINITY ? 0.0f : exp_nonpositive(p[r][m] - top[r]);
+                sums[r][m % 8] += p[r][m];
+            }
+            for (int d = 0; d < D; d++) out[r][d] = 0.0f;
+        }
         for (int m = 0; m < M; m++) {
-            if (s->scores[m] == -INFINITY) continue;
-            float p = expf(s->scores[m] - top);
-            const float *v = cached(j, st->v[layer], head + (size_t)m * D, row);
-            sum += p;
-            for (int d = 0; d < D; d++) out[d] += p * v[d];
+            if (allowed && !allowed[m]) continue;
+            const float *v = cached(j, widen, st->v[layer], head + (size_t)m * D, row);
+            for (int r = 0; r < R; r++) {
+                const float pm = p[r][m];
+                for (int d = 0; d < D; d++) out[r][d] += pm * v[d];
+            }
         }
-        float inv = 1.0f / sum;
-        for (int d = 0; d < D; d++) j->att[(size_t)b * H * D + h * D + d] = out[d] * inv;
+        for (int r = 0; r < R; r++) {
+            const float inv = 1.0f / reduce8(sums[r]);
+            for (int d = 0; d < D; d++) j->att[(size_t)b * H * D + (h0 + r) * D + d] = out[r][d] * inv;
+        }
+        i += R;
     }
+}
+
+static void attend_baseline(const Job *j, int layer, Scratch *s, int i0, int i1) {
+    attend_heads(j, layer, s, i0, i1, qkv_half_to_float);
+}
+#if defined(__x86_64__) || defined(_M_X64)
+/* the same body compiled for AVX2 (no FMA: -ffp-contract=off keeps a * b + c two roundings): 8-wide vectors */
+__attribute__((target("avx2,f16c"))) static void attend_avx2(const Job *j, int layer, Scratch *s, int i0, int i1) {
+    attend_heads(j, layer, s, i0, i1, widen_f16c);
+}
+#endif
+
+/* B2: the attention of each (row, query head) over the length + 1 cached keys, split over the threads */
+static void step_attend(const Job *j, int layer, Scratch *s, int t, int T) {
+    int i0, i1;
+    qkv_share(j->B * j->model->H, t, T, 1, &i0, &i1);
+#if defined(__x86_64__) || defined(_M_X64)
+    if (j->variant != SCALAR) { attend_avx2(j, layer, s, i0, i1); return; }
+#endif
+    attend_baseline(j, layer, s, i0, i1);
 }
 
 /* C and E: quantize the input rows, this thread's output rows of the product, x += them */
@@ -252,8 +326,8 @@ int qkv_decode(int variant, const QModel *md, float *x, int B, const QStep *step
     kmax = kmax > F ? kmax : F;
     const size_t nb = (size_t)kmax / BLOCK, shared = (size_t)B * ((H + 2 * G) * D + H * D + F);
     const int wide = F > md->C ? F : md->C;                 /* step D's gate and up, or step C's rows */
-    const size_t per = (size_t)B * kmax + QKV_RANGE_SCRATCH(kmax, B) + 2 * (size_t)B * wide + step->max_len
-                       + 4 * B * nb;
+    const size_t per = (size_t)B * kmax + QKV_RANGE_SCRATCH(kmax, B) + 2 * (size_t)B * wide
+                       + (size_t)GROUP_RUN * step->max_len + 4 * B * nb;
     float *f = malloc(sizeof(float) * (shared + per * threads));
     int8_t *codes = malloc(2 * (size_t)B * kmax * threads);
     Scratch *scratch = malloc(sizeof(Scratch) * threads);
@@ -266,7 +340,7 @@ int qkv_decode(int variant, const QModel *md, float *x, int B, const QStep *step
         s->normed = p, p += (size_t)B * kmax;
         s->range = p, p += QKV_RANGE_SCRATCH(kmax, B);
         s->tmp = p, p += 2 * (size_t)B * wide;
-        s->scores = p, p += step->max_len;
+        s->scores = p, p += (size_t)GROUP_RUN * step->max_len;
         s->a4 = (QActs){codes + 2 * (size_t)B * kmax * t, p, (int32_t *)(p + B * nb), 0, 0, 1};
         s->a8 = (QActs){s->a4.qx + (size_t)B * kmax, p + 2 * B * nb, (int32_t *)(p + 3 * B * nb), 0, 0, 0};
     }
