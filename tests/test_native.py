@@ -47,6 +47,7 @@ def test_every_variant_equals_the_scalar_reference_and_the_float64_product(monke
 
 @pytest.mark.parametrize("variant", RUNS)
 def test_a_row_gives_the_same_bits_alone_and_in_a_batch(monkeypatch, variant):
+    """One row alone takes the SIMD variants' two-output-rows-at-a-time path, a batch the general one."""
     monkeypatch.setenv(native.OVERRIDE, variant)
     q4, q8 = _layers(128, 320, 32, seed=1)
     x_NI = torch.randn(5, 320)

@@ -207,6 +207,47 @@ VNNI_T static inline __m256i q8_dot_vnni(__m256i w, const int8_t *x32) {
  * slower than AVX2 (measured); now the switch happens once per call. Row by row, the running sums of
  * one activation row stay in registers (M = 1, a decode step) or in scratch (M > 1). */
 #define SIMD_MATMULS(NAME, TARGET, Q4DOT, Q8DOT)                                                              \
+    /* Two output rows of one activation row (a decode step, whole-block groups): each row's sums in the same  \
+     * lanes and order as below (the same bits), held in registers, the activation blocks loaded once. */    \
+    TARGET static void q4_pair_##NAME(const uint8_t *w, const bf16 *s_all, const bf16 *z_all, int o, int K,  \
+                                      const int8_t *x, const float *d, const float *c, float *y) {            \
+        const int nb = K / BLOCK;                                                                             \
+        const __m256 eight = _mm256_set1_ps(8.0f);                                                            \
+        const uint8_t *rw[2] = {w + (int64_t)o * (K / 2), w + (int64_t)(o + 1) * (K / 2)};                    \
+        const bf16 *sb[2] = {s_all + (int64_t)o * nb, s_all + (int64_t)(o + 1) * nb};                         \
+        const bf16 *zb[2] = {z_all + (int64_t)o * nb, z_all + (int64_t)(o + 1) * nb};                         \
+        __m256 even[2], odd[2], k[2];                                                                         \
+        float ds[2][8];                                                                                       \
+        for (int p = 0; p < 2; p++) even[p] = odd[p] = k[p] = _mm256_setzero_ps();                            \
+        int b = 0;                                                                                            \
+        for (; b + 8 <= nb; b += 8) {                                                                         \
+            const __m256 d8 = _mm256_loadu_ps(d + b), c8 = _mm256_loadu_ps(c + b);                            \
+            for (int p = 0; p < 2; p++) {                                                                     \
+                __m256 s8 = widen8(sb[p] + b);                                                                \
+                _mm256_storeu_ps(ds[p], _mm256_mul_ps(d8, s8));                                               \
+                k[p] = _mm256_add_ps(k[p], _mm256_mul_ps(c8, _mm256_sub_ps(widen8(zb[p] + b),                 \
+                                                                        _mm256_mul_ps(s8, eight))));          \
+            }                                                                                                 \
+            for (int i = 0; i < 8; i += 2) {                                                                  \
+                const int8_t *x0 = x + (b + i) * BLOCK, *x1 = x0 + BLOCK;                                     \
+                for (int p = 0; p < 2; p++) {                                                                 \
+                    even[p] = SCALED_ADD(even[p], Q4DOT(q4_unpack(rw[p] + (b + i) * 16), x0), ds[p][i]);      \
+                    odd[p] = SCALED_ADD(odd[p], Q4DOT(q4_unpack(rw[p] + (b + i + 1) * 16), x1), ds[p][i + 1]); \
+                }                                                                                             \
+            }                                                                                                 \
+        }                                                                                                     \
+        for (int p = 0; p < 2; p++) {                                                                         \
+            float acc[24];                                                                                    \
+            _mm256_storeu_ps(acc, even[p]), _mm256_storeu_ps(acc + 8, odd[p]), _mm256_storeu_ps(acc + 16, k[p]); \
+            for (int t = b; t < nb; t++) {            /* the last blocks: one at a time, as below */          \
+                float *a = acc + (t % 2) * 8;                                                                 \
+                _mm256_storeu_ps(a, SCALED_ADD(_mm256_loadu_ps(a), Q4DOT(q4_unpack(rw[p] + t * 16), x + t * BLOCK), \
+                                               d[t] * bf16_float(sb[p][t])));                                 \
+                acc[16 + t % 8] += c[t] * (bf16_float(zb[p][t]) - bf16_float(sb[p][t]) * 8.0f);               \
+            }                                                                                                 \
+            y[o + p] = finish(acc) + reduce8(acc + 16);                                                       \
+        }                                                                                                     \
+    }                                                                                                         \
     TARGET static void q4_##NAME(const uint8_t *w, const bf16 *s_all, const bf16 *z_all, int o0, int o1,     \
                                  int K, int g, const int8_t *qx, const float *d, const int32_t *sums, int M,  \
                                  float *y, int ldy, float *scratch) {                                         \
@@ -214,7 +255,10 @@ VNNI_T static inline __m256i q8_dot_vnni(__m256i w, const int8_t *x32) {
         RangeScratch r = range_scratch(scratch, nb, M);                                                       \
         activation_constants(d, sums, M, nb, r.c);                                                            \
         const __m256 eight = _mm256_set1_ps(8.0f);                                                            \
-        for (int o = o0; o < o1; o++) {                                                                       \
+        int o = o0;                                                                                           \
+        if (M == 1 && per_group == 1)                                                                         \
+            for (; o + 2 <= o1; o += 2) q4_pair_##NAME(w, s_all, z_all, o, K, qx, d, r.c, y);                 \
+        for (; o < o1; o++) {                                                                                 \
             const uint8_t *row = w + (int64_t)o * (K / 2);                                                    \
             const bf16 *sb, *zb;                                                                              \
             block_scales(s_all + (int64_t)o * G, z_all + (int64_t)o * G, nb, per_group, &r, &sb, &zb);        \
