@@ -103,12 +103,36 @@ def test_the_api_key_from_a_file_or_the_environment_and_any_case_of_bearer(model
 
 def test_bad_key_sources_are_one_line(tmp_path):
     (tmp_path / "empty").write_text("\n")
-    with pytest.raises(ConfigError, match="is empty"):
-        ServeConfig(api_key_file=str(tmp_path / "empty")).with_api_key()
-    with pytest.raises(ConfigError, match="not both"):
+    (tmp_path / "zero-bytes").write_bytes(b"")
+    for name in ("empty", "zero-bytes"):
+        with pytest.raises(ConfigError, match="is empty; write the key on its first line"):
+            ServeConfig(api_key_file=str(tmp_path / name)).with_api_key()
+    with pytest.raises(ConfigError) as raised:
         ServeConfig(api_key="a", api_key_file=str(tmp_path / "empty")).with_api_key()
+    assert str(raised.value) == "give the API key once: --api-key or --api-key-file, not both"
     with pytest.raises(ConfigError, match="cannot read it"):
         ServeConfig(api_key_file=str(tmp_path / "missing")).with_api_key()
+
+
+def test_a_key_read_from_its_file_replaces_the_file_so_readying_twice_is_the_same(tmp_path):
+    """create_app readies the config the command readied already: the file must not count a second time."""
+    (tmp_path / "key").write_text("  k3y-line-one  \nsecond line\n")
+    once = ServeConfig(api_key_file=str(tmp_path / "key")).with_api_key()
+    assert (once.api_key, once.api_key_file) == ("k3y-line-one", None)
+    assert once.with_api_key() == once
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("port", 70000, "port=70000 must be in [0, 65535]"), ("port", -1, "port=-1 must be in [0, 65535]"),
+    ("max_batch", 0, "max_batch=0 must be in [1, 1024]"), ("max_batch", 1025, "max_batch=1025 must be in [1, 1024]"),
+    ("max_queue", 0, "max_queue=0 must be >= 1"), ("max_tokens_cap", 0, "max_tokens_cap=0 must be >= 1"),
+    ("max_body_bytes", 1023, "max_body_bytes=1023 must be >= 1024"), ("timeout", 0, "timeout=0 must be > 0"),
+    ("shutdown_timeout", -1, "shutdown_timeout=-1 must be >= 0")])
+def test_server_settings_out_of_range_are_one_error_naming_the_range(field, value, says):
+    with pytest.raises(ConfigError) as raised:
+        ServeConfig(**{field: value})
+    assert says in str(raised.value)
+    ServeConfig(**{field: {"port": 65535, "max_batch": 1024, "max_body_bytes": 1024}.get(field, 1)})  # the edge is in
 
 
 TEMPLATE = ("{%- for m in messages -%}\n"
