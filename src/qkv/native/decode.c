@@ -140,13 +140,13 @@ static void step_cache(const Job *j, int layer, int t, int T) {
         int b = i / G, g = i % G;
         const float *k = j->qkv + (size_t)b * total + (md->H + g) * D, *v = k + G * D;
         size_t at = (((size_t)b * G + g) * st->max_len + st->length) * D;
+        float rotated[512];                              /* D <= 512 (checked by qkv.native.fused) */
+        float *key = st->half ? rotated : (float *)st->k[layer] + at;   /* a float32 cache: rotated in place */
+        rope(k, md->cos + (size_t)st->pos[b] * D, md->sin + (size_t)st->pos[b] * D, D, key);
         if (st->half) {
-            float rotated[512];                          /* D <= 512 (checked by qkv.native.fused) */
-            rope(k, md->cos + (size_t)st->pos[b] * D, md->sin + (size_t)st->pos[b] * D, D, rotated);
-            qkv_float_to_half(j->variant, rotated, (uint16_t *)st->k[layer] + at, D);
+            qkv_float_to_half(j->variant, key, (uint16_t *)st->k[layer] + at, D);
             qkv_float_to_half(j->variant, v, (uint16_t *)st->v[layer] + at, D);
         } else {
-            rope(k, md->cos + (size_t)st->pos[b] * D, md->sin + (size_t)st->pos[b] * D, D, (float *)st->k[layer] + at);
             memcpy((float *)st->v[layer] + at, v, sizeof(float) * D);
         }
     }
@@ -191,7 +191,7 @@ static inline __attribute__((always_inline)) float exp_nonpositive(float x) {
 
 /* softmax(q k^T / sqrt(D)) v for the (row, query head) pairs [i0, i1), written into j->att. Consecutive
  * heads that share a key/value head (GQA) go together, up to GROUP_RUN at a time: each cached key and value
- * row is read once for all of them (at long contexts the cache, not the arithmetic, bounds this step). The
+ * row is read once for all of them (read once per head, the cache bounded this step at long contexts). The
  * loops keep every sum in eight running sums in a fixed order (a score: over d; the softmax denominator: over
  * keys; the output: key by key), so a head's bits do not depend on which heads go with it, and each build of
  * this body (below) gives the same bits: wider vectors only make it faster. */
